@@ -1,0 +1,1 @@
+"""Builtin spectral pre-compute plugin."""

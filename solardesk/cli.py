@@ -1,0 +1,249 @@
+"""The ``solardesk`` command line: every step of the pipeline, headless.
+
+The commands call the same core functions and plugin contributions as the GUI. Errors a
+user can cause (:class:`SolarDeskError`) are printed as one clear message with exit code 2;
+anything else prints a one-line internal error unless ``--debug`` asks for the traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import click
+
+from solardesk import __version__
+from solardesk.errors import SolarDeskError, SolarDeskWarning
+
+EXIT_USER_ERROR = 2
+EXIT_INTERNAL_ERROR = 3
+
+
+class SolarDeskGroup(click.Group):
+    """A click group that turns SolarDesk errors into clean messages."""
+
+    def invoke(self, ctx: click.Context):
+        debug = bool(ctx.params.get("debug"))
+        try:
+            return super().invoke(ctx)
+        except SolarDeskError as e:
+            if debug:
+                raise
+            click.echo(f"Error: {e}", err=True)
+            ctx.exit(EXIT_USER_ERROR)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except KeyboardInterrupt:
+            click.echo("Interrupted; finished work is kept and a rerun resumes.", err=True)
+            ctx.exit(130)
+        except Exception as e:
+            if debug:
+                raise
+            click.echo(
+                f"Internal error: {type(e).__name__}: {e}\n"
+                "This is a bug in SolarDesk; rerun with --debug and report the traceback.",
+                err=True,
+            )
+            ctx.exit(EXIT_INTERNAL_ERROR)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    if issubclass(category, SolarDeskWarning):
+        click.echo(f"Warning: {message}", err=True)
+    else:
+        _orig_showwarning(message, category, filename, lineno, file, line)
+
+
+_orig_showwarning = warnings.showwarning
+
+
+@click.group(cls=SolarDeskGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="solardesk")
+@click.option("--debug", is_flag=True, help="Show full tracebacks for errors.")
+def cli(debug: bool) -> None:
+    """SolarDesk maps solar panels on aerial imagery without hand-made labels.
+
+    Run `solardesk COMMAND --help` for the help of one command.
+    """
+    warnings.showwarning = _show_warning
+
+
+# --------------------------------------------------------------------------------------------
+# info
+# --------------------------------------------------------------------------------------------
+@cli.command()
+@click.argument("raster", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the facts as JSON.")
+def info(raster: Path, as_json: bool) -> None:
+    """Describe RASTER: size, bands, CRS, transform, nodata and true ground resolution."""
+    from solardesk.core.raster import describe
+
+    facts = describe(raster)
+    if as_json:
+        click.echo(json.dumps(facts.to_dict(), indent=2))
+        return
+    gsd = facts.ground_resolution_xy_m
+    rows = [
+        ("file", facts.path),
+        ("driver", facts.driver),
+        ("size", f"{facts.width} × {facts.height} px, {facts.count} band(s)"),
+        ("data type", ", ".join(sorted(set(facts.dtypes)))),
+        ("nodata", "none" if facts.nodata is None else f"{facts.nodata:g}"),
+        ("CRS", f"{facts.crs} ({facts.crs_name})" if facts.crs else "none (pixel coordinates)"),
+        (
+            "pixel size",
+            f"{facts.pixel_size[0]:.6g} × {facts.pixel_size[1]:.6g} {facts.crs_units or 'units'}",
+        ),
+        (
+            "ground resolution",
+            f"{facts.ground_resolution_m:.4f} m  (x {gsd[0]:.4f} m, y {gsd[1]:.4f} m)"
+            if gsd
+            else "unknown (no CRS)",
+        ),
+        ("bounds", ", ".join(f"{v:.6f}" for v in facts.bounds)),
+        ("overviews", ", ".join(map(str, facts.overviews)) or "none"),
+        ("block", f"{facts.block_shape[1]} × {facts.block_shape[0]}"),
+        ("fingerprint", facts.fingerprint),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        click.echo(f"{k:<{width}}  {v}")
+
+
+# --------------------------------------------------------------------------------------------
+# tiles
+# --------------------------------------------------------------------------------------------
+@cli.command()
+@click.argument("raster", type=click.Path(path_type=Path))
+@click.option("--tile", "tile_size", default=512, show_default=True, help="Tile size in pixels.")
+@click.option("--overlap", default=64, show_default=True, help="Overlap in pixels.")
+@click.option(
+    "--aoi",
+    type=click.Path(path_type=Path),
+    help="Keep tiles touching this polygon file (GeoJSON, GPKG, SHP; any CRS).",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    help="Write the tile footprints (with ids and windows) to this vector file.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
+def tiles(
+    raster: Path, tile_size: int, overlap: int, aoi: Path | None, out: Path | None, overwrite: bool
+) -> None:
+    """Tile RASTER into overlapping windows and report the grid (and footprints with --out)."""
+    from solardesk.core.aoi import load_aoi
+    from solardesk.core.raster import describe
+    from solardesk.core.tiling import make_grid
+
+    facts = describe(raster)
+    aoi_geom = load_aoi(aoi, facts) if aoi else None
+    grid = make_grid(
+        facts.width,
+        facts.height,
+        facts.affine,
+        tile_size,
+        overlap,
+        aoi=aoi_geom,
+        source=str(raster),
+    )
+    n_rows = len({t.row for t in grid})
+    n_cols = len({t.col for t in grid})
+    click.echo(
+        f"{raster}: {facts.width} × {facts.height} px → {len(grid)} tiles of "
+        f"{tile_size} px with {overlap} px overlap ({n_rows} rows × {n_cols} columns"
+        f"{', AOI applied' if aoi else ''})"
+    )
+    if out:
+        _write_footprints(grid, facts, out, overwrite)
+        click.echo(f"footprints written to {out}")
+
+
+def _write_footprints(grid, facts, out: Path, overwrite: bool) -> None:
+    from solardesk.core.tiling import tile_footprint
+    from solardesk.core.vector import VectorWriter
+
+    fields = {
+        "tile_id": str,
+        "row": int,
+        "col": int,
+        "col_off": int,
+        "row_off": int,
+        "width": int,
+        "height": int,
+    }
+    crs = facts.crs
+    if crs is None:
+        facts.require_georeferenced("writing tile footprints")
+    with VectorWriter(out, crs, schema_fields=fields, overwrite=overwrite, layer="tiles") as w:
+        w.write(
+            [
+                (
+                    tile_footprint(t),
+                    {
+                        "tile_id": t.id,
+                        "row": t.row,
+                        "col": t.col,
+                        "col_off": t.col_off,
+                        "row_off": t.row_off,
+                        "width": t.width,
+                        "height": t.height,
+                    },
+                )
+                for t in grid
+            ]
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# plugins
+# --------------------------------------------------------------------------------------------
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the plugin records as JSON.")
+def plugins(as_json: bool) -> None:
+    """List installed plugins: loaded, failed (with the error) or disabled."""
+    from dataclasses import asdict
+
+    from solardesk.plugin_api import get_plugin_manager
+
+    pm = get_plugin_manager()
+    if as_json:
+        click.echo(json.dumps([asdict(r) | {"status": r.status} for r in pm.records], indent=2))
+        return
+    if not pm.records:
+        click.echo("no plugins installed")
+    for r in pm.records:
+        version = f" {r.version}" if r.version else ""
+        line = f"{r.status:<8} {r.name} ({r.value}{version})"
+        if r.error:
+            line += f"\n         {r.error}"
+        click.echo(line)
+
+
+def _add_plugin_commands() -> None:
+    """Add click commands contributed by plugins; a broken one is reported, not fatal."""
+    from solardesk.plugin_api import get_plugin_manager
+
+    try:
+        contributed = get_plugin_manager().contributions("solardesk_cli_commands")
+    except Exception:  # the manager records failures; the core commands must still work
+        return
+    for plugin_name, contribution in contributed:
+        if contribution.id in cli.commands:
+            continue
+        try:
+            cli.add_command(contribution.load(), name=contribution.id)
+        except Exception as e:
+            click.echo(f"Warning: plugin {plugin_name}: command {contribution.id}: {e}", err=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    _add_plugin_commands()
+    cli.main(args=argv, prog_name="solardesk")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,476 @@
+"""Open georeferenced imagery, describe it, fingerprint it and read normalised RGB windows.
+
+Everything here reads through rasterio windows: no function loads a whole scene. Any input
+(uint8/uint16/int16/float, 1, 3 or 4+ bands, with or without nodata) is normalised to 8-bit
+RGB for processing by a per-band percentile stretch that is estimated once per raster from
+overviews or a sample of windows, so every tile of one raster sees the same stretch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import rasterio.crs
+import rasterio.enums
+from affine import Affine
+from rasterio.errors import NotGeoreferencedWarning as _RioNotGeoreferencedWarning
+from rasterio.errors import RasterioError
+from rasterio.windows import Window
+
+from solardesk.errors import (
+    NotGeoreferencedError,
+    NotGeoreferencedWarning,
+    RasterBandError,
+    RasterOpenError,
+)
+
+#: Samples taken for the fingerprint: a grid of this many windows per side.
+_FINGERPRINT_GRID = 3
+_FINGERPRINT_WINDOW = 64
+#: Windows sampled to estimate the stretch when the raster has no overviews.
+_STRETCH_GRID = 5
+_STRETCH_WINDOW = 256
+
+_WORLD_FILE_SUFFIXES = {
+    ".jpg": (".jgw", ".jpgw", ".wld"),
+    ".jpeg": (".jgw", ".jpegw", ".wld"),
+    ".png": (".pgw", ".pngw", ".wld"),
+    ".tif": (".tfw", ".tifw", ".wld"),
+    ".tiff": (".tfw", ".tiffw", ".wld"),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Opening
+# --------------------------------------------------------------------------------------------
+def open_raster(path: str | Path) -> rasterio.DatasetReader:
+    """Open ``path`` for reading, turning every failure into a :class:`RasterOpenError`.
+
+    The file is checked for existence and size, opened by GDAL, and its last block is read
+    so that a truncated file fails here with a clear message rather than mid-job. A raster
+    without georeferencing opens with a :class:`NotGeoreferencedWarning` (pixel coordinates).
+    """
+    p = Path(path)
+    if not p.exists():
+        raise RasterOpenError(f"{p}: no such file. Check the path, or the project's raster list.")
+    if p.is_dir():
+        raise RasterOpenError(f"{p}: is a folder, not a raster file. Name an image file inside it.")
+    if p.stat().st_size == 0:
+        raise RasterOpenError(
+            f"{p}: the file is empty (0 bytes); it was probably not fully copied or downloaded. "
+            "Copy it again."
+        )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", _RioNotGeoreferencedWarning)
+        try:
+            ds = rasterio.open(p)
+        except RasterioError as e:
+            raise RasterOpenError(
+                f"{p}: cannot be read as a raster ({_short(e)}). SolarDesk reads GeoTIFF/COG, VRT "
+                "and JPEG/PNG with a world file; check that the file is an image of one of these "
+                "formats and is complete."
+            ) from e
+    try:
+        _check_last_block(ds)
+    except RasterioError as e:
+        ds.close()
+        raise RasterOpenError(
+            f"{p}: the file is damaged or truncated ({_short(e)}); its last block cannot be read. "
+            "Copy or download it again."
+        ) from e
+    if dataset_crs(ds) is None:
+        hint = _georef_hint(p)
+        warnings.warn(
+            f"{p}: {hint} SolarDesk will work in pixel coordinates; areas in m² and map output "
+            "need georeferencing.",
+            NotGeoreferencedWarning,
+            stacklevel=2,
+        )
+    elif caught and ds.transform.is_identity:
+        warnings.warn(
+            f"{p}: has a CRS but no geotransform; SolarDesk will work in pixel coordinates.",
+            NotGeoreferencedWarning,
+            stacklevel=2,
+        )
+    return ds
+
+
+def dataset_crs(ds: rasterio.DatasetReader) -> rasterio.crs.CRS | None:
+    """The dataset's CRS, falling back to a sidecar ``.prj`` (GDAL ignores it for JPEG/PNG)."""
+    if ds.crs is not None:
+        return ds.crs
+    if ds.transform.is_identity:
+        return None
+    prj = Path(ds.name).with_suffix(".prj")
+    if prj.is_file():
+        try:
+            return rasterio.crs.CRS.from_wkt(prj.read_text(encoding="utf-8", errors="replace"))
+        except RasterioError:
+            return None
+    return None
+
+
+def _short(e: BaseException) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return text[:200]
+
+
+def _check_last_block(ds: rasterio.DatasetReader) -> None:
+    h, w = ds.block_shapes[0]
+    row_off = max(0, ds.height - h)
+    col_off = max(0, ds.width - w)
+    win = Window(col_off, row_off, min(w, ds.width), min(h, ds.height))
+    ds.read(1, window=win)
+
+
+def _georef_hint(p: Path) -> str:
+    suffix = p.suffix.lower()
+    if suffix in (".jpg", ".jpeg", ".png"):
+        worlds = "/".join(_WORLD_FILE_SUFFIXES[suffix][:1])
+        if not any(p.with_suffix(s).exists() for s in _WORLD_FILE_SUFFIXES[suffix]):
+            return (
+                f"has no world file ({p.with_suffix(worlds).name}) and no CRS: add the world "
+                f"file and a .prj (or .aux.xml) beside it to georeference it."
+            )
+        return f"has a world file but no CRS: add {p.with_suffix('.prj').name} beside it."
+    return "has no CRS: assign one (e.g. gdal_edit.py -a_srs EPSG:XXXX) to georeference it."
+
+
+# --------------------------------------------------------------------------------------------
+# Facts about a raster
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RasterInfo:
+    """The facts SolarDesk needs about one raster, JSON-serialisable through :meth:`to_dict`."""
+
+    path: str
+    driver: str
+    width: int
+    height: int
+    count: int
+    dtypes: tuple[str, ...]
+    nodata: float | None
+    crs: str | None
+    crs_name: str | None
+    crs_units: str | None
+    transform: tuple[float, float, float, float, float, float]
+    bounds: tuple[float, float, float, float]
+    pixel_size: tuple[float, float]
+    ground_resolution_xy_m: tuple[float, float] | None
+    georeferenced: bool
+    overviews: tuple[int, ...]
+    block_shape: tuple[int, int]
+    fingerprint: str
+
+    @property
+    def ground_resolution_m(self) -> float | None:
+        """Mean true ground distance covered by one pixel, in metres (None without a CRS)."""
+        if self.ground_resolution_xy_m is None:
+            return None
+        return float(sum(self.ground_resolution_xy_m) / 2)
+
+    @property
+    def affine(self) -> Affine:
+        return Affine(*self.transform)
+
+    def require_georeferenced(self, what: str) -> None:
+        """Raise :class:`NotGeoreferencedError` when ``what`` needs map coordinates."""
+        if not self.georeferenced:
+            raise NotGeoreferencedError(
+                f"{self.path}: {what} needs a georeferenced raster, and this one has no CRS. "
+                "Add a world file and .prj (or assign a CRS) and try again."
+            )
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["ground_resolution_m"] = self.ground_resolution_m
+        return d
+
+
+def describe(path: str | Path) -> RasterInfo:
+    """Open ``path`` and return its :class:`RasterInfo` (CRS, transform, ground resolution...)."""
+    with open_raster(path) as ds:
+        return describe_dataset(ds)
+
+
+def describe_dataset(ds: rasterio.DatasetReader) -> RasterInfo:
+    """:class:`RasterInfo` of an already open dataset."""
+    crs = dataset_crs(ds)
+    georef = crs is not None
+    t = ds.transform
+    units = None
+    crs_name = None
+    crs_str = None
+    if georef:
+        crs_str = crs.to_string()
+        try:
+            from pyproj import CRS as ProjCRS
+
+            pcrs = ProjCRS.from_user_input(crs.to_wkt())
+            crs_name = pcrs.name
+            units = pcrs.axis_info[0].unit_name if pcrs.axis_info else None
+        except Exception:  # pyproj cannot parse every GDAL WKT; the name is cosmetic
+            crs_name = crs_str
+    return RasterInfo(
+        path=str(ds.name),
+        driver=ds.driver,
+        width=ds.width,
+        height=ds.height,
+        count=ds.count,
+        dtypes=tuple(ds.dtypes),
+        nodata=None if ds.nodata is None else float(ds.nodata),
+        crs=crs_str,
+        crs_name=crs_name,
+        crs_units=units,
+        transform=tuple(float(v) for v in t[:6]),
+        bounds=tuple(float(v) for v in ds.bounds),
+        pixel_size=(math.hypot(t.a, t.d), math.hypot(t.b, t.e)),
+        ground_resolution_xy_m=ground_resolution(ds) if georef else None,
+        georeferenced=georef,
+        overviews=tuple(ds.overviews(1)),
+        block_shape=tuple(ds.block_shapes[0]),
+        fingerprint=fingerprint_dataset(ds),
+    )
+
+
+@lru_cache(maxsize=32)
+def _to_lonlat(crs_wkt: str):
+    from pyproj import CRS as ProjCRS
+    from pyproj import Transformer
+
+    return Transformer.from_crs(ProjCRS.from_wkt(crs_wkt), "EPSG:4326", always_xy=True)
+
+
+def ground_resolution(ds: rasterio.DatasetReader) -> tuple[float, float]:
+    """True ground size (metres) of one pixel along columns and rows at the raster centre.
+
+    Measured geodesically on WGS84 between the centre pixel and its neighbours, so the
+    answer is right for projected CRSs, Web Mercator (whose map units shrink by cos(lat)),
+    geographic CRSs and rotated transforms alike.
+    """
+    from pyproj import Geod
+
+    crs = dataset_crs(ds)
+    if crs is None:
+        raise NotGeoreferencedError(f"{ds.name}: has no CRS, so its ground resolution is unknown.")
+    t = ds.transform
+    cx, cy = ds.width / 2, ds.height / 2
+    pts = [t @ (cx, cy), t @ (cx + 1, cy), t @ (cx, cy + 1)]
+    tr = _to_lonlat(crs.to_wkt())
+    lon, lat = tr.transform([p[0] for p in pts], [p[1] for p in pts])
+    geod = Geod(ellps="WGS84")
+    _, _, dx = geod.inv(lon[0], lat[0], lon[1], lat[1])
+    _, _, dy = geod.inv(lon[0], lat[0], lon[2], lat[2])
+    return float(dx), float(dy)
+
+
+def fingerprint_dataset(ds: rasterio.DatasetReader) -> str:
+    """A content fingerprint that survives moving or copying the file.
+
+    Hashes size, band count, dtypes, transform, CRS and the pixels of a 3×3 grid of small
+    windows — not the path or the modification time — so a project moved to another machine
+    keeps its cache. Two rasters that differ only outside the sampled windows share a
+    fingerprint; that trade keeps fingerprinting a 20000² raster to a few milliseconds.
+    """
+    h = hashlib.sha256()
+    head = {
+        "size": [ds.width, ds.height, ds.count],
+        "dtypes": list(ds.dtypes),
+        "transform": [round(v, 9) for v in ds.transform[:6]],
+        "crs": crs.to_wkt() if (crs := dataset_crs(ds)) else None,
+        "nodata": ds.nodata,
+    }
+    h.update(json.dumps(head, sort_keys=True).encode())
+    for win in _grid_windows(ds.width, ds.height, _FINGERPRINT_GRID, _FINGERPRINT_WINDOW):
+        h.update(np.ascontiguousarray(ds.read(window=win)).tobytes())
+    return h.hexdigest()[:20]
+
+
+def fingerprint(path: str | Path) -> str:
+    """Content fingerprint of the raster at ``path`` (see :func:`fingerprint_dataset`)."""
+    with open_raster(path) as ds:
+        return fingerprint_dataset(ds)
+
+
+def _grid_windows(width: int, height: int, n: int, size: int) -> list[Window]:
+    """``n``×``n`` windows of at most ``size`` pixels spread evenly over the raster."""
+    ws, hs = min(size, width), min(size, height)
+    out = []
+    for i in range(n):
+        for j in range(n):
+            row = round((height - hs) * i / max(n - 1, 1))
+            col = round((width - ws) * j / max(n - 1, 1))
+            out.append(Window(col, row, ws, hs))
+    # Small rasters give repeated windows; hashing them twice would be harmless but wasteful.
+    return list(dict.fromkeys(out))
+
+
+# --------------------------------------------------------------------------------------------
+# Normalised reading
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Normalisation:
+    """How raw bands become 8-bit RGB: which bands, and each one's stretch (lo, hi).
+
+    ``lo``/``hi`` are ``None`` for uint8 input, which is used as it is. Plain data, so it can
+    be sent to worker processes and stored in a cache key.
+    """
+
+    bands: tuple[int, int, int]
+    lo: tuple[float, float, float] | None = None
+    hi: tuple[float, float, float] | None = None
+
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self)).encode()).hexdigest()[:12]
+
+
+def resolve_bands(count: int, bands: Sequence[int] | None, path: str = "") -> tuple[int, int, int]:
+    """The three 1-based bands read as R, G, B.
+
+    One band is grey replicated to RGB; two bands use the first as grey; three or more use
+    ``bands`` (default 1, 2, 3).
+    """
+    if bands is None:
+        if count < 3:
+            return (1, 1, 1)
+        return (1, 2, 3)
+    bands = tuple(int(b) for b in bands)
+    if len(bands) == 1:
+        bands = bands * 3
+    if len(bands) != 3:
+        raise RasterBandError(f"{path}: a band mapping names 1 or 3 bands, got {list(bands)}.")
+    bad = [b for b in bands if not 1 <= b <= count]
+    if bad:
+        raise RasterBandError(
+            f"{path}: has {count} band(s), so band(s) {bad} do not exist. "
+            f"Choose bands between 1 and {count} (e.g. --bands 1,2,3)."
+        )
+    return bands  # type: ignore[return-value]
+
+
+def estimate_normalisation(
+    ds: rasterio.DatasetReader,
+    bands: Sequence[int] | None = None,
+    percentiles: tuple[float, float] = (2.0, 98.0),
+) -> Normalisation:
+    """Choose bands and estimate a per-band percentile stretch without reading the whole raster.
+
+    Uses the smallest overview at least 256 px on a side when the raster has overviews,
+    otherwise a 5×5 grid of 256² windows. Nodata pixels are excluded.
+    """
+    rgb = resolve_bands(ds.count, bands, str(ds.name))
+    if all(ds.dtypes[b - 1] == "uint8" for b in rgb):
+        return Normalisation(rgb)
+    samples = _stretch_samples(ds, rgb)
+    lo, hi = [], []
+    for b, values in zip(rgb, samples, strict=True):
+        if values.size == 0:  # all nodata in the sample: a neutral stretch
+            low, high = 0.0, 1.0
+        else:
+            low, high = (float(v) for v in np.percentile(values, percentiles))
+        if high <= low:
+            high = low + 1.0
+        lo.append(low)
+        hi.append(high)
+        del b
+    return Normalisation(rgb, tuple(lo), tuple(hi))
+
+
+def _stretch_samples(ds: rasterio.DatasetReader, bands: tuple[int, int, int]) -> list[np.ndarray]:
+    unique = sorted(set(bands))
+    ovr = [f for f in ds.overviews(unique[0]) if min(ds.width // f, ds.height // f) >= 256]
+    if ovr:
+        f = max(ovr)
+        shape = (len(unique), max(1, ds.height // f), max(1, ds.width // f))
+        arr = ds.read(unique, out_shape=shape, masked=True)
+        chunks = [arr]
+    else:
+        chunks = [
+            ds.read(unique, window=w, masked=True)
+            for w in _grid_windows(ds.width, ds.height, _STRETCH_GRID, _STRETCH_WINDOW)
+        ]
+    per_band = {}
+    for i, b in enumerate(unique):
+        vals = [np.ma.compressed(c[i]) for c in chunks]
+        v = np.concatenate(vals).astype(np.float64)
+        per_band[b] = v[np.isfinite(v)]
+    return [per_band[b] for b in bands]
+
+
+class RasterReader:
+    """Reads windows of one raster as 8-bit RGB plus a validity mask.
+
+    Create one per process (rasterio datasets must not cross processes or threads). Pass the
+    :class:`Normalisation` estimated once for the raster so all tiles share one stretch.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        bands: Sequence[int] | None = None,
+        normalisation: Normalisation | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.ds = open_raster(self.path)
+        if normalisation is None:
+            normalisation = estimate_normalisation(self.ds, bands)
+        else:
+            resolve_bands(self.ds.count, normalisation.bands, str(self.path))
+        self.normalisation = normalisation
+        self._all_valid = self.ds.nodata is None and all(
+            flags == [rasterio.enums.MaskFlags.all_valid] for flags in self.ds.mask_flag_enums
+        )
+
+    def __enter__(self) -> RasterReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.ds.close()
+
+    def read_rgb(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        """Read ``window`` as ``(rgb, valid)``: (H, W, 3) uint8 and (H, W) bool.
+
+        Invalid (nodata or masked) pixels are 0 in ``rgb`` and False in ``valid``.
+        """
+        n = self.normalisation
+        unique = sorted(set(n.bands))
+        try:
+            raw = self.ds.read(unique, window=window)
+        except RasterioError as e:
+            raise RasterOpenError(
+                f"{self.path}: reading window {window} failed ({_short(e)}); the file may be "
+                "damaged. Copy it again."
+            ) from e
+        index = {b: i for i, b in enumerate(unique)}
+        h, w = raw.shape[1:]
+        if self._all_valid:
+            valid = np.ones((h, w), bool)
+        else:
+            masks = self.ds.read_masks(unique, window=window)
+            valid = np.all(masks > 0, axis=0)
+        rgb = np.empty((h, w, 3), np.uint8)
+        for c, b in enumerate(n.bands):
+            band = raw[index[b]]
+            if n.lo is None:
+                rgb[..., c] = band
+            else:
+                lo, hi = n.lo[c], n.hi[c]
+                scaled = (band.astype(np.float32) - lo) * (255.0 / (hi - lo))
+                np.clip(scaled, 0, 255, out=scaled)
+                scaled = np.nan_to_num(scaled, nan=0.0)
+                rgb[..., c] = (scaled + 0.5).astype(np.uint8)
+        rgb[~valid] = 0
+        return rgb, valid

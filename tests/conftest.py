@@ -1,0 +1,51 @@
+"""Fixtures shared by every test layer: small rasters written on the fly."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+
+def write_raster(
+    path: Path,
+    data: np.ndarray,
+    *,
+    crs: str | None = "EPSG:32632",
+    transform: Affine | None = None,
+    nodata: float | None = None,
+    driver: str = "GTiff",
+    **profile,
+) -> Path:
+    """Write ``data`` (bands, H, W) to ``path`` and return the path."""
+    if data.ndim == 2:
+        data = data[None]
+    count, h, w = data.shape
+    if transform is None:
+        transform = Affine(0.2, 0, 680000.0, 0, -0.2, 5150000.0)
+    kwargs = dict(
+        driver=driver, width=w, height=h, count=count, dtype=data.dtype, transform=transform
+    )
+    if crs is not None:
+        kwargs["crs"] = crs
+    if nodata is not None:
+        kwargs["nodata"] = nodata
+    kwargs.update(profile)
+    with rasterio.open(path, "w", **kwargs) as ds:
+        ds.write(data)
+    return path
+
+
+@pytest.fixture
+def rgb_tif(tmp_path: Path) -> Path:
+    """A 300×200 3-band uint8 GeoTIFF in UTM 32N at 0.2 m with a gradient and a bright box."""
+    rng = np.random.default_rng(0)
+    data = rng.integers(40, 120, size=(3, 200, 300), dtype=np.uint8)
+    data[:, 50:80, 100:160] = 230
+    return write_raster(tmp_path / "rgb.tif", data)

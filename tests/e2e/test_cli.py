@@ -1,0 +1,133 @@
+"""The command line: help text for every command, and clean errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from solardesk import __version__
+from solardesk.cli import _add_plugin_commands, cli
+from tests.conftest import write_raster
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    """Run the real console entry point in a subprocess, as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", "solardesk", *args], capture_output=True, text=True, check=False
+    )
+
+
+def all_commands():
+    _add_plugin_commands()
+
+    def walk(group: click.Group, prefix: tuple[str, ...]):
+        for name, cmd in group.commands.items():
+            yield (*prefix, name), cmd
+            if isinstance(cmd, click.Group):
+                yield from walk(cmd, (*prefix, name))
+
+    return list(walk(cli, ()))
+
+
+def test_version() -> None:
+    out = run("--version")
+    assert out.returncode == 0 and __version__ in out.stdout
+
+
+@pytest.mark.parametrize("path", [p for p, _ in all_commands()], ids=" ".join)
+def test_every_command_has_help(path: tuple[str, ...]) -> None:
+    result = CliRunner().invoke(cli, [*path, "--help"])
+    assert result.exit_code == 0, result.output
+    cmd = dict(all_commands())[path]
+    assert cmd.help and len(cmd.help.strip()) > 20, f"{' '.join(path)} has no real help text"
+    for param in cmd.params:
+        if isinstance(param, click.Option) and param.name not in ("help",):
+            assert param.help, f"option {param.opts} of {' '.join(path)} has no help"
+
+
+def test_info_json(rgb_tif: Path) -> None:
+    out = run("info", str(rgb_tif), "--json")
+    assert out.returncode == 0, out.stderr
+    facts = json.loads(out.stdout)
+    assert facts["crs"] == "EPSG:32632" and facts["width"] == 300
+    assert facts["ground_resolution_m"] == pytest.approx(0.2, rel=3e-3)
+
+
+def test_info_text(rgb_tif: Path) -> None:
+    out = run("info", str(rgb_tif))
+    assert out.returncode == 0
+    assert "ground resolution" in out.stdout and "EPSG:32632" in out.stdout
+
+
+def _bad_inputs(tmp: Path) -> list[tuple[list[str], str]]:
+    (tmp / "empty.tif").write_bytes(b"")
+    (tmp / "notes.tif").write_text("hello\n" * 20)
+    good = write_raster(tmp / "good.tif", np.zeros((3, 300, 300), np.uint8))
+    far = tmp / "far.geojson"
+    far.write_text(
+        json.dumps(
+            {
+                "type": "FeatureCollection",
+                "features": [
+                    {
+                        "type": "Feature",
+                        "properties": {},
+                        "geometry": {
+                            "type": "Polygon",
+                            "coordinates": [[[0, 0], [1, 0], [1, 1], [0, 1], [0, 0]]],
+                        },
+                    }
+                ],
+            }
+        )
+    )
+    nocrs = write_raster(tmp / "nocrs.tif", np.zeros((3, 300, 300), np.uint8), crs=None)
+    return [
+        (["info", str(tmp / "missing.tif")], "missing.tif: no such file"),
+        (["info", str(tmp / "empty.tif")], "empty.tif: the file is empty"),
+        (["info", str(tmp / "notes.tif")], "notes.tif: cannot be read as a raster"),
+        (["tiles", str(good), "--tile", "1024"], "good.tif: tile size 1024 is larger"),
+        (["tiles", str(good), "--tile", "128", "--overlap", "128"], "overlap 128 must be smaller"),
+        (["tiles", str(good), "--tile", "128", "--aoi", str(far)], "does not intersect"),
+        (["tiles", str(nocrs), "--tile", "128", "--aoi", str(far)], "needs a georeferenced"),
+    ]
+
+
+def test_bad_input_gives_clean_errors(tmp_path: Path) -> None:
+    for args, expected in _bad_inputs(tmp_path):
+        out = run(*args)
+        assert out.returncode == 2, (args, out.stdout, out.stderr)
+        assert expected in out.stderr, (args, out.stderr)
+        assert out.stderr.startswith("Error: ")
+        assert "Traceback" not in out.stderr + out.stdout
+
+
+def test_jpeg_without_world_file_warns_cleanly(tmp_path: Path) -> None:
+    p = write_raster(tmp_path / "x.jpg", np.zeros((3, 64, 64), np.uint8), crs=None, driver="JPEG")
+    for aux in tmp_path.glob("*.aux.xml"):
+        aux.unlink()
+    out = run("info", str(p))
+    assert out.returncode == 0
+    assert out.stderr.startswith("Warning: ") and "world file" in out.stderr
+    assert "Traceback" not in out.stderr and "warnings.warn" not in out.stderr
+
+
+def test_internal_errors_hide_the_traceback_unless_debug(monkeypatch, rgb_tif: Path) -> None:
+    import solardesk.core.raster as raster
+
+    def boom(path):
+        raise ZeroDivisionError("unexpected")
+
+    monkeypatch.setattr(raster, "describe", boom)
+    result = CliRunner().invoke(cli, ["info", str(rgb_tif)])
+    assert result.exit_code == 3
+    assert "Internal error: ZeroDivisionError" in result.output
+    result = CliRunner().invoke(cli, ["--debug", "info", str(rgb_tif)])
+    assert isinstance(result.exception, ZeroDivisionError)

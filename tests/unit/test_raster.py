@@ -1,0 +1,199 @@
+"""Raster I/O: opening, facts, ground resolution, fingerprints and normalised reads."""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from rasterio.windows import Window
+
+from solardesk.core.raster import (
+    RasterReader,
+    describe,
+    estimate_normalisation,
+    fingerprint,
+    open_raster,
+    resolve_bands,
+)
+from solardesk.errors import (
+    NotGeoreferencedError,
+    NotGeoreferencedWarning,
+    RasterBandError,
+    RasterOpenError,
+    SolarDeskError,
+)
+from tests.conftest import write_raster
+
+
+def test_describe_projected(rgb_tif: Path) -> None:
+    facts = describe(rgb_tif)
+    assert (facts.width, facts.height, facts.count) == (300, 200, 3)
+    assert facts.crs == "EPSG:32632"
+    assert facts.georeferenced
+    # UTM map units are metres up to the scale factor (0.9996 on the central meridian).
+    assert facts.ground_resolution_m == pytest.approx(0.2, rel=2e-3)
+    assert facts.to_dict()["ground_resolution_m"] == facts.ground_resolution_m
+
+
+def test_web_mercator_ground_resolution_scales_by_cos_latitude(tmp_path: Path) -> None:
+    # 0.2 map units at 46.4°N (South Tyrol): about 0.2·cos(46.4°) ≈ 0.138 m on the ground.
+    data = np.zeros((3, 64, 64), np.uint8)
+    t = Affine(0.2, 0, 1248532.0, 0, -0.2, 5845000.0)
+    p = write_raster(tmp_path / "merc.tif", data, crs="EPSG:3857", transform=t)
+    facts = describe(p)
+    lat = 46.4
+    assert facts.pixel_size == (0.2, 0.2)
+    assert facts.ground_resolution_m == pytest.approx(0.2 * np.cos(np.radians(lat)), rel=0.01)
+
+
+def test_geographic_ground_resolution_in_metres(tmp_path: Path) -> None:
+    data = np.zeros((1, 64, 64), np.uint16)
+    t = Affine(2.7e-6, 0, -115.23, 0, -2.7e-6, 36.14)
+    p = write_raster(tmp_path / "geo.tif", data, crs="EPSG:4326", transform=t)
+    gx, gy = describe(p).ground_resolution_xy_m
+    assert gy == pytest.approx(2.7e-6 * 110_950, rel=0.01)  # a degree of latitude ≈ 110.95 km
+    assert gx == pytest.approx(gy * np.cos(np.radians(36.14)), rel=0.01)
+
+
+def test_jpeg_with_world_file_and_prj(tmp_path: Path) -> None:
+    data = np.full((3, 64, 64), 128, np.uint8)
+    p = write_raster(tmp_path / "a.jpg", data, crs=None, driver="JPEG")
+    for aux in tmp_path.glob("a.jpg.aux.xml"):
+        aux.unlink()
+    (tmp_path / "a.jgw").write_text("0.2\n0\n0\n-0.2\n1248532.1\n5819736.9\n")
+    (tmp_path / "a.prj").write_text(rasterio.crs.CRS.from_epsg(3857).to_wkt())
+    facts = describe(p)
+    assert facts.crs == "EPSG:3857"
+    assert facts.transform[0] == pytest.approx(0.2)
+    assert facts.ground_resolution_m == pytest.approx(0.138, abs=0.002)
+
+
+def test_jpeg_without_world_file_warns_and_uses_pixels(tmp_path: Path) -> None:
+    p = write_raster(tmp_path / "b.jpg", np.zeros((3, 32, 32), np.uint8), crs=None, driver="JPEG")
+    for aux in tmp_path.glob("b.jpg.aux.xml"):
+        aux.unlink()
+    with pytest.warns(NotGeoreferencedWarning, match=r"b\.jpg.*world file.*\.jgw"):
+        facts = describe(p)
+    assert not facts.georeferenced
+    assert facts.ground_resolution_m is None
+    with pytest.raises(NotGeoreferencedError, match=r"b\.jpg"):
+        facts.require_georeferenced("an area of interest")
+
+
+def test_geotiff_without_crs_warns(tmp_path: Path) -> None:
+    p = write_raster(tmp_path / "nocrs.tif", np.zeros((3, 32, 32), np.uint8), crs=None)
+    with pytest.warns(NotGeoreferencedWarning, match="no CRS"):
+        assert describe(p).crs is None
+
+
+def _write(p: Path, content: bytes) -> Path:
+    p.write_bytes(content)
+    return p
+
+
+@pytest.mark.parametrize(
+    ("make", "pattern"),
+    [
+        (lambda d: d / "missing.tif", "no such file"),
+        (lambda d: _write(d / "empty.tif", b""), "empty"),
+        (lambda d: _write(d / "text.tif", b"just some notes\n" * 10), "cannot be read as a raster"),
+        (lambda d: d, "is a folder"),
+    ],
+    ids=["missing", "zero-bytes", "text-named-tif", "folder"],
+)
+def test_bad_files_name_the_file(tmp_path: Path, make, pattern: str) -> None:
+    p = make(tmp_path)
+    with pytest.raises(RasterOpenError, match=pattern) as ei:
+        open_raster(p)
+    assert str(p) in str(ei.value)
+    assert isinstance(ei.value, SolarDeskError) and isinstance(ei.value, OSError)
+
+
+def test_truncated_tiff(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    full = write_raster(
+        tmp_path / "full.tif", rng.integers(0, 255, (3, 256, 256), dtype=np.uint8)
+    )
+    raw = full.read_bytes()
+    cut = tmp_path / "cut.tif"
+    # Uncompressed strips: the header sits at the start, so half the file keeps it readable.
+    cut.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(RasterOpenError, match=r"cut\.tif.*(damaged|truncated|cannot be read)"):
+        open_raster(cut)
+
+
+def test_fingerprint_survives_copy_and_changes_with_content(tmp_path: Path, rgb_tif: Path) -> None:
+    copy = tmp_path / "elsewhere" / "renamed.tif"
+    copy.parent.mkdir()
+    shutil.copy(rgb_tif, copy)
+    assert fingerprint(copy) == fingerprint(rgb_tif)
+    with rasterio.open(copy, "r+") as ds:
+        ds.write(np.full((3, 200, 300), 7, np.uint8))
+    assert fingerprint(copy) != fingerprint(rgb_tif)
+
+
+def test_resolve_bands() -> None:
+    assert resolve_bands(1, None) == (1, 1, 1)
+    assert resolve_bands(4, None) == (1, 2, 3)
+    assert resolve_bands(4, (4, 3, 2)) == (4, 3, 2)
+    with pytest.raises(RasterBandError, match=r"band\(s\) \[5\]"):
+        resolve_bands(4, (5, 3, 2), "x.tif")
+
+
+def test_uint8_rgb_read_is_unchanged(rgb_tif: Path) -> None:
+    with RasterReader(rgb_tif) as r, rasterio.open(rgb_tif) as ds:
+        rgb, valid = r.read_rgb(Window(10, 20, 64, 32))
+        raw = ds.read(window=Window(10, 20, 64, 32))
+    assert rgb.shape == (32, 64, 3) and rgb.dtype == np.uint8
+    assert valid.all()
+    np.testing.assert_array_equal(rgb, np.moveaxis(raw, 0, -1))
+
+
+def test_uint16_single_band_stretch_and_nodata(tmp_path: Path) -> None:
+    data = np.linspace(1000, 3000, 256 * 256).reshape(1, 256, 256).astype(np.uint16)
+    data[0, :16, :16] = 0  # nodata corner
+    p = write_raster(tmp_path / "u16.tif", data, nodata=0)
+    with RasterReader(p) as r:
+        n = r.normalisation
+        assert n.bands == (1, 1, 1)
+        assert 1000 <= n.lo[0] < 1200 and 2800 < n.hi[0] <= 3000
+        rgb, valid = r.read_rgb(Window(0, 0, 256, 256))
+    assert not valid[:16, :16].any() and valid[16:, 16:].all()
+    assert (rgb[:16, :16] == 0).all()
+    # Grey replicated, and the stretch spans nearly the full 8-bit range.
+    assert (rgb[..., 0] == rgb[..., 2]).all()
+    assert rgb[valid, 0].min() == 0 and rgb[valid, 0].max() == 255
+    assert np.percentile(rgb[valid, 0], 50) == pytest.approx(128, abs=8)
+
+
+def test_four_band_mapping(tmp_path: Path) -> None:
+    data = np.stack([np.full((32, 32), v, np.uint8) for v in (10, 20, 30, 40)])
+    p = write_raster(tmp_path / "rgbn.tif", data)
+    with RasterReader(p, bands=(4, 3, 2)) as r:
+        rgb, _ = r.read_rgb(Window(0, 0, 32, 32))
+    assert tuple(rgb[0, 0]) == (40, 30, 20)
+
+
+def test_stretch_uses_overviews_when_present(tmp_path: Path) -> None:
+    data = np.linspace(0, 10000, 1024 * 1024).reshape(1, 1024, 1024).astype(np.uint16)
+    p = write_raster(tmp_path / "ovr.tif", data, tiled=True, blockxsize=256, blockysize=256)
+    with rasterio.open(p, "r+") as ds:
+        ds.build_overviews([2, 4], rasterio.enums.Resampling.average)
+    with rasterio.open(p) as ds:
+        n = estimate_normalisation(ds)
+    assert n.lo[0] == pytest.approx(200, rel=0.1)
+    assert n.hi[0] == pytest.approx(9800, rel=0.02)
+
+
+def test_all_nodata_raster_reads_without_nan(tmp_path: Path) -> None:
+    p = write_raster(tmp_path / "nd.tif", np.full((1, 64, 64), -9999, np.int16), nodata=-9999)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with RasterReader(p) as r:
+            rgb, valid = r.read_rgb(Window(0, 0, 64, 64))
+    assert not valid.any() and (rgb == 0).all()
