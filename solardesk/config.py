@@ -39,17 +39,22 @@ class RasterSettings(Settings):
     ] = 2.0
     stretch_high: Annotated[
         float,
-        Field(ge=50, le=100, title="Stretch high percentile", description="For 16-bit/float input."),
+        Field(
+            ge=50, le=100, title="Stretch high percentile", description="For 16-bit/float input."
+        ),
     ] = 98.0
 
 
 class TilingSettings(Settings):
     tile_size: Annotated[
-        int, Field(ge=32, le=8192, title="Tile size (px)", description="Square tile side in pixels.")
+        int,
+        Field(ge=32, le=8192, title="Tile size (px)", description="Square tile side in pixels."),
     ] = 512
     overlap: Annotated[
         int,
-        Field(ge=0, le=4096, title="Overlap (px)", description="Pixels shared by neighbouring tiles."),
+        Field(
+            ge=0, le=4096, title="Overlap (px)", description="Pixels shared by neighbouring tiles."
+        ),
     ] = 64
 
     @model_validator(mode="after")

@@ -14,6 +14,7 @@ centre, which reports a panel on a seam once.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -84,7 +85,7 @@ def axis_starts(length: int, tile_size: int, overlap: int) -> list[int]:
 
 def _axis_cores(starts: list[int], tile_size: int, length: int) -> list[tuple[int, int]]:
     cuts = [0]
-    for a, b in zip(starts, starts[1:], strict=False):
+    for a, b in itertools.pairwise(starts):
         cuts.append((b + a + tile_size) // 2)  # middle of the overlap [b, a + tile_size)
     cuts.append(length)
     return [(cuts[i], cuts[i + 1]) for i in range(len(starts))]
@@ -155,14 +156,15 @@ def make_grid(
     row_cores = _axis_cores(rows, tile_size, height)
     prepared = None
     if aoi is not None:
-        from shapely import box, prepared as shp_prepared
+        from shapely import box
+        from shapely import prepared as shp_prepared
 
         prepared = shp_prepared.prep(aoi)
     tiles = []
     for r, (row_off, (cr0, cr1)) in enumerate(zip(rows, row_cores, strict=True)):
         for c, (col_off, (cc0, cc1)) in enumerate(zip(cols, col_cores, strict=True)):
             win = Window(col_off, row_off, tile_size, tile_size)
-            tr = transform * Affine.translation(col_off, row_off)
+            tr = transform @ Affine.translation(col_off, row_off)
             if prepared is not None:
                 x0, y0 = tr @ (0, 0)
                 x1, y1 = tr @ (tile_size, tile_size)

@@ -105,7 +105,7 @@ def test_bad_input_gives_clean_errors(tmp_path: Path) -> None:
         out = run(*args)
         assert out.returncode == 2, (args, out.stdout, out.stderr)
         assert expected in out.stderr, (args, out.stderr)
-        assert out.stderr.startswith("Error: ")
+        assert out.stderr.splitlines()[-1].startswith("Error: "), out.stderr
         assert "Traceback" not in out.stderr + out.stdout
 
 

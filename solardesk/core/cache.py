@@ -1,0 +1,1422 @@
+"""The mask cache: one SQLite file per project holding pseudo-label instances per tile.
+
+What it guarantees
+------------------
+* **Keyed work.** A computed tile is stored under a :class:`TileKey` = raster fingerprint + tile
+  id + stage id + stage version + parameter hash. Rerunning with the same key computes nothing
+  (:meth:`MaskCache.done_tile_ids` answers for a whole raster in one query); a changed parameter
+  hashes to another key (:func:`hash_params`), so only the stages it touches recompute.
+* **Atomic tiles.** A tile row and all its instances are written in one transaction: a crash or
+  ``kill -9`` leaves the whole tile or nothing, and a tile row is what "done" means. A full disk
+  rolls the transaction back and raises :class:`~solardesk.errors.CacheError`.
+* **One writer.** WAL journal, ``synchronous=NORMAL`` (a killed process loses nothing committed;
+  a power cut may lose the last transactions but never corrupts the file), foreign keys on.
+  One :class:`MaskCache` opened for writing per file, used by one thread at a time. Readers,
+  in any thread or process, open their own ``MaskCache(path, readonly=True)``; connections are
+  never shared between threads (``check_same_thread`` stays on and says so if one is).
+* **Lazy reads.** :meth:`MaskCache.read_tile` decodes one tile's masks (well under a millisecond
+  for a typical tile); :meth:`MaskCache.iter_instances` and :meth:`MaskCache.export_coco` stream
+  rows, so memory does not grow with the cache.
+* **Versioned schema.** ``PRAGMA application_id`` marks SolarDesk caches and ``PRAGMA
+  user_version`` holds the schema version; :data:`MIGRATIONS` are applied in order, each run in
+  the transaction that records the new version. A newer schema, a file that is not SQLite or
+  another application's database raises a clear error and the file is left untouched.
+
+Rows, current rows and edits
+----------------------------
+A physical tile (raster fingerprint + tile id) may hold several rows: one per computed
+stage/version/parameter set, plus at most one *edits* row (stage :data:`EDITS_STAGE_ID`) that
+holds what people added or redrew. Readers that do not name a stage see a tile's *current*
+rows: its most recently written computed row (optionally restricted to a stage, version or
+parameter hash) plus its edits row. Old rows stay until deleted, so going back to earlier
+parameters costs nothing. Rewriting a key that is already stored replaces that row and its
+instances (a forced recompute); the edits row is never replaced by a computation.
+
+Masks are stored cropped to their bounding box with :func:`solardesk.core.masks.encode_mask`
+(bit-packed + zlib); nothing is ever pickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol
+
+import numpy as np
+import sqlite_utils
+
+from solardesk import __version__
+from solardesk.core.masks import crop_to_coco_rle, decode_mask, encode_mask
+from solardesk.errors import CacheError, CacheSchemaError
+
+__all__ = [
+    "APPLICATION_ID",
+    "CHANNELS",
+    "EDITS_STAGE_ID",
+    "MIGRATIONS",
+    "PROVENANCES",
+    "REVIEW_STATES",
+    "SCHEMA_VERSION",
+    "SPLITS",
+    "ChannelScores",
+    "Instance",
+    "MaskCache",
+    "RasterRecord",
+    "TileInfo",
+    "TileKey",
+    "TileResult",
+    "TileWindow",
+    "hash_params",
+]
+
+#: ``PRAGMA application_id`` of every SolarDesk cache: the bytes ``b"SOLD"``.
+APPLICATION_ID = int.from_bytes(b"SOLD", "big")
+
+#: The six spectral channels, in the order of :class:`ChannelScores` and of the table columns.
+CHANNELS = ("periodicity", "lbp", "gabor_energy", "gabor_coherence", "photometric", "edges")
+PROVENANCES = ("spectral", "model", "human")
+REVIEW_STATES = ("pending", "accepted", "rejected")
+SPLITS = ("train", "val")
+
+#: Stage id of the per-tile row that holds instances people added or redrew. No computation
+#: writes or replaces it.
+EDITS_STAGE_ID = "edits"
+_EDITS_VERSION = "1"
+_EDITS_PARAMS = ""
+
+# Numbered migrations: MIGRATIONS[i] takes the schema from version i to version i + 1. Never edit
+# a released one; append a new script instead.
+_V1 = """
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE rasters (
+    fingerprint TEXT PRIMARY KEY,
+    path        TEXT,             -- last known path; the fingerprint survives moves
+    width       INTEGER,
+    height      INTEGER,
+    crs_wkt     TEXT,
+    transform   TEXT,             -- JSON [a, b, c, d, e, f] in rasterio Affine order
+    gsd_m       REAL,             -- ground resolution, metres per pixel
+    updated_at  TEXT
+);
+CREATE TABLE tiles (
+    id             INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: the newest row wins
+    raster_fp      TEXT NOT NULL REFERENCES rasters(fingerprint) ON DELETE CASCADE,
+    tile_id        TEXT NOT NULL,
+    stage_id       TEXT NOT NULL,
+    stage_version  TEXT NOT NULL,
+    params_hash    TEXT NOT NULL,
+    col_off        INTEGER NOT NULL,
+    row_off        INTEGER NOT NULL,
+    width          INTEGER NOT NULL CHECK (width > 0),
+    height         INTEGER NOT NULL CHECK (height > 0),
+    n_instances    INTEGER NOT NULL CHECK (n_instances >= 0),
+    max_confidence REAL,
+    computed_at    TEXT NOT NULL,
+    UNIQUE (raster_fp, tile_id, stage_id, stage_version, params_hash)
+);
+CREATE TABLE instances (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: safe to hold in a UI
+    tile_pk         INTEGER NOT NULL REFERENCES tiles(id) ON DELETE CASCADE,
+    x0              INTEGER NOT NULL,
+    y0              INTEGER NOT NULL,
+    x1              INTEGER NOT NULL,   -- exclusive
+    y1              INTEGER NOT NULL,   -- exclusive
+    mask            BLOB NOT NULL,      -- bbox-cropped, np.packbits + zlib (solardesk.core.masks)
+    area_px         INTEGER NOT NULL,
+    confidence      REAL NOT NULL CHECK (confidence BETWEEN 0 AND 1),
+    periodicity     REAL,
+    lbp             REAL,
+    gabor_energy    REAL,
+    gabor_coherence REAL,
+    photometric     REAL,
+    edges           REAL,
+    provenance      TEXT NOT NULL CHECK (provenance IN ('spectral', 'model', 'human')),
+    review          TEXT NOT NULL DEFAULT 'pending'
+                    CHECK (review IN ('pending', 'accepted', 'rejected')),
+    created_at      TEXT NOT NULL,
+    updated_at      TEXT NOT NULL,
+    CHECK (x0 >= 0 AND y0 >= 0 AND x1 > x0 AND y1 > y0)
+);
+-- (tile_pk, confidence) serves tile reads, the cascade and "any instance above t in this tile".
+CREATE INDEX instances_by_tile ON instances (tile_pk, confidence);
+CREATE INDEX instances_by_confidence ON instances (confidence);
+CREATE TABLE splits (
+    raster_fp TEXT NOT NULL REFERENCES rasters(fingerprint) ON DELETE CASCADE,
+    tile_id   TEXT NOT NULL,
+    split     TEXT NOT NULL CHECK (split IN ('train', 'val')),
+    PRIMARY KEY (raster_fp, tile_id)
+) WITHOUT ROWID;
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1,)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_SCORE_COLS = ", ".join(CHANNELS)
+_INSTANCE_COLS = (
+    "i.id, i.x0, i.y0, i.x1, i.y1, i.mask, i.confidence, "
+    + ", ".join(f"i.{c}" for c in CHANNELS)
+    + ", i.provenance, i.review"
+)
+_TILE_COLS = (
+    "t.id, t.raster_fp, t.tile_id, t.stage_id, t.stage_version, t.params_hash, "
+    "t.col_off, t.row_off, t.width, t.height, t.n_instances, t.max_confidence, t.computed_at"
+)
+# Streaming scans walk instances in rowid order with each tile looked up by its key: CROSS JOIN
+# pins that join order and "+i.confidence" keeps the planner off the confidence index, so
+# "ORDER BY i.id" needs no temporary sort of every row (and its mask).
+_STREAM_FROM = "FROM instances i CROSS JOIN tiles t ON t.id = i.tile_pk WHERE"
+_INSERT_INSTANCE = (
+    "INSERT INTO instances (tile_pk, x0, y0, x1, y1, mask, area_px, confidence, "
+    + _SCORE_COLS
+    + ", provenance, review, created_at, updated_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_RECOUNT = (
+    "UPDATE tiles SET "
+    "n_instances = (SELECT count(*) FROM instances WHERE tile_pk = tiles.id), "
+    "max_confidence = (SELECT max(confidence) FROM instances WHERE tile_pk = tiles.id) "
+    "WHERE id = ?"
+)
+
+# Primary result codes (sqlite3.h); extended codes carry them in their low byte.
+_SQLITE_BUSY = 5
+_SQLITE_LOCKED = 6
+_SQLITE_READONLY = 8
+_SQLITE_IOERR = 10
+_SQLITE_CORRUPT = 11
+_SQLITE_FULL = 13
+_SQLITE_CANTOPEN = 14
+_SQLITE_NOTADB = 26
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def hash_params(params: Mapping[str, Any]) -> str:
+    """Stable 16-hex-digit hash of a stage's parameters, for :attr:`TileKey.params_hash`.
+
+    Canonical JSON (sorted keys, no spaces, floats in ``repr`` form), so equal parameters always
+    hash alike and any changed value gives another key. Values must be JSON-serialisable.
+    """
+    text = json.dumps(params, sort_keys=True, separators=(",", ":"), allow_nan=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------
+# Value types
+class ChannelScores(NamedTuple):
+    """Per-instance scores of the six spectral channels (see :data:`CHANNELS`)."""
+
+    periodicity: float
+    lbp: float
+    gabor_energy: float
+    gabor_coherence: float
+    photometric: float
+    edges: float
+
+
+def _as_scores(scores: Any) -> ChannelScores | None:
+    if scores is None or isinstance(scores, ChannelScores):
+        return scores
+    if isinstance(scores, Mapping):
+        unknown = set(scores) - set(CHANNELS)
+        missing = set(CHANNELS) - set(scores)
+        if unknown or missing:
+            raise ValueError(
+                f"channel scores need exactly {CHANNELS}; "
+                f"missing {sorted(missing)}, unknown {sorted(unknown)}"
+            )
+        return ChannelScores(*(float(scores[c]) for c in CHANNELS))
+    values = tuple(scores)
+    if len(values) != len(CHANNELS):
+        raise ValueError(
+            f"channel scores need {len(CHANNELS)} values {CHANNELS}, got {len(values)}"
+        )
+    return ChannelScores(*(float(v) for v in values))
+
+
+@dataclass(frozen=True, eq=False, kw_only=True, slots=True)
+class Instance:
+    """One pseudo-label instance in tile pixel coordinates.
+
+    ``bbox = (x0, y0, x1, y1)`` with ``x1``, ``y1`` exclusive; ``mask`` is a read-only boolean
+    array of the bbox's shape ``(y1 - y0, x1 - x0)``. ``confidence`` is in [0, 1]; ``scores`` are
+    the six channel scores (a :class:`ChannelScores`, built from a mapping or a sequence too) or
+    ``None`` when the instance did not come from the spectral stage. ``id`` is the cache's row
+    id, ``None`` before the instance is stored. Equality is identity (masks are arrays).
+    """
+
+    bbox: tuple[int, int, int, int]
+    mask: np.ndarray
+    confidence: float
+    scores: ChannelScores | None = None
+    provenance: str = "spectral"
+    review: str = "pending"
+    id: int | None = None
+
+    def __post_init__(self) -> None:
+        x0, y0, x1, y1 = (int(v) for v in self.bbox)
+        if not (0 <= x0 < x1 and 0 <= y0 < y1):
+            raise ValueError(f"bbox {tuple(self.bbox)} must satisfy 0 <= x0 < x1 and 0 <= y0 < y1")
+        mask = np.asarray(self.mask)
+        if mask.dtype != np.bool_:
+            mask = mask.astype(bool)
+        if mask.shape != (y1 - y0, x1 - x0):
+            raise ValueError(f"mask shape {mask.shape} does not match bbox {(x0, y0, x1, y1)}")
+        if mask.flags.writeable:
+            mask = mask.view()  # a read-only view: the caller's array stays writable
+            mask.flags.writeable = False
+        confidence = float(self.confidence)
+        if not (0.0 <= confidence <= 1.0):  # also rejects NaN
+            raise ValueError(f"confidence must be in [0, 1], got {self.confidence!r}")
+        if self.provenance not in PROVENANCES:
+            raise ValueError(f"provenance must be one of {PROVENANCES}, got {self.provenance!r}")
+        if self.review not in REVIEW_STATES:
+            raise ValueError(f"review must be one of {REVIEW_STATES}, got {self.review!r}")
+        object.__setattr__(self, "bbox", (x0, y0, x1, y1))
+        object.__setattr__(self, "mask", mask)
+        object.__setattr__(self, "confidence", confidence)
+        object.__setattr__(self, "scores", _as_scores(self.scores))
+
+    @classmethod
+    def from_full_mask(cls, full_mask: np.ndarray, **kwargs: Any) -> Instance:
+        """Instance cropped to the tight bounding box of ``full_mask`` (a tile-sized mask).
+
+        ``kwargs`` are the other fields (``confidence``, ``scores``, ``provenance``...).
+        Raises ``ValueError`` for an empty mask.
+        """
+        full = np.asarray(full_mask, dtype=bool)
+        rows = np.flatnonzero(full.any(axis=1))
+        cols = np.flatnonzero(full.any(axis=0))
+        if rows.size == 0:
+            raise ValueError("an instance needs at least one mask pixel")
+        y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+        return cls(bbox=(x0, y0, x1, y1), mask=full[y0:y1, x0:x1].copy(), **kwargs)
+
+    @property
+    def area_px(self) -> int:
+        """Number of mask pixels."""
+        return int(np.count_nonzero(self.mask))
+
+    def full_mask(self, tile_height: int, tile_width: int) -> np.ndarray:
+        """The mask pasted into a ``(tile_height, tile_width)`` boolean array."""
+        x0, y0, x1, y1 = self.bbox
+        if x1 > tile_width or y1 > tile_height:
+            raise ValueError(f"bbox {self.bbox} does not fit a {tile_height} x {tile_width} tile")
+        out = np.zeros((tile_height, tile_width), dtype=bool)
+        out[y0:y1, x0:x1] = self.mask
+        return out
+
+    def replace(self, **changes: Any) -> Instance:
+        """A copy with some fields changed (``dataclasses.replace``)."""
+        values = {f: getattr(self, f) for f in self.__dataclass_fields__}
+        values.update(changes)
+        return Instance(**values)
+
+
+@dataclass(frozen=True, slots=True)
+class TileKey:
+    """What identifies a computed tile: rerunning the same key computes nothing.
+
+    ``stage_version`` is stored as text (``1`` and ``"1"`` are the same key). Use
+    :func:`hash_params` for ``params_hash``.
+    """
+
+    raster_fp: str
+    tile_id: str
+    stage_id: str
+    stage_version: str
+    params_hash: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stage_version", str(self.stage_version))
+        for name in ("raster_fp", "tile_id", "stage_id", "params_hash"):
+            if not isinstance(getattr(self, name), str):
+                raise TypeError(f"TileKey.{name} must be a str, got {getattr(self, name)!r}")
+        if not (self.raster_fp and self.tile_id and self.stage_id):
+            raise ValueError(f"TileKey needs a raster fingerprint, tile id and stage id: {self}")
+
+
+class TileWindow(NamedTuple):
+    """A tile's pixel window in its raster (rasterio ``Window`` order)."""
+
+    col_off: int
+    row_off: int
+    width: int
+    height: int
+
+
+class _WindowLike(Protocol):
+    col_off: Any
+    row_off: Any
+    width: Any
+    height: Any
+
+
+def _as_window(window: _WindowLike | Sequence[int]) -> TileWindow:
+    """Accept a TileWindow, a 4-sequence, a rasterio ``Window`` or a tiling ``Tile``."""
+    if hasattr(window, "col_off"):
+        values = (window.col_off, window.row_off, window.width, window.height)  # type: ignore[union-attr]
+    else:
+        values = tuple(window)  # type: ignore[arg-type]
+        if len(values) != 4:
+            raise ValueError(f"a window is (col_off, row_off, width, height), got {window!r}")
+    w = TileWindow(*(int(v) for v in values))
+    if w.width <= 0 or w.height <= 0:
+        raise ValueError(f"window {w} must have a positive width and height")
+    return w
+
+
+class TileResult(NamedTuple):
+    """One computed tile for :meth:`MaskCache.write_tiles`."""
+
+    key: TileKey
+    window: Any  # TileWindow, (col_off, row_off, width, height), rasterio Window or Tile
+    instances: Sequence[Instance]
+
+
+@dataclass(frozen=True, slots=True)
+class TileInfo:
+    """One stored tile row (``pk`` is its row id)."""
+
+    pk: int
+    raster_fp: str
+    tile_id: str
+    stage_id: str
+    stage_version: str
+    params_hash: str
+    window: TileWindow
+    n_instances: int
+    max_confidence: float | None
+    computed_at: str
+
+    @property
+    def key(self) -> TileKey:
+        return TileKey(
+            self.raster_fp, self.tile_id, self.stage_id, self.stage_version, self.params_hash
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RasterRecord:
+    """What the cache remembers about a raster (all but the fingerprint may be unknown)."""
+
+    fingerprint: str
+    path: str | None = None
+    width: int | None = None
+    height: int | None = None
+    crs_wkt: str | None = None
+    transform: tuple[float, ...] | None = None
+    gsd_m: float | None = None
+
+
+def _tile_info(row: Sequence[Any]) -> TileInfo:
+    return TileInfo(
+        pk=row[0],
+        raster_fp=row[1],
+        tile_id=row[2],
+        stage_id=row[3],
+        stage_version=row[4],
+        params_hash=row[5],
+        window=TileWindow(row[6], row[7], row[8], row[9]),
+        n_instances=row[10],
+        max_confidence=row[11],
+        computed_at=row[12],
+    )
+
+
+def _instance(row: Sequence[Any]) -> Instance:
+    """Build an Instance from the columns of ``_INSTANCE_COLS``."""
+    iid, x0, y0, x1, y1, blob, conf = row[:7]
+    raw = row[7:13]
+    scores = None if all(v is None for v in raw) else ChannelScores(*raw)
+    return Instance(
+        bbox=(x0, y0, x1, y1),
+        mask=decode_mask(blob, y1 - y0, x1 - x0),
+        confidence=conf,
+        scores=scores,
+        provenance=row[13],
+        review=row[14],
+        id=iid,
+    )
+
+
+def _check_in(value: str, allowed: tuple[str, ...], what: str) -> None:
+    if value not in allowed:
+        raise ValueError(f"{what} must be one of {allowed}, got {value!r}")
+
+
+def _in_clause(
+    column: str, value: str | Iterable[str] | None, allowed: tuple[str, ...], what: str
+) -> tuple[str, list[Any]]:
+    if value is None:
+        return "", []
+    values = [value] if isinstance(value, str) else list(value)
+    for v in values:
+        _check_in(v, allowed, what)
+    return f" AND {column} IN ({', '.join('?' * len(values))})", values
+
+
+# --------------------------------------------------------------------------------------------
+class MaskCache:
+    """A project's mask cache (see the module docstring for the guarantees).
+
+    ``MaskCache(path)`` opens or creates the cache for writing (only one writer per file at a
+    time; a second one waits ``timeout`` seconds for the lock, then raises ``CacheError``).
+    ``MaskCache(path, readonly=True)`` opens an existing cache for reading only; any number of
+    readers may run beside the writer. Each object belongs to the thread that opened it.
+
+    Raises :class:`~solardesk.errors.CacheError` for a file that is not SQLite, a missing or
+    read-only location, a locked or damaged file, a full disk; and
+    :class:`~solardesk.errors.CacheSchemaError` for a cache from a newer SolarDesk or another
+    application's database. The file is never modified in those cases.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, readonly: bool = False, timeout: float = 5.0
+    ):
+        self.path = Path(path)
+        self.readonly = readonly
+        self._conn: sqlite3.Connection | None = None
+        conn = self._connect(timeout)
+        try:
+            self._db = sqlite_utils.Database(conn, recursive_triggers=False, execute_plugins=False)
+            self._conn = conn
+            self._open_schema()
+        except BaseException:
+            conn.close()
+            self._conn = None
+            raise
+
+    # ----------------------------------------------------------------------------- opening
+    def _connect(self, timeout: float) -> sqlite3.Connection:
+        p = self.path
+        if p.is_dir():
+            raise CacheError(
+                f"Cache path {p} is a folder; choose a file name such as {p / 'cache.sqlite'}"
+            )
+        if self.readonly:
+            if not p.is_file():
+                raise CacheError(
+                    f"Cache {p} does not exist; run `solardesk precompute` with --cache {p} "
+                    "first, or choose another path."
+                )
+            target, uri = p.resolve().as_uri() + "?mode=ro", True
+        else:
+            folder = p.parent if str(p.parent) else Path(".")
+            if not folder.is_dir():
+                raise CacheError(
+                    f"Cannot create cache {p}: folder {folder} does not exist; create it or "
+                    "choose another path."
+                )
+            # Root passes these checks whatever the permissions; SQLite's own errors, mapped
+            # in _error(), cover that case and read-only file systems.
+            if (p.exists() and not os.access(p, os.W_OK)) or not os.access(folder, os.W_OK):
+                raise CacheError(self._readonly_message("the file or its folder is not writable"))
+            target, uri = str(p), False
+        try:
+            conn = sqlite3.connect(target, uri=uri, timeout=timeout, isolation_level=None)
+        except sqlite3.Error as e:
+            raise self._error(e, "open the cache") from e
+        return conn
+
+    def _open_schema(self) -> None:
+        conn = self._conn
+        assert conn is not None
+        try:
+            app_id, version, tables = self._header(conn)
+            self._check_header(app_id, version, tables)
+            if not self.readonly:
+                # Only now that the file is known to be ours (or empty) may it be changed.
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA foreign_keys = ON")
+        except sqlite3.Error as e:
+            raise self._error(e, "open the cache") from e
+        if not self.readonly and version < SCHEMA_VERSION:
+            self._migrate()
+        self.schema_version = SCHEMA_VERSION
+
+    def _header(self, conn: sqlite3.Connection) -> tuple[int, int, list[str]]:
+        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        tables = [t for t in self._db.table_names() if not t.startswith("sqlite_")]
+        return app_id, version, tables
+
+    def _check_header(self, app_id: int, version: int, tables: list[str]) -> None:
+        if app_id == APPLICATION_ID:
+            if version > SCHEMA_VERSION:
+                raise CacheSchemaError(
+                    f"Cache {self.path} has schema version {version}{self._written_by()}, newer "
+                    f"than this SolarDesk {__version__} understands (schema version "
+                    f"{SCHEMA_VERSION}). Upgrade SolarDesk to open it, or choose another "
+                    "cache path."
+                )
+            if version < SCHEMA_VERSION and self.readonly:
+                raise CacheSchemaError(
+                    f"Cache {self.path} has the older schema version {version} (this SolarDesk "
+                    f"uses {SCHEMA_VERSION}); open it once for writing to upgrade it."
+                )
+            return
+        if app_id == 0 and version == 0 and not tables:
+            if self.readonly:
+                raise CacheError(
+                    f"{self.path} is empty, not a SolarDesk cache yet; run `solardesk "
+                    "precompute` with this cache first, or choose another path."
+                )
+            return  # a new (or zero-length) file: migrations create everything
+        owner = f"application_id 0x{app_id & 0xFFFFFFFF:08X}" if app_id else "no application_id"
+        listed = ", ".join(tables[:6]) + (", ..." if len(tables) > 6 else "")
+        raise CacheSchemaError(
+            f"{self.path} is an SQLite database of another application ({owner}; tables: "
+            f"{listed or 'none'}), not a SolarDesk cache; choose another path."
+        )
+
+    def _written_by(self) -> str:
+        try:
+            row = self._live().execute("SELECT value FROM meta WHERE key = 'written_by'").fetchone()
+        except sqlite3.Error:
+            return ""
+        return f" (written by SolarDesk {row[0]})" if row else ""
+
+    def _migrate(self) -> None:
+        with self._transaction("upgrade the cache schema") as conn:
+            # Re-read inside the write lock: another writer may have migrated meanwhile.
+            app_id, version, tables = self._header(conn)
+            self._check_header(app_id, version, tables)
+            for script in MIGRATIONS[version:]:
+                # sqlite-utils runs a script statement by statement inside the open transaction
+                # (sqlite3's executescript would COMMIT first and break atomicity).
+                self._db.executescript(script)
+            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            now = _now()
+            conn.executemany(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [("written_by", __version__), (f"schema_{SCHEMA_VERSION}_at", now)],
+            )
+            conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('created_at', ?)", (now,))
+
+    # ----------------------------------------------------------------------------- errors
+    def _readonly_message(self, why: str) -> str:
+        return (
+            f"Cache {self.path} is read-only ({why}). Open it for writing from a writable "
+            "location (copy it to a writable folder or choose another --cache path), or open "
+            "it with readonly=True to read it."
+        )
+
+    def _error(self, e: sqlite3.Error, action: str) -> CacheError:
+        """The CacheError that explains ``e`` to a user (the caller raises it ``from e``)."""
+        code = getattr(e, "sqlite_errorcode", None)
+        primary = code & 0xFF if isinstance(code, int) else None
+        p = self.path
+        if primary == _SQLITE_FULL:
+            return CacheError(
+                f"Disk full while writing cache {p}: could not {action}; the transaction was "
+                "rolled back and finished tiles are kept. Free disk space (or move the cache "
+                "to a larger disk) and rerun."
+            )
+        if primary == _SQLITE_READONLY:
+            if self.readonly:
+                return CacheError(
+                    f"Cache {p} was opened read-only: could not {action}. Open it without "
+                    "readonly=True (one writer at a time) to change it."
+                )
+            return CacheError(self._readonly_message(f"could not {action}: {e}"))
+        if primary == _SQLITE_NOTADB:
+            return CacheError(
+                f"{p} is not a SolarDesk cache (not an SQLite database); choose another path."
+            )
+        if primary == _SQLITE_CORRUPT:
+            return CacheError(
+                f"Cache {p} is damaged ({e}). Delete it and rerun the pre-compute (review "
+                "edits stored in it are lost), or restore a backup."
+            )
+        if primary in (_SQLITE_BUSY, _SQLITE_LOCKED):
+            return CacheError(
+                f"Cache {p} is locked by another writer: could not {action}. Only one SolarDesk "
+                "process may write a cache at a time; wait for the other one or close it."
+            )
+        if primary == _SQLITE_CANTOPEN:
+            return CacheError(
+                f"Cannot open cache {p} ({e}): the location is missing or read-only; choose a "
+                "writable path."
+            )
+        if primary == _SQLITE_IOERR:
+            return CacheError(f"I/O error on cache {p} ({e}): could not {action}; check the disk.")
+        return CacheError(f"Cache {p}: could not {action}: {e}")
+
+    def _live(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise CacheError(f"Cache {self.path} is closed; open it again.")
+        return self._conn
+
+    @contextmanager
+    def _reading(self, action: str) -> Iterator[sqlite3.Connection]:
+        conn = self._live()
+        try:
+            yield conn
+        except (sqlite3.ProgrammingError, sqlite3.InterfaceError):
+            raise  # misuse of the API (wrong thread, bad bindings): a bug, not a user error
+        except sqlite3.Error as e:
+            raise self._error(e, action) from e
+
+    @contextmanager
+    def _transaction(self, action: str) -> Iterator[sqlite3.Connection]:
+        """One write transaction; anything raised inside rolls all of it back."""
+        conn = self._live()
+        if conn.in_transaction:
+            raise RuntimeError("MaskCache write transactions do not nest")
+        try:
+            # IMMEDIATE takes the write lock now, so a second writer waits (busy timeout)
+            # instead of failing half-way through.
+            conn.execute("BEGIN IMMEDIATE")
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException as e:
+            if conn.in_transaction:  # SQLITE_FULL and some I/O errors already rolled back
+                with suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            if isinstance(e, sqlite3.Error) and not isinstance(
+                e, (sqlite3.ProgrammingError, sqlite3.InterfaceError)
+            ):
+                raise self._error(e, action) from e
+            raise
+
+    # ----------------------------------------------------------------------------- lifetime
+    def close(self) -> None:
+        """Close the cache; a writer first checkpoints the WAL into the main file. Idempotent."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            if not self.readonly:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                conn.execute("PRAGMA optimize")
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as e:
+            raise self._error(e, "checkpoint the cache on close") from e
+        finally:
+            conn.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._conn is None
+
+    def __enter__(self) -> MaskCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        mode = "readonly" if self.readonly else "writer"
+        state = "closed" if self._conn is None else "open"
+        return f"MaskCache({str(self.path)!r}, {mode}, {state})"
+
+    # ----------------------------------------------------------------------------- rasters
+    def put_raster(
+        self,
+        fingerprint: str,
+        *,
+        path: str | os.PathLike[str] | None = None,
+        width: int | None = None,
+        height: int | None = None,
+        crs_wkt: str | None = None,
+        transform: Sequence[float] | None = None,
+        gsd_m: float | None = None,
+    ) -> None:
+        """Record (or update) what is known about a raster. ``None`` leaves a field unchanged.
+
+        ``transform`` is an Affine or any sequence whose first six numbers are a, b, c, d, e, f.
+        Writing tiles of an unknown fingerprint also works: it records the fingerprint alone.
+        """
+        record: dict[str, Any] = {"fingerprint": fingerprint, "updated_at": _now()}
+        if path is not None:
+            record["path"] = str(path)
+        if width is not None:
+            record["width"] = int(width)
+        if height is not None:
+            record["height"] = int(height)
+        if crs_wkt is not None:
+            record["crs_wkt"] = str(crs_wkt)
+        if transform is not None:
+            six = [float(v) for v in tuple(transform)[:6]]
+            if len(six) != 6:
+                raise ValueError(f"transform needs six numbers, got {transform!r}")
+            record["transform"] = json.dumps(six)
+        if gsd_m is not None:
+            record["gsd_m"] = float(gsd_m)
+        with self._transaction(f"record raster {fingerprint}"):
+            self._db["rasters"].upsert(record, pk="fingerprint")  # type: ignore[union-attr]
+
+    def put_raster_info(self, info: Any) -> None:
+        """:meth:`put_raster` from a :class:`solardesk.core.raster.RasterInfo` (duck-typed)."""
+        self.put_raster(
+            info.fingerprint,
+            path=info.path,
+            width=info.width,
+            height=info.height,
+            crs_wkt=getattr(info, "crs", None),
+            transform=getattr(info, "transform", None),
+            gsd_m=getattr(info, "ground_resolution_m", None),
+        )
+
+    def get_raster(self, fingerprint: str) -> RasterRecord | None:
+        """What the cache knows about a raster, or ``None``."""
+        with self._reading(f"read raster {fingerprint}") as conn:
+            row = conn.execute(
+                "SELECT fingerprint, path, width, height, crs_wkt, transform, gsd_m "
+                "FROM rasters WHERE fingerprint = ?",
+                (fingerprint,),
+            ).fetchone()
+        if row is None:
+            return None
+        transform = tuple(json.loads(row[5])) if row[5] else None
+        return RasterRecord(row[0], row[1], row[2], row[3], row[4], transform, row[6])
+
+    # ----------------------------------------------------------------------------- keyed work
+    def is_done(self, key: TileKey) -> bool:
+        """Whether a tile is stored under exactly this key (all of it: tiles are atomic)."""
+        with self._reading("look up a tile") as conn:
+            row = conn.execute(
+                "SELECT 1 FROM tiles WHERE raster_fp = ? AND tile_id = ? AND stage_id = ? "
+                "AND stage_version = ? AND params_hash = ?",
+                (key.raster_fp, key.tile_id, key.stage_id, key.stage_version, key.params_hash),
+            ).fetchone()
+        return row is not None
+
+    def done_tile_ids(
+        self, raster_fp: str, stage_id: str, stage_version: str | int, params_hash: str
+    ) -> set[str]:
+        """Ids of the tiles of one raster already stored for this stage, version and parameters.
+
+        One indexed query: the pre-compute skips these and computes the rest.
+        """
+        with self._reading("list finished tiles") as conn:
+            rows = conn.execute(
+                "SELECT tile_id FROM tiles WHERE raster_fp = ? AND stage_id = ? "
+                "AND stage_version = ? AND params_hash = ?",
+                (raster_fp, stage_id, str(stage_version), params_hash),
+            )
+            return {r[0] for r in rows}
+
+    def write_tile(
+        self,
+        key: TileKey,
+        window: _WindowLike | Sequence[int],
+        instances: Iterable[Instance],
+    ) -> int:
+        """Store one computed tile and all its instances in one transaction; return its row id.
+
+        ``window`` is the tile's (col_off, row_off, width, height) in the raster (a rasterio
+        ``Window`` or a tiling ``Tile`` works too); instance boxes must lie inside it. A tile
+        with no instances is stored too: it is done. Rewriting an existing key replaces it.
+        The instances' ``id`` is ignored (new rows are created).
+        """
+        return self._write_batch([TileResult(key, window, list(instances))])[0]
+
+    def write_tiles(self, tiles: Iterable[TileResult | tuple], *, batch_size: int = 64) -> int:
+        """Store many tiles, ``batch_size`` per transaction; return how many were written.
+
+        Each tile stays atomic. ``tiles`` may be a generator that computes them: it is consumed
+        batch by batch and no lock is held while it computes. If it raises (a failed or
+        cancelled job), the tiles it yielded before are written, then the error propagates. If
+        a write fails, that batch is rolled back as a whole (earlier batches stay) and
+        ``CacheError`` is raised; :meth:`done_tile_ids` tells what is stored.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        it = iter(tiles)
+        written = 0
+        while True:
+            batch: list[TileResult] = []
+            try:
+                for item in it:
+                    batch.append(item if isinstance(item, TileResult) else TileResult(*item))
+                    if len(batch) >= batch_size:
+                        break
+            except BaseException:
+                if batch:
+                    self._write_batch(batch)
+                raise
+            if not batch:
+                return written
+            self._write_batch(batch)
+            written += len(batch)
+
+    def _write_batch(self, batch: Sequence[TileResult]) -> list[int]:
+        # Validate and encode everything before taking the write lock.
+        now = _now()
+        prepared = []
+        for key, window, instances in batch:
+            if not isinstance(key, TileKey):
+                raise TypeError(f"expected a TileKey, got {key!r}")
+            if key.stage_id == EDITS_STAGE_ID:
+                raise ValueError(f"stage id {EDITS_STAGE_ID!r} is reserved for review edits")
+            w = _as_window(window)
+            rows = [self._instance_row(inst, w, now) for inst in instances]
+            max_conf = max((r[7] for r in rows), default=None)
+            prepared.append((key, w, rows, max_conf))
+        pks = []
+        what = batch[0].key.tile_id if len(batch) == 1 else f"{len(batch)} tiles"
+        with self._transaction(f"write {what}") as conn:
+            for key, w, rows, max_conf in prepared:
+                conn.execute(
+                    "INSERT OR IGNORE INTO rasters (fingerprint) VALUES (?)", (key.raster_fp,)
+                )
+                conn.execute(
+                    "DELETE FROM tiles WHERE raster_fp = ? AND tile_id = ? AND stage_id = ? "
+                    "AND stage_version = ? AND params_hash = ?",
+                    (key.raster_fp, key.tile_id, key.stage_id, key.stage_version, key.params_hash),
+                )
+                cur = conn.execute(
+                    "INSERT INTO tiles (raster_fp, tile_id, stage_id, stage_version, params_hash, "
+                    "col_off, row_off, width, height, n_instances, max_confidence, computed_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        key.raster_fp,
+                        key.tile_id,
+                        key.stage_id,
+                        key.stage_version,
+                        key.params_hash,
+                        *w,
+                        len(rows),
+                        max_conf,
+                        now,
+                    ),
+                )
+                pk = cur.lastrowid
+                conn.executemany(_INSERT_INSTANCE, [(pk, *r) for r in rows])
+                pks.append(pk)
+        return pks
+
+    @staticmethod
+    def _instance_row(
+        inst: Instance, window: TileWindow, now: str, provenance: str | None = None
+    ) -> tuple:
+        if not isinstance(inst, Instance):
+            raise TypeError(f"expected an Instance, got {type(inst).__name__}")
+        x0, y0, x1, y1 = inst.bbox
+        if x1 > window.width or y1 > window.height:
+            raise ValueError(
+                f"instance bbox {inst.bbox} lies outside its {window.width} x {window.height} tile"
+            )
+        s = inst.scores or (None,) * len(CHANNELS)
+        return (
+            x0,
+            y0,
+            x1,
+            y1,
+            encode_mask(inst.mask),
+            inst.area_px,
+            inst.confidence,
+            *s,
+            provenance or inst.provenance,
+            inst.review,
+            now,
+            now,
+        )
+
+    # ----------------------------------------------------------------------------- reading
+    @staticmethod
+    def _current_sql(
+        t: str,
+        stage_id: str | None,
+        stage_version: str | int | None,
+        params_hash: str | None,
+        *,
+        current_only: bool = True,
+        include_edits: bool = True,
+    ) -> tuple[str, list[Any]]:
+        """A WHERE condition on tiles alias ``t`` selecting the rows readers see by default."""
+        filters, params = [], []
+        for col, val in (
+            ("stage_id", stage_id),
+            ("stage_version", stage_version),
+            ("params_hash", params_hash),
+        ):
+            if val is not None:
+                filters.append(col)
+                params.append(str(val))
+        computed = [f"{t}.stage_id != '{EDITS_STAGE_ID}'"] + [f"{t}.{c} = ?" for c in filters]
+        if current_only:
+            newest = (
+                f"SELECT max(t2.id) FROM tiles t2 WHERE t2.raster_fp = {t}.raster_fp "
+                f"AND t2.tile_id = {t}.tile_id AND t2.stage_id != '{EDITS_STAGE_ID}'"
+                + "".join(f" AND t2.{c} = ?" for c in filters)
+            )
+            computed.append(f"{t}.id = ({newest})")
+            params = params + params
+        sql = "(" + " AND ".join(computed) + ")"
+        if include_edits:
+            sql = f"({sql} OR {t}.stage_id = '{EDITS_STAGE_ID}')"
+        return sql, params
+
+    def read_tile(
+        self,
+        raster_fp: str,
+        tile_id: str,
+        stage_id: str | None = None,
+        stage_version: str | int | None = None,
+        params_hash: str | None = None,
+        *,
+        min_confidence: float = 0.0,
+        include_edits: bool = True,
+    ) -> list[Instance]:
+        """One tile's instances, masks decoded, ordered by id; ``[]`` for an unknown tile.
+
+        Reads the tile's newest computed row that matches the given stage id / version /
+        parameter hash (any stage when none is given) plus, with ``include_edits``, the
+        instances people added or redrew on that tile.
+        """
+        filters, params = "", [raster_fp, tile_id]
+        for col, val in (
+            ("stage_id", stage_id),
+            ("stage_version", stage_version),
+            ("params_hash", params_hash),
+        ):
+            if val is not None:
+                filters += f" AND {col} = ?"
+                params.append(str(val))
+        with self._reading(f"read tile {tile_id}") as conn:
+            computed = conn.execute(
+                f"SELECT max(id) FROM tiles WHERE raster_fp = ? AND tile_id = ? "
+                f"AND stage_id != '{EDITS_STAGE_ID}'{filters}",
+                params,
+            ).fetchone()[0]
+            pks = [computed]
+            if include_edits:
+                pks.append(self._edits_pk(conn, raster_fp, tile_id))
+            pks = [pk for pk in pks if pk is not None]
+            if not pks:
+                return []
+            rows = conn.execute(
+                f"SELECT {_INSTANCE_COLS} FROM instances i WHERE i.tile_pk IN "
+                f"({', '.join('?' * len(pks))}) AND i.confidence >= ? ORDER BY i.id",
+                (*pks, float(min_confidence)),
+            ).fetchall()  # one tile: small
+        return [_instance(r) for r in rows]
+
+    @staticmethod
+    def _edits_pk(conn: sqlite3.Connection, raster_fp: str, tile_id: str) -> int | None:
+        row = conn.execute(
+            "SELECT id FROM tiles WHERE raster_fp = ? AND tile_id = ? AND stage_id = ? "
+            "AND stage_version = ? AND params_hash = ?",
+            (raster_fp, tile_id, EDITS_STAGE_ID, _EDITS_VERSION, _EDITS_PARAMS),
+        ).fetchone()
+        return row[0] if row else None
+
+    def iter_tiles(
+        self,
+        raster_fp: str | None = None,
+        *,
+        stage_id: str | None = None,
+        stage_version: str | int | None = None,
+        params_hash: str | None = None,
+        current_only: bool = True,
+        include_edits: bool = True,
+    ) -> Iterator[TileInfo]:
+        """Stream tile rows (current rows by default, see the module docstring), by row id."""
+        cond, params = self._current_sql(
+            "t",
+            stage_id,
+            stage_version,
+            params_hash,
+            current_only=current_only,
+            include_edits=include_edits,
+        )
+        if raster_fp is not None:
+            cond += " AND t.raster_fp = ?"
+            params.append(raster_fp)
+        with self._reading("list tiles") as conn:
+            for row in conn.execute(
+                f"SELECT {_TILE_COLS} FROM tiles t WHERE {cond} ORDER BY t.id", params
+            ):
+                yield _tile_info(row)
+
+    def iter_instances(
+        self,
+        min_confidence: float = 0.0,
+        provenance: str | Iterable[str] | None = None,
+        review: str | Iterable[str] | None = None,
+        raster_fp: str | None = None,
+        *,
+        stage_id: str | None = None,
+        stage_version: str | int | None = None,
+        params_hash: str | None = None,
+        current_only: bool = True,
+        include_edits: bool = True,
+    ) -> Iterator[tuple[TileInfo, Instance]]:
+        """Stream ``(tile, instance)`` pairs, by instance id, one row at a time.
+
+        Filters: confidence ≥ ``min_confidence``; ``provenance`` and ``review`` a state or a
+        collection of states; one raster; the tile rows as in :meth:`iter_tiles`. Memory stays
+        flat whatever the cache size. Do not write through this same object while iterating
+        (SQLite would see the changes mid-scan): collect ids first, or read through a separate
+        ``readonly=True`` cache.
+        """
+        cond, params = self._current_sql(
+            "t",
+            stage_id,
+            stage_version,
+            params_hash,
+            current_only=current_only,
+            include_edits=include_edits,
+        )
+        sql = f"SELECT {_TILE_COLS}, {_INSTANCE_COLS} {_STREAM_FROM} {cond} AND +i.confidence >= ?"
+        params.append(float(min_confidence))
+        prov_sql, prov_params = _in_clause("i.provenance", provenance, PROVENANCES, "provenance")
+        rev_sql, rev_params = _in_clause("i.review", review, REVIEW_STATES, "review")
+        sql += prov_sql + rev_sql
+        params += prov_params + rev_params
+        if raster_fp is not None:
+            sql += " AND t.raster_fp = ?"
+            params.append(raster_fp)
+        sql += " ORDER BY i.id"
+        n_tile = len(_TILE_COLS.split(","))
+        tile: TileInfo | None = None
+        with self._reading("read instances") as conn:
+            for row in conn.execute(sql, params):
+                if tile is None or tile.pk != row[0]:
+                    tile = _tile_info(row[:n_tile])
+                yield tile, _instance(row[n_tile:])
+
+    def get_instance(self, instance_id: int) -> tuple[TileInfo, Instance]:
+        """One instance and its tile row; ``KeyError`` when there is no such id."""
+        with self._reading(f"read instance {instance_id}") as conn:
+            row = conn.execute(
+                f"SELECT {_TILE_COLS}, {_INSTANCE_COLS} FROM instances i "
+                "JOIN tiles t ON t.id = i.tile_pk WHERE i.id = ?",
+                (int(instance_id),),
+            ).fetchone()
+        if row is None:
+            raise KeyError(f"no instance {instance_id} in cache {self.path}")
+        n_tile = len(_TILE_COLS.split(","))
+        return _tile_info(row[:n_tile]), _instance(row[n_tile:])
+
+    # ----------------------------------------------------------------------------- review
+    def set_review(self, instance_id: int, state: str) -> None:
+        """Set an instance's review state: ``"pending"``, ``"accepted"`` or ``"rejected"``."""
+        _check_in(state, REVIEW_STATES, "review state")
+        with self._transaction(f"review instance {instance_id}") as conn:
+            cur = conn.execute(
+                "UPDATE instances SET review = ?, updated_at = ? WHERE id = ?",
+                (state, _now(), int(instance_id)),
+            )
+            if cur.rowcount == 0:
+                raise KeyError(f"no instance {instance_id} in cache {self.path}")
+
+    def _ensure_edits_row(
+        self, conn: sqlite3.Connection, raster_fp: str, tile_id: str, window: Any
+    ) -> tuple[int, TileWindow]:
+        row = conn.execute(
+            "SELECT id, col_off, row_off, width, height FROM tiles WHERE raster_fp = ? "
+            "AND tile_id = ? ORDER BY stage_id = ? DESC, id DESC LIMIT 1",
+            (raster_fp, tile_id, EDITS_STAGE_ID),
+        ).fetchone()
+        pk = self._edits_pk(conn, raster_fp, tile_id)
+        if window is not None:
+            w = _as_window(window)
+        elif row is not None:
+            w = TileWindow(*row[1:])
+        else:
+            raise KeyError(
+                f"tile {tile_id} of raster {raster_fp} is not in cache {self.path}; pass its window"
+            )
+        if pk is None:
+            conn.execute("INSERT OR IGNORE INTO rasters (fingerprint) VALUES (?)", (raster_fp,))
+            pk = conn.execute(
+                "INSERT INTO tiles (raster_fp, tile_id, stage_id, stage_version, params_hash, "
+                "col_off, row_off, width, height, n_instances, max_confidence, computed_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, NULL, ?)",
+                (raster_fp, tile_id, EDITS_STAGE_ID, _EDITS_VERSION, _EDITS_PARAMS, *w, _now()),
+            ).lastrowid
+        return pk, w
+
+    def add_instance(
+        self,
+        raster_fp: str,
+        tile_id: str,
+        instance: Instance,
+        provenance: str | None = "human",
+        *,
+        window: _WindowLike | Sequence[int] | None = None,
+    ) -> int:
+        """Add one instance (typically drawn by a person) to a tile; return its id.
+
+        It goes to the tile's edits row (stage :data:`EDITS_STAGE_ID`), created on demand with
+        the window of the tile's newest row, or ``window`` for a tile never computed. A
+        recompute never replaces the edits row. ``provenance`` overrides the instance's own
+        (``None`` keeps it).
+        """
+        if provenance is not None:
+            _check_in(provenance, PROVENANCES, "provenance")
+        with self._transaction(f"add an instance to tile {tile_id}") as conn:
+            pk, w = self._ensure_edits_row(conn, raster_fp, tile_id, window)
+            row = self._instance_row(instance, w, _now(), provenance)
+            iid = conn.execute(_INSERT_INSTANCE, (pk, *row)).lastrowid
+            conn.execute(_RECOUNT, (pk,))
+        return iid
+
+    def replace_mask(self, instance_id: int, bbox: Sequence[int], mask: np.ndarray) -> None:
+        """Replace an instance's outline (a person redrew it).
+
+        The instance keeps its id, confidence, scores and review state; its provenance becomes
+        ``"human"`` and it moves to its tile's edits row, so that recomputing the stage that
+        produced it does not drop the edit.
+        """
+        tile, old = self.get_instance(instance_id)
+        new = old.replace(bbox=tuple(bbox), mask=mask, provenance="human")
+        with self._transaction(f"redraw instance {instance_id}") as conn:
+            pk, w = self._ensure_edits_row(conn, tile.raster_fp, tile.tile_id, None)
+            x0, y0, x1, y1, blob, area, *_ = self._instance_row(new, w, _now())
+            cur = conn.execute(
+                "UPDATE instances SET tile_pk = ?, x0 = ?, y0 = ?, x1 = ?, y1 = ?, mask = ?, "
+                "area_px = ?, provenance = 'human', updated_at = ? WHERE id = ?",
+                (pk, x0, y0, x1, y1, blob, area, _now(), int(instance_id)),
+            )
+            if cur.rowcount == 0:
+                raise KeyError(f"no instance {instance_id} in cache {self.path}")
+            conn.execute(_RECOUNT, (pk,))
+            conn.execute(_RECOUNT, (tile.pk,))
+
+    def delete_instance(self, instance_id: int) -> None:
+        """Delete one instance (``KeyError`` if absent). Rejecting it keeps a record instead."""
+        with self._transaction(f"delete instance {instance_id}") as conn:
+            row = conn.execute(
+                "DELETE FROM instances WHERE id = ? RETURNING tile_pk", (int(instance_id),)
+            ).fetchone()
+            if row is None:
+                raise KeyError(f"no instance {instance_id} in cache {self.path}")
+            conn.execute(_RECOUNT, (row[0],))
+
+    # ----------------------------------------------------------------------------- splits
+    def set_splits(
+        self, assignments: Mapping[tuple[str, str], str] | Iterable[tuple[str, str, str]]
+    ) -> None:
+        """Record train/val splits: ``{(raster_fp, tile_id): split}`` or ``(fp, tile, split)``s."""
+        items = (
+            [(fp, tid, s) for (fp, tid), s in assignments.items()]
+            if isinstance(assignments, Mapping)
+            else [tuple(a) for a in assignments]
+        )
+        for _, _, s in items:
+            _check_in(s, SPLITS, "split")
+        with self._transaction("record train/val splits") as conn:
+            conn.executemany(
+                "INSERT OR IGNORE INTO rasters (fingerprint) VALUES (?)", {(i[0],) for i in items}
+            )
+            self._db["splits"].upsert_all(  # type: ignore[union-attr]
+                ({"raster_fp": fp, "tile_id": tid, "split": s} for fp, tid, s in items),
+                pk=("raster_fp", "tile_id"),
+            )
+
+    def get_splits(self, raster_fp: str | None = None) -> dict[tuple[str, str], str]:
+        """The recorded splits, ``{(raster_fp, tile_id): "train" | "val"}``."""
+        sql, params = "SELECT raster_fp, tile_id, split FROM splits", []
+        if raster_fp is not None:
+            sql, params = sql + " WHERE raster_fp = ?", [raster_fp]
+        with self._reading("read splits") as conn:
+            return {(fp, tid): s for fp, tid, s in conn.execute(sql, params)}
+
+    # ----------------------------------------------------------------------------- reports
+    def size_bytes(self) -> int:
+        """Bytes on disk: the database file plus its WAL and shared-memory files."""
+        total = 0
+        for suffix in ("", "-wal", "-shm"):
+            with suppress(OSError):
+                total += os.path.getsize(f"{self.path}{suffix}")
+        return total
+
+    def stats(self, threshold: float = 0.85) -> dict[str, Any]:
+        """Figures for ``solardesk cache stats``, over the current rows of each tile.
+
+        Keys: ``path``, ``schema_version``, ``threshold``, ``rasters``, ``tiles`` (physical
+        tiles), ``tile_rows`` (all rows, every stage and parameter set), ``instances``,
+        ``instances_above_threshold`` (confidence ≥ threshold), ``tiles_above_threshold`` and
+        ``share_tiles_above_threshold`` (tiles with at least one such instance, and their share
+        of ``tiles``), ``by_review``, ``by_provenance``, ``stages`` (per stage id, version and
+        parameter hash: tile rows and instances) and ``size_bytes`` (file + WAL + shm).
+        """
+        cond, params = self._current_sql("t", None, None, None)
+        thr = float(threshold)
+        with self._reading("compute statistics") as conn:
+            q = conn.execute
+            rasters = q("SELECT count(*) FROM rasters").fetchone()[0]
+            tile_rows = q("SELECT count(*) FROM tiles").fetchone()[0]
+            tiles = q(
+                f"SELECT count(*) FROM (SELECT 1 FROM tiles t WHERE {cond} "
+                "GROUP BY t.raster_fp, t.tile_id)",
+                params,
+            ).fetchone()[0]
+            tiles_above = q(
+                f"SELECT count(*) FROM (SELECT 1 FROM tiles t WHERE {cond} AND EXISTS "
+                "(SELECT 1 FROM instances i WHERE i.tile_pk = t.id AND i.confidence >= ?) "
+                "GROUP BY t.raster_fp, t.tile_id)",
+                [*params, thr],
+            ).fetchone()[0]
+            n, above = q(
+                f"SELECT count(*), coalesce(sum(i.confidence >= ?), 0) FROM instances i "
+                f"JOIN tiles t ON t.id = i.tile_pk WHERE {cond}",
+                [thr, *params],
+            ).fetchone()
+            by = {}
+            for col in ("review", "provenance"):
+                by[col] = dict(
+                    q(
+                        f"SELECT i.{col}, count(*) FROM instances i "
+                        f"JOIN tiles t ON t.id = i.tile_pk WHERE {cond} GROUP BY i.{col}",
+                        params,
+                    ).fetchall()
+                )
+            stages = [
+                {
+                    "stage_id": s,
+                    "stage_version": v,
+                    "params_hash": h,
+                    "tile_rows": nt,
+                    "instances": ni,
+                }
+                for s, v, h, nt, ni in q(
+                    "SELECT stage_id, stage_version, params_hash, count(*), sum(n_instances) "
+                    "FROM tiles GROUP BY stage_id, stage_version, params_hash ORDER BY min(id)"
+                )
+            ]
+        return {
+            "path": str(self.path),
+            "schema_version": SCHEMA_VERSION,
+            "threshold": thr,
+            "rasters": rasters,
+            "tiles": tiles,
+            "tile_rows": tile_rows,
+            "instances": n,
+            "instances_above_threshold": above,
+            "tiles_above_threshold": tiles_above,
+            "share_tiles_above_threshold": tiles_above / tiles if tiles else 0.0,
+            "by_review": {s: by["review"].get(s, 0) for s in REVIEW_STATES},
+            "by_provenance": {s: by["provenance"].get(s, 0) for s in PROVENANCES},
+            "stages": stages,
+            "size_bytes": self.size_bytes(),
+        }
+
+    def export_coco(
+        self,
+        out_path: str | os.PathLike[str],
+        threshold: float = 0.85,
+        *,
+        raster_fp: str | None = None,
+        stage_id: str | None = None,
+        stage_version: str | int | None = None,
+        params_hash: str | None = None,
+    ) -> dict[str, int]:
+        """Write the current instances as a COCO instances JSON; return image/annotation counts.
+
+        Images are tiles (also those without annotations, which are negatives): ``file_name``
+        is the raster's last known path (its fingerprint if unknown), ``width``/``height`` the
+        tile's, plus ``raster_fp``, ``tile_id``, ``col_off``, ``row_off``. Annotations are the
+        instances with confidence ≥ ``threshold`` or accepted by a reviewer, never rejected
+        ones: uncompressed RLE segmentation in tile pixels, ``bbox`` [x, y, w, h], ``area``,
+        ``score`` (the confidence), ``category_id`` 1 (``solar_panel``), ``iscrowd`` 0, plus
+        ``provenance`` and ``review``. Rows are streamed; the file appears only when complete.
+        """
+        out = Path(out_path)
+        tmp = out.with_name(out.name + ".part")
+        cond, params = self._current_sql("t", stage_id, stage_version, params_hash)
+        if raster_fp is not None:
+            cond += " AND t.raster_fp = ?"
+            params.append(raster_fp)
+        # A tile's image id is its oldest row id: the same for every row of that tile.
+        image_id = (
+            "(SELECT min(t3.id) FROM tiles t3 "
+            "WHERE t3.raster_fp = t.raster_fp AND t3.tile_id = t.tile_id)"
+        )
+        images_sql = (
+            f"SELECT {image_id} AS image_id, t.raster_fp, t.tile_id, t.col_off, t.row_off, "
+            "t.width, t.height, coalesce(r.path, t.raster_fp) FROM tiles t "
+            f"LEFT JOIN rasters r ON r.fingerprint = t.raster_fp WHERE {cond} "
+            "GROUP BY t.raster_fp, t.tile_id ORDER BY image_id"
+        )
+        ann_sql = (
+            f"SELECT {image_id}, t.width, t.height, {_INSTANCE_COLS} {_STREAM_FROM} {cond} "
+            "AND (+i.confidence >= ? OR i.review = 'accepted') AND i.review != 'rejected' "
+            "ORDER BY i.id"
+        )
+        header = {
+            "info": {
+                "description": f"SolarDesk pseudo-labels from {self.path.name}",
+                "version": __version__,
+                "date_created": _now(),
+                "threshold": float(threshold),
+            },
+            "licenses": [],
+            "categories": [{"id": 1, "name": "solar_panel", "supercategory": "solar"}],
+        }
+        n_images = n_ann = 0
+        try:
+            with open(tmp, "w", encoding="utf-8") as f, self._reading("export COCO") as conn:
+                f.write(json.dumps(header)[:-1] + ', "images": [')
+                for row in conn.execute(images_sql, params):
+                    iid, fp, tid, col, rowo, w, h, fname = row
+                    image = {
+                        "id": iid,
+                        "file_name": fname,
+                        "width": w,
+                        "height": h,
+                        "raster_fp": fp,
+                        "tile_id": tid,
+                        "col_off": col,
+                        "row_off": rowo,
+                    }
+                    f.write(("," if n_images else "") + json.dumps(image))
+                    n_images += 1
+                f.write('], "annotations": [')
+                for row in conn.execute(ann_sql, [*params, float(threshold)]):
+                    img, w, h = row[:3]
+                    inst = _instance(row[3:])
+                    x0, y0, x1, y1 = inst.bbox
+                    ann = {
+                        "id": inst.id,
+                        "image_id": img,
+                        "category_id": 1,
+                        "segmentation": crop_to_coco_rle(inst.mask, inst.bbox, h, w),
+                        "area": inst.area_px,
+                        "bbox": [x0, y0, x1 - x0, y1 - y0],
+                        "iscrowd": 0,
+                        "score": inst.confidence,
+                        "provenance": inst.provenance,
+                        "review": inst.review,
+                    }
+                    f.write(("," if n_ann else "") + json.dumps(ann))
+                    n_ann += 1
+                f.write("]}\n")
+            os.replace(tmp, out)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            if isinstance(e, CacheError):
+                raise
+            raise CacheError(f"Cannot write COCO export {out}: {e}; choose a writable path.") from e
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return {"images": n_images, "annotations": n_ann}
+
+    # ----------------------------------------------------------------------------- health
+    def integrity_ok(self) -> bool:
+        """``PRAGMA integrity_check`` says ok and no foreign key is dangling."""
+        with self._reading("check integrity") as conn:
+            ok = conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+            return ok and not conn.execute("PRAGMA foreign_key_check").fetchall()
