@@ -13,7 +13,8 @@ What it guarantees
   a power cut may lose the last transactions but never corrupts the file), foreign keys on.
   One :class:`MaskCache` opened for writing per file, used by one thread at a time. Readers,
   in any thread or process, open their own ``MaskCache(path, readonly=True)``; connections are
-  never shared between threads (``check_same_thread`` stays on and says so if one is).
+  never shared between threads (``check_same_thread`` stays on and says so if one is). A
+  reader also opens a cache on read-only media (opened immutable once its WAL is merged).
 * **Lazy reads.** :meth:`MaskCache.read_tile` decodes one tile's masks (well under a millisecond
   for a typical tile); :meth:`MaskCache.iter_instances` and :meth:`MaskCache.export_coco` stream
   rows, so memory does not grow with the cache.
@@ -40,6 +41,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -55,6 +57,8 @@ import sqlite_utils
 from solardesk import __version__
 from solardesk.core.masks import crop_to_coco_rle, decode_mask, encode_mask
 from solardesk.errors import CacheError, CacheSchemaError
+
+_log = logging.getLogger(__name__)
 
 __all__ = [
     "APPLICATION_ID",
@@ -171,6 +175,7 @@ _TILE_COLS = (
     "t.id, t.raster_fp, t.tile_id, t.stage_id, t.stage_version, t.params_hash, "
     "t.col_off, t.row_off, t.width, t.height, t.n_instances, t.max_confidence, t.computed_at"
 )
+_N_TILE_COLS = _TILE_COLS.count(",") + 1
 # Streaming scans walk instances in rowid order with each tile looked up by its key: CROSS JOIN
 # pins that join order and "+i.confidence" keeps the planner off the confidence index, so
 # "ORDER BY i.id" needs no temporary sort of every row (and its mask).
@@ -436,14 +441,22 @@ def _tile_info(row: Sequence[Any]) -> TileInfo:
     )
 
 
+class _DamagedRow(Exception):
+    """A stored row that cannot be decoded (reported as a damaged cache)."""
+
+
 def _instance(row: Sequence[Any]) -> Instance:
     """Build an Instance from the columns of ``_INSTANCE_COLS``."""
     iid, x0, y0, x1, y1, blob, conf = row[:7]
     raw = row[7:13]
     scores = None if all(v is None for v in raw) else ChannelScores(*raw)
+    try:
+        mask = decode_mask(blob, y1 - y0, x1 - x0)
+    except (ValueError, TypeError) as e:
+        raise _DamagedRow(f"the mask of instance {iid} cannot be decoded: {e}") from e
     return Instance(
         bbox=(x0, y0, x1, y1),
-        mask=decode_mask(blob, y1 - y0, x1 - x0),
+        mask=mask,
         confidence=conf,
         scores=scores,
         provenance=row[13],
@@ -520,16 +533,45 @@ class MaskCache:
                     f"Cannot create cache {p}: folder {folder} does not exist; create it or "
                     "choose another path."
                 )
-            # Root passes these checks whatever the permissions; SQLite's own errors, mapped
-            # in _error(), cover that case and read-only file systems.
+            # access() sees modes and read-only file systems; root passes the modes, and
+            # SQLite's own errors (mapped in _error) cover what remains.
             if (p.exists() and not os.access(p, os.W_OK)) or not os.access(folder, os.W_OK):
                 raise CacheError(self._readonly_message("the file or its folder is not writable"))
             target, uri = str(p), False
         try:
             conn = sqlite3.connect(target, uri=uri, timeout=timeout, isolation_level=None)
+            if self.readonly:
+                conn = self._readable(conn, target, timeout)
         except sqlite3.Error as e:
             raise self._error(e, "open the cache") from e
         return conn
+
+    def _readable(self, conn: sqlite3.Connection, uri: str, timeout: float) -> sqlite3.Connection:
+        """A reader's connection that works on read-only media too.
+
+        A WAL reader needs the ``-shm`` file, which a read-only folder or file system cannot
+        hold. A cache whose WAL was checkpointed (a writer closed it) is then opened as
+        immutable: nothing can change it in such a place.
+        """
+        try:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return conn
+        except sqlite3.OperationalError as e:
+            code = getattr(e, "sqlite_errorcode", 0) & 0xFF
+            if code not in (_SQLITE_CANTOPEN, _SQLITE_READONLY):
+                conn.close()
+                raise
+            conn.close()
+            wal = Path(f"{self.path}-wal")
+            if wal.exists() and wal.stat().st_size > 0:
+                raise CacheError(
+                    f"Cache {self.path} lies in a read-only place and has changes not yet "
+                    f"merged into it ({wal.name}); open it once for writing where it is "
+                    "writable (a writer merges them on close), then read it here."
+                ) from e
+            return sqlite3.connect(
+                uri + "&immutable=1", uri=True, timeout=timeout, isolation_level=None
+            )
 
     def _open_schema(self) -> None:
         conn = self._conn
@@ -539,7 +581,9 @@ class MaskCache:
             self._check_header(app_id, version, tables)
             if not self.readonly:
                 # Only now that the file is known to be ours (or empty) may it be changed.
-                conn.execute("PRAGMA journal_mode = WAL")
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                if mode != "wal":  # e.g. some network file systems: still safe, less concurrent
+                    _log.warning("cache %s: WAL unavailable, journal mode %s", self.path, mode)
                 conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA foreign_keys = ON")
         except sqlite3.Error as e:
@@ -672,6 +716,11 @@ class MaskCache:
             raise  # misuse of the API (wrong thread, bad bindings): a bug, not a user error
         except sqlite3.Error as e:
             raise self._error(e, action) from e
+        except _DamagedRow as e:
+            raise CacheError(
+                f"Cache {self.path} is damaged ({e}). Delete it and rerun the pre-compute "
+                "(review edits stored in it are lost), or restore a backup."
+            ) from e
 
     @contextmanager
     def _transaction(self, action: str) -> Iterator[sqlite3.Connection]:
@@ -697,7 +746,11 @@ class MaskCache:
 
     # ----------------------------------------------------------------------------- lifetime
     def close(self) -> None:
-        """Close the cache; a writer first checkpoints the WAL into the main file. Idempotent."""
+        """Close the cache; a writer first checkpoints the WAL into the main file. Idempotent.
+
+        The checkpoint is best effort: if it fails (a full disk, a reader still open) the WAL
+        keeps the data and the next writer checkpoints it, so closing never raises for it.
+        """
         conn, self._conn = self._conn, None
         if conn is None:
             return
@@ -708,7 +761,9 @@ class MaskCache:
                 conn.execute("PRAGMA optimize")
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.Error as e:
-            raise self._error(e, "checkpoint the cache on close") from e
+            _log.warning(
+                "cache %s: WAL not checkpointed on close (%s); nothing is lost", self.path, e
+            )
         finally:
             conn.close()
 
@@ -869,7 +924,7 @@ class MaskCache:
                 raise ValueError(f"stage id {EDITS_STAGE_ID!r} is reserved for review edits")
             w = _as_window(window)
             rows = [self._instance_row(inst, w, now) for inst in instances]
-            max_conf = max((r[7] for r in rows), default=None)
+            max_conf = max((r[6] for r in rows), default=None)
             prepared.append((key, w, rows, max_conf))
         pks = []
         what = batch[0].key.tile_id if len(batch) == 1 else f"{len(batch)} tiles"
@@ -1009,7 +1064,7 @@ class MaskCache:
                 f"({', '.join('?' * len(pks))}) AND i.confidence >= ? ORDER BY i.id",
                 (*pks, float(min_confidence)),
             ).fetchall()  # one tile: small
-        return [_instance(r) for r in rows]
+            return [_instance(r) for r in rows]
 
     @staticmethod
     def _edits_pk(conn: sqlite3.Connection, raster_fp: str, tile_id: str) -> int | None:
@@ -1087,7 +1142,7 @@ class MaskCache:
             sql += " AND t.raster_fp = ?"
             params.append(raster_fp)
         sql += " ORDER BY i.id"
-        n_tile = len(_TILE_COLS.split(","))
+        n_tile = _N_TILE_COLS
         tile: TileInfo | None = None
         with self._reading("read instances") as conn:
             for row in conn.execute(sql, params):
@@ -1103,10 +1158,9 @@ class MaskCache:
                 "JOIN tiles t ON t.id = i.tile_pk WHERE i.id = ?",
                 (int(instance_id),),
             ).fetchone()
-        if row is None:
-            raise KeyError(f"no instance {instance_id} in cache {self.path}")
-        n_tile = len(_TILE_COLS.split(","))
-        return _tile_info(row[:n_tile]), _instance(row[n_tile:])
+            if row is None:
+                raise KeyError(f"no instance {instance_id} in cache {self.path}")
+            return _tile_info(row[:_N_TILE_COLS]), _instance(row[_N_TILE_COLS:])
 
     # ----------------------------------------------------------------------------- review
     def set_review(self, instance_id: int, state: str) -> None:
@@ -1123,20 +1177,22 @@ class MaskCache:
     def _ensure_edits_row(
         self, conn: sqlite3.Connection, raster_fp: str, tile_id: str, window: Any
     ) -> tuple[int, TileWindow]:
+        # The tile's stored rows define its window (the edits row first, else the newest);
+        # ``window`` only places a tile that was never computed.
         row = conn.execute(
-            "SELECT id, col_off, row_off, width, height FROM tiles WHERE raster_fp = ? "
+            "SELECT col_off, row_off, width, height FROM tiles WHERE raster_fp = ? "
             "AND tile_id = ? ORDER BY stage_id = ? DESC, id DESC LIMIT 1",
             (raster_fp, tile_id, EDITS_STAGE_ID),
         ).fetchone()
-        pk = self._edits_pk(conn, raster_fp, tile_id)
-        if window is not None:
+        if row is not None:
+            w = TileWindow(*row)
+        elif window is not None:
             w = _as_window(window)
-        elif row is not None:
-            w = TileWindow(*row[1:])
         else:
             raise KeyError(
                 f"tile {tile_id} of raster {raster_fp} is not in cache {self.path}; pass its window"
             )
+        pk = self._edits_pk(conn, raster_fp, tile_id)
         if pk is None:
             conn.execute("INSERT OR IGNORE INTO rasters (fingerprint) VALUES (?)", (raster_fp,))
             pk = conn.execute(

@@ -1,0 +1,709 @@
+"""The mask cache: round trips, keyed work, atomic tiles (a real kill -9), bad files, reports."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from solardesk.core.cache import (
+    APPLICATION_ID,
+    CHANNELS,
+    EDITS_STAGE_ID,
+    SCHEMA_VERSION,
+    ChannelScores,
+    Instance,
+    MaskCache,
+    TileKey,
+    TileResult,
+    hash_params,
+)
+from solardesk.core.masks import coco_rle_to_mask
+from solardesk.errors import CacheError, CacheSchemaError
+
+ROOT = Path(__file__).resolve().parents[2]
+TILE = (0, 0, 64, 48)  # col_off, row_off, width, height
+P1 = hash_params({"threshold": 0.45, "min_area_m2": 3.0})
+P2 = hash_params({"threshold": 0.50, "min_area_m2": 3.0})
+
+
+def key(tile: str = "t0", params: str = P1, stage: str = "spectral", raster: str = "fp") -> TileKey:
+    return TileKey(raster, tile, stage, 1, params)
+
+
+def inst(x0=0, y0=0, w=5, h=4, conf=0.9, seed=0, **kw) -> Instance:
+    mask = np.random.default_rng(seed).random((h, w)) < 0.6
+    mask[0, 0] = True
+    kw.setdefault("scores", ChannelScores(*np.linspace(0.1, 0.6, 6)))
+    return Instance(bbox=(x0, y0, x0 + w, y0 + h), mask=mask, confidence=conf, **kw)
+
+
+def same(a: Instance, b: Instance) -> bool:
+    return (
+        a.bbox == b.bbox
+        and np.array_equal(a.mask, b.mask)
+        and a.confidence == b.confidence
+        and a.scores == b.scores
+        and a.provenance == b.provenance
+        and a.review == b.review
+    )
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def cache(tmp_path: Path):
+    with MaskCache(tmp_path / "project.sqlite") as c:
+        yield c
+
+
+# --- instances -------------------------------------------------------------------------------
+def test_instance_validates_and_protects_its_mask() -> None:
+    mask = np.ones((4, 5), bool)
+    i = Instance(bbox=(1, 2, 6, 6), mask=mask, confidence=1, scores=dict.fromkeys(CHANNELS, 0.5))
+    assert i.scores == ChannelScores(*[0.5] * 6) and i.area_px == 20 and i.id is None
+    assert not i.mask.flags.writeable and mask.flags.writeable  # the caller's array is untouched
+    full = i.full_mask(8, 10)
+    assert full.sum() == 20 and full[2:6, 1:6].all()
+    back = Instance.from_full_mask(full, confidence=0.5)
+    assert back.bbox == i.bbox and np.array_equal(back.mask, i.mask)
+    for bad in [
+        {"bbox": (0, 0, 5, 5)},  # mask shape does not match
+        {"bbox": (3, 0, 3, 4)},  # empty bbox
+        {"confidence": 1.5},
+        {"confidence": float("nan")},
+        {"provenance": "guess"},
+        {"review": "maybe"},
+        {"scores": (1, 2, 3)},
+        {"scores": {"lbp": 1}},
+    ]:
+        args = {"bbox": (1, 2, 6, 6), "mask": mask, "confidence": 0.5} | bad
+        with pytest.raises(ValueError):
+            Instance(**args)
+    with pytest.raises(ValueError, match="does not fit"):
+        i.full_mask(4, 4)
+
+
+# --- round trips -----------------------------------------------------------------------------
+def test_round_trip_of_odd_shapes_empty_and_full_tiles(cache: MaskCache) -> None:
+    w, h = TILE[2], TILE[3]
+    instances = [
+        inst(0, 0, 1, 1, conf=0.31),  # 1 x 1
+        inst(5, 7, 13, 3, conf=0.5, seed=1),  # odd shape
+        inst(63, 47, 1, 1, conf=0.6, scores=None, provenance="model"),  # last pixel, no scores
+        Instance(bbox=(0, 0, w, h), mask=np.ones((h, w), bool), confidence=1.0),  # whole tile
+        Instance(bbox=(2, 2, 9, 9), mask=np.zeros((7, 7), bool), confidence=0.4),  # empty mask
+    ]
+    cache.write_tile(key("t0"), TILE, instances)
+    cache.write_tile(key("t1"), (64, 0, 64, 48), [])  # a tile without instances is done too
+    got = cache.read_tile("fp", "t0")
+    assert len(got) == len(instances) and all(g.id is not None for g in got)
+    assert all(same(a, b) for a, b in zip(got, instances, strict=True))
+    assert got[2].scores is None and got[2].provenance == "model"
+    assert cache.read_tile("fp", "t1") == [] and cache.is_done(key("t1"))
+    assert cache.read_tile("fp", "nope") == []
+    assert [i.confidence for i in cache.read_tile("fp", "t0", min_confidence=0.5)] == [0.5, 0.6, 1]
+    with pytest.raises(ValueError, match="outside"):
+        cache.write_tile(key("t2"), (0, 0, 8, 8), [inst(5, 5, 5, 5)])
+
+
+def test_rasters_are_recorded(cache: MaskCache) -> None:
+    cache.put_raster(
+        "fp", path="/data/a.tif", width=100, height=80, transform=(0.2, 0, 5, 0, -0.2, 9, 0, 0, 1)
+    )
+    cache.put_raster("fp", gsd_m=0.2)  # None leaves the other fields alone
+    r = cache.get_raster("fp")
+    assert (r.path, r.width, r.height, r.gsd_m) == ("/data/a.tif", 100, 80, 0.2)
+    assert r.transform == (0.2, 0.0, 5.0, 0.0, -0.2, 9.0)
+    assert cache.get_raster("unknown") is None
+    cache.write_tile(key(raster="other"), TILE, [])  # tiles of an unregistered raster still work
+    assert cache.get_raster("other").path is None
+
+
+# --- keys ------------------------------------------------------------------------------------
+def test_same_key_is_done_and_a_changed_parameter_recomputes_only_its_stage(
+    cache: MaskCache,
+) -> None:
+    grid = [f"t{i}" for i in range(6)]
+    calls: list[str] = []
+
+    def run(stage: str, params: str) -> None:
+        todo = set(grid) - cache.done_tile_ids("fp", stage, 1, params)
+
+        def compute():
+            for tid in sorted(todo):
+                calls.append(f"{stage}/{tid}")
+                yield TileResult(key(tid, params, stage), TILE, [inst(conf=0.9)])
+
+        cache.write_tiles(compute(), batch_size=4)
+
+    run("spectral", P1)
+    run("edges2", P1)
+    assert len(calls) == 12
+    calls.clear()
+    run("spectral", P1)  # same key: nothing to compute
+    run("edges2", P1)
+    assert calls == []
+    assert cache.is_done(key("t3")) and cache.is_done(TileKey("fp", "t3", "spectral", "1", P1))
+    assert not cache.is_done(key("t3", P2)) and not cache.is_done(key("t9"))
+    run("spectral", P2)  # a changed parameter of one stage
+    assert sorted(calls) == sorted(f"spectral/{t}" for t in grid)
+    assert cache.done_tile_ids("fp", "edges2", "1", P1) == set(grid)
+    assert cache.done_tile_ids("fp", "spectral", 2, P1) == set()  # another version
+
+
+def test_rewriting_a_key_replaces_it_and_readers_see_the_newest_row(cache: MaskCache) -> None:
+    cache.write_tile(key("t0", P1), TILE, [inst(conf=0.5), inst(conf=0.6)])
+    cache.write_tile(key("t0", P2), TILE, [inst(conf=0.7)])
+    assert [i.confidence for i in cache.read_tile("fp", "t0")] == [0.7]  # newest row
+    assert [i.confidence for i in cache.read_tile("fp", "t0", params_hash=P1)] == [0.5, 0.6]
+    cache.write_tile(key("t0", P1), TILE, [inst(conf=0.8)])  # forced recompute replaces
+    assert [i.confidence for i in cache.read_tile("fp", "t0", params_hash=P1)] == [0.8]
+    assert [i.confidence for i in cache.read_tile("fp", "t0")] == [0.8]  # now the newest
+    assert cache.stats()["tile_rows"] == 2
+    with pytest.raises(ValueError, match="reserved"):
+        cache.write_tile(key("t0", stage=EDITS_STAGE_ID), TILE, [])
+
+
+# --- atomicity -------------------------------------------------------------------------------
+def _fail_on_x0(cache: MaskCache, x0: int) -> None:
+    """Make SQLite itself fail mid-transaction when an instance with this x0 is inserted."""
+    cache._conn.execute(
+        f"CREATE TEMP TRIGGER boom BEFORE INSERT ON instances WHEN NEW.x0 = {x0} "
+        "BEGIN SELECT RAISE(ABORT, 'simulated failure'); END"
+    )
+
+
+def test_a_failure_inside_a_tile_write_leaves_nothing_of_it(cache: MaskCache) -> None:
+    cache.write_tile(key("ok"), TILE, [inst(1)])
+    _fail_on_x0(cache, 13)
+    with pytest.raises(CacheError, match="simulated failure") as exc:
+        cache.write_tile(key("t0"), TILE, [inst(1), inst(2), inst(13), inst(4)])
+    assert isinstance(exc.value.__cause__, sqlite3.Error)
+    assert not cache.is_done(key("t0")) and cache.read_tile("fp", "t0") == []
+    # in a batch, the failing batch is rolled back whole; earlier batches stay
+    items = [TileResult(key(f"b{i}"), TILE, [inst(13 if i == 5 else 1)]) for i in range(8)]
+    with pytest.raises(CacheError):
+        cache.write_tiles(items, batch_size=4)
+    assert cache.done_tile_ids("fp", "spectral", 1, P1) == {"ok", "b0", "b1", "b2", "b3"}
+    assert cache.stats()["instances"] == 5 and cache.integrity_ok()
+
+
+class _InterruptingConnection:
+    """Wraps the sqlite3 connection and raises KeyboardInterrupt after the instance insert."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self._conn = conn
+
+    def executemany(self, sql, rows):
+        self._conn.executemany(sql, rows)
+        raise KeyboardInterrupt
+
+    def __getattr__(self, name):
+        return getattr(self._conn, name)
+
+
+def test_ctrl_c_mid_write_rolls_the_tile_back(cache: MaskCache) -> None:
+    real = cache._conn
+    cache._conn = _InterruptingConnection(real)
+    with pytest.raises(KeyboardInterrupt):
+        cache.write_tile(key("t0"), TILE, [inst(1), inst(2)])
+    cache._conn = real
+    assert not real.in_transaction and not cache.is_done(key("t0"))
+    assert cache.stats()["instances"] == 0
+
+
+def test_a_failing_generator_keeps_the_tiles_it_yielded(cache: MaskCache) -> None:
+    def compute():
+        for i in range(3):
+            yield TileResult(key(f"t{i}"), TILE, [inst()])
+        raise RuntimeError("tile 3 failed")
+
+    with pytest.raises(RuntimeError, match="tile 3"):
+        cache.write_tiles(compute(), batch_size=10)
+    assert cache.done_tile_ids("fp", "spectral", 1, P1) == {"t0", "t1", "t2"}
+
+
+_WRITER = """
+import sys, time
+import numpy as np
+sys.path.insert(0, {root!r})
+from solardesk.core.cache import Instance, MaskCache, TileKey, TileResult
+
+def tile(t):
+    rng = np.random.default_rng(t)
+    insts = [Instance(bbox=(i, i, i + 40, i + 30), mask=rng.random((30, 40)) < 0.5,
+                      confidence=0.5) for i in range(1 + t % 7) for _ in range(8)]
+    return TileResult(TileKey("fp", f"t{{t}}", "spectral", "1", "p"), (0, 0, 64, 48), insts)
+
+def pause():
+    print("inside", flush=True)
+    time.sleep(60)
+    return 0
+
+cache = MaskCache(sys.argv[1])
+if sys.argv[2] == "inside":
+    # Stop inside the write transaction of tile 48, its row and 3 instances inserted, with a
+    # page cache so small that the uncommitted pages have spilled into the WAL.
+    cache._conn.execute("PRAGMA cache_size = 4")
+    cache._conn.create_function("pause", 0, pause)
+    cache._conn.execute(
+        "CREATE TEMP TRIGGER stop AFTER INSERT ON instances WHEN NEW.tile_pk > 48 AND "
+        "(SELECT count(*) FROM instances WHERE tile_pk = NEW.tile_pk) = 3 BEGIN SELECT pause(); END"
+    )
+for start in range(0, {n}, 8):
+    cache.write_tiles([tile(t) for t in range(start, min(start + 8, {n}))], batch_size=8)
+    print(min(start + 8, {n}), flush=True)
+"""
+
+
+@pytest.mark.parametrize("moment", ["inside", "anywhere"])
+def test_kill_9_mid_run_leaves_whole_tiles_and_a_rerun_resumes(tmp_path: Path, moment: str) -> None:
+    """A real SIGKILL: inside a tile's transaction, or wherever the writer happens to be."""
+    path, n = tmp_path / "killed.sqlite", 400
+    code = _WRITER.format(root=str(ROOT), n=n)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(path), moment], stdout=subprocess.PIPE, text=True
+    )
+    committed = 0
+    for line in proc.stdout:
+        if line.strip() == "inside":
+            break
+        committed = int(line)
+        if moment == "anywhere" and committed >= 48:
+            break
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    proc.stdout.close()
+    assert proc.returncode == -signal.SIGKILL
+    assert committed < n, "the writer finished before the kill: make it slower"
+    if moment == "inside":
+        assert committed == 48
+        assert Path(f"{path}-wal").stat().st_size > 0
+
+    with MaskCache(path) as cache:
+        assert cache.integrity_ok()
+        tiles = list(cache.iter_tiles())
+        assert len(tiles) >= committed
+        by_tile = {}
+        for info in tiles:
+            t = int(info.tile_id[1:])
+            stored = cache.read_tile("fp", info.tile_id)
+            # every stored tile is complete: as many rows as it says, as many as were written
+            assert info.n_instances == len(stored) == 8 * (1 + t % 7)
+            by_tile[info.tile_id] = info.pk
+        done = cache.done_tile_ids("fp", "spectral", "1", "p")
+        assert done == set(by_tile)
+        if moment == "inside":  # the tile being written when killed left nothing behind
+            assert done == {f"t{t}" for t in range(48)}
+        universe = {f"t{t}" for t in range(n)}
+        missing = universe - done
+        assert missing, "nothing left to resume"
+        # the rerun computes only what is missing
+        computed = []
+
+        def compute():
+            for tid in sorted(missing):
+                computed.append(tid)
+                t = int(tid[1:])
+                yield TileResult(
+                    TileKey("fp", tid, "spectral", "1", "p"),
+                    (0, 0, 64, 48),
+                    [inst(conf=0.5)] * (1 + t % 7),
+                )
+
+        cache.write_tiles(compute())
+        assert set(computed) == missing
+        assert cache.done_tile_ids("fp", "spectral", "1", "p") == universe
+        assert {t.tile_id: t.pk for t in cache.iter_tiles() if t.tile_id in by_tile} == by_tile
+        assert cache.integrity_ok()
+
+
+# --- bad files and places --------------------------------------------------------------------
+def test_a_new_cache_is_marked_and_versioned(tmp_path: Path) -> None:
+    path = tmp_path / "empty.sqlite"
+    path.touch()  # a zero-length file is an empty database: it becomes a cache
+    MaskCache(path).close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.close()
+    with MaskCache(path, readonly=True) as reader:
+        assert reader.schema_version == SCHEMA_VERSION and reader.integrity_ok()
+
+
+def test_a_cache_from_a_newer_schema_is_refused_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "future.sqlite"
+    MaskCache(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 3}")
+    conn.commit()
+    conn.close()
+    before = digest(path)
+    for readonly in (False, True):
+        with pytest.raises(CacheSchemaError) as exc:
+            MaskCache(path, readonly=readonly)
+        msg = str(exc.value)
+        assert str(path) in msg and str(SCHEMA_VERSION + 3) in msg
+        assert f"schema version {SCHEMA_VERSION})" in msg and "Upgrade SolarDesk" in msg
+        assert isinstance(exc.value, OSError)  # CacheError mixes in OSError
+    assert digest(path) == before
+
+
+@pytest.mark.parametrize("content", [b"hello, this is a text file\n" * 40, bytes(range(256)) * 8])
+def test_a_file_that_is_not_sqlite_is_refused_untouched(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_bytes(content)
+    for readonly in (False, True):
+        with pytest.raises(CacheError, match="not a SolarDesk cache") as exc:
+            MaskCache(path, readonly=readonly)
+        assert str(path) in str(exc.value) and "choose another path" in str(exc.value)
+        assert isinstance(exc.value.__cause__, sqlite3.DatabaseError)
+    assert path.read_bytes() == content
+    assert not Path(f"{path}-wal").exists()
+
+
+@pytest.mark.parametrize("app_id", [0, 0x47504B47])  # none; GeoPackage's "GPKG"
+def test_another_applications_database_is_refused_untouched(tmp_path: Path, app_id: int) -> None:
+    path = tmp_path / "other.db"
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA application_id = {app_id}")
+    conn.execute("CREATE TABLE features (id INTEGER PRIMARY KEY, geom BLOB)")
+    conn.commit()
+    conn.close()
+    before = digest(path)
+    with pytest.raises(CacheSchemaError, match="another application") as exc:
+        MaskCache(path)
+    assert str(path) in str(exc.value) and "features" in str(exc.value)
+    assert digest(path) == before  # not even switched to WAL
+
+
+def test_read_only_and_missing_locations(tmp_path: Path) -> None:
+    # /proc refuses new files even to root: an honest read-only location wherever tests run.
+    if Path("/proc/self").is_dir():
+        with pytest.raises(CacheError, match="writable") as exc:
+            MaskCache("/proc/self/solardesk-cache.sqlite")
+        assert "/proc/self/solardesk-cache.sqlite" in str(exc.value)
+    with pytest.raises(CacheError, match="does not exist"):
+        MaskCache(tmp_path / "no" / "such" / "folder" / "c.sqlite")
+    with pytest.raises(CacheError, match="does not exist"):
+        MaskCache(tmp_path / "absent.sqlite", readonly=True)
+    with pytest.raises(CacheError, match="is a folder"):
+        MaskCache(tmp_path)
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root ignores modes")
+def test_a_read_only_folder_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        with pytest.raises(CacheError, match="read-only"):
+            MaskCache(folder / "c.sqlite")
+    finally:
+        folder.chmod(0o755)
+
+
+@pytest.fixture
+def read_only_mount(tmp_path: Path):
+    """A real read-only file system (a tmpfs remounted ro): needs root and mount rights."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        pytest.skip("mounting needs root")
+    where = tmp_path / "mnt"
+    where.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(where)]
+    try:
+        if subprocess.run(mount, capture_output=True, check=False).returncode != 0:
+            pytest.skip("cannot mount a tmpfs here")
+    except FileNotFoundError:
+        pytest.skip("no mount command")
+
+    def remount_ro() -> None:
+        subprocess.run(["mount", "-o", "remount,ro", str(where)], check=True)
+
+    try:
+        yield where, remount_ro
+    finally:
+        subprocess.run(["umount", str(where)], check=False)
+
+
+def test_a_read_only_file_system(read_only_mount) -> None:
+    where, remount_ro = read_only_mount
+    with MaskCache(where / "c.sqlite") as writer:
+        writer.write_tile(key("t0"), TILE, [inst()])
+    remount_ro()
+    with pytest.raises(CacheError, match="read-only") as exc:  # even root cannot write here
+        MaskCache(where / "c.sqlite")
+    assert "writable location" in str(exc.value)
+    with pytest.raises(CacheError, match="read-only"):
+        MaskCache(where / "new.sqlite")
+    # readers still work: no -shm file can be made there, so the checkpointed cache is
+    # opened immutable
+    with MaskCache(where / "c.sqlite", readonly=True) as reader:
+        assert len(reader.read_tile("fp", "t0")) == 1 and reader.integrity_ok()
+        with pytest.raises(CacheError, match="read-only"):
+            reader.set_review(1, "accepted")
+
+
+def test_writing_through_a_read_only_cache_fails_clearly(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite"
+    with MaskCache(path) as writer:
+        iid = writer.add_instance("fp", "t0", inst(), window=TILE)
+    before = digest(path)
+    with MaskCache(path, readonly=True) as reader:
+        for write in (
+            lambda: reader.write_tile(key("t1"), TILE, [inst()]),
+            lambda: reader.set_review(iid, "accepted"),
+            lambda: reader.put_raster("fp", path="/x.tif"),
+        ):
+            with pytest.raises(CacheError, match="read-only") as exc:
+                write()
+            assert exc.value.__cause__.sqlite_errorname == "SQLITE_READONLY"
+        assert reader.read_tile("fp", "t0")[0].review == "pending"
+    assert digest(path) == before
+
+
+def test_a_damaged_mask_is_reported_as_a_damaged_cache(cache: MaskCache) -> None:
+    cache.write_tile(key("t0"), TILE, [inst()])
+    cache._conn.execute("UPDATE instances SET mask = x'00ff'")
+    with pytest.raises(CacheError, match="damaged"):
+        cache.read_tile("fp", "t0")
+
+
+def test_a_full_disk_rolls_the_tile_back(cache: MaskCache) -> None:
+    cache.write_tile(key("t0"), TILE, [inst()])
+    pages = cache._conn.execute("PRAGMA page_count").fetchone()[0]
+    cache._conn.execute(f"PRAGMA max_page_count = {pages + 2}")  # the disk is nearly full
+    rng = np.random.default_rng(0)
+    big = [  # incompressible masks: far more than two pages
+        Instance(bbox=(0, 0, 64, 48), mask=rng.random((48, 64)) < 0.5, confidence=0.9)
+        for _ in range(60)
+    ]
+    with pytest.raises(CacheError, match="Disk full") as exc:
+        cache.write_tile(key("t1"), TILE, big)
+    assert str(cache.path) in str(exc.value) and "rolled back" in str(exc.value)
+    assert exc.value.__cause__.sqlite_errorname == "SQLITE_FULL"
+    assert not cache.is_done(key("t1")) and cache.read_tile("fp", "t1") == []
+    assert len(cache.read_tile("fp", "t0")) == 1 and cache.integrity_ok()
+    cache._conn.execute("PRAGMA max_page_count = 1073741823")  # space freed: the rerun works
+    cache.write_tile(key("t1"), TILE, big)
+    assert len(cache.read_tile("fp", "t1")) == 60
+
+
+def test_one_writer_at_a_time(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite"
+    MaskCache(path).close()
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    try:
+        with MaskCache(path, timeout=0.05) as second, pytest.raises(CacheError, match="locked"):
+            second.write_tile(key(), TILE, [])
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+
+
+def test_readers_have_their_own_connections(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite"
+    with MaskCache(path) as writer:
+        writer.write_tile(key("t0"), TILE, [inst()])
+        results = []
+
+        def read() -> None:  # a reader in another thread opens its own cache
+            with MaskCache(path, readonly=True) as reader:
+                results.append(len(reader.read_tile("fp", "t0")))
+
+        thread = threading.Thread(target=read)
+        thread.start()
+        thread.join()
+        assert results == [1]
+        errors = []
+
+        def misuse() -> None:  # sharing the writer across threads is refused
+            try:
+                writer.is_done(key("t0"))
+            except sqlite3.ProgrammingError as e:
+                errors.append(e)
+
+        thread = threading.Thread(target=misuse)
+        thread.start()
+        thread.join()
+        assert errors
+
+
+def test_close_checkpoints_and_a_closed_cache_says_so(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite"
+    cache = MaskCache(path)
+    cache.write_tile(key(), TILE, [inst()])
+    assert Path(f"{path}-wal").stat().st_size > 0
+    cache.close()
+    cache.close()  # idempotent
+    wal = Path(f"{path}-wal")
+    assert not wal.exists() or wal.stat().st_size == 0
+    with pytest.raises(CacheError, match="closed"):
+        cache.read_tile("fp", "t0")
+
+
+# --- review ----------------------------------------------------------------------------------
+def test_review_edits_survive_a_recompute(cache: MaskCache) -> None:
+    cache.write_tile(key("t0"), TILE, [inst(conf=0.9), inst(conf=0.4), inst(conf=0.2)])
+    a, b, c = cache.read_tile("fp", "t0")
+    cache.set_review(a.id, "accepted")
+    with pytest.raises(ValueError):
+        cache.set_review(a.id, "maybe")
+    with pytest.raises(KeyError):
+        cache.set_review(10_000, "rejected")
+    drawn = Instance(bbox=(10, 10, 14, 13), mask=np.ones((3, 4), bool), confidence=1.0)
+    new_id = cache.add_instance("fp", "t0", drawn)
+    cache.replace_mask(b.id, (0, 0, 3, 2), np.array([[1, 1, 0], [0, 1, 1]], bool))
+    cache.delete_instance(c.id)
+    with pytest.raises(KeyError):
+        cache.delete_instance(c.id)
+    got = {i.id: i for i in cache.read_tile("fp", "t0")}
+    assert set(got) == {a.id, b.id, new_id}
+    assert got[a.id].review == "accepted"
+    assert got[new_id].provenance == "human" and got[new_id].bbox == (10, 10, 14, 13)
+    assert (
+        got[b.id].provenance == "human" and got[b.id].area_px == 4 and got[b.id].confidence == 0.4
+    )
+    infos = {t.stage_id: t for t in cache.iter_tiles()}
+    assert infos["spectral"].n_instances == 1 and infos[EDITS_STAGE_ID].n_instances == 2
+    # recomputing the stage replaces its own row only: the edits stay
+    cache.write_tile(key("t0"), TILE, [inst(conf=0.95)])
+    assert sorted(i.provenance for i in cache.read_tile("fp", "t0")) == [
+        "human",
+        "human",
+        "spectral",
+    ]
+    assert len(cache.read_tile("fp", "t0", include_edits=False)) == 1
+    with pytest.raises(KeyError, match="not in cache"):
+        cache.add_instance("fp", "never-computed", drawn)
+    cache.add_instance("fp", "never-computed", drawn, window=(128, 0, 64, 48))
+    # ids are never reused, so a UI holding an id never edits the wrong instance
+    last = cache.add_instance("fp", "t0", drawn)
+    cache.delete_instance(last)
+    assert cache.add_instance("fp", "t0", drawn) > last
+
+
+def test_iter_instances_filters_and_streams(cache: MaskCache) -> None:
+    cache.write_tile(key("t0"), TILE, [inst(conf=0.9), inst(conf=0.5)])
+    cache.write_tile(key("t1", raster="fp2"), TILE, [inst(conf=0.95, provenance="model")])
+    cache.write_tile(key("t0", P2), TILE, [inst(conf=0.86), inst(conf=0.3)])  # newer params
+    (first,) = cache.read_tile("fp", "t0", min_confidence=0.8)
+    cache.set_review(first.id, "rejected")
+    it = cache.iter_instances()
+    assert iter(it) is it  # a generator, not a list
+    confs = [i.confidence for _, i in it]
+    assert confs == [0.95, 0.86, 0.3]  # the current rows only, by id
+    assert len(list(cache.iter_instances(current_only=False))) == 5
+    assert [i.confidence for _, i in cache.iter_instances(0.85)] == [0.95, 0.86]
+    assert [i.confidence for _, i in cache.iter_instances(provenance="model")] == [0.95]
+    assert [i.confidence for _, i in cache.iter_instances(review=["pending"])] == [0.95, 0.3]
+    assert [t.raster_fp for t, _ in cache.iter_instances(raster_fp="fp2")] == ["fp2"]
+    assert [i.confidence for _, i in cache.iter_instances(params_hash=P1)] == [0.9, 0.5, 0.95]
+    tile, _ = next(cache.iter_instances(raster_fp="fp"))
+    assert tile.key == key("t0", P2) and tile.window == TILE
+    with pytest.raises(ValueError):
+        next(cache.iter_instances(review="maybe"))
+
+
+# --- reports ---------------------------------------------------------------------------------
+def test_stats(cache: MaskCache) -> None:
+    cache.write_tile(key("t0", P1), TILE, [inst(conf=0.9), inst(conf=0.2)])
+    cache.write_tile(key("t1"), TILE, [inst(conf=0.5)])
+    cache.write_tile(key("t2"), TILE, [])
+    cache.write_tile(key("t0", P2), TILE, [inst(conf=0.95), inst(conf=0.9), inst(conf=0.1)])
+    s = cache.stats(threshold=0.85)
+    assert (s["tiles"], s["tile_rows"], s["instances"]) == (3, 4, 4)
+    assert (s["instances_above_threshold"], s["tiles_above_threshold"]) == (2, 1)
+    assert s["share_tiles_above_threshold"] == pytest.approx(1 / 3)
+    assert s["by_provenance"] == {"spectral": 4, "model": 0, "human": 0}
+    assert s["rasters"] == 1 and s["schema_version"] == SCHEMA_VERSION
+    files = [Path(f"{cache.path}{x}") for x in ("", "-wal", "-shm")]
+    assert s["size_bytes"] == sum(f.stat().st_size for f in files if f.exists()) > 0
+    assert [st["tile_rows"] for st in s["stages"]] == [3, 1]
+    cache.add_instance("fp", "t2", inst(conf=1.0, scores=None))
+    s = cache.stats(threshold=0.85)
+    assert (s["tiles"], s["instances"], s["instances_above_threshold"]) == (3, 5, 3)
+    assert s["share_tiles_above_threshold"] == pytest.approx(2 / 3)
+    assert s["by_provenance"]["human"] == 1
+    assert cache.stats(threshold=0.0)["share_tiles_above_threshold"] == 1.0
+    json.dumps(s)  # the CLI prints it as JSON
+
+
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+def test_export_coco(cache: MaskCache, tmp_path: Path) -> None:
+    cache.put_raster("fp", path="/data/scene.tif")
+    rng = np.random.default_rng(5)
+    shapes = [(0, 0, 64, 48), (3, 4, 17, 9), (60, 40, 4, 8), (10, 10, 1, 1)]
+    instances = [
+        Instance(
+            bbox=(x, y, x + w, y + h),
+            mask=(rng.random((h, w)) < 0.7) | (np.arange(w) == 0),
+            confidence=c,
+        )
+        for (x, y, w, h), c in zip(shapes, [0.9, 0.95, 0.99, 0.2], strict=True)
+    ]
+    cache.write_tile(key("t0"), TILE, instances)
+    cache.write_tile(key("t1"), (64, 0, 64, 48), [inst(conf=0.3)])  # nothing kept: a negative
+    low, rejected = cache.read_tile("fp", "t0")[3], cache.read_tile("fp", "t0")[1]
+    cache.set_review(low.id, "accepted")  # accepted below threshold: exported
+    cache.set_review(rejected.id, "rejected")  # rejected above threshold: not exported
+    out = tmp_path / "coco.json"
+    assert cache.export_coco(out, threshold=0.85) == {"images": 2, "annotations": 3}
+    assert not Path(f"{out}.part").exists()
+    coco = json.loads(out.read_text())
+    assert coco["categories"] == [{"id": 1, "name": "solar_panel", "supercategory": "solar"}]
+    images = {im["tile_id"]: im for im in coco["images"]}
+    assert images["t1"]["col_off"] == 64 and images["t0"]["file_name"] == "/data/scene.tif"
+    assert (images["t0"]["width"], images["t0"]["height"], images["t0"]["raster_fp"]) == (
+        64,
+        48,
+        "fp",
+    )
+    stored = {i.id: i for i in cache.read_tile("fp", "t0")}
+    assert {a["id"] for a in coco["annotations"]} == {i.id for i in stored.values()} - {rejected.id}
+    for ann in coco["annotations"]:
+        i = stored[ann["id"]]
+        assert ann["image_id"] == images["t0"]["id"] and ann["category_id"] == 1
+        np.testing.assert_array_equal(coco_rle_to_mask(ann["segmentation"]), i.full_mask(48, 64))
+        x0, y0, x1, y1 = i.bbox
+        assert ann["bbox"] == [x0, y0, x1 - x0, y1 - y0] and ann["area"] == i.area_px
+        assert ann["score"] == i.confidence and ann["iscrowd"] == 0
+    try:
+        from pycocotools import mask as mask_utils
+        from pycocotools.coco import COCO
+    except ImportError:
+        return
+    gt = COCO(str(out))
+    for ann in coco["annotations"]:
+        expected = stored[ann["id"]].full_mask(48, 64)
+        np.testing.assert_array_equal(gt.annToMask(gt.anns[ann["id"]]).astype(bool), expected)
+        rle = mask_utils.frPyObjects(ann["segmentation"], 48, 64)
+        assert list(mask_utils.toBbox(rle)) == ann["bbox"]
+
+
+def test_splits(cache: MaskCache) -> None:
+    cache.set_splits({("fp", "t0"): "train", ("fp", "t1"): "val"})
+    cache.set_splits([("fp", "t1", "train")])
+    assert cache.get_splits() == {("fp", "t0"): "train", ("fp", "t1"): "train"}
+    with pytest.raises(ValueError):
+        cache.set_splits([("fp", "t2", "test")])
+
+
+def test_hash_params_is_canonical() -> None:
+    assert hash_params({"a": 1, "b": [0.5, 2]}) == hash_params({"b": [0.5, 2], "a": 1})
+    assert hash_params({"a": 1}) != hash_params({"a": 1.0000001})
+    assert len(hash_params({})) == 16
