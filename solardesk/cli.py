@@ -222,6 +222,174 @@ def plugins(as_json: bool) -> None:
         click.echo(line)
 
 
+# --------------------------------------------------------------------------------------------
+# precompute
+# --------------------------------------------------------------------------------------------
+def _parse_set(values: tuple[str, ...]) -> dict:
+    out = {}
+    for item in values:
+        name, sep, raw = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"'{item}' is not NAME=VALUE", param_hint="--set")
+        try:
+            out[name.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[name.strip()] = raw
+    return out
+
+
+@cli.command()
+@click.argument("rasters", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--cache",
+    "cache_path",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="The project's SQLite mask cache (created if missing).",
+)
+@click.option("--workers", default=1, show_default=True, help="Worker processes.")
+@click.option(
+    "--threshold",
+    type=float,
+    default=None,
+    help="Confidence of pseudo-labels (read-time: changing it recomputes nothing). [0.85]",
+)
+@click.option("--tile", "tile_size", default=512, show_default=True, help="Tile size in pixels.")
+@click.option("--overlap", default=64, show_default=True, help="Overlap in pixels.")
+@click.option(
+    "--aoi", type=click.Path(path_type=Path), help="Only tiles touching this polygon file."
+)
+@click.option("--bands", help="1-based bands read as R,G,B, e.g. 4,3,2 (default 1,2,3).")
+@click.option("--gsd", type=float, help="Ground resolution in metres, for rasters without a CRS.")
+@click.option("--stage", "stage_id", default="spectral", show_default=True, help="Stage to run.")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Override one stage setting (repeatable), e.g. --set min_area_m2=4.",
+)
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def precompute(
+    rasters: tuple[Path, ...],
+    cache_path: Path,
+    workers: int,
+    threshold: float | None,
+    tile_size: int,
+    overlap: int,
+    aoi: Path | None,
+    bands: str | None,
+    gsd: float | None,
+    stage_id: str,
+    overrides: tuple[str, ...],
+    quiet: bool,
+) -> None:
+    """Find candidate panels in RASTERS without labels and store them in the mask cache.
+
+    Runs the spectral analyser on every tile in worker processes. Tiles already in the cache
+    with the same parameters are skipped, so an interrupted run resumes where it stopped.
+    """
+    from solardesk.config import RasterSettings, TilingSettings, parse
+    from solardesk.core.cache import MaskCache
+    from solardesk.core.jobs import drive
+    from solardesk.core.pipeline import precompute as job
+
+    settings = _parse_set(overrides)
+    if threshold is not None:
+        settings["threshold"] = threshold
+    tiling = parse(TilingSettings, {"tile_size": tile_size, "overlap": overlap}, "--tile/--overlap")
+    raster_settings = parse(
+        RasterSettings,
+        {"bands": [int(b) for b in bands.split(",")] if bands else None},
+        "--bands",
+    )
+    summary = drive(
+        job(
+            rasters,
+            cache_path,
+            stage_id=stage_id,
+            settings=settings,
+            tiling=tiling,
+            raster_settings=raster_settings,
+            aoi=aoi,
+            gsd=gsd,
+            workers=workers,
+        ),
+        show=not quiet,
+        label="precompute",
+    )
+    click.echo(
+        f"{summary.computed} tiles computed, {summary.skipped} already cached, "
+        f"{summary.instances} candidates in {summary.seconds:.1f} s "
+        f"({summary.tiles_per_second:.1f} tiles/s)"
+    )
+    thr = settings.get("threshold", 0.85)
+    with MaskCache(cache_path, readonly=True) as cache:
+        st = cache.stats(threshold=thr)
+    click.echo(
+        f"cache {cache_path}: {st['tiles']} tiles, {st['instances']} candidates, "
+        f"{st['instances_above_threshold']} pseudo-labels at confidence >= {thr}"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# cache
+# --------------------------------------------------------------------------------------------
+@cli.group()
+def cache() -> None:
+    """Inspect and export a project's SQLite mask cache."""
+
+
+@cache.command("stats")
+@click.argument("cache_path", type=click.Path(path_type=Path))
+@click.option("--threshold", default=0.85, show_default=True, help="Pseudo-label confidence.")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+def cache_stats(cache_path: Path, threshold: float, as_json: bool) -> None:
+    """Tiles, candidates, pseudo-labels above a threshold and size on disk of CACHE_PATH."""
+    from solardesk.core.cache import MaskCache
+
+    _require_file(cache_path, "cache")
+    with MaskCache(cache_path, readonly=True) as c:
+        st = c.stats(threshold=threshold)
+    if as_json:
+        click.echo(json.dumps(st, indent=2, default=str))
+        return
+    rows = [
+        ("tiles", st["tiles"]),
+        ("candidates", st["instances"]),
+        (f"pseudo-labels (>= {threshold})", st["instances_above_threshold"]),
+        ("tiles with a pseudo-label", f"{st['share_tiles_above_threshold']:.1%}"),
+        ("rasters", st["rasters"]),
+        ("review", ", ".join(f"{k} {v}" for k, v in st["by_review"].items()) or "-"),
+        ("provenance", ", ".join(f"{k} {v}" for k, v in st["by_provenance"].items()) or "-"),
+        ("size on disk", f"{st['size_bytes'] / 1e6:.2f} MB"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        click.echo(f"{k:<{width}}  {v}")
+
+
+@cache.command("export-coco")
+@click.argument("cache_path", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--threshold", default=0.85, show_default=True, help="Pseudo-label confidence.")
+def cache_export_coco(cache_path: Path, out: Path, threshold: float) -> None:
+    """Write the pseudo-labels of CACHE_PATH as a COCO instances JSON file OUT."""
+    from solardesk.core.cache import MaskCache
+
+    _require_file(cache_path, "cache")
+    with MaskCache(cache_path, readonly=True) as c:
+        res = c.export_coco(out, threshold=threshold)
+    click.echo(f"{out}: {res['images']} images, {res['annotations']} annotations")
+
+
+def _require_file(path: Path, what: str) -> None:
+    from solardesk.errors import CacheError
+
+    if not path.exists():
+        raise CacheError(f"{path}: no such {what} file. Run `solardesk precompute` first.")
+
+
 def _add_plugin_commands() -> None:
     """Add click commands contributed by plugins; a broken one is reported, not fatal."""
     from solardesk.plugin_api import get_plugin_manager

@@ -1,1 +1,36 @@
-"""Builtin spectral pre-compute plugin."""
+"""Builtin plugin: the label-free spectral panel analyser (SolarDesk's pre-compute stage).
+
+Loaded through the ``solardesk.plugins`` entry point like any third-party plugin. Importing
+this module is cheap: the analyser (OpenCV, scipy) is imported when a tile is first analysed.
+"""
+
+from __future__ import annotations
+
+from solardesk.plugin_api import Detector, PrecomputeStage, hookimpl
+
+#: Bump when the analyser's output changes for the same inputs: the cache recomputes it.
+STAGE_VERSION = 1
+
+
+@hookimpl
+def solardesk_precompute_stages() -> list[PrecomputeStage]:
+    return [
+        PrecomputeStage(
+            id="spectral",
+            title="Spectral analyser (no labels)",
+            target="solardesk_spectral.analyser:analyse_tile",
+            version=STAGE_VERSION,
+            settings="solardesk_spectral.settings:SpectralSettings",
+        )
+    ]
+
+
+@hookimpl
+def solardesk_detectors() -> list[Detector]:
+    return [
+        Detector(
+            id="spectral",
+            title="Spectral analyser (no model)",
+            target="solardesk_spectral.analyser:analyse_tile",
+        )
+    ]

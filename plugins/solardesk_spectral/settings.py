@@ -1,0 +1,66 @@
+"""Settings of the spectral analyser (a pydantic model: the GUI builds its form from it)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field
+
+from solardesk.config import Settings
+
+_READ_TIME = {"recompute": False}
+
+
+class SpectralSettings(Settings):
+    """Parameters of the label-free panel analyser.
+
+    Fields marked read-time change which stored candidates are used, not what is computed,
+    so changing them recomputes nothing.
+    """
+
+    threshold: Annotated[
+        float,
+        Field(
+            ge=0,
+            le=1,
+            title="Pseudo-label confidence",
+            description="Candidates at or above this confidence become pseudo-labels.",
+            json_schema_extra=_READ_TIME,
+        ),
+    ] = 0.85
+    floor: Annotated[
+        float,
+        Field(
+            ge=0,
+            le=1,
+            title="Storage floor",
+            description="Candidates below this confidence are not stored at all.",
+        ),
+    ] = 0.3
+    score_threshold: Annotated[
+        float,
+        Field(
+            ge=0,
+            le=1,
+            title="Score-map threshold",
+            description="Fused per-pixel panel score above which a pixel is a candidate.",
+        ),
+    ] = 0.5
+    min_area_m2: Annotated[
+        float,
+        Field(
+            ge=0,
+            le=10000,
+            title="Smallest panel (m²)",
+            description="Candidates smaller than this ground area are dropped (a module ≈ 1.7 m²).",
+        ),
+    ] = 2.5
+    max_area_m2: Annotated[
+        float,
+        Field(
+            ge=1,
+            le=1e6,
+            title="Largest panel (m²)",
+            description="Candidates larger than this ground area are dropped.",
+        ),
+    ] = 20000.0

@@ -1,0 +1,315 @@
+"""The pre-compute job: run a per-tile stage over rasters into the mask cache, resumably.
+
+The stage is a plugin contribution (:class:`~solardesk.plugin_api.PrecomputeStage`); the core
+never imports it, it only passes its ``"module:attr"`` name to the worker processes, which
+import it themselves. The parent process is the cache's only writer; workers read their own
+windows. Tiles whose key (raster fingerprint, tile id, stage id, stage version, parameter
+hash) is already in the cache are skipped, so a killed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Generator, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from solardesk.config import RasterSettings, TilingSettings
+from solardesk.core.jobs import Clock, Progress, map_unordered
+from solardesk.errors import NotGeoreferencedError
+
+#: Read-time settings (confidence threshold...) never change what is computed: they are
+#: marked ``json_schema_extra={"recompute": False}`` and left out of the cache key.
+RECOMPUTE_FLAG = "recompute"
+
+
+@dataclass(frozen=True)
+class TileTask:
+    """Everything a worker needs for one tile: plain data, cheap to send to a process."""
+
+    raster: str
+    tile_id: str
+    window: tuple[int, int, int, int]
+    normalisation: Any
+    gsd: float
+    stage_target: str
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class TileOutcome:
+    raster: str
+    tile_id: str
+    window: tuple[int, int, int, int]
+    instances: list
+    seconds: float
+
+
+@dataclass
+class RasterPlan:
+    """One raster's share of a pre-compute run."""
+
+    path: Path
+    info: Any
+    grid: Any
+    normalisation: Any
+    gsd: float
+    params_hash: str
+    todo: list = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class PrecomputeSummary:
+    rasters: int
+    tiles: int
+    computed: int
+    skipped: int
+    instances: int
+    seconds: float
+
+    @property
+    def tiles_per_second(self) -> float:
+        return self.computed / self.seconds if self.seconds > 0 else 0.0
+
+
+# --------------------------------------------------------------------------------------------
+# Worker side (runs in the worker processes; one reader per raster per process)
+# --------------------------------------------------------------------------------------------
+_readers: dict[tuple[str, Any], Any] = {}
+_stages: dict[str, Any] = {}
+
+
+def _init_worker() -> None:
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
+def run_tile(task: TileTask) -> TileOutcome:
+    """Read one tile and run the stage on it (in a worker process or in-process)."""
+    from rasterio.windows import Window
+
+    from solardesk.core.raster import RasterReader
+    from solardesk.plugin_api import resolve
+
+    t0 = time.perf_counter()
+    key = (task.raster, task.normalisation)
+    reader = _readers.get(key)
+    if reader is None:
+        reader = _readers[key] = RasterReader(task.raster, normalisation=task.normalisation)
+    fn = _stages.get(task.stage_target)
+    if fn is None:
+        fn = _stages[task.stage_target] = resolve(task.stage_target)
+    rgb, valid = reader.read_rgb(Window(*task.window))
+    instances = fn(rgb, valid, task.gsd, task.params) if valid.any() else []
+    return TileOutcome(task.raster, task.tile_id, task.window, instances, time.perf_counter() - t0)
+
+
+def close_worker_readers() -> None:
+    """Close the readers this process opened (in-process runs call it when they end)."""
+    for r in _readers.values():
+        r.close()
+    _readers.clear()
+
+
+@contextlib.contextmanager
+def _single_threaded_children() -> Iterator[None]:
+    """Worker processes get one BLAS/OpenMP thread each: the pool is the parallelism."""
+    names = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+    old = {n: os.environ.get(n) for n in names}
+    os.environ.update(dict.fromkeys(names, "1"))
+    try:
+        yield
+    finally:
+        for n, v in old.items():
+            if v is None:
+                os.environ.pop(n, None)
+            else:
+                os.environ[n] = v
+
+
+# --------------------------------------------------------------------------------------------
+# Parent side
+# --------------------------------------------------------------------------------------------
+def stage_params(settings_model: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(all settings, the part that changes what is computed)`` of a settings model."""
+    data = settings_model.model_dump(mode="json")
+    keyed = {
+        name: data[name]
+        for name, f in type(settings_model).model_fields.items()
+        if (f.json_schema_extra or {}).get(RECOMPUTE_FLAG, True)
+    }
+    return data, keyed
+
+
+def plan_raster(
+    path: str | Path,
+    *,
+    stage_id: str,
+    stage_version: int | str,
+    keyed_params: dict[str, Any],
+    tiling: TilingSettings,
+    raster_settings: RasterSettings,
+    aoi_path: str | Path | None = None,
+    gsd: float | None = None,
+    cache=None,
+) -> RasterPlan:
+    """Describe, tile and key one raster; with ``cache``, list the tiles still to compute."""
+    from solardesk.core.aoi import load_aoi
+    from solardesk.core.cache import hash_params
+    from solardesk.core.raster import describe_dataset, estimate_normalisation, open_raster
+    from solardesk.core.tiling import make_grid
+
+    with open_raster(path) as ds:
+        info = describe_dataset(ds)
+        norm = estimate_normalisation(
+            ds, raster_settings.bands, (raster_settings.stretch_low, raster_settings.stretch_high)
+        )
+    ground = gsd if gsd is not None else info.ground_resolution_m
+    if ground is None:
+        raise NotGeoreferencedError(
+            f"{path}: has no CRS, so its ground resolution is unknown; pass it with "
+            "--gsd METRES (e.g. --gsd 0.3), or georeference the raster."
+        )
+    aoi = load_aoi(aoi_path, info) if aoi_path else None
+    grid = make_grid(
+        info.width,
+        info.height,
+        info.affine,
+        tiling.tile_size,
+        tiling.overlap,
+        aoi=aoi,
+        source=str(path),
+    )
+    # The stretch and the ground resolution change the input of every stage: part of the key.
+    phash = hash_params({"params": keyed_params, "norm": norm.key(), "gsd": round(ground, 6)})
+    plan = RasterPlan(Path(path), info, grid, norm, float(ground), phash)
+    done = (
+        cache.done_tile_ids(info.fingerprint, stage_id, str(stage_version), phash)
+        if cache is not None
+        else set()
+    )
+    plan.todo = [t for t in grid if t.id not in done]
+    return plan
+
+
+def precompute(
+    rasters: Sequence[str | Path],
+    cache_path: str | Path,
+    *,
+    stage_id: str = "spectral",
+    settings: dict[str, Any] | None = None,
+    tiling: TilingSettings | None = None,
+    raster_settings: RasterSettings | None = None,
+    aoi: str | Path | None = None,
+    gsd: float | None = None,
+    workers: int = 1,
+    plugin_manager=None,
+    flush_every_s: float = 0.5,
+) -> Generator[Progress, None, PrecomputeSummary]:
+    """Run the pre-compute stage ``stage_id`` over ``rasters`` into the cache at ``cache_path``.
+
+    A generator (DESIGN.md §4): it yields a :class:`Progress` per finished tile and returns a
+    :class:`PrecomputeSummary`. Results are committed at least every ``flush_every_s``
+    seconds, each tile atomically; closing the generator (cancel, Ctrl-C) commits what has
+    finished and stops the workers. A rerun computes only the tiles not in the cache.
+    """
+    from solardesk.config import parse
+    from solardesk.core.cache import MaskCache, TileKey, TileResult
+    from solardesk.plugin_api import get_plugin_manager, resolve
+
+    pm = plugin_manager or get_plugin_manager()
+    stage = pm.get("solardesk_precompute_stages", stage_id)
+    settings_model = parse(resolve(stage.settings), settings or {}, f"{stage_id} settings")
+    all_params, keyed = stage_params(settings_model)
+    tiling = tiling or TilingSettings()
+    raster_settings = raster_settings or RasterSettings()
+    clock = Clock()
+
+    with MaskCache(cache_path) as cache:
+        plans = []
+        for path in rasters:
+            plan = plan_raster(
+                path,
+                stage_id=stage_id,
+                stage_version=stage.version,
+                keyed_params=keyed,
+                tiling=tiling,
+                raster_settings=raster_settings,
+                aoi_path=aoi,
+                gsd=gsd,
+                cache=cache,
+            )
+            cache.put_raster_info(plan.info)
+            plans.append(plan)
+        total = sum(len(p.grid) for p in plans)
+        skipped = total - sum(len(p.todo) for p in plans)
+        plan_of = {str(p.path): p for p in plans}
+        tasks = [
+            TileTask(
+                raster=str(plan.path),
+                tile_id=t.id,
+                window=(t.col_off, t.row_off, t.width, t.height),
+                normalisation=plan.normalisation,
+                gsd=plan.gsd,
+                stage_target=stage.target,
+                params=all_params,
+            )
+            for plan in plans
+            for t in plan.todo
+        ]
+        done = skipped
+        n_instances = 0
+        yield Progress(done, total, clock(), "starting", skipped=skipped)
+        buffer: list = []
+        last_flush = time.perf_counter()
+
+        def flush() -> None:
+            nonlocal last_flush
+            if buffer:
+                cache.write_tiles(list(buffer))
+                buffer.clear()
+            last_flush = time.perf_counter()
+
+        def outcomes() -> Iterator[TileOutcome]:
+            with _single_threaded_children():
+                results = map_unordered(run_tile, tasks, workers=workers, initializer=_init_worker)
+                try:
+                    yield from results
+                finally:
+                    results.close()
+                    if workers <= 1:
+                        close_worker_readers()
+
+        stream = outcomes()
+        try:
+            for out in stream:
+                plan = plan_of[out.raster]
+                key = TileKey(
+                    plan.info.fingerprint,
+                    out.tile_id,
+                    stage_id,
+                    str(stage.version),
+                    plan.params_hash,
+                )
+                buffer.append(TileResult(key, out.window, out.instances))
+                done += 1
+                n_instances += len(out.instances)
+                if len(buffer) >= 64 or time.perf_counter() - last_flush >= flush_every_s:
+                    flush()
+                yield Progress(
+                    done,
+                    total,
+                    clock(),
+                    f"{n_instances} candidates",
+                    skipped=skipped,
+                    item=out.tile_id,
+                    extra={"raster": str(plan.path), "instances": len(out.instances)},
+                )
+        finally:
+            stream.close()
+            flush()
+    return PrecomputeSummary(len(plans), total, done - skipped, skipped, n_instances, clock())
