@@ -390,6 +390,24 @@ def _require_file(path: Path, what: str) -> None:
         raise CacheError(f"{path}: no such {what} file. Run `solardesk precompute` first.")
 
 
+# --------------------------------------------------------------------------------------------
+# gui
+# --------------------------------------------------------------------------------------------
+@cli.command()
+@click.argument("project", required=False, type=click.Path(path_type=Path))
+def gui(project: Path | None) -> None:
+    """Open the desktop app, optionally with PROJECT (a .json project file or a raster)."""
+    try:
+        from solardesk.gui.app import main as gui_main
+    except ImportError as e:
+        from solardesk.errors import PluginError
+
+        raise PluginError(
+            f"the desktop app needs PySide6 ({e}). Install it with: pip install 'solardesk[gui]'"
+        ) from e
+    raise SystemExit(gui_main(project))
+
+
 def _add_plugin_commands() -> None:
     """Add click commands contributed by plugins; a broken one is reported, not fatal."""
     from solardesk.plugin_api import get_plugin_manager

@@ -1,0 +1,1 @@
+"""Builtin plugin: Mask R-CNN training on pseudo-labels (torch is imported only when used)."""

@@ -1,0 +1,1 @@
+"""Builtin plugin: ONNX export and onnxruntime inference (imported only when used)."""
