@@ -1,0 +1,202 @@
+"""Measure the spectral pseudo-labels against hand-made labels on real imagery.
+
+    python benchmarks/eval_pseudolabels.py DATA_DIR [--overlays OUT_DIR] [--limit N]
+
+DATA_DIR holds ``southtyrol-bz2023-roof-solar/`` (JPEG + world file, class 2 of
+``derived/masks/*.png`` is solar) and/or ``bradbury-usgs-ca-tiles/`` (PNG at 0.3 m, masks 0/255).
+Each image is analysed as one tile. A true panel is a connected component of the label mask;
+a candidate matches it at IoU ≥ 0.5 (greedy, one to one, best IoU first). Prints per source:
+object precision and recall at confidence 0.5, 0.7 and 0.85, the recall of every stored
+candidate (what a reviewer could find), pixel IoU, and what the false positives at 0.85 lie
+on (South Tyrol: roof or not). Labels are not exhaustive: some "false positives" are
+unlabelled panels — look at the overlays before concluding.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+THRESHOLDS = (0.5, 0.7, 0.85)
+SETTINGS: dict = {}
+
+
+@dataclass
+class Tally:
+    truths: int = 0
+    preds: dict = field(default_factory=lambda: {t: 0 for t in (0.0, *THRESHOLDS)})
+    hits_pred: dict = field(default_factory=lambda: {t: 0 for t in (0.0, *THRESHOLDS)})
+    hits_truth: dict = field(default_factory=lambda: {t: 0 for t in (0.0, *THRESHOLDS)})
+    inter: dict = field(default_factory=lambda: {t: 0 for t in (0.0, *THRESHOLDS)})
+    union: dict = field(default_factory=lambda: {t: 0 for t in (0.0, *THRESHOLDS)})
+    fp_on_roof: int = 0
+    fp_total: int = 0
+    images: int = 0
+    seconds: float = 0.0
+
+
+def greedy_matches(pred_masks: list[np.ndarray], truth_labels: np.ndarray, n_truth: int):
+    """Indices of predictions and truths matched one to one at IoU ≥ 0.5."""
+    if not pred_masks or n_truth == 0:
+        return set(), set()
+    t = truth_labels.ravel()
+    area_t = np.bincount(t, minlength=n_truth + 1)
+    pairs = []
+    for i, m in enumerate(pred_masks):
+        inter = np.bincount(t[m.ravel()], minlength=n_truth + 1)
+        union = m.sum() + area_t - inter
+        iou = inter / np.maximum(union, 1)
+        iou[0] = 0
+        for j in np.flatnonzero(iou >= 0.5):
+            pairs.append((iou[j], i, j))
+    used_p, used_t = set(), set()
+    for _, i, j in sorted(pairs, reverse=True):
+        if i not in used_p and j not in used_t:
+            used_p.add(i)
+            used_t.add(j)
+    return used_p, used_t
+
+
+def evaluate_image(rgb, valid, gsd, truth_mask, roof_mask, tally: Tally, overlay_path=None):
+    from solardesk_spectral.analyser import analyse_tile
+    from solardesk_spectral.settings import SpectralSettings
+
+    params = SpectralSettings(**SETTINGS).model_dump()
+    t0 = time.perf_counter()
+    inst = analyse_tile(rgb, valid, gsd, params)
+    tally.seconds += time.perf_counter() - t0
+    tally.images += 1
+    h, w = truth_mask.shape
+    n_truth, truth_labels = cv2.connectedComponents(truth_mask.astype(np.uint8), connectivity=8)
+    n_truth -= 1
+    tally.truths += n_truth
+    masks = [i.full_mask(h, w) for i in inst]
+    conf = np.array([i.confidence for i in inst])
+    for thr in (0.0, *THRESHOLDS):
+        sel = [m for m, c in zip(masks, conf, strict=True) if c >= thr]
+        hp, ht = greedy_matches(sel, truth_labels, n_truth)
+        tally.preds[thr] += len(sel)
+        tally.hits_pred[thr] += len(hp)
+        tally.hits_truth[thr] += len(ht)
+        union_pred = np.any(sel, axis=0) if sel else np.zeros((h, w), bool)
+        tally.inter[thr] += int((union_pred & truth_mask).sum())
+        tally.union[thr] += int((union_pred | truth_mask).sum())
+        if thr == 0.85 and roof_mask is not None:
+            for k, m in enumerate(sel):
+                if k not in hp:
+                    tally.fp_total += 1
+                    tally.fp_on_roof += int((m & roof_mask).sum() > 0.5 * m.sum())
+    if overlay_path is not None:
+        ov = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+        cnts, _ = cv2.findContours(truth_mask.astype(np.uint8), cv2.RETR_EXTERNAL, 2)
+        cv2.drawContours(ov, cnts, -1, (0, 255, 255), 2)
+        for m, c in zip(masks, conf, strict=True):
+            cnts, _ = cv2.findContours(m.astype(np.uint8), cv2.RETR_EXTERNAL, 2)
+            colour = (0, 0, 255) if c >= 0.85 else (255, 0, 255) if c >= 0.5 else (255, 128, 0)
+            cv2.drawContours(ov, cnts, -1, colour, 1)
+        cv2.imwrite(str(overlay_path), ov)
+
+
+def _split(items: list, split: str) -> list:
+    """``even``/``odd`` halves by sorted position (a tuning and a measuring half), or ``all``."""
+    if split == "all":
+        return items
+    return items[0 if split == "even" else 1 :: 2]
+
+
+def southtyrol(root: Path, tally: Tally, overlays: Path | None, limit: int | None, split: str):
+    from rasterio.windows import Window
+
+    from solardesk.core.raster import RasterReader, describe
+
+    masks = _split(sorted((root / "derived" / "masks").glob("*.png")), split)[:limit]
+    for mpath in masks:
+        img = root / "images" / (mpath.stem + ".jpg")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            gsd = describe(img).ground_resolution_m
+            with RasterReader(img) as r:
+                rgb, valid = r.read_rgb(Window(0, 0, r.ds.width, r.ds.height))
+        lab = cv2.imread(str(mpath), cv2.IMREAD_GRAYSCALE)
+        ov = overlays / f"st_{mpath.stem}.png" if overlays and (lab == 2).any() else None
+        evaluate_image(rgb, valid, gsd, lab == 2, lab >= 1, tally, ov)
+
+
+def bradbury(root: Path, tally: Tally, overlays: Path | None, limit: int | None, split: str):
+    images = _split(sorted((root / "images").glob("*.png")), split)[:limit]
+    for k, ipath in enumerate(images):
+        bgr = cv2.imread(str(ipath), cv2.IMREAD_COLOR)
+        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        lab = cv2.imread(str(root / "masks" / ipath.name), cv2.IMREAD_GRAYSCALE)
+        ov = overlays / f"bb_{ipath.stem}.png" if overlays and k % 10 == 0 else None
+        evaluate_image(rgb, None, 0.3, lab > 127, None, tally, ov)
+
+
+def report(name: str, t: Tally) -> None:
+    print(
+        f"\n## {name}: {t.images} images, {t.truths} labelled panels, "
+        f"{t.seconds / max(t.images, 1) * 1000:.0f} ms per image"
+    )
+    print("| confidence ≥ | candidates | precision | recall | F1 | pixel IoU |")
+    print("|---|---|---|---|---|---|")
+    for thr in (0.0, *THRESHOLDS):
+        n = t.preds[thr]
+        p = t.hits_pred[thr] / n if n else float("nan")
+        r = t.hits_truth[thr] / t.truths if t.truths else float("nan")
+        f1 = 2 * p * r / (p + r) if n and (p + r) > 0 else float("nan")
+        iou = t.inter[thr] / t.union[thr] if t.union[thr] else float("nan")
+        label = "all stored" if thr == 0.0 else f"{thr}"
+        print(f"| {label} | {n} | {p:.3f} | {r:.3f} | {f1:.3f} | {iou:.3f} |")
+    if t.fp_total:
+        print(
+            f"false positives at 0.85: {t.fp_total}, of which {t.fp_on_roof} "
+            f"({t.fp_on_roof / t.fp_total:.0%}) lie on labelled roofs"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("data_dir", type=Path)
+    ap.add_argument("--overlays", type=Path, help="Write overlay PNGs here.")
+    ap.add_argument("--limit", type=int, help="Only the first N images per source.")
+    ap.add_argument(
+        "--split", choices=("all", "even", "odd"), default="all", help="Which half of each source."
+    )
+    ap.add_argument(
+        "--set", action="append", default=[], metavar="NAME=VALUE", help="Analyser setting."
+    )
+    args = ap.parse_args(argv)
+    for item in args.set:
+        name, _, value = item.partition("=")
+        SETTINGS[name] = float(value)
+    cv2.setNumThreads(1)
+    if args.overlays:
+        args.overlays.mkdir(parents=True, exist_ok=True)
+    found = False
+    st = args.data_dir / "southtyrol-bz2023-roof-solar"
+    if st.is_dir():
+        t = Tally()
+        southtyrol(st, t, args.overlays, args.limit, args.split)
+        report("South Tyrol (0.138 m)", t)
+        found = True
+    bb = args.data_dir / "bradbury-usgs-ca-tiles"
+    if bb.is_dir():
+        t = Tally()
+        bradbury(bb, t, args.overlays, args.limit, args.split)
+        report("Bradbury (0.3 m)", t)
+        found = True
+    if not found:
+        print(f"{args.data_dir}: no known data set inside", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

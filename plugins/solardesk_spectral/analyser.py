@@ -1,0 +1,344 @@
+"""The label-free panel analyser: six channels → fused score map → instances with confidence.
+
+Per tile:
+
+1. **Features**: the six channels of :mod:`solardesk_spectral.channels` plus two rejection
+   cues, excess green (vegetation) and a cast-shadow mask.
+2. **Fusion**: a per-pixel logistic model of the eight features (with their pairwise
+   products, so a texture cue can count only where the colour is panel-like) gives a score
+   map in [0, 1]. Its weights are *learned on synthetic scenes* whose truth is known
+   (:mod:`solardesk_spectral.learn`; ``fusion.json``); nothing learned from real labelled
+   imagery ships.
+3. **Segmentation**: threshold, a small opening and closing sized in metres, connected
+   components; components outside the plausible panel area (m²) are dropped.
+4. **Confidence**: a second logistic model, also learned on synthetic scenes, of each
+   instance's mean score, channel means, size in m², rectangularity (area over its minimum
+   rotated rectangle), solidity and elongation. Candidates at or above the storage floor are
+   returned; the pseudo-label threshold is applied at read time.
+
+Every per-instance statistic is computed for all components at once (one ``bincount`` per
+statistic, one contour pass); ``tests/unit/_reference_analyser.py`` computes the same maths
+with a Python loop per component and scikit-image ``regionprops``, as the oracle.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from solardesk_spectral.channels import CHANNEL_NAMES, compute_channels, excess_green, shadow_mask
+
+FUSION_FILE = Path(__file__).with_name("fusion.json")
+
+PIXEL_FEATURES = (*CHANNEL_NAMES, "excess_green", "shadow", "blue_tint", "fine_texture")
+INSTANCE_FEATURES = (
+    "mean_score",
+    *(f"mean_{n}" for n in PIXEL_FEATURES),
+    "log_area_m2",
+    "rectangularity",
+    "solidity",
+    "log_elongation",
+)
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """The two learned logistic models (pixel score map, instance confidence)."""
+
+    pixel_weights: np.ndarray  # (n_pixel_terms,) for [features, pairwise products]
+    pixel_bias: float
+    instance_mean: np.ndarray  # standardisation of instance features
+    instance_std: np.ndarray
+    instance_weights: np.ndarray
+    instance_bias: float
+    meta: dict
+
+    def to_json(self) -> dict:
+        return {
+            "pixel_features": list(PIXEL_FEATURES),
+            "instance_features": list(INSTANCE_FEATURES),
+            "pixel_weights": [float(v) for v in self.pixel_weights],
+            "pixel_bias": float(self.pixel_bias),
+            "instance_mean": [float(v) for v in self.instance_mean],
+            "instance_std": [float(v) for v in self.instance_std],
+            "instance_weights": [float(v) for v in self.instance_weights],
+            "instance_bias": float(self.instance_bias),
+            "meta": self.meta,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict) -> Fusion:
+        if (
+            tuple(d["pixel_features"]) != PIXEL_FEATURES
+            or tuple(d["instance_features"]) != INSTANCE_FEATURES
+        ):
+            raise ValueError("fusion.json was learned for other features; rerun the learning")
+        return cls(
+            np.asarray(d["pixel_weights"], np.float32),
+            float(d["pixel_bias"]),
+            np.asarray(d["instance_mean"], np.float64),
+            np.asarray(d["instance_std"], np.float64),
+            np.asarray(d["instance_weights"], np.float64),
+            float(d["instance_bias"]),
+            dict(d.get("meta", {})),
+        )
+
+
+@lru_cache(maxsize=1)
+def default_fusion() -> Fusion:
+    """The fusion shipped with the plugin (learned on synthetic scenes)."""
+    return Fusion.from_json(json.loads(FUSION_FILE.read_text(encoding="utf-8")))
+
+
+def _pairs(n: int) -> list[tuple[int, int]]:
+    return [(i, j) for i in range(n) for j in range(i, n)]
+
+
+N_PIXEL_TERMS = len(PIXEL_FEATURES) + len(_pairs(len(PIXEL_FEATURES)))
+
+
+# --------------------------------------------------------------------------------------------
+# Per-pixel features and score map
+# --------------------------------------------------------------------------------------------
+def pixel_features(rgb: np.ndarray, valid: np.ndarray | None, gsd: float) -> np.ndarray:
+    """``(10, H, W)`` float32: the six channels, excess green, shadow, blue tint, fine texture."""
+    h, w = rgb.shape[:2]
+    out = np.empty((len(PIXEL_FEATURES), h, w), np.float32)
+    out[:6] = compute_channels(rgb, gsd, valid)
+    out[6] = excess_green(rgb, valid)
+    out[7] = shadow_mask(rgb, gsd, valid)
+    out[8] = blue_tint(rgb)
+    out[9] = fine_texture(rgb, gsd)
+    if valid is not None:
+        out[8:, ~valid] = 0
+    return out
+
+
+def blue_tint(rgb: np.ndarray) -> np.ndarray:
+    """Blue over the larger of red and green, relative to brightness, ramped to [0, 1].
+
+    Crystalline panels reflect the sky: blue-grey whether dark or bright, where roofs are red,
+    brown or neutral grey and vegetation is green. 0 at no excess, 1 at an excess of 15 %.
+    """
+    f = rgb.astype(np.float32)
+    excess = f[..., 2] - np.maximum(f[..., 0], f[..., 1])
+    excess /= f.sum(axis=2) / 3 + 8.0
+    return np.clip(excess / 0.15, 0.0, 1.0, out=excess)
+
+
+def fine_texture(rgb: np.ndarray, gsd: float) -> np.ndarray:
+    """Energy of detail finer than ≈ 0.5 m (module frames and gaps), smoothed over ≈ 1 m.
+
+    Mean absolute difference between the grey tile and its Gaussian blur at σ = 0.2 m,
+    averaged with σ = 0.6 m, relative to 12 grey levels and ramped to [0, 1].
+    """
+    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    blur = cv2.GaussianBlur(grey, (0, 0), max(0.2 / gsd, 0.5))
+    diff = np.abs(grey - blur, out=grey)
+    energy = cv2.GaussianBlur(diff, (0, 0), max(0.6 / gsd, 1.0))
+    return np.clip(energy / 12.0, 0.0, 1.0, out=energy)
+
+
+def pixel_terms(features: np.ndarray) -> np.ndarray:
+    """Features and their pairwise products (including squares), ``(N_PIXEL_TERMS, ...)``."""
+    n = features.shape[0]
+    terms = np.empty((N_PIXEL_TERMS, *features.shape[1:]), np.float32)
+    terms[:n] = features
+    for k, (i, j) in enumerate(_pairs(n), start=n):
+        np.multiply(features[i], features[j], out=terms[k])
+    return terms
+
+
+def score_map(features: np.ndarray, fusion: Fusion) -> np.ndarray:
+    """Fused per-pixel panel score in [0, 1] (logistic of the weighted terms)."""
+    n = features.shape[0]
+    w = fusion.pixel_weights
+    z = np.full(features.shape[1:], fusion.pixel_bias, np.float32)
+    tmp = np.empty_like(z)
+    for i in range(n):
+        z += w[i] * features[i]
+    for k, (i, j) in enumerate(_pairs(n), start=n):
+        if w[k] != 0:
+            np.multiply(features[i], features[j], out=tmp)
+            tmp *= w[k]
+            z += tmp
+    # logistic, in place
+    np.negative(z, out=z)
+    np.exp(z, out=z)
+    z += 1.0
+    np.reciprocal(z, out=z)
+    return z
+
+
+# --------------------------------------------------------------------------------------------
+# Segmentation
+# --------------------------------------------------------------------------------------------
+def _disk(radius_px: int) -> np.ndarray:
+    r = max(1, int(radius_px))
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+
+
+def segment(
+    score: np.ndarray, valid: np.ndarray | None, gsd: float, threshold: float
+) -> tuple[np.ndarray, int]:
+    """Label candidate regions: threshold, open (0.25 m), close (0.25 m), 8-connected parts."""
+    binary = (score > threshold).astype(np.uint8)
+    if valid is not None:
+        binary[~valid] = 0
+    r = max(1, round(0.25 / gsd))
+    binary = cv2.morphologyEx(binary, cv2.MORPH_OPEN, _disk(r))
+    binary = cv2.morphologyEx(binary, cv2.MORPH_CLOSE, _disk(r))
+    if valid is not None:
+        binary[~valid] = 0
+    n, labels = cv2.connectedComponents(binary, connectivity=8, ltype=cv2.CV_32S)
+    return labels, n - 1
+
+
+# --------------------------------------------------------------------------------------------
+# Instance statistics, all components at once
+# --------------------------------------------------------------------------------------------
+def instance_stats(
+    labels: np.ndarray, n: int, features: np.ndarray, score: np.ndarray, gsd: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(X, boxes)``: per-instance feature rows (INSTANCE_FEATURES) and boxes (x0, y0, x1, y1).
+
+    Row ``i`` describes label ``i + 1``.
+    """
+    if n == 0:
+        return np.zeros((0, len(INSTANCE_FEATURES))), np.zeros((0, 4), np.int64)
+    # Only labelled pixels matter: gather them once, then one bincount per statistic.
+    flat = labels.ravel()
+    where = np.flatnonzero(flat)
+    lab = flat[where] - 1
+    area = np.bincount(lab, minlength=n).astype(np.float64)
+    cols = [np.bincount(lab, weights=score.ravel()[where], minlength=n) / area]
+    for f in features:
+        cols.append(np.bincount(lab, weights=f.ravel()[where], minlength=n) / area)
+    rect_area, hull_area, long_side, short_side, boxes = _shape_stats(labels, n)
+    area_m2 = area * gsd * gsd
+    cols.append(np.log10(np.maximum(area_m2, 1e-3)))
+    cols.append(area / np.maximum(rect_area, 1.0))
+    cols.append(area / np.maximum(hull_area, 1.0))
+    cols.append(np.log10(np.maximum(long_side, 1.0) / np.maximum(short_side, 1.0)))
+    return np.stack(cols, axis=1), boxes
+
+
+def _shape_stats(labels: np.ndarray, n: int):
+    """Minimum-rotated-rectangle area and sides, convex hull area and box of each label.
+
+    One ``findContours`` pass over the whole tile gives the outer contour of every component
+    (8-connected components never touch, so each outer boundary is one component's). Rectangles
+    and hulls use the pixel *corner* outline (contour points grown by half a pixel), so an
+    ``a × b`` pixel rectangle has rectangle area ``a·b``, matching the pixel-count area.
+    """
+    rect_area = np.zeros(n)
+    hull_area = np.zeros(n)
+    long_side = np.zeros(n)
+    short_side = np.zeros(n)
+    boxes = np.zeros((n, 4), np.int64)
+    # RETR_CCOMP: a component lying inside another's hole is still an outer boundary (parent -1).
+    contours, hierarchy = cv2.findContours(
+        (labels > 0).astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE
+    )
+    for c, (_, _, _, parent) in zip(contours, hierarchy[0] if contours else [], strict=True):
+        if parent != -1:
+            continue
+        pts = c.reshape(-1, 2)
+        i = int(labels[pts[0, 1], pts[0, 0]]) - 1
+        corners = _pixel_corners(pts.astype(np.float32))
+        (_, _), (rw, rh), _ = cv2.minAreaRect(corners)
+        rect_area[i] = rw * rh
+        long_side[i], short_side[i] = max(rw, rh), min(rw, rh)
+        hull_area[i] = cv2.contourArea(cv2.convexHull(corners))
+        x, y, w, h = cv2.boundingRect(pts)
+        boxes[i] = (x, y, x + w, y + h)
+    return rect_area, hull_area, long_side, short_side, boxes
+
+
+def _pixel_corners(pts: np.ndarray) -> np.ndarray:
+    """The four corners of every contour pixel (pixel centres at integer coordinates)."""
+    offs = np.array([[-0.5, -0.5], [0.5, -0.5], [0.5, 0.5], [-0.5, 0.5]], np.float32)
+    return (pts[:, None, :] + offs[None]).reshape(-1, 2)
+
+
+def confidence(X: np.ndarray, fusion: Fusion) -> np.ndarray:
+    """Instance confidence in [0, 1] from the instance feature rows."""
+    if len(X) == 0:
+        return np.zeros(0)
+    z = ((X - fusion.instance_mean) / fusion.instance_std) @ fusion.instance_weights
+    return 1.0 / (1.0 + np.exp(-(z + fusion.instance_bias)))
+
+
+# --------------------------------------------------------------------------------------------
+# The stage
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Analysis:
+    """Everything the analyser computed for one tile (for learning, review and debugging)."""
+
+    features: np.ndarray
+    score: np.ndarray
+    labels: np.ndarray
+    X: np.ndarray
+    boxes: np.ndarray
+    confidence: np.ndarray
+    kept: np.ndarray  # bool per label: passes the area limits
+
+
+def analyse(
+    rgb: np.ndarray,
+    valid: np.ndarray | None,
+    gsd: float,
+    settings: Any,
+    fusion: Fusion | None = None,
+) -> Analysis:
+    """Run the whole analysis of one tile and return every intermediate."""
+    fusion = fusion or default_fusion()
+    feats = pixel_features(rgb, valid, gsd)
+    score = score_map(feats, fusion)
+    labels, n = segment(score, valid, gsd, settings.score_threshold)
+    X, boxes = instance_stats(labels, n, feats, score, gsd)
+    conf = confidence(X, fusion)
+    if n:
+        area_m2 = 10 ** X[:, INSTANCE_FEATURES.index("log_area_m2")]
+        kept = (area_m2 >= settings.min_area_m2) & (area_m2 <= settings.max_area_m2)
+    else:
+        kept = np.zeros(0, bool)
+    return Analysis(feats, score, labels, X, boxes, conf, kept)
+
+
+def analyse_tile(
+    rgb: np.ndarray, valid: np.ndarray | None, gsd: float, params: dict[str, Any]
+) -> list:
+    """The pre-compute stage: candidate instances of one tile at or above the storage floor.
+
+    ``params`` are :class:`~solardesk_spectral.settings.SpectralSettings` as a dict.
+    """
+    from solardesk.core.cache import Instance
+    from solardesk_spectral.settings import SpectralSettings
+
+    settings = SpectralSettings.model_validate(params)
+    if valid is not None and not valid.any():
+        return []
+    a = analyse(rgb, valid, gsd, settings)
+    out = []
+    means = [INSTANCE_FEATURES.index(f"mean_{c}") for c in CHANNEL_NAMES]
+    for i in np.flatnonzero(a.kept & (a.confidence >= settings.floor)):
+        x0, y0, x1, y1 = (int(v) for v in a.boxes[i])
+        mask = a.labels[y0:y1, x0:x1] == i + 1
+        out.append(
+            Instance(
+                bbox=(x0, y0, x1, y1),
+                mask=mask,
+                confidence=float(np.clip(a.confidence[i], 0.0, 1.0)),
+                scores=tuple(float(a.X[i, k]) for k in means),
+                provenance="spectral",
+            )
+        )
+    return out

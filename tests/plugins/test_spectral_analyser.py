@@ -1,0 +1,120 @@
+"""The spectral analyser: fast path against the oracle, stage contract, bad tiles."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from solardesk.core.cache import Instance
+from solardesk.synthetic import SceneSpec, generate_scene
+from solardesk_spectral import analyser as fast
+from solardesk_spectral.settings import SpectralSettings
+from tests.plugins import _reference_analyser as ref
+
+PARAMS = SpectralSettings().model_dump()
+
+
+@pytest.fixture(scope="module")
+def tile():
+    scene = generate_scene(SceneSpec(height=256, width=256, gsd=0.15, seed=11, n_roofs=3))
+    rgb = np.ascontiguousarray(np.moveaxis(scene.image, 0, -1))
+    return rgb, scene.instance_mask
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = (a | b).sum()
+    return 1.0 if union == 0 else (a & b).sum() / union
+
+
+def test_fast_matches_reference_oracle(tile) -> None:
+    rgb, _ = tile
+    fusion = fast.default_fusion()
+    feats = fast.pixel_features(rgb, None, 0.15)
+    s_fast = fast.score_map(feats, fusion)
+    s_ref = ref.score_map(feats, fusion)
+    assert np.abs(s_fast - s_ref).max() < 1e-4
+    # A lower threshold than the default gives more components to compare.
+    lf, nf = fast.segment(s_fast, None, 0.15, 0.35)
+    lr, nr = ref.segment(s_ref, None, 0.15, 0.35)
+    assert nf == nr and nf >= 3
+    assert _iou(lf > 0, lr > 0) >= 0.99
+    Xf, bf = fast.instance_stats(lf, nf, feats, s_fast, 0.15)
+    Xr, br = ref.instance_stats(lr, nr, feats, s_ref, 0.15)
+    # Labels are numbered in the same raster order by both, so rows correspond.
+    np.testing.assert_array_equal(bf, br)
+    np.testing.assert_allclose(Xf, Xr, rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(fast.confidence(Xf, fusion), fast.confidence(Xr, fusion), atol=1e-3)
+
+
+def test_rectangle_statistics_are_exact() -> None:
+    labels = np.zeros((60, 60), np.int32)
+    labels[10:20, 5:45] = 1  # a 40 × 10 px rectangle
+    feats = np.zeros((len(fast.PIXEL_FEATURES), 60, 60), np.float32)
+    X, boxes = fast.instance_stats(labels, 1, feats, np.ones((60, 60), np.float32), 0.2)
+    row = dict(zip(fast.INSTANCE_FEATURES, X[0], strict=True))
+    assert row["rectangularity"] == pytest.approx(1.0, abs=1e-6)
+    assert row["solidity"] == pytest.approx(1.0, abs=1e-6)
+    assert 10 ** row["log_area_m2"] == pytest.approx(400 * 0.04)
+    assert 10 ** row["log_elongation"] == pytest.approx(4.0)
+    assert tuple(boxes[0]) == (5, 10, 45, 20)
+
+
+def test_stage_contract(tile) -> None:
+    rgb, truth = tile
+    out = fast.analyse_tile(rgb, None, 0.15, PARAMS)
+    assert all(isinstance(i, Instance) for i in out)
+    for inst in out:
+        assert PARAMS["floor"] <= inst.confidence <= 1
+        assert inst.provenance == "spectral" and len(inst.scores) == 6
+        assert all(0 <= s <= 1 for s in inst.scores)
+        x0, y0, x1, y1 = inst.bbox
+        assert inst.mask.shape == (y1 - y0, x1 - x0) and inst.mask.any()
+        assert inst.area_px * 0.15**2 >= PARAMS["min_area_m2"]
+
+
+def test_finds_synthetic_panels() -> None:
+    """On synthetic imagery (the kind the fusion was learned on) most arrays are found."""
+    scene = generate_scene(SceneSpec(height=768, width=768, gsd=0.15, seed=24, n_roofs=12))
+    rgb = np.ascontiguousarray(np.moveaxis(scene.image, 0, -1))
+    out = fast.analyse_tile(rgb, None, 0.15, PARAMS)
+    truth = scene.instance_mask
+    n_truth = int(truth.max())
+    assert n_truth >= 10
+    found = set()
+    confident_hits = 0
+    confident = [i for i in out if i.confidence >= 0.85]
+    for inst in out:
+        m = inst.full_mask(768, 768)
+        ids, counts = np.unique(truth[m], return_counts=True)
+        for t, c in zip(ids, counts, strict=True):
+            if t and c / ((truth == t) | m).sum() >= 0.5:
+                found.add(int(t))
+                confident_hits += inst.confidence >= 0.85
+    assert len(found) / n_truth >= 0.5
+    assert confident and confident_hits / len(confident) >= 0.6
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: np.zeros((128, 128, 3), np.uint8),
+        lambda: np.full((128, 128, 3), 255, np.uint8),
+        lambda: np.full((128, 128, 3), 97, np.uint8),
+    ],
+    ids=["black", "white", "constant"],
+)
+def test_flat_tiles_give_nothing(make) -> None:
+    assert fast.analyse_tile(make(), None, 0.15, PARAMS) == []
+
+
+def test_all_nodata_tile_gives_nothing(tile) -> None:
+    rgb, _ = tile
+    assert fast.analyse_tile(rgb, np.zeros(rgb.shape[:2], bool), 0.15, PARAMS) == []
+
+
+def test_partially_valid_tile_keeps_instances_inside(tile) -> None:
+    rgb, _ = tile
+    valid = np.ones(rgb.shape[:2], bool)
+    valid[:, 128:] = False
+    for inst in fast.analyse_tile(rgb, valid, 0.15, PARAMS):
+        assert not (inst.full_mask(*valid.shape) & ~valid).any()
