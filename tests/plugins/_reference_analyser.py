@@ -13,7 +13,6 @@ import numpy as np
 from scipy import ndimage
 from shapely import box, union_all
 from skimage.measure import label, regionprops
-
 from solardesk_spectral.analyser import INSTANCE_FEATURES, _disk, _pairs
 
 
@@ -48,7 +47,9 @@ def instance_stats(labels, n, features, score, gsd):
         area = len(rr)
         row = [score[rr, cc].mean()]
         row += [f[rr, cc].mean() for f in features]
-        pixels = union_all([box(c - 0.5, r - 0.5, c + 0.5, r + 0.5) for r, c in zip(rr, cc)])
+        pixels = union_all(
+            [box(c - 0.5, r - 0.5, c + 0.5, r + 0.5) for r, c in zip(rr, cc, strict=True)]
+        )
         rect = pixels.minimum_rotated_rectangle
         xs, ys = rect.exterior.coords.xy
         sides = sorted(np.hypot(xs[k + 1] - xs[k], ys[k + 1] - ys[k]) for k in range(2))

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from solardesk_spectral import analyser as fast
+from solardesk_spectral.settings import SpectralSettings
 
 from solardesk.core.cache import Instance
 from solardesk.synthetic import SceneSpec, generate_scene
-from solardesk_spectral import analyser as fast
-from solardesk_spectral.settings import SpectralSettings
 from tests.plugins import _reference_analyser as ref
 
 PARAMS = SpectralSettings().model_dump()
@@ -60,7 +60,7 @@ def test_rectangle_statistics_are_exact() -> None:
 
 
 def test_stage_contract(tile) -> None:
-    rgb, truth = tile
+    rgb, _ = tile
     out = fast.analyse_tile(rgb, None, 0.15, PARAMS)
     assert all(isinstance(i, Instance) for i in out)
     for inst in out:
