@@ -1,0 +1,182 @@
+"""The pre-compute job end to end: cache keys, resume after kill -9, bad input."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from solardesk.config import TilingSettings
+from solardesk.core.cache import MaskCache
+from solardesk.core.jobs import Progress
+from solardesk.core.pipeline import precompute
+from solardesk.synthetic import SceneSpec, generate_scene, write_large_raster, write_scene
+from tests.conftest import write_raster
+
+TILING = TilingSettings(tile_size=256, overlap=32)
+
+
+@pytest.fixture(scope="module")
+def scene_tif(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("scene") / "scene.tif"
+    write_scene(
+        generate_scene(SceneSpec(height=768, width=768, gsd=0.15, seed=24, n_roofs=12)), path
+    )
+    return path
+
+
+def run_job(rasters, cache, **kw):
+    job = precompute(rasters, cache, tiling=kw.pop("tiling", TILING), **kw)
+    records = []
+    while True:
+        try:
+            records.append(next(job))
+        except StopIteration as stop:
+            return stop.value, records
+
+
+def test_precompute_fills_cache_and_rerun_computes_nothing(tmp_path: Path, scene_tif: Path) -> None:
+    cache = tmp_path / "p.sqlite"
+    summary, records = run_job([scene_tif], cache)
+    assert summary.tiles == 16 and summary.computed == 16 and summary.skipped == 0
+    assert all(isinstance(r, Progress) for r in records)
+    assert records[-1].done == 16 and records[-1].total == 16
+    assert summary.instances > 0
+    with MaskCache(cache, readonly=True) as c:
+        st = c.stats(threshold=0.85)
+        assert st["tiles"] == 16 and st["instances"] == summary.instances
+        assert c.integrity_ok()
+    again, _ = run_job([scene_tif], cache)
+    assert again.computed == 0 and again.skipped == 16
+    # The threshold is read-time: changing it recomputes nothing.
+    thr, _ = run_job([scene_tif], cache, settings={"threshold": 0.5})
+    assert thr.computed == 0
+    # A parameter that changes what is computed recomputes every tile of this stage.
+    changed, _ = run_job([scene_tif], cache, settings={"min_area_m2": 4.0})
+    assert changed.computed == 16
+
+
+def test_two_workers_give_the_same_cache(tmp_path: Path, scene_tif: Path) -> None:
+    one, _ = run_job([scene_tif], tmp_path / "one.sqlite", workers=1)
+    two, _ = run_job([scene_tif], tmp_path / "two.sqlite", workers=2)
+    assert one.instances == two.instances
+
+    def content(path):
+        with MaskCache(path, readonly=True) as c:
+            return sorted(
+                (t.tile_id, i.bbox, round(i.confidence, 6), i.mask.tobytes())
+                for t, i in c.iter_instances()
+            )
+
+    assert content(tmp_path / "one.sqlite") == content(tmp_path / "two.sqlite")
+
+
+def test_cancel_keeps_finished_tiles(tmp_path: Path, scene_tif: Path) -> None:
+    cache = tmp_path / "c.sqlite"
+    job = precompute([scene_tif], cache, tiling=TILING)
+    for _ in range(6):  # "starting" + 5 tiles
+        next(job)
+    job.close()
+    with MaskCache(cache, readonly=True) as c:
+        assert c.stats()["tiles"] == 5
+    summary, _ = run_job([scene_tif], cache)
+    assert summary.skipped == 5 and summary.computed == 11
+
+
+def test_kill_minus_nine_resumes(tmp_path: Path) -> None:
+    big = tmp_path / "big.tif"
+    write_large_raster(big, 2048, 2048, seed=1)  # 256 tiles of 128 px: seconds of work
+    cache = tmp_path / "k.sqlite"
+    cmd = [
+        sys.executable, "-m", "solardesk", "precompute", str(big), "--cache", str(cache),
+        "--tile", "128", "--overlap", "0", "--quiet",
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    stored = 0
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+        if cache.exists():
+            try:
+                with sqlite3.connect(f"file:{cache}?mode=ro", uri=True) as con:
+                    stored = con.execute("select count(*) from tiles").fetchone()[0]
+            except sqlite3.Error:
+                stored = 0
+            if stored >= 4:
+                break
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    with MaskCache(cache) as c:
+        assert c.integrity_ok()
+        before = c.stats()["tiles"]
+        for tile in c.iter_tiles():
+            assert tile.n_instances == len(c.read_tile(tile.raster_fp, tile.tile_id))
+    assert 4 <= before < 256
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    assert f"{256 - before} tiles computed, {before} already cached" in out.stdout
+    with MaskCache(cache, readonly=True) as c:
+        assert c.stats()["tiles"] == 256 and c.integrity_ok()
+
+
+def test_sixteen_bit_single_band_and_nodata(tmp_path: Path) -> None:
+    scene = generate_scene(
+        SceneSpec(height=512, width=512, gsd=0.15, seed=3, dtype="uint16", bands=1, nodata=0)
+    )
+    path = tmp_path / "u16.tif"
+    write_scene(scene, path)
+    summary, _ = run_job([path], tmp_path / "u16.sqlite")
+    assert summary.computed == 9  # starts 0, 224, 256 on each axis
+
+
+def test_all_black_and_all_nodata_rasters(tmp_path: Path) -> None:
+    black = write_raster(tmp_path / "black.tif", np.zeros((3, 256, 256), np.uint8))
+    nodata = write_raster(tmp_path / "nd.tif", np.zeros((3, 256, 256), np.uint8), nodata=0)
+    summary, _ = run_job([black, nodata], tmp_path / "b.sqlite")
+    assert summary.computed == 2 and summary.instances == 0
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "solardesk", *args], capture_output=True, text=True, check=False
+    )
+
+
+def test_bad_input_is_reported_and_nothing_half_written(tmp_path: Path, scene_tif: Path) -> None:
+    notes = tmp_path / "notes.sqlite"
+    notes.write_text("not a database\n" * 50)
+    small = write_raster(tmp_path / "small.tif", np.zeros((3, 100, 100), np.uint8))
+    nocrs = write_raster(tmp_path / "nocrs.tif", np.zeros((3, 256, 256), np.uint8), crs=None)
+    cases = [
+        (["precompute", str(scene_tif), "--cache", str(notes)], "not a SolarDesk cache"),
+        (["precompute", str(small), "--cache", str(tmp_path / "s.sqlite")], "larger than the raster"),
+        (["precompute", str(nocrs), "--cache", str(tmp_path / "n.sqlite"), "--tile", "256"], "--gsd"),
+        (["precompute", str(scene_tif), "--cache", str(tmp_path / "x.sqlite"), "--set", "floor=7"], "floor"),
+        (["cache", "stats", str(tmp_path / "none.sqlite")], "no such cache"),
+    ]  # fmt: skip
+    for args, expected in cases:
+        out = _cli(*args)
+        assert out.returncode == 2, (args, out.stderr)
+        assert expected in out.stderr and "Traceback" not in out.stderr, (args, out.stderr)
+    assert notes.read_text().startswith("not a database")
+
+
+def test_cache_commands(tmp_path: Path, scene_tif: Path) -> None:
+    cache = tmp_path / "p.sqlite"
+    run_job([scene_tif], cache)
+    out = _cli("cache", "stats", str(cache), "--threshold", "0.5")
+    assert out.returncode == 0 and "candidates" in out.stdout and "size on disk" in out.stdout
+    coco = tmp_path / "coco.json"
+    out = _cli("cache", "export-coco", str(cache), str(coco), "--threshold", "0.3")
+    assert out.returncode == 0, out.stderr
+    import json
+
+    data = json.loads(coco.read_text())
+    assert len(data["images"]) == 16 and data["annotations"]
