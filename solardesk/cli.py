@@ -333,6 +333,115 @@ def precompute(
 
 
 # --------------------------------------------------------------------------------------------
+# detect
+# --------------------------------------------------------------------------------------------
+@cli.command()
+@click.argument("rasters", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Output vector file: .gpkg (GeoPackage), .shp (Shapefile) or .geojson (EPSG:4326).",
+)
+@click.option("--spectral", is_flag=True, help="Use the spectral analyser (no model needed).")
+@click.option(
+    "--model", type=click.Path(path_type=Path), help="An ONNX model exported by SolarDesk."
+)
+@click.option(
+    "--cache",
+    "cache_path",
+    type=click.Path(path_type=Path),
+    help="Mask cache to fill and reuse (default: a hidden file beside --out, so reruns resume).",
+)
+@click.option("--threshold", type=float, help="Keep panels at or above this confidence.")
+@click.option("--workers", default=1, show_default=True, help="Worker processes.")
+@click.option("--tile", "tile_size", default=512, show_default=True, help="Tile size in pixels.")
+@click.option("--overlap", default=64, show_default=True, help="Overlap in pixels.")
+@click.option(
+    "--aoi", type=click.Path(path_type=Path), help="Only tiles touching this polygon file."
+)
+@click.option("--bands", help="1-based bands read as R,G,B, e.g. 4,3,2 (default 1,2,3).")
+@click.option("--gsd", type=float, help="Ground resolution in metres, for rasters without a CRS.")
+@click.option("--orthogonal", is_flag=True, help="Square panel outlines into rectangles.")
+@click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Override one detector setting (repeatable).",
+)
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def detect(
+    rasters: tuple[Path, ...],
+    out: Path,
+    spectral: bool,
+    model: Path | None,
+    cache_path: Path | None,
+    threshold: float | None,
+    workers: int,
+    tile_size: int,
+    overlap: int,
+    aoi: Path | None,
+    bands: str | None,
+    gsd: float | None,
+    orthogonal: bool,
+    overwrite: bool,
+    overrides: tuple[str, ...],
+    quiet: bool,
+) -> None:
+    """Detect solar panels on RASTERS and write them as georeferenced polygons to --out.
+
+    Each polygon carries score, area_m2 (true ground area whatever the CRS), perimeter_m,
+    azimuth_deg, centroid lon/lat, source raster, tile id, model name and version. An
+    interrupted run resumes: finished tiles are kept in the mask cache.
+    """
+    from solardesk.config import RasterSettings, TilingSettings, parse
+    from solardesk.core.detect import detect as job
+    from solardesk.core.jobs import drive
+    from solardesk.errors import ConfigError
+
+    if spectral == (model is not None):
+        raise ConfigError("choose one detector: --spectral, or --model MODEL.onnx.")
+    settings = _parse_set(overrides)
+    if model is not None:
+        stage_id = "onnx"
+        settings["model"] = str(model)
+    else:
+        stage_id = "spectral"
+    tiling = parse(TilingSettings, {"tile_size": tile_size, "overlap": overlap}, "--tile/--overlap")
+    raster_settings = parse(
+        RasterSettings,
+        {"bands": [int(b) for b in bands.split(",")] if bands else None},
+        "--bands",
+    )
+    summary = drive(
+        job(
+            rasters,
+            out,
+            stage_id=stage_id,
+            settings=settings,
+            cache_path=cache_path,
+            tiling=tiling,
+            raster_settings=raster_settings,
+            aoi=aoi,
+            gsd=gsd,
+            workers=workers,
+            threshold=threshold,
+            overwrite=overwrite,
+            orthogonal=orthogonal,
+        ),
+        show=not quiet,
+        label="detect",
+    )
+    click.echo(
+        f"{summary.panels} panels from {summary.tiles} tiles of {summary.rasters} raster(s) "
+        f"written to {summary.out} in {summary.seconds:.1f} s "
+        f"({summary.computed_tiles} tiles computed, {summary.skipped_tiles} reused)"
+    )
+
+
+# --------------------------------------------------------------------------------------------
 # cache
 # --------------------------------------------------------------------------------------------
 @cli.group()

@@ -139,6 +139,8 @@ def drive(job: Generator[Progress, None, R], *, show: bool = True, label: str = 
                         unit="tile",
                         dynamic_ncols=True,
                     )
+                elif p.done < bar.n or p.total != bar.total:  # the job moved to a new phase
+                    bar.reset(total=p.total)
                 if p.message:
                     bar.set_postfix_str(p.message, refresh=False)
                 bar.update(p.done - bar.n)

@@ -1,0 +1,257 @@
+"""Detection to polygons: run a per-tile stage into the mask cache, then vectorise the cache.
+
+Detection is the pre-compute job with a detector stage (the spectral analyser, or a model)
+followed by vectorisation, so it inherits the cache's resume: an interrupted ``detect`` reruns
+only the tiles it had not finished, then writes the vector file in one streaming pass.
+
+Seams: every instance mask is clipped to its tile's *core* (cores partition the raster,
+:mod:`solardesk.core.tiling`), so overlapping tiles never report the same pixels twice. A
+piece that does not touch its core's boundary is a whole panel and is written at once; a
+piece that touches a seam is held until the end and united with the pieces it touches in
+neighbouring cores, so a panel cut by seams comes out as one polygon. Memory therefore grows
+only with the number of panels lying on seams, not with the scene.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from solardesk import __version__
+from solardesk.config import RasterSettings, TilingSettings
+from solardesk.core.jobs import Clock, Progress
+
+#: Douglas-Peucker tolerance of traced outlines, in pixels (removes the 45° stair steps).
+SIMPLIFY_PX = 1.0
+
+
+@dataclass(frozen=True)
+class DetectSummary:
+    out: Path
+    rasters: int
+    tiles: int
+    panels: int
+    seconds: float
+    computed_tiles: int
+    skipped_tiles: int
+
+
+@dataclass
+class _Piece:
+    polygon: Any
+    score: float
+    tile_id: str
+    raster: str
+    crs: Any
+
+
+def default_cache_path(out: Path) -> Path:
+    """The cache kept beside an output when the user names none (it makes reruns resume)."""
+    return out.with_name(f".{out.name}.solardesk-cache.sqlite")
+
+
+def detect(
+    rasters: Sequence[str | Path],
+    out: str | Path,
+    *,
+    stage_id: str = "spectral",
+    settings: dict[str, Any] | None = None,
+    cache_path: str | Path | None = None,
+    tiling: TilingSettings | None = None,
+    raster_settings: RasterSettings | None = None,
+    aoi: str | Path | None = None,
+    gsd: float | None = None,
+    workers: int = 1,
+    threshold: float | None = None,
+    overwrite: bool = False,
+    orthogonal: bool = False,
+    model_name: str | None = None,
+    model_version: str | None = None,
+    plugin_manager=None,
+) -> Generator[Progress, None, DetectSummary]:
+    """Detect panels on ``rasters`` and write them as polygons to ``out`` (GPKG, SHP, GeoJSON).
+
+    A generator like every long job: it yields :class:`Progress` while tiles are computed and
+    while they are vectorised, and returns a :class:`DetectSummary`.
+    """
+    from solardesk.config import parse
+    from solardesk.core.pipeline import plan_raster, precompute, stage_params
+    from solardesk.core.vector import PANEL_FIELDS, VectorWriter
+    from solardesk.plugin_api import get_plugin_manager, resolve
+
+    out = Path(out)
+    clock = Clock()
+    pm = plugin_manager or get_plugin_manager()
+    stage = pm.get("solardesk_precompute_stages", stage_id)
+    settings_model = parse(resolve(stage.settings), settings or {}, f"{stage_id} settings")
+    _, keyed = stage_params(settings_model)
+    thr = threshold if threshold is not None else getattr(settings_model, "threshold", 0.5)
+    tiling = tiling or TilingSettings()
+    raster_settings = raster_settings or RasterSettings()
+    cache_path = Path(cache_path) if cache_path else default_cache_path(out)
+
+    # Creating (not opening) a writer checks the output before any work: a missing folder,
+    # an existing file without --overwrite, an unknown extension.
+    VectorWriter(out, "EPSG:4326", schema_fields=PANEL_FIELDS, overwrite=overwrite)
+
+    job = precompute(
+        rasters,
+        cache_path,
+        stage_id=stage_id,
+        settings=settings,
+        tiling=tiling,
+        raster_settings=raster_settings,
+        aoi=aoi,
+        gsd=gsd,
+        workers=workers,
+        plugin_manager=pm,
+    )
+    while True:
+        try:
+            p = next(job)
+        except StopIteration as stop:
+            pre = stop.value
+            break
+        yield Progress(p.done, p.total, clock(), f"detect: {p.message}", p.skipped, p.item)
+
+    from solardesk.core.cache import MaskCache
+
+    plans = []
+    with MaskCache(cache_path, readonly=True) as cache:
+        for path in rasters:
+            plans.append(
+                plan_raster(
+                    path,
+                    stage_id=stage_id,
+                    stage_version=stage.version,
+                    keyed_params=keyed,
+                    tiling=tiling,
+                    raster_settings=raster_settings,
+                    aoi_path=aoi,
+                    gsd=gsd,
+                )
+            )
+        crs0 = plans[0].info.crs
+        meta = {
+            "model_name": model_name or stage_id,
+            "model_version": model_version or f"{__version__}/{stage.version}",
+            "orthogonal": orthogonal,
+        }
+        if crs0 is None:
+            plans[0].info.require_georeferenced("writing polygons")
+        n_tiles = sum(len(p.grid) for p in plans)
+        done = 0
+        panels = 0
+        with VectorWriter(out, crs0, schema_fields=PANEL_FIELDS, overwrite=overwrite) as writer:
+            held: list[_Piece] = []
+            for plan in plans:
+                for batch in _pieces_of(cache, plan, stage_id, stage.version, thr):
+                    whole = [pc for pc, on_seam in batch if not on_seam]
+                    held.extend(pc for pc, on_seam in batch if on_seam)
+                    panels += writer.write([_feature(pc, crs0, meta) for pc in whole])
+                    done += 1
+                    yield Progress(done, n_tiles, clock(), f"vectorise: {panels} panels")
+            panels += writer.write([_feature(pc, crs0, meta) for pc in _merge_held(held)])
+    return DetectSummary(out, len(plans), n_tiles, panels, clock(), pre.computed, pre.skipped)
+
+
+def _pieces_of(
+    cache, plan, stage_id: str, stage_version, threshold: float
+) -> Iterator[list[tuple[_Piece, bool]]]:
+    """Per tile: its instances clipped to the tile core, as polygons, flagged when on a seam."""
+    from affine import Affine
+
+    from solardesk.core.geometry import instance_polygon
+
+    info = plan.info
+    for tile in plan.grid:
+        instances = cache.read_tile(
+            info.fingerprint,
+            tile.id,
+            stage_id,
+            str(stage_version),
+            plan.params_hash,
+            min_confidence=threshold,
+        )
+        core = tile.core
+        cx0 = int(core.col_off) - tile.col_off
+        cy0 = int(core.row_off) - tile.row_off
+        cx1, cy1 = cx0 + int(core.width), cy0 + int(core.height)
+        out = []
+        for inst in instances:
+            if inst.review == "rejected":
+                continue
+            x0, y0, x1, y1 = inst.bbox
+            # Clip the instance to the core (in tile pixels).
+            ix0, iy0, ix1, iy1 = max(x0, cx0), max(y0, cy0), min(x1, cx1), min(y1, cy1)
+            if ix0 >= ix1 or iy0 >= iy1:
+                continue
+            mask = inst.mask[iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0]
+            if not mask.any():
+                continue
+            transform = tile.transform @ Affine.translation(ix0, iy0)
+            poly = instance_polygon(np.ascontiguousarray(mask), transform, simplify_px=SIMPLIFY_PX)
+            if poly is None:
+                continue
+            # On a seam: touches a core edge that is not the raster's edge.
+            on_seam = (
+                (ix0 == cx0 and core.col_off > 0 and mask[:, 0].any())
+                or (iy0 == cy0 and core.row_off > 0 and mask[0, :].any())
+                or (ix1 == cx1 and core.col_off + core.width < info.width and mask[:, -1].any())
+                or (iy1 == cy1 and core.row_off + core.height < info.height and mask[-1, :].any())
+            )
+            piece = _Piece(poly, inst.confidence, tile.id, str(plan.path), info.crs)
+            out.append((piece, bool(on_seam)))
+        yield out
+
+
+def _merge_held(held: list[_Piece]) -> list[_Piece]:
+    """Unite seam pieces that touch; a merged panel keeps the highest score of its pieces."""
+    from solardesk.core.geometry import merge_touching, touching_groups
+
+    if not held:
+        return []
+    # Pieces of different rasters never merge (their pixels are in different files).
+    out = []
+    by_raster: dict[str, list[_Piece]] = {}
+    for pc in held:
+        by_raster.setdefault(pc.raster, []).append(pc)
+    for pieces in by_raster.values():
+        for group in touching_groups([pc.polygon for pc in pieces]):
+            members = [pieces[i] for i in group]
+            # merge_touching snaps the few-ulp gaps that separate pieces along a seam.
+            (geom,) = merge_touching([m.polygon for m in members])
+            if geom.geom_type == "MultiPolygon":  # pieces meeting only at a corner
+                geom = max(geom.geoms, key=lambda g: g.area)
+            best = max(members, key=lambda m: m.score)
+            out.append(_Piece(geom, best.score, best.tile_id, best.raster, best.crs))
+    return out
+
+
+def _feature(pc: _Piece, crs0: Any, meta: dict) -> tuple[Any, dict]:
+    """A piece as a (geometry in the output CRS, attributes) pair."""
+    from solardesk.core.geometry import orthogonalize, polygon_attributes, reproject_geometry
+
+    geom = pc.polygon
+    if meta["orthogonal"]:
+        geom = orthogonalize(geom, preserve_area=True)
+    if pc.crs is not None and crs0 is not None and str(pc.crs) != str(crs0):
+        geom = reproject_geometry(geom, pc.crs, crs0)
+    attrs = polygon_attributes(geom, crs0)
+    props = {
+        "score": round(float(pc.score), 4),
+        "area_m2": attrs["area_m2"],
+        "perimeter_m": attrs["perimeter_m"],
+        "azimuth_deg": attrs["azimuth_deg"],
+        "centroid_lon": attrs["centroid_lon"],
+        "centroid_lat": attrs["centroid_lat"],
+        "source_raster": Path(pc.raster).name,
+        "tile_id": pc.tile_id,
+        "model_name": meta["model_name"],
+        "model_version": meta["model_version"],
+    }
+    return geom, props

@@ -1,0 +1,186 @@
+"""detect: raster in, polygons out, in every format, once per panel across seams."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import fiona
+import numpy as np
+import pytest
+from affine import Affine
+
+from solardesk.config import TilingSettings
+from solardesk.core.cache import Instance, MaskCache
+from solardesk.core.detect import detect
+from solardesk.plugin_api import PluginManager, PrecomputeStage, hookimpl
+from tests.conftest import write_raster
+
+SAMPLE = Path(__file__).resolve().parents[2] / "resources" / "sample" / "sample_scene.tif"
+
+
+def ogrinfo(path: Path) -> str:
+    exe = shutil.which("ogrinfo")
+    assert exe, "GDAL's ogrinfo is needed (Debian gdal-bin; scripts/system-deps.sh installs it)"
+    out = subprocess.run([exe, "-so", "-al", str(path)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def run(job):
+    while True:
+        try:
+            next(job)
+        except StopIteration as stop:
+            return stop.value
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "solardesk", *args], capture_output=True, text=True, check=False
+    )
+
+
+def square_stage(rgb, valid, gsd, params):
+    """A stage that finds exactly the pixels whose red value is 250: seam logic is tested
+    apart from the analyser's quality."""
+    m = rgb[..., 0] == 250
+    return [Instance.from_full_mask(m, confidence=0.95)] if m.any() else []
+
+
+class SquarePlugin:
+    @hookimpl
+    def solardesk_precompute_stages(self):
+        return [
+            PrecomputeStage(
+                id="square",
+                title="test",
+                target="tests.e2e.test_detect:square_stage",
+                settings="solardesk_spectral.settings:SpectralSettings",
+            )
+        ]
+
+
+def test_panel_on_a_seam_is_one_polygon(tmp_path: Path) -> None:
+    data = np.full((3, 600, 600), 100, np.uint8)
+    data[0, 200:260, 230:420] = 250  # 190 × 60 px panel straddling the seam near x = 288
+    raster = write_raster(tmp_path / "seam.tif", data)
+    pm = PluginManager()
+    pm.register(SquarePlugin(), "square")
+    out = tmp_path / "p.gpkg"
+    tiling = TilingSettings(tile_size=256, overlap=64)
+    summary = run(detect([raster], out, stage_id="square", plugin_manager=pm, tiling=tiling))
+    assert summary.tiles == 9
+    with fiona.open(out) as src:
+        feats = list(src)
+    assert len(feats) == 1
+    area = feats[0]["properties"]["area_m2"]
+    assert area == pytest.approx(190 * 60 * 0.04, rel=0.02)
+
+
+@pytest.mark.parametrize("ext", [".gpkg", ".shp", ".geojson"])
+def test_detect_sample_in_every_format(tmp_path: Path, ext: str) -> None:
+    out = tmp_path / f"panels{ext}"
+    res = cli(
+        "detect", str(SAMPLE), "--spectral", "--out", str(out), "--quiet", "--threshold", "0.5"
+    )
+    assert res.returncode == 0, res.stderr
+    n = int(re.match(r"(\d+) panels", res.stdout).group(1))
+    assert n > 0
+    info = ogrinfo(out)
+    assert f"Feature Count: {n}" in info
+    with fiona.open(out) as src:
+        assert len(src) == n
+        props = src.schema["properties"]
+        if ext == ".geojson":
+            assert src.crs.to_epsg() == 4326
+            lon, lat = src[0]["geometry"]["coordinates"][0][0]
+            assert 11 < lon < 12 and 46 < lat < 47.5  # near Bolzano, lon/lat order
+        else:
+            assert src.crs.to_epsg() == 32632
+        if ext == ".shp":
+            assert all(len(k) <= 10 for k in props)
+            assert out.with_suffix(".prj").exists() and out.with_suffix(".cpg").exists()
+        else:
+            assert {"score", "area_m2", "perimeter_m", "azimuth_deg", "centroid_lon"} <= set(props)
+            for f in src:
+                assert f["properties"]["area_m2"] > 2.0
+                assert 0 <= f["properties"]["azimuth_deg"] < 180
+
+
+def test_rerun_resumes_from_the_cache(tmp_path: Path) -> None:
+    out = tmp_path / "p.gpkg"
+    first = cli("detect", str(SAMPLE), "--spectral", "--out", str(out), "--quiet")
+    assert first.returncode == 0
+    again = cli("detect", str(SAMPLE), "--spectral", "--out", str(out), "--quiet", "--overwrite")
+    assert "0 tiles computed, 9 reused" in again.stdout, again.stdout
+
+
+def test_geographic_raster_gives_areas_in_square_metres(tmp_path: Path) -> None:
+    data = np.full((3, 600, 600), 100, np.uint8)
+    data[0, 100:150, 100:200] = 250  # 100 × 50 px
+    # 2.7e-6 degrees per pixel at 36°N: ≈ 0.243 m east-west, 0.300 m north-south.
+    t = Affine(2.7e-6, 0, -115.23, 0, -2.7e-6, 36.14)
+    raster = write_raster(tmp_path / "geo.tif", data, crs="EPSG:4326", transform=t)
+    pm = PluginManager()
+    pm.register(SquarePlugin(), "square")
+    out = tmp_path / "geo.geojson"
+    run(detect([raster], out, stage_id="square", plugin_manager=pm))
+    with fiona.open(out) as src:
+        (f,) = list(src)
+    assert f["properties"]["area_m2"] == pytest.approx(100 * 0.2431 * 50 * 0.2997, rel=0.02)
+
+
+def test_empty_result_is_a_valid_empty_layer(tmp_path: Path) -> None:
+    raster = write_raster(tmp_path / "flat.tif", np.full((3, 300, 300), 90, np.uint8))
+    out = tmp_path / "none.gpkg"
+    res = cli("detect", str(raster), "--spectral", "--out", str(out), "--quiet", "--tile", "256")
+    assert res.returncode == 0 and res.stdout.startswith("0 panels")
+    assert "Feature Count: 0" in ogrinfo(out)
+
+
+def test_output_errors(tmp_path: Path) -> None:
+    existing = tmp_path / "there.gpkg"
+    existing.write_bytes(b"x")
+    cases = [
+        (["--out", str(tmp_path / "missing" / "p.gpkg")], "does not exist"),
+        (["--out", str(existing)], "--overwrite"),
+        (["--out", str(tmp_path / "p.kml")], "supported"),
+        (
+            ["--out", str(tmp_path / "p.gpkg"), "--model", str(tmp_path / "m.onnx")],
+            "choose one detector",
+        ),
+    ]
+    for extra, expected in cases:
+        res = cli("detect", str(SAMPLE), "--spectral", *extra, "--quiet")
+        assert res.returncode == 2, (extra, res.stderr)
+        assert expected in res.stderr and "Traceback" not in res.stderr, res.stderr
+    assert existing.read_bytes() == b"x"
+
+
+def test_rejected_instances_are_not_written(tmp_path: Path) -> None:
+    cache = tmp_path / "c.sqlite"
+    out = tmp_path / "a.gpkg"
+    res = cli(
+        "detect", str(SAMPLE), "--spectral", "--cache", str(cache), "--out", str(out), "--quiet"
+    )
+    n = int(res.stdout.split()[0])
+    assert n >= 1
+    with MaskCache(cache) as c:
+        first = next(i for _, i in c.iter_instances(min_confidence=0.85))
+        c.set_review(first.id, "rejected")
+    res = cli(
+        "detect",
+        str(SAMPLE),
+        "--spectral",
+        "--cache",
+        str(cache),
+        "--out",
+        str(out),
+        "--quiet",
+        "--overwrite",
+    )
+    assert int(res.stdout.split()[0]) == n - 1
