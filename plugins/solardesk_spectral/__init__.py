@@ -21,6 +21,7 @@ def solardesk_precompute_stages() -> list[PrecomputeStage]:
             target="solardesk_spectral.analyser:analyse_tile",
             version=STAGE_VERSION,
             settings="solardesk_spectral.settings:SpectralSettings",
+            initializer="solardesk_spectral.analyser:init_worker",
         )
     ]
 

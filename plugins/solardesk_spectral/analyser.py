@@ -90,6 +90,16 @@ class Fusion:
         )
 
 
+def init_worker() -> None:
+    """Per-process set-up for pre-compute workers: one OpenCV thread (the pool is the
+    parallelism) and an allocator that keeps tile-sized buffers instead of returning them to
+    the kernel after every tile (see :func:`solardesk_spectral.channels.tune_allocator`)."""
+    from solardesk_spectral.channels import tune_allocator
+
+    cv2.setNumThreads(1)
+    tune_allocator()
+
+
 @lru_cache(maxsize=1)
 def default_fusion() -> Fusion:
     """The fusion shipped with the plugin (learned on synthetic scenes)."""

@@ -82,10 +82,12 @@ _readers: dict[tuple[str, Any], Any] = {}
 _stages: dict[str, Any] = {}
 
 
-def _init_worker() -> None:
-    import cv2
+def _init_worker(stage_initializer: str = "") -> None:
+    """Run in each worker process before its first tile: the stage's own set-up."""
+    if stage_initializer:
+        from solardesk.plugin_api import resolve
 
-    cv2.setNumThreads(1)
+        resolve(stage_initializer)()
 
 
 def run_tile(task: TileTask) -> TileOutcome:
@@ -276,7 +278,13 @@ def precompute(
 
         def outcomes() -> Iterator[TileOutcome]:
             with _single_threaded_children():
-                results = map_unordered(run_tile, tasks, workers=workers, initializer=_init_worker)
+                results = map_unordered(
+                    run_tile,
+                    tasks,
+                    workers=workers,
+                    initializer=_init_worker,
+                    initargs=(stage.initializer,),
+                )
                 try:
                     yield from results
                 finally:

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import rasterio
 import rasterio.crs
+import rasterio.env
 import rasterio.enums
 from affine import Affine
 from rasterio.errors import NotGeoreferencedWarning as _RioNotGeoreferencedWarning
@@ -39,6 +40,20 @@ _FINGERPRINT_WINDOW = 64
 #: Windows sampled to estimate the stretch when the raster has no overviews.
 _STRETCH_GRID = 5
 _STRETCH_WINDOW = 256
+
+#: GDAL's block cache defaults to 5 % of RAM and counts as the process's memory: a tile loop
+#: over a large raster would grow to that size. SolarDesk reads each block about once, so a
+#: small cache loses nothing. A user's own GDAL_CACHEMAX wins.
+GDAL_CACHE_MB = 64
+
+
+def limit_gdal_cache(mb: int = GDAL_CACHE_MB) -> None:
+    """Cap GDAL's block cache at ``mb`` megabytes unless GDAL_CACHEMAX is set by the user."""
+    import os
+
+    if "GDAL_CACHEMAX" not in os.environ:
+        rasterio.env.set_gdal_config("GDAL_CACHEMAX", mb * 1024 * 1024)
+
 
 _WORLD_FILE_SUFFIXES = {
     ".jpg": (".jgw", ".jpgw", ".wld"),
@@ -60,6 +75,7 @@ def open_raster(path: str | Path) -> rasterio.DatasetReader:
     without georeferencing opens with a :class:`NotGeoreferencedWarning` (pixel coordinates).
     """
     p = Path(path)
+    limit_gdal_cache()
     if not p.exists():
         raise RasterOpenError(f"{p}: no such file. Check the path, or the project's raster list.")
     if p.is_dir():

@@ -52,11 +52,13 @@ class PrecomputeStage(Contribution):
 
     ``target`` names a callable ``(rgb, valid, gsd, params) -> list[Instance]``;
     ``settings`` names the pydantic model of its parameters; ``version`` is part of the
-    cache key, so bumping it recomputes this stage only.
+    cache key, so bumping it recomputes this stage only. ``initializer`` optionally names a
+    no-argument callable run once in each worker process before its first tile.
     """
 
     version: int = 1
     settings: str = ""
+    initializer: str = ""
 
 
 @dataclass(frozen=True)

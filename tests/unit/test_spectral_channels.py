@@ -1,0 +1,515 @@
+"""The six spectral channels: each on the property it claims, against the reference oracle,
+and on the output contract.
+
+Patterns are rendered in metres on a 4× supersampled grid and area-averaged, then get
+camera-like noise, so thin module frames look as they do in an orthophoto. "Core" means
+the central half of a tile, away from the borders.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import cv2
+import numpy as np
+import pytest
+from skimage.feature import local_binary_pattern
+from solardesk_spectral import channels as ch
+from solardesk_spectral.channels import (
+    CHANNEL_NAMES,
+    ChannelParams,
+    compute_channels,
+    edges_morphology,
+    excess_green,
+    fft_periodicity,
+    gabor_coherence,
+    gabor_energy,
+    lbp_uniformity,
+    photometric_index,
+    shadow_mask,
+)
+
+from solardesk.errors import ConfigError, NotGeoreferencedError
+
+from ._reference_spectral import (
+    REF_FUNCTIONS,
+    ref_excess_green,
+    ref_shadow_mask,
+    reference_channels,
+)
+
+GSD = 0.15
+SIZE = 192
+FUNCTIONS = (
+    fft_periodicity,
+    lbp_uniformity,
+    gabor_energy,
+    gabor_coherence,
+    photometric_index,
+    edges_morphology,
+)
+
+DARK_PANEL = (35, 40, 70)
+FRAME = (150, 155, 165)
+
+
+# --------------------------------------------------------------------------------------------
+# Synthetic patterns
+# --------------------------------------------------------------------------------------------
+def render(fn, size: int = SIZE, gsd: float = GSD, seed: int = 0, noise: float = 3.0):
+    """``fn(x_m, y_m) -> (H, W, 3)`` on a 4× supersampled grid, area-averaged, plus noise."""
+    ss = 4
+    c = (np.arange(size * ss) + 0.5) / ss * gsd
+    x, y = np.meshgrid(c, c)
+    img = cv2.resize(fn(x, y).astype(np.float32), (size, size), interpolation=cv2.INTER_AREA)
+    img += np.random.default_rng(seed).normal(0.0, noise, img.shape)
+    return np.clip(np.round(img), 0, 255).astype(np.uint8)
+
+
+def modules(x, y, angle=0.3, panel=DARK_PANEL, frame=FRAME, period=(1.05, 1.75), line=0.05):
+    """Module field: ``period`` (m) along and across ``angle``, frame lines ``line`` m wide."""
+    c, s = math.cos(angle), math.sin(angle)
+    u, v = x * c + y * s, -x * s + y * c
+    on_frame = (np.mod(u, period[0]) < line) | (np.mod(v, period[1]) < line)
+    return np.where(on_frame[..., None], np.float32(frame), np.float32(panel))
+
+
+def grey_img(g):
+    return np.repeat(np.asarray(g, np.float32)[..., None], 3, axis=-1)
+
+
+def flat_tile(colour=(60, 62, 80), seed=0, size=SIZE):
+    return render(lambda x, y: np.broadcast_to(np.float32(colour), (*x.shape, 3)), size, seed=seed)
+
+
+def noise_tile(seed=0, sigma=40.0, size=SIZE):
+    rng = np.random.default_rng(seed)
+    grey = np.clip(np.round(110 + rng.normal(0, sigma, (size, size, 1))), 0, 255)
+    return grey.repeat(3, -1).astype(np.uint8)
+
+
+def foliage_tile(seed=0, gsd=GSD, size=SIZE):
+    """Clumpy, isotropic canopy-like texture at 0.3-2 m."""
+    rng = np.random.default_rng(seed)
+    acc = np.zeros((size, size), np.float32)
+    for cell_m, amp in ((0.3, 25.0), (0.8, 30.0), (2.0, 25.0)):
+        n = max(2, int(size * gsd / cell_m))
+        cells = rng.normal(0, 1, (n, n)).astype(np.float32)
+        acc += amp * cv2.resize(cells, (size, size), interpolation=cv2.INTER_CUBIC)
+    img = grey_img(100 + acc) + rng.normal(0, 2, (size, size, 3))
+    return np.clip(np.round(img), 0, 255).astype(np.uint8)
+
+
+def rows(x, y, angle=0.2, period=3.5, width=2.0):
+    """Ground-mounted rows: dark panel rows ``width`` m wide every ``period`` m."""
+    on = np.mod(x * math.cos(angle) + y * math.sin(angle), period) < width
+    return np.where(on[..., None], np.float32(DARK_PANEL), np.float32((150, 140, 110)))
+
+
+def blobs_tile(seed=0, radius=1.0, gsd=GSD, size=SIZE):
+    rng = np.random.default_rng(seed)
+    g = np.full((size, size), 100, np.float32)
+    yy, xx = np.mgrid[0:size, 0:size] * gsd
+    ext = size * gsd
+    for _ in range(int(ext * ext / (6 * radius * radius))):
+        cx, cy = rng.uniform(0, ext, 2)
+        r = radius * rng.uniform(0.6, 1.4)
+        g[(xx - cx) ** 2 + (yy - cy) ** 2 < r * r] = 150
+    img = grey_img(g) + rng.normal(0, 3, (size, size, 3))
+    return np.clip(np.round(img), 0, 255).astype(np.uint8)
+
+
+def shape_mask(kind, x, y, centre, area_m2=24.0, angle=0.4):
+    if kind == "rect":
+        a, b = math.sqrt(area_m2 * 1.5), math.sqrt(area_m2 / 1.5)
+        c, s = math.cos(angle), math.sin(angle)
+        u = (x - centre) * c + (y - centre) * s
+        v = -(x - centre) * s + (y - centre) * c
+        return (np.abs(u) < a / 2) & (np.abs(v) < b / 2)
+    return (x - centre) ** 2 + (y - centre) ** 2 < area_m2 / math.pi
+
+
+def patch_on_roof(patch, roof, patch_m=8.0, seed=0, size=SIZE, gsd=GSD):
+    """A square patch (a callable or a colour) in the middle of a uniform roof."""
+    centre = size * gsd / 2
+
+    def fn(x, y):
+        img = np.broadcast_to(np.float32(roof), (*x.shape, 3)).copy()
+        inside = (np.abs(x - centre) < patch_m / 2) & (np.abs(y - centre) < patch_m / 2)
+        fill = patch(x, y) if callable(patch) else np.broadcast_to(np.float32(patch), img.shape)
+        img[inside] = fill[inside]
+        return img
+
+    rgb = render(fn, size, gsd, seed)
+    c = (np.arange(size) + 0.5) * gsd
+    x, y = np.meshgrid(c, c)
+    half = patch_m / 2
+    inner = (np.abs(x - centre) < half - 0.5) & (np.abs(y - centre) < half - 0.5)
+    outer = (np.abs(x - centre) > half + 0.5) | (np.abs(y - centre) > half + 0.5)
+    return rgb, inner, outer
+
+
+def module_scene(size=SIZE, gsd=GSD, seed=0):
+    """Red roof and grass, a dark and a bright module array, a tree, a cast shadow."""
+    ext = size * gsd
+    rng = np.random.default_rng(seed)
+    tree_x, tree_y = rng.uniform(0.15, 0.3, 2) * ext
+
+    def fn(x, y):
+        img = np.broadcast_to(np.float32((90, 120, 60)), (*x.shape, 3)).copy()  # grass
+        roof = (x > 0.35 * ext) & (y > 0.1 * ext) & (y < 0.9 * ext)
+        img[roof] = (165, 80, 60)
+        dark = (np.abs(x - 0.55 * ext) < 0.12 * ext) & (np.abs(y - 0.3 * ext) < 0.12 * ext)
+        img[dark] = modules(x, y, 0.0)[dark]
+        bright = (np.abs(x - 0.62 * ext) < 0.15 * ext) & (np.abs(y - 0.68 * ext) < 0.1 * ext)
+        img[bright] = modules(x, y, 0.0, panel=(195, 200, 212), frame=(120, 125, 135))[bright]
+        shadow = (x > 0.2 * ext) & (x < 0.35 * ext) & (y > 0.55 * ext) & (y < 0.9 * ext)
+        img[shadow] *= 0.3
+        tree = (x - tree_x) ** 2 + (y - tree_y) ** 2 < (0.12 * ext) ** 2
+        img[tree] = (50, 95, 40)
+        return img
+
+    rgb = render(fn, size, gsd, seed)
+    tree = np.zeros((size, size), bool)
+    yy, xx = (np.mgrid[0:size, 0:size] + 0.5) * gsd
+    tree[(xx - tree_x) ** 2 + (yy - tree_y) ** 2 < (0.12 * ext) ** 2] = True
+    leaves = np.random.default_rng(seed + 1).normal(0, 18, (int(tree.sum()), 3))
+    rgb[tree] = np.clip(rgb[tree] + leaves, 0, 255).astype(np.uint8)
+    return rgb
+
+
+def core(m: np.ndarray) -> float:
+    h, w = m.shape
+    return float(m[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4].mean())
+
+
+# --------------------------------------------------------------------------------------------
+# Each channel on the property it claims
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("seed", [0, 1])
+def test_fft_periodicity_finds_the_module_grid(seed):
+    grid = core(fft_periodicity(render(lambda x, y: modules(x, y, 0.3 + seed), seed=seed), GSD))
+    others = {
+        "noise": noise_tile(seed),
+        "foliage": foliage_tile(seed),
+        "flat": flat_tile(seed=seed),
+        "straight edge": render(lambda x, y: grey_img(np.where(x + 0.3 * y > 14, 160, 70))),
+    }
+    for name, rgb in others.items():
+        assert grid > core(fft_periodicity(rgb, GSD)) + 0.4, name
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_lbp_uniformity_prefers_a_regular_module_field(seed):
+    field = core(lbp_uniformity(render(lambda x, y: modules(x, y, 0.3 + seed), seed=seed), GSD))
+    assert field > core(lbp_uniformity(foliage_tile(seed), GSD)) + 0.08
+    assert core(lbp_uniformity(flat_tile(seed=seed), GSD)) == 0.0  # no texture, no uniformity
+
+
+def test_gabor_energy_responds_to_rows_at_module_periods():
+    rows_e = core(gabor_energy(render(rows), GSD))
+    assert rows_e > 0.9
+    assert core(gabor_energy(flat_tile(), GSD)) < 0.05
+    # Pixel noise (σ 20 grey levels) lives mostly at periods far below a module.
+    assert rows_e > core(gabor_energy(noise_tile(sigma=20.0), GSD)) + 0.6
+
+
+def test_gabor_coherence_prefers_aligned_rows_over_isotropic_texture():
+    aligned = [
+        core(gabor_coherence(render(lambda x, y, a=a: rows(x, y, a)), GSD)) for a in (0.2, 1.1)
+    ]
+    isotropic = [core(gabor_coherence(t, GSD)) for t in (blobs_tile(), foliage_tile(), flat_tile())]
+    assert min(aligned) > max(isotropic) + 0.5
+
+
+def bright_modules(x, y):
+    """Hazy blue-grey modules as in the South Tyrol 2023 orthophoto (HSV value ≈ 0.8)."""
+    return modules(x, y, 0.0, panel=(200, 205, 215), frame=(140, 143, 150))
+
+
+def test_photometric_index_finds_bright_panels_on_a_red_roof():
+    rgb, inner, outer = patch_on_roof(bright_modules, roof=(165, 80, 60))
+    index = photometric_index(rgb, GSD)
+    assert np.median(index[inner]) > 0.7
+    assert np.median(index[outer]) < 0.05
+    roof_only, _, _ = patch_on_roof((165, 80, 60), roof=(165, 80, 60))
+    assert photometric_index(roof_only, GSD).max() < 0.1
+
+
+def test_photometric_index_is_two_sided():
+    """Dark panels on a pale roof score as well as bright panels on a dark roof."""
+    dark, inner, outer = patch_on_roof(lambda x, y: modules(x, y, 0.0), roof=(185, 180, 170))
+    bright, inner_b, outer_b = patch_on_roof(
+        lambda x, y: modules(x, y, 0.0, panel=(185, 190, 200), frame=(120, 122, 128)),
+        roof=(70, 65, 60),
+    )
+    for rgb, i, o in ((dark, inner, outer), (bright, inner_b, outer_b)):
+        index = photometric_index(rgb, GSD)
+        assert np.median(index[i]) > np.median(index[o]) + 0.5
+
+
+def test_vegetation_is_rejected():
+    rgb, inner, outer = patch_on_roof((60, 120, 45), roof=(165, 80, 60))  # a green patch
+    veg = excess_green(rgb)
+    assert veg[inner].min() > 0.9 and veg[outer].max() < 0.05
+    assert np.median(photometric_index(rgb, GSD)[inner]) < 0.05
+    colours = {
+        "grey": (128, 128, 128),
+        "red": (165, 80, 60),
+        "blue": (40, 50, 90),
+        "black": (8, 8, 8),
+    }
+    for name, colour in colours.items():
+        veg = excess_green(flat_tile(colour))  # sensor noise (σ 3) alone: a few pixels
+        assert np.median(veg) == 0.0 and veg.mean() < 0.05, name
+
+
+def test_shadow_mask_separates_flat_shadow_from_dark_textured_panels():
+    ext = SIZE * GSD
+
+    def fn(x, y):
+        img = np.broadcast_to(np.float32((170, 165, 155)), (*x.shape, 3)).copy()
+        shadow = x < 0.25 * ext
+        img[shadow] = (45, 45, 55)
+        panels = x > 0.75 * ext
+        img[panels] = modules(x, y, 0.0, panel=(45, 45, 60), frame=(140, 140, 150))[panels]
+        return img
+
+    rgb = render(fn)
+    sh = shadow_mask(rgb, GSD)
+    c = (np.arange(SIZE) + 0.5) * GSD
+    x = np.broadcast_to(c, (SIZE, SIZE))
+    shade, panels, roof = x < 0.2 * ext, x > 0.8 * ext, (x > 0.3 * ext) & (x < 0.7 * ext)
+    assert np.median(sh[shade]) > 0.8
+    assert np.median(sh[panels]) < 0.2
+    assert np.median(sh[roof]) == 0.0
+    # The photometric index discounts the shadow but keeps the panels.
+    index = photometric_index(rgb, GSD)
+    assert np.median(index[panels]) > np.median(index[shade]) + 0.3
+
+
+def test_edges_morphology_prefers_a_rectangle_to_a_round_blob():
+    centre = SIZE * GSD / 2
+    c = (np.arange(SIZE) + 0.5) * GSD
+    x, y = np.meshgrid(c, c)
+    score = {}
+    for kind in ("rect", "disc"):
+        rgb = render(lambda x, y, k=kind: grey_img(np.where(shape_mask(k, x, y, centre), 60, 150)))
+        near = shape_mask(kind, x, y, centre, area_m2=60.0)  # the shape and a band around it
+        score[kind] = float(np.median(edges_morphology(rgb, GSD)[near]))
+    assert score["rect"] > score["disc"] + 0.3
+    assert core(edges_morphology(flat_tile(), GSD)) < 0.05
+
+
+# --------------------------------------------------------------------------------------------
+# Fast against the reference oracle
+# --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def scenes():
+    """(name, rgb, gsd, valid) -> (fast, reference), computed once for the fidelity tests."""
+    rgb = module_scene(seed=3)
+    h, w = rgb.shape[:2]
+    valid = np.ones((h, w), bool)
+    valid[np.add.outer(np.arange(h), np.arange(w)) < 60] = False  # a nodata corner
+    cases = {
+        "0.15 m": (rgb, 0.15, None),
+        "0.3 m": (module_scene(gsd=0.3, seed=4), 0.3, None),
+        "0.47 m, 160x208": (module_scene(size=208, gsd=0.47, seed=5)[:160], 0.47, None),
+        "0.15 m with nodata": (rgb, 0.15, valid),
+    }
+    out = {}
+    for name, (img, gsd, v) in cases.items():
+        out[name] = (compute_channels(img, gsd, v), reference_channels(img, gsd, v), v)
+    return out
+
+
+@pytest.mark.parametrize("case", ["0.15 m", "0.3 m", "0.47 m, 160x208", "0.15 m with nodata"])
+def test_each_channel_matches_the_reference(scenes, case):
+    fast, ref, _ = scenes[case]
+    for i, name in enumerate(CHANNEL_NAMES):
+        a, b = fast[i].ravel(), ref[i].ravel()
+        err = np.abs(a - b)
+        if b.std() > 1e-3:
+            assert np.corrcoef(a, b)[0, 1] > 0.995, name
+        # Colour is the one place where the reference uses another conversion (skimage's
+        # float Lab against OpenCV's 8-bit Lab): allow for the 8-bit rounding there.
+        assert err.mean() < (0.005 if name == "photometric_index" else 0.002), name
+        assert err.max() < (0.15 if name == "photometric_index" else 0.03), name
+
+
+@pytest.mark.parametrize("case", ["0.15 m", "0.3 m", "0.47 m, 160x208", "0.15 m with nodata"])
+def test_fused_masks_match_the_reference(scenes, case):
+    fast, ref, _ = scenes[case]
+    for threshold in (0.25, 0.3, 0.35):
+        a, b = fast.mean(0) > threshold, ref.mean(0) > threshold
+        union = (a | b).sum()
+        assert union > 200, "the threshold should select something in this scene"
+        assert (a & b).sum() / union >= 0.99, threshold
+
+
+def test_lbp_codes_are_skimage_codes_exactly():
+    """Including ties (flat and 3-level images) and fractional radii."""
+    rng = np.random.default_rng(7)
+    images = [
+        ch._Tile(module_scene(seed=1), GSD, None, None).level(0.3)[0],
+        np.full((40, 50), 0.3, np.float32),
+        (rng.integers(0, 3, (60, 70)) / 255.0).astype(np.float32),
+        rng.random((33, 47), dtype=np.float32),
+        rng.random((3, 5), dtype=np.float32),  # the tiny-level path
+    ]
+    for img in images:
+        for radius in (1.0, 1.5, 2.0, 2.7):
+            pad = math.ceil(radius) + 1
+            padded = np.pad(img.astype(np.float64), pad, mode="symmetric")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                expected = local_binary_pattern(padded, 8, radius, "uniform")[pad:-pad, pad:-pad]
+            np.testing.assert_array_equal(ch._lbp_codes(img, 8, radius), expected)
+
+
+def test_helpers_match_the_reference():
+    rgb = module_scene(seed=2)
+    np.testing.assert_allclose(excess_green(rgb), ref_excess_green(rgb), atol=1e-5)
+    np.testing.assert_allclose(shadow_mask(rgb, GSD), ref_shadow_mask(rgb, GSD), atol=2e-3)
+    np.testing.assert_allclose(shadow_mask(rgb), ref_shadow_mask(rgb), atol=2e-3)
+
+
+def test_single_channel_functions_equal_compute_channels():
+    rgb = module_scene(seed=6)
+    stacked = compute_channels(rgb, GSD)
+    for i, fn in enumerate(FUNCTIONS):
+        np.testing.assert_allclose(fn(rgb, GSD), stacked[i], atol=1e-6, err_msg=CHANNEL_NAMES[i])
+    assert len(REF_FUNCTIONS) == len(FUNCTIONS)
+
+
+# --------------------------------------------------------------------------------------------
+# Output contract
+# --------------------------------------------------------------------------------------------
+def _check(out: np.ndarray, shape) -> None:
+    assert out.shape == (6, *shape)
+    assert out.dtype == np.float32
+    assert np.isfinite(out).all()
+    assert out.min() >= 0.0 and out.max() <= 1.0
+
+
+@pytest.mark.parametrize(
+    "name, rgb",
+    [
+        ("all black", np.zeros((128, 96, 3), np.uint8)),
+        ("all white", np.full((128, 96, 3), 255, np.uint8)),
+        ("constant", np.full((128, 96, 3), (120, 60, 30), np.uint8)),
+        ("noise", np.random.default_rng(0).integers(0, 256, (128, 96, 3), dtype=np.uint8)),
+        ("tiny", np.random.default_rng(1).integers(0, 256, (7, 5, 3), dtype=np.uint8)),
+        ("one pixel", np.full((1, 1, 3), 90, np.uint8)),
+    ],
+)
+@pytest.mark.parametrize("gsd", [0.1, 0.3, 1.0])
+def test_contract_on_degenerate_tiles(name, rgb, gsd):
+    out = compute_channels(rgb, gsd)
+    _check(out, rgb.shape[:2])
+    if name in ("all black", "all white", "constant", "one pixel"):
+        assert out.max() < 1e-4, "a featureless tile has no feature"
+
+
+def test_all_nodata_tile_is_all_zero():
+    rgb = module_scene()
+    out = compute_channels(rgb, GSD, np.zeros(rgb.shape[:2], bool))
+    _check(out, rgb.shape[:2])
+    assert not out.any()
+    for fn in FUNCTIONS:
+        assert not fn(rgb, GSD, np.zeros(rgb.shape[:2], bool)).any()
+    assert not excess_green(rgb, np.zeros(rgb.shape[:2], bool)).any()
+
+
+def test_invalid_pixels_are_zero_and_do_not_leak():
+    rgb = module_scene(seed=8)
+    valid = np.ones(rgb.shape[:2], bool)
+    valid[:, :40] = False
+    out = compute_channels(rgb, GSD, valid)
+    _check(out, rgb.shape[:2])
+    assert not out[:, ~valid].any()
+    # Garbage under the mask changes nothing: invalid pixels are filled before filtering.
+    noisy = rgb.copy()
+    noisy[~valid] = np.random.default_rng(0).integers(0, 256, (int((~valid).sum()), 3))
+    np.testing.assert_allclose(compute_channels(noisy, GSD, valid), out, atol=1e-6)
+
+
+def test_bad_input_is_refused():
+    rgb = module_scene()
+    for gsd in (0.0, -0.2, float("nan"), None):
+        with pytest.raises(NotGeoreferencedError):
+            compute_channels(rgb, gsd)
+    with pytest.raises(TypeError):
+        compute_channels(rgb.astype(np.uint16), GSD)
+    with pytest.raises(ValueError):
+        compute_channels(rgb[..., 0], GSD)
+    with pytest.raises(ValueError):
+        compute_channels(rgb, GSD, np.ones((3, 3), bool))
+
+
+# --------------------------------------------------------------------------------------------
+# Invariance
+# --------------------------------------------------------------------------------------------
+def test_rotating_the_tile_by_90_degrees_rotates_the_maps():
+    """Exact up to float rounding where the grids allow it (a square tile whose size the
+    levels and FFT windows divide). LBP codes flip on exact ties when area resampling rounds
+    the rotated tile one ulp differently, so it gets a looser bound."""
+    rgb = module_scene(size=192, seed=9)
+    out = compute_channels(rgb, GSD)
+    rotated = compute_channels(np.ascontiguousarray(np.rot90(rgb)), GSD)
+    for i, name in enumerate(CHANNEL_NAMES):
+        err = np.abs(rotated[i] - np.rot90(out[i]))
+        if name == "lbp_uniformity":
+            assert err.mean() < 0.01 and err.max() < 0.05, name
+        else:
+            assert err.max() < 1e-4, name
+
+
+def test_gabor_energy_does_not_depend_on_row_orientation():
+    energies = [
+        core(gabor_energy(render(lambda x, y, a=a: rows(x, y, a)), GSD)) for a in (0, 0.5, 1.0, 2.0)
+    ]
+    assert max(energies) - min(energies) < 0.05
+
+
+# --------------------------------------------------------------------------------------------
+# Parameters
+# --------------------------------------------------------------------------------------------
+def test_params_key_is_stable_short_and_sensitive():
+    a, b = ChannelParams(), ChannelParams()
+    assert a.key() == b.key() and len(a.key()) == 16 and int(a.key(), 16) >= 0
+    assert hash(a) == hash(b)
+    assert ChannelParams(smoothing_m=1.5).key() != a.key()
+    assert ChannelParams(gabor_periods_m=(1.0, 2.0, 4.0)).key() != a.key()
+    with pytest.raises(AttributeError):
+        a.smoothing_m = 2.0  # frozen
+    from_json = ChannelParams(gabor_periods_m=[1.2, 2.4, 4.8])  # lists become tuples
+    assert from_json == a and from_json.key() == a.key()
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"smoothing_m": 0.0},
+        {"gabor_periods_m": ()},
+        {"lbp_radii_m": (0.6, -1.0)},
+        {"fft_window_px": 31},
+        {"fft_band_m": (4.0, 1.0)},
+        {"lbp_points": 12},
+        {"shadow_weight": 1.5},
+        {"texture_grid_m": float("inf")},
+        {"gabor_orientations": 6.0},
+    ],
+)
+def test_bad_params_are_refused(kwargs):
+    with pytest.raises(ConfigError):
+        ChannelParams(**kwargs)
+
+
+def test_params_change_the_result():
+    rgb = module_scene(seed=10)
+    base = compute_channels(rgb, GSD)
+    other = compute_channels(rgb, GSD, params=ChannelParams(gabor_periods_m=(1.0, 2.0)))
+    assert not np.array_equal(base[2], other[2])
+    np.testing.assert_array_equal(base[4], other[4])  # colour does not depend on the bank
