@@ -116,9 +116,7 @@ def test_bad_files_name_the_file(tmp_path: Path, make, pattern: str) -> None:
 
 def test_truncated_tiff(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
-    full = write_raster(
-        tmp_path / "full.tif", rng.integers(0, 255, (3, 256, 256), dtype=np.uint8)
-    )
+    full = write_raster(tmp_path / "full.tif", rng.integers(0, 255, (3, 256, 256), dtype=np.uint8))
     raw = full.read_bytes()
     cut = tmp_path / "cut.tif"
     # Uncompressed strips: the header sits at the start, so half the file keeps it readable.
