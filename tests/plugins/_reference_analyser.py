@@ -13,6 +13,7 @@ import numpy as np
 from scipy import ndimage
 from shapely import box, union_all
 from skimage.measure import label, regionprops
+
 from solardesk_spectral.analyser import INSTANCE_FEATURES, _disk, _pairs
 
 
@@ -62,3 +63,56 @@ def instance_stats(labels, n, features, score, gsd):
         boxes.append((c0, r0, c1, r1))
     X = np.array(rows).reshape(-1, len(INSTANCE_FEATURES))
     return X, np.array(boxes, np.int64).reshape(-1, 4)
+
+
+def blue_tint(rgb: np.ndarray) -> np.ndarray:
+    f = rgb.astype(np.float64)
+    excess = (f[..., 2] - np.maximum(f[..., 0], f[..., 1])) / (f.mean(axis=2) + 8.0)
+    return np.clip(excess / 0.15, 0.0, 1.0)
+
+
+def fine_texture(rgb: np.ndarray, gsd: float) -> np.ndarray:
+    import cv2
+
+    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float64)
+    # OpenCV's Gaussian: reflect-101 border ("mirror"), kernel radius 4σ for float input.
+    blur = ndimage.gaussian_filter(grey, max(0.2 / gsd, 0.5), mode="mirror", truncate=4.0)
+    energy = ndimage.gaussian_filter(
+        np.abs(grey - blur), max(0.6 / gsd, 1.0), mode="mirror", truncate=4.0
+    )
+    return np.clip(energy / 12.0, 0.0, 1.0)
+
+
+def pixel_features(rgb: np.ndarray, valid, gsd: float) -> np.ndarray:
+    """The ten pixel features, every one from a straightforward implementation."""
+    from tests.unit._reference_spectral import (
+        ref_excess_green,
+        ref_shadow_mask,
+        reference_channels,
+    )
+
+    out = np.empty((10, *rgb.shape[:2]), np.float64)
+    out[:6] = reference_channels(rgb, gsd, valid)
+    out[6] = ref_excess_green(rgb, valid)
+    out[7] = ref_shadow_mask(rgb, gsd, valid)
+    out[8] = blue_tint(rgb)
+    out[9] = fine_texture(rgb, gsd)
+    if valid is not None:
+        out[8:, ~valid] = 0
+    return out
+
+
+def analyse_masks(rgb: np.ndarray, valid, gsd: float, settings, fusion) -> list:
+    """(confidence, full mask) of every candidate the reference keeps, as the fast stage."""
+    feats = pixel_features(rgb, valid, gsd)
+    score = score_map(feats, fusion)
+    labels, n = segment(score, valid, gsd, settings.score_threshold)
+    X, _ = instance_stats(labels, n, feats, score, gsd)
+    if n == 0:
+        return []
+    z = ((X - fusion.instance_mean) / fusion.instance_std) @ fusion.instance_weights
+    conf = 1.0 / (1.0 + np.exp(-(z + fusion.instance_bias)))
+    area_m2 = 10 ** X[:, INSTANCE_FEATURES.index("log_area_m2")]
+    keep = (area_m2 >= settings.min_area_m2) & (area_m2 <= settings.max_area_m2)
+    keep &= conf >= settings.floor
+    return [(float(conf[i]), labels == i + 1) for i in np.flatnonzero(keep)]
