@@ -77,8 +77,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"{r['tiles'] / r['seconds']:.0f} | {r['peak_mb']:.0f} |"
             )
         base, big = rows[0][3]["peak_mb"], rows[1][3]["peak_mb"]
-        print(f"\npeak memory {args.size}² / {args.baseline}²: {big / base:.2f}× "
-              f"({big:.0f} MB vs {base:.0f} MB; target < 300 MB)")
+        print(
+            f"\npeak memory {args.size}² / {args.baseline}²: {big / base:.2f}× "
+            f"({big:.0f} MB vs {base:.0f} MB; target < 300 MB)"
+        )
     return 0
 
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import rasterio
 import rasterio.crs
-import rasterio.env
 import rasterio.enums
+import rasterio.env
 from affine import Affine
 from rasterio.errors import NotGeoreferencedWarning as _RioNotGeoreferencedWarning
 from rasterio.errors import RasterioError

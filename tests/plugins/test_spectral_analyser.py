@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from solardesk_spectral import analyser as fast
-from solardesk_spectral.settings import SpectralSettings
 
 from solardesk.core.cache import Instance
 from solardesk.synthetic import SceneSpec, generate_scene
+from solardesk_spectral import analyser as fast
+from solardesk_spectral.settings import SpectralSettings
 from tests.plugins import _reference_analyser as ref
 
 PARAMS = SpectralSettings().model_dump()

@@ -27,6 +27,7 @@ from skimage.color import rgb2lab
 from skimage.feature import local_binary_pattern
 from skimage.filters import gabor
 from skimage.morphology import black_tophat, white_tophat
+
 from solardesk_spectral.channels import ChannelParams
 
 

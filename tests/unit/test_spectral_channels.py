@@ -15,6 +15,8 @@ import cv2
 import numpy as np
 import pytest
 from skimage.feature import local_binary_pattern
+
+from solardesk.errors import ConfigError, NotGeoreferencedError
 from solardesk_spectral import channels as ch
 from solardesk_spectral.channels import (
     CHANNEL_NAMES,
@@ -29,8 +31,6 @@ from solardesk_spectral.channels import (
     photometric_index,
     shadow_mask,
 )
-
-from solardesk.errors import ConfigError, NotGeoreferencedError
 
 from ._reference_spectral import (
     REF_FUNCTIONS,
