@@ -195,3 +195,36 @@ def test_all_nodata_raster_reads_without_nan(tmp_path: Path) -> None:
         with RasterReader(p) as r:
             rgb, valid = r.read_rgb(Window(0, 0, 64, 64))
     assert not valid.any() and (rgb == 0).all()
+
+
+def test_cog_and_vrt_open_like_geotiff(tmp_path: Path, rgb_tif: Path) -> None:
+    cog = tmp_path / "cog.tif"
+    with rasterio.open(rgb_tif) as src:
+        profile = src.profile | {"driver": "COG", "blocksize": 128}
+        profile.pop("blockxsize", None), profile.pop("blockysize", None), profile.pop("tiled", None)
+        with rasterio.open(cog, "w", **profile) as dst:
+            dst.write(src.read())
+    vrt = tmp_path / "mosaic.vrt"
+    with rasterio.open(rgb_tif) as src:
+        t = src.transform
+        bands = "".join(
+            f'<VRTRasterBand dataType="Byte" band="{b}"><SimpleSource>'
+            f'<SourceFilename relativeToVRT="0">{rgb_tif}</SourceFilename>'
+            f"<SourceBand>{b}</SourceBand></SimpleSource></VRTRasterBand>"
+            for b in (1, 2, 3)
+        )
+        vrt.write_text(
+            f'<VRTDataset rasterXSize="{src.width}" rasterYSize="{src.height}">'
+            f"<SRS>{src.crs.to_wkt()}</SRS>"
+            f"<GeoTransform>{t.c}, {t.a}, {t.b}, {t.f}, {t.d}, {t.e}</GeoTransform>{bands}"
+            "</VRTDataset>"
+        )
+    base = describe(rgb_tif)
+    for path, driver in ((cog, "GTiff"), (vrt, "VRT")):
+        facts = describe(path)
+        assert facts.driver == driver
+        assert facts.crs == base.crs and facts.transform == pytest.approx(base.transform)
+        assert facts.fingerprint == base.fingerprint  # same pixels, same georeferencing
+        with RasterReader(path) as r:
+            rgb, _ = r.read_rgb(Window(100, 50, 60, 30))
+        assert (rgb == 230).all()
