@@ -1,0 +1,1 @@
+"""The docks of the main window, one per step of the pipeline (and plugins, messages)."""

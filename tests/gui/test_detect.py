@@ -1,0 +1,75 @@
+"""The detect & export dock against the ``solardesk detect`` command line (a fake one)."""
+
+from __future__ import annotations
+
+import json
+
+from solardesk.gui.layers import VectorLayer
+from tests.gui.conftest import until, wait_raster
+
+
+def _setup(qtbot, window, scene_tif, out):
+    window.open_path(scene_tif)
+    wait_raster(qtbot, window)
+    window.show_dock("detect")
+    dock = window.detect
+    dock.out_edit.setText(str(out))
+    return dock
+
+
+def test_detect_writes_and_shows_the_panels(qtbot, window, scene_tif, tmp_path):
+    out = tmp_path / "panels.gpkg"
+    dock = _setup(qtbot, window, scene_tif, out)
+    assert dock.detector.currentData().id == "spectral"
+    assert dock.build_args() == [
+        "detect",
+        str(scene_tif.resolve()),
+        "--spectral",
+        "--out",
+        str(out),
+        "--tile",
+        "512",
+        "--overlap",
+        "64",
+        "--overwrite",
+    ]
+    assert dock.run()
+    until(lambda: not dock.process.running, timeout=20000)
+    until(lambda: "2 panels written" in dock.status.text(), timeout=10000)
+    assert out.exists()
+    layer = next(lay for lay in window.ctx.layers if isinstance(lay, VectorLayer))
+    assert layer.path == out and layer.data.count == 2
+    assert dock.progress.value() == dock.progress.maximum()
+
+
+def test_visible_extent_shapefile_and_model(qtbot, window, scene_tif, tmp_path):
+    out = tmp_path / "panels.gpkg"
+    dock = _setup(qtbot, window, scene_tif, out)
+    window.ctx.project.add_model(tmp_path / "model.onnx")
+    dock.detector.setCurrentIndex(dock.detector.findText("ONNX model  [fake]"))
+    dock.model_combo.setCurrentIndex(0)
+    dock.format_combo.setCurrentIndex(dock.format_combo.findData(".shp"))
+    assert dock.out_edit.text().endswith("panels.shp")
+    dock.extent_view.setChecked(True)
+    view = window.map_view
+    view.zoom_by(3.0)
+    args = dock.build_args()
+    assert args[2:4] == ["--model", str((tmp_path / "model.onnx").resolve())]
+    assert "--aoi" in args
+    assert dock.run()
+    until(lambda: not dock.process.running, timeout=20000)
+    record = json.loads((tmp_path / "panels.shp.args.json").read_text())
+    minx, _miny, _maxx, maxy = record["aoi_bounds"]
+    vminx, _vminy, _vmaxx, vmaxy = view.visible_extent()
+    assert abs(minx - vminx) < 1e-3 and abs(maxy - vmaxy) < 1e-3
+    until(lambda: (tmp_path / "panels.shp").exists(), timeout=5000)
+
+
+def test_failing_detect_is_reported(qtbot, window, scene_tif, tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_DETECT_FAIL", "1")
+    dock = _setup(qtbot, window, scene_tif, tmp_path / "x.gpkg")
+    dock.run()
+    until(lambda: not dock.process.running, timeout=20000)
+    assert dock.status.text().startswith("Detection failed")
+    err = window.ctx.notifications.errors()[-1]
+    assert "exit code 2" in err.message and "no SolarDesk metadata" in err.details

@@ -1,0 +1,125 @@
+"""Layers panel (visibility, opacity, order, threshold), vector layers, the project file,
+recent projects and window state."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from PySide6.QtCore import Qt
+
+from solardesk.gui.layers import PseudoLabelLayer, RasterLayer, VectorLayer
+from solardesk.gui.map_view import VectorRenderer
+from tests.gui.conftest import until, wait_raster
+
+
+def _add_all(qtbot, window, scene_dir, tmp_path):
+    window.open_path(scene_dir / "scene.tif")
+    wait_raster(qtbot, window)
+    vec = window.add_vector(scene_dir / "truth.geojson")
+    until(lambda: vec.data is not None, timeout=10000)
+    window.ctx.project.set_cache(tmp_path / "c.sqlite")
+    (pseudo,) = window.open_cache(tmp_path / "c.sqlite")
+    return vec, pseudo
+
+
+def test_vector_layer_is_reprojected_and_drawn(qtbot, window, scene_dir, tmp_path):
+    vec, _ = _add_all(qtbot, window, scene_dir, tmp_path)
+    # truth.geojson is WGS84; the map is in UTM 32N (the raster's CRS).
+    assert vec.data.count == 5
+    raster = window.ctx.layers.of_kind("raster")[0]
+    rminx, rminy, rmaxx, rmaxy = raster.extent()
+    minx, miny, maxx, maxy = vec.extent()
+    assert rminx <= minx < maxx <= rmaxx and rminy <= miny < maxy <= rmaxy
+    renderer = window.map_view.renderers[vec]
+    assert isinstance(renderer, VectorRenderer)
+    until(lambda: len(renderer.items) >= 1, timeout=5000)
+    assert renderer.items[0].path().elementCount() > 5 * 4
+
+
+def test_panel_controls_visibility_opacity_order_threshold(qtbot, window, scene_dir, tmp_path):
+    vec, pseudo = _add_all(qtbot, window, scene_dir, tmp_path)
+    panel = window.layers_panel
+    layers = window.ctx.layers
+    assert [lay.kind for lay in layers] == ["vector", "pseudo", "raster"]
+    view = window.map_view
+    z = {lay: view.renderers[lay].root.zValue() for lay in layers}
+    assert z[vec] > z[pseudo] > z[layers.layers[2]]
+
+    item = panel._item_of(vec)
+    item.setCheckState(Qt.CheckState.Unchecked)
+    assert not vec.visible and not view.renderers[vec].root.isVisible()
+    panel.select(vec)
+    panel.opacity.setValue(40)
+    assert abs(view.renderers[vec].root.opacity() - 0.4) < 1e-6
+
+    panel.select(vec)
+    panel.down.click()
+    assert layers.layers.index(vec) == 1
+    assert view.renderers[vec].root.zValue() < view.renderers[pseudo].root.zValue()
+
+    panel.select(pseudo)
+    assert panel.pseudo_box.isVisibleTo(panel)
+    panel.threshold.setValue(70)
+    assert abs(pseudo.threshold - 0.70) < 1e-9
+    assert "0.70" in panel.threshold_label.text()
+
+
+def test_project_round_trip_and_recent(qtbot, make_window, app_settings, scene_dir, tmp_path):
+    window = make_window()
+    vec, pseudo = _add_all(qtbot, window, scene_dir, tmp_path)
+    pseudo.set_threshold(0.7)
+    vec.set_opacity(0.5)
+    project_file = tmp_path / "proj" / "my.json"
+    project_file.parent.mkdir()
+    assert window._save(project_file)
+    data = json.loads(project_file.read_text())
+    # Paths are relative to the project folder; the app's own state sits in plugins.gui.
+    assert data["rasters"] == [os.path.relpath(scene_dir / "scene.tif", project_file.parent)]
+    assert data["cache"] == "../c.sqlite"
+    gui = data["plugins"]["gui"]
+    rel = os.path.relpath(scene_dir / "truth.geojson", project_file.parent)
+    assert gui["vectors"] == [rel]
+    assert gui["layers"][pseudo.key]["threshold"] == 0.7
+    assert app_settings.recent_projects()[0] == project_file.resolve()
+    window.close()
+    assert app_settings.window_geometry() is not None and app_settings.window_state() is not None
+
+    other = make_window()
+    assert other.open_path(project_file)
+    wait_raster(qtbot, other)
+    kinds = [lay.kind for lay in other.ctx.layers]
+    assert sorted(kinds) == ["pseudo", "raster", "vector"]
+    p2 = next(lay for lay in other.ctx.layers if isinstance(lay, PseudoLabelLayer))
+    v2 = next(lay for lay in other.ctx.layers if isinstance(lay, VectorLayer))
+    assert p2.threshold == 0.7 and v2.opacity == 0.5
+    assert not other.ctx.project.dirty
+    assert other.windowTitle().startswith("my[*]") or "my" in other.windowTitle()
+
+
+def test_raster_in_another_crs_is_warped_into_the_map_crs(qtbot, window, scene_tif, tmp_path):
+    import rasterio
+    from rasterio.warp import calculate_default_transform, reproject
+
+    other = tmp_path / "scene_3857.tif"
+    with rasterio.open(scene_tif) as src:
+        t, w, h = calculate_default_transform(
+            src.crs, "EPSG:3857", src.width, src.height, *src.bounds
+        )
+        profile = src.profile | {"crs": "EPSG:3857", "transform": t, "width": w, "height": h}
+        with rasterio.open(other, "w", **profile) as dst:
+            for b in range(1, src.count + 1):
+                reproject(rasterio.band(src, b), rasterio.band(dst, b))
+    window.open_path(scene_tif)
+    wait_raster(qtbot, window)
+    window.add_raster(other)
+    wait_raster(qtbot, window)
+    layers = window.ctx.layers.of_kind("raster")
+    warped = next(lay for lay in layers if lay.path == other)
+    assert isinstance(warped, RasterLayer) and warped.source.warped
+    a, b = layers[0].extent(), layers[1].extent()
+    # Same place in the same CRS: the centres agree to a pixel or so, the warped extent is a
+    # little larger (a 3857 rectangle is not a UTM rectangle).
+    assert abs((a[0] + a[2]) / 2 - (b[0] + b[2]) / 2) < 0.5
+    assert abs((a[1] + a[3]) / 2 - (b[1] + b[3]) / 2) < 0.5
+    assert abs((a[2] - a[0]) - (b[2] - b[0])) < 0.1 * (a[2] - a[0])

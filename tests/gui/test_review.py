@@ -1,0 +1,163 @@
+"""The review dock: the queue in uncertainty order, accept/reject by key and by click,
+delete, draw a polygon; every change lands in the cache."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PySide6.QtCore import QPoint, Qt
+from PySide6.QtTest import QTest
+
+from solardesk.core.cache import Instance, MaskCache, TileKey
+from solardesk.core.raster import describe
+from tests.gui.conftest import pause, until, wait_raster
+
+#: Confidences of the five instances written by ``cache``; the threshold is 0.6.
+CONFIDENCES = [0.40, 0.55, 0.62, 0.81, 0.95]
+EXPECTED_ORDER = [2, 1, 0, 3, 4]  # |c - 0.6|: 0.02, 0.05, 0.20, 0.21, 0.35
+
+
+@pytest.fixture
+def cache(scene_tif, tmp_path):
+    """A cache with one 256-px tile at (128, 128) holding five 30×20 px rectangles."""
+    info = describe(scene_tif)
+    path = tmp_path / "review.sqlite"
+    instances = []
+    for i, c in enumerate(CONFIDENCES):
+        mask = np.ones((20, 30), bool)
+        x0, y0 = 10 + 45 * i, 100
+        instances.append(Instance(bbox=(x0, y0, x0 + 30, y0 + 20), mask=mask, confidence=c))
+    with MaskCache(path) as c:
+        c.put_raster_info(info)
+        c.write_tile(
+            TileKey(info.fingerprint, "c128_r128_256x256", "fake", "1", "p"),
+            (128, 128, 256, 256),
+            instances,
+        )
+        ids = [i.id for _, i in c.iter_instances()]
+    return path, ids
+
+
+def _open(qtbot, window, scene_tif, cache_path):
+    window.open_path(scene_tif)
+    wait_raster(qtbot, window)
+    (layer,) = window.open_cache(cache_path)
+    layer.set_threshold(0.6)
+    until(lambda: len(layer.records) == 5, timeout=10000)
+    window.show_dock("review")
+    dock = window.review
+    until(lambda: len(dock.model.ids) == 5, timeout=5000)
+    return layer, dock
+
+
+def _review(path, iid):
+    with MaskCache(path, readonly=True) as c:
+        return c.get_instance(iid)[1]
+
+
+def test_queue_is_ordered_by_uncertainty(qtbot, window, scene_tif, cache):
+    path, ids = cache
+    layer, dock = _open(qtbot, window, scene_tif, path)
+    assert dock.model.ids == [ids[i] for i in EXPECTED_ORDER]
+    assert dock.current_id == ids[2]  # the most uncertain is shown first
+    assert dock.model.data(dock.model.index(0, 2)) == "+0.020"
+    # The selection is drawn on the map, while its layer is shown.
+    assert not window.map_view.selection_item.path().isEmpty()
+    layer.set_visible(False)
+    assert window.map_view.selection_item.path().isEmpty()
+    layer.set_visible(True)
+    assert not window.map_view.selection_item.path().isEmpty()
+
+
+def test_accept_reject_by_key_and_button_go_to_the_cache(qtbot, window, scene_tif, cache):
+    path, ids = cache
+    layer, dock = _open(qtbot, window, scene_tif, path)
+    first, second = ids[2], ids[1]
+    window.map_view.setFocus()
+    QTest.keyClick(window, Qt.Key.Key_A)
+    until(lambda: _review(path, first).review == "accepted", timeout=5000)
+    until(lambda: layer.records[first].review == "accepted", timeout=5000)
+    # Accepted instances leave the pending queue; the next most uncertain is current.
+    until(lambda: dock.current_id == second, timeout=5000)
+    assert first not in dock.model.ids
+    QTest.keyClick(window, Qt.Key.Key_R)
+    until(lambda: _review(path, second).review == "rejected", timeout=5000)
+    until(lambda: dock.current_id == ids[0], timeout=5000)
+    dock.reject_btn.click()
+    until(lambda: _review(path, ids[0]).review == "rejected", timeout=5000)
+    with MaskCache(path, readonly=True) as c:
+        st = c.stats(threshold=0.6)
+    assert st["by_review"] == {"pending": 2, "accepted": 1, "rejected": 2}
+    # "Pending only" off shows the reviewed ones again, with their state.
+    dock.pending_only.setChecked(False)
+    assert len(dock.model.ids) == 5
+
+
+def test_click_on_the_map_selects_and_delete_removes(qtbot, window, scene_tif, cache):
+    path, ids = cache
+    layer, dock = _open(qtbot, window, scene_tif, path)
+    view = window.map_view
+    target = layer.records[ids[4]]
+    minx, miny, maxx, maxy = target.bounds
+    view.show_bounds(target.bounds)
+    pause(50)
+    scene_pt = view.frame.to_scene((minx + maxx) / 2, (miny + maxy) / 2)
+    pos = view.mapFromScene(scene_pt)
+    QTest.mouseClick(view.viewport(), Qt.MouseButton.LeftButton, pos=pos)
+    until(lambda: dock.current_id == ids[4], timeout=3000)
+    QTest.keyClick(window, Qt.Key.Key_Delete)
+    until(lambda: ids[4] not in layer.records, timeout=5000)
+    with MaskCache(path, readonly=True) as c, pytest.raises(KeyError):
+        c.get_instance(ids[4])
+    # A click on empty ground selects nothing new.
+    QTest.mouseClick(view.viewport(), Qt.MouseButton.LeftButton, pos=QPoint(3, 3))
+    assert dock.current_id != ids[4]
+
+
+def test_drawn_polygon_becomes_a_human_instance(qtbot, window, scene_tif, cache):
+    path, _ids = cache
+    layer, dock = _open(qtbot, window, scene_tif, path)
+    view = window.map_view
+    info = layer.raster.source.info
+    t = info.affine
+    # A 20×14 px rectangle inside the stored tile (raster pixels 300..320, 200..214).
+    corners = [t * (300, 200), t * (320, 200), t * (320, 214), t * (300, 214)]
+    view.zoom_to(
+        (
+            min(c[0] for c in corners) - 10,
+            min(c[1] for c in corners) - 10,
+            max(c[0] for c in corners) + 10,
+            max(c[1] for c in corners) + 10,
+        )
+    )
+    pause(50)
+    QTest.keyClick(window, Qt.Key.Key_D)
+    assert view.tool == "draw"
+    for x, y in corners:
+        QTest.mouseClick(
+            view.viewport(),
+            Qt.MouseButton.LeftButton,
+            pos=view.mapFromScene(view.frame.to_scene(x, y)),
+        )
+    QTest.keyClick(view, Qt.Key.Key_Return)
+    assert view.tool == "pan"
+    until(lambda: len(layer.records) == 6, timeout=5000)
+    new_id = max(layer.records)
+    with MaskCache(path, readonly=True) as c:
+        tile, inst = c.get_instance(new_id)
+    assert inst.provenance == "human" and inst.review == "accepted"
+    assert tile.tile_id == "c128_r128_256x256" and tile.stage_id == "edits"
+    assert abs(inst.area_px - 20 * 14) <= 40
+    assert dock.current_id == new_id
+
+
+def test_draw_cancelled_with_escape(qtbot, window, scene_tif, cache):
+    path, _ = cache
+    layer, dock = _open(qtbot, window, scene_tif, path)
+    dock.start_drawing()
+    view = window.map_view
+    QTest.mouseClick(view.viewport(), Qt.MouseButton.LeftButton, pos=QPoint(100, 100))
+    QTest.keyClick(view, Qt.Key.Key_Escape)
+    assert view.tool == "pan" and not dock.draw_btn.isChecked()
+    pause(100)
+    assert len(layer.records) == 5
