@@ -1,0 +1,262 @@
+"""Training runs on CPU: resume at the exact step, 9-channel runs, and clear errors.
+
+Every run uses the light backbone on 128 px synthetic tiles, 1-2 steps per epoch: the point is
+the machinery (checkpoints, resume, events, errors), not accuracy.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from solardesk.core.cache import MaskCache  # noqa: E402
+from solardesk.errors import CacheError, ConfigError, ModelError, TrainingError  # noqa: E402
+from solardesk_maskrcnn.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from solardesk_maskrcnn.config import load_train_config  # noqa: E402
+from solardesk_maskrcnn.train import MaskRCNNTrainer, lr_factor  # noqa: E402
+from tests.plugins.test_maskrcnn_data import make_project, write_config  # noqa: E402
+
+torch.set_num_threads(2)
+
+
+def run(config, *, resume=None, stop_at_step: int | None = None):
+    """Train; returns (result, events). ``stop_at_step`` requests a stop after that step."""
+    events: list[dict] = []
+    stop = threading.Event()
+
+    def emit(ev: dict) -> None:
+        events.append(ev)
+        if (
+            stop_at_step is not None
+            and ev["event"] == "progress"
+            and ev["global_step"] == stop_at_step
+        ):
+            stop.set()
+
+    result = MaskRCNNTrainer(config, emit=emit, stop=stop, resume=resume).run()
+    return result, events
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("maskrcnn-train")
+    cache, _ = make_project(root)
+    return root, cache
+
+
+def config_for(root: Path, cache: Path, name: str, **sections):
+    folder = root / name
+    folder.mkdir()
+    path = write_config(folder, cache, **sections)
+    return load_train_config(path)
+
+
+def test_lr_schedule_warms_up_then_decays() -> None:
+    f = [lr_factor(s, 100, 10, 0.001, 0.01) for s in range(101)]
+    assert f[0] == pytest.approx(0.001) and f[10] == pytest.approx(1.0)
+    assert all(a <= b for a, b in itertools.pairwise(f[:11]))
+    assert all(a >= b for a, b in itertools.pairwise(f[10:]))
+    assert f[100] == pytest.approx(0.01)
+
+
+def test_resume_continues_at_the_step_with_the_same_state(project) -> None:
+    """Stopped after step 3 of 4 and resumed, a run ends exactly where an uninterrupted one does."""
+    root, cache = project
+    straight_cfg = config_for(root, cache, "straight", optim={"epochs": 2})
+    straight, _ = run(straight_cfg)
+    assert (straight.reason, straight.epoch, straight.step) == ("completed", 2, 4)
+
+    cfg = config_for(root, cache, "interrupted", optim={"epochs": 2})
+    stopped, events = run(cfg, stop_at_step=3)
+    assert (stopped.reason, stopped.step) == ("stopped", 3)
+    last = Path(cfg.output_dir) / "last.pt"
+    ck = load_checkpoint(last)
+    assert (ck["epoch"], ck["step_in_epoch"], ck["step"]) == (1, 1, 3)
+    assert events[-1]["event"] == "finished" and events[-1]["reason"] == "stopped"
+
+    resumed, events = run(cfg, resume=last)
+    started = next(e for e in events if e["event"] == "started")
+    assert (started["start_epoch"], started["start_step"]) == (2, 3)
+    steps = [(e["epoch"], e["step"], e["global_step"]) for e in events if e["event"] == "progress"]
+    assert steps == [(2, 2, 4)]
+    assert (resumed.reason, resumed.epoch, resumed.step) == ("completed", 2, 4)
+
+    a = load_checkpoint(Path(straight_cfg.output_dir) / "epoch-002.pt")
+    b = load_checkpoint(Path(cfg.output_dir) / "epoch-002.pt")
+    assert a["scheduler"] == b["scheduler"]
+    for k, v in a["model"].items():
+        assert torch.allclose(v.float(), b["model"][k].float(), atol=1e-6), k
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert float(sa[k]["step"]) == float(sb[k]["step"]) == 4
+        assert torch.allclose(sa[k]["exp_avg"], sb[k]["exp_avg"], atol=1e-6)
+
+
+def test_nine_channel_model_trains_evaluates_and_saves(project) -> None:
+    root, cache = project
+    cfg = config_for(
+        root,
+        cache,
+        "nine",
+        model={"channels": "rgb+spectral"},
+        run={"eval_every": 1, "eval_max_tiles": 2, "max_steps_per_epoch": 1},
+    )
+    result, events = run(cfg)
+    assert result.reason == "completed"
+    metrics = next(e for e in events if e["event"] == "metrics")
+    val = metrics["val"]
+    assert metrics["val_f1"] == val["f1"] and metrics["train_loss"] > 0
+    assert val["images"] == 2 and {"precision", "recall", "f1", "mask_ap"} <= set(val)
+    ck = load_checkpoint(result.checkpoint)
+    assert ck["model_meta"]["in_channels"] == 9
+    assert ck["model_meta"]["gsd_m"] == pytest.approx(0.25, rel=1e-3)
+    assert ck["model"]["backbone.body.0.0.weight"].shape[1] == 9
+
+    from solardesk_maskrcnn.evaluate import evaluate
+
+    ev, about = evaluate(result.checkpoint, cache=cache, max_tiles=2, device="cpu")
+    summary = ev.summary()
+    assert summary["images"] == 2 and about["channels"] == "rgb+spectral"
+
+
+def test_corrupt_checkpoint_is_a_clear_error(project) -> None:
+    root, cache = project
+    cfg = config_for(root, cache, "corrupt")
+    bad = Path(cfg.output_dir) / "last.pt"
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(ModelError, match="not a readable checkpoint") as e:
+        run(cfg, resume=bad)
+    assert str(bad) in str(e.value) and "delete it" in str(e.value)
+    torch.save({"weights": torch.zeros(2)}, bad)
+    with pytest.raises(ModelError, match="not a SolarDesk Mask R-CNN checkpoint"):
+        run(cfg, resume=bad)
+    with pytest.raises(ModelError, match="no such checkpoint"):
+        run(cfg, resume=bad.with_name("missing.pt"))
+
+
+def test_checkpoint_from_another_config_is_refused(project) -> None:
+    root, cache = project
+    cfg = config_for(root, cache, "other")
+    other = cfg.model_copy(
+        update={"model": cfg.model.model_copy(update={"backbone": "resnet18_fpn"})}
+    )
+    path = save_checkpoint(
+        Path(cfg.output_dir) / "last.pt",
+        {
+            "model": {},
+            "config": other.model_dump(mode="json"),
+            "model_meta": {"tile_size": 128},
+            "epoch": 1,
+            "step": 2,
+        },
+    )
+    with pytest.raises(ModelError, match="another model configuration") as e:
+        run(cfg, resume=path)
+    msg = str(e.value)
+    assert str(path) in msg and "resnet18_fpn" in msg and "mobilenet_v3_large_fpn" in msg
+
+
+def test_empty_cache_is_a_clear_error(tmp_path: Path) -> None:
+    cache, _ = make_project(tmp_path / "low", n_scenes=1, confidence=0.5)
+    cfg = load_train_config(write_config(tmp_path / "low", cache))
+    with pytest.raises(TrainingError, match=r"no instance at or above confidence 0\.85") as e:
+        run(cfg)
+    assert str(cache) in str(e.value) and "Lower data.threshold" in str(e.value)
+
+    empty = tmp_path / "empty.sqlite"
+    MaskCache(empty).close()
+    cfg = load_train_config(write_config(tmp_path, empty))
+    with pytest.raises(TrainingError, match="holds no tiles"):
+        run(cfg)
+
+    cfg = load_train_config(write_config(tmp_path, tmp_path / "nowhere.sqlite"))
+    with pytest.raises(CacheError, match="does not exist"):
+        run(cfg)
+
+
+def test_unknown_config_field_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps({"cache": "c.sqlite", "optim": {"learning_rate": 0.1}}))
+    with pytest.raises(ConfigError, match=r"unknown field 'optim\.learning_rate'"):
+        load_train_config(path)
+    path.write_text(json.dumps({"cache": "c.sqlite", "model": {"backbone": "vgg"}}))
+    with pytest.raises(ConfigError, match=r"model\.backbone"):
+        load_train_config(path)
+
+
+def test_relative_paths_are_relative_to_the_config(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "train.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps({"cache": "c.sqlite", "output_dir": "out"}))
+    cfg = load_train_config(path)
+    assert cfg.cache == tmp_path / "sub" / "c.sqlite"
+    assert cfg.output_dir == tmp_path / "sub" / "out"
+
+
+def test_non_finite_loss_is_a_training_error(project, monkeypatch) -> None:
+    import solardesk_maskrcnn.model as model_module
+
+    real = model_module.build_model
+
+    def diverging(settings, tile_size):
+        model = real(settings, tile_size)
+        forward = model.forward
+
+        def broken(images, targets=None):
+            out = forward(images, targets)
+            if model.training:
+                out["loss_mask"] = out["loss_mask"] * float("nan")
+            return out
+
+        model.forward = broken
+        return model
+
+    monkeypatch.setattr(model_module, "build_model", diverging)
+    root, cache = project
+    cfg = config_for(root, cache, "nan")
+    events: list[dict] = []
+    with pytest.raises(TrainingError, match="the loss became nan") as e:
+        MaskRCNNTrainer(cfg, emit=events.append).run()
+    assert "lower optim.lr" in str(e.value)
+    assert events[-1]["event"] == "error" and events[-1]["type"] == "TrainingError"
+
+
+def test_gpu_out_of_memory_names_batch_and_tile_size(project, monkeypatch) -> None:
+    import solardesk_maskrcnn.model as model_module
+
+    real = model_module.build_model
+
+    def hungry(settings, tile_size):
+        model = real(settings, tile_size)
+
+        def oom(images, targets=None):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+        model.forward = oom
+        return model
+
+    monkeypatch.setattr(model_module, "build_model", hungry)
+    root, cache = project
+    cfg = config_for(root, cache, "oom")
+    with pytest.raises(TrainingError, match="ran out of memory with batch size 2 and 128 px"):
+        run(cfg)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_asked_but_absent_falls_back_with_a_warning(project) -> None:
+    root, cache = project
+    cfg = config_for(root, cache, "nocuda", run={"device": "cuda", "max_steps_per_epoch": 1})
+    with pytest.warns(UserWarning, match="CUDA was asked for"):
+        result, events = run(cfg)
+    assert result.reason == "completed"
+    warning = next(e for e in events if e["event"] == "warning")
+    assert "training on the CPU" in warning["message"]
+    assert next(e for e in events if e["event"] == "started")["device"] == "cpu"
