@@ -44,6 +44,7 @@ __all__ = [
     "metadata_props",
     "model_identity",
     "read_header",
+    "suggested_tiling",
 ]
 
 FORMAT = "solardesk.maskrcnn.onnx"
@@ -597,3 +598,23 @@ def model_identity(path: str | os.PathLike) -> tuple[str, str]:
     if epoch is not None:
         version += f" epoch {epoch}"
     return p.stem, version
+
+
+def suggested_tiling(
+    path: str | os.PathLike, raster_gsd: float | None = None, tolerance: float = 0.2
+) -> tuple[int, int] | None:
+    """``(tile size, overlap)`` in raster pixels that give the model its own input size.
+
+    The model's tile size and overlap, scaled by ``model gsd / raster gsd`` when the two differ
+    by more than ``tolerance`` (the stage then resamples each tile to exactly the model's size,
+    so no tile is cut into windows). None when the model does not say its tile size.
+    """
+    spec = inspect_model(path)
+    if not spec.tile_size:
+        return None
+    scale = 1.0
+    if raster_gsd and spec.gsd_m and abs(raster_gsd / spec.gsd_m - 1.0) > tolerance:
+        scale = spec.gsd_m / raster_gsd
+    tile = max(32, round(spec.tile_size * scale))
+    overlap = min(round(spec.overlap * scale), tile // 2)
+    return tile, overlap

@@ -44,7 +44,7 @@ _STRETCH_WINDOW = 256
 #: GDAL's block cache defaults to 5 % of RAM and counts as the process's memory: a tile loop
 #: over a large raster would grow to that size. SolarDesk reads each block about once, so a
 #: small cache loses nothing. A user's own GDAL_CACHEMAX wins.
-GDAL_CACHE_MB = 64
+GDAL_CACHE_MB = 16
 
 
 def limit_gdal_cache(mb: int = GDAL_CACHE_MB) -> None:

@@ -222,6 +222,23 @@ def test_resampling_to_the_model_ground_resolution(models, monkeypatch) -> None:
     assert seen == [(1, 3, 128, 128)]
 
 
+def test_what_detect_can_ask_of_a_model_tiling_and_identity(models, monkeypatch) -> None:
+    from solardesk_onnx.metadata import model_identity, suggested_tiling
+
+    name, version = model_identity(models["rgb"])
+    assert (name, version) == ("rgb", "sha256:" + file_sha256(models["rgb"])[:12])
+
+    assert suggested_tiling(models["rgb"]) == (128, 32)
+    assert suggested_tiling(models["rgb"], 0.16) == (128, 32)  # within 20 %: no resampling
+    assert suggested_tiling(models["rgb"], 0.30) == (64, 16)  # upsampled 2× to 128 px
+    model = get_model(models["rgb"])
+    seen = []
+    real_run = model.run
+    monkeypatch.setattr(model, "run", lambda x: seen.append(x.shape) or real_run(x))
+    model.detect_tile(_tile(64), None, 0.30)
+    assert seen == [(1, 3, 128, 128)]  # one run, no windows
+
+
 def test_windows_report_a_detection_once(models, monkeypatch) -> None:
     """A tile larger than the model's input is run in overlapping windows; a detection seen by
     two windows is kept by the one whose core holds its centre."""
