@@ -506,8 +506,11 @@ def _require_file(path: Path, what: str) -> None:
 @click.argument("project", required=False, type=click.Path(path_type=Path))
 def gui(project: Path | None) -> None:
     """Open the desktop app, optionally with PROJECT (a .json project file or a raster)."""
+    import importlib
+
+    # Imported by name at call time: the command line itself never depends on Qt.
     try:
-        from solardesk.gui.app import main as gui_main
+        gui_main = importlib.import_module("solardesk.gui.app").main
     except ImportError as e:
         from solardesk.errors import PluginError
 
