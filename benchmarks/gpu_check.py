@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         worker_counts = [0, 2]
 
     with tempfile.TemporaryDirectory() as tmp:
-        cache = bench_train.make_project(Path(tmp), tile, n_scenes=2 if cuda else 1, size=1024)
+        cache = bench_train.make_project(Path(tmp), tile, n_scenes=8 if cuda else 1, size=1024)
         datasets = {c: bench_train.dataset_for(cache, c) for c in ("rgb", "rgb+spectral")}
 
         say(f"\n== training speed ({'AMP, ' if cuda else ''}{tile} px, batch {batch}) ==")
