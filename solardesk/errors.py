@@ -71,6 +71,10 @@ class ModelError(SolarDeskError, ValueError):
     """A model, checkpoint or its metadata does not fit what was asked of it."""
 
 
+class EditError(SolarDeskError, ValueError):
+    """A review edit (a drawn polygon, a split line) that cannot be applied as drawn."""
+
+
 class TrainingError(SolarDeskError, RuntimeError):
     """Training cannot start or cannot continue (empty data set, non-finite loss, OOM)."""
 

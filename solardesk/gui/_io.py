@@ -24,6 +24,7 @@ import numpy as np
 from affine import Affine
 
 from solardesk.core.raster import Normalisation
+from solardesk.errors import EditError
 
 #: Longest side of the thumbnail kept in memory per raster (pixels).
 THUMBNAIL_MAX = 1024
@@ -441,7 +442,8 @@ def rasterise_drawn(
     The tile is a stored tile of the raster whose window holds the whole polygon (the one
     whose centre is nearest the polygon's when several do), else the tile of the project's
     grid whose core holds the polygon's centroid; the polygon is clipped to that tile.
-    Raises ``ValueError`` for a polygon with no area or outside the raster.
+    Raises :class:`~solardesk.errors.EditError` for a polygon with no area or outside the
+    raster.
     """
     from rasterio.features import rasterize
     from shapely.geometry import Polygon, box
@@ -455,13 +457,13 @@ def rasterise_drawn(
 
         poly = shapely.make_valid(poly)
     if poly.is_empty or poly.area <= 0:
-        raise ValueError("the drawn polygon has no area; click at least three distinct points")
+        raise EditError("the drawn polygon has no area; click at least three distinct points")
     inv = ~placement.affine
     px = _transform_geom(placement.to_raster(poly), inv)  # raster pixel coordinates
     width, height = raster_size
     px = px.intersection(box(0, 0, width, height))
     if px.is_empty or px.area <= 0:
-        raise ValueError("the drawn polygon lies outside the raster")
+        raise EditError("the drawn polygon lies outside the raster")
     minx, miny, maxx, maxy = px.bounds
     holding = [
         t
@@ -498,7 +500,7 @@ def rasterise_drawn(
     col, row, w, h = window
     local = _transform_geom(px, Affine.translation(-col, -row)).intersection(box(0, 0, w, h))
     if local.is_empty:
-        raise ValueError("the drawn polygon does not overlap the tile that should hold it")
+        raise EditError("the drawn polygon does not overlap the tile that should hold it")
     mask = rasterize([(local, 1)], out_shape=(h, w), fill=0, dtype="uint8").astype(bool)
     if not mask.any():
         # A sliver thinner than a pixel's centre: take every pixel it touches.
@@ -506,7 +508,7 @@ def rasterise_drawn(
             [(local, 1)], out_shape=(h, w), fill=0, dtype="uint8", all_touched=True
         ).astype(bool)
     if not mask.any():
-        raise ValueError("the drawn polygon covers no pixel")
+        raise EditError("the drawn polygon covers no pixel")
     inst = Instance.from_full_mask(mask, confidence=1.0, provenance="human", review="accepted")
     return DrawnInstance(tile_id, tuple(int(v) for v in window), inst)
 
@@ -554,8 +556,103 @@ def add_drawn(
         _, stored = cache.get_instance(iid)
     rec = record_of(stored, drawn.tile_id, drawn.window[:2], placement)
     if rec is None:
-        raise ValueError("the drawn polygon is too small to keep")
+        raise EditError("the drawn polygon is too small to keep")
     return rec
+
+
+def split_mask(
+    mask: np.ndarray, line: Sequence[tuple[float, float]], min_part_px: int = 4
+) -> list[np.ndarray]:
+    """Cut a tile mask along a polyline in tile pixel coordinates; the parts, largest first.
+
+    The line is rasterised one pixel wide (8-connected) and the rest of the mask is split
+    into 4-connected parts, so a line across the mask always separates it; the pixels under
+    the line then go to the nearest part, so the parts cover the mask exactly. Parts smaller
+    than ``min_part_px`` stay with their nearest neighbour. Raises
+    :class:`~solardesk.errors.EditError` when the line does not cut the mask in two.
+    """
+    import cv2
+    from scipy import ndimage
+
+    full = np.asarray(mask, dtype=bool)
+    pts = np.asarray(line, dtype=np.float64).reshape(-1, 2)
+    if len(pts) < 2:
+        raise EditError("a split line needs at least two points")
+    canvas = np.zeros(full.shape, dtype=np.uint8)
+    # Pixel (c, r) covers [c, c + 1) x [r, r + 1): OpenCV's integer points are pixel centres.
+    shift = 4
+    fixed = np.round((pts - 0.5) * (1 << shift)).astype(np.int32)
+    cv2.polylines(canvas, [fixed.reshape(-1, 1, 2)], False, 1, 1, cv2.LINE_8, shift)
+    cut = full & (canvas == 0)
+    labels, n = ndimage.label(cut)  # 4-connectivity
+    if n:
+        sizes = np.bincount(labels.ravel(), minlength=n + 1)
+        small = np.flatnonzero(sizes < min_part_px)
+        small = small[small > 0]
+        if small.size:
+            labels[np.isin(labels, small)] = 0
+    kept = np.unique(labels[labels > 0])
+    if kept.size < 2:
+        raise EditError(
+            "the line does not cut the instance in two: draw it across the instance, "
+            "from outside one side to outside the other"
+        )
+    # Every mask pixel without a part (under the line, or in a tiny piece) joins the nearest.
+    _, (ri, ci) = ndimage.distance_transform_edt(labels == 0, return_indices=True)
+    filled = np.where(full, labels[ri, ci], 0)
+    parts = [filled == k for k in kept]
+    parts.sort(key=lambda m: -int(m.sum()))
+    return parts
+
+
+def split_instance(
+    cache_path: str | Path,
+    instance_id: int,
+    line: Sequence[tuple[float, float]],
+    placement: Placement,
+) -> list[InstanceRecord]:
+    """Split a stored instance along a line drawn on the map (map coordinates).
+
+    The largest part keeps the instance's id (its outline replaced, provenance "human"); each
+    other part becomes a new instance of the same tile with the original's confidence, channel
+    scores and review state, provenance "human". Returns the records, the kept id first.
+    """
+    from shapely.geometry import LineString
+
+    from solardesk.core.cache import MaskCache
+
+    with MaskCache(cache_path) as cache:
+        tile, inst = cache.get_instance(int(instance_id))
+        col, row, w, h = tile.window
+        geom = placement.to_raster(LineString(list(line)))
+        local = _transform_geom(geom, Affine.translation(-col, -row) * ~placement.affine)
+        parts = split_mask(inst.full_mask(h, w), list(local.coords))
+        first = _part_instance(parts[0], inst)
+        cache.replace_mask(int(instance_id), first.bbox, first.mask)
+        ids = [int(instance_id)]
+        for part in parts[1:]:
+            new = _part_instance(part, inst)
+            ids.append(cache.add_instance(tile.raster_fp, tile.tile_id, new, "human"))
+        records = []
+        for iid in ids:
+            t, stored = cache.get_instance(iid)
+            rec = record_of(stored, t.tile_id, t.window[:2], placement)
+            if rec is not None:
+                records.append(rec)
+    return records
+
+
+def _part_instance(part: np.ndarray, like: Any) -> Any:
+    """An instance of ``part`` (a tile mask) with the confidence, scores and review of ``like``."""
+    from solardesk.core.cache import Instance
+
+    return Instance.from_full_mask(
+        part,
+        confidence=like.confidence,
+        scores=like.scores,
+        provenance="human",
+        review=like.review,
+    )
 
 
 # --------------------------------------------------------------------------------------------

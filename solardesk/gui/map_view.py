@@ -686,10 +686,11 @@ class VectorRenderer(_Renderer):
 # The view
 # --------------------------------------------------------------------------------------------
 class MapView(QGraphicsView):
-    """Pans (drag, middle button, arrows), zooms (wheel, +/-), selects (click), draws polygons.
+    """Pans (drag, middle button, arrows), zooms (wheel, +/-), selects (click), draws.
 
-    Signals carry map coordinates: ``cursorMoved(x, y)`` (``None`` when the cursor leaves),
-    ``instanceClicked(layer, id)``, ``polygonDrawn([(x, y), ...])``.
+    Tools: ``"pan"``, ``"draw"`` (a polygon) and ``"split"`` (a polyline). Signals carry map
+    coordinates: ``cursorMoved(x, y)`` (``None`` when the cursor leaves),
+    ``instanceClicked(layer, id)``, ``polygonDrawn([(x, y), ...])``, ``lineDrawn([(x, y), ...])``.
     """
 
     cursorMoved = Signal(object)
@@ -697,6 +698,7 @@ class MapView(QGraphicsView):
     scaleChanged = Signal(object)
     instanceClicked = Signal(object, int)
     polygonDrawn = Signal(object)
+    lineDrawn = Signal(object)
     toolChanged = Signal(str)
 
     def __init__(self, layers: LayerList, runner: JobRunner, parent=None) -> None:
@@ -745,7 +747,8 @@ class MapView(QGraphicsView):
         self.draw_item.setPen(_cosmetic(QColor("#ffea00"), 2.0))
         fill = QColor("#ffea00")
         fill.setAlpha(50)
-        self.draw_item.setBrush(QBrush(fill))
+        self._draw_fill = QBrush(fill)
+        self.draw_item.setBrush(self._draw_fill)
         self.scene().addItem(self.draw_item)
         self._cursor_map: tuple[float, float] | None = None
         self.scale_bar = ScaleBar(self)
@@ -921,7 +924,7 @@ class MapView(QGraphicsView):
             self.viewport().setCursor(Qt.CursorShape.ClosedHandCursor)
             event.accept()
             return
-        if self.tool == "draw":
+        if self.tool in _DRAWING_TOOLS:
             if event.button() == Qt.MouseButton.LeftButton:
                 self.draw_points.append(
                     self.frame.to_map(self.mapToScene(event.position().toPoint()))
@@ -944,7 +947,7 @@ class MapView(QGraphicsView):
             self.verticalScrollBar().setValue(self.verticalScrollBar().value() - round(d.y()))
         self._cursor_map = self.frame.to_map(self.mapToScene(pos.toPoint()))
         self.cursorMoved.emit(self._cursor_map)
-        if self.tool == "draw" and self.draw_points:
+        if self.tool in _DRAWING_TOOLS and self.draw_points:
             self._update_draw_item()
         super().mouseMoveEvent(event)
 
@@ -962,7 +965,7 @@ class MapView(QGraphicsView):
                 self.click_at(self.mapToScene(event.position().toPoint()))
 
     def mouseDoubleClickEvent(self, event) -> None:
-        if self.tool == "draw" and event.button() == Qt.MouseButton.LeftButton:
+        if self.tool in _DRAWING_TOOLS and event.button() == Qt.MouseButton.LeftButton:
             self.finish_drawing()
             event.accept()
             return
@@ -975,7 +978,7 @@ class MapView(QGraphicsView):
 
     def keyPressEvent(self, event) -> None:
         key = event.key()
-        if self.tool == "draw":
+        if self.tool in _DRAWING_TOOLS:
             if key in (Qt.Key.Key_Return, Qt.Key.Key_Enter):
                 self.finish_drawing()
                 return
@@ -1030,12 +1033,16 @@ class MapView(QGraphicsView):
 
     # -- drawing --------------------------------------------------------------------------------
     def set_tool(self, tool: str) -> None:
-        if tool not in ("pan", "draw"):
+        if tool not in ("pan", *_DRAWING_TOOLS):
             raise ValueError(f"unknown tool {tool!r}")
         self.tool = tool
         self.draw_points = []
         self._update_draw_item()
-        if tool == "draw":
+        # A polygon is filled as it grows; a split line is a line only.
+        self.draw_item.setBrush(
+            self._draw_fill if tool == "draw" else QBrush(Qt.BrushStyle.NoBrush)
+        )
+        if tool in _DRAWING_TOOLS:
             self.setDragMode(QGraphicsView.DragMode.NoDrag)
             self.viewport().setCursor(Qt.CursorShape.CrossCursor)
             self.setFocus()
@@ -1045,21 +1052,29 @@ class MapView(QGraphicsView):
         self.toolChanged.emit(tool)
 
     def finish_drawing(self) -> None:
+        tool = self.tool
         pts = _dedupe(self.draw_points)
         self.set_tool("pan")
-        if len(pts) >= 3:
+        if tool == "draw" and len(pts) >= 3:
             self.polygonDrawn.emit(pts)
+        elif tool == "split" and len(pts) >= 2:
+            self.lineDrawn.emit(pts)
 
     def _update_draw_item(self) -> None:
         path = QPainterPath()
         pts = list(self.draw_points)
-        if self.tool == "draw" and pts:
+        if self.tool in _DRAWING_TOOLS and pts:
             if self._cursor_map is not None:
                 pts.append(self._cursor_map)
             scene = [self.frame.to_scene(x, y) for x, y in pts]
-            path.addPolygon(QPolygonF(scene))
-            if len(scene) > 2:
-                path.closeSubpath()
+            if self.tool == "draw":
+                path.addPolygon(QPolygonF(scene))
+                if len(scene) > 2:
+                    path.closeSubpath()
+            else:  # a polyline: no fill
+                path.moveTo(scene[0])
+                for p in scene[1:]:
+                    path.lineTo(p)
             r = 3.0 / max(self.pixels_per_unit(), 1e-12)
             for p in scene[: len(self.draw_points)]:
                 path.addEllipse(p, r, r)
@@ -1173,6 +1188,9 @@ def _nice_length(target: float, units: str) -> tuple[float, str]:
     if units == "m" and best < 1:
         return best, f"{best * 100:g} cm"
     return best, f"{best:g} {units}"
+
+
+_DRAWING_TOOLS = ("draw", "split")
 
 
 def _dedupe(points: list[tuple[float, float]]) -> list[tuple[float, float]]:

@@ -1,5 +1,5 @@
 """The review dock: the queue in uncertainty order, accept/reject by key and by click,
-delete, draw a polygon; every change lands in the cache."""
+delete, draw a polygon, split an instance; every change lands in the cache."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from PySide6.QtTest import QTest
 
 from solardesk.core.cache import Instance, MaskCache, TileKey
 from solardesk.core.raster import describe
+from solardesk.gui._io import split_mask
 from tests.gui.conftest import pause, until, wait_raster
 
 #: Confidences of the five instances written by ``cache``; the threshold is 0.6.
@@ -161,3 +162,96 @@ def test_draw_cancelled_with_escape(qtbot, window, scene_tif, cache):
     assert view.tool == "pan" and not dock.draw_btn.isChecked()
     pause(100)
     assert len(layer.records) == 5
+
+
+# -- split -------------------------------------------------------------------------------------
+def test_split_mask_cuts_along_the_line_and_keeps_every_pixel():
+    mask = np.zeros((40, 60), bool)
+    mask[10:30, 10:50] = True  # 20 x 40
+    parts = split_mask(mask, [(30.0, 0.0), (30.0, 40.0)])  # vertical, between columns 29 and 30
+    assert len(parts) == 2
+    assert not (parts[0] & parts[1]).any()
+    assert np.array_equal(parts[0] | parts[1], mask)  # the cut pixels went to a part
+    # The one-pixel-wide cut goes to one side or the other: at most one column of 20 moves.
+    assert all(abs(int(p.sum()) - 400) <= 20 for p in parts)
+    # Each part lies on one side of the line.
+    for p in parts:
+        cols = np.flatnonzero(p.any(axis=0))
+        assert cols.max() <= 30 or cols.min() >= 29
+
+
+def test_split_mask_diagonal_and_three_parts():
+    mask = np.zeros((50, 50), bool)
+    mask[5:45, 5:45] = True
+    # A diagonal line (8-connected pixels) still separates 4-connected parts.
+    two = split_mask(mask, [(0.0, 0.0), (50.0, 50.0)])
+    assert len(two) == 2 and abs(int(two[0].sum()) - int(two[1].sum())) <= 45
+    # A polyline that crosses the square twice cuts off two corners: three parts.
+    three = split_mask(mask, [(0.0, 15.0), (15.0, 0.0), (35.0, 0.0), (50.0, 15.0)])
+    assert len(three) == 3
+    assert int(three[0].sum()) > int(three[1].sum()) >= int(three[2].sum())
+    assert int(sum(p.sum() for p in three)) == int(mask.sum())
+
+
+def test_split_mask_refuses_a_line_that_does_not_cut():
+    mask = np.zeros((40, 40), bool)
+    mask[10:30, 10:30] = True
+    with pytest.raises(ValueError, match="does not cut"):
+        split_mask(mask, [(15.0, 5.0), (15.0, 20.0)])  # ends inside the mask
+    with pytest.raises(ValueError, match="two points"):
+        split_mask(mask, [(15.0, 5.0)])
+
+
+def test_split_on_the_map_makes_two_human_instances(qtbot, window, scene_tif, cache):
+    path, ids = cache
+    layer, dock = _open(qtbot, window, scene_tif, path)
+    view = window.map_view
+    t = layer.raster.source.info.affine
+    target = ids[4]  # raster pixels x 318..348, y 228..248; confidence 0.95
+    dock.select_instance(target)
+    assert dock.current_id == target and dock.split_btn.isEnabled()
+    view.zoom_to(tuple(layer.records[target].bounds))
+    view.zoom_by(0.5)
+    pause(50)
+    QTest.keyClick(window, Qt.Key.Key_S)
+    assert view.tool == "split" and dock.split_btn.isChecked()
+    for x, y in (t * (333, 220), t * (333, 256)):  # a vertical line across the middle
+        QTest.mouseClick(
+            view.viewport(),
+            Qt.MouseButton.LeftButton,
+            pos=view.mapFromScene(view.frame.to_scene(x, y)),
+        )
+    QTest.keyClick(view, Qt.Key.Key_Return)
+    assert view.tool == "pan" and not dock.split_btn.isChecked()
+    until(lambda: len(layer.records) == 6, timeout=5000)
+    new_id = max(layer.records)
+    assert new_id not in ids and target in layer.records
+    with MaskCache(path, readonly=True) as c:
+        _, kept = c.get_instance(target)
+        tile, new = c.get_instance(new_id)
+    assert kept.provenance == new.provenance == "human"
+    assert kept.confidence == new.confidence == pytest.approx(0.95)
+    assert new.review == kept.review == "pending"
+    assert kept.area_px + new.area_px == 30 * 20  # no pixel lost or gained
+    assert abs(kept.area_px - new.area_px) <= 2 * 20
+    assert tile.tile_id == "c128_r128_256x256" and tile.stage_id == "edits"
+    # The two parts lie on either side of the line (tile x = 333 - 128 = 205).
+    assert {kept.bbox[2] <= 206, new.bbox[2] <= 206} == {True, False}
+
+
+def test_split_needs_a_selection_and_reports_a_miss(qtbot, window, scene_tif, cache):
+    path, ids = cache
+    layer, dock = _open(qtbot, window, scene_tif, path)
+    dock.current_id = None
+    dock.start_splitting()
+    assert window.map_view.tool == "pan" and "Select" in dock.status.text()
+    # A line that misses the instance changes nothing and tells the user why.
+    dock.select_instance(ids[4])
+    t = layer.raster.source.info.affine
+    dock.split_current([t * (140, 140), t * (150, 150)])
+    notes = window.ctx.notifications
+    until(lambda: any("does not cut" in n.message for n in notes.items), timeout=5000)
+    assert notes.items[-1].level == "warning"  # bad input, not a bug: no traceback shown
+    assert len(layer.records) == 5
+    with MaskCache(path, readonly=True) as c:
+        assert c.get_instance(ids[4])[1].area_px == 600

@@ -20,19 +20,13 @@ def test_training_runs_plots_and_stays_responsive(qtbot, window, tmp_path):
     window.show_dock("train")
     pause(300)  # the dock's first paint is not part of training
     dock.config_edit.setText(str(_config(tmp_path, epochs=4, steps=50, sleep=0.002)))
-    # 200 progress events in about a second. A stall the app causes repeats; one caused by
-    # another process on this shared 2-core machine does not: a second run tells them apart.
-    stalls = []
-    for _attempt in range(2):
-        meter = StallMeter()
-        meter.start()
-        assert dock.start()
-        until(lambda: not dock.running, timeout=30000)
-        stalls.append((meter.stop(), meter.worst_at))
-        print(f"training: worst stall {stalls[-1][0] * 1000:.0f} ms at {stalls[-1][1]:.2f} s")
-        if stalls[-1][0] < 0.1:
-            break
-    worst, at = min(stalls)
+    # 200 progress events in about a second, plotted live.
+    meter = StallMeter()
+    meter.start()
+    assert dock.start()
+    until(lambda: not dock.running, timeout=30000)
+    worst, at = meter.stop(), meter.worst_at
+    print(f"training: worst stall {worst * 1000:.0f} ms at {at:.2f} s")
     assert worst < 0.1, f"the event loop stalled {worst * 1000:.0f} ms, {at:.2f} s into training"
     assert dock.fields["device"].text() == "cpu"
     assert dock.fields["epoch"].text() == "4 / 4"

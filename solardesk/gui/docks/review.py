@@ -1,10 +1,13 @@
-"""Review: accept, reject, delete and draw instances; every change goes to the cache.
+"""Review: accept, reject, delete, draw and split instances; every change goes to the cache.
 
 The queue is the active pseudo-label layer's instances ordered by uncertainty (closest to
 the threshold first), pending ones by default. Keys: **A** accept, **R** reject, **U** back
 to pending, **Delete** delete, **N**/**P** next/previous, **D** draw a polygon (click the
-corners on the map, double-click or Enter to finish, Esc to cancel). A drawn polygon is
-rasterised into the tile that holds it and stored with provenance "human", accepted.
+corners on the map, double-click or Enter to finish, Esc to cancel), **S** split the
+selected instance (click a line across it on the map, double-click or Enter to finish). A
+drawn polygon is rasterised into the tile that holds it and stored with provenance "human",
+accepted; the parts of a split instance keep its confidence and review state, the largest
+keeps its id, and all become provenance "human".
 
 Edits run one at a time on the ``edits`` runner, each with its own writing connection; the
 layer (and so the map and this list) changes when the cache has stored the edit, so what the
@@ -187,6 +190,13 @@ class ReviewDock(QWidget):
         self.next_btn = QPushButton("Next  (N) ▶")
         self.draw_btn = QPushButton("Draw polygon  (D)")
         self.draw_btn.setCheckable(True)
+        self.split_btn = QPushButton("Split  (S)")
+        self.split_btn.setObjectName("splitButton")
+        self.split_btn.setCheckable(True)
+        self.split_btn.setToolTip(
+            "Draw a line across the selected instance on the map: it becomes two or more "
+            "instances (for touching arrays the analyser merged)."
+        )
         self.accept_btn.setObjectName("acceptButton")
         self.reject_btn.setObjectName("rejectButton")
         self.accept_btn.setStyleSheet(f"color: {ACCEPTED_COLOUR.name()}; font-weight: bold;")
@@ -198,6 +208,7 @@ class ReviewDock(QWidget):
         self.prev_btn.clicked.connect(lambda: self.step(-1))
         self.next_btn.clicked.connect(lambda: self.step(1))
         self.draw_btn.clicked.connect(self._on_draw_clicked)
+        self.split_btn.clicked.connect(self._on_split_clicked)
         self.status = QLabel()
         self.status.setObjectName("reviewStatus")
         self.status.setWordWrap(True)
@@ -213,7 +224,8 @@ class ReviewDock(QWidget):
         grid.addWidget(self.delete_btn, 1, 1)
         grid.addWidget(self.prev_btn, 2, 0)
         grid.addWidget(self.next_btn, 2, 1)
-        grid.addWidget(self.draw_btn, 3, 0, 1, 2)
+        grid.addWidget(self.draw_btn, 3, 0)
+        grid.addWidget(self.split_btn, 3, 1)
         side = QVBoxLayout()
         side.addLayout(grid)
         side.addWidget(self.detail, 1)
@@ -242,6 +254,7 @@ class ReviewDock(QWidget):
             ("N", lambda: self.step(1)),
             ("P", lambda: self.step(-1)),
             ("D", self.start_drawing),
+            ("S", self.start_splitting),
         ):
             self._add_shortcut(key, fn)
 
@@ -251,6 +264,7 @@ class ReviewDock(QWidget):
         if ctx.map_view is not None:
             ctx.map_view.instanceClicked.connect(self.select_from_map)
             ctx.map_view.polygonDrawn.connect(self._on_polygon)
+            ctx.map_view.lineDrawn.connect(self._on_line)
             ctx.map_view.toolChanged.connect(self._on_tool)
         self._refresh_layers()
         self._update_buttons()
@@ -438,6 +452,7 @@ class ReviewDock(QWidget):
         self.prev_btn.setEnabled(n > 0)
         self.next_btn.setEnabled(n > 0)
         self.draw_btn.setEnabled(self.layer is not None)
+        self.split_btn.setEnabled(self.layer is not None and self.current_id is not None)
 
     def step(self, delta: int) -> None:
         if not self.model.ids:
@@ -582,6 +597,8 @@ class ReviewDock(QWidget):
             self.draw_btn.setChecked(False)
             if self._drawing:
                 self._drawing = False
+        if tool != "split":
+            self.split_btn.setChecked(False)
 
     @Slot(object)
     def _on_polygon(self, ring) -> None:
@@ -618,6 +635,63 @@ class ReviewDock(QWidget):
         if layer is self.layer:
             self.model.reload()
             self._show_current(rec.id, centre=False)
+
+    # -- splitting ---------------------------------------------------------------------------------
+    @Slot(bool)
+    def _on_split_clicked(self, checked: bool) -> None:
+        if checked:
+            self.start_splitting()
+        elif self.ctx.map_view is not None:
+            self.ctx.map_view.set_tool("pan")
+
+    def start_splitting(self) -> None:
+        view = self.ctx.map_view
+        if view is None or self.layer is None or self.layer.raster.source is None:
+            self.split_btn.setChecked(False)
+            self.status.setText("Open a raster and its cache before splitting.")
+            return
+        if self.current_id is None:
+            self.split_btn.setChecked(False)
+            self.status.setText("Select the instance to split first.")
+            return
+        view.set_tool("split")
+        self.split_btn.setChecked(True)
+        self.status.setText(
+            f"Click a line across instance {self.current_id} on the map, from outside one side "
+            "to outside the other; double-click or Enter to finish, Esc to cancel."
+        )
+
+    @Slot(object)
+    def _on_line(self, line) -> None:
+        if self.layer is None or self.layer.raster.source is None or self.current_id is None:
+            return
+        self.split_current(line)
+
+    def split_current(self, line) -> None:
+        """Split the current instance along a line (map coordinates); the parts go to the cache."""
+        layer, iid = self.layer, self.current_id
+        if layer is None or iid is None or layer.raster.source is None:
+            return
+        placement = _io.placement_of(layer.raster.source)
+        args = (layer.cache_path, iid, list(line), placement)
+        job = self.ctx.edits.submit(
+            lambda: call(_io.split_instance, *args), f"Split instance {iid}"
+        )
+        job.finished.connect(lambda recs, layer=layer, iid=iid: self._after_split(layer, iid, recs))
+        self.status.setText(f"Splitting instance {iid}…")
+
+    def _after_split(self, layer: PseudoLabelLayer, iid: int, records) -> None:
+        layer.remove_record(iid)
+        for rec in records:
+            layer.add_record(rec)
+        self.status.setText(
+            f"Instance {iid} split into {len(records)}: "
+            + ", ".join(str(r.id) for r in records)
+            + " (human, saved to the cache)."
+        )
+        if layer is self.layer:
+            self.model.reload()
+            self._show_current(iid if iid in layer.records else None, centre=False)
 
 
 def _affine(t):
