@@ -140,6 +140,9 @@ def drive(job: Generator[Progress, None, R], *, show: bool = True, label: str = 
                         dynamic_ncols=True,
                     )
                 elif p.done < bar.n or p.total != bar.total:  # the job moved to a new phase
+                    # The new phase's skipped items are its start; without this the rate
+                    # counts from the last phase's start and can go negative.
+                    bar.initial = min(p.skipped, p.done)
                     bar.reset(total=p.total)
                 if p.message:
                     bar.set_postfix_str(p.message, refresh=False)
