@@ -38,5 +38,6 @@ def solardesk_trainers() -> list[Trainer]:
             id="maskrcnn",
             title="Mask R-CNN (torchvision)",
             target="solardesk_maskrcnn.train:train",
+            settings="solardesk_maskrcnn.config:TrainConfig",
         )
     ]

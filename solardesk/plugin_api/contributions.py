@@ -75,7 +75,13 @@ class Detector(Contribution):
 
 @dataclass(frozen=True)
 class Trainer(Contribution):
-    """A training backend (``target`` names its entry function)."""
+    """A training backend (``target`` names its entry function).
+
+    ``settings`` names the pydantic model of its JSON config (``"module:Class"``): the GUI
+    builds the train dock's form from it. Empty: the dock edits a config file only.
+    """
+
+    settings: str = ""
 
 
 @dataclass(frozen=True)

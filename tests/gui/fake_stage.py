@@ -9,7 +9,6 @@ So a 256-pixel tile holds 8 instances and its results are known without reading 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -85,18 +84,11 @@ class FakeTrainConfig(Settings):
     data: FakeData = FakeData()
 
 
-@dataclass(frozen=True)
-class TrainerWithSettings(Trainer):
-    """A trainer contribution that names its config model (a proposed ``Trainer`` field)."""
-
-    settings: str = ""
-
-
 class FakePlugin:
     @hookimpl
     def solardesk_trainers(self) -> list[Trainer]:
         return [
-            TrainerWithSettings(
+            Trainer(
                 id="fake",
                 title="Fake trainer (tests)",
                 target="x:y",
