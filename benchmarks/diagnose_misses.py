@@ -1,0 +1,126 @@
+"""Why the spectral analyser misses labelled panels: a breakdown per source.
+
+    python benchmarks/diagnose_misses.py DATA_DIR [--split all|even|odd]
+
+For every labelled panel (a connected component of the label mask, ≥ 20 px) of the data sets
+that ``eval_pseudolabels.py`` reads, it looks at the analyser's score map and components
+before the confidence is applied, and puts the panel in one class:
+
+* **below threshold**: fewer than 30 % of its pixels score above the score-map threshold (the
+  pixel features do not see it);
+* **merged**: its best-overlapping component is more than twice its area and IoU < 0.5 (it
+  ran into a roof, a shadow or a neighbour);
+* **fragmented**: otherwise below IoU 0.5 (cut into pieces, or only partly found);
+* **segmented**: a component matches it at IoU ≥ 0.5 (a reviewer could find it, whatever
+  its confidence).
+
+The split tells where work pays: pixel features (below threshold) or segmentation (merged,
+fragmented).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins"))
+
+from eval_pseudolabels import _split
+
+CLASSES = ("below threshold", "merged", "fragmented", "segmented")
+
+
+def southtyrol(root: Path, split: str):
+    from rasterio.windows import Window
+
+    from solardesk.core.raster import RasterReader, describe
+
+    for mpath in _split(sorted((root / "derived" / "masks").glob("*.png")), split):
+        img = root / "images" / (mpath.stem + ".jpg")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            gsd = describe(img).ground_resolution_m
+            with RasterReader(img) as r:
+                rgb, valid = r.read_rgb(Window(0, 0, r.ds.width, r.ds.height))
+        lab = cv2.imread(str(mpath), cv2.IMREAD_GRAYSCALE)
+        yield rgb, valid, gsd, lab == 2
+
+
+def bradbury(root: Path, split: str):
+    for ipath in _split(sorted((root / "images").glob("*.png")), split):
+        rgb = cv2.cvtColor(cv2.imread(str(ipath), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        lab = cv2.imread(str(root / "masks" / ipath.name), cv2.IMREAD_GRAYSCALE)
+        yield rgb, None, 0.3, lab > 127
+
+
+def classify(score, labels, truth_component, threshold: float) -> str:
+    area = int(truth_component.sum())
+    if (score[truth_component] > threshold).mean() < 0.3:
+        return "below threshold"
+    inside = labels[truth_component]
+    ids, counts = np.unique(inside[inside > 0], return_counts=True)
+    if ids.size == 0:
+        return "below threshold"  # above threshold but removed by the opening
+    comp = labels == ids[np.argmax(counts)]
+    iou = (comp & truth_component).sum() / (comp | truth_component).sum()
+    if iou >= 0.5:
+        return "segmented"
+    return "merged" if comp.sum() > 2 * area else "fragmented"
+
+
+def diagnose(images) -> tuple[int, Counter, list[float]]:
+    from solardesk_spectral.analyser import analyse
+    from solardesk_spectral.settings import SpectralSettings
+
+    settings = SpectralSettings()
+    tally: Counter = Counter()
+    shares: list[float] = []
+    n = 0
+    for rgb, valid, gsd, truth in images:
+        a = analyse(rgb, valid, gsd, settings)
+        nt, tl = cv2.connectedComponents(truth.astype(np.uint8), connectivity=8)
+        for j in range(1, nt):
+            m = tl == j
+            if m.sum() < 20:
+                continue
+            n += 1
+            shares.append(float((a.score[m] > settings.score_threshold).mean()))
+            tally[classify(a.score, a.labels, m, settings.score_threshold)] += 1
+    return n, tally, shares
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("data_dir", type=Path)
+    ap.add_argument("--split", choices=("all", "even", "odd"), default="all")
+    args = ap.parse_args(argv)
+    cv2.setNumThreads(1)
+    sources = [
+        ("South Tyrol", args.data_dir / "southtyrol-bz2023-roof-solar", southtyrol),
+        ("Bradbury", args.data_dir / "bradbury-usgs-ca-tiles", bradbury),
+    ]
+    print("| source | panels | " + " | ".join(CLASSES) + " | median share above threshold |")
+    print("|---|---|" + "---|" * len(CLASSES) + "---|")
+    found = False
+    for name, root, reader in sources:
+        if not root.is_dir():
+            continue
+        found = True
+        n, tally, shares = diagnose(reader(root, args.split))
+        cells = " | ".join(f"{tally[c] / max(n, 1):.0%}" for c in CLASSES)
+        print(f"| {name} | {n} | {cells} | {np.median(shares) if shares else float('nan'):.2f} |")
+    if not found:
+        print(f"{args.data_dir}: no known data set inside", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
