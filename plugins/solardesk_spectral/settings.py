@@ -46,6 +46,14 @@ class SpectralSettings(Settings):
             description="Fused per-pixel panel score above which a pixel is a candidate.",
         ),
     ] = 0.5
+    edge_cut: Annotated[
+        bool,
+        Field(
+            title="Cut along strong edges",
+            description="Split candidates along the tile's strong edges (an array's outline), "
+            "so that an array that scores like its roof is not merged with it.",
+        ),
+    ] = True
     min_area_m2: Annotated[
         float,
         Field(

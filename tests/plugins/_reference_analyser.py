@@ -27,7 +27,16 @@ def score_map(features: np.ndarray, fusion) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-z))
 
 
-def segment(score: np.ndarray, valid, gsd: float, threshold: float):
+def strong_edges(rgb: np.ndarray, gsd: float) -> np.ndarray:
+    """Canny (OpenCV's: there is no simpler exact one) of the grey tile smoothed at 0.15 m."""
+    import cv2
+
+    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    grey = cv2.GaussianBlur(grey, (0, 0), max(0.15 / gsd, 0.7))
+    return cv2.Canny(grey, 80, 200, L2gradient=True) > 0
+
+
+def segment(score: np.ndarray, valid, gsd: float, threshold: float, edges=None):
     binary = score > threshold
     if valid is not None:
         binary &= valid
@@ -37,8 +46,17 @@ def segment(score: np.ndarray, valid, gsd: float, threshold: float):
     binary = ndimage.binary_erosion(ndimage.binary_dilation(binary, fp), fp, border_value=1)
     if valid is not None:
         binary &= valid
-    labels = label(binary, connectivity=2)
-    return labels, int(labels.max())
+    if edges is None:
+        labels = label(binary, connectivity=2)
+        return labels, int(labels.max())
+    labels = label(binary & ~edges, connectivity=1)
+    n = int(labels.max())
+    # Each masked pixel under an edge joins the largest label among its 3×3 neighbours (the
+    # labels before any pixel went back: no chains).
+    cut = labels.copy()
+    for r, c in zip(*np.nonzero(binary & edges), strict=True):
+        labels[r, c] = cut[max(r - 1, 0) : r + 2, max(c - 1, 0) : c + 2].max()
+    return labels, n
 
 
 def instance_stats(labels, n, features, score, gsd):
@@ -106,7 +124,8 @@ def analyse_masks(rgb: np.ndarray, valid, gsd: float, settings, fusion) -> list:
     """(confidence, full mask) of every candidate the reference keeps, as the fast stage."""
     feats = pixel_features(rgb, valid, gsd)
     score = score_map(feats, fusion)
-    labels, n = segment(score, valid, gsd, settings.score_threshold)
+    edges = strong_edges(rgb, gsd) if settings.edge_cut else None
+    labels, n = segment(score, valid, gsd, settings.score_threshold, edges)
     X, _ = instance_stats(labels, n, feats, score, gsd)
     if n == 0:
         return []

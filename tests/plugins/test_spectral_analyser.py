@@ -33,17 +33,43 @@ def test_fast_matches_reference_oracle(tile) -> None:
     s_fast = fast.score_map(feats, fusion)
     s_ref = ref.score_map(feats, fusion)
     assert np.abs(s_fast - s_ref).max() < 1e-4
-    # A lower threshold than the default gives more components to compare.
-    lf, nf = fast.segment(s_fast, None, 0.15, 0.35)
-    lr, nr = ref.segment(s_ref, None, 0.15, 0.35)
-    assert nf == nr and nf >= 3
-    assert _iou(lf > 0, lr > 0) >= 0.99
-    Xf, bf = fast.instance_stats(lf, nf, feats, s_fast, 0.15)
-    Xr, br = ref.instance_stats(lr, nr, feats, s_ref, 0.15)
-    # Labels are numbered in the same raster order by both, so rows correspond.
-    np.testing.assert_array_equal(bf, br)
-    np.testing.assert_allclose(Xf, Xr, rtol=1e-3, atol=1e-3)
-    np.testing.assert_allclose(fast.confidence(Xf, fusion), fast.confidence(Xr, fusion), atol=1e-3)
+    # A lower threshold than the default gives more components to compare; with and without
+    # the edge cut (whose components may touch).
+    edges = fast.strong_edges(rgb, 0.15)
+    assert np.array_equal(edges, ref.strong_edges(rgb, 0.15)) and edges.any()
+    for cut in (None, edges):
+        lf, nf = fast.segment(s_fast, None, 0.15, 0.35, cut)
+        lr, nr = ref.segment(s_ref, None, 0.15, 0.35, cut)
+        assert nf == nr and nf >= 3
+        assert _iou(lf > 0, lr > 0) >= 0.99
+        Xf, bf = fast.instance_stats(lf, nf, feats, s_fast, 0.15)
+        Xr, br = ref.instance_stats(lr, nr, feats, s_ref, 0.15)
+        # Labels are numbered in the same raster order by both, so rows correspond.
+        np.testing.assert_array_equal(bf, br)
+        np.testing.assert_allclose(Xf, Xr, rtol=1e-3, atol=1e-3)
+        np.testing.assert_allclose(
+            fast.confidence(Xf, fusion), fast.confidence(Xr, fusion), atol=1e-3
+        )
+
+
+def test_edge_cut_separates_an_array_from_the_roof_it_scores_like() -> None:
+    """A dark array on a grey roof, both above the score threshold: one blob without the cut,
+    the array on its own with it."""
+    rgb = np.full((120, 160, 3), 200, np.uint8)  # bright ground
+    rgb[20:100, 20:140] = (110, 110, 110)  # a grey roof
+    rgb[40:80, 50:110] = (20, 30, 60)  # a dark blue array on it
+    score = np.zeros((120, 160), np.float32)
+    score[20:100, 20:140] = 0.9  # the roof scores like the array
+    edges = fast.strong_edges(rgb, 0.15)
+    whole, n_whole = fast.segment(score, None, 0.15, 0.5)
+    cut, n_cut = fast.segment(score, None, 0.15, 0.5, edges)
+    assert n_whole == 1
+    array = np.zeros_like(whole, bool)
+    array[40:80, 50:110] = True
+    best = max(_iou(cut == k, array) for k in range(1, n_cut + 1))
+    assert best >= 0.9, best
+    # No mask pixel is lost except where an edge had no labelled neighbour.
+    assert (cut > 0).sum() >= 0.97 * (whole > 0).sum()
 
 
 def test_rectangle_statistics_are_exact() -> None:
