@@ -73,23 +73,13 @@ def export_stock(model, path: Path, size: int) -> None:
 
 
 def quantize_int8(src: Path, dst: Path, op_types: list[str] | None = None) -> None:
-    """onnxruntime's dynamic int8 quantisation (weights int8, activations quantised on the fly),
-    keeping the metadata."""
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    """The plugin's int8 quantisation (``export-onnx --quantize``) of a copy of ``src``."""
+    import shutil
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        quantize_dynamic(
-            str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=op_types
-        )
-    meta = {p.key: p.value for p in onnx.load(src, load_external_data=False).metadata_props}
-    q = onnx.load(dst)
-    del q.metadata_props[:]
-    for k, v in meta.items():
-        e = q.metadata_props.add()
-        e.key, e.value = k, v
-    onnx.save(q, dst)
+    from solardesk_onnx.export import quantize_model
+
+    shutil.copyfile(src, dst)
+    quantize_model(dst, "int8" if op_types is None else "int8-matmul")
 
 
 def mask_iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:

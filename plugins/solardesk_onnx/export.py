@@ -196,6 +196,53 @@ def export_model(
 
 
 # --------------------------------------------------------------------------------------------
+# Quantisation
+# --------------------------------------------------------------------------------------------
+#: ``--quantize`` choices: onnxruntime's dynamic int8 quantisation of these operator types
+#: (``None``: every type it supports). Accuracy and speed are measured by
+#: ``benchmarks/bench_infer.py`` against the fp32 model.
+QUANTIZE_OPS: dict[str, list[str] | None] = {"int8": None, "int8-matmul": ["MatMul", "Gemm"]}
+
+
+def quantize_model(path: str | Path, mode: str) -> None:
+    """Quantise an exported model in place (weights int8, activations quantised on the fly).
+
+    The metadata is kept and ``solardesk.quantization`` records ``mode``. The fp32 model is
+    replaced only when quantisation succeeded.
+    """
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from solardesk_onnx.metadata import P
+
+    if mode not in QUANTIZE_OPS:
+        raise ModelError(f"unknown quantisation {mode!r}; choose one of {sorted(QUANTIZE_OPS)}")
+    p = Path(path)
+    tmp = p.with_name(p.name + ".int8.part")
+    meta = {e.key: e.value for e in onnx.load(p, load_external_data=False).metadata_props}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            quantize_dynamic(
+                str(p),
+                str(tmp),
+                weight_type=QuantType.QInt8,
+                op_types_to_quantize=QUANTIZE_OPS[mode],
+            )
+        q = onnx.load(tmp)
+        del q.metadata_props[:]
+        for k, v in {**meta, P + "quantization": json.dumps(mode)}.items():
+            e = q.metadata_props.add()
+            e.key, e.value = k, v
+        onnx.save(q, tmp)
+        tmp.replace(p)
+    except OSError as e:
+        raise ModelError(f"cannot write {p}: {e}. Choose another --out.") from e
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------------------------
 # From a training checkpoint
 # --------------------------------------------------------------------------------------------
 def training_gsd(data: dict, config: Any) -> float | None:
@@ -238,8 +285,12 @@ def export_checkpoint(
     min_score: float = 0.05,
     detections_per_img: int | None = None,
     fixed_shape: bool = True,
+    quantize: str | None = None,
 ) -> dict[str, Any]:
-    """Export a SolarDesk training checkpoint to ONNX with its metadata; returns a summary."""
+    """Export a SolarDesk training checkpoint to ONNX with its metadata; returns a summary.
+
+    ``quantize`` (a :data:`QUANTIZE_OPS` key) quantises the exported model to int8.
+    """
     from solardesk_maskrcnn.checkpoint import checkpoint_config, load_checkpoint, load_model_state
     from solardesk_maskrcnn.model import build_model, model_meta
 
@@ -288,6 +339,8 @@ def export_checkpoint(
         fixed_shape=fixed_shape,
         extra_metadata=extra,
     )
+    if quantize:
+        quantize_model(out, quantize)
     return {
         "out": str(out),
         "tile_size": tile,
@@ -295,4 +348,5 @@ def export_checkpoint(
         "gsd_m": gsd,
         "fixed_shape": fixed_shape,
         "backbone": full_meta["backbone"],
+        "quantize": quantize,
     }

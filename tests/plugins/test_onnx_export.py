@@ -257,3 +257,40 @@ def test_export_refuses_what_is_not_a_checkpoint(tmp_path: Path) -> None:
     assert str(bogus) in res.stderr
     with pytest.raises(ModelFileError, match="not an ONNX model"):
         read_header(bogus)
+
+
+@pytest.mark.parametrize("mode", ["int8", "int8-matmul"])
+def test_export_onnx_quantized_keeps_metadata_and_runs(
+    checkpoint: Path, tmp_path: Path, mode: str
+) -> None:
+    import numpy as np
+
+    from solardesk_onnx.runtime import OnnxModel
+
+    fp32, q = tmp_path / "fp32.onnx", tmp_path / f"{mode}.onnx"
+    assert _cli("export-onnx", str(checkpoint), "--out", str(fp32), "--gsd", "0.15").exit_code == 0
+    res = _cli("export-onnx", str(checkpoint), "--out", str(q), "--gsd", "0.15", "--quantize", mode)
+    assert res.exit_code == 0, res.output
+    assert f"int8 ({mode})" in res.stdout
+    proto = onnx.load(q)
+    onnx.checker.check_model(proto)
+    int8 = [t for t in proto.graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    assert int8, "no int8 weights in the quantised model"
+    meta = {e.key: e.value for e in proto.metadata_props}
+    fp32_meta = {e.key: e.value for e in onnx.load(fp32).metadata_props}
+    assert json.loads(meta.pop("solardesk.quantization")) == mode
+    for key in ("solardesk.tile_size", "solardesk.channels", "tiles_size", "class_names"):
+        assert meta[key] == fp32_meta[key]
+    if mode == "int8":
+        assert q.stat().st_size < 0.6 * fp32.stat().st_size
+    # Both run on the same tile and return the same kinds of outputs.
+    rng = np.random.default_rng(0)
+    tile = rng.integers(0, 255, (128, 128, 3), dtype=np.uint8)
+
+    for path in (fp32, q):
+        model = OnnxModel(path)
+        d = model.run(model.prepare(tile, None, None)[None])
+        assert d.boxes.shape == (len(d.scores), 4) and d.mask_logits.shape[1:] == (28, 28)
+        assert np.isfinite(d.boxes).all() and ((d.scores >= 0) & (d.scores <= 1)).all()
+
+    assert not list(tmp_path.glob("*.part"))
