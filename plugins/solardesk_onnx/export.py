@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import warnings
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -220,7 +221,11 @@ def quantize_model(path: str | Path, mode: str) -> None:
     p = Path(path)
     tmp = p.with_name(p.name + ".int8.part")
     meta = {e.key: e.value for e in onnx.load(p, load_external_data=False).metadata_props}
+    root = logging.getLogger()
+    level = root.level
     try:
+        # The quantiser logs a warning per tensor it cannot type (through the root logger).
+        root.setLevel(logging.ERROR)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             quantize_dynamic(
@@ -239,6 +244,7 @@ def quantize_model(path: str | Path, mode: str) -> None:
     except OSError as e:
         raise ModelError(f"cannot write {p}: {e}. Choose another --out.") from e
     finally:
+        root.setLevel(level)
         tmp.unlink(missing_ok=True)
 
 
