@@ -158,7 +158,9 @@ def plan_data(config: TrainConfig) -> DataPlan:
                 f"candidates in all, {best_txt}). Lower data.threshold in the training config, "
                 "accept candidates in the review dock, or pre-compute more imagery."
             )
-        used = {s.raster_fp for s in train + val}
+        # Every raster of the split, not only those of the sampled tiles: self-training reads
+        # every training tile, with or without targets.
+        used = {s.raster_fp for s in train_all + val}
         locator = RasterLocator(cache, [str(p) for p in config.rasters])
         paths = {fp: str(locator.locate(fp)) for fp in sorted(used)}
         gsd = {}

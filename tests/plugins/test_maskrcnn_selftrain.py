@@ -136,3 +136,24 @@ def test_a_self_training_round(tmp_path: Path) -> None:
     with MaskCache(cache, readonly=True) as c:
         for k, before in val_before.items():  # validation tiles are never relabelled
             assert [i.bbox for i in c.read_tile(*k)] == [i.bbox for i in before]
+
+
+def test_rasters_whose_tiles_hold_no_target_are_located_too(tmp_path: Path) -> None:
+    """Self-training relabels every training tile, not only the sampled ones with targets, so
+    the plan must locate every raster of the split (it once said 'no raster file known')."""
+    from solardesk.core.raster import describe
+    from solardesk_maskrcnn.train import plan_data
+
+    cache, rasters = make_project(tmp_path, n_scenes=6, size=128, distractor=False)
+    emptied = {describe(r).fingerprint for r in rasters[::2]}
+    with MaskCache(cache) as c:
+        for tile, inst in list(c.iter_instances()):
+            if tile.raster_fp in emptied:
+                c.delete_instance(inst.id)
+    config = load_train_config(write_config(tmp_path, cache, data={"empty_tile_fraction": 0.0}))
+    plan = plan_data(config)
+    in_train = {s.raster_fp for s in plan.train}
+    assert emptied & {s.raster_fp for s in plan.train_all} - in_train, "no empty train raster"
+    assert {s.raster_fp for s in plan.train_all + plan.val} <= set(plan.source.raster_paths)
+    for s in plan.train_all:
+        assert plan.source.read(s).rgb.shape[:2] == (s.window.height, s.window.width)
