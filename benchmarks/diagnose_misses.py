@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -32,32 +31,19 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins"))
 
-from eval_pseudolabels import _split
+from eval_pseudolabels import bradbury_images, southtyrol_images
 
 CLASSES = ("below threshold", "merged", "fragmented", "segmented")
 
 
 def southtyrol(root: Path, split: str):
-    from rasterio.windows import Window
-
-    from solardesk.core.raster import RasterReader, describe
-
-    for mpath in _split(sorted((root / "derived" / "masks").glob("*.png")), split):
-        img = root / "images" / (mpath.stem + ".jpg")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            gsd = describe(img).ground_resolution_m
-            with RasterReader(img) as r:
-                rgb, valid = r.read_rgb(Window(0, 0, r.ds.width, r.ds.height))
-        lab = cv2.imread(str(mpath), cv2.IMREAD_GRAYSCALE)
-        yield rgb, valid, gsd, lab == 2
+    for _, rgb, valid, gsd, labels in southtyrol_images(root, split):
+        yield rgb, valid, gsd, labels == 2
 
 
 def bradbury(root: Path, split: str):
-    for ipath in _split(sorted((root / "images").glob("*.png")), split):
-        rgb = cv2.cvtColor(cv2.imread(str(ipath), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-        lab = cv2.imread(str(root / "masks" / ipath.name), cv2.IMREAD_GRAYSCALE)
-        yield rgb, None, 0.3, lab > 127
+    for _, rgb, valid, gsd, panels in bradbury_images(root, split):
+        yield rgb, valid, gsd, panels
 
 
 def classify(score, labels, truth_component, threshold: float) -> str:

@@ -111,32 +111,41 @@ def _split(items: list, split: str) -> list:
     return items[0 if split == "even" else 1 :: 2]
 
 
-def southtyrol(root: Path, tally: Tally, overlays: Path | None, limit: int | None, split: str):
+def southtyrol_images(root: Path, split: str = "all", limit: int | None = None):
+    """``(stem, rgb, valid, gsd, labels)`` of each South Tyrol image with a label mask
+    (labels: 0 background, 1 roof, 2 solar)."""
     from rasterio.windows import Window
 
     from solardesk.core.raster import RasterReader, describe
 
-    masks = _split(sorted((root / "derived" / "masks").glob("*.png")), split)[:limit]
-    for mpath in masks:
+    for mpath in _split(sorted((root / "derived" / "masks").glob("*.png")), split)[:limit]:
         img = root / "images" / (mpath.stem + ".jpg")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             gsd = describe(img).ground_resolution_m
             with RasterReader(img) as r:
                 rgb, valid = r.read_rgb(Window(0, 0, r.ds.width, r.ds.height))
-        lab = cv2.imread(str(mpath), cv2.IMREAD_GRAYSCALE)
-        ov = overlays / f"st_{mpath.stem}.png" if overlays and (lab == 2).any() else None
+        yield mpath.stem, rgb, valid, gsd, cv2.imread(str(mpath), cv2.IMREAD_GRAYSCALE)
+
+
+def bradbury_images(root: Path, split: str = "all", limit: int | None = None):
+    """``(stem, rgb, None, 0.3, panel mask)`` of each Bradbury tile."""
+    for ipath in _split(sorted((root / "images").glob("*.png")), split)[:limit]:
+        rgb = cv2.cvtColor(cv2.imread(str(ipath), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        lab = cv2.imread(str(root / "masks" / ipath.name), cv2.IMREAD_GRAYSCALE)
+        yield ipath.stem, rgb, None, 0.3, lab > 127
+
+
+def southtyrol(root: Path, tally: Tally, overlays: Path | None, limit: int | None, split: str):
+    for stem, rgb, valid, gsd, lab in southtyrol_images(root, split, limit):
+        ov = overlays / f"st_{stem}.png" if overlays and (lab == 2).any() else None
         evaluate_image(rgb, valid, gsd, lab == 2, lab >= 1, tally, ov)
 
 
 def bradbury(root: Path, tally: Tally, overlays: Path | None, limit: int | None, split: str):
-    images = _split(sorted((root / "images").glob("*.png")), split)[:limit]
-    for k, ipath in enumerate(images):
-        bgr = cv2.imread(str(ipath), cv2.IMREAD_COLOR)
-        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-        lab = cv2.imread(str(root / "masks" / ipath.name), cv2.IMREAD_GRAYSCALE)
-        ov = overlays / f"bb_{ipath.stem}.png" if overlays and k % 10 == 0 else None
-        evaluate_image(rgb, None, 0.3, lab > 127, None, tally, ov)
+    for k, (stem, rgb, valid, gsd, panels) in enumerate(bradbury_images(root, split, limit)):
+        ov = overlays / f"bb_{stem}.png" if overlays and k % 10 == 0 else None
+        evaluate_image(rgb, valid, gsd, panels, None, tally, ov)
 
 
 def report(name: str, t: Tally) -> None:
