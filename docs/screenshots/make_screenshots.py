@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     pause(300)
     shoot("review")
 
-    # 5. Train: a real `solardesk train` run, a few CPU steps of the small backbone.
+    # 5. Train: a real `solardesk train` run, a few CPU steps of the small pretrained backbone.
     window.show_dock("train")
     train = window.train
     if not args.no_train:
@@ -192,7 +192,11 @@ def main(argv: list[str] | None = None) -> int:
                     "output_dir": str(work / "training"),
                     "rasters": [str(raster)],
                     "data": {"threshold": 0.7},
-                    "model": {"backbone": "mobilenet_v3_large_fpn", "tile_size": 256},
+                    "model": {
+                        "backbone": "efficientnet_lite0_fpn",
+                        "weights": "imagenet",
+                        "tile_size": 256,
+                    },
                     "optim": {"epochs": 3, "batch_size": 2},
                     "run": {
                         "device": "cpu",

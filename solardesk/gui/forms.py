@@ -8,7 +8,8 @@ field type                editor
 ========================  ============================================================
 ``bool``                  check box
 ``int`` / ``float``       spin box bounded by ``ge``/``gt``/``le``/``lt``
-``Literal`` / ``Enum``    combo box
+``Literal`` / ``Enum``    combo box (a one-value ``Literal``, e.g. a schema version, is a
+                          constant: no editor, and :meth:`SettingsForm.values` includes it)
 ``str`` / ``Path``        line edit (``Path``: with a Browse… button)
 nested ``BaseModel``      a group box holding its own form
 anything else             line edit holding JSON (``tuple[int, int, int] | None`` → ``1,2,3``)
@@ -125,8 +126,14 @@ class SettingsForm(QWidget):
         self.layout_ = QFormLayout(self)
         self.layout_.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
         self.layout_.setContentsMargins(0, 0, 0, 0)
+        self.constants: dict[str, Any] = {}
         for name, field in model.model_fields.items():
             if name in exclude:
+                continue
+            args = typing.get_args(field.annotation)
+            if typing.get_origin(field.annotation) is Literal and len(args) == 1:
+                # A one-value Literal is a constant (a schema version): nothing to edit.
+                self.constants[name] = args[0]
                 continue
             editor = self._editor_for(name, field)
             self.editors[name] = editor
@@ -311,7 +318,7 @@ class SettingsForm(QWidget):
 
     def values(self) -> dict[str, Any]:
         """The editors' values (not validated; see :meth:`model`)."""
-        return {name: editor.get() for name, editor in self.editors.items()}
+        return {**self.constants, **{name: editor.get() for name, editor in self.editors.items()}}
 
     def model(self) -> BaseModel:
         """The values validated as the model; shows and raises ``ConfigError`` if invalid."""

@@ -46,6 +46,17 @@ def test_form_optional_tuple_and_read_time(qtbot):
     assert "read-time" in fake.editors["threshold"].widget.toolTip()
 
 
+def test_a_schema_version_is_a_constant_not_an_editor(qtbot):
+    from solardesk.config import ProjectConfig
+
+    form = SettingsForm(ProjectConfig)
+    qtbot.addWidget(form)
+    assert "version" not in form.editors and "version" not in form.labels
+    assert form.values()["version"] == 1 and form.model().version == 1
+    form.set_values({"version": 1, "name": "Bolzano"})
+    assert form.model().name == "Bolzano"
+
+
 def test_job_runner_progress_is_throttled_and_cancel_closes_the_generator(qtbot):
     runner = JobRunner("test", 1)
     closed = []
