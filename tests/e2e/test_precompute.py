@@ -76,6 +76,19 @@ def test_two_workers_give_the_same_cache(tmp_path: Path, scene_tif: Path) -> Non
             )
 
     assert content(tmp_path / "one.sqlite") == content(tmp_path / "two.sqlite")
+    # Chunks of tiles per worker call (16 tiles by 3: the last chunk is short), same cache.
+    three, records = run_job([scene_tif], tmp_path / "three.sqlite", workers=2, chunk_size=3)
+    assert three.computed == 16 and [r.done for r in records][-1] == 16
+    assert content(tmp_path / "three.sqlite") == content(tmp_path / "one.sqlite")
+
+
+def test_auto_chunk_size_keeps_four_chunks_per_worker() -> None:
+    from solardesk.core.pipeline import auto_chunk_size
+
+    assert auto_chunk_size(16, 2) == 2
+    assert auto_chunk_size(5, 2) == 1 and auto_chunk_size(0, 4) == 1
+    assert auto_chunk_size(10_000, 2) == 8  # capped: a cancel waits for one chunk at most
+    assert auto_chunk_size(100, 1) == 8 and auto_chunk_size(100, 4) == 6
 
 
 def test_cancel_keeps_finished_tiles(tmp_path: Path, scene_tif: Path) -> None:
