@@ -2,7 +2,8 @@
 
     python benchmarks/pretrained_vs_random.py [--steps 150] [--tile 256] [--batch 2]
         [--train-scenes 4] [--val-scenes 4] [--scene 1024] [--threads 1] [--seed 0]
-        [--arms lite0-imagenet lite0-random mobilenet-random] [--out results.json]
+        [--arms lite0-imagenet lite0-random mobilenet-random lite0-imagenet-noise-aware]
+        [--noise 0.0] [--out results.json]
 
 Synthetic scenes (``solardesk.synthetic``, 0.15 m, panels on every roof, ground-mounted fields)
 are written as GeoTIFFs; the true panel instances of each tile go into a mask cache as
@@ -16,6 +17,10 @@ workers 0, and is then scored on every tile of the held-out scenes: object preci
 and F1 at mask IoU ≥ 0.5 and score ≥ 0.5 (``solardesk.core.metrics``), and mask AP50. The
 step time is the median wall time between two optimiser steps (checkpoint writes at the ends
 of epochs left out). Compare figures within one run only: other processes share this machine.
+
+``--noise 1 --arms lite0-imagenet lite0-imagenet-noise-aware`` compares noise-aware training
+(ADR 0011) off and on: the training pseudo-labels then hold as many false labels as true ones,
+with overlapping but lower confidences, and the held-out scenes are scored against the truth.
 """
 
 from __future__ import annotations
@@ -37,19 +42,49 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins"))
 
-#: name → (backbone, model.weights)
-ARMS: dict[str, tuple[str, str | None]] = {
-    "lite0-imagenet": ("efficientnet_lite0_fpn", "imagenet"),
-    "lite0-random": ("efficientnet_lite0_fpn", None),
-    "mobilenet-random": ("mobilenet_v3_large_fpn", None),
+#: name → (backbone, model.weights, optim.noise_aware)
+ARMS: dict[str, tuple[str, str | None, bool]] = {
+    "lite0-imagenet": ("efficientnet_lite0_fpn", "imagenet", False),
+    "lite0-random": ("efficientnet_lite0_fpn", None, False),
+    "mobilenet-random": ("mobilenet_v3_large_fpn", None, False),
+    "lite0-imagenet-noise-aware": ("efficientnet_lite0_fpn", "imagenet", True),
 }
 GSD = 0.15
 
 
+def false_labels(truth: np.ndarray, n: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """``n`` panel-sized rectangles (8–40 px sides) that touch no true panel of ``truth``."""
+    out: list[np.ndarray] = []
+    h, w = truth.shape
+    for _ in range(20 * n):
+        if len(out) == n:
+            break
+        bh, bw = (int(v) for v in rng.integers(8, 41, 2))
+        y, x = int(rng.integers(0, max(1, h - bh))), int(rng.integers(0, max(1, w - bw)))
+        if truth[y : y + bh, x : x + bw].any():
+            continue
+        m = np.zeros((h, w), bool)
+        m[y : y + bh, x : x + bw] = True
+        out.append(m)
+    return out
+
+
 def make_cache(
-    root: Path, seeds: list[int], size: int, tile: int, min_px: int, x0: float
+    root: Path,
+    seeds: list[int],
+    size: int,
+    tile: int,
+    min_px: int,
+    x0: float,
+    noise: float = 0.0,
 ) -> tuple[Path, int]:
-    """GeoTIFFs of synthetic scenes and a cache of their true panels; returns (cache, n)."""
+    """GeoTIFFs of synthetic scenes and a cache of their true panels; returns (cache, n).
+
+    With ``noise`` > 0 the pseudo-labels are noisy as the spectral ones are: each tile also gets
+    ``noise`` false labels per true one (panel-sized rectangles on roofs, roads or vegetation),
+    with confidences drawn from 0.85–0.93 while the true panels get 0.88–0.99 — overlapping, but
+    lower on average, which is what noise-aware weighting can use.
+    """
     from solardesk.core.cache import Instance, MaskCache, TileKey
     from solardesk.core.raster import describe
     from solardesk.core.tiling import make_grid
@@ -58,6 +93,7 @@ def make_cache(
     root.mkdir(parents=True, exist_ok=True)
     cache_path = root / "cache.sqlite"
     n = 0
+    rng = np.random.default_rng(12345)
     with MaskCache(cache_path) as cache:
         for k, seed in enumerate(seeds):
             spec = SceneSpec(
@@ -78,16 +114,33 @@ def make_cache(
                     t.row_off : t.row_off + tile, t.col_off : t.col_off + tile
                 ]
                 insts = [
-                    Instance.from_full_mask(sub == v, confidence=0.95)
+                    Instance.from_full_mask(
+                        sub == v,
+                        confidence=float(rng.uniform(0.88, 0.99)) if noise else 0.95,
+                    )
                     for v in np.unique(sub[sub > 0])
                     if int((sub == v).sum()) >= min_px
                 ]
                 n += len(insts)
+                if noise:
+                    k = int(rng.poisson(noise * max(len(insts), 1)))
+                    insts += [
+                        Instance.from_full_mask(m, confidence=float(rng.uniform(0.85, 0.93)))
+                        for m in false_labels(sub > 0, k, rng)
+                    ]
                 cache.write_tile(TileKey(info.fingerprint, t.id, "spectral", 1, "p"), t, insts)
     return cache_path, n
 
 
-def config_for(args, backbone: str, weights: str | None, cache: Path, out: Path, epochs: int):
+def config_for(
+    args,
+    backbone: str,
+    weights: str | None,
+    cache: Path,
+    out: Path,
+    epochs: int,
+    noise_aware: bool = False,
+):
     from solardesk_maskrcnn.config import parse_train_config
 
     return parse_train_config(
@@ -108,7 +161,7 @@ def config_for(args, backbone: str, weights: str | None, cache: Path, out: Path,
                 "batch_size": args.batch,
                 "lr": args.lr,
                 "warmup_steps": max(1, args.steps // 10),
-                "noise_aware": False,
+                "noise_aware": noise_aware,
             },
             "run": {
                 "device": "cpu",
@@ -129,13 +182,13 @@ def run_arm(args, name: str, train_cache: Path, val_cache: Path, work: Path) -> 
     from solardesk_maskrcnn.evaluate import evaluate
     from solardesk_maskrcnn.train import plan_data, train
 
-    backbone, weights = ARMS[name]
+    backbone, weights, noise_aware = ARMS[name]
     out = work / f"run-{name}"
-    probe = plan_data(config_for(args, backbone, weights, train_cache, out, 1))
+    probe = plan_data(config_for(args, backbone, weights, train_cache, out, 1, noise_aware))
     per_epoch = math.ceil(len(probe.train) / args.batch)
     probe.source.close()
     epochs = max(1, round(args.steps / per_epoch))
-    cfg = config_for(args, backbone, weights, train_cache, out, epochs)
+    cfg = config_for(args, backbone, weights, train_cache, out, epochs, noise_aware)
 
     stamps: list[float] = []
     losses: list[float] = []
@@ -158,6 +211,7 @@ def run_arm(args, name: str, train_cache: Path, val_cache: Path, work: Path) -> 
         "arm": name,
         "backbone": backbone,
         "weights": weights or "random",
+        "noise_aware": noise_aware,
         "steps": result.step,
         "epochs": epochs,
         "train_tiles": len(probe.train),
@@ -182,9 +236,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--val-scenes", type=int, default=4, help="held-out scenes")
     ap.add_argument("--scene", type=int, default=1024, help="scene side in pixels")
     ap.add_argument("--min-px", type=int, default=16, help="smallest instance kept")
+    ap.add_argument(
+        "--noise",
+        type=float,
+        default=0.0,
+        help="false pseudo-labels per true one in the training cache (0: clean labels)",
+    )
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--seed", type=int, default=0, help="init and data-order seed")
-    ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    ap.add_argument("--arms", nargs="+", default=list(ARMS)[:3], choices=list(ARMS))
     ap.add_argument("--work", type=Path, help="keep the runs here (default: a temporary folder)")
     ap.add_argument("--out", type=Path, help="write the results as JSON here")
     args = ap.parse_args(argv)
@@ -204,6 +264,7 @@ def main(argv: list[str] | None = None) -> None:
             args.tile,
             args.min_px,
             680000.0,
+            args.noise,
         )
         val_cache, n_val = make_cache(
             work / "heldout",
@@ -216,6 +277,7 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"synthetic scenes: {args.train_scenes} training ({n_train} panel instances), "
             f"{args.val_scenes} held out ({n_val}); {args.scene}² px at {GSD} m, "
+            f"{args.noise:g} false pseudo-labels per true one in training, "
             f"{time.perf_counter() - t0:.0f} s",
             flush=True,
         )
@@ -231,13 +293,13 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.batch} tiles from {runs[0]['train_tiles']} training tiles, seed {args.seed}"
     )
     print(
-        f"{'arm':<17} {'backbone':<23} {'init':<8} {'steps':>5} {'s/step':>6} {'loss':>11} "
+        f"{'arm':<27} {'backbone':<23} {'init':<8} {'steps':>5} {'s/step':>6} {'loss':>11} "
         f"{'P':>6} {'R':>6} {'F1':>6} {'AP50':>6}"
     )
     for r in runs:
         ap50 = r["mask_ap50"]
         print(
-            f"{r['arm']:<17} {r['backbone']:<23} {r['weights']:<8} {r['steps']:>5} "
+            f"{r['arm']:<27} {r['backbone']:<23} {r['weights']:<8} {r['steps']:>5} "
             f"{r['step_s']:>6.2f} {r['first_loss']:>5.2f}>{r['last_loss']:<5.2f} "
             f"{r['precision']:>6.3f} {r['recall']:>6.3f} {r['f1']:>6.3f} "
             f"{'-' if ap50 is None else f'{ap50:.3f}':>6}"
