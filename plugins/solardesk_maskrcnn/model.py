@@ -292,6 +292,19 @@ def _anchor_generator(n_levels: int) -> AnchorGenerator:
     return AnchorGenerator(sizes, (_ASPECT_RATIOS,) * len(sizes))
 
 
+def _three_level_maskrcnn(backbone: nn.Module, common: dict) -> MaskRCNN:
+    """Mask R-CNN over an FPN whose maps "0", "1", "2" (strides 8, 16, 32) and a pool level
+    carry the RoIs (the light CPU backbones)."""
+    names = ["0", "1", "2"]
+    return MaskRCNN(
+        backbone,
+        rpn_anchor_generator=_anchor_generator(4),
+        box_roi_pool=MultiScaleRoIAlign(names, output_size=7, sampling_ratio=2),
+        mask_roi_pool=MultiScaleRoIAlign(names, output_size=14, sampling_ratio=2),
+        **common,
+    )
+
+
 def build_model(settings: ModelSettings, tile_size: int) -> MaskRCNN:
     """A Mask R-CNN for two classes (background, solar panel) with random weights.
 
@@ -360,27 +373,13 @@ def build_model(settings: ModelSettings, tile_size: int) -> MaskRCNN:
             trainable_layers=6,
             returned_layers=[3, 4, 5],
         )
-        names = ["0", "1", "2"]
-        model = MaskRCNN(
-            backbone,
-            rpn_anchor_generator=_anchor_generator(4),
-            box_roi_pool=MultiScaleRoIAlign(names, output_size=7, sampling_ratio=2),
-            mask_roi_pool=MultiScaleRoIAlign(names, output_size=14, sampling_ratio=2),
-            **common,
-        )
+        model = _three_level_maskrcnn(backbone, common)
     elif settings.backbone == "efficientnet_lite0_fpn":
         # Like mobilenet_v3_large_fpn: strides 8, 16, 32 and the pool level (effnet_lite).
         from solardesk_maskrcnn.effnet_lite import default_norm_layer, efficientnet_lite0_fpn
 
         backbone = efficientnet_lite0_fpn(norm_layer=default_norm_layer())
-        names = ["0", "1", "2"]
-        model = MaskRCNN(
-            backbone,
-            rpn_anchor_generator=_anchor_generator(4),
-            box_roi_pool=MultiScaleRoIAlign(names, output_size=7, sampling_ratio=2),
-            mask_roi_pool=MultiScaleRoIAlign(names, output_size=14, sampling_ratio=2),
-            **common,
-        )
+        model = _three_level_maskrcnn(backbone, common)
     else:  # pragma: no cover - the config's Literal rules it out
         raise ModelError(f"unknown backbone {settings.backbone!r}")
     model.roi_heads = WeightedRoIHeads.from_heads(model.roi_heads)
