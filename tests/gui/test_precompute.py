@@ -4,6 +4,7 @@ on the map as they finish, cancel and resume, and an event loop that never stall
 from __future__ import annotations
 
 from solardesk.core.cache import MaskCache
+from solardesk.core.jobs import Progress
 from solardesk.core.tiling import make_grid
 from solardesk.gui.layers import PseudoLabelLayer
 from solardesk.gui.map_view import PseudoLabelRenderer
@@ -48,6 +49,9 @@ def test_precompute_fills_the_cache_and_the_map(qtbot, window, scene_tif, tmp_pa
     n = _n_tiles()
     assert dock.progress.value() == dock.progress.maximum() == n
     assert "Done" in dock.status.text()
+    # A progress record that reaches the GUI thread after the end changes nothing.
+    dock._on_progress(Progress(1, n, 0.1, "late"))
+    assert "Done" in dock.status.text() and dock.progress.value() == n
     with MaskCache(tmp_path / "cache.sqlite", readonly=True) as cache:
         st = cache.stats()
         assert st["tiles"] == n

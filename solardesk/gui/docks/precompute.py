@@ -336,6 +336,10 @@ class PrecomputeDock(QWidget):
 
     @Slot(object)
     def _on_progress(self, p: Progress) -> None:
+        if self.job is None or not self.job.running:
+            # A record that reached the GUI thread after the job's end (seen once on a loaded
+            # machine) must not overwrite "Done" or "Cancelled".
+            return
         self.progress.setRange(0, max(p.total, 1))
         self.progress.setValue(p.done)
         rate = p.rate
