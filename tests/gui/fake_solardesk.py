@@ -19,6 +19,8 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
+
 
 def emit(**event) -> None:
     print(json.dumps(event), flush=True)
@@ -96,15 +98,30 @@ def detect(args) -> int:
         print("Error: the model has no SolarDesk metadata.", file=sys.stderr)
         return 2
     info = describe(args.raster)
-    for i in range(1, 11):
-        bar = "█" * i + " " * (10 - i)
-        print(
-            f"detect: {i * 10:3d}%|{bar}| {i}/10 [00:00<00:00, 50.0tile/s]",
-            end="\r",
-            file=sys.stderr,
-            flush=True,
-        )
-        time.sleep(0.01)
+    # Like the real command: each tile's instances go to the cache beside the output first
+    # (one 20-px square per tile here), so the GUI can show them as tiles finish.
+    from solardesk.core.cache import Instance, MaskCache, TileKey
+    from solardesk.core.detect import default_cache_path
+
+    sleep = float(os.environ.get("FAKE_DETECT_SLEEP", "0.01"))
+    with MaskCache(default_cache_path(out)) as cache:
+        cache.put_raster_info(info)
+        for i in range(1, 11):
+            mask = np.zeros((64, 64), bool)
+            mask[20:40, 20:40] = True
+            cache.write_tile(
+                TileKey(info.fingerprint, f"t{i}", "fake-detect", "1", "p"),
+                (64 * (i - 1), 0, 64, 64),
+                [Instance.from_full_mask(mask, confidence=0.9)],
+            )
+            bar = "█" * i + " " * (10 - i)
+            print(
+                f"detect: {i * 10:3d}%|{bar}| {i}/10 [00:00<00:00, 50.0tile/s]",
+                end="\r",
+                file=sys.stderr,
+                flush=True,
+            )
+            time.sleep(sleep)
     print(file=sys.stderr)
     minx, miny, maxx, maxy = info.bounds
     cx, cy = (minx + maxx) / 2, (miny + maxy) / 2

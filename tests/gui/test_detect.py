@@ -73,3 +73,25 @@ def test_failing_detect_is_reported(qtbot, window, scene_tif, tmp_path, monkeypa
     assert dock.status.text().startswith("Detection failed")
     err = window.ctx.notifications.errors()[-1]
     assert "exit code 2" in err.message and "no SolarDesk metadata" in err.details
+
+
+def test_detections_appear_on_the_map_while_the_command_runs(
+    qtbot, window, scene_tif, tmp_path, monkeypatch
+):
+    from solardesk.gui.layers import PseudoLabelLayer
+
+    monkeypatch.setenv("FAKE_DETECT_SLEEP", "0.25")  # ten tiles over 2.5 s
+    out = tmp_path / "live.gpkg"
+    dock = _setup(qtbot, window, scene_tif, out)
+    assert dock.run()
+    live = dock.live
+    assert isinstance(live, PseudoLabelLayer) and live in window.ctx.layers.layers
+    assert live.name.startswith("Detecting")
+    # Tiles show up before the command has finished.
+    until(lambda: len(live.records) >= 2, timeout=20000)
+    assert dock.process.running
+    until(lambda: not dock.process.running, timeout=20000)
+    until(lambda: "2 panels written" in dock.status.text(), timeout=10000)
+    # The running layer gave way to the output.
+    assert dock.live is None and live not in window.ctx.layers.layers
+    assert any(isinstance(lay, VectorLayer) and lay.path == out for lay in window.ctx.layers)

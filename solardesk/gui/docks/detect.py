@@ -4,13 +4,17 @@ The detector is a plugin contribution (``solardesk_detectors``): the spectral an
 no model (``--spectral``), a model runtime takes a file (``--model model.onnx``). The extent
 is the whole raster, the map's visible extent (written as a temporary AOI GeoPackage) or an
 AOI file. The output format follows the extension: GeoPackage, Shapefile or GeoJSON. The
-command runs in its own process; its progress bar (stderr) drives the dock's, and when it
-ends the output is added to the map as a vector layer.
+command runs in its own process; its progress bar (stderr) drives the dock's. While it runs,
+the detections appear on the map as its tiles finish: ``solardesk detect`` stores each tile's
+instances in its cache (beside the output) before it writes polygons, and a "Detecting…"
+layer of that cache is refreshed with the progress. When the command ends, that layer gives
+way to the output, added to the map as a vector layer.
 """
 
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +39,9 @@ from PySide6.QtWidgets import (
 from solardesk.gui import _io
 from solardesk.gui.context import AppContext
 from solardesk.gui.process import CommandProcess, ExitInfo
+
+#: Seconds between refreshes of the "Detecting…" layer while the command runs.
+LIVE_REFRESH_S = 0.5
 
 FORMATS = {
     ".gpkg": "GeoPackage (*.gpkg)",
@@ -67,6 +74,8 @@ class DetectDock(QWidget):
         self._tmp = QTemporaryDir()
         self.output: Path | None = None
         self.results: list[Path] = []
+        self.live = None  #: the "Detecting…" pseudo-label layer of the running command's cache
+        self._live_refreshed = 0.0
 
         self.detector = QComboBox()
         self.detector.setObjectName("detectorCombo")
@@ -324,8 +333,35 @@ class DetectDock(QWidget):
         self.status.setText(f"Detecting panels → {self.output.name}…")
         self.run_btn.setEnabled(False)
         self.cancel_btn.setEnabled(True)
+        self._show_live(Path(args[1]), self.output)
         self.process.start(args)
         return True
+
+    # -- detections as tiles finish ----------------------------------------------------------------
+    def _show_live(self, raster_path: Path, output: Path) -> None:
+        """A layer of the command's cache (the CLI's default, beside the output) on the map."""
+        from solardesk.core.detect import default_cache_path
+        from solardesk.gui.layers import RasterLayer
+
+        self._drop_live()
+        raster = self.ctx.layers.add_raster(raster_path)
+        if not isinstance(raster, RasterLayer):
+            return
+        threshold = 0.5 if self._needs_model() else 0.85
+        self.live = self.ctx.layers.add_pseudo_labels(default_cache_path(output), raster, threshold)
+        self.live.set_name(f"Detecting… → {output.name}")
+        self._live_refreshed = time.monotonic()
+
+    def _refresh_live(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.live is not None and (force or now - self._live_refreshed >= LIVE_REFRESH_S):
+            self._live_refreshed = now
+            self.live.refresh()
+
+    def _drop_live(self) -> None:
+        if self.live is not None:
+            self.ctx.layers.remove(self.live)
+            self.live = None
 
     def cancel(self) -> None:
         if self.process.running:
@@ -337,6 +373,7 @@ class DetectDock(QWidget):
         self.progress.setRange(0, max(total, 1))
         self.progress.setValue(n)
         self.status.setText(f"Detecting panels: {n}/{total} tiles")
+        self._refresh_live()
 
     @Slot(dict)
     def _on_event(self, ev: dict) -> None:
@@ -356,6 +393,7 @@ class DetectDock(QWidget):
         self.run_btn.setEnabled(True)
         self.cancel_btn.setEnabled(False)
         self.progress.setRange(0, 1)
+        self._drop_live()
         if info.ok and self.output is not None and self.output.exists():
             self.progress.setValue(1)
             self.results.append(self.output)
