@@ -355,8 +355,13 @@ def precompute(
 )
 @click.option("--threshold", type=float, help="Keep panels at or above this confidence.")
 @click.option("--workers", default=1, show_default=True, help="Worker processes.")
-@click.option("--tile", "tile_size", default=512, show_default=True, help="Tile size in pixels.")
-@click.option("--overlap", default=64, show_default=True, help="Overlap in pixels.")
+@click.option(
+    "--tile",
+    "tile_size",
+    type=int,
+    help="Tile size in pixels. Default: the model's own (from its metadata), else 512.",
+)
+@click.option("--overlap", type=int, help="Overlap in pixels. Default: the model's own, else 64.")
 @click.option(
     "--aoi", type=click.Path(path_type=Path), help="Only tiles touching this polygon file."
 )
@@ -380,8 +385,8 @@ def detect(
     cache_path: Path | None,
     threshold: float | None,
     workers: int,
-    tile_size: int,
-    overlap: int,
+    tile_size: int | None,
+    overlap: int | None,
     aoi: Path | None,
     bands: str | None,
     gsd: float | None,
@@ -409,7 +414,12 @@ def detect(
         settings["model"] = str(model)
     else:
         stage_id = "spectral"
-    tiling = parse(TilingSettings, {"tile_size": tile_size, "overlap": overlap}, "--tile/--overlap")
+    tiling = None  # the detector's own tiling (a model's), else the defaults
+    if tile_size is not None or overlap is not None:
+        given = {"tile_size": tile_size, "overlap": overlap}
+        tiling = parse(
+            TilingSettings, {k: v for k, v in given.items() if v is not None}, "--tile/--overlap"
+        )
     raster_settings = parse(
         RasterSettings,
         {"bands": [int(b) for b in bands.split(",")] if bands else None},

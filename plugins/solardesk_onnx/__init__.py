@@ -23,6 +23,7 @@ def solardesk_precompute_stages() -> list[PrecomputeStage]:
             version=STAGE_VERSION,
             settings="solardesk_onnx.settings:OnnxSettings",
             initializer="solardesk_onnx.stage:init_worker",
+            tiling="solardesk_onnx.settings:recommended_tiling",
         )
     ]
 

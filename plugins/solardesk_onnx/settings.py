@@ -156,3 +156,17 @@ def complete(data: Any) -> Any:
     if out.get("mask_threshold") is None:
         out["mask_threshold"] = spec.mask_threshold
     return out
+
+
+def recommended_tiling(settings: OnnxSettings) -> tuple[int, int] | None:
+    """The tile size and overlap recorded in the model's metadata (``None``: none recorded).
+
+    ``solardesk detect --model M`` tiles the raster this way unless ``--tile``/``--overlap``
+    say otherwise. Reads the model's header only.
+    """
+    from solardesk_onnx.metadata import inspect_model
+
+    spec = inspect_model(settings.model)
+    if not spec.tile_size:
+        return None
+    return int(spec.tile_size), int(min(spec.overlap, spec.tile_size - 1))

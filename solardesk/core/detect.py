@@ -54,6 +54,19 @@ def default_cache_path(out: Path) -> Path:
     return out.with_name(f".{out.name}.solardesk-cache.sqlite")
 
 
+def recommended_tiling(stage: Any, settings_model: Any) -> TilingSettings | None:
+    """The tiling a pre-compute stage recommends for its settings (``PrecomputeStage.tiling``)."""
+    if not getattr(stage, "tiling", ""):
+        return None
+    from solardesk.plugin_api import resolve
+
+    found = resolve(stage.tiling)(settings_model)
+    if not found:
+        return None
+    tile, overlap = found
+    return TilingSettings(tile_size=tile, overlap=overlap)
+
+
 def detect(
     rasters: Sequence[str | Path],
     out: str | Path,
@@ -76,7 +89,8 @@ def detect(
     """Detect panels on ``rasters`` and write them as polygons to ``out`` (GPKG, SHP, GeoJSON).
 
     A generator like every long job: it yields :class:`Progress` while tiles are computed and
-    while they are vectorised, and returns a :class:`DetectSummary`.
+    while they are vectorised, and returns a :class:`DetectSummary`. Without ``tiling``, the
+    stage's recommendation (a model's own tile size and overlap) is used, else the defaults.
     """
     from solardesk.config import parse
     from solardesk.core.pipeline import plan_raster, precompute, stage_params
@@ -90,7 +104,7 @@ def detect(
     settings_model = parse(resolve(stage.settings), settings or {}, f"{stage_id} settings")
     _, keyed = stage_params(settings_model)
     thr = threshold if threshold is not None else getattr(settings_model, "threshold", 0.5)
-    tiling = tiling or TilingSettings()
+    tiling = tiling or recommended_tiling(stage, settings_model) or TilingSettings()
     raster_settings = raster_settings or RasterSettings()
     cache_path = Path(cache_path) if cache_path else default_cache_path(out)
 

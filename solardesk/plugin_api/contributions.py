@@ -53,12 +53,16 @@ class PrecomputeStage(Contribution):
     ``target`` names a callable ``(rgb, valid, gsd, params) -> list[Instance]``;
     ``settings`` names the pydantic model of its parameters; ``version`` is part of the
     cache key, so bumping it recomputes this stage only. ``initializer`` optionally names a
-    no-argument callable run once in each worker process before its first tile.
+    no-argument callable run once in each worker process before its first tile. ``tiling``
+    optionally names a callable ``(settings model) -> (tile_size, overlap) | None``: the tiling
+    the stage recommends for those settings (a model's own tile size), used when the user
+    names none.
     """
 
     version: int = 1
     settings: str = ""
     initializer: str = ""
+    tiling: str = ""
 
 
 @dataclass(frozen=True)

@@ -197,3 +197,32 @@ def test_deepness_keys_alone_are_enough(model: Path, tmp_path: Path) -> None:
     facts = json.loads(info.stdout)
     assert facts["metadata"] == "deepness" and facts["gsd_m"] == pytest.approx(0.15)
     assert facts["provider"] == "CPUExecutionProvider"
+
+
+def test_detect_tiles_as_the_model_says_unless_told(model: Path, tmp_path: Path) -> None:
+    """Without --tile/--overlap, detect uses the tile size and overlap in the model's metadata
+    (128 / 32 here); with them, the user's."""
+    from affine import Affine
+
+    from solardesk.core.cache import MaskCache
+    from solardesk.core.detect import default_cache_path
+    from solardesk.core.tiling import make_grid
+
+    def windows(out: Path) -> set[tuple[int, int]]:
+        with MaskCache(default_cache_path(out), readonly=True) as c:
+            return {(t.window.width, t.window.height) for t in c.iter_tiles()}
+
+    out = tmp_path / "own.gpkg"
+    res = cli("detect", str(SAMPLE), "--model", str(model), "--out", str(out), "--quiet")
+    assert res.returncode == 0, res.stderr
+    expected = len(make_grid(1024, 1024, Affine.identity(), 128, 32))
+    assert f"from {expected} tiles" in res.stdout, res.stdout
+    assert windows(out) == {(128, 128)}
+
+    told = tmp_path / "told.gpkg"
+    res = cli(
+        "detect", str(SAMPLE), "--model", str(model), "--out", str(told), "--tile", "512",
+        "--quiet",
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert windows(told) == {(512, 512)}
