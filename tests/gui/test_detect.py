@@ -56,6 +56,7 @@ def test_visible_extent_shapefile_and_model(qtbot, window, scene_tif, tmp_path):
     args = dock.build_args()
     assert args[2:4] == ["--model", str((tmp_path / "model.onnx").resolve())]
     assert "--aoi" in args
+    assert "--tile" not in args and "--overlap" not in args  # the model's own tiling
     assert dock.run()
     until(lambda: not dock.process.running, timeout=20000)
     record = json.loads((tmp_path / "panels.shp.args.json").read_text())

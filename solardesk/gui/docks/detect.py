@@ -298,8 +298,10 @@ class DetectDock(QWidget):
             out_path = out_path.with_suffix(self.format_combo.currentData())
             self.out_edit.setText(str(out_path))
         args += ["--out", str(out_path)]
-        tiling = self.ctx.project.config.tiling
-        args += ["--tile", str(tiling.tile_size), "--overlap", str(tiling.overlap)]
+        if not self._needs_model():
+            # A model is run with its own tile size and overlap (its metadata), as the CLI does.
+            tiling = self.ctx.project.config.tiling
+            args += ["--tile", str(tiling.tile_size), "--overlap", str(tiling.overlap)]
         if self.extent_view.isChecked():
             crs = self.ctx.layers.crs_wkt
             view = self.ctx.map_view
