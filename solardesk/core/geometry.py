@@ -28,6 +28,7 @@ polygons that overlap or touch so those pieces become one polygon again.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any, TypedDict
@@ -36,6 +37,7 @@ import numpy as np
 import pyproj
 import shapely
 from affine import Affine
+from rasterio.errors import NotGeoreferencedWarning
 from rasterio.features import shapes
 from shapely import affinity
 from shapely.geometry import MultiPolygon, Polygon, shape
@@ -117,7 +119,12 @@ def mask_to_polygons(
     coeffs = [transform.a, transform.b, transform.d, transform.e, transform.xoff, transform.yoff]
 
     polys: list[Polygon] = []
-    for geojson, _ in shapes(values, mask=m, connectivity=connectivity):
+    # Traced in pixel coordinates on purpose (the transform is applied after simplification):
+    # rasterio's warning about an identity transform says nothing here.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        traced = list(shapes(values, mask=m, connectivity=connectivity))
+    for geojson, _ in traced:
         poly = shape(geojson)
         if poly.area < min_area_px:
             continue
