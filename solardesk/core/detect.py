@@ -56,7 +56,7 @@ def default_cache_path(out: Path) -> Path:
 
 def recommended_tiling(stage: Any, settings_model: Any) -> TilingSettings | None:
     """The tiling a pre-compute stage recommends for its settings (``PrecomputeStage.tiling``)."""
-    if not getattr(stage, "tiling", ""):
+    if not stage.tiling:
         return None
     from solardesk.plugin_api import resolve
 

@@ -36,6 +36,7 @@ from solardesk_maskrcnn.model import (  # noqa: E402
     model_meta,
 )
 from tests.plugins.test_maskrcnn_data import LIGHT_MODEL, make_project, write_config  # noqa: E402
+from tests.plugins.test_maskrcnn_model import fit_steps  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -206,15 +207,7 @@ def test_pretrained_model_loss_falls_on_a_synthetic_batch() -> None:
     model = build_model(ModelSettings(**LITE), SIZE)
     load_initial_weights(model, "imagenet")
     images, targets = scene_batch(2)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-4)
-    losses = []
-    for _ in range(8):
-        loss = sum(model(images, targets).values())
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-        opt.step()
-        losses.append(loss.item())
+    losses = fit_steps(model, images, targets)
     assert min(losses[-2:]) < 0.7 * losses[0], losses
 
 

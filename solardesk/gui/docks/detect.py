@@ -354,9 +354,9 @@ class DetectDock(QWidget):
         self.live.set_name(f"Detecting… → {output.name}")
         self._live_refreshed = time.monotonic()
 
-    def _refresh_live(self, force: bool = False) -> None:
+    def _refresh_live(self) -> None:
         now = time.monotonic()
-        if self.live is not None and (force or now - self._live_refreshed >= LIVE_REFRESH_S):
+        if self.live is not None and now - self._live_refreshed >= LIVE_REFRESH_S:
             self._live_refreshed = now
             self.live.refresh()
 

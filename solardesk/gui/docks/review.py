@@ -663,8 +663,6 @@ class ReviewDock(QWidget):
 
     @Slot(object)
     def _on_line(self, line) -> None:
-        if self.layer is None or self.layer.raster.source is None or self.current_id is None:
-            return
         self.split_current(line)
 
     def split_current(self, line) -> None:
