@@ -11,7 +11,11 @@ Prints, and writes as JSON to ``DIR/gpu_check.json`` (``DIR`` defaults to ``$OUT
 3. data-loader tiles/s for 0, 4 and 8 workers (RGB and 9-channel) against the tiles/s the GPU
    consumes: the target is a loader at least 5× faster;
 4. whether onnxruntime offers and really uses the CUDA provider (``session.get_providers()``);
-5. with ``--config``, a short real training run on that config's cache (``--train-steps``).
+5. with ``--config``, a short real training run on that config's cache (``--train-steps``);
+6. with ``--real``, the whole chain on the synthetic project: a real training run
+   (``--train-steps`` steps, AMP, loader workers), ONNX export of its checkpoint, and inference
+   tiles/s through onnxruntime (the provider it really used) against the same model in torch on
+   the training device.
 
 Runs on a CPU-only machine too: the CUDA parts are skipped with a message and a small CPU
 version of (2) and (3) runs instead, so the script can be tested before a GPU is booked.
@@ -184,6 +188,82 @@ def short_training(config_path: Path, steps: int) -> dict[str, Any]:
     }
 
 
+def real_chain(cache: Path, root: Path, tile: int, batch: int, steps: int, device) -> dict:
+    """Train on ``cache`` for ``steps`` steps, export to ONNX, time ORT and torch inference."""
+    import numpy as np
+    import torch
+
+    from solardesk_maskrcnn.checkpoint import checkpoint_config, load_checkpoint, load_model_state
+    from solardesk_maskrcnn.model import build_model
+    from solardesk_onnx.export import export_checkpoint
+    from solardesk_onnx.runtime import OnnxModel
+
+    cuda = device.type == "cuda"
+    cfg = {
+        "cache": str(cache),
+        "output_dir": str(root / "run"),
+        "data": {"split_block_m": 64.0, "val_fraction": 0.2},
+        "model": {
+            "backbone": "resnet50_fpn_v2" if cuda else "mobilenet_v3_large_fpn",
+            "tile_size": tile,
+        },
+        "optim": {"epochs": 1, "batch_size": batch, "warmup_steps": 10},
+        "run": {
+            "device": device.type,
+            "amp": True,
+            "num_workers": min(8, os.cpu_count() or 1) if cuda else 0,
+            "log_every": 10,
+            "eval_every": 1,
+            "eval_max_tiles": 16 if cuda else 2,
+            "max_steps_per_epoch": steps,
+        },
+    }
+    path = root / "train.json"
+    path.write_text(json.dumps(cfg))
+    out = short_training(path, steps)
+    ckpt = Path(out["checkpoint"])
+    onnx_path = root / "model.onnx"
+    t0 = time.perf_counter()
+    export_checkpoint(ckpt, onnx_path)
+    out["export_s"] = time.perf_counter() - t0
+    out["onnx_mb"] = onnx_path.stat().st_size / 1e6
+
+    rng = np.random.default_rng(0)
+    images = [rng.random((1, 3, tile, tile), dtype=np.float32) for _ in range(4)]
+    reps = 20 if cuda else 2
+    m = OnnxModel(onnx_path, providers="auto")
+    m.run(images[0])
+    t0 = time.perf_counter()
+    for i in range(reps):
+        m.run(images[i % 4])
+    out["ort_provider"] = m.provider
+    out["ort_tiles_per_s"] = reps / (time.perf_counter() - t0)
+
+    data = load_checkpoint(ckpt)
+    model = build_model(checkpoint_config(data, ckpt).model, tile)
+    load_model_state(model, data, ckpt)
+    model.eval().to(device)
+    with torch.inference_mode(), torch.autocast(device_type=device.type, enabled=cuda):
+        batch_t = [torch.from_numpy(im[0]).to(device) for im in images]
+        model(batch_t[:1])
+        if cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for i in range(reps):
+            model([batch_t[i % 4]])
+        if cuda:
+            torch.cuda.synchronize()
+        out["torch_tiles_per_s_one"] = reps / (time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        for _ in range(max(1, reps // 4)):
+            model(batch_t)
+        if cuda:
+            torch.cuda.synchronize()
+        out["torch_tiles_per_s_batch4"] = 4 * max(1, reps // 4) / (time.perf_counter() - t0)
+    out["torch_device"] = device.type
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tile", type=int, default=512, help="tile size in pixels (GPU)")
@@ -193,6 +273,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=os.environ.get("OUT"), help="folder for JSON")
     ap.add_argument("--config", type=Path, help="training config for a short real run")
     ap.add_argument("--train-steps", type=int, default=50, help="steps of the real run")
+    ap.add_argument(
+        "--real", action="store_true", help="train, export and run ORT on the synthetic project"
+    )
     args = ap.parse_args(argv)
 
     import torch
@@ -204,7 +287,12 @@ def main(argv: list[str] | None = None) -> int:
     if cuda:
         torch.backends.cudnn.benchmark = True
         tile, batch, steps = args.tile, args.batch, args.steps
-        backbones = ["resnet50_fpn_v2", "resnet18_fpn", "mobilenet_v3_large_fpn"]
+        backbones = [
+            "resnet50_fpn_v2",
+            "resnet18_fpn",
+            "mobilenet_v3_large_fpn",
+            "efficientnet_lite0_fpn",
+        ]
         worker_counts = [0, 4, 8]
     else:
         say("CUDA is not available: skipping the CUDA timings; running a small CPU version.")
@@ -279,6 +367,17 @@ def main(argv: list[str] | None = None) -> int:
                 )
             ds.source.close()
         report["loader"] = loader
+
+        if args.real:
+            say(f"\n== real chain: train {args.train_steps} steps, export, infer ==")
+            try:
+                report["real_chain"] = real_chain(
+                    cache, Path(tmp), tile, batch, args.train_steps if cuda else 2, device
+                )
+            except Exception as e:
+                report["real_chain"] = {"error": repr(e)}
+                traceback.print_exc()
+            say(json.dumps(report["real_chain"], default=str)[:3000])
 
     say("\n== onnxruntime ==")
     report["onnxruntime"] = ort_check()
