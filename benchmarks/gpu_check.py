@@ -94,7 +94,7 @@ def train_speed(dataset, backbone: str, channels: str, tile: int, batch: int, st
         scaler.step(opt)
         scaler.update()
 
-    for _ in range(3 if cuda else 1):
+    for _ in range(5 if cuda else 1):
         step()
     if cuda:
         torch.cuda.synchronize()
@@ -188,17 +188,30 @@ def short_training(config_path: Path, steps: int) -> dict[str, Any]:
     }
 
 
+def _seconds(stamp: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(stamp).timestamp()
+
+
 def real_chain(cache: Path, root: Path, tile: int, batch: int, steps: int, device) -> dict:
-    """Train on ``cache`` for ``steps`` steps, export to ONNX, time ORT and torch inference."""
+    """Train on ``cache`` for about ``steps`` steps, export to ONNX, time ORT and torch inference.
+
+    The training rate is the steady one: steps between the first and the last progress event
+    over the time between them (the first epoch's loader start-up left out).
+    """
     import numpy as np
     import torch
 
     from solardesk_maskrcnn.checkpoint import checkpoint_config, load_checkpoint, load_model_state
+    from solardesk_maskrcnn.config import load_train_config
     from solardesk_maskrcnn.model import build_model
+    from solardesk_maskrcnn.train import MaskRCNNTrainer
     from solardesk_onnx.export import export_checkpoint
     from solardesk_onnx.runtime import OnnxModel
 
     cuda = device.type == "cuda"
+    per_epoch = 6 if cuda else 1
     cfg = {
         "cache": str(cache),
         "output_dir": str(root / "run"),
@@ -207,20 +220,37 @@ def real_chain(cache: Path, root: Path, tile: int, batch: int, steps: int, devic
             "backbone": "resnet50_fpn_v2" if cuda else "mobilenet_v3_large_fpn",
             "tile_size": tile,
         },
-        "optim": {"epochs": 1, "batch_size": batch, "warmup_steps": 10},
+        "optim": {"epochs": max(2, steps // per_epoch), "batch_size": batch, "warmup_steps": 10},
         "run": {
             "device": device.type,
             "amp": True,
             "num_workers": min(8, os.cpu_count() or 1) if cuda else 0,
-            "log_every": 10,
-            "eval_every": 1,
-            "eval_max_tiles": 16 if cuda else 2,
-            "max_steps_per_epoch": steps,
+            "log_every": per_epoch,
+            "eval_every": 0,
+            "max_steps_per_epoch": per_epoch,
         },
     }
     path = root / "train.json"
     path.write_text(json.dumps(cfg))
-    out = short_training(path, steps)
+    events: list[dict] = []
+    t0 = time.perf_counter()
+    result = MaskRCNNTrainer(load_train_config(path), emit=events.append).run()
+    progress = [e for e in events if e["event"] == "progress"]
+    first, last = progress[0], progress[-1]
+    span = _seconds(last["time"]) - _seconds(first["time"])
+    out: dict[str, Any] = {
+        "backbone": cfg["model"]["backbone"],
+        "device": next(e for e in events if e["event"] == "started")["device"],
+        "seconds": time.perf_counter() - t0,
+        "steps": result.step,
+        "steady_steps_per_s": (last["global_step"] - first["global_step"]) / span
+        if span > 0
+        else None,
+        "first_loss": first["loss"],
+        "last_loss": last["loss"],
+        "checkpoint": str(result.checkpoint),
+    }
+    say("  " + json.dumps(out))
     ckpt = Path(out["checkpoint"])
     onnx_path = root / "model.onnx"
     t0 = time.perf_counter()
@@ -268,11 +298,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tile", type=int, default=512, help="tile size in pixels (GPU)")
     ap.add_argument("--batch", type=int, default=4, help="tiles per training step (GPU)")
-    ap.add_argument("--steps", type=int, default=10, help="timed training steps per model")
+    ap.add_argument("--steps", type=int, default=20, help="timed training steps per model")
     ap.add_argument("--batches", type=int, default=24, help="timed loader batches")
     ap.add_argument("--out", type=Path, default=os.environ.get("OUT"), help="folder for JSON")
     ap.add_argument("--config", type=Path, help="training config for a short real run")
     ap.add_argument("--train-steps", type=int, default=50, help="steps of the real run")
+    ap.add_argument(
+        "--no-loader", action="store_true", help="skip the data-loader timings (section 3)"
+    )
     ap.add_argument(
         "--real", action="store_true", help="train, export and run ORT on the synthetic project"
     )
@@ -285,7 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     if cuda:
-        torch.backends.cudnn.benchmark = True
+        # No cudnn.benchmark: the mask head's batch (positive RoIs) changes every step, and
+        # benchmark mode would re-tune its convolutions for each new shape.
         tile, batch, steps = args.tile, args.batch, args.steps
         backbones = [
             "resnet50_fpn_v2",
@@ -331,11 +365,18 @@ def main(argv: list[str] | None = None) -> int:
                         else r["error"]
                     )
                 )
+        if cuda:  # what cudnn.benchmark would cost: the first model again with it on
+            torch.backends.cudnn.benchmark = True
+            r = train_speed(datasets["rgb"], backbones[0], "rgb", tile, batch, steps, device)
+            torch.backends.cudnn.benchmark = False
+            r["cudnn_benchmark"] = True
+            speeds.append(r)
+            say(f"{backbones[0]:<24} rgb, cudnn.benchmark on {r['steps_per_s']:7.2f} steps/s")
         report["train_speed"] = speeds
 
         say("\n== loader vs GPU consumption ==")
         loader = []
-        for channels, ds in datasets.items():
+        for channels, ds in datasets.items() if not args.no_loader else ():
             consume = max(
                 (
                     s["tiles_per_s"]
