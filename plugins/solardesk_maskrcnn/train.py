@@ -524,9 +524,13 @@ class MaskRCNNTrainer:
             if cfg.optim.grad_clip_norm > 0:
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip_norm)
+            scale = scaler.get_scale() if use_amp else 1.0
             scaler.step(optimizer)
             scaler.update()
-            scheduler.step()
+            # AMP skips the optimiser step (and lowers the scale) when gradients overflow, as
+            # it does while it calibrates the scale in the first steps: the schedule waits too.
+            if not use_amp or scaler.get_scale() >= scale:
+                scheduler.step()
         except torch.cuda.OutOfMemoryError as e:
             raise TrainingError(
                 f"the GPU ran out of memory with batch size {cfg.optim.batch_size} and "
