@@ -9,7 +9,7 @@ from __future__ import annotations
 from solardesk.plugin_api import Detector, PrecomputeStage, hookimpl
 
 #: Bump when the analyser's output changes for the same inputs: the cache recomputes it.
-STAGE_VERSION = 2  # 2: edge cut in the segmentation, fusion relearned
+STAGE_VERSION = 3  # 2: edge cut in the segmentation; 3: confidence from shape + rejection cues
 
 
 @hookimpl

@@ -38,6 +38,19 @@ TILE = 512
 GSDS = (0.1, 0.15, 0.2, 0.3)
 STYLES = ("dark", "bright", "mixed")
 
+#: The instance statistics the confidence model may use: shape in metres and the two rejection
+#: cues. The appearance means (score, texture and colour channels) are left out: on real
+#: imagery they rank panels below the other candidates or not at all (instance ROC-AUC 0.17-0.63
+#: against 0.73-0.86 for area, rectangularity and solidity), so a synthetic-learned weight on
+#: them does not transfer (ADR 0008, docs/spectral_quality.md).
+CONFIDENCE_FEATURES = (
+    "log_area_m2",
+    "rectangularity",
+    "solidity",
+    "mean_excess_green",
+    "mean_shadow",
+)
+
 
 def fit_logistic(
     X: np.ndarray, y: np.ndarray, *, l2: float = 1e-3, iters: int = 50, balanced: bool = True
@@ -115,7 +128,13 @@ def synthetic_tiles(n_scenes: int, seed: int):
                 )
 
 
-def learn(n_scenes: int = 24, seed: int = 7, holdout: int = 6, log=print) -> Fusion:
+def learn(
+    n_scenes: int = 24,
+    seed: int = 7,
+    holdout: int = 6,
+    log=print,
+    confidence_features: tuple[str, ...] = CONFIDENCE_FEATURES,
+) -> Fusion:
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
     tiles = list(synthetic_tiles(n_scenes + holdout, seed))
@@ -169,7 +188,9 @@ def learn(n_scenes: int = 24, seed: int = 7, holdout: int = 6, log=print) -> Fus
     Xi, yi = instances(train)
     mean = Xi.mean(0)
     std = Xi.std(0) + 1e-6
-    iw, ib = fit_logistic((Xi - mean) / std, yi, l2=1e-2, balanced=False)
+    use = [INSTANCE_FEATURES.index(f) for f in confidence_features]
+    iw = np.zeros(len(INSTANCE_FEATURES))
+    iw[use], ib = fit_logistic(((Xi - mean) / std)[:, use], yi, l2=1e-2, balanced=False)
     fusion = Fusion(pw.astype(np.float32), pb, mean, std, iw, ib, {})
     log(f"instance model: {len(yi)} candidates, {yi.mean():.2f} match a panel at IoU >= 0.5")
 
@@ -200,6 +221,7 @@ def learn(n_scenes: int = 24, seed: int = 7, holdout: int = 6, log=print) -> Fus
         "seed": seed,
         "gsds": list(GSDS),
         "styles": list(STYLES),
+        "confidence_features": list(confidence_features),
         "holdout": figures,
     }
     log(json.dumps(figures))

@@ -14,7 +14,7 @@ from scipy import ndimage
 from shapely import box, union_all
 from skimage.measure import label, regionprops
 
-from solardesk_spectral.analyser import INSTANCE_FEATURES, _disk, _pairs
+from solardesk_spectral.analyser import CONFIDENCE_OFFSET, INSTANCE_FEATURES, _disk, _pairs
 
 
 def score_map(features: np.ndarray, fusion) -> np.ndarray:
@@ -130,7 +130,7 @@ def analyse_masks(rgb: np.ndarray, valid, gsd: float, settings, fusion) -> list:
     if n == 0:
         return []
     z = ((X - fusion.instance_mean) / fusion.instance_std) @ fusion.instance_weights
-    conf = 1.0 / (1.0 + np.exp(-(z + fusion.instance_bias)))
+    conf = 1.0 / (1.0 + np.exp(-(z + fusion.instance_bias + CONFIDENCE_OFFSET)))
     area_m2 = 10 ** X[:, INSTANCE_FEATURES.index("log_area_m2")]
     keep = (area_m2 >= settings.min_area_m2) & (area_m2 <= settings.max_area_m2)
     keep &= conf >= settings.floor

@@ -1,0 +1,150 @@
+"""How well does the instance confidence rank the spectral candidates on real imagery?
+
+    python benchmarks/diagnose_confidence.py DATA_DIR [--fusion FUSION.json]
+
+For every candidate the analyser segments (before the storage floor; inside the area limits)
+on the South Tyrol and Bradbury images of DATA_DIR (see ``eval_pseudolabels.py``), a candidate
+is a hit when it overlaps a labelled panel at IoU ≥ 0.5. Per source and half (even: the tuning
+half, odd: the measuring half) it prints
+
+* the ROC-AUC of the shipped confidence (``--fusion``: another fusion file instead) and of each
+  instance statistic alone (below 0.5: the statistic is *lower* on panels);
+* the best F1 and F0.5 over all confidence cuts (precision, recall, the confidence at the cut)
+  and precision / recall at the cuts 0.5, 0.7 and 0.85;
+* a diagnostic ceiling: a logistic model of all the statistics fitted on the even half and
+  scored on the odd half. It is never shipped (the data's licences are not cleared); it says
+  how much a better confidence could gain with the same candidates.
+
+Recall here counts candidates against every labelled panel, so it is bounded by what the
+segmentation offers ("all candidates").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from eval_pseudolabels import bradbury_images, southtyrol_images
+
+SOURCES = {
+    "South Tyrol": ("southtyrol-bz2023-roof-solar", southtyrol_images, lambda lab: lab == 2),
+    "Bradbury": ("bradbury-usgs-ca-tiles", bradbury_images, lambda lab: lab),
+}
+
+
+def collect(root: Path, images, truth_of, split: str, fusion) -> dict:
+    """Instance rows, best IoU and confidence of every candidate, and the number of panels."""
+    from solardesk_spectral.analyser import analyse
+    from solardesk_spectral.learn import match_iou
+    from solardesk_spectral.settings import SpectralSettings
+
+    settings = SpectralSettings()
+    rows, ious, confs, n_truth = [], [], [], 0
+    for _stem, rgb, valid, gsd, lab in images(root, split):
+        truth = truth_of(lab)
+        n, truth_labels = cv2.connectedComponents(truth.astype(np.uint8), connectivity=8)
+        n_truth += n - 1
+        a = analyse(rgb, valid, gsd, settings, fusion)
+        if not len(a.X):
+            continue
+        iou = match_iou(a.labels, len(a.X), truth_labels)
+        rows.append(a.X[a.kept])
+        ious.append(iou[a.kept])
+        confs.append(a.confidence[a.kept])
+    return {
+        "X": np.concatenate(rows) if rows else np.zeros((0, 0)),
+        "hit": np.concatenate(ious) >= 0.5 if ious else np.zeros(0, bool),
+        "conf": np.concatenate(confs) if confs else np.zeros(0),
+        "panels": n_truth,
+    }
+
+
+def curve_points(score: np.ndarray, hit: np.ndarray, panels: int) -> dict:
+    """Best F1 and F0.5 over all cuts of ``score``, each with its precision, recall and cut."""
+    order = np.argsort(-score, kind="stable")
+    tp = np.cumsum(hit[order])
+    p = tp / np.arange(1, len(hit) + 1)
+    r = tp / max(panels, 1)
+    out = {}
+    for name, beta in (("F1", 1.0), ("F0.5", 0.5)):
+        f = (1 + beta**2) * p * r / np.maximum(beta**2 * p + r, 1e-12)
+        i = int(np.argmax(f))
+        out[name] = (float(f[i]), float(p[i]), float(r[i]), float(score[order][i]))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    from solardesk_spectral.analyser import INSTANCE_FEATURES, Fusion, default_fusion
+    from solardesk_spectral.learn import fit_logistic, roc_auc
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("data_dir", type=Path)
+    ap.add_argument("--fusion", type=Path, help="A fusion JSON instead of the shipped one.")
+    args = ap.parse_args(argv)
+    cv2.setNumThreads(1)
+    fusion = (
+        Fusion.from_json(json.loads(args.fusion.read_text())) if args.fusion else default_fusion()
+    )
+    found = False
+    for name, (folder, images, truth_of) in SOURCES.items():
+        root = args.data_dir / folder
+        if not root.is_dir():
+            continue
+        found = True
+        halves = {s: collect(root, images, truth_of, s, fusion) for s in ("even", "odd")}
+        print(f"\n## {name}")
+        print(
+            "| half | panels | candidates | hits | confidence AUC | best F1 (P, R, cut) "
+            "| best F0.5 (P, R, cut) | P / R at 0.5 | at 0.7 | at 0.85 |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for split, d in halves.items():
+            hit, conf, panels = d["hit"], d["conf"], d["panels"]
+            pts = curve_points(conf, hit, panels)
+            cuts = []
+            for t in (0.5, 0.7, 0.85):
+                sel = conf >= t
+                prec = hit[sel].mean() if sel.any() else float("nan")
+                cuts.append(f"{prec:.2f} / {hit[sel].sum() / max(panels, 1):.3f}")
+            f1, f05 = pts["F1"], pts["F0.5"]
+            print(
+                f"| {split} | {panels} | {len(hit)} | {int(hit.sum())} | "
+                f"{roc_auc(conf, hit):.3f} | {f1[0]:.3f} ({f1[1]:.2f}, {f1[2]:.3f}, {f1[3]:.2f}) "
+                f"| {f05[0]:.3f} ({f05[1]:.2f}, {f05[2]:.3f}, {f05[3]:.2f}) | "
+                + " | ".join(cuts)
+                + " |"
+            )
+        even, odd = halves["even"], halves["odd"]
+        print("\nROC-AUC of each statistic alone (even / odd):")
+        print(
+            ", ".join(
+                f"{f} {roc_auc(even['X'][:, i], even['hit']):.2f} / "
+                f"{roc_auc(odd['X'][:, i], odd['hit']):.2f}"
+                for i, f in enumerate(INSTANCE_FEATURES)
+            )
+        )
+        mu, sd = even["X"].mean(0), even["X"].std(0) + 1e-9
+        w, b = fit_logistic((even["X"] - mu) / sd, even["hit"], l2=1e-2)
+        z = ((odd["X"] - mu) / sd) @ w + b
+        f1 = curve_points(z, odd["hit"], odd["panels"])["F1"]
+        print(
+            f"diagnostic ceiling (all statistics, fitted on even, never shipped): odd-half AUC "
+            f"{roc_auc(z, odd['hit']):.3f}, best F1 {f1[0]:.3f} (P {f1[1]:.2f}, R {f1[2]:.3f})"
+        )
+    if not found:
+        print(f"{args.data_dir}: no known data set inside", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
