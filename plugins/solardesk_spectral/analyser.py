@@ -14,12 +14,12 @@ Per tile:
    so that an array that scores like its roof is not merged with it, then connected
    components; the cut pixels go back to a neighbouring component. Components outside the
    plausible panel area (m²) are dropped.
-4. **Confidence**: a second logistic model, also learned on synthetic scenes, of each
-   instance's size in m², rectangularity (area over its minimum rotated rectangle), solidity
-   and its mean vegetation and shadow cues (the appearance means are computed and stored but
-   do not transfer from synthetic to real imagery, so the model leaves them out: ADR 0008),
-   plus a tuned offset (:data:`CONFIDENCE_OFFSET`). Candidates at or above the storage floor
-   are returned; the pseudo-label threshold is applied at read time.
+4. **Confidence**: the logistic of a unit-weighted, signed sum of each instance's size in m²,
+   rectangularity (area over its minimum rotated rectangle), solidity and its mean vegetation
+   and shadow cues, each standardised by its spread over synthetic candidates, plus a tuned
+   offset (:data:`CONFIDENCE_OFFSET`). The appearance means are computed and stored but left
+   out: they do not transfer from synthetic to real imagery (ADR 0008). Candidates at or
+   above the storage floor are returned; the pseudo-label threshold is applied at read time.
 
 Every per-instance mean is computed for all components at once (one ``bincount`` per
 statistic); shapes come from one contour trace per component's bounding box;
@@ -322,13 +322,12 @@ def _pixel_corners(pts: np.ndarray) -> np.ndarray:
     return (pts[:, None, :] + offs[None]).reshape(-1, 2)
 
 
-#: Added to the learned instance model's log-odds. The model is learned on synthetic scenes,
-#: where almost half the candidates are panels; on real orthophotos far fewer are, and its
-#: probabilities are not calibrated there. This offset puts the default pseudo-label cut (0.85)
-#: where precision against recall (F0.5) was best on the tuning half of the shared real data
-#: (its even images; the odd half measures it: docs/spectral_quality.md, ADR 0008). It is a
-#: tuned default like the edge thresholds, not a model trained on that data.
-CONFIDENCE_OFFSET = 0.9
+#: Added to the instance score (a sum of standardised cues, ``fusion.json``) before the
+#: logistic. It puts the default pseudo-label cut (0.85) where precision against recall (F0.5)
+#: was best on the tuning half of the shared real data (its even images, cuts at scores 1.42
+#: and 1.70 on its two sources; the odd half measures it: docs/spectral_quality.md, ADR 0008).
+#: A tuned default like the edge thresholds, not a model trained on that data.
+CONFIDENCE_OFFSET = 0.2
 
 
 def confidence(X: np.ndarray, fusion: Fusion) -> np.ndarray:

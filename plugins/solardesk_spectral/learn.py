@@ -2,15 +2,18 @@
 
 ``python -m solardesk_spectral.learn [--out fusion.json] [--scenes 24]`` generates scenes with
 :mod:`solardesk.synthetic` (ground resolutions 0.1–0.3 m, dark, bright and mixed panels,
-orchards, shadows, roads), fits
+orchards, shadows, roads), and
 
-1. a per-pixel logistic model of the eight pixel features and their pairwise products
+1. fits a per-pixel logistic model of the ten pixel features and their pairwise products
    (panel pixels against everything else, class-balanced, L2-regularised, Newton's method);
-2. a per-instance logistic model of the instance statistics, where an instance is positive
-   when it overlaps a true panel array with IoU ≥ 0.5,
+2. measures the mean and spread of every instance statistic over the candidates the analyser
+   segments; the confidence is the unit-weighted, signed sum of the standardised
+   :data:`CONFIDENCE_CUES` (an instance is a hit when it overlaps a true panel array with
+   IoU ≥ 0.5, for the held-out figures),
 
 and writes both to ``fusion.json`` with the held-out synthetic figures in its ``meta``.
-No real imagery is used: what ships is learned from generated scenes only.
+No real imagery is used: what ships is learned from generated scenes only (the analyser's
+``CONFIDENCE_OFFSET`` is a default tuned on real imagery, ADR 0008).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from solardesk_spectral.analyser import (
     PIXEL_FEATURES,
     Fusion,
     analyse,
+    confidence,
     pixel_features,
     pixel_terms,
 )
@@ -38,18 +42,22 @@ TILE = 512
 GSDS = (0.1, 0.15, 0.2, 0.3)
 STYLES = ("dark", "bright", "mixed")
 
-#: The instance statistics the confidence model may use: shape in metres and the two rejection
-#: cues. The appearance means (score, texture and colour channels) are left out: on real
-#: imagery they rank panels below the other candidates or not at all (instance ROC-AUC 0.17-0.63
-#: against 0.73-0.86 for area, rectangularity and solidity), so a synthetic-learned weight on
-#: them does not transfer (ADR 0008, docs/spectral_quality.md).
-CONFIDENCE_FEATURES = (
-    "log_area_m2",
-    "rectangularity",
-    "solidity",
-    "mean_excess_green",
-    "mean_shadow",
-)
+#: The instance confidence: a unit-weighted sum of these statistics, each standardised by its
+#: spread over the synthetic candidates, with the sign a panel gives it (+1: panels have more
+#: of it). Shape in metres and the two rejection cues mean the same on real imagery as on the
+#: synthetic scenes; the appearance means (score, texture and colour channels) do not (on real
+#: imagery they rank panels below the other candidates or not at all: instance ROC-AUC
+#: 0.17-0.67 against 0.69-0.86 for area, rectangularity and solidity). Unit weights rather than
+#: weights fitted on the synthetic candidates: the fitted ones under-weight area and the
+#: rejection cues, which matter more on real imagery, where vegetation and shadow make most of
+#: the candidates (ADR 0008, docs/spectral_quality.md).
+CONFIDENCE_CUES: dict[str, int] = {
+    "log_area_m2": 1,
+    "rectangularity": 1,
+    "solidity": 1,
+    "mean_excess_green": -1,
+    "mean_shadow": -1,
+}
 
 
 def fit_logistic(
@@ -133,8 +141,9 @@ def learn(
     seed: int = 7,
     holdout: int = 6,
     log=print,
-    confidence_features: tuple[str, ...] = CONFIDENCE_FEATURES,
+    cues: dict[str, int] | None = None,
 ) -> Fusion:
+    cues = CONFIDENCE_CUES if cues is None else cues
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
     tiles = list(synthetic_tiles(n_scenes + holdout, seed))
@@ -188,11 +197,12 @@ def learn(
     Xi, yi = instances(train)
     mean = Xi.mean(0)
     std = Xi.std(0) + 1e-6
-    use = [INSTANCE_FEATURES.index(f) for f in confidence_features]
     iw = np.zeros(len(INSTANCE_FEATURES))
-    iw[use], ib = fit_logistic(((Xi - mean) / std)[:, use], yi, l2=1e-2, balanced=False)
+    for name, sign in cues.items():
+        iw[INSTANCE_FEATURES.index(name)] = sign
+    ib = 0.0
     fusion = Fusion(pw.astype(np.float32), pb, mean, std, iw, ib, {})
-    log(f"instance model: {len(yi)} candidates, {yi.mean():.2f} match a panel at IoU >= 0.5")
+    log(f"instance scale: {len(yi)} candidates, {yi.mean():.2f} match a panel at IoU >= 0.5")
 
     # 3. held-out synthetic figures
     pix_s, pix_y = [], []
@@ -205,7 +215,7 @@ def learn(
         pix_y.append((truth.ravel() > 0)[pick])
     auc = roc_auc(np.concatenate(pix_s), np.concatenate(pix_y))
     Xt, yt = instances(test)
-    conf = 1 / (1 + np.exp(-(((Xt - mean) / std) @ iw + ib)))
+    conf = confidence(Xt, fusion)
     figures = {"pixel_auc_holdout": round(auc, 4)}
     for thr in (0.5, 0.7, 0.85):
         keep = conf >= thr
@@ -221,7 +231,7 @@ def learn(
         "seed": seed,
         "gsds": list(GSDS),
         "styles": list(STYLES),
-        "confidence_features": list(confidence_features),
+        "confidence_cues": dict(cues),
         "holdout": figures,
     }
     log(json.dumps(figures))
