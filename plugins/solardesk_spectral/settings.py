@@ -54,6 +54,15 @@ class SpectralSettings(Settings):
             "so that an array that scores like its roof is not merged with it.",
         ),
     ] = True
+    cue_segmentation: Annotated[
+        bool,
+        Field(
+            title="Second segmentation from colour cues",
+            description="Also segment a unit-weighted sum of the colour and texture cues "
+            "(finds dark panels the learned score misses); candidates of both compete on "
+            "confidence and overlapping ones are suppressed.",
+        ),
+    ] = True
     min_area_m2: Annotated[
         float,
         Field(

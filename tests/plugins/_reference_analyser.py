@@ -14,7 +14,16 @@ from scipy import ndimage
 from shapely import box, union_all
 from skimage.measure import label, regionprops
 
-from solardesk_spectral.analyser import CONFIDENCE_OFFSET, INSTANCE_FEATURES, _disk, _pairs
+from solardesk_spectral.analyser import (
+    CONFIDENCE_OFFSET,
+    CUE_THRESHOLD,
+    CUE_WEIGHTS,
+    INSTANCE_FEATURES,
+    PIXEL_FEATURES,
+    SUPPRESS_OVERLAP,
+    _disk,
+    _pairs,
+)
 
 
 def score_map(features: np.ndarray, fusion) -> np.ndarray:
@@ -120,18 +129,40 @@ def pixel_features(rgb: np.ndarray, valid, gsd: float) -> np.ndarray:
     return out
 
 
+def cue_score(features: np.ndarray) -> np.ndarray:
+    """The unit-weighted cue sum, one named feature at a time."""
+    z = np.zeros(features.shape[1:], np.float64)
+    for name, w in CUE_WEIGHTS.items():
+        z += w * features[PIXEL_FEATURES.index(name)]
+    return z
+
+
 def analyse_masks(rgb: np.ndarray, valid, gsd: float, settings, fusion) -> list:
     """(confidence, full mask) of every candidate the reference keeps, as the fast stage."""
     feats = pixel_features(rgb, valid, gsd)
     score = score_map(feats, fusion)
     edges = strong_edges(rgb, gsd) if settings.edge_cut else None
-    labels, n = segment(score, valid, gsd, settings.score_threshold, edges)
-    X, _ = instance_stats(labels, n, feats, score, gsd)
-    if n == 0:
-        return []
-    z = ((X - fusion.instance_mean) / fusion.instance_std) @ fusion.instance_weights
-    conf = 1.0 / (1.0 + np.exp(-(z + fusion.instance_bias + CONFIDENCE_OFFSET)))
-    area_m2 = 10 ** X[:, INSTANCE_FEATURES.index("log_area_m2")]
-    keep = (area_m2 >= settings.min_area_m2) & (area_m2 <= settings.max_area_m2)
-    keep &= conf >= settings.floor
-    return [(float(conf[i]), labels == i + 1) for i in np.flatnonzero(keep)]
+    hypotheses = [(score, settings.score_threshold)]
+    if settings.cue_segmentation:
+        hypotheses.append((cue_score(feats), CUE_THRESHOLD))
+    candidates = []  # (-confidence, hypothesis, label, mask)
+    for h, (hyp_score, threshold) in enumerate(hypotheses):
+        labels, n = segment(hyp_score, valid, gsd, threshold, edges)
+        X, _ = instance_stats(labels, n, feats, score, gsd)
+        for i in range(n):
+            z = ((X[i] - fusion.instance_mean) / fusion.instance_std) @ fusion.instance_weights
+            conf = 1.0 / (1.0 + np.exp(-(z + fusion.instance_bias + CONFIDENCE_OFFSET)))
+            area_m2 = 10 ** X[i, INSTANCE_FEATURES.index("log_area_m2")]
+            if settings.min_area_m2 <= area_m2 <= settings.max_area_m2:
+                candidates.append((-float(conf), h, i, labels == i + 1))
+    if len(hypotheses) == 1:
+        kept = [(-c, m) for c, _, _, m in candidates]
+    else:  # greedy suppression by confidence, whole-tile masks
+        kept = []
+        taken = np.zeros(rgb.shape[:2], bool)
+        for c, _, _, m in sorted(candidates, key=lambda t: t[:3]):
+            if (m & taken).sum() > SUPPRESS_OVERLAP * m.sum():
+                continue
+            kept.append((-c, m & ~taken))
+            taken |= m
+    return [(c, m) for c, m in kept if c >= settings.floor]

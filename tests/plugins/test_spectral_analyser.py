@@ -52,6 +52,69 @@ def test_fast_matches_reference_oracle(tile) -> None:
         )
 
 
+def test_cue_score_and_whole_stage_match_the_oracle(tile, monkeypatch) -> None:
+    """The cue sum, the two segmentations and their suppression against the reference.
+
+    Both sides get the same pixel features (the channels have their own oracle tests), so what
+    is compared is the scoring, segmentation, statistics and suppression."""
+    rgb, _ = tile
+    feats = fast.pixel_features(rgb, None, 0.15)
+    np.testing.assert_allclose(fast.cue_score(feats), ref.cue_score(feats), atol=1e-5)
+    monkeypatch.setattr(ref, "pixel_features", fast.pixel_features)
+    settings = SpectralSettings()
+    assert settings.cue_segmentation
+    got = fast.analyse_tile(rgb, None, 0.15, settings.model_dump())
+    want = ref.analyse_masks(rgb, None, 0.15, settings, fast.default_fusion())
+    assert len(got) == len(want) >= 3
+    for inst in got:
+        m = inst.full_mask(*rgb.shape[:2])
+        conf, best = max(((c, _iou(m, w)) for c, w in want), key=lambda t: t[1])
+        assert best >= 0.99 and inst.confidence == pytest.approx(conf, abs=1e-3)
+
+
+def test_stage_instances_never_overlap(tile) -> None:
+    rgb, _ = tile
+    insts = fast.analyse_tile(rgb, None, 0.15, {**PARAMS, "floor": 0.0})
+    cover = np.zeros(rgb.shape[:2], np.int32)
+    for inst in insts:
+        cover += inst.full_mask(*rgb.shape[:2])
+    assert len(insts) >= 3 and cover.max() == 1
+
+
+def test_suppress_keeps_the_more_confident_of_overlapping_candidates() -> None:
+    h0 = np.zeros((40, 40), np.int32)
+    h0[0:10, 0:10] = 1  # A, confidence 0.6: half of it lies in B
+    h0[8:18, 12:22] = 2  # C, 0.5: 6 of its 100 pixels lie in B
+    h0[30:35, 30:35] = 3  # D, 0.4, alone
+    h1 = np.zeros((40, 40), np.int32)
+    h1[0:10, 5:15] = 1  # B, 0.9
+    h1[20:22, 20:22] = 2  # E, 0.95 but outside the area limits (kept False)
+    parts = [
+        (
+            h0,
+            np.array([[1.0], [3.0], [4.0]]),
+            np.array([[0, 0, 10, 10], [12, 8, 22, 18], [30, 30, 35, 35]]),
+            np.array([0.6, 0.5, 0.4]),
+            np.array([True, True, True]),
+        ),
+        (
+            h1,
+            np.array([[2.0], [5.0]]),
+            np.array([[5, 0, 15, 10], [20, 20, 22, 22]]),
+            np.array([0.9, 0.95]),
+            np.array([True, False]),
+        ),
+    ]
+    labels, X, boxes, conf = fast.suppress(parts)
+    np.testing.assert_array_equal(conf, [0.9, 0.5, 0.4])  # B, C, D; A suppressed, E not kept
+    np.testing.assert_array_equal(X[:, 0], [2.0, 3.0, 4.0])
+    np.testing.assert_array_equal(boxes[1], [12, 8, 22, 18])
+    assert (labels == 1).sum() == 100 and (labels[0:10, 5:15] == 1).all()
+    assert (labels == 2).sum() == 94 and labels[9, 12] == 1  # C lost its 6 pixels to B
+    assert (labels == 3).sum() == 25
+    assert labels.max() == 3 and not labels[0:10, 0:5].any()  # A's own pixels stay free
+
+
 def test_edge_cut_separates_an_array_from_the_roof_it_scores_like() -> None:
     """A dark array on a grey roof, both above the score threshold: one blob without the cut,
     the array on its own with it."""
