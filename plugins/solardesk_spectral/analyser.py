@@ -411,7 +411,7 @@ def analyse(
     if len(parts) == 1:
         labels, X, boxes, conf, kept = parts[0]
         return Analysis(feats, score, labels, X, boxes, conf, kept)
-    labels, X, boxes, conf = suppress(parts)
+    labels, X, boxes, conf = suppress(parts, settings.min_area_m2 / (gsd * gsd))
     return Analysis(feats, score, labels, X, boxes, conf, np.ones(len(conf), bool))
 
 
@@ -420,13 +420,18 @@ def analyse(
 SUPPRESS_OVERLAP = 0.3
 
 
-def suppress(parts: list) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def suppress(
+    parts: list, min_pixels: float = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """One label image from the candidates of several segmentations (greedy, by confidence).
 
     ``parts`` holds ``(labels, X, boxes, confidence, kept)`` per segmentation. Candidates inside
     the area limits (``kept``) are taken by falling confidence (ties: the earlier segmentation,
     then the lower label); one is dropped when more than :data:`SUPPRESS_OVERLAP` of its pixels
-    already belong to a taken one, else it takes its pixels that are still free. Returns
+    already belong to a taken one. Else it takes the largest connected part of its pixels that
+    are neither taken nor next to a taken one (8-neighbours: no two instances touch), provided
+    that part keeps at least ``1 - SUPPRESS_OVERLAP`` of the candidate and ``min_pixels``.
+    Returns
     ``(labels, X, boxes, confidence)`` of the taken candidates, label ``i + 1`` for row ``i``
     (statistics and box are the candidate's own, computed before the overlap was trimmed).
     """
@@ -439,15 +444,32 @@ def suppress(parts: list) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarra
         )
     )
     out = np.zeros(shape, np.int32)
+    h_, w_ = shape
+    ring = np.ones((3, 3), np.uint8)
     rows, boxes, confs = [], [], []
     for neg_conf, h, i in order:
         labels, X, bxs, _, _ = parts[h]
         x0, y0, x1, y1 = (int(v) for v in bxs[i])
         mine = labels[y0:y1, x0:x1] == i + 1
         taken = out[y0:y1, x0:x1]
-        free = mine & (taken == 0)
         area = int(np.count_nonzero(mine))
-        if area - int(np.count_nonzero(free)) > SUPPRESS_OVERLAP * area:
+        if np.count_nonzero(mine & (taken > 0)) > SUPPRESS_OVERLAP * area:
+            continue
+        # Its free pixels, less a one-pixel ring around the taken ones (instances never touch);
+        # of those, the largest connected part, which must keep most of the candidate.
+        a0, b0, a1, b1 = max(x0 - 1, 0), max(y0 - 1, 0), min(x1 + 1, w_), min(y1 + 1, h_)
+        near = cv2.dilate((out[b0:b1, a0:a1] > 0).view(np.uint8), ring)
+        free = mine & (near[y0 - b0 : y1 - b0, x0 - a0 : x1 - a0] == 0)
+        n_free = int(np.count_nonzero(free))
+        if n_free < area:
+            n, parts_lab, stats, _ = cv2.connectedComponentsWithStats(
+                free.view(np.uint8), connectivity=8
+            )
+            if n > 2:
+                biggest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+                free = parts_lab == biggest
+                n_free = int(stats[biggest, cv2.CC_STAT_AREA])
+        if n_free < (1 - SUPPRESS_OVERLAP) * area or n_free < min_pixels:
             continue
         taken[free] = len(rows) + 1
         rows.append(X[i])

@@ -162,10 +162,21 @@ def test_output_errors(tmp_path: Path) -> None:
 
 
 def test_rejected_instances_are_not_written(tmp_path: Path) -> None:
+    # One tile (no seams, no overlap): every instance at or above the threshold is one polygon.
+    import rasterio
+    from rasterio.windows import Window
+
+    raster = tmp_path / "one_tile.tif"
+    with rasterio.open(SAMPLE) as src:
+        win = Window(0, 0, 512, 512)
+        profile = {**src.profile, "width": 512, "height": 512}
+        profile["transform"] = src.window_transform(win)
+        with rasterio.open(raster, "w", **profile) as dst:
+            dst.write(src.read(window=win))
     cache = tmp_path / "c.sqlite"
     out = tmp_path / "a.gpkg"
     res = cli(
-        "detect", str(SAMPLE), "--spectral", "--cache", str(cache), "--out", str(out), "--quiet"
+        "detect", str(raster), "--spectral", "--cache", str(cache), "--out", str(out), "--quiet"
     )
     n = int(res.stdout.split()[0])
     assert n >= 1
@@ -174,7 +185,7 @@ def test_rejected_instances_are_not_written(tmp_path: Path) -> None:
         c.set_review(first.id, "rejected")
     res = cli(
         "detect",
-        str(SAMPLE),
+        str(raster),
         "--spectral",
         "--cache",
         str(cache),

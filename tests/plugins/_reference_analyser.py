@@ -160,9 +160,18 @@ def analyse_masks(rgb: np.ndarray, valid, gsd: float, settings, fusion) -> list:
     else:  # greedy suppression by confidence, whole-tile masks
         kept = []
         taken = np.zeros(rgb.shape[:2], bool)
+        min_pixels = settings.min_area_m2 / (gsd * gsd)
         for c, _, _, m in sorted(candidates, key=lambda t: t[:3]):
             if (m & taken).sum() > SUPPRESS_OVERLAP * m.sum():
                 continue
-            kept.append((-c, m & ~taken))
-            taken |= m
+            # Its pixels that are neither taken nor 8-neighbours of taken ones; their largest
+            # 8-connected part, which must keep most of the candidate and the smallest area.
+            free = m & ~ndimage.binary_dilation(taken, np.ones((3, 3), bool))
+            parts = label(free, connectivity=2)
+            if parts.max() > 1:
+                free = parts == 1 + int(np.argmax(np.bincount(parts.ravel())[1:]))
+            if free.sum() < (1 - SUPPRESS_OVERLAP) * m.sum() or free.sum() < min_pixels:
+                continue
+            kept.append((-c, free))
+            taken |= free
     return [(c, m) for c, m in kept if c >= settings.floor]
