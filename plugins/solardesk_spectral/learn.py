@@ -44,19 +44,22 @@ STYLES = ("dark", "bright", "mixed")
 
 #: The instance confidence: a unit-weighted sum of these statistics, each standardised by its
 #: spread over the synthetic candidates, with the sign a panel gives it (+1: panels have more
-#: of it). Shape in metres and the two rejection cues mean the same on real imagery as on the
-#: synthetic scenes; the appearance means (score, texture and colour channels) do not (on real
-#: imagery they rank panels below the other candidates or not at all: instance ROC-AUC
-#: 0.17-0.67 against 0.69-0.86 for area, rectangularity and solidity). Unit weights rather than
-#: weights fitted on the synthetic candidates: the fitted ones under-weight area and the
-#: rejection cues, which matter more on real imagery, where vegetation and shadow make most of
-#: the candidates (ADR 0008, docs/spectral_quality.md).
+#: of it). Shape in metres, the two rejection cues and the two context cues of the frame around
+#: the candidate mean the same on real imagery as on the synthetic scenes; the appearance means
+#: (score, texture and colour channels) do not (on real imagery they rank panels below the
+#: other candidates or not at all: instance ROC-AUC 0.17-0.67 against 0.69-0.86 for area,
+#: rectangularity and solidity). Unit weights rather than weights fitted on the synthetic
+#: candidates: the fitted ones under-weight area and the rejection cues, which matter more on
+#: real imagery, where vegetation and shadow make most of the candidates (ADRs 0008 and 0010,
+#: docs/spectral_quality.md).
 CONFIDENCE_CUES: dict[str, int] = {
     "log_area_m2": 1,
     "rectangularity": 1,
     "solidity": 1,
     "mean_excess_green": -1,
     "mean_shadow": -1,
+    "frame_excess_green": -1,
+    "frame_redness": 1,
 }
 
 

@@ -18,6 +18,7 @@ from solardesk_spectral.analyser import (
     CONFIDENCE_OFFSET,
     CUE_THRESHOLD,
     CUE_WEIGHTS,
+    FRAME_M,
     INSTANCE_FEATURES,
     PIXEL_FEATURES,
     SUPPRESS_OVERLAP,
@@ -68,8 +69,12 @@ def segment(score: np.ndarray, valid, gsd: float, threshold: float, edges=None):
     return labels, n
 
 
-def instance_stats(labels, n, features, score, gsd):
+def instance_stats(labels, n, features, score, gsd, rgb, valid=None):
     rows, boxes = [], []
+    h, w = labels.shape
+    r = max(1, round(FRAME_M / gsd))
+    green = features[PIXEL_FEATURES.index("excess_green")]
+    redness = rgb[..., 0].astype(np.float64) - rgb[..., 2]
     for region in regionprops(labels):
         rr, cc = region.coords[:, 0], region.coords[:, 1]
         area = len(rr)
@@ -85,8 +90,21 @@ def instance_stats(labels, n, features, score, gsd):
         row.append(area / max(rect.area, 1.0))
         row.append(area / max(pixels.convex_hull.area, 1.0))
         row.append(np.log10(max(sides[1], 1.0) / max(sides[0], 1.0)))
-        rows.append(row)
+        # The frame: every pixel of the grown box that is outside the box, one at a time.
         r0, c0, r1, c1 = region.bbox
+        frame = [
+            (y, x)
+            for y in range(max(r0 - r, 0), min(r1 + r, h))
+            for x in range(max(c0 - r, 0), min(c1 + r, w))
+            if not (r0 <= y < r1 and c0 <= x < c1) and (valid is None or valid[y, x])
+        ]
+        if frame:
+            ys, xs = np.array(frame).T
+            row.append(green[ys, xs].mean())
+            row.append(redness[ys, xs].mean() - redness[rr, cc].mean())
+        else:
+            row += [green[rr, cc].mean(), 0.0]
+        rows.append(row)
         boxes.append((c0, r0, c1, r1))
     X = np.array(rows).reshape(-1, len(INSTANCE_FEATURES))
     return X, np.array(boxes, np.int64).reshape(-1, 4)
@@ -148,7 +166,7 @@ def analyse_masks(rgb: np.ndarray, valid, gsd: float, settings, fusion) -> list:
     candidates = []  # (-confidence, hypothesis, label, mask)
     for h, (hyp_score, threshold) in enumerate(hypotheses):
         labels, n = segment(hyp_score, valid, gsd, threshold, edges)
-        X, _ = instance_stats(labels, n, feats, score, gsd)
+        X, _ = instance_stats(labels, n, feats, score, gsd, rgb, valid)
         for i in range(n):
             z = ((X[i] - fusion.instance_mean) / fusion.instance_std) @ fusion.instance_weights
             conf = 1.0 / (1.0 + np.exp(-(z + fusion.instance_bias + CONFIDENCE_OFFSET)))

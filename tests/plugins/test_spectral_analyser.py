@@ -42,8 +42,8 @@ def test_fast_matches_reference_oracle(tile) -> None:
         lr, nr = ref.segment(s_ref, None, 0.15, 0.35, cut)
         assert nf == nr and nf >= 3
         assert _iou(lf > 0, lr > 0) >= 0.99
-        Xf, bf = fast.instance_stats(lf, nf, feats, s_fast, 0.15)
-        Xr, br = ref.instance_stats(lr, nr, feats, s_ref, 0.15)
+        Xf, bf = fast.instance_stats(lf, nf, feats, s_fast, 0.15, rgb)
+        Xr, br = ref.instance_stats(lr, nr, feats, s_ref, 0.15, rgb)
         # Labels are numbered in the same raster order by both, so rows correspond.
         np.testing.assert_array_equal(bf, br)
         np.testing.assert_allclose(Xf, Xr, rtol=1e-3, atol=1e-3)
@@ -141,8 +141,16 @@ def test_rectangle_statistics_are_exact() -> None:
     labels = np.zeros((60, 60), np.int32)
     labels[10:20, 5:45] = 1  # a 40 × 10 px rectangle
     feats = np.zeros((len(fast.PIXEL_FEATURES), 60, 60), np.float32)
-    X, boxes = fast.instance_stats(labels, 1, feats, np.ones((60, 60), np.float32), 0.2)
+    rgb = np.zeros((60, 60, 3), np.uint8)
+    rgb[..., 0] = 180  # a red roof around ...
+    rgb[10:20, 5:45] = (40, 50, 90)  # ... a blue array
+    feats[fast.PIXEL_FEATURES.index("excess_green"), :, :5] = 1.0  # a lawn along the left edge
+    X, boxes = fast.instance_stats(labels, 1, feats, np.ones((60, 60), np.float32), 0.2, rgb)
     row = dict(zip(fast.INSTANCE_FEATURES, X[0], strict=True))
+    # The frame: the box grown by 1 m (5 px) less the box, 50 × 20 - 40 × 10 = 600 px; the
+    # lawn covers its columns 0-4 (5 × 20 px), and it is red (180 - 0) where the array is blue.
+    assert row["frame_excess_green"] == pytest.approx(100 / 600)
+    assert row["frame_redness"] == pytest.approx(180 - (40 - 90))
     assert row["rectangularity"] == pytest.approx(1.0, abs=1e-6)
     assert row["solidity"] == pytest.approx(1.0, abs=1e-6)
     assert 10 ** row["log_area_m2"] == pytest.approx(400 * 0.04)
