@@ -15,11 +15,14 @@ Per tile:
    components; the cut pixels go back to a neighbouring component. Components outside the
    plausible panel area (m²) are dropped.
 4. **Confidence**: the logistic of a unit-weighted, signed sum of each instance's size in m²,
-   rectangularity (area over its minimum rotated rectangle), solidity and its mean vegetation
-   and shadow cues, each standardised by its spread over synthetic candidates, plus a tuned
-   offset (:data:`CONFIDENCE_OFFSET`). The appearance means are computed and stored but left
-   out: they do not transfer from synthetic to real imagery (ADR 0008). Candidates at or
-   above the storage floor are returned; the pseudo-label threshold is applied at read time.
+   rectangularity (area over its minimum rotated rectangle), solidity, its mean vegetation and
+   shadow cues, and two cues of the frame around it (its excess green; how much redder it is
+   than the candidate), each standardised by its spread over synthetic candidates, plus a
+   tuned offset (:data:`CONFIDENCE_OFFSET`). The appearance means are computed and stored but
+   left out: they do not transfer from synthetic to real imagery (ADRs 0008, 0017). With
+   ``cue_segmentation`` a second segmentation of a unit-weighted cue sum adds candidates, and
+   overlapping ones are suppressed by confidence (ADR 0009). Candidates at or above the storage
+   floor are returned; the pseudo-label threshold is applied at read time.
 
 Every per-instance mean is computed for all components at once (one ``bincount`` per
 statistic); shapes come from one contour trace per component's bounding box;
@@ -147,10 +150,15 @@ def blue_tint(rgb: np.ndarray) -> np.ndarray:
     Crystalline panels reflect the sky: blue-grey whether dark or bright, where roofs are red,
     brown or neutral grey and vegetation is green. 0 at no excess, 1 at an excess of 15 %.
     """
-    f = rgb.astype(np.float32)
-    excess = f[..., 2] - np.maximum(f[..., 0], f[..., 1])
-    excess /= f.sum(axis=2) / 3 + 8.0
-    return np.clip(excess / 0.15, 0.0, 1.0, out=excess)
+    r, g, b = (c.astype(np.float32) for c in cv2.split(rgb))
+    excess = b - np.maximum(r, g)
+    r += g
+    r += b
+    r *= 1.0 / 3.0
+    r += 8.0
+    excess /= r
+    excess *= 1.0 / 0.15
+    return np.clip(excess, 0.0, 1.0, out=excess)
 
 
 def fine_texture(rgb: np.ndarray, gsd: float) -> np.ndarray:
@@ -290,6 +298,33 @@ def segment(
 # --------------------------------------------------------------------------------------------
 # Instance statistics, all components at once
 # --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FrameContext:
+    """What the frame statistics need of a tile, computed once for all its segmentations:
+    the red-minus-blue map and integral images of (valid) excess green, redness and count."""
+
+    redness: np.ndarray
+    sums: tuple[np.ndarray, ...]
+    count: np.ndarray
+
+    @classmethod
+    def of(cls, rgb: np.ndarray, features: np.ndarray, valid: np.ndarray | None) -> FrameContext:
+        red, _, blue = (c.astype(np.float32) for c in cv2.split(rgb))
+        red -= blue
+        green = features[PIXEL_FEATURES.index("excess_green")]
+        if valid is None:
+            count = cv2.integral(np.ones(red.shape, np.uint8))
+            sums = (cv2.integral(green, sdepth=cv2.CV_64F), cv2.integral(red, sdepth=cv2.CV_64F))
+        else:
+            v = valid.astype(np.float32)
+            count = cv2.integral(valid.view(np.uint8))
+            sums = (
+                cv2.integral(green * v, sdepth=cv2.CV_64F),
+                cv2.integral(red * v, sdepth=cv2.CV_64F),
+            )
+        return cls(red, sums, count)
+
+
 def instance_stats(
     labels: np.ndarray,
     n: int,
@@ -298,6 +333,9 @@ def instance_stats(
     gsd: float,
     rgb: np.ndarray,
     valid: np.ndarray | None = None,
+    *,
+    context: FrameContext | None = None,
+    shape_area_px: tuple[float, float] = (0.0, np.inf),
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(X, boxes)``: per-instance feature rows (INSTANCE_FEATURES) and boxes (x0, y0, x1, y1).
 
@@ -307,9 +345,14 @@ def instance_stats(
     8-bit levels, of the frame less that of the candidate's pixels). An array lies on a roof or
     on open ground and is bluer than a tiled roof; a whole roof plane, a tree or a lawn has
     gardens, lawns or other roofs of its own colour around it.
+
+    Shape statistics (rectangularity, solidity, elongation) are traced only for components
+    whose pixel count lies within ``shape_area_px``; the others get NaN there (the analyser
+    drops them by area anyway).
     """
     if n == 0:
         return np.zeros((0, len(INSTANCE_FEATURES))), np.zeros((0, 4), np.int64)
+    context = context or FrameContext.of(rgb, features, valid)
     # Only labelled pixels matter: gather them once, then one bincount per statistic.
     flat = labels.ravel()
     where = np.flatnonzero(flat)
@@ -318,71 +361,64 @@ def instance_stats(
     cols = [np.bincount(lab, weights=score.ravel()[where], minlength=n) / area]
     for f in features:
         cols.append(np.bincount(lab, weights=f.ravel()[where], minlength=n) / area)
-    rect_area, hull_area, long_side, short_side, boxes = _shape_stats(labels, n)
+    traced = (area >= shape_area_px[0]) & (area <= shape_area_px[1])
+    rect_area, hull_area, long_side, short_side, boxes = _shape_stats(labels, n, traced)
     area_m2 = area * gsd * gsd
     cols.append(np.log10(np.maximum(area_m2, 1e-3)))
     cols.append(area / np.maximum(rect_area, 1.0))
     cols.append(area / np.maximum(hull_area, 1.0))
     cols.append(np.log10(np.maximum(long_side, 1.0) / np.maximum(short_side, 1.0)))
-    rgb_f = rgb.astype(np.float32)
-    redness = rgb_f[..., 0] - rgb_f[..., 2]
-    red_in = np.bincount(lab, weights=redness.ravel()[where], minlength=n) / area
+    red_in = np.bincount(lab, weights=context.redness.ravel()[where], minlength=n) / area
     green_in = cols[1 + PIXEL_FEATURES.index("excess_green")]
-    green_frame, red_frame = _frame_means(
-        boxes,
-        max(1, round(FRAME_M / gsd)),
-        valid,
-        features[PIXEL_FEATURES.index("excess_green")],
-        redness,
-    )
+    green_frame, red_frame = _frame_means(boxes, max(1, round(FRAME_M / gsd)), context)
     cols.append(np.where(np.isnan(green_frame), green_in, green_frame))
     cols.append(np.where(np.isnan(red_frame), 0.0, red_frame - red_in))
     return np.stack(cols, axis=1), boxes
 
 
-def _frame_means(
-    boxes: np.ndarray, r: int, valid: np.ndarray | None, *maps: np.ndarray
-) -> list[np.ndarray]:
-    """Mean of each map over the valid pixels of the frame ``r`` pixels wide around each box
-    (the box grown by ``r`` and clipped to the map, less the box); NaN where the frame is
-    empty. Integral images: O(1) per box."""
-    h, w = maps[0].shape
-    ones = np.ones((h, w), np.float64) if valid is None else valid.astype(np.float64)
-    sums = [cv2.integral(m.astype(np.float64) * ones) for m in maps]
-    count = cv2.integral(ones)
+def _frame_means(boxes: np.ndarray, r: int, context: FrameContext) -> list[np.ndarray]:
+    """Mean of each of the context's maps over the valid pixels of the frame ``r`` pixels wide
+    around each box (the box grown by ``r`` and clipped to the tile, less the box); NaN where
+    the frame is empty. O(1) per box."""
+    h, w = context.redness.shape
     x0, y0, x1, y1 = (boxes[:, k] for k in range(4))
     gx0, gy0 = np.maximum(x0 - r, 0), np.maximum(y0 - r, 0)
     gx1, gy1 = np.minimum(x1 + r, w), np.minimum(y1 + r, h)
 
     def frame(ii: np.ndarray) -> np.ndarray:
+        ii = ii.astype(np.float64, copy=False)
         outer = ii[gy1, gx1] - ii[gy0, gx1] - ii[gy1, gx0] + ii[gy0, gx0]
         inner = ii[y1, x1] - ii[y0, x1] - ii[y1, x0] + ii[y0, x0]
         return outer - inner
 
-    n_px = frame(count)
+    n_px = frame(context.count)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return [np.where(n_px > 0, frame(ii) / n_px, np.nan) for ii in sums]
+        return [np.where(n_px > 0, frame(ii) / n_px, np.nan) for ii in context.sums]
 
 
-def _shape_stats(labels: np.ndarray, n: int):
+def _shape_stats(labels: np.ndarray, n: int, traced: np.ndarray | None = None):
     """Minimum-rotated-rectangle area and sides, convex hull area and box of each label.
 
     Components may touch (after an edge cut), so each one's outer contour is traced in its own
     bounding box (``ndimage.find_objects`` finds every box in one pass). Rectangles and hulls
     use the pixel *corner* outline (contour points grown by half a pixel), so an ``a × b``
-    pixel rectangle has rectangle area ``a·b``, matching the pixel-count area.
+    pixel rectangle has rectangle area ``a·b``, matching the pixel-count area. Labels not
+    ``traced`` get their box only (NaN for the rest).
     """
     from scipy.ndimage import find_objects
 
-    rect_area = np.zeros(n)
-    hull_area = np.zeros(n)
-    long_side = np.zeros(n)
-    short_side = np.zeros(n)
+    rect_area = np.full(n, np.nan)
+    hull_area = np.full(n, np.nan)
+    long_side = np.full(n, np.nan)
+    short_side = np.full(n, np.nan)
     boxes = np.zeros((n, 4), np.int64)
     for i, sl in enumerate(find_objects(labels, max_label=n)):
         if sl is None:
             continue
         ys, xs = sl
+        boxes[i] = (xs.start, ys.start, xs.stop, ys.stop)
+        if traced is not None and not traced[i]:
+            continue
         crop = (labels[sl] == i + 1).view(np.uint8)
         contours, _ = cv2.findContours(crop, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         pts = np.concatenate([c.reshape(-1, 2) for c in contours])
@@ -392,7 +428,6 @@ def _shape_stats(labels: np.ndarray, n: int):
         rect_area[i] = rw * rh
         long_side[i], short_side[i] = max(rw, rh), min(rw, rh)
         hull_area[i] = cv2.contourArea(cv2.convexHull(corners))
-        boxes[i] = (xs.start, ys.start, xs.stop, ys.stop)
     return rect_area, hull_area, long_side, short_side, boxes
 
 
@@ -405,7 +440,7 @@ def _pixel_corners(pts: np.ndarray) -> np.ndarray:
 #: Added to the instance score (a sum of standardised cues, ``fusion.json``) before the
 #: logistic. It puts the default pseudo-label cut (0.85) where precision against recall (F0.5)
 #: was best on the tuning half of the shared real data (its even images; the odd half measures
-#: it: docs/spectral_quality.md, ADRs 0008 and 0009). A tuned default like the edge
+#: it: docs/spectral_quality.md, ADRs 0008, 0009 and 0017). A tuned default like the edge
 #: thresholds, not a model trained on that data.
 CONFIDENCE_OFFSET = -2.25
 
@@ -450,16 +485,21 @@ def analyse(
     hypotheses = [(score, settings.score_threshold)]
     if settings.cue_segmentation:
         hypotheses.append((cue_score(feats), CUE_THRESHOLD))
+    context = FrameContext.of(rgb, feats, valid)
+    # Shapes are traced only where the area limits may keep a component (a margin for rounding).
+    px = (0.999 * settings.min_area_m2 / gsd**2, 1.001 * settings.max_area_m2 / gsd**2)
     parts = []
     for hyp_score, threshold in hypotheses:
         labels, n = segment(hyp_score, valid, gsd, threshold, edges)
-        X, boxes = instance_stats(labels, n, feats, score, gsd, rgb, valid)
-        conf = confidence(X, fusion)
+        X, boxes = instance_stats(
+            labels, n, feats, score, gsd, rgb, valid, context=context, shape_area_px=px
+        )
         if n:
             area_m2 = 10 ** X[:, INSTANCE_FEATURES.index("log_area_m2")]
             kept = (area_m2 >= settings.min_area_m2) & (area_m2 <= settings.max_area_m2)
         else:
             kept = np.zeros(0, bool)
+        conf = np.where(kept, confidence(np.nan_to_num(X), fusion), 0.0)
         parts.append((labels, X, boxes, conf, kept))
     if len(parts) == 1:
         labels, X, boxes, conf, kept = parts[0]

@@ -50,7 +50,7 @@ STYLES = ("dark", "bright", "mixed")
 #: other candidates or not at all: instance ROC-AUC 0.17-0.67 against 0.69-0.86 for area,
 #: rectangularity and solidity). Unit weights rather than weights fitted on the synthetic
 #: candidates: the fitted ones under-weight area and the rejection cues, which matter more on
-#: real imagery, where vegetation and shadow make most of the candidates (ADRs 0008 and 0010,
+#: real imagery, where vegetation and shadow make most of the candidates (ADRs 0008 and 0017,
 #: docs/spectral_quality.md).
 CONFIDENCE_CUES: dict[str, int] = {
     "log_area_m2": 1,

@@ -52,6 +52,16 @@ def test_fast_matches_reference_oracle(tile) -> None:
         )
 
 
+def test_extra_pixel_features_match_the_oracle(tile) -> None:
+    """Excess green, shadow, blue tint and fine texture against straightforward versions (the
+    six channels have their own oracle tests in tests/unit)."""
+    rgb, _ = tile
+    got = fast.pixel_features(rgb, None, 0.15)[6:]
+    want = ref.pixel_features(rgb, None, 0.15)[6:]
+    np.testing.assert_allclose(got, want, atol=1e-3)
+    assert got[2].max() > 0.5 and got[3].max() > 0.5  # blue panels, textured ground
+
+
 def test_cue_score_and_whole_stage_match_the_oracle(tile, monkeypatch) -> None:
     """The cue sum, the two segmentations and their suppression against the reference.
 
