@@ -317,7 +317,7 @@ class FrameContext:
             sums = (cv2.integral(green, sdepth=cv2.CV_64F), cv2.integral(red, sdepth=cv2.CV_64F))
         else:
             v = valid.astype(np.float32)
-            count = cv2.integral(valid.view(np.uint8))
+            count = cv2.integral(valid.astype(np.uint8))
             sums = (
                 cv2.integral(green * v, sdepth=cv2.CV_64F),
                 cv2.integral(red * v, sdepth=cv2.CV_64F),
@@ -524,9 +524,8 @@ def suppress(
     already belong to a taken one. Else it takes the largest connected part of its pixels that
     are neither taken nor next to a taken one (8-neighbours: no two instances touch), provided
     that part keeps at least ``1 - SUPPRESS_OVERLAP`` of the candidate and ``min_pixels``.
-    Returns
-    ``(labels, X, boxes, confidence)`` of the taken candidates, label ``i + 1`` for row ``i``
-    (statistics and box are the candidate's own, computed before the overlap was trimmed).
+    Returns ``(labels, X, boxes, confidence)`` of the taken candidates, label ``i + 1`` for row
+    ``i`` (statistics and box are the candidate's own, computed before it was trimmed).
     """
     shape = parts[0][0].shape
     order = sorted(

@@ -96,16 +96,17 @@ def test_suppress_keeps_the_more_confident_of_overlapping_candidates() -> None:
     h0[0:10, 0:10] = 1  # A, confidence 0.6: half of it lies in B
     h0[8:18, 12:22] = 2  # C, 0.5: 6 of its 100 pixels lie in B
     h0[30:35, 30:35] = 3  # D, 0.4, alone
+    h0[0:4, 15:18] = 4  # F, 0.45: touches B; the ring next to B leaves 8 of its 12 pixels
     h1 = np.zeros((40, 40), np.int32)
     h1[0:10, 5:15] = 1  # B, 0.9
     h1[20:22, 20:22] = 2  # E, 0.95 but outside the area limits (kept False)
     parts = [
         (
             h0,
-            np.array([[1.0], [3.0], [4.0]]),
-            np.array([[0, 0, 10, 10], [12, 8, 22, 18], [30, 30, 35, 35]]),
-            np.array([0.6, 0.5, 0.4]),
-            np.array([True, True, True]),
+            np.array([[1.0], [3.0], [4.0], [6.0]]),
+            np.array([[0, 0, 10, 10], [12, 8, 22, 18], [30, 30, 35, 35], [15, 0, 18, 4]]),
+            np.array([0.6, 0.5, 0.4, 0.45]),
+            np.array([True, True, True, True]),
         ),
         (
             h1,
@@ -116,7 +117,8 @@ def test_suppress_keeps_the_more_confident_of_overlapping_candidates() -> None:
         ),
     ]
     labels, X, boxes, conf = fast.suppress(parts)
-    np.testing.assert_array_equal(conf, [0.9, 0.5, 0.4])  # B, C, D; A suppressed, E not kept
+    # B, C, D; A overlaps B too much, F keeps too little of itself, E is not kept.
+    np.testing.assert_array_equal(conf, [0.9, 0.5, 0.4])
     np.testing.assert_array_equal(X[:, 0], [2.0, 3.0, 4.0])
     np.testing.assert_array_equal(boxes[1], [12, 8, 22, 18])
     assert (labels == 1).sum() == 100 and (labels[0:10, 5:15] == 1).all()
@@ -125,6 +127,10 @@ def test_suppress_keeps_the_more_confident_of_overlapping_candidates() -> None:
     assert labels[11, 12] == 2 and labels[8, 16] == 2
     assert (labels == 3).sum() == 25
     assert labels.max() == 3 and not labels[0:10, 0:5].any()  # A's own pixels stay free
+    assert not labels[0:4, 16:18].any()  # nor F's
+    # A smallest area (in pixels) drops D's 25.
+    _, _, _, conf = fast.suppress(parts, min_pixels=30)
+    np.testing.assert_array_equal(conf, [0.9, 0.5])
 
 
 def test_edge_cut_separates_an_array_from_the_roof_it_scores_like() -> None:
