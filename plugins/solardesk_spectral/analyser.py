@@ -207,9 +207,10 @@ def score_map(features: np.ndarray, fusion: Fusion) -> np.ndarray:
 
 #: The second score map: a unit-weighted sum of the pixel cues that mean the same on real
 #: imagery as on synthetic scenes (photometric index, LBP uniformity and blue tint for, excess
-#: green and shadow against), thresholded at CUE_THRESHOLD (chosen on the even half of the
-#: shared real data, measured on the odd half: ADR 0009). The learned score map misses dark
-#: panels at 0.3 m that this one finds; each candidate of either map competes on confidence.
+#: green and shadow against), thresholded at each of CUE_THRESHOLDS (chosen on the even half of
+#: the shared real data, measured on the odd half: ADR 0009; 1.0 suits South Tyrol's bright
+#: panels at 0.14 m, 0.8 Bradbury's dark ones at 0.3 m). The learned score map misses dark
+#: panels at 0.3 m that these find; the candidates of every segmentation compete on confidence.
 CUE_WEIGHTS = {
     "photometric_index": 1.0,
     "lbp_uniformity": 1.0,
@@ -217,7 +218,7 @@ CUE_WEIGHTS = {
     "excess_green": -1.0,
     "shadow": -1.0,
 }
-CUE_THRESHOLD = 1.0
+CUE_THRESHOLDS = (1.0, 0.8)
 
 
 def cue_score(features: np.ndarray) -> np.ndarray:
@@ -442,7 +443,7 @@ def _pixel_corners(pts: np.ndarray) -> np.ndarray:
 #: was best on the tuning half of the shared real data (its even images; the odd half measures
 #: it: docs/spectral_quality.md, ADRs 0008, 0009 and 0017). A tuned default like the edge
 #: thresholds, not a model trained on that data.
-CONFIDENCE_OFFSET = -2.25
+CONFIDENCE_OFFSET = -3.6
 
 
 def confidence(X: np.ndarray, fusion: Fusion) -> np.ndarray:
@@ -484,7 +485,8 @@ def analyse(
     edges = strong_edges(rgb, gsd) if settings.edge_cut else None
     hypotheses = [(score, settings.score_threshold)]
     if settings.cue_segmentation:
-        hypotheses.append((cue_score(feats), CUE_THRESHOLD))
+        cues = cue_score(feats)
+        hypotheses += [(cues, t) for t in CUE_THRESHOLDS]
     context = FrameContext.of(rgb, feats, valid)
     # Shapes are traced only where the area limits may keep a component (a margin for rounding).
     px = (0.999 * settings.min_area_m2 / gsd**2, 1.001 * settings.max_area_m2 / gsd**2)

@@ -28,7 +28,6 @@ polygons that overlap or touch so those pieces become one polygon again.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any, TypedDict
@@ -37,7 +36,6 @@ import numpy as np
 import pyproj
 import shapely
 from affine import Affine
-from rasterio.errors import NotGeoreferencedWarning
 from rasterio.features import shapes
 from shapely import affinity
 from shapely.geometry import MultiPolygon, Polygon, shape
@@ -79,6 +77,10 @@ def orient_ccw(geom: BaseGeometry) -> BaseGeometry:
 
 
 # --- masks to polygons ----------------------------------------------------------------------
+_TRACE_SHIFT = 1.0
+_TRACE = Affine.translation(_TRACE_SHIFT, _TRACE_SHIFT)
+
+
 def mask_to_polygons(
     mask: np.ndarray,
     transform: Affine,
@@ -116,14 +118,15 @@ def mask_to_polygons(
     if not m.any():
         return []
     values = np.ascontiguousarray(m, dtype=np.uint8)
-    coeffs = [transform.a, transform.b, transform.d, transform.e, transform.xoff, transform.yoff]
+    # Traced in pixel coordinates shifted by one pixel (the transform is applied after
+    # simplification): an identity transform would make rasterio warn that the array is not
+    # georeferenced, and silencing that with warnings.catch_warnings is not thread-safe.
+    # Shifting by whole pixels is exact, and the shift back is folded into the mapping.
+    t = transform @ Affine.translation(-_TRACE_SHIFT, -_TRACE_SHIFT)
+    coeffs = [t.a, t.b, t.d, t.e, t.xoff, t.yoff]
 
     polys: list[Polygon] = []
-    # Traced in pixel coordinates on purpose (the transform is applied after simplification):
-    # rasterio's warning about an identity transform says nothing here.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        traced = list(shapes(values, mask=m, connectivity=connectivity))
+    traced = list(shapes(values, mask=m, connectivity=connectivity, transform=_TRACE))
     for geojson, _ in traced:
         poly = shape(geojson)
         if poly.area < min_area_px:

@@ -16,7 +16,7 @@ from skimage.measure import label, regionprops
 
 from solardesk_spectral.analyser import (
     CONFIDENCE_OFFSET,
-    CUE_THRESHOLD,
+    CUE_THRESHOLDS,
     CUE_WEIGHTS,
     FRAME_M,
     INSTANCE_FEATURES,
@@ -162,7 +162,7 @@ def analyse_masks(rgb: np.ndarray, valid, gsd: float, settings, fusion) -> list:
     edges = strong_edges(rgb, gsd) if settings.edge_cut else None
     hypotheses = [(score, settings.score_threshold)]
     if settings.cue_segmentation:
-        hypotheses.append((cue_score(feats), CUE_THRESHOLD))
+        hypotheses += [(cue_score(feats), t) for t in CUE_THRESHOLDS]
     candidates = []  # (-confidence, hypothesis, label, mask)
     for h, (hyp_score, threshold) in enumerate(hypotheses):
         labels, n = segment(hyp_score, valid, gsd, threshold, edges)

@@ -293,3 +293,16 @@ def test_merge_touching_leaves_separate_polygons_alone():
     assert touching_groups(polys) == [[0, 2], [1]]
     assert [p.area for p in merge_touching(polys)] == pytest.approx([1.75, 1.0])
     assert merge_touching([]) == []
+
+
+def test_tracing_never_warns_about_georeferencing() -> None:
+    """Pixel-space tracing must not warn (rasterio does for an identity transform), since
+    silencing a warning with catch_warnings is not thread-safe and tracing runs in threads."""
+    import warnings
+
+    m = np.zeros((12, 12), bool)
+    m[2:6, 3:9] = True
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        (poly,) = mask_to_polygons(m, Affine.identity(), simplify_px=0)
+    assert poly.bounds == (3.0, 2.0, 9.0, 6.0) and poly.area == 24.0
