@@ -443,7 +443,7 @@ def _pixel_corners(pts: np.ndarray) -> np.ndarray:
 #: was best on the tuning half of the shared real data (its even images; the odd half measures
 #: it: docs/spectral_quality.md, ADRs 0008, 0009 and 0017). A tuned default like the edge
 #: thresholds, not a model trained on that data.
-CONFIDENCE_OFFSET = -3.6
+CONFIDENCE_OFFSET = -4.0
 
 
 def confidence(X: np.ndarray, fusion: Fusion) -> np.ndarray:

@@ -43,15 +43,17 @@ GSDS = (0.1, 0.15, 0.2, 0.3)
 STYLES = ("dark", "bright", "mixed")
 
 #: The instance confidence: a unit-weighted sum of these statistics, each standardised by its
-#: spread over the synthetic candidates, with the sign a panel gives it (+1: panels have more
-#: of it). Shape in metres, the two rejection cues and the two context cues of the frame around
-#: the candidate mean the same on real imagery as on the synthetic scenes; the appearance means
-#: (score, texture and colour channels) do not (on real imagery they rank panels below the
-#: other candidates or not at all: instance ROC-AUC 0.17-0.67 against 0.69-0.86 for area,
-#: rectangularity and solidity). Unit weights rather than weights fitted on the synthetic
-#: candidates: the fitted ones under-weight area and the rejection cues, which matter more on
-#: real imagery, where vegetation and shadow make most of the candidates (ADRs 0008 and 0017,
-#: docs/spectral_quality.md).
+#: spread over the synthetic candidates, with the sign a panel gives it on real imagery (+1:
+#: panels have more of it than the other candidates). Shape in metres, the two rejection cues,
+#: the two context cues of the frame around the candidate, and the Gabor bank's energy and
+#: orientation coherence, both *lower* on an array than on what competes with it (a module grid
+#: has two perpendicular line families and smooth glass between them, where tiled roofs, row
+#: crops, road markings and foliage have one strong family or strong texture). Left out: the
+#: mean fused score, FFT periodicity, photometric index, edges, blue tint, fine texture and
+#: elongation, whose ranking differs between the two real sources or from synthetic scenes.
+#: Unit weights rather than weights fitted on the synthetic candidates: the fitted ones
+#: under-weight area and the rejection cues, which matter more on real imagery (ADRs 0008 and
+#: 0017, docs/spectral_quality.md).
 CONFIDENCE_CUES: dict[str, int] = {
     "log_area_m2": 1,
     "rectangularity": 1,
@@ -60,6 +62,8 @@ CONFIDENCE_CUES: dict[str, int] = {
     "mean_shadow": -1,
     "frame_excess_green": -1,
     "frame_redness": 1,
+    "mean_gabor_energy": -1,
+    "mean_gabor_coherence": -1,
 }
 
 
