@@ -15,11 +15,12 @@ Per tile:
    components; the cut pixels go back to a neighbouring component. Components outside the
    plausible panel area (m²) are dropped.
 4. **Confidence**: the logistic of a unit-weighted, signed sum of each instance's size in m²,
-   rectangularity (area over its minimum rotated rectangle), solidity, its mean vegetation and
-   shadow cues, and two cues of the frame around it (its excess green; how much redder it is
-   than the candidate), each standardised by its spread over synthetic candidates, plus a
-   tuned offset (:data:`CONFIDENCE_OFFSET`). The appearance means are computed and stored but
-   left out: they do not transfer from synthetic to real imagery (ADRs 0008, 0017). With
+   rectangularity (area over its minimum rotated rectangle), solidity, its mean vegetation,
+   shadow, Gabor energy and Gabor coherence, and two cues of the frame around it (its excess
+   green; how much redder it is than the candidate), each standardised by its spread over
+   synthetic candidates, plus a tuned offset (:data:`CONFIDENCE_OFFSET`); the signs are those
+   real imagery shows (``learn.CONFIDENCE_CUES``). The other appearance means are computed and
+   stored but left out: they do not rank panels the same way on real imagery (ADRs 0008, 0017). With
    ``cue_segmentation`` a second segmentation of a unit-weighted cue sum adds candidates, and
    overlapping ones are suppressed by confidence (ADR 0009). Candidates at or above the storage
    floor are returned; the pseudo-label threshold is applied at read time.
