@@ -468,7 +468,7 @@ class Analysis:
     labels: np.ndarray
     X: np.ndarray
     boxes: np.ndarray
-    confidence: np.ndarray
+    confidence: np.ndarray  # per label; 0 where the area limits drop it
     kept: np.ndarray  # bool per label: passes the area limits
 
 

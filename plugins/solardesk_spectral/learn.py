@@ -191,7 +191,9 @@ def learn(
     )
     settings = SpectralSettings()
 
-    # 2. instance model
+    # 2. instance cue scales: the spread of each statistic over the candidates the analyser
+    # keeps. The placeholder gives every candidate the same confidence, so where segmentations
+    # overlap the suppression keeps the learned score's candidate (the first segmentation).
     def instances(tileset):
         rows, labels_ = [], []
         for rgb, truth, gsd in tileset:
