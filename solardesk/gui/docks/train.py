@@ -58,6 +58,13 @@ PLOT_INTERVAL_MS = 200
 _METRIC_COLOURS = ["#ffd740", "#69f0ae", "#40c4ff", "#ff80ab", "#b388ff", "#ff9e80"]
 
 
+def _legend_below(plot: pg.PlotWidget, columns: int = 2) -> pg.LegendItem:
+    """A legend in the row under the plot's x axis, so that it never covers a curve."""
+    legend = pg.LegendItem(colCount=columns, labelTextSize="8pt", verSpacing=-6, frame=False)
+    plot.plotItem.layout.addItem(legend, 4, 1)
+    return legend
+
+
 class TrainDock(QWidget):
     def __init__(self, ctx: AppContext, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -163,8 +170,9 @@ class TrainDock(QWidget):
         self.loss_plot.setObjectName("lossPlot")
         self.loss_plot.setLabel("bottom", "step")
         self.loss_plot.showGrid(x=True, y=True, alpha=0.25)
-        self.loss_plot.addLegend(offset=(-8, 8), brush=pg.mkBrush(30, 30, 30, 190))
-        self.loss_curve = self.loss_plot.plot([], [], pen=pg.mkPen("#ff9100", width=2), name="step")
+        self.loss_legend = _legend_below(self.loss_plot)
+        self.loss_curve = self.loss_plot.plot([], [], pen=pg.mkPen("#ff9100", width=2))
+        self.loss_legend.addItem(self.loss_curve, "step")
         # The epoch means (``train_*`` of the metrics events) sit on the loss plot, at the
         # step where each epoch ended; the validation plot keeps the 0-1 metrics readable.
         self.epoch_loss_curve = self.loss_plot.plot(
@@ -174,16 +182,16 @@ class TrainDock(QWidget):
             symbol="o",
             symbolSize=6,
             symbolBrush="#ffe082",
-            name="epoch mean",
         )
+        self.loss_legend.addItem(self.epoch_loss_curve, "epoch mean")
         self.epoch_loss: tuple[list[float], list[float]] = ([], [])
         self.metric_plot = pg.PlotWidget(title="Validation")
         self.metric_plot.setObjectName("metricPlot")
         self.metric_plot.setLabel("bottom", "epoch")
         self.metric_plot.showGrid(x=True, y=True, alpha=0.25)
-        self.metric_plot.addLegend(offset=(8, 8), colCount=2, brush=pg.mkBrush(30, 30, 30, 190))
+        self.metric_legend = _legend_below(self.metric_plot, columns=3)
         for plot in (self.loss_plot, self.metric_plot):
-            plot.setMinimumHeight(120)
+            plot.setMinimumHeight(170)
         self.log_view = QPlainTextEdit()
         self.log_view.setObjectName("trainLog")
         self.log_view.setReadOnly(True)
@@ -386,9 +394,7 @@ class TrainDock(QWidget):
         for curve in self.curves.values():
             self.metric_plot.removeItem(curve)
         self.curves.clear()
-        legend = self.metric_plot.plotItem.legend
-        if legend is not None:
-            legend.clear()
+        self.metric_legend.clear()
         self.loss_curve.setData([], [])
         self.epoch_loss = ([], [])
         self.epoch_loss_curve.setData([], [])
@@ -547,8 +553,8 @@ class TrainDock(QWidget):
                     symbol="o",
                     symbolSize=6,
                     symbolBrush=colour,
-                    name=key,
                 )
+                self.metric_legend.addItem(curve, key.removeprefix("val_"))
                 self.curves[key] = curve
             curve.setData(xs, ys)
 
