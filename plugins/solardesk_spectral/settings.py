@@ -69,9 +69,10 @@ class SpectralSettings(Settings):
             ge=0,
             le=10000,
             title="Smallest panel (m²)",
-            description="Candidates smaller than this ground area are dropped (a module ≈ 1.7 m²).",
+            description="Candidates smaller than this ground area are dropped (a module ≈ "
+            "1.7 m²; below about two modules, skylights, chimneys and cars outnumber panels).",
         ),
-    ] = 2.5
+    ] = 4.0
     max_area_m2: Annotated[
         float,
         Field(

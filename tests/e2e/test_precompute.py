@@ -59,7 +59,7 @@ def test_precompute_fills_cache_and_rerun_computes_nothing(tmp_path: Path, scene
     thr, _ = run_job([scene_tif], cache, settings={"threshold": 0.5})
     assert thr.computed == 0
     # A parameter that changes what is computed recomputes every tile of this stage.
-    changed, _ = run_job([scene_tif], cache, settings={"min_area_m2": 4.0})
+    changed, _ = run_job([scene_tif], cache, settings={"min_area_m2": 6.0})
     assert changed.computed == 16
 
 
