@@ -230,14 +230,17 @@ CUE_THRESHOLDS = (1.0, 0.8)
 
 
 def cue_score(features: np.ndarray) -> np.ndarray:
-    """Unit-weighted sum of the :data:`CUE_WEIGHTS` pixel cues (float32, range [-2, 3])."""
+    """Weighted sum of the :data:`CUE_WEIGHTS` pixel cues (float32; with the unit weights it
+    ranges over [-2, 3])."""
     z = np.zeros(features.shape[1:], np.float32)
     for name, w in CUE_WEIGHTS.items():
         f = features[PIXEL_FEATURES.index(name)]
         if w == 1.0:
             z += f
-        else:
+        elif w == -1.0:
             z -= f
+        else:
+            z += np.float32(w) * f
     return z
 
 
