@@ -33,15 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from eval_pseudolabels import bradbury_images, southtyrol_images
-
-SOURCES = {
-    "South Tyrol": ("southtyrol-bz2023-roof-solar", southtyrol_images, lambda lab: lab == 2),
-    "Bradbury": ("bradbury-usgs-ca-tiles", bradbury_images, lambda lab: lab),
-}
+from eval_pseudolabels import data_sets
 
 
-def collect(root: Path, images, truth_of, split: str, fusion) -> dict:
+def collect(root: Path, images, split: str, fusion) -> dict:
     """Instance rows, best IoU and confidence of every candidate, and the number of panels."""
     from solardesk_spectral.analyser import analyse
     from solardesk_spectral.learn import match_iou
@@ -49,8 +44,7 @@ def collect(root: Path, images, truth_of, split: str, fusion) -> dict:
 
     settings = SpectralSettings()
     rows, ious, confs, n_truth = [], [], [], 0
-    for _stem, rgb, valid, gsd, lab in images(root, split):
-        truth = truth_of(lab)
+    for _stem, rgb, valid, gsd, truth in images(root, split):
         n, truth_labels = cv2.connectedComponents(truth.astype(np.uint8), connectivity=8)
         n_truth += n - 1
         a = analyse(rgb, valid, gsd, settings, fusion)
@@ -94,13 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     fusion = (
         Fusion.from_json(json.loads(args.fusion.read_text())) if args.fusion else default_fusion()
     )
-    found = False
-    for name, (folder, images, truth_of) in SOURCES.items():
-        root = args.data_dir / folder
-        if not root.is_dir():
-            continue
-        found = True
-        halves = {s: collect(root, images, truth_of, s, fusion) for s in ("even", "odd")}
+    found = data_sets(args.data_dir)
+    for name, root, images in found:
+        halves = {s: collect(root, images, s, fusion) for s in ("even", "odd")}
         print(f"\n## {name}")
         print(
             "| half | panels | candidates | hits | confidence AUC | best F1 (P, R, cut) "
@@ -140,10 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             f"diagnostic ceiling (all statistics, fitted on even, never shipped): odd-half AUC "
             f"{roc_auc(z, odd['hit']):.3f}, best F1 {f1[0]:.3f} (P {f1[1]:.2f}, R {f1[2]:.3f})"
         )
-    if not found:
-        print(f"{args.data_dir}: no known data set inside", file=sys.stderr)
-        return 2
-    return 0
+    return 0 if found else 2
 
 
 if __name__ == "__main__":

@@ -31,19 +31,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins"))
 
-from eval_pseudolabels import bradbury_images, southtyrol_images
+from eval_pseudolabels import data_sets
 
 CLASSES = ("below threshold", "merged", "fragmented", "segmented")
-
-
-def southtyrol(root: Path, split: str):
-    for _, rgb, valid, gsd, labels in southtyrol_images(root, split):
-        yield rgb, valid, gsd, labels == 2
-
-
-def bradbury(root: Path, split: str):
-    for _, rgb, valid, gsd, panels in bradbury_images(root, split):
-        yield rgb, valid, gsd, panels
 
 
 def classify(score, labels, truth_component, threshold: float) -> str:
@@ -69,7 +59,7 @@ def diagnose(images) -> tuple[int, Counter, list[float]]:
     tally: Counter = Counter()
     shares: list[float] = []
     n = 0
-    for rgb, valid, gsd, truth in images:
+    for _stem, rgb, valid, gsd, truth in images:
         a = analyse(rgb, valid, gsd, settings)
         nt, tl = cv2.connectedComponents(truth.astype(np.uint8), connectivity=8)
         for j in range(1, nt):
@@ -88,23 +78,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--split", choices=("all", "even", "odd"), default="all")
     args = ap.parse_args(argv)
     cv2.setNumThreads(1)
-    sources = [
-        ("South Tyrol", args.data_dir / "southtyrol-bz2023-roof-solar", southtyrol),
-        ("Bradbury", args.data_dir / "bradbury-usgs-ca-tiles", bradbury),
-    ]
+    found = data_sets(args.data_dir)
+    if not found:
+        return 2
     print("| source | panels | " + " | ".join(CLASSES) + " | median share above threshold |")
     print("|---|---|" + "---|" * len(CLASSES) + "---|")
-    found = False
-    for name, root, reader in sources:
-        if not root.is_dir():
-            continue
-        found = True
+    for name, root, reader in found:
         n, tally, shares = diagnose(reader(root, args.split))
         cells = " | ".join(f"{tally[c] / max(n, 1):.0%}" for c in CLASSES)
         print(f"| {name} | {n} | {cells} | {np.median(shares) if shares else float('nan'):.2f} |")
-    if not found:
-        print(f"{args.data_dir}: no known data set inside", file=sys.stderr)
-        return 2
     return 0
 
 

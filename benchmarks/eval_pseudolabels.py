@@ -18,6 +18,7 @@ import argparse
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -136,6 +137,29 @@ def bradbury_images(root: Path, split: str = "all", limit: int | None = None):
         yield ipath.stem, rgb, None, 0.3, lab > 127
 
 
+def southtyrol_panels(root: Path, split: str = "all", limit: int | None = None):
+    """``(stem, rgb, valid, gsd, panel mask)`` of each South Tyrol image (class 2 is solar)."""
+    for stem, rgb, valid, gsd, labels in southtyrol_images(root, split, limit):
+        yield stem, rgb, valid, gsd, labels == 2
+
+
+#: The labelled data sets: name, folder inside DATA_DIR, and a reader ``(root, split, limit)``
+#: of ``(stem, rgb, valid, gsd, panel mask)``.
+DATA_SETS = (
+    ("South Tyrol", "southtyrol-bz2023-roof-solar", southtyrol_panels),
+    ("Bradbury", "bradbury-usgs-ca-tiles", bradbury_images),
+)
+
+
+def data_sets(data_dir: Path) -> list[tuple[str, Path, Callable]]:
+    """``(name, root, reader)`` of the :data:`DATA_SETS` inside ``data_dir``; when there are
+    none, says so on stderr (the scripts then exit with status 2)."""
+    found = [(n, data_dir / f, r) for n, f, r in DATA_SETS if (data_dir / f).is_dir()]
+    if not found:
+        print(f"{data_dir}: no known data set inside", file=sys.stderr)
+    return found
+
+
 def southtyrol(root: Path, tally: Tally, overlays: Path | None, limit: int | None, split: str):
     for stem, rgb, valid, gsd, lab in southtyrol_images(root, split, limit):
         ov = overlays / f"st_{stem}.png" if overlays and (lab == 2).any() else None
@@ -188,23 +212,14 @@ def main(argv: list[str] | None = None) -> int:
     cv2.setNumThreads(1)
     if args.overlays:
         args.overlays.mkdir(parents=True, exist_ok=True)
-    found = False
-    st = args.data_dir / "southtyrol-bz2023-roof-solar"
-    if st.is_dir():
+    found = data_sets(args.data_dir)
+    runs = {"South Tyrol": (southtyrol, "(0.138 m)"), "Bradbury": (bradbury, "(0.3 m)")}
+    for name, root, _ in found:
+        evaluate_set, gsd = runs[name]
         t = Tally()
-        southtyrol(st, t, args.overlays, args.limit, args.split)
-        report("South Tyrol (0.138 m)", t)
-        found = True
-    bb = args.data_dir / "bradbury-usgs-ca-tiles"
-    if bb.is_dir():
-        t = Tally()
-        bradbury(bb, t, args.overlays, args.limit, args.split)
-        report("Bradbury (0.3 m)", t)
-        found = True
-    if not found:
-        print(f"{args.data_dir}: no known data set inside", file=sys.stderr)
-        return 2
-    return 0
+        evaluate_set(root, t, args.overlays, args.limit, args.split)
+        report(f"{name} {gsd}", t)
+    return 0 if found else 2
 
 
 if __name__ == "__main__":
