@@ -47,15 +47,20 @@ def collect(root: Path, images, split: str, fusion) -> dict:
     for _stem, rgb, valid, gsd, truth in images(root, split):
         n, truth_labels = cv2.connectedComponents(truth.astype(np.uint8), connectivity=8)
         n_truth += n - 1
-        a = analyse(rgb, valid, gsd, settings, fusion)
+        # every candidate gets every statistic (the stage skips the spectral measure of those
+        # that cannot reach the storage floor)
+        a = analyse(rgb, valid, gsd, settings, fusion, measure_all=True)
         if not len(a.X):
             continue
         iou = match_iou(a.labels, len(a.X), truth_labels)
         rows.append(a.X[a.kept])
         ious.append(iou[a.kept])
         confs.append(a.confidence[a.kept])
+    X = np.concatenate(rows) if rows else np.zeros((0, 0))
+    if len(X):  # a statistic too thin to measure (NaN) counts as the half's mean
+        X = np.where(np.isnan(X), np.nanmean(X, axis=0), X)
     return {
-        "X": np.concatenate(rows) if rows else np.zeros((0, 0)),
+        "X": X,
         "hit": np.concatenate(ious) >= 0.5 if ious else np.zeros(0, bool),
         "conf": np.concatenate(confs) if confs else np.zeros(0),
         "panels": n_truth,

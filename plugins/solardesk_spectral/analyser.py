@@ -56,10 +56,23 @@ INSTANCE_FEATURES = (
     "log_elongation",
     "frame_excess_green",
     "frame_redness",
+    "fine_power_share",
 )
 
 #: Width of the frame around a candidate's bounding box whose colour is its context.
 FRAME_M = 1.0
+
+#: The interior detail of a candidate is its grey level less its local mean inside the
+#: candidate (a Gaussian of DETAIL_SIGMA_M metres, normalised by the mask); ``fine_power_share``
+#: is the share of that detail's power (its 2-D Fourier spectrum) at periods shorter than
+#: FINE_PERIOD_M metres. Chosen on the even half of the shared real data (ADR 0018).
+DETAIL_SIGMA_M = 1.0
+FINE_PERIOD_M = 2.5
+#: Fewer eroded interior pixels than this, or detail whose root mean square is below
+#: FINE_MIN_DETAIL grey levels (a flat or saturated surface): the share is not measured (NaN,
+#: a neutral cue).
+FINE_MIN_PIXELS = 30
+FINE_MIN_DETAIL = 0.5
 
 
 @dataclass(frozen=True)
@@ -360,7 +373,8 @@ def instance_stats(
 
     Shape statistics (rectangularity, solidity, elongation) are traced only for components
     whose pixel count lies within ``shape_area_px``; the others get NaN there (the analyser
-    drops them by area anyway).
+    drops them by area anyway). ``fine_power_share`` is NaN here: the analyser measures it only
+    on the candidates that survive suppression (:func:`fine_power_share`).
     """
     if n == 0:
         return np.zeros((0, len(INSTANCE_FEATURES))), np.zeros((0, 4), np.int64)
@@ -385,6 +399,7 @@ def instance_stats(
     green_frame, red_frame = _frame_means(boxes, max(1, round(FRAME_M / gsd)), context)
     cols.append(np.where(np.isnan(green_frame), green_in, green_frame))
     cols.append(np.where(np.isnan(red_frame), 0.0, red_frame - red_in))
+    cols.append(np.full(n, np.nan))  # fine_power_share: measured on the survivors (analyse)
     return np.stack(cols, axis=1), boxes
 
 
@@ -449,21 +464,103 @@ def _pixel_corners(pts: np.ndarray) -> np.ndarray:
     return (pts[:, None, :] + offs[None]).reshape(-1, 2)
 
 
+@lru_cache(maxsize=512)
+def _coarse_frequencies(ny: int, nx: int, cutoff: float) -> np.ndarray:
+    """Boolean ``(ny, nx)`` map of the DFT bins below ``cutoff`` cycles per pixel (DC too)."""
+    fy = np.fft.fftfreq(ny).astype(np.float32)[:, None]
+    fx = np.fft.fftfreq(nx).astype(np.float32)[None, :]
+    return fy * fy + fx * fx < np.float32(cutoff * cutoff)
+
+
+def fine_power_share(grey: np.ndarray, mask: np.ndarray, gsd: float) -> float:
+    """Share of a candidate's interior detail power at periods shorter than FINE_PERIOD_M.
+
+    Responds to what an array's surface is: uniform at the scale of metres, with all its
+    variation in the module grid (frames and gaps every 1-2 m) and finer. A surface whose
+    brightness wanders over metres (uneven roofing, dappled light, a car park, a tree crown)
+    varies at coarser periods; a blob spanning two surfaces has a step among its detail.
+
+    ``grey`` is a float32 crop of the grey tile and ``mask`` (uint8, 0/1) the candidate in it,
+    with one pixel of margin wherever the candidate does not touch the tile's edge. The mask is
+    eroded by a 3×3 square (the crop's outside counts as candidate: the tile edge is not an
+    outline); the detail is ``(grey - m) · mask`` with ``m`` the mask-normalised Gaussian mean
+    (σ = DETAIL_SIGMA_M, at least 2 px; zeros outside the crop); its power spectrum (DFT of the
+    crop zero-padded to OpenCV's optimal sizes) is summed below and above FINE_PERIOD_M,
+    leaving out DC. NaN when fewer than FINE_MIN_PIXELS interior pixels remain or the detail's
+    root mean square over them is below FINE_MIN_DETAIL.
+    """
+    inner = cv2.erode(mask, np.ones((3, 3), np.uint8))
+    n_inner = cv2.countNonZero(inner)
+    if n_inner < FINE_MIN_PIXELS:
+        return float("nan")
+    weight = inner.astype(np.float32)
+    sigma = max(DETAIL_SIGMA_M / gsd, 2.0)
+    num = cv2.GaussianBlur(grey * weight, (0, 0), sigma, borderType=cv2.BORDER_CONSTANT)
+    den = cv2.GaussianBlur(weight, (0, 0), sigma, borderType=cv2.BORDER_CONSTANT)
+    np.maximum(den, 1e-6, out=den)
+    num /= den
+    detail = grey - num
+    detail *= weight
+    if float(np.dot(detail.ravel(), detail.ravel())) < FINE_MIN_DETAIL**2 * n_inner:
+        return float("nan")
+    h, w = detail.shape
+    ny, nx = cv2.getOptimalDFTSize(h), cv2.getOptimalDFTSize(w)
+    padded = cv2.copyMakeBorder(detail, 0, ny - h, 0, nx - w, cv2.BORDER_CONSTANT, value=0)
+    spectrum = cv2.dft(padded, flags=cv2.DFT_COMPLEX_OUTPUT)
+    power = cv2.magnitude(spectrum[..., 0], spectrum[..., 1])
+    power *= power
+    dc = float(power[0, 0])
+    total = float(power.sum(dtype=np.float64)) - dc
+    if total <= 0:
+        return float("nan")
+    coarse = float(power[_coarse_frequencies(ny, nx, gsd / FINE_PERIOD_M)].sum(dtype=np.float64)) - dc
+    return (total - coarse) / total
+
+
+def measure_fine_power(
+    grey: np.ndarray, labels: np.ndarray, boxes: np.ndarray, gsd: float, which
+) -> np.ndarray:
+    """:func:`fine_power_share` of each label ``i + 1`` with ``which[i]`` (NaN elsewhere).
+
+    ``boxes`` need only contain each label (after suppression a candidate keeps its own box and
+    may have lost pixels); the crop is the label's tight box grown by one pixel, within the tile.
+    """
+    h, w = labels.shape
+    out = np.full(len(boxes), np.nan)
+    for i in np.flatnonzero(which):
+        x0, y0, x1, y1 = (int(v) for v in boxes[i])
+        mine = labels[y0:y1, x0:x1] == i + 1
+        rows, cols = np.flatnonzero(mine.any(axis=1)), np.flatnonzero(mine.any(axis=0))
+        if not len(rows):
+            continue
+        y0, y1 = max(y0 + rows[0] - 1, 0), min(y0 + rows[-1] + 2, h)
+        x0, x1 = max(x0 + cols[0] - 1, 0), min(x0 + cols[-1] + 2, w)
+        mask = (labels[y0:y1, x0:x1] == i + 1).view(np.uint8)
+        out[i] = fine_power_share(grey[y0:y1, x0:x1], mask, gsd)
+    return out
+
+
 #: Added to the instance score (a sum of standardised cues, ``fusion.json``) before the
 #: logistic. It puts the default pseudo-label cut (0.85) where precision against recall (F0.5)
 #: was best on the tuning half of the shared real data (its even images; the odd half measures
 #: it: docs/spectral_quality.md, ADRs 0008, 0009 and 0017). A tuned default like the edge
 #: thresholds, not a model trained on that data.
-CONFIDENCE_OFFSET = -3.0
+CONFIDENCE_OFFSET = -3.8
 
 
 def confidence(X: np.ndarray, fusion: Fusion) -> np.ndarray:
     """Instance confidence in [0, 1] from the instance feature rows (a rank score: higher is
-    more panel-like; see :data:`CONFIDENCE_OFFSET` for where 0.85 sits)."""
+    more panel-like; see :data:`CONFIDENCE_OFFSET` for where 0.85 sits). A NaN statistic is
+    one not measured: it counts as the synthetic candidates' mean (adds nothing)."""
     if len(X) == 0:
         return np.zeros(0)
-    z = ((X - fusion.instance_mean) / fusion.instance_std) @ fusion.instance_weights
-    return 1.0 / (1.0 + np.exp(-(z + fusion.instance_bias + CONFIDENCE_OFFSET)))
+    return 1.0 / (1.0 + np.exp(-_logit(X, fusion)))
+
+
+def _logit(X: np.ndarray, fusion: Fusion) -> np.ndarray:
+    """The confidence's log-odds; a statistic that is NaN (not measured) counts as neutral."""
+    standard = np.nan_to_num((X - fusion.instance_mean) / fusion.instance_std, nan=0.0)
+    return standard @ fusion.instance_weights + fusion.instance_bias + CONFIDENCE_OFFSET
 
 
 # --------------------------------------------------------------------------------------------
@@ -488,8 +585,16 @@ def analyse(
     gsd: float,
     settings: Any,
     fusion: Fusion | None = None,
+    *,
+    measure_all: bool = False,
 ) -> Analysis:
-    """Run the whole analysis of one tile and return every intermediate."""
+    """Run the whole analysis of one tile and return every intermediate.
+
+    The candidates of every segmentation are scored without ``fine_power_share`` (neutral),
+    suppressed by that confidence, and the survivors then get the spectral measure and their
+    final confidence: only those that could still reach the storage floor (``settings.floor``)
+    with the best possible share are measured, unless ``measure_all``.
+    """
     fusion = fusion or default_fusion()
     feats = pixel_features(rgb, valid, gsd)
     score = score_map(feats, fusion)
@@ -512,13 +617,35 @@ def analyse(
             kept = (area_m2 >= settings.min_area_m2) & (area_m2 <= settings.max_area_m2)
         else:
             kept = np.zeros(0, bool)
-        conf = np.where(kept, confidence(np.nan_to_num(X), fusion), 0.0)
+        conf = np.where(kept, confidence(X, fusion), 0.0)
         parts.append((labels, X, boxes, conf, kept))
     if len(parts) == 1:
         labels, X, boxes, conf, kept = parts[0]
-        return Analysis(feats, score, labels, X, boxes, conf, kept)
-    labels, X, boxes, conf = suppress(parts, settings.min_area_m2 / (gsd * gsd))
-    return Analysis(feats, score, labels, X, boxes, conf, np.ones(len(conf), bool))
+    else:
+        labels, X, boxes, conf = suppress(parts, settings.min_area_m2 / (gsd * gsd))
+        kept = np.ones(len(conf), bool)
+    conf = _with_fine_power(rgb, labels, X, boxes, kept, gsd, fusion, settings, measure_all)
+    return Analysis(feats, score, labels, X, boxes, conf, kept)
+
+
+def _with_fine_power(rgb, labels, X, boxes, kept, gsd, fusion, settings, measure_all) -> np.ndarray:
+    """Measure ``fine_power_share`` (into ``X``) on the kept candidates that need it and
+    return every candidate's final confidence (0 where not kept)."""
+    col = INSTANCE_FEATURES.index("fine_power_share")
+    weight = fusion.instance_weights[col] / fusion.instance_std[col]
+    if measure_all or (weight != 0 and settings.floor <= 0):
+        which = kept.copy()
+    elif weight == 0 or settings.floor >= 1:
+        which = np.zeros_like(kept)
+    else:  # could it reach the floor with the best share in [0, 1]?
+        best = max(weight * (1.0 - fusion.instance_mean[col]), -weight * fusion.instance_mean[col])
+        floor = np.log(settings.floor / (1.0 - settings.floor))
+        which = kept & (_logit(X, fusion) + best >= floor)
+    if which.any():
+        grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32)
+        measured = measure_fine_power(grey, labels, boxes, gsd, which)
+        X[which, col] = measured[which]
+    return np.where(kept, confidence(X, fusion), 0.0)
 
 
 #: A candidate is dropped when more than this share of its pixels lies in a candidate of higher

@@ -48,7 +48,8 @@ STYLES = ("dark", "bright", "mixed")
 #: the two context cues of the frame around the candidate, and the Gabor bank's energy and
 #: orientation coherence, both *lower* on an array than on what competes with it (a module grid
 #: has two perpendicular line families and smooth glass between them, where tiled roofs, row
-#: crops, road markings and foliage have one strong family or strong texture). Left out: the
+#: crops, road markings and foliage have one strong family or strong texture), and the share of
+#: its interior detail at periods under 2.5 m (an array is uniform at coarser scales; ADR 0018). Left out: the
 #: mean fused score, FFT periodicity, photometric index, edges, blue tint, fine texture and
 #: elongation, whose ranking differs between the two real sources or from synthetic scenes.
 #: Unit weights rather than weights fitted on the synthetic candidates: the fitted ones
@@ -64,6 +65,7 @@ CONFIDENCE_CUES: dict[str, int] = {
     "frame_redness": 1,
     "mean_gabor_energy": -1,
     "mean_gabor_coherence": -1,
+    "fine_power_share": 1,
 }
 
 
@@ -197,15 +199,16 @@ def learn(
     def instances(tileset):
         rows, labels_ = [], []
         for rgb, truth, gsd in tileset:
-            a = analyse(rgb, None, gsd, settings, placeholder)
+            a = analyse(rgb, None, gsd, settings, placeholder, measure_all=True)
             iou = match_iou(a.labels, len(a.kept), truth)
             rows.append(a.X[a.kept])
             labels_.append(iou[a.kept] >= 0.5)
         return np.concatenate(rows), np.concatenate(labels_)
 
     Xi, yi = instances(train)
-    mean = Xi.mean(0)
-    std = Xi.std(0) + 1e-6
+    # fine_power_share is NaN where a candidate is too thin to measure
+    mean = np.nanmean(Xi, axis=0)
+    std = np.nanstd(Xi, axis=0) + 1e-6
     iw = np.zeros(len(INSTANCE_FEATURES))
     for name, sign in cues.items():
         iw[INSTANCE_FEATURES.index(name)] = sign

@@ -36,7 +36,7 @@ class SpectralSettings(Settings):
             title="Storage floor",
             description="Candidates below this confidence are not stored at all.",
         ),
-    ] = 0.02
+    ] = 0.01
     score_threshold: Annotated[
         float,
         Field(

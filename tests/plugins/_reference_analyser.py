@@ -18,6 +18,10 @@ from solardesk_spectral.analyser import (
     CONFIDENCE_OFFSET,
     CUE_THRESHOLDS,
     CUE_WEIGHTS,
+    DETAIL_SIGMA_M,
+    FINE_MIN_DETAIL,
+    FINE_MIN_PIXELS,
+    FINE_PERIOD_M,
     FRAME_M,
     INSTANCE_FEATURES,
     PIXEL_FEATURES,
@@ -104,10 +108,54 @@ def instance_stats(labels, n, features, score, gsd, rgb, valid=None):
             row.append(redness[ys, xs].mean() - redness[rr, cc].mean())
         else:
             row += [green[rr, cc].mean(), 0.0]
+        row.append(np.nan)  # fine_power_share: measured on the survivors
         rows.append(row)
         boxes.append((c0, r0, c1, r1))
     X = np.array(rows).reshape(-1, len(INSTANCE_FEATURES))
     return X, np.array(boxes, np.int64).reshape(-1, 4)
+
+
+def _optimal_dft_size(n: int) -> int:
+    """The smallest 2^a 3^b 5^c that is at least ``n``."""
+    m = n
+    while True:
+        k = m
+        for p in (2, 3, 5):
+            while k % p == 0:
+                k //= p
+        if k == 1:
+            return m
+        m += 1
+
+
+def fine_power_share(grey: np.ndarray, mask: np.ndarray, gsd: float) -> float:
+    """Share of the eroded interior's detail power at periods under FINE_PERIOD_M, with
+    scipy.ndimage and numpy's FFT (``grey`` float64 crop, ``mask`` bool crop)."""
+    inner = ndimage.binary_erosion(mask, np.ones((3, 3), bool), border_value=1)
+    if inner.sum() < FINE_MIN_PIXELS:
+        return float("nan")
+    weight = inner.astype(np.float64)
+    sigma = max(DETAIL_SIGMA_M / gsd, 2.0)
+    num = ndimage.gaussian_filter(grey * weight, sigma, mode="constant", truncate=4.0)
+    den = ndimage.gaussian_filter(weight, sigma, mode="constant", truncate=4.0)
+    detail = (grey - num / np.maximum(den, 1e-6)) * weight
+    if np.sqrt((detail**2).sum() / inner.sum()) < FINE_MIN_DETAIL:
+        return float("nan")
+    h, w = detail.shape
+    ny, nx = _optimal_dft_size(h), _optimal_dft_size(w)
+    power = np.abs(np.fft.fft2(detail, s=(ny, nx))) ** 2
+    fine = coarse = 0.0
+    for ky in range(ny):
+        for kx in range(nx):
+            if ky == 0 and kx == 0:
+                continue
+            fy = (ky if ky < (ny + 1) // 2 else ky - ny) / ny
+            fx = (kx if kx < (nx + 1) // 2 else kx - nx) / nx
+            if np.hypot(fy, fx) < gsd / FINE_PERIOD_M:
+                coarse += power[ky, kx]
+            else:
+                fine += power[ky, kx]
+    return fine / (fine + coarse) if fine + coarse > 0 else float("nan")
 
 
 def blue_tint(rgb: np.ndarray) -> np.ndarray:
@@ -163,23 +211,21 @@ def analyse_masks(rgb: np.ndarray, valid, gsd: float, settings, fusion) -> list:
     hypotheses = [(score, settings.score_threshold)]
     if settings.cue_segmentation:
         hypotheses += [(cue_score(feats), t) for t in CUE_THRESHOLDS]
-    candidates = []  # (-confidence, hypothesis, label, mask)
+    candidates = []  # (-confidence, hypothesis, label, mask, statistics)
     for h, (hyp_score, threshold) in enumerate(hypotheses):
         labels, n = segment(hyp_score, valid, gsd, threshold, edges)
         X, _ = instance_stats(labels, n, feats, score, gsd, rgb, valid)
         for i in range(n):
-            z = ((X[i] - fusion.instance_mean) / fusion.instance_std) @ fusion.instance_weights
-            conf = 1.0 / (1.0 + np.exp(-(z + fusion.instance_bias + CONFIDENCE_OFFSET)))
             area_m2 = 10 ** X[i, INSTANCE_FEATURES.index("log_area_m2")]
             if settings.min_area_m2 <= area_m2 <= settings.max_area_m2:
-                candidates.append((-float(conf), h, i, labels == i + 1))
+                candidates.append((-confidence(X[i], fusion), h, i, labels == i + 1, X[i]))
     if len(hypotheses) == 1:
-        kept = [(-c, m) for c, _, _, m in candidates]
+        kept = [(m, x) for _, _, _, m, x in candidates]
     else:  # greedy suppression by confidence, whole-tile masks
         kept = []
         taken = np.zeros(rgb.shape[:2], bool)
         min_pixels = settings.min_area_m2 / (gsd * gsd)
-        for c, _, _, m in sorted(candidates, key=lambda t: t[:3]):
+        for _, _, _, m, x in sorted(candidates, key=lambda t: t[:3]):
             if (m & taken).sum() > SUPPRESS_OVERLAP * m.sum():
                 continue
             # Its pixels that are neither taken nor 8-neighbours of taken ones; their largest
@@ -190,6 +236,32 @@ def analyse_masks(rgb: np.ndarray, valid, gsd: float, settings, fusion) -> list:
                 free = parts == 1 + int(np.argmax(np.bincount(parts.ravel())[1:]))
             if free.sum() < (1 - SUPPRESS_OVERLAP) * m.sum() or free.sum() < min_pixels:
                 continue
-            kept.append((-c, free))
+            kept.append((free, x))
             taken |= free
-    return [(c, m) for c, m in kept if c >= settings.floor]
+    # Every survivor gets the spectral measure of its (final) mask, then its final confidence.
+    import cv2
+
+    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float64)
+    h, w = grey.shape
+    out = []
+    for m, x in kept:
+        rows, cols = np.nonzero(m)
+        r0, r1 = max(rows.min() - 1, 0), min(rows.max() + 2, h)
+        c0, c1 = max(cols.min() - 1, 0), min(cols.max() + 2, w)
+        x = x.copy()
+        x[INSTANCE_FEATURES.index("fine_power_share")] = fine_power_share(
+            grey[r0:r1, c0:c1], m[r0:r1, c0:c1], gsd
+        )
+        c = confidence(x, fusion)
+        if c >= settings.floor:
+            out.append((c, m))
+    return out
+
+
+def confidence(x: np.ndarray, fusion) -> float:
+    """Logistic of the weighted standardised statistics; a NaN one (not measured) adds 0."""
+    z = fusion.instance_bias + CONFIDENCE_OFFSET
+    for k, value in enumerate(x):
+        if not np.isnan(value):
+            z += fusion.instance_weights[k] * (value - fusion.instance_mean[k]) / fusion.instance_std[k]
+    return float(1.0 / (1.0 + np.exp(-z)))

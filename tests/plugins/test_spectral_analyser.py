@@ -71,7 +71,9 @@ def test_cue_score_and_whole_stage_match_the_oracle(tile, monkeypatch) -> None:
     feats = fast.pixel_features(rgb, None, 0.15)
     np.testing.assert_allclose(fast.cue_score(feats), ref.cue_score(feats), atol=1e-5)
     monkeypatch.setattr(ref, "pixel_features", fast.pixel_features)
-    settings = SpectralSettings()
+    # a low floor: more candidates to compare, and the gate that skips the spectral measure of
+    # candidates below the floor is exercised at its edge
+    settings = SpectralSettings(floor=0.003)
     assert settings.cue_segmentation
     got = fast.analyse_tile(rgb, None, 0.15, settings.model_dump())
     want = ref.analyse_masks(rgb, None, 0.15, settings, fast.default_fusion())
@@ -233,3 +235,76 @@ def test_partially_valid_tile_keeps_instances_inside(tile) -> None:
     valid[:, 128:] = False
     for inst in fast.analyse_tile(rgb, valid, 0.15, PARAMS):
         assert not (inst.full_mask(*valid.shape) & ~valid).any()
+
+
+def _array_crop(gsd: float = 0.15, rng_seed: int = 0):
+    """A 9 m × 6 m array of 1.0 m × 1.7 m modules (dark frames between blue-grey glass) on a
+    roof, with one pixel of margin; and its mask."""
+    rng = np.random.default_rng(rng_seed)
+    h, w = round(6 / gsd), round(9 / gsd)
+    yy, xx = np.mgrid[0:h, 0:w] * gsd
+    grey = np.full((h, w), 120.0)
+    grey[(np.mod(xx, 1.0) < gsd) | (np.mod(yy, 1.7) < gsd)] = 70.0  # module frames
+    grey += rng.normal(0, 2.0, grey.shape)
+    mask = np.zeros((h + 2, w + 2), np.uint8)
+    mask[1:-1, 1:-1] = 1
+    crop = np.full((h + 2, w + 2), 150.0)
+    crop[1:-1, 1:-1] = grey
+    return crop.astype(np.float32), mask
+
+
+def test_fine_power_share_sees_a_module_grid_not_a_surface_that_varies_coarsely() -> None:
+    """The spectral measure (ADR 0018): an array's detail is its module grid; a surface whose
+    brightness wanders over metres (uneven roofing, dappled light, a car park) varies at
+    coarser periods, and a candidate spanning two surfaces has a step among its detail."""
+    grid, mask = _array_crop()
+    xx = np.arange(grid.shape[1], dtype=np.float32)[None, :] * 0.15
+    wandering = grid + 40 * np.sin(2 * np.pi * xx / 4.0)  # 4 m period
+    two_tone = grid.copy()
+    two_tone[:, : grid.shape[1] // 2] -= 60
+    g = fast.fine_power_share(grid, mask, 0.15)
+    assert g > 0.95
+    assert fast.fine_power_share(wandering, mask, 0.15) < g - 0.3
+    assert fast.fine_power_share(two_tone, mask, 0.15) < g - 0.05
+    # the grid alone at another ground resolution: still fine detail
+    grid3, mask3 = _array_crop(gsd=0.3)
+    assert fast.fine_power_share(grid3, mask3, 0.3) > 0.9
+    # same answer as the oracle (scipy.ndimage filters, numpy's FFT, a loop over the bins)
+    for crop in (grid, wandering, two_tone):
+        assert fast.fine_power_share(crop, mask, 0.15) == pytest.approx(
+            ref.fine_power_share(crop.astype(np.float64), mask.astype(bool), 0.15), abs=1e-3
+        )
+    # too thin to measure, or flat: NaN, which the confidence treats as neutral
+    thin = np.zeros_like(mask)
+    thin[10:13, 5:30] = 1  # 3 px wide: its eroded interior is one row of 23 px
+    assert np.isnan(fast.fine_power_share(grid, thin, 0.15))
+    assert np.isnan(fast.fine_power_share(np.full_like(grid, 100.0), mask, 0.15))
+
+
+def test_an_unmeasured_statistic_adds_nothing_to_the_confidence() -> None:
+    fusion = fast.default_fusion()
+    col = fast.INSTANCE_FEATURES.index("fine_power_share")
+    x = fusion.instance_mean.copy()[None, :]
+    neutral = fast.confidence(x, fusion)
+    x_nan = x.copy()
+    x_nan[0, col] = np.nan
+    assert fast.confidence(x_nan, fusion) == pytest.approx(neutral)
+    x_high = x.copy()
+    x_high[0, col] = 1.0
+    assert fast.confidence(x_high, fusion) > neutral  # the cue counts when measured
+
+
+def test_skipping_the_spectral_measure_below_the_floor_changes_nothing_stored(tile) -> None:
+    """Only candidates that could reach the storage floor are measured: measuring all of them
+    stores the same candidates with the same confidences."""
+    rgb, _ = tile
+    settings = SpectralSettings(floor=0.05)
+    gated = fast.analyse(rgb, None, 0.15, settings)
+    full = fast.analyse(rgb, None, 0.15, settings, measure_all=True)
+    col = fast.INSTANCE_FEATURES.index("fine_power_share")
+    assert np.isnan(gated.X[:, col]).sum() > np.isnan(full.X[:, col]).sum()  # some skipped
+    stored_g = gated.kept & (gated.confidence >= settings.floor)
+    stored_f = full.kept & (full.confidence >= settings.floor)
+    assert stored_g.sum() >= 1
+    np.testing.assert_array_equal(stored_g, stored_f)
+    np.testing.assert_allclose(gated.confidence[stored_g], full.confidence[stored_f])
