@@ -513,7 +513,8 @@ def fine_power_share(grey: np.ndarray, mask: np.ndarray, gsd: float) -> float:
     total = float(power.sum(dtype=np.float64)) - dc
     if total <= 0:
         return float("nan")
-    coarse = float(power[_coarse_frequencies(ny, nx, gsd / FINE_PERIOD_M)].sum(dtype=np.float64)) - dc
+    low = _coarse_frequencies(ny, nx, gsd / FINE_PERIOD_M)
+    coarse = float(power[low].sum(dtype=np.float64)) - dc
     return (total - coarse) / total
 
 

@@ -49,9 +49,10 @@ STYLES = ("dark", "bright", "mixed")
 #: orientation coherence, both *lower* on an array than on what competes with it (a module grid
 #: has two perpendicular line families and smooth glass between them, where tiled roofs, row
 #: crops, road markings and foliage have one strong family or strong texture), and the share of
-#: its interior detail at periods under 2.5 m (an array is uniform at coarser scales; ADR 0018). Left out: the
-#: mean fused score, FFT periodicity, photometric index, edges, blue tint, fine texture and
-#: elongation, whose ranking differs between the two real sources or from synthetic scenes.
+#: its interior detail at periods under 2.5 m (an array is uniform at coarser scales; ADR 0018).
+#: Left out: the mean fused score, FFT periodicity, photometric index, edges, blue tint, fine
+#: texture and elongation, whose ranking differs between the two real sources or from synthetic
+#: scenes.
 #: Unit weights rather than weights fitted on the synthetic candidates: the fitted ones
 #: under-weight area and the rejection cues, which matter more on real imagery (ADRs 0008 and
 #: 0017, docs/spectral_quality.md).

@@ -263,5 +263,9 @@ def confidence(x: np.ndarray, fusion) -> float:
     z = fusion.instance_bias + CONFIDENCE_OFFSET
     for k, value in enumerate(x):
         if not np.isnan(value):
-            z += fusion.instance_weights[k] * (value - fusion.instance_mean[k]) / fusion.instance_std[k]
+            z += (
+                fusion.instance_weights[k]
+                * (value - fusion.instance_mean[k])
+                / fusion.instance_std[k]
+            )
     return float(1.0 / (1.0 + np.exp(-z)))
