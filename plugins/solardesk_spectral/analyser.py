@@ -34,6 +34,7 @@ component, scikit-image ``regionprops`` and shapely, as the oracle.
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -240,6 +241,10 @@ CUE_WEIGHTS = {
     "shadow": -1.0,
 }
 CUE_THRESHOLDS = (1.0, 0.8)
+#: The closing radius (metres) of each cue segmentation (the learned score's is 0.25 m). At the
+#: lower threshold a dark array breaks up along its module frames and row gaps; closing over
+#: 0.9 m, about a module's short side, makes it one candidate again (ADR 0018 addendum).
+CUE_CLOSE_M = (0.25, 0.9)
 
 
 def cue_score(features: np.ndarray) -> np.ndarray:
@@ -290,8 +295,9 @@ def segment(
     gsd: float,
     threshold: float,
     edges: np.ndarray | None = None,
+    close_m: float = 0.25,
 ) -> tuple[np.ndarray, int]:
-    """Label candidate regions: threshold, open (0.25 m), close (0.25 m), connected parts.
+    """Label candidate regions: threshold, open (0.25 m), close (``close_m``), connected parts.
 
     Without ``edges``: 8-connected parts. With ``edges`` (a boolean map): the edge pixels are
     taken out of the mask, the rest is split into 4-connected parts (a one-pixel 8-connected
@@ -301,9 +307,8 @@ def segment(
     binary = (score > threshold).astype(np.uint8)
     if valid is not None:
         binary[~valid] = 0
-    r = max(1, round(0.25 / gsd))
-    binary = cv2.morphologyEx(binary, cv2.MORPH_OPEN, _disk(r))
-    binary = cv2.morphologyEx(binary, cv2.MORPH_CLOSE, _disk(r))
+    binary = cv2.morphologyEx(binary, cv2.MORPH_OPEN, _disk(max(1, round(0.25 / gsd))))
+    binary = cv2.morphologyEx(binary, cv2.MORPH_CLOSE, _disk(max(1, round(close_m / gsd))))
     if valid is not None:
         binary[~valid] = 0
     if edges is None:
@@ -361,6 +366,7 @@ def instance_stats(
     *,
     context: FrameContext | None = None,
     shape_area_px: tuple[float, float] = (0.0, np.inf),
+    means: Collection[int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(X, boxes)``: per-instance feature rows (INSTANCE_FEATURES) and boxes (x0, y0, x1, y1).
 
@@ -374,7 +380,9 @@ def instance_stats(
     Shape statistics (rectangularity, solidity, elongation) are traced only for components
     whose pixel count lies within ``shape_area_px``; the others get NaN there (the analyser
     drops them by area anyway). ``fine_power_share`` is NaN here: the analyser measures it only
-    on the candidates that survive suppression (:func:`fine_power_share`).
+    on the candidates that survive suppression (:func:`fine_power_share`). ``means``: which of
+    the mean columns (0: the score, ``1 + k``: pixel feature ``k``) to compute (default all;
+    the mean excess green is always computed); the others are NaN.
     """
     if n == 0:
         return np.zeros((0, len(INSTANCE_FEATURES))), np.zeros((0, 4), np.int64)
@@ -384,9 +392,14 @@ def instance_stats(
     where = np.flatnonzero(flat)
     lab = flat[where] - 1
     area = np.bincount(lab, minlength=n).astype(np.float64)
-    cols = [np.bincount(lab, weights=score.ravel()[where], minlength=n) / area]
-    for f in features:
-        cols.append(np.bincount(lab, weights=f.ravel()[where], minlength=n) / area)
+    green_col = 1 + PIXEL_FEATURES.index("excess_green")
+    wanted = set(range(1 + len(features)) if means is None else means) | {green_col}
+    cols = []
+    for k, m in enumerate((score, *features)):
+        if k in wanted:
+            cols.append(np.bincount(lab, weights=m.ravel()[where], minlength=n) / area)
+        else:
+            cols.append(np.full(n, np.nan))
     traced = (area >= shape_area_px[0]) & (area <= shape_area_px[1])
     rect_area, hull_area, long_side, short_side, boxes = _shape_stats(labels, n, traced)
     area_m2 = area * gsd * gsd
@@ -395,7 +408,7 @@ def instance_stats(
     cols.append(area / np.maximum(hull_area, 1.0))
     cols.append(np.log10(np.maximum(long_side, 1.0) / np.maximum(short_side, 1.0)))
     red_in = np.bincount(lab, weights=context.redness.ravel()[where], minlength=n) / area
-    green_in = cols[1 + PIXEL_FEATURES.index("excess_green")]
+    green_in = cols[green_col]
     green_frame, red_frame = _frame_means(boxes, max(1, round(FRAME_M / gsd)), context)
     cols.append(np.where(np.isnan(green_frame), green_in, green_frame))
     cols.append(np.where(np.isnan(red_frame), 0.0, red_frame - red_in))
@@ -600,18 +613,29 @@ def analyse(
     feats = pixel_features(rgb, valid, gsd)
     score = score_map(feats, fusion)
     edges = strong_edges(rgb, gsd) if settings.edge_cut else None
-    hypotheses = [(score, settings.score_threshold)]
+    hypotheses = [(score, settings.score_threshold, 0.25)]
     if settings.cue_segmentation:
         cues = cue_score(feats)
-        hypotheses += [(cues, t) for t in CUE_THRESHOLDS]
+        hypotheses += [(cues, t, c) for t, c in zip(CUE_THRESHOLDS, CUE_CLOSE_M, strict=True)]
     context = FrameContext.of(rgb, feats, valid)
-    # Shapes are traced only where the area limits may keep a component (a margin for rounding).
+    # Shapes are traced only where the area limits may keep a component (a margin for rounding);
+    # of the means, those the confidence weighs (the others: for the survivors, below).
     px = (0.999 * settings.min_area_m2 / gsd**2, 1.001 * settings.max_area_m2 / gsd**2)
+    weighed = {k for k in range(1 + len(PIXEL_FEATURES)) if fusion.instance_weights[k] != 0}
     parts = []
-    for hyp_score, threshold in hypotheses:
-        labels, n = segment(hyp_score, valid, gsd, threshold, edges)
+    for hyp_score, threshold, close_m in hypotheses:
+        labels, n = segment(hyp_score, valid, gsd, threshold, edges, close_m)
         X, boxes = instance_stats(
-            labels, n, feats, score, gsd, rgb, valid, context=context, shape_area_px=px
+            labels,
+            n,
+            feats,
+            score,
+            gsd,
+            rgb,
+            valid,
+            context=context,
+            shape_area_px=px,
+            means=weighed,
         )
         if n:
             area_m2 = 10 ** X[:, INSTANCE_FEATURES.index("log_area_m2")]
@@ -626,7 +650,28 @@ def analyse(
         labels, X, boxes, conf = suppress(parts, settings.min_area_m2 / (gsd * gsd))
         kept = np.ones(len(conf), bool)
     conf = _with_fine_power(rgb, labels, X, boxes, kept, gsd, fusion, settings, measure_all)
+    stored = kept if measure_all else kept & (conf >= settings.floor)
+    _fill_means(X, labels, boxes, stored, feats, score)
     return Analysis(feats, score, labels, X, boxes, conf, kept)
+
+
+def _fill_means(X, labels, boxes, which, feats: np.ndarray, score: np.ndarray) -> None:
+    """Fill the mean columns of ``X`` still NaN (those the confidence does not weigh) of the
+    rows ``which`` with the means over each label's final pixels (after suppression: the pixels
+    it keeps), one crop per label."""
+    todo = [k for k in range(1 + len(feats)) if len(X) and np.isnan(X[:, k]).all()]
+    if not todo:
+        return
+    feat_todo = [k - 1 for k in todo if k > 0]
+    for i in np.flatnonzero(which):
+        x0, y0, x1, y1 = (int(v) for v in boxes[i])
+        mine = labels[y0:y1, x0:x1] == i + 1
+        if not mine.any():
+            continue
+        if 0 in todo:
+            X[i, 0] = score[y0:y1, x0:x1][mine].mean()
+        if feat_todo:
+            X[i, [k + 1 for k in feat_todo]] = feats[feat_todo, y0:y1, x0:x1][:, mine].mean(axis=1)
 
 
 def _with_fine_power(rgb, labels, X, boxes, kept, gsd, fusion, settings, measure_all) -> np.ndarray:

@@ -16,6 +16,7 @@ from skimage.measure import label, regionprops
 
 from solardesk_spectral.analyser import (
     CONFIDENCE_OFFSET,
+    CUE_CLOSE_M,
     CUE_THRESHOLDS,
     CUE_WEIGHTS,
     DETAIL_SIGMA_M,
@@ -50,14 +51,15 @@ def strong_edges(rgb: np.ndarray, gsd: float) -> np.ndarray:
     return cv2.Canny(grey, 80, 200, L2gradient=True) > 0
 
 
-def segment(score: np.ndarray, valid, gsd: float, threshold: float, edges=None):
+def segment(score: np.ndarray, valid, gsd: float, threshold: float, edges=None, close_m=0.25):
     binary = score > threshold
     if valid is not None:
         binary &= valid
     fp = _disk(max(1, round(0.25 / gsd))).astype(bool)
+    fc = _disk(max(1, round(close_m / gsd))).astype(bool)
     # OpenCV's default border leaves erosion and dilation unaffected by the outside.
     binary = ndimage.binary_dilation(ndimage.binary_erosion(binary, fp, border_value=1), fp)
-    binary = ndimage.binary_erosion(ndimage.binary_dilation(binary, fp), fp, border_value=1)
+    binary = ndimage.binary_erosion(ndimage.binary_dilation(binary, fc), fc, border_value=1)
     if valid is not None:
         binary &= valid
     if edges is None:
@@ -208,12 +210,13 @@ def analyse_masks(rgb: np.ndarray, valid, gsd: float, settings, fusion) -> list:
     feats = pixel_features(rgb, valid, gsd)
     score = score_map(feats, fusion)
     edges = strong_edges(rgb, gsd) if settings.edge_cut else None
-    hypotheses = [(score, settings.score_threshold)]
+    hypotheses = [(score, settings.score_threshold, 0.25)]
     if settings.cue_segmentation:
-        hypotheses += [(cue_score(feats), t) for t in CUE_THRESHOLDS]
+        cues = cue_score(feats)
+        hypotheses += [(cues, t, c) for t, c in zip(CUE_THRESHOLDS, CUE_CLOSE_M, strict=True)]
     candidates = []  # (-confidence, hypothesis, label, mask, statistics)
-    for h, (hyp_score, threshold) in enumerate(hypotheses):
-        labels, n = segment(hyp_score, valid, gsd, threshold, edges)
+    for h, (hyp_score, threshold, close_m) in enumerate(hypotheses):
+        labels, n = segment(hyp_score, valid, gsd, threshold, edges, close_m)
         X, _ = instance_stats(labels, n, feats, score, gsd, rgb, valid)
         for i in range(n):
             area_m2 = 10 ** X[i, INSTANCE_FEATURES.index("log_area_m2")]
