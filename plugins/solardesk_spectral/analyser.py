@@ -19,13 +19,17 @@ Per tile:
    shadow, Gabor energy and Gabor coherence, and two cues of the frame around it (its excess
    green; how much redder it is than the candidate), each standardised by its spread over
    synthetic candidates, plus a tuned offset (:data:`CONFIDENCE_OFFSET`); the signs are those
-   real imagery shows (``learn.CONFIDENCE_CUES``). The other appearance means are computed and
-   stored but left out: they do not rank panels the same way on real imagery (ADRs 0008, 0017). With
+   real imagery shows (``learn.CONFIDENCE_CUES``). The other appearance means are left out (they
+   do not rank panels the same way on real imagery, ADRs 0008, 0017) and computed only for the
+   stored candidates, over the pixels each keeps. With
    ``cue_segmentation`` a second segmentation of a unit-weighted cue sum adds candidates, and
-   overlapping ones are suppressed by confidence (ADR 0009). Candidates at or above the storage
-   floor are returned; the pseudo-label threshold is applied at read time.
+   overlapping ones are suppressed by confidence (ADR 0009).
+5. **Verification**: each candidate that survives suppression gets one more cue, the share of
+   its interior's detail power (2-D DFT) at periods under 2.5 m (an array is uniform at coarser
+   scales; ADR 0018), and its final confidence. Candidates at or above the storage floor are
+   returned; the pseudo-label threshold is applied at read time.
 
-Every per-instance mean is computed for all components at once (one ``bincount`` per
+Every weighed per-instance mean is computed for all components at once (one ``bincount`` per
 statistic); shapes come from one contour trace per component's bounding box;
 ``tests/plugins/_reference_analyser.py`` computes the same maths with a Python loop per
 component, scikit-image ``regionprops`` and shapely, as the oracle.
