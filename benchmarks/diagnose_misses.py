@@ -6,8 +6,9 @@ For every labelled panel (a connected component of the label mask, ≥ 20 px) of
 that ``eval_pseudolabels.py`` reads, it looks at the analyser's score map and components
 before the confidence is applied, and puts the panel in one class:
 
-* **below threshold**: fewer than 30 % of its pixels score above the score-map threshold (the
-  pixel features do not see it);
+* **below threshold**: fewer than 30 % of its pixels lie above the threshold of any of the
+  maps the analyser segments (the learned score map; the cue sum at its lowest threshold when
+  ``cue_segmentation`` is on): the pixel features do not see it;
 * **merged**: its best-overlapping component is more than twice its area and IoU < 0.5 (it
   ran into a roof, a shadow or a neighbour);
 * **fragmented**: otherwise below IoU 0.5 (cut into pieces, or only partly found);
@@ -36,9 +37,10 @@ from eval_pseudolabels import data_sets
 CLASSES = ("below threshold", "merged", "fragmented", "segmented")
 
 
-def classify(score, labels, truth_component, threshold: float) -> str:
+def classify(lit, labels, truth_component) -> str:
+    """The class of one labelled panel; ``lit``: pixels above the threshold of some map."""
     area = int(truth_component.sum())
-    if (score[truth_component] > threshold).mean() < 0.3:
+    if lit[truth_component].mean() < 0.3:
         return "below threshold"
     inside = labels[truth_component]
     ids, counts = np.unique(inside[inside > 0], return_counts=True)
@@ -52,7 +54,7 @@ def classify(score, labels, truth_component, threshold: float) -> str:
 
 
 def diagnose(images) -> tuple[int, Counter, list[float]]:
-    from solardesk_spectral.analyser import analyse
+    from solardesk_spectral.analyser import CUE_THRESHOLDS, analyse, cue_score
     from solardesk_spectral.settings import SpectralSettings
 
     settings = SpectralSettings()
@@ -61,14 +63,17 @@ def diagnose(images) -> tuple[int, Counter, list[float]]:
     n = 0
     for _stem, rgb, valid, gsd, truth in images:
         a = analyse(rgb, valid, gsd, settings)
+        lit = a.score > settings.score_threshold
+        if settings.cue_segmentation:
+            lit |= cue_score(a.features) > min(CUE_THRESHOLDS)
         nt, tl = cv2.connectedComponents(truth.astype(np.uint8), connectivity=8)
         for j in range(1, nt):
             m = tl == j
             if m.sum() < 20:
                 continue
             n += 1
-            shares.append(float((a.score[m] > settings.score_threshold).mean()))
-            tally[classify(a.score, a.labels, m, settings.score_threshold)] += 1
+            shares.append(float(lit[m].mean()))
+            tally[classify(lit, a.labels, m)] += 1
     return n, tally, shares
 
 
