@@ -179,11 +179,15 @@ def test_rectangle_statistics_are_exact() -> None:
 def test_stage_contract(tile) -> None:
     rgb, _ = tile
     out = fast.analyse_tile(rgb, None, 0.15, PARAMS)
-    assert all(isinstance(i, Instance) for i in out)
+    assert out and all(isinstance(i, Instance) for i in out)
+    channels = fast.pixel_features(rgb, None, 0.15)[:6]
     for inst in out:
         assert PARAMS["floor"] <= inst.confidence <= 1
         assert inst.provenance == "spectral" and len(inst.scores) == 6
         assert all(0 <= s <= 1 for s in inst.scores)
+        # the six channel means of the stored mask (computed for stored candidates only)
+        full = inst.full_mask(*rgb.shape[:2])
+        np.testing.assert_allclose(inst.scores, channels[:, full].mean(axis=1), atol=1e-5)
         x0, y0, x1, y1 = inst.bbox
         assert inst.mask.shape == (y1 - y0, x1 - x0) and inst.mask.any()
         assert inst.area_px * 0.15**2 >= PARAMS["min_area_m2"]
