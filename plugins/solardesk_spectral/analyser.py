@@ -329,6 +329,133 @@ def segment(
     return labels, n - 1
 
 
+#: The orientation of a surface's texture: the structure tensor of the grey tile's Sobel
+#: gradients integrated over a Gaussian of ORIENT_SIGMA_M metres. Its doubled-angle vector
+#: ``((Jxx - Jyy), 2 Jxy) / (Jxx + Jyy + ORIENT_FLOOR)`` has the dominant orientation as angle
+#: and the coherence as length (0 on flat surfaces, thanks to the floor in squared grey levels).
+ORIENT_SIGMA_M = 0.75
+ORIENT_FLOOR = 400.0
+#: A candidate is split by orientation when at least ORIENT_MIN_SHARE of its pixels have a
+#: coherence of ORIENT_MIN_COHERENCE (a module grid's two line families keep it moderate) and
+#: the two orientation clusters of those pixels lie ORIENT_MIN_ANGLE_DEG apart or more.
+ORIENT_MIN_COHERENCE = 0.2
+ORIENT_MIN_SHARE = 0.5
+ORIENT_MIN_ANGLE_DEG = 30.0
+
+
+def orientation_field(grey: np.ndarray, gsd: float) -> tuple[np.ndarray, np.ndarray]:
+    """Doubled-angle orientation vector ``(vx, vy)`` of the texture at every pixel (float32)."""
+    gx = cv2.Sobel(grey, cv2.CV_32F, 1, 0, ksize=3)
+    gy = cv2.Sobel(grey, cv2.CV_32F, 0, 1, ksize=3)
+    sigma = max(ORIENT_SIGMA_M / gsd, 1.0)
+    jxx = cv2.GaussianBlur(gx * gx, (0, 0), sigma)
+    jyy = cv2.GaussianBlur(gy * gy, (0, 0), sigma)
+    jxy = cv2.GaussianBlur(gx * gy, (0, 0), sigma)
+    trace = jxx + jyy
+    trace += np.float32(ORIENT_FLOOR)
+    jxx -= jyy
+    jxx /= trace
+    jxy *= 2.0
+    jxy /= trace
+    return jxx, jxy
+
+
+def _two_directions(phi: np.ndarray) -> tuple[np.ndarray, float] | None:
+    """Two-means of doubled angles ``phi`` on the circle (started at the mean direction ± 90°,
+    ten rounds at most): ``(in_first, angle between the two in degrees of orientation)``, or
+    None when one cluster is empty."""
+    c, s = np.cos(phi), np.sin(phi)
+    m = np.arctan2(s.mean(), c.mean())
+    centres = (m - np.pi / 2, m + np.pi / 2)
+    first = None
+    for _ in range(10):
+        new = np.cos(phi - centres[0]) >= np.cos(phi - centres[1])
+        if not new.any() or new.all():
+            return None
+        if first is not None and np.array_equal(new, first):
+            break
+        first = new
+        centres = (
+            np.arctan2(s[first].mean(), c[first].mean()),
+            np.arctan2(s[~first].mean(), c[~first].mean()),
+        )
+    d = abs(np.angle(np.exp(1j * (centres[0] - centres[1]))))
+    return first, float(np.degrees(d) / 2.0)
+
+
+def split_by_orientation(
+    labels: np.ndarray,
+    n: int,
+    field: tuple[np.ndarray, np.ndarray],
+    gsd: float,
+    min_pixels: float,
+) -> tuple[np.ndarray, int]:
+    """Split each component whose texture runs in two directions into one part per direction.
+
+    A component of at least twice ``min_pixels`` with at least ORIENT_MIN_SHARE of its pixels
+    coherent (ORIENT_MIN_COHERENCE) is split when the two-means of those pixels' orientations
+    (:func:`_two_directions`) lie ORIENT_MIN_ANGLE_DEG apart and each holds ``min_pixels``:
+    every pixel of the component goes to the direction whose coherent pixels weigh more around
+    it (a Gaussian vote of σ = ORIENT_SIGMA_M over the component's box, OpenCV's default
+    border), and each 4-connected part of ``min_pixels`` or more becomes a component (smaller
+    ones are dropped). Returns the relabelled image (components numbered in raster order of
+    their first pixel) and their count.
+    """
+    from scipy.ndimage import find_objects
+
+    vx, vy = field
+    out = labels.copy()
+    next_label = n
+    sigma = max(ORIENT_SIGMA_M / gsd, 1.0)
+    for i, sl in enumerate(find_objects(labels, max_label=n)):
+        if sl is None:
+            continue
+        comp = labels[sl] == i + 1
+        area = int(np.count_nonzero(comp))
+        if area < 2 * min_pixels:
+            continue
+        x, y = vx[sl], vy[sl]
+        coherent = comp & (np.hypot(x, y) >= ORIENT_MIN_COHERENCE)
+        if np.count_nonzero(coherent) < ORIENT_MIN_SHARE * area:
+            continue
+        found = _two_directions(np.arctan2(y[coherent], x[coherent]))
+        if found is None:
+            continue
+        first, angle = found
+        if angle < ORIENT_MIN_ANGLE_DEG or min(first.sum(), (~first).sum()) < min_pixels:
+            continue
+        votes = np.zeros((2, *comp.shape), np.float32)
+        rows, cols = np.nonzero(coherent)
+        votes[0][rows[first], cols[first]] = 1.0
+        votes[1][rows[~first], cols[~first]] = 1.0
+        side = cv2.GaussianBlur(votes[0], (0, 0), sigma) >= cv2.GaussianBlur(
+            votes[1], (0, 0), sigma
+        )
+        view = out[sl]
+        view[comp] = 0
+        for part in (comp & side, comp & ~side):
+            k, parts = cv2.connectedComponents(part.view(np.uint8), connectivity=4)
+            for j in range(1, k):
+                piece = parts == j
+                if np.count_nonzero(piece) >= min_pixels:
+                    next_label += 1
+                    view[piece] = next_label
+    if next_label == n:
+        return labels, n
+    return _relabel(out)
+
+
+def _relabel(labels: np.ndarray) -> tuple[np.ndarray, int]:
+    """Number the distinct non-zero values 1..k in raster order of their first pixel."""
+    flat = labels.ravel()
+    values, first = np.unique(flat, return_index=True)
+    keep = values > 0
+    values, first = values[keep], first[keep]
+    lut = np.zeros(int(flat.max()) + 1, labels.dtype)
+    lut[values[np.argsort(first)]] = np.arange(1, len(values) + 1, dtype=labels.dtype)
+    return lut[labels], len(values)
+
+
 # --------------------------------------------------------------------------------------------
 # Instance statistics, all components at once
 # --------------------------------------------------------------------------------------------
@@ -626,9 +753,14 @@ def analyse(
     # of the means, those the confidence weighs (the others: for the survivors, below).
     px = (0.999 * settings.min_area_m2 / gsd**2, 1.001 * settings.max_area_m2 / gsd**2)
     weighed = {k for k in range(1 + len(PIXEL_FEATURES)) if fusion.instance_weights[k] != 0}
+    field = None
+    if getattr(settings, "orientation_split", False):
+        field = orientation_field(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32), gsd)
     parts = []
     for hyp_score, threshold, close_m in hypotheses:
         labels, n = segment(hyp_score, valid, gsd, threshold, edges, close_m)
+        if field is not None:
+            labels, n = split_by_orientation(labels, n, field, gsd, settings.min_area_m2 / gsd**2)
         X, boxes = instance_stats(
             labels,
             n,

@@ -54,6 +54,15 @@ class SpectralSettings(Settings):
             "so that an array that scores like its roof is not merged with it.",
         ),
     ] = True
+    orientation_split: Annotated[
+        bool,
+        Field(
+            title="Split where the module rows turn",
+            description="Split a candidate whose texture runs in two directions at least 30° "
+            "apart (arrays on two roof planes that touch) into one part per direction. Off "
+            "by default: on real orthophotos it splits more roofs than arrays (ADR 0019).",
+        ),
+    ] = False
     cue_segmentation: Annotated[
         bool,
         Field(

@@ -25,6 +25,11 @@ from solardesk_spectral.analyser import (
     FINE_PERIOD_M,
     FRAME_M,
     INSTANCE_FEATURES,
+    ORIENT_FLOOR,
+    ORIENT_MIN_ANGLE_DEG,
+    ORIENT_MIN_COHERENCE,
+    ORIENT_MIN_SHARE,
+    ORIENT_SIGMA_M,
     PIXEL_FEATURES,
     SUPPRESS_OVERLAP,
     _disk,
@@ -73,6 +78,84 @@ def segment(score: np.ndarray, valid, gsd: float, threshold: float, edges=None, 
     for r, c in zip(*np.nonzero(binary & edges), strict=True):
         labels[r, c] = cut[max(r - 1, 0) : r + 2, max(c - 1, 0) : c + 2].max()
     return labels, n
+
+
+def orientation_field(grey: np.ndarray, gsd: float):
+    """Structure tensor of Sobel gradients, scipy.ndimage (mirror borders like OpenCV's)."""
+    kx = np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], np.float64)
+    gx = ndimage.correlate(grey, kx, mode="mirror")
+    gy = ndimage.correlate(grey, kx.T, mode="mirror")
+    sigma = max(ORIENT_SIGMA_M / gsd, 1.0)
+    jxx, jyy, jxy = (
+        ndimage.gaussian_filter(a, sigma, mode="mirror", truncate=4.0)
+        for a in (gx * gx, gy * gy, gx * gy)
+    )
+    trace = jxx + jyy + ORIENT_FLOOR
+    return (jxx - jyy) / trace, 2 * jxy / trace
+
+
+def split_by_orientation(labels, n, field, gsd: float, min_pixels: float):
+    """The orientation split, one region at a time (skimage regions, scipy filters)."""
+    vx, vy = field
+    out = labels.copy()
+    next_label = n
+    sigma = max(ORIENT_SIGMA_M / gsd, 1.0)
+    for region in regionprops(labels):
+        sl = region.slice
+        comp = labels[sl] == region.label
+        if comp.sum() < 2 * min_pixels:
+            continue
+        coh = np.hypot(vx[sl], vy[sl])
+        coherent = comp & (coh >= ORIENT_MIN_COHERENCE)
+        if coherent.sum() < ORIENT_MIN_SHARE * comp.sum():
+            continue
+        phi = np.arctan2(vy[sl][coherent], vx[sl][coherent])
+        mean = np.arctan2(np.sin(phi).mean(), np.cos(phi).mean())
+        centres = [mean - np.pi / 2, mean + np.pi / 2]
+        first = None
+        for _ in range(10):
+            new = np.cos(phi - centres[0]) >= np.cos(phi - centres[1])
+            if not new.any() or new.all():
+                first = None
+                break
+            if first is not None and (new == first).all():
+                break
+            first = new
+            centres = [
+                np.arctan2(np.sin(phi[first]).mean(), np.cos(phi[first]).mean()),
+                np.arctan2(np.sin(phi[~first]).mean(), np.cos(phi[~first]).mean()),
+            ]
+        if first is None:
+            continue
+        angle = np.degrees(abs(np.angle(np.exp(1j * (centres[0] - centres[1]))))) / 2
+        if angle < ORIENT_MIN_ANGLE_DEG or min(first.sum(), (~first).sum()) < min_pixels:
+            continue
+        a = np.zeros(comp.shape)
+        b = np.zeros(comp.shape)
+        rows, cols = np.nonzero(coherent)
+        a[rows[first], cols[first]] = 1
+        b[rows[~first], cols[~first]] = 1
+        side = ndimage.gaussian_filter(a, sigma, mode="mirror", truncate=4.0) >= (
+            ndimage.gaussian_filter(b, sigma, mode="mirror", truncate=4.0)
+        )
+        view = out[sl]
+        view[comp] = 0
+        for part in (comp & side, comp & ~side):
+            pieces = label(part, connectivity=1)
+            for j in range(1, pieces.max() + 1):
+                if (pieces == j).sum() >= min_pixels:
+                    next_label += 1
+                    view[pieces == j] = next_label
+    # number the components in raster order of their first pixel
+    order, seen = [], set()
+    for v in out.ravel():
+        if v and v not in seen:
+            order.append(v)
+            seen.add(v)
+    relabelled = np.zeros_like(out)
+    for k, v in enumerate(order, start=1):
+        relabelled[out == v] = k
+    return relabelled, len(order)
 
 
 def instance_stats(labels, n, features, score, gsd, rgb, valid=None):
@@ -215,8 +298,16 @@ def analyse_masks(rgb: np.ndarray, valid, gsd: float, settings, fusion) -> list:
         cues = cue_score(feats)
         hypotheses += [(cues, t, c) for t, c in zip(CUE_THRESHOLDS, CUE_CLOSE_M, strict=True)]
     candidates = []  # (-confidence, hypothesis, label, mask, statistics)
+    field = None
+    if settings.orientation_split:
+        import cv2
+
+        grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float64)
+        field = orientation_field(grey, gsd)
     for h, (hyp_score, threshold, close_m) in enumerate(hypotheses):
         labels, n = segment(hyp_score, valid, gsd, threshold, edges, close_m)
+        if field is not None:
+            labels, n = split_by_orientation(labels, n, field, gsd, settings.min_area_m2 / gsd**2)
         X, _ = instance_stats(labels, n, feats, score, gsd, rgb, valid)
         for i in range(n):
             area_m2 = 10 ** X[i, INSTANCE_FEATURES.index("log_area_m2")]

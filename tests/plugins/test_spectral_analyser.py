@@ -312,3 +312,54 @@ def test_skipping_the_spectral_measure_below_the_floor_changes_nothing_stored(ti
     assert stored_g.sum() >= 1
     np.testing.assert_array_equal(stored_g, stored_f)
     np.testing.assert_allclose(gated.confidence[stored_g], full.confidence[stored_f])
+
+
+def _two_roof_planes(gsd: float = 0.15, turn: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Grey level of two touching 15 m × 15 m arrays of 1.0 × 1.7 m modules (frames darker
+    than the glass), the right one turned by 90° when ``turn``; and the left array's mask."""
+    h, w = round(15 / gsd), round(30 / gsd)
+    yy, xx = np.mgrid[0:h, 0:w] * gsd
+    grey = np.full((h, w), 120.0, np.float32)
+    left = xx < 15
+    rows_h = (np.mod(yy, 1.7) < gsd) | (np.mod(xx, 1.0) < gsd)
+    rows_v = (np.mod(xx, 1.7) < gsd) | (np.mod(yy, 1.0) < gsd)
+    if turn:
+        grey[left & rows_h] = 70.0
+        grey[~left & rows_v] = 70.0
+    else:
+        grey[rows_h] = 70.0
+    return grey, left
+
+
+def test_orientation_split_separates_arrays_whose_rows_turn() -> None:
+    """Two touching arrays as bright as each other, one turned by 90°: one component, split
+    into the two arrays (fast and oracle agree); the same arrays unturned stay whole."""
+    labels = np.ones((100, 200), np.int32)
+    min_px = 4.0 / 0.15**2
+    grey, left = _two_roof_planes()
+    got, n = fast.split_by_orientation(labels, 1, fast.orientation_field(grey, 0.15), 0.15, min_px)
+    assert n == 2
+    assert max(_iou(got == k, left) for k in (1, 2)) >= 0.95
+    assert max(_iou(got == k, ~left) for k in (1, 2)) >= 0.95
+    field = ref.orientation_field(grey.astype(np.float64), 0.15)
+    want, n_ref = ref.split_by_orientation(labels, 1, field, 0.15, min_px)
+    assert n_ref == 2 and _iou(got == 1, want == 1) >= 0.99 and _iou(got == 2, want == 2) >= 0.99
+    flat, _ = _two_roof_planes(turn=False)
+    same, n_same = fast.split_by_orientation(
+        labels, 1, fast.orientation_field(flat, 0.15), 0.15, min_px
+    )
+    assert n_same == 1 and (same == labels).all()
+
+
+def test_orientation_split_is_off_by_default_and_matches_the_oracle(tile, monkeypatch) -> None:
+    assert SpectralSettings().orientation_split is False
+    rgb, _ = tile
+    monkeypatch.setattr(ref, "pixel_features", fast.pixel_features)
+    settings = SpectralSettings(orientation_split=True, floor=0.003)
+    got = fast.analyse_tile(rgb, None, 0.15, settings.model_dump())
+    want = ref.analyse_masks(rgb, None, 0.15, settings, fast.default_fusion())
+    assert len(got) == len(want) >= 1
+    for inst in got:
+        m = inst.full_mask(*rgb.shape[:2])
+        conf, best = max(((c, _iou(m, w)) for c, w in want), key=lambda t: t[1])
+        assert best >= 0.99 and inst.confidence == pytest.approx(conf, abs=1e-3)
