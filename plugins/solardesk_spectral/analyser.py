@@ -738,7 +738,8 @@ def analyse(
     The candidates of every segmentation are scored without ``fine_power_share`` (neutral),
     suppressed by that confidence, and the survivors then get the spectral measure and their
     final confidence: only those that could still reach the storage floor (``settings.floor``)
-    with the best possible share are measured, unless ``measure_all``.
+    with the best possible share are measured, unless ``measure_all`` (which also computes every
+    mean statistic of every candidate, not only those the confidence weighs).
     """
     fusion = fusion or default_fusion()
     feats = pixel_features(rgb, valid, gsd)
@@ -752,7 +753,11 @@ def analyse(
     # Shapes are traced only where the area limits may keep a component (a margin for rounding);
     # of the means, those the confidence weighs (the others: for the survivors, below).
     px = (0.999 * settings.min_area_m2 / gsd**2, 1.001 * settings.max_area_m2 / gsd**2)
+    # (with ``measure_all``, every mean of every candidate: learning and diagnostics see each
+    # candidate's own statistics)
     weighed = {k for k in range(1 + len(PIXEL_FEATURES)) if fusion.instance_weights[k] != 0}
+    if measure_all:
+        weighed = None
     field = None
     if getattr(settings, "orientation_split", False):
         field = orientation_field(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32), gsd)
