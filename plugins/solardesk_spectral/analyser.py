@@ -662,24 +662,20 @@ def fine_power_share(grey: np.ndarray, mask: np.ndarray, gsd: float) -> float:
     return (total - coarse) / total
 
 
-def measure_fine_power(
-    grey: np.ndarray, labels: np.ndarray, boxes: np.ndarray, gsd: float, which
-) -> np.ndarray:
-    """:func:`fine_power_share` of each label ``i + 1`` with ``which[i]`` (NaN elsewhere).
+def measure_fine_power(grey: np.ndarray, labels: np.ndarray, gsd: float, which) -> np.ndarray:
+    """:func:`fine_power_share` of each label ``i + 1`` with ``which[i]`` (NaN elsewhere); the
+    crop is the label's tight box grown by one pixel, within the tile."""
+    from scipy.ndimage import find_objects
 
-    ``boxes`` need only contain each label (after suppression a candidate keeps its own box and
-    may have lost pixels); the crop is the label's tight box grown by one pixel, within the tile.
-    """
     h, w = labels.shape
-    out = np.full(len(boxes), np.nan)
+    out = np.full(len(which), np.nan)
+    slices = find_objects(labels, max_label=len(which))
     for i in np.flatnonzero(which):
-        x0, y0, x1, y1 = (int(v) for v in boxes[i])
-        mine = labels[y0:y1, x0:x1] == i + 1
-        rows, cols = np.flatnonzero(mine.any(axis=1)), np.flatnonzero(mine.any(axis=0))
-        if not len(rows):
+        if slices[i] is None:
             continue
-        y0, y1 = max(y0 + rows[0] - 1, 0), min(y0 + rows[-1] + 2, h)
-        x0, x1 = max(x0 + cols[0] - 1, 0), min(x0 + cols[-1] + 2, w)
+        ys, xs = slices[i]
+        y0, y1 = max(ys.start - 1, 0), min(ys.stop + 1, h)
+        x0, x1 = max(xs.start - 1, 0), min(xs.stop + 1, w)
         mask = (labels[y0:y1, x0:x1] == i + 1).view(np.uint8)
         out[i] = fine_power_share(grey[y0:y1, x0:x1], mask, gsd)
     return out
@@ -758,9 +754,8 @@ def analyse(
     weighed = {k for k in range(1 + len(PIXEL_FEATURES)) if fusion.instance_weights[k] != 0}
     if measure_all:
         weighed = None
-    field = None
-    if getattr(settings, "orientation_split", False):
-        field = orientation_field(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32), gsd)
+    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    field = orientation_field(grey, gsd) if settings.orientation_split else None
     parts = []
     for hyp_score, threshold, close_m in hypotheses:
         labels, n = segment(hyp_score, valid, gsd, threshold, edges, close_m)
@@ -790,7 +785,7 @@ def analyse(
     else:
         labels, X, boxes, conf = suppress(parts, settings.min_area_m2 / (gsd * gsd))
         kept = np.ones(len(conf), bool)
-    conf = _with_fine_power(rgb, labels, X, boxes, kept, gsd, fusion, settings, measure_all)
+    conf = _with_fine_power(grey, labels, X, kept, gsd, fusion, settings, measure_all)
     stored = kept if measure_all else kept & (conf >= settings.floor)
     _fill_means(X, labels, boxes, stored, feats, score)
     return Analysis(feats, score, labels, X, boxes, conf, kept)
@@ -815,7 +810,7 @@ def _fill_means(X, labels, boxes, which, feats: np.ndarray, score: np.ndarray) -
             X[i, [k + 1 for k in feat_todo]] = feats[feat_todo, y0:y1, x0:x1][:, mine].mean(axis=1)
 
 
-def _with_fine_power(rgb, labels, X, boxes, kept, gsd, fusion, settings, measure_all) -> np.ndarray:
+def _with_fine_power(grey, labels, X, kept, gsd, fusion, settings, measure_all) -> np.ndarray:
     """Measure ``fine_power_share`` (into ``X``) on the kept candidates that need it and
     return every candidate's final confidence (0 where not kept)."""
     col = INSTANCE_FEATURES.index("fine_power_share")
@@ -829,9 +824,7 @@ def _with_fine_power(rgb, labels, X, boxes, kept, gsd, fusion, settings, measure
         floor = np.log(settings.floor / (1.0 - settings.floor))
         which = kept & (_logit(X, fusion) + best >= floor)
     if which.any():
-        grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32)
-        measured = measure_fine_power(grey, labels, boxes, gsd, which)
-        X[which, col] = measured[which]
+        X[which, col] = measure_fine_power(grey, labels, gsd, which)[which]
     return np.where(kept, confidence(X, fusion), 0.0)
 
 
