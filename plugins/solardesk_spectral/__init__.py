@@ -9,8 +9,9 @@ from __future__ import annotations
 from solardesk.plugin_api import Detector, PrecomputeStage, hookimpl
 
 #: Bump when the analyser's output changes for the same inputs: the cache recomputes it.
-# 2: edge cut; 3: confidence from shape and rejection cues, cue segmentations; 4: fine power share
-STAGE_VERSION = 4
+# 2: edge cut; 3: confidence from shape and rejection cues, cue segmentations; 4: fine power share;
+# 5: fragment merge
+STAGE_VERSION = 5
 
 
 @hookimpl

@@ -786,6 +786,15 @@ def analyse(
         labels, X, boxes, conf = suppress(parts, settings.min_area_m2 / (gsd * gsd))
         kept = np.ones(len(conf), bool)
     conf = _with_fine_power(grey, labels, X, kept, gsd, fusion, settings, measure_all)
+    if settings.merge_fragments:
+        labels, X, boxes, conf, kept = merge_fragments(
+            labels, X, boxes, conf, kept, grey, feats, score, gsd, rgb, valid,
+            context=context,
+            fusion=fusion,
+            area_m2=(settings.min_area_m2, settings.max_area_m2),
+            shape_area_px=px,
+            means=weighed,
+        )
     stored = kept if measure_all else kept & (conf >= settings.floor)
     _fill_means(X, labels, boxes, stored, feats, score)
     return Analysis(feats, score, labels, X, boxes, conf, kept)
@@ -826,6 +835,104 @@ def _with_fine_power(grey, labels, X, kept, gsd, fusion, settings, measure_all) 
     if which.any():
         X[which, col] = measure_fine_power(grey, labels, gsd, which)[which]
     return np.where(kept, confidence(X, fusion), 0.0)
+
+
+#: Fragment merge (ADR 0026): candidates at least MERGE_MIN_CONFIDENCE confident whose masks come
+#: within MERGE_GAP_M of each other form a group, tried as one candidate (the closing of their
+#: union); it replaces them when it is at least as confident as the best of them. Chosen on the
+#: even half of the shared data (gaps 0.6–2 m and least confidences 0.05–0.3 measured).
+MERGE_GAP_M = 1.0
+MERGE_MIN_CONFIDENCE = 0.1
+
+
+def merge_fragments(
+    labels, X, boxes, conf, kept, grey, feats, score, gsd, rgb, valid, *, context, fusion,
+    area_m2, shape_area_px, means,
+):
+    """Merge the fragments of one array (rows of a multi-row array, parts cut by a frame).
+
+    Returns ``(labels, X, boxes, confidence, kept)`` with each merged candidate in place of its
+    members (new rows at the end; the other rows keep their order). A group is the members
+    (kept, confidence ≥ :data:`MERGE_MIN_CONFIDENCE`) inside one 8-connected part of the
+    closing (disk of radius ``MERGE_GAP_M / 2``) of their union; its mask is that part, less a
+    one-pixel ring around every kept candidate that is no member (instances never touch), and
+    must stay one 8-connected piece within the area limits ``area_m2``. It is scored like any
+    candidate (fine power share included) and replaces its members when its confidence is at
+    least the highest of theirs: a merge is verified, never assumed.
+    """
+    unchanged = labels, X, boxes, conf, kept
+    n = len(conf)
+    member = kept & (conf >= MERGE_MIN_CONFIDENCE)
+    if np.count_nonzero(member) < 2:
+        return unchanged
+    lut = np.zeros(n + 1, np.uint8)
+    lut[1:][member] = 1
+    cand = lut[labels]
+    closed = cv2.morphologyEx(cand, cv2.MORPH_CLOSE, _disk(max(1, round(MERGE_GAP_M / 2 / gsd))))
+    if valid is not None:
+        closed[~valid] = 0
+    nc, comp = cv2.connectedComponents(closed, connectivity=8, ltype=cv2.CV_32S)
+    on = cand > 0
+    pairs = np.unique(comp[on].astype(np.int64) * (n + 1) + labels[on])
+    group, who = np.divmod(pairs, n + 1)
+    multi = np.flatnonzero(np.bincount(group, minlength=nc) >= 2)
+    if len(multi) == 0:
+        return unchanged
+    glut = np.zeros(nc, np.int32)
+    glut[multi] = np.arange(1, len(multi) + 1)
+    mlab = glut[comp]
+    lut[1:][kept & ~member] = 2
+    others = (lut[labels] == 2).view(np.uint8)
+    ring = cv2.dilate(others, np.ones((3, 3), np.uint8)) > 0
+    mlab[ring & ~on] = 0
+    g = len(multi)
+    n_parts, parts = cv2.connectedComponents((mlab > 0).view(np.uint8), connectivity=8)
+    whole = np.ones(g, bool)
+    if n_parts - 1 != g:  # a group the ring cut in two is not merged
+        pieces = np.unique(mlab.astype(np.int64) * n_parts + parts)
+        per_group = np.bincount(pieces // n_parts, minlength=g + 1)[1:]
+        whole = per_group == 1
+    Xm, bm = instance_stats(
+        mlab,
+        g,
+        feats,
+        score,
+        gsd,
+        rgb,
+        valid,
+        context=context,
+        shape_area_px=shape_area_px,
+        means=means,
+    )
+    size = 10 ** Xm[:, INSTANCE_FEATURES.index("log_area_m2")]
+    ok = whole & (size >= area_m2[0]) & (size <= area_m2[1])
+    col = INSTANCE_FEATURES.index("fine_power_share")
+    if ok.any():
+        Xm[ok, col] = measure_fine_power(grey, mlab, gsd, ok)[ok]
+    best = np.zeros(nc)
+    np.maximum.at(best, group, conf[who - 1])
+    cm = confidence(Xm, fusion)
+    ok &= cm >= best[multi]
+    if not ok.any():
+        return unchanged
+    drop = np.zeros(n + 1, bool)
+    drop[who[np.isin(group, multi[ok])]] = True
+    rows = np.flatnonzero(~drop[1:])
+    new = np.zeros(n + 1, np.int32)
+    new[1 + rows] = np.arange(1, len(rows) + 1)
+    out = new[labels]
+    acc = np.flatnonzero(ok)
+    mnew = np.zeros(g + 1, np.int32)
+    mnew[1 + acc] = len(rows) + 1 + np.arange(len(acc))
+    sel = mnew[mlab]
+    out = np.where(sel > 0, sel, out)
+    return (
+        out,
+        np.concatenate([X[rows], Xm[acc]]),
+        np.concatenate([boxes[rows], bm[acc]]),
+        np.concatenate([conf[rows], cm[acc]]),
+        np.concatenate([kept[rows], np.ones(len(acc), bool)]),
+    )
 
 
 #: A candidate is dropped when more than this share of its pixels lies in a candidate of higher

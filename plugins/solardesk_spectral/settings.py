@@ -63,6 +63,15 @@ class SpectralSettings(Settings):
             "by default: on real orthophotos it splits more roofs than arrays (ADR 0019).",
         ),
     ] = False
+    merge_fragments: Annotated[
+        bool,
+        Field(
+            title="Merge an array's fragments",
+            description="Try candidates that lie within 1 m of each other (the rows of one "
+            "array, parts cut along its frames) as one candidate; keep the merge only when it "
+            "is at least as confident as the best of its parts.",
+        ),
+    ] = True
     cue_segmentation: Annotated[
         bool,
         Field(
