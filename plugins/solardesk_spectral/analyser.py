@@ -788,7 +788,17 @@ def analyse(
     conf = _with_fine_power(grey, labels, X, kept, gsd, fusion, settings, measure_all)
     if settings.merge_fragments:
         labels, X, boxes, conf, kept = merge_fragments(
-            labels, X, boxes, conf, kept, grey, feats, score, gsd, rgb, valid,
+            labels,
+            X,
+            boxes,
+            conf,
+            kept,
+            grey,
+            feats,
+            score,
+            gsd,
+            rgb,
+            valid,
             context=context,
             fusion=fusion,
             area_m2=(settings.min_area_m2, settings.max_area_m2),
@@ -846,8 +856,23 @@ MERGE_MIN_CONFIDENCE = 0.1
 
 
 def merge_fragments(
-    labels, X, boxes, conf, kept, grey, feats, score, gsd, rgb, valid, *, context, fusion,
-    area_m2, shape_area_px, means,
+    labels,
+    X,
+    boxes,
+    conf,
+    kept,
+    grey,
+    feats,
+    score,
+    gsd,
+    rgb,
+    valid,
+    *,
+    context,
+    fusion,
+    area_m2,
+    shape_area_px,
+    means,
 ):
     """Merge the fragments of one array (rows of a multi-row array, parts cut by a frame).
 

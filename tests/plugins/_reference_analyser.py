@@ -25,6 +25,8 @@ from solardesk_spectral.analyser import (
     FINE_PERIOD_M,
     FRAME_M,
     INSTANCE_FEATURES,
+    MERGE_GAP_M,
+    MERGE_MIN_CONFIDENCE,
     ORIENT_FLOOR,
     ORIENT_MIN_ANGLE_DEG,
     ORIENT_MIN_COHERENCE,
@@ -336,20 +338,67 @@ def analyse_masks(rgb: np.ndarray, valid, gsd: float, settings, fusion) -> list:
     import cv2
 
     grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float64)
-    h, w = grey.shape
-    out = []
+    survivors = []
     for m, x in kept:
-        rows, cols = np.nonzero(m)
-        r0, r1 = max(rows.min() - 1, 0), min(rows.max() + 2, h)
-        c0, c1 = max(cols.min() - 1, 0), min(cols.max() + 2, w)
         x = x.copy()
-        x[INSTANCE_FEATURES.index("fine_power_share")] = fine_power_share(
-            grey[r0:r1, c0:c1], m[r0:r1, c0:c1], gsd
+        survivors.append((_final_confidence(grey, m, x, gsd, fusion), m, x))
+    if settings.merge_fragments:
+        survivors = merge_fragments(
+            survivors, grey, feats, score, gsd, rgb, valid, settings, fusion
         )
-        c = confidence(x, fusion)
-        if c >= settings.floor:
-            out.append((c, m))
-    return out
+    return [(c, m) for c, m, _ in survivors if c >= settings.floor]
+
+
+def _final_confidence(grey, m, x, gsd, fusion) -> float:
+    h, w = grey.shape
+    rows, cols = np.nonzero(m)
+    r0, r1 = max(rows.min() - 1, 0), min(rows.max() + 2, h)
+    c0, c1 = max(cols.min() - 1, 0), min(cols.max() + 2, w)
+    x[INSTANCE_FEATURES.index("fine_power_share")] = fine_power_share(
+        grey[r0:r1, c0:c1], m[r0:r1, c0:c1], gsd
+    )
+    return confidence(x, fusion)
+
+
+def merge_fragments(survivors, grey, feats, score, gsd, rgb, valid, settings, fusion) -> list:
+    """Groups of nearby confident survivors, each tried as one candidate (whole-tile masks)."""
+    members = [k for k, (c, _, _) in enumerate(survivors) if c >= MERGE_MIN_CONFIDENCE]
+    if len(members) < 2:
+        return survivors
+    union = np.zeros(grey.shape, bool)
+    for k in members:
+        union |= survivors[k][1]
+    others = np.zeros(grey.shape, bool)
+    for k, (_, m, _) in enumerate(survivors):
+        if k not in members:
+            others |= m
+    fc = _disk(max(1, round(MERGE_GAP_M / 2 / gsd))).astype(bool)
+    closed = ndimage.binary_erosion(ndimage.binary_dilation(union, fc), fc, border_value=1)
+    if valid is not None:
+        closed &= valid
+    ring = ndimage.binary_dilation(others, np.ones((3, 3), bool))
+    parts = label(closed, connectivity=2)
+    replaced, added = set(), []
+    for p in range(1, parts.max() + 1):
+        group = [k for k in members if (survivors[k][1] & (parts == p)).any()]
+        if len(group) < 2:
+            continue
+        merged = (parts == p) & ~(ring & ~union)
+        if label(merged, connectivity=2).max() != 1:
+            continue  # the ring cut it in two
+        x, _ = instance_stats(merged.astype(np.int32), 1, feats, score, gsd, rgb, valid)
+        x = x[0]
+        if (
+            not settings.min_area_m2
+            <= 10 ** x[INSTANCE_FEATURES.index("log_area_m2")]
+            <= (settings.max_area_m2)
+        ):
+            continue
+        c = _final_confidence(grey, merged, x, gsd, fusion)
+        if c >= max(survivors[k][0] for k in group):
+            replaced.update(group)
+            added.append((c, merged, x))
+    return [s for k, s in enumerate(survivors) if k not in replaced] + added
 
 
 def confidence(x: np.ndarray, fusion) -> float:

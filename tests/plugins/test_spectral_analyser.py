@@ -364,3 +364,105 @@ def test_orientation_split_is_off_by_default_and_matches_the_oracle(tile, monkey
     monkeypatch.setattr(ref, "pixel_features", fast.pixel_features)
     settings = SpectralSettings(orientation_split=True, floor=0.003)
     assert _stage_matches_the_oracle(rgb, settings) >= 1
+
+
+def _two_row_array(gsd: float = 0.15):
+    """A 200 × 200 px roof with a two-row array (rows 2 m deep, 0.6 m apart, 1 m modules
+    between darker frames) and a small block 4 m away; the label image of the two rows
+    (1, 2), the block (3) and a fleck on the roof (4)."""
+    rng = np.random.default_rng(3)
+    rgb = np.empty((200, 200, 3), np.float64)
+    rgb[:] = (150, 110, 90)
+    labels = np.zeros((200, 200), np.int32)
+    y0, depth, gap = 40, round(2.0 / gsd), round(0.6 / gsd)
+    for k, top in enumerate((y0, y0 + depth + gap)):
+        labels[top : top + depth, 40:160] = k + 1
+    labels[y0 + 2 * depth + gap + round(4 / gsd) :][:20, 60:100] = 3
+    labels[170:180, 170:180] = 4
+    yy, xx = np.mgrid[0:200, 0:200] * gsd
+    panel = np.isin(labels, (1, 2, 3))
+    frame = (np.mod(xx, 1.0) < gsd) | (np.mod(yy - y0 * gsd, 1.0) < gsd)
+    rgb[panel] = (70, 80, 105)
+    rgb[panel & frame] = (40, 45, 60)
+    rgb += rng.normal(0, 2, rgb.shape)
+    return np.clip(rgb, 0, 255).astype(np.uint8), labels
+
+
+@pytest.mark.parametrize("best_part", [0.2, 0.999])
+def test_fragment_merge_is_kept_only_when_at_least_as_confident(best_part: float) -> None:
+    """Two rows of one array 0.6 m apart are tried as one candidate (their union closed over the
+    gap); a block 4 m away and a candidate below the least confidence are no members. The
+    union replaces the rows only when its own confidence reaches the better row's, and the
+    oracle (whole-tile masks, scipy morphology) agrees."""
+    gsd = 0.15
+    rgb, labels = _two_row_array(gsd)
+    settings = SpectralSettings()
+    fusion = fast.default_fusion()
+    feats = fast.pixel_features(rgb, None, gsd)
+    score = fast.score_map(feats, fusion)
+    context = fast.FrameContext.of(rgb, feats, None)
+    X, boxes = fast.instance_stats(labels, 4, feats, score, gsd, rgb, None, context=context)
+    conf = np.array([0.15, best_part, 0.5, 0.05])
+    kept = np.ones(4, bool)
+    grey = fast.cv2.cvtColor(rgb, fast.cv2.COLOR_RGB2GRAY).astype(np.float32)
+    before = labels.copy()
+    out, X2, boxes2, conf2, kept2 = fast.merge_fragments(
+        labels,
+        X,
+        boxes,
+        conf,
+        kept,
+        grey,
+        feats,
+        score,
+        gsd,
+        rgb,
+        None,
+        context=context,
+        fusion=fusion,
+        area_m2=(4.0, 20000.0),
+        shape_area_px=(0, np.inf),
+        means=None,
+    )
+    assert (labels == before).all()  # the input is not changed
+    union = (
+        fast.cv2.morphologyEx(
+            np.isin(labels, (1, 2)).astype(np.uint8),
+            fast.cv2.MORPH_CLOSE,
+            fast._disk(round(0.5 / gsd)),
+        )
+        > 0
+    )
+    merged_x, _ = fast.instance_stats(union.astype(np.int32), 1, feats, score, gsd, rgb, None)
+    merged_x[0, -1] = fast.measure_fine_power(grey, union.astype(np.int32), gsd, [True])[0]
+    merged_conf = float(fast.confidence(merged_x, fusion)[0])
+    assert 0.2 < merged_conf < 0.999  # so that the two cases differ
+    survivors = [(c, labels == i + 1, X[i].copy()) for i, c in enumerate(conf)]
+    want = ref.merge_fragments(
+        survivors, grey.astype(np.float64), feats, score, gsd, rgb, None, settings, fusion
+    )
+    if best_part == 0.2:
+        assert len(conf2) == 3 and kept2.all()
+        # the block and the fleck keep their masks and rows; the union is the last row
+        assert (out == 1).sum() == (labels == 3).sum() and (out == 2).sum() == (labels == 4).sum()
+        np.testing.assert_array_equal(X2[:2], X[2:])
+        assert _iou(out == 3, union) >= 0.99 and np.isin(labels, (1, 2))[out != 3].sum() == 0
+        assert conf2[2] == pytest.approx(merged_conf, abs=1e-6)
+        assert tuple(boxes2[2]) == (40, 40, 160, 40 + 2 * round(2.0 / gsd) + round(0.6 / gsd))
+        assert len(want) == 3 and _iou(want[-1][1], out == 3) >= 0.99
+        assert want[-1][0] == pytest.approx(merged_conf, abs=1e-3)
+    else:
+        assert (out == labels).all() and len(conf2) == 4 and (conf2 == conf).all()
+        assert [c for c, _, _ in want] == list(conf)
+
+
+def test_whole_stage_with_merges_matches_the_oracle(tile, monkeypatch) -> None:
+    """On the fixture tile the orientation split cuts candidates that the fragment merge then
+    joins again (its parts are less confident than the whole): the stage with merges, fast
+    and reference, stores the same candidates."""
+    rgb, _ = tile
+    monkeypatch.setattr(ref, "pixel_features", fast.pixel_features)
+    split = SpectralSettings(orientation_split=True, floor=0.003)
+    unmerged = split.model_copy(update={"merge_fragments": False})
+    n_merged = _stage_matches_the_oracle(rgb, split)
+    assert _stage_matches_the_oracle(rgb, unmerged) > n_merged >= 3
