@@ -787,23 +787,9 @@ def analyse(
         kept = np.ones(len(conf), bool)
     conf = _with_fine_power(grey, labels, X, kept, gsd, fusion, settings, measure_all)
     if settings.merge_fragments:
+        tile = TileData(rgb, valid, gsd, grey, feats, score, context)
         labels, X, boxes, conf, kept = merge_fragments(
-            labels,
-            X,
-            boxes,
-            conf,
-            kept,
-            grey,
-            feats,
-            score,
-            gsd,
-            rgb,
-            valid,
-            context=context,
-            fusion=fusion,
-            area_m2=(settings.min_area_m2, settings.max_area_m2),
-            shape_area_px=px,
-            means=weighed,
+            labels, X, boxes, conf, kept, tile, fusion, settings, shape_area_px=px, means=weighed
         )
     stored = kept if measure_all else kept & (conf >= settings.floor)
     _fill_means(X, labels, boxes, stored, feats, score)
@@ -855,25 +841,20 @@ MERGE_GAP_M = 1.0
 MERGE_MIN_CONFIDENCE = 0.1
 
 
-def merge_fragments(
-    labels,
-    X,
-    boxes,
-    conf,
-    kept,
-    grey,
-    feats,
-    score,
-    gsd,
-    rgb,
-    valid,
-    *,
-    context,
-    fusion,
-    area_m2,
-    shape_area_px,
-    means,
-):
+@dataclass(frozen=True)
+class TileData:
+    """One tile and what the analyser derived from it, for measuring new candidates."""
+
+    rgb: np.ndarray
+    valid: np.ndarray | None
+    gsd: float
+    grey: np.ndarray
+    features: np.ndarray
+    score: np.ndarray
+    context: FrameContext
+
+
+def merge_fragments(labels, X, boxes, conf, kept, tile: TileData, fusion, settings, **stats):
     """Merge the fragments of one array (rows of a multi-row array, parts cut by a frame).
 
     Returns ``(labels, X, boxes, confidence, kept)`` with each merged candidate in place of its
@@ -881,10 +862,12 @@ def merge_fragments(
     (kept, confidence ≥ :data:`MERGE_MIN_CONFIDENCE`) inside one 8-connected part of the
     closing (disk of radius ``MERGE_GAP_M / 2``) of their union; its mask is that part, less a
     one-pixel ring around every kept candidate that is no member (instances never touch), and
-    must stay one 8-connected piece within the area limits ``area_m2``. It is scored like any
+    must stay one 8-connected piece within the area limits of ``settings``. It is scored like any
     candidate (fine power share included) and replaces its members when its confidence is at
-    least the highest of theirs: a merge is verified, never assumed.
+    least the highest of theirs: a merge is verified, never assumed. ``stats``:
+    ``shape_area_px`` and ``means`` of :func:`instance_stats`.
     """
+    gsd = tile.gsd
     unchanged = labels, X, boxes, conf, kept
     n = len(conf)
     member = kept & (conf >= MERGE_MIN_CONFIDENCE)
@@ -894,8 +877,8 @@ def merge_fragments(
     lut[1:][member] = 1
     cand = lut[labels]
     closed = cv2.morphologyEx(cand, cv2.MORPH_CLOSE, _disk(max(1, round(MERGE_GAP_M / 2 / gsd))))
-    if valid is not None:
-        closed[~valid] = 0
+    if tile.valid is not None:
+        closed[~tile.valid] = 0
     nc, comp = cv2.connectedComponents(closed, connectivity=8, ltype=cv2.CV_32S)
     on = cand > 0
     pairs = np.unique(comp[on].astype(np.int64) * (n + 1) + labels[on])
@@ -918,22 +901,13 @@ def merge_fragments(
         per_group = np.bincount(pieces // n_parts, minlength=g + 1)[1:]
         whole = per_group == 1
     Xm, bm = instance_stats(
-        mlab,
-        g,
-        feats,
-        score,
-        gsd,
-        rgb,
-        valid,
-        context=context,
-        shape_area_px=shape_area_px,
-        means=means,
+        mlab, g, tile.features, tile.score, gsd, tile.rgb, tile.valid, context=tile.context, **stats
     )
     size = 10 ** Xm[:, INSTANCE_FEATURES.index("log_area_m2")]
-    ok = whole & (size >= area_m2[0]) & (size <= area_m2[1])
+    ok = whole & (size >= settings.min_area_m2) & (size <= settings.max_area_m2)
     col = INSTANCE_FEATURES.index("fine_power_share")
     if ok.any():
-        Xm[ok, col] = measure_fine_power(grey, mlab, gsd, ok)[ok]
+        Xm[ok, col] = measure_fine_power(tile.grey, mlab, gsd, ok)[ok]
     best = np.zeros(nc)
     np.maximum.at(best, group, conf[who - 1])
     cm = confidence(Xm, fusion)

@@ -406,23 +406,9 @@ def test_fragment_merge_is_kept_only_when_at_least_as_confident(best_part: float
     kept = np.ones(4, bool)
     grey = fast.cv2.cvtColor(rgb, fast.cv2.COLOR_RGB2GRAY).astype(np.float32)
     before = labels.copy()
+    data = fast.TileData(rgb, None, gsd, grey, feats, score, context)
     out, X2, boxes2, conf2, kept2 = fast.merge_fragments(
-        labels,
-        X,
-        boxes,
-        conf,
-        kept,
-        grey,
-        feats,
-        score,
-        gsd,
-        rgb,
-        None,
-        context=context,
-        fusion=fusion,
-        area_m2=(4.0, 20000.0),
-        shape_area_px=(0, np.inf),
-        means=None,
+        labels, X, boxes, conf, kept, data, fusion, settings, shape_area_px=(0, np.inf), means=None
     )
     assert (labels == before).all()  # the input is not changed
     union = (
