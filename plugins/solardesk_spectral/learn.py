@@ -30,6 +30,7 @@ from solardesk_spectral.analyser import (
     INSTANCE_FEATURES,
     N_PIXEL_TERMS,
     PIXEL_FEATURES,
+    WATER_SCALE,
     Fusion,
     analyse,
     confidence,
@@ -67,7 +68,12 @@ CONFIDENCE_CUES: dict[str, int] = {
     "mean_gabor_energy": -1,
     "mean_gabor_coherence": -1,
     "fine_power_share": 1,
+    "water_excess": -1,
 }
+
+#: Cues whose scale is fixed rather than measured on the synthetic candidates, as (mean, spread):
+#: the scenes hold no water, so the spread of ``water_excess`` there says nothing.
+FIXED_SCALES: dict[str, tuple[float, float]] = {"water_excess": (0.0, WATER_SCALE)}
 
 
 def fit_logistic(
@@ -210,6 +216,8 @@ def learn(
     # fine_power_share is NaN where a candidate is too thin to measure
     mean = np.nanmean(Xi, axis=0)
     std = np.nanstd(Xi, axis=0) + 1e-6
+    for name, (m, sd) in FIXED_SCALES.items():
+        mean[INSTANCE_FEATURES.index(name)], std[INSTANCE_FEATURES.index(name)] = m, sd
     iw = np.zeros(len(INSTANCE_FEATURES))
     for name, sign in cues.items():
         iw[INSTANCE_FEATURES.index(name)] = sign

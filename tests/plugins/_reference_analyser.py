@@ -34,6 +34,7 @@ from solardesk_spectral.analyser import (
     ORIENT_SIGMA_M,
     PIXEL_FEATURES,
     SUPPRESS_OVERLAP,
+    WATER_LEVELS,
     _disk,
     _pairs,
 )
@@ -196,6 +197,11 @@ def instance_stats(labels, n, features, score, gsd, rgb, valid=None):
         else:
             row += [green[rr, cc].mean(), 0.0]
         row.append(np.nan)  # fine_power_share: measured on the survivors
+        cyan = [
+            min(int(rgb[y, x, 1]), int(rgb[y, x, 2])) - int(rgb[y, x, 0])
+            for y, x in zip(rr, cc, strict=True)
+        ]
+        row.append(max(float(np.mean(cyan)) - WATER_LEVELS, 0.0))
         rows.append(row)
         boxes.append((c0, r0, c1, r1))
     X = np.array(rows).reshape(-1, len(INSTANCE_FEATURES))

@@ -420,7 +420,9 @@ def test_fragment_merge_is_kept_only_when_at_least_as_confident(best_part: float
         > 0
     )
     merged_x, _ = fast.instance_stats(union.astype(np.int32), 1, feats, score, gsd, rgb, None)
-    merged_x[0, -1] = fast.measure_fine_power(grey, union.astype(np.int32), gsd, [True])[0]
+    merged_x[0, fast.INSTANCE_FEATURES.index("fine_power_share")] = fast.measure_fine_power(
+        grey, union.astype(np.int32), gsd, [True]
+    )[0]
     merged_conf = float(fast.confidence(merged_x, fusion)[0])
     assert 0.2 < merged_conf < 0.999  # so that the two cases differ
     survivors = [(c, labels == i + 1, X[i].copy()) for i, c in enumerate(conf)]
@@ -452,3 +454,35 @@ def test_whole_stage_with_merges_matches_the_oracle(tile, monkeypatch) -> None:
     unmerged = split.model_copy(update={"merge_fragments": False})
     n_merged = _stage_matches_the_oracle(rgb, split)
     assert _stage_matches_the_oracle(rgb, unmerged) > n_merged >= 3
+
+
+def test_water_is_less_confident_than_a_panel_of_the_same_shape() -> None:
+    """``water_excess`` (ADR 0027): a pool-coloured rectangle (cyan: green and blue far above
+    red) lies above the hinge, a blue-grey or deep-blue panel below it; the same shape in pool
+    colours loses one log-odds per WATER_SCALE levels; fast and oracle agree."""
+    gsd = 0.15
+    labels = np.zeros((120, 120), np.int32)
+    labels[30:70, 20:100] = 1
+    col = fast.INSTANCE_FEATURES.index("water_excess")
+    fusion = fast.default_fusion()
+    rows = {}
+    for name, colour in {
+        "panel": (70, 80, 105),
+        "deep blue panel": (35, 50, 120),
+        "pool": (60, 170, 200),
+    }.items():
+        rgb = np.empty((120, 120, 3), np.uint8)
+        rgb[:] = (150, 110, 90)
+        rgb[labels == 1] = colour
+        feats = fast.pixel_features(rgb, None, gsd)
+        score = fast.score_map(feats, fusion)
+        X, _ = fast.instance_stats(labels, 1, feats, score, gsd, rgb)
+        Xr, _ = ref.instance_stats(labels, 1, feats, score, gsd, rgb)
+        assert X[0, col] == pytest.approx(Xr[0, col])
+        rows[name] = X[0]
+    assert rows["panel"][col] == 0 and rows["deep blue panel"][col] == 0
+    assert rows["pool"][col] == pytest.approx(min(170, 200) - 60 - fast.WATER_LEVELS)
+    dry = rows["pool"].copy()
+    dry[col] = 0.0
+    logit = fast._logit(np.stack([dry, rows["pool"]]), fusion)
+    assert logit[0] - logit[1] == pytest.approx(rows["pool"][col] / fast.WATER_SCALE)
