@@ -470,16 +470,20 @@ def _relabel(labels: np.ndarray) -> tuple[np.ndarray, int]:
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class FrameContext:
-    """What the frame statistics need of a tile, computed once for all its segmentations:
-    the red-minus-blue map and integral images of (valid) excess green, redness and count."""
+    """What the colour statistics need of a tile, computed once for all its segmentations:
+    the red-minus-blue map, the cyan map ``min(G, B) - R`` (8-bit levels) and integral images
+    of (valid) excess green, redness and count."""
 
     redness: np.ndarray
     sums: tuple[np.ndarray, ...]
     count: np.ndarray
+    cyan: np.ndarray
 
     @classmethod
     def of(cls, rgb: np.ndarray, features: np.ndarray, valid: np.ndarray | None) -> FrameContext:
-        red, _, blue = (c.astype(np.float32) for c in cv2.split(rgb))
+        red, green_, blue = cv2.split(rgb)
+        cyan = cv2.min(green_, blue).astype(np.float32) - red
+        red, blue = red.astype(np.float32), blue.astype(np.float32)
         red -= blue
         green = features[PIXEL_FEATURES.index("excess_green")]
         if valid is None:
@@ -492,7 +496,7 @@ class FrameContext:
                 cv2.integral(green * v, sdepth=cv2.CV_64F),
                 cv2.integral(red * v, sdepth=cv2.CV_64F),
             )
-        return cls(red, sums, count)
+        return cls(red, sums, count, cyan)
 
 
 def instance_stats(
@@ -553,8 +557,7 @@ def instance_stats(
     cols.append(np.where(np.isnan(green_frame), green_in, green_frame))
     cols.append(np.where(np.isnan(red_frame), 0.0, red_frame - red_in))
     cols.append(np.full(n, np.nan))  # fine_power_share: measured on the survivors (analyse)
-    px = rgb.reshape(-1, rgb.shape[-1])[where].astype(np.float64)
-    cyan = np.bincount(lab, weights=np.minimum(px[:, 1], px[:, 2]) - px[:, 0], minlength=n)
+    cyan = np.bincount(lab, weights=context.cyan.ravel()[where], minlength=n)
     cols.append(np.maximum(cyan / area - WATER_LEVELS, 0.0))
     return np.stack(cols, axis=1), boxes
 
