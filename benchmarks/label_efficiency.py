@@ -18,8 +18,9 @@ DATA_DIR is ``../shared/data`` (or its ``southtyrol-bz2023-roof-solar`` folder).
    reports object precision / recall / F1 at IoU ≥ 0.5 (and mask AP50) on the validation tiles.
 
 The curve — accuracy per review decision — is what tells a user whether reviewing pays. Sized
-for a CPU here (a light backbone, a few hundred steps); pass ``--backbone resnet50_fpn_v2
---steps 3000 --device cuda`` where a GPU is available. Labels are not exhaustive (see the
+for a CPU here (a light backbone, a few hundred steps); where a GPU is available pass
+``--steps 1500 --device cuda --workers 6`` (one H100: about 3 minutes per run with
+``efficientnet_lite0_fpn``; the figures are in docs/gpu.md). Labels are not exhaustive (see the
 data's README): precision is a lower bound.
 """
 
