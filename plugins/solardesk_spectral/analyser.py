@@ -701,7 +701,14 @@ def measure_fine_power(grey: np.ndarray, labels: np.ndarray, gsd: float, which) 
 #: was best on the tuning half of the shared real data (its even images; the odd half measures
 #: it: docs/spectral_quality.md, ADRs 0008, 0009 and 0017). A tuned default like the edge
 #: thresholds, not a model trained on that data.
-CONFIDENCE_OFFSET = -3.8
+CONFIDENCE_OFFSET = -3.5
+
+#: Cues that only count against a candidate: their standardised, signed term is clipped at 0.
+#: Strong oriented texture (Gabor energy: tree crowns, vineyard rows, tiled roofs) is evidence
+#: against a panel, but its absence is none for one: shadows, flat roofs and asphalt are as
+#: smooth (ADR 0028).
+PENALTY_ONLY_CUES = ("mean_gabor_energy",)
+_PENALTY_ONLY = [INSTANCE_FEATURES.index(name) for name in PENALTY_ONLY_CUES]
 
 
 def confidence(X: np.ndarray, fusion: Fusion) -> np.ndarray:
@@ -714,9 +721,12 @@ def confidence(X: np.ndarray, fusion: Fusion) -> np.ndarray:
 
 
 def _logit(X: np.ndarray, fusion: Fusion) -> np.ndarray:
-    """The confidence's log-odds; a statistic that is NaN (not measured) counts as neutral."""
-    standard = np.nan_to_num((X - fusion.instance_mean) / fusion.instance_std, nan=0.0)
-    return standard @ fusion.instance_weights + fusion.instance_bias + CONFIDENCE_OFFSET
+    """The confidence's log-odds; a statistic that is NaN (not measured) counts as neutral,
+    and the terms of :data:`PENALTY_ONLY_CUES` are at most 0."""
+    terms = np.nan_to_num((X - fusion.instance_mean) / fusion.instance_std, nan=0.0)
+    terms *= fusion.instance_weights
+    terms[..., _PENALTY_ONLY] = np.minimum(terms[..., _PENALTY_ONLY], 0.0)
+    return terms.sum(axis=-1) + fusion.instance_bias + CONFIDENCE_OFFSET
 
 
 # --------------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from solardesk_spectral.analyser import (
     ORIENT_MIN_COHERENCE,
     ORIENT_MIN_SHARE,
     ORIENT_SIGMA_M,
+    PENALTY_ONLY_CUES,
     PIXEL_FEATURES,
     SUPPRESS_OVERLAP,
     WATER_LEVELS,
@@ -408,13 +409,17 @@ def merge_fragments(survivors, grey, feats, score, gsd, rgb, valid, settings, fu
 
 
 def confidence(x: np.ndarray, fusion) -> float:
-    """Logistic of the weighted standardised statistics; a NaN one (not measured) adds 0."""
+    """Logistic of the weighted standardised statistics; a NaN one (not measured) adds 0 and
+    a penalty-only cue adds at most 0."""
     z = fusion.instance_bias + CONFIDENCE_OFFSET
     for k, value in enumerate(x):
         if not np.isnan(value):
-            z += (
+            term = (
                 fusion.instance_weights[k]
                 * (value - fusion.instance_mean[k])
                 / fusion.instance_std[k]
             )
+            if INSTANCE_FEATURES[k] in PENALTY_ONLY_CUES:
+                term = min(term, 0.0)
+            z += term
     return float(1.0 / (1.0 + np.exp(-z)))

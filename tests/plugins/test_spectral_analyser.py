@@ -486,3 +486,25 @@ def test_water_is_less_confident_than_a_panel_of_the_same_shape() -> None:
     dry[col] = 0.0
     logit = fast._logit(np.stack([dry, rows["pool"]]), fusion)
     assert logit[0] - logit[1] == pytest.approx(rows["pool"][col] / fast.WATER_SCALE)
+
+
+def test_texture_counts_against_a_candidate_and_flatness_not_for_it() -> None:
+    """ADR 0028: the Gabor energy term is at most 0 — a flat blob (a shadow, a flat roof) gets
+    no reward for its smoothness, a strongly textured one (a tree crown) its full penalty."""
+    fusion = fast.default_fusion()
+    col = fast.INSTANCE_FEATURES.index("mean_gabor_energy")
+    assert fusion.instance_weights[col] < 0
+    x = fusion.instance_mean.copy()[None, :]
+    neutral = fast._logit(x, fusion)[0]
+    flat, textured = x.copy(), x.copy()
+    flat[0, col] -= 3 * fusion.instance_std[col]
+    textured[0, col] += 3 * fusion.instance_std[col]
+    assert fast._logit(flat, fusion)[0] == pytest.approx(neutral)
+    assert fast._logit(textured, fusion)[0] == pytest.approx(
+        neutral + 3 * fusion.instance_weights[col]
+    )
+    # the oracle agrees, and a single row (1-D) gives the same log-odds
+    for row in (flat, textured):
+        p = ref.confidence(row[0], fusion)
+        assert fast.confidence(row, fusion)[0] == pytest.approx(p)
+        assert fast.confidence(row[0], fusion) == pytest.approx(p)
