@@ -17,16 +17,20 @@ Per tile:
 4. **Confidence**: the logistic of a unit-weighted, signed sum of each instance's size in m²,
    rectangularity (area over its minimum rotated rectangle), solidity, its mean vegetation,
    shadow, Gabor energy and Gabor coherence, and two cues of the frame around it (its excess
-   green; how much redder it is than the candidate), each standardised by its spread over
-   synthetic candidates, plus a tuned offset (:data:`CONFIDENCE_OFFSET`); the signs are those
-   real imagery shows (``learn.CONFIDENCE_CUES``). The other appearance means are left out (they
+   green; how much redder it is than the candidate) and how cyan it is (water, a hinge with a
+   fixed scale; ADR 0027), each standardised by its spread over synthetic candidates, plus a
+   tuned offset (:data:`CONFIDENCE_OFFSET`); the signs are those real imagery shows
+   (``learn.CONFIDENCE_CUES``), and texture only counts against a candidate
+   (:data:`PENALTY_ONLY_CUES`, ADR 0028). The other appearance means are left out (they
    do not rank panels the same way on real imagery, ADRs 0008, 0017) and computed only for the
    stored candidates, over the pixels each keeps. With
    ``cue_segmentation`` a second segmentation of a unit-weighted cue sum adds candidates, and
    overlapping ones are suppressed by confidence (ADR 0009).
 5. **Verification**: each candidate that survives suppression gets one more cue, the share of
    its interior's detail power (2-D DFT) at periods under 2.5 m (an array is uniform at coarser
-   scales; ADR 0018), and its final confidence. Candidates at or above the storage floor are
+   scales; ADR 0018), and its final confidence. Survivors within 1 m of each other are then
+   tried as one candidate, which replaces them when it is at least as confident as the best
+   of them (:func:`merge_fragments`, ADR 0026). Candidates at or above the storage floor are
    returned; the pseudo-label threshold is applied at read time.
 
 Every weighed per-instance mean is computed for all components at once (one ``bincount`` per
