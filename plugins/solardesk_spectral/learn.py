@@ -7,9 +7,9 @@ orchards, shadows, roads), and
 1. fits a per-pixel logistic model of the ten pixel features and their pairwise products
    (panel pixels against everything else, class-balanced, L2-regularised, Newton's method);
 2. measures the mean and spread of every instance statistic over the candidates the analyser
-   segments; the confidence is the unit-weighted, signed sum of the standardised
-   :data:`CONFIDENCE_CUES` (an instance is a hit when it overlaps a true panel array with
-   IoU ≥ 0.5, for the held-out figures),
+   segments (except :data:`FIXED_SCALES`, whose scale is set); the confidence is the
+   unit-weighted, signed sum of the standardised :data:`CONFIDENCE_CUES` (an instance is a hit
+   when it overlaps a true panel array with IoU ≥ 0.5, for the held-out figures),
 
 and writes both to ``fusion.json`` with the held-out synthetic figures in its ``meta``.
 No real imagery is used: what ships is learned from generated scenes only (the analyser's
