@@ -211,9 +211,20 @@ def main(argv: list[str] | None = None) -> int:
         "--set", action="append", default=[], metavar="NAME=VALUE", help="Analyser setting."
     )
     args = ap.parse_args(argv)
+    SETTINGS.clear()
     for item in args.set:
         name, _, value = item.partition("=")
-        SETTINGS[name] = float(value)
+        SETTINGS[name] = value  # the settings model parses it (numbers, true / false)
+    from pydantic import ValidationError
+
+    from solardesk_spectral.settings import SpectralSettings
+
+    try:
+        SpectralSettings(**SETTINGS)
+    except ValidationError as exc:
+        errors = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        print(f"eval_pseudolabels: bad --set ({errors})", file=sys.stderr)
+        return 2
     cv2.setNumThreads(1)
     if args.overlays:
         args.overlays.mkdir(parents=True, exist_ok=True)

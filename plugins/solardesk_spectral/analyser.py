@@ -515,6 +515,7 @@ def instance_stats(
     context: FrameContext | None = None,
     shape_area_px: tuple[float, float] = (0.0, np.inf),
     means: Collection[int] | None = None,
+    boxes: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(X, boxes)``: per-instance feature rows (INSTANCE_FEATURES) and boxes (x0, y0, x1, y1).
 
@@ -530,14 +531,15 @@ def instance_stats(
     drops them by area anyway). ``fine_power_share`` is NaN here: the analyser measures it only
     on the candidates that survive suppression (:func:`fine_power_share`). ``means``: which of
     the mean columns (0: the score, ``1 + k``: pixel feature ``k``) to compute (default all;
-    the mean excess green is always computed); the others are NaN.
+    the mean excess green is always computed); the others are NaN. ``boxes``: each label's
+    bounding box when the caller knows them (else found in one pass over ``labels``).
     """
     if n == 0:
         return np.zeros((0, len(INSTANCE_FEATURES))), np.zeros((0, 4), np.int64)
     context = context or FrameContext.of(rgb, features, valid)
     # Only labelled pixels matter: gather them once, then one bincount per statistic.
     flat = labels.ravel()
-    where = np.flatnonzero(flat)
+    where = np.flatnonzero(flat > 0)  # (on a boolean: several times faster)
     lab = flat[where] - 1
     area = np.bincount(lab, minlength=n).astype(np.float64)
     green_col = 1 + PIXEL_FEATURES.index("excess_green")
@@ -549,7 +551,7 @@ def instance_stats(
         else:
             cols.append(np.full(n, np.nan))
     traced = (area >= shape_area_px[0]) & (area <= shape_area_px[1])
-    rect_area, hull_area, long_side, short_side, boxes = _shape_stats(labels, n, traced)
+    rect_area, hull_area, long_side, short_side, boxes = _shape_stats(labels, n, traced, boxes)
     area_m2 = area * gsd * gsd
     cols.append(np.log10(np.maximum(area_m2, 1e-3)))
     cols.append(area / np.maximum(rect_area, 1.0))
@@ -586,27 +588,33 @@ def _frame_means(boxes: np.ndarray, r: int, context: FrameContext) -> list[np.nd
         return [np.where(n_px > 0, frame(ii) / n_px, np.nan) for ii in context.sums]
 
 
-def _shape_stats(labels: np.ndarray, n: int, traced: np.ndarray | None = None):
+def _shape_stats(
+    labels: np.ndarray, n: int, traced: np.ndarray | None = None, boxes: np.ndarray | None = None
+):
     """Minimum-rotated-rectangle area and sides, convex hull area and box of each label.
 
     Components may touch (after an edge cut), so each one's outer contour is traced in its own
     bounding box (``ndimage.find_objects`` finds every box in one pass). Rectangles and hulls
     use the pixel *corner* outline (contour points grown by half a pixel), so an ``a × b``
     pixel rectangle has rectangle area ``a·b``, matching the pixel-count area. Labels not
-    ``traced`` get their box only (NaN for the rest).
+    ``traced`` get their box only (NaN for the rest). ``boxes``: known boxes (x0, y0, x1, y1).
     """
-    from scipy.ndimage import find_objects
-
     rect_area = np.full(n, np.nan)
     hull_area = np.full(n, np.nan)
     long_side = np.full(n, np.nan)
     short_side = np.full(n, np.nan)
-    boxes = np.zeros((n, 4), np.int64)
-    for i, sl in enumerate(find_objects(labels, max_label=n)):
+    if boxes is None:
+        slices = _find_boxes(labels, n)
+        boxes = np.zeros((n, 4), np.int64)
+        for i, sl in enumerate(slices):
+            if sl is not None:
+                boxes[i] = (sl[1].start, sl[0].start, sl[1].stop, sl[0].stop)
+    else:
+        slices = [(slice(b[1], b[3]), slice(b[0], b[2])) for b in boxes.tolist()]
+    for i, sl in enumerate(slices):
         if sl is None:
             continue
         ys, xs = sl
-        boxes[i] = (xs.start, ys.start, xs.stop, ys.stop)
         if traced is not None and not traced[i]:
             continue
         crop = (labels[sl] == i + 1).view(np.uint8)
@@ -619,6 +627,13 @@ def _shape_stats(labels: np.ndarray, n: int, traced: np.ndarray | None = None):
         long_side[i], short_side[i] = max(rw, rh), min(rw, rh)
         hull_area[i] = cv2.contourArea(cv2.convexHull(corners))
     return rect_area, hull_area, long_side, short_side, boxes
+
+
+def _find_boxes(labels: np.ndarray, n: int) -> list:
+    """Each label's bounding box as a ``(rows, cols)`` pair of slices (``None``: absent)."""
+    from scipy.ndimage import find_objects
+
+    return find_objects(labels, max_label=n)
 
 
 def _pixel_corners(pts: np.ndarray) -> np.ndarray:
@@ -681,14 +696,17 @@ def fine_power_share(grey: np.ndarray, mask: np.ndarray, gsd: float) -> float:
     return (total - coarse) / total
 
 
-def measure_fine_power(grey: np.ndarray, labels: np.ndarray, gsd: float, which) -> np.ndarray:
+def measure_fine_power(
+    grey: np.ndarray, labels: np.ndarray, gsd: float, which, boxes: np.ndarray | None = None
+) -> np.ndarray:
     """:func:`fine_power_share` of each label ``i + 1`` with ``which[i]`` (NaN elsewhere); the
-    crop is the label's tight box grown by one pixel, within the tile."""
-    from scipy.ndimage import find_objects
-
+    crop is the label's tight box (``boxes`` when known) grown by one pixel, within the tile."""
     h, w = labels.shape
     out = np.full(len(which), np.nan)
-    slices = find_objects(labels, max_label=len(which))
+    if boxes is None:
+        slices = _find_boxes(labels, len(which))
+    else:
+        slices = [(slice(b[1], b[3]), slice(b[0], b[2])) for b in boxes.tolist()]
     for i in np.flatnonzero(which):
         if slices[i] is None:
             continue
@@ -815,11 +833,24 @@ def analyse(
         labels, X, boxes, conf = suppress(parts, settings.min_area_m2 / (gsd * gsd))
         kept = np.ones(len(conf), bool)
     conf = _with_fine_power(grey, labels, X, kept, gsd, fusion, settings, measure_all)
-    if settings.merge_fragments:
-        tile = TileData(rgb, valid, gsd, grey, feats, score, context)
-        labels, X, boxes, conf, kept = merge_fragments(
-            labels, X, boxes, conf, kept, tile, fusion, settings, shape_area_px=px, means=weighed
-        )
+    tile = TileData(rgb, valid, gsd, grey, feats, score, context)
+    for step, on in (
+        (merge_fragments, settings.merge_fragments),
+        (split_candidates, settings.split_candidates),
+    ):
+        if on:
+            labels, X, boxes, conf, kept = step(
+                labels,
+                X,
+                boxes,
+                conf,
+                kept,
+                tile,
+                fusion,
+                settings,
+                shape_area_px=px,
+                means=weighed,
+            )
     stored = kept if measure_all else kept & (conf >= settings.floor)
     _fill_means(X, labels, boxes, stored, feats, score)
     return Analysis(feats, score, labels, X, boxes, conf, kept)
@@ -960,6 +991,160 @@ def merge_fragments(labels, X, boxes, conf, kept, tile: TileData, fusion, settin
         np.concatenate([boxes[rows], bm[acc]]),
         np.concatenate([conf[rows], cm[acc]]),
         np.concatenate([kept[rows], np.ones(len(acc), bool)]),
+    )
+
+
+#: Verified split (ADR 0029; setting ``split_candidates``, off by default): a stored candidate
+#: at least SPLIT_MIN_CONFIDENCE confident is cut at the Otsu level of its grey values when the
+#: two classes are distinct (their means at least SPLIT_MIN_STEP 8-bit levels apart, and at
+#: least SPLIT_MIN_SEPARATION of the grey variance between them: an array beside a shadow or a
+#: roof of another tone, not one surface and its noise); each side is opened with a disk of
+#: radius SPLIT_OPEN_M (at least one pixel) and its parts are scored like any candidate. A part
+#: replaces the candidate only when SPLIT_MARGIN log-odds more confident: the half of an array
+#: that lies in shade or reflects the sky can look cleaner than the whole. All chosen on the
+#: even half of the shared data (docs/spectral_quality.md).
+SPLIT_MIN_CONFIDENCE = 0.05
+SPLIT_MIN_STEP = 30.0
+SPLIT_MIN_SEPARATION = 0.7
+SPLIT_OPEN_M = 0.15
+SPLIT_MARGIN = 1.0
+
+
+def otsu_level(values: np.ndarray) -> tuple[int, float, float] | None:
+    """Otsu's level of non-negative integer ``values``, its effectiveness and its step.
+
+    The level is the largest value of the lower class (``values > level`` is the upper one),
+    found on the histogram with one bin per integer from the minimum to the maximum, as
+    :func:`skimage.filters.threshold_otsu` finds it on that histogram; the effectiveness is the
+    share of the values' variance that lies between the two classes (1 for two spikes, 0.75
+    for a uniform spread, about 0.64 for a normal one); the step is the upper class's mean less
+    the lower's. ``None`` when all values are equal.
+    """
+    lo = int(values.min())
+    counts = np.bincount(values.astype(np.int64) - lo).astype(np.float64)
+    if len(counts) < 2:
+        return None
+    centres = np.arange(lo, lo + len(counts), dtype=np.float64)
+    w1 = np.cumsum(counts)
+    w2 = np.cumsum(counts[::-1])[::-1]
+    m1 = np.cumsum(counts * centres) / w1
+    m2 = (np.cumsum((counts * centres)[::-1]) / w2[::-1])[::-1]
+    between = w1[:-1] * w2[1:] * (m1[:-1] - m2[1:]) ** 2
+    k = int(np.argmax(between))
+    total = w1[-1] * float(counts @ (centres - m1[-1]) ** 2)
+    return lo + k, float(between[k] / total), float(m2[k + 1] - m1[k])
+
+
+def split_candidates(labels, X, boxes, conf, kept, tile: TileData, fusion, settings, **stats):
+    """Split a candidate that holds an array and its surroundings (a dark roof, a shadow).
+
+    Returns ``(labels, X, boxes, confidence, kept)`` like :func:`merge_fragments` (the most
+    confident part takes the row of the candidate it replaces, the others are new rows). Every
+    candidate at or above the storage floor and :data:`SPLIT_MIN_CONFIDENCE` whose grey values
+    fall into two distinct classes (:func:`otsu_level`, :data:`SPLIT_MIN_STEP`,
+    :data:`SPLIT_MIN_SEPARATION`) is cut at the Otsu level; each side is opened with a disk of
+    radius :data:`SPLIT_OPEN_M` (zero outside the tile) and its 8-connected parts within the
+    area limits are scored like any candidate (fine power share included). The parts at least
+    :data:`SPLIT_MARGIN` log-odds more confident than the candidate replace it, taken by
+    falling confidence, each unless it touches one taken before (instances never touch); when
+    there is none, the candidate stays as it was: a split is verified, never assumed.
+    ``stats``: ``shape_area_px`` and ``means`` of :func:`instance_stats`.
+    """
+    gsd = tile.gsd
+    unchanged = labels, X, boxes, conf, kept
+    parents = np.flatnonzero(kept & (conf >= max(settings.floor, SPLIT_MIN_CONFIDENCE)))
+    if len(parents) == 0:
+        return unchanged
+    r = max(1, round(SPLIT_OPEN_M / gsd))
+    disk = _disk(r)
+    min_px = settings.min_area_m2 / (gsd * gsd)
+    plab = np.zeros_like(labels)
+    owner, pboxes = [], []
+    for i in parents:
+        x0, y0, x1, y1 = (int(v) for v in boxes[i])
+        mine = labels[y0:y1, x0:x1] == i + 1
+        grey = tile.grey[y0:y1, x0:x1]
+        otsu = otsu_level(grey[mine])
+        if otsu is None or otsu[1] < SPLIT_MIN_SEPARATION or otsu[2] < SPLIT_MIN_STEP:
+            continue
+        level = otsu[0]
+        # a margin of r zeros: the opening sees nothing outside the candidate (or the tile)
+        upper = np.zeros((y1 - y0 + 2 * r, x1 - x0 + 2 * r), np.uint8)
+        lower = upper.copy()
+        upper[r:-r, r:-r] = mine & (grey > level)
+        lower[r:-r, r:-r] = mine & (grey <= level)
+        for side in (upper, lower):
+            opened = cv2.morphologyEx(
+                side, cv2.MORPH_OPEN, disk, borderType=cv2.BORDER_CONSTANT, borderValue=0
+            )[r:-r, r:-r]
+            _, comp, cstats, _ = cv2.connectedComponentsWithStats(opened, connectivity=8)
+            for j in np.flatnonzero(cstats[1:, cv2.CC_STAT_AREA] >= min_px) + 1:
+                owner.append(i)
+                left, top, width, height = cstats[j, :4]
+                pboxes.append((x0 + left, y0 + top, x0 + left + width, y0 + top + height))
+                plab[y0:y1, x0:x1][comp == j] = len(owner)
+    if not owner:
+        return unchanged
+    owner = np.asarray(owner)
+    m = len(owner)
+    bp = np.asarray(pboxes, np.int64)
+    Xp, _ = instance_stats(
+        plab,
+        m,
+        tile.features,
+        tile.score,
+        gsd,
+        tile.rgb,
+        tile.valid,
+        context=tile.context,
+        boxes=bp,
+        **stats,
+    )
+    size = 10 ** Xp[:, INSTANCE_FEATURES.index("log_area_m2")]
+    ok = (size >= settings.min_area_m2) & (size <= settings.max_area_m2)
+    # Measure the fine power share only of the parts that could beat their candidate (by the
+    # margin) with the best possible share (a NaN share is neutral: the best term is ≥ 0).
+    col = INSTANCE_FEATURES.index("fine_power_share")
+    weight = fusion.instance_weights[col] / fusion.instance_std[col]
+    best = max(weight * (1.0 - fusion.instance_mean[col]), -weight * fusion.instance_mean[col], 0)
+    with np.errstate(divide="ignore"):
+        to_beat = np.log(conf[owner]) - np.log1p(-conf[owner])
+    to_beat += SPLIT_MARGIN
+    ok &= _logit(Xp, fusion) + best > to_beat
+    if ok.any():
+        Xp[ok, col] = measure_fine_power(tile.grey, plab, gsd, ok, bp)[ok]
+    cp = np.where(ok, confidence(Xp, fusion), 0.0)
+    ok &= _logit(Xp, fusion) > to_beat
+    if not ok.any():
+        return unchanged
+    # The most confident accepted part takes its candidate's row and label; the others are
+    # new rows. Only the candidates' boxes change in the label image.
+    out, X, boxes, conf = labels.copy(), X.copy(), boxes.copy(), conf.copy()
+    ring = np.ones((3, 3), np.uint8)
+    added = []
+    for i in np.unique(owner[ok]):
+        x0, y0, x1, y1 = (int(v) for v in boxes[i])
+        crop, parts = out[y0:y1, x0:x1], plab[y0:y1, x0:x1]
+        crop[crop == i + 1] = 0
+        taken = np.zeros((y1 - y0, x1 - x0), np.uint8)
+        for j in sorted(np.flatnonzero(ok & (owner == i)), key=lambda j: (-cp[j], j)):
+            part = parts == j + 1
+            if not taken.any():
+                crop[part] = i + 1
+                X[i], boxes[i], conf[i] = Xp[j], bp[j], cp[j]
+            elif cv2.dilate(taken, ring)[part].any():
+                continue
+            else:
+                added.append(j)
+                crop[part] = len(conf) + len(added)
+            taken[part] = 1
+    added = np.asarray(added, np.int64)
+    return (
+        out,
+        np.concatenate([X, Xp[added]]),
+        np.concatenate([boxes, bp[added]]),
+        np.concatenate([conf, cp[added]]),
+        np.concatenate([kept, np.ones(len(added), bool)]),
     )
 
 

@@ -72,6 +72,16 @@ class SpectralSettings(Settings):
             "is at least as confident as the best of its parts.",
         ),
     ] = True
+    split_candidates: Annotated[
+        bool,
+        Field(
+            title="Split a candidate from its surroundings",
+            description="Cut a candidate whose grey values form two distinct classes at their "
+            "Otsu level (an array and the dark roof or shadow it was segmented with); a part "
+            "clearly more confident than the whole replaces it. Off by default: on the held-out "
+            "real imagery it found more arrays but kept more roof planes too (ADR 0029).",
+        ),
+    ] = False
     cue_segmentation: Annotated[
         bool,
         Field(

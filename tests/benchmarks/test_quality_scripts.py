@@ -57,6 +57,28 @@ def test_eval_pseudolabels_prints_the_table(data_dir, capsys) -> None:
             assert np.isnan(value) or 0.0 <= value <= 1.0
 
 
+def test_eval_pseudolabels_takes_analyser_settings(data_dir, capsys) -> None:
+    """``--set NAME=VALUE`` reaches the analyser (numbers and true / false); a setting that does
+    not exist is a clear error."""
+    import eval_pseudolabels
+
+    assert (
+        eval_pseudolabels.main(
+            [str(data_dir), "--set", "floor=0.7", "--set", "split_candidates=true"]
+        )
+        == 0
+    )
+    rows = re.findall(
+        r"^\| (all stored|0\.5|0\.7|0\.85) \| (\d+) \|", capsys.readouterr().out, re.M
+    )
+    counts = dict(rows)
+    assert int(counts["all stored"]) > 0
+    assert counts["all stored"] == counts["0.5"] == counts["0.7"]  # nothing stored under 0.7
+    assert eval_pseudolabels.main([str(data_dir), "--set", "no_such_setting=1"]) == 2
+    assert "bad --set (no_such_setting" in capsys.readouterr().err
+    assert eval_pseudolabels.main([str(data_dir), "--set", "split_candidates=perhaps"]) == 2
+
+
 def test_the_diagnostics_run(data_dir, capsys) -> None:
     import diagnose_confidence
     import diagnose_misses

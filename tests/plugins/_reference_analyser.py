@@ -34,6 +34,11 @@ from solardesk_spectral.analyser import (
     ORIENT_SIGMA_M,
     PENALTY_ONLY_CUES,
     PIXEL_FEATURES,
+    SPLIT_MARGIN,
+    SPLIT_MIN_CONFIDENCE,
+    SPLIT_MIN_SEPARATION,
+    SPLIT_MIN_STEP,
+    SPLIT_OPEN_M,
     SUPPRESS_OVERLAP,
     WATER_LEVELS,
     _disk,
@@ -353,6 +358,10 @@ def analyse_masks(rgb: np.ndarray, valid, gsd: float, settings, fusion) -> list:
         survivors = merge_fragments(
             survivors, grey, feats, score, gsd, rgb, valid, settings, fusion
         )
+    if settings.split_candidates:
+        survivors = split_candidates(
+            survivors, grey, feats, score, gsd, rgb, valid, settings, fusion
+        )
     return [(c, m) for c, m, _ in survivors if c >= settings.floor]
 
 
@@ -406,6 +415,58 @@ def merge_fragments(survivors, grey, feats, score, gsd, rgb, valid, settings, fu
             replaced.update(group)
             added.append((c, merged, x))
     return [s for k, s in enumerate(survivors) if k not in replaced] + added
+
+
+def split_candidates(survivors, grey, feats, score, gsd, rgb, valid, settings, fusion) -> list:
+    """Each survivor cut at skimage's Otsu level of its grey values; the parts more confident
+    than it by the margin replace it (whole-tile masks, scipy morphology, skimage labels)."""
+    from skimage.filters import threshold_otsu
+
+    disk = _disk(max(1, round(SPLIT_OPEN_M / gsd))).astype(bool)
+    min_pixels = settings.min_area_m2 / (gsd * gsd)
+    out = []
+    for c, m, x in survivors:
+        values = grey[m]
+        if c < max(settings.floor, SPLIT_MIN_CONFIDENCE) or values.min() == values.max():
+            out.append((c, m, x))
+            continue
+        lo, hi = int(values.min()), int(values.max())
+        counts = np.array([(values == v).sum() for v in range(lo, hi + 1)])
+        level = threshold_otsu(hist=(counts, np.arange(lo, hi + 1)))
+        upper = values > level
+        share = upper.mean()
+        step = values[upper].mean() - values[~upper].mean()
+        if (
+            step < SPLIT_MIN_STEP
+            or share * (1 - share) * step**2 < SPLIT_MIN_SEPARATION * values.var()
+        ):
+            out.append((c, m, x))
+            continue
+        parts = []
+        for side in (m & (grey > level), m & (grey <= level)):
+            opened = ndimage.binary_opening(side, disk, border_value=0)
+            comps = label(opened, connectivity=2)
+            for k in range(1, comps.max() + 1):
+                part = comps == k
+                if part.sum() < min_pixels:
+                    continue
+                xp, _ = instance_stats(part.astype(np.int32), 1, feats, score, gsd, rgb, valid)
+                xp = xp[0]
+                area = 10 ** xp[INSTANCE_FEATURES.index("log_area_m2")]
+                if not settings.min_area_m2 <= area <= settings.max_area_m2:
+                    continue
+                cp = _final_confidence(grey, part, xp, gsd, fusion)
+                if np.log(cp / (1 - cp)) > np.log(c / (1 - c)) + SPLIT_MARGIN:
+                    parts.append((cp, len(parts), part, xp))
+        taken = np.zeros(m.shape, bool)
+        accepted = []
+        for cp, _, part, xp in sorted(parts, key=lambda t: (-t[0], t[1])):
+            if (ndimage.binary_dilation(taken, np.ones((3, 3), bool)) & part).any():
+                continue
+            taken |= part
+            accepted.append((cp, part, xp))
+        out.extend(accepted or [(c, m, x)])
+    return out
 
 
 def confidence(x: np.ndarray, fusion) -> float:

@@ -501,3 +501,173 @@ def test_texture_counts_against_a_candidate_and_flatness_not_for_it() -> None:
         p = ref.confidence(row[0], fusion)
         assert fast.confidence(row, fusion)[0] == pytest.approx(p)
         assert fast.confidence(row[0], fusion) == pytest.approx(p)
+
+
+def _array_beside_a_shadow(gsd: float = 0.15):
+    """A 160 × 160 px roof with a 9 m × 3 m array (blue-grey modules, frames a little darker)
+    and a 9 m × 2.4 m shadow along it, segmented as one candidate (1); a roof-coloured block
+    (2, one grey class), a second array-and-shadow pair (3) and an array beside a surface of
+    nearly its tone (4) elsewhere."""
+    rng = np.random.default_rng(5)
+    rgb = np.empty((160, 160, 3), np.float64)
+    rgb[:] = (150, 110, 90)
+    labels = np.zeros((160, 160), np.int32)
+    array = np.zeros((160, 160), bool)
+    array[20:40, 20:80] = True
+    array[110:130, 20:80] = True
+    shadow = np.zeros((160, 160), bool)
+    shadow[40:56, 20:80] = True
+    shadow[130:146, 20:80] = True
+    yy, xx = np.mgrid[0:160, 0:160] * gsd
+    frame = (np.mod(xx, 1.0) < gsd) | (np.mod(yy, 1.5) < gsd)
+    rgb[array] = (95, 110, 140)
+    rgb[array & frame] = (80, 92, 118)
+    rgb[shadow] = (30, 30, 36)
+    labels[array | shadow] = 1
+    labels[100:, :][array[100:] | shadow[100:]] = 3
+    labels[70:95, 100:140] = 2
+    # (4) the same array beside a surface only 20 levels darker: two classes, too close
+    near = np.zeros((160, 160), bool)
+    near[20:40, 100:150] = True
+    rgb[near] = (95, 110, 140)
+    rgb[near & frame] = (80, 92, 118)
+    rgb[40:56, 100:150] = (75, 90, 120)
+    labels[20:56, 100:150] = 4
+    rgb += rng.normal(0, 2, rgb.shape)
+    return np.clip(rgb, 0, 255).astype(np.uint8), labels, array
+
+
+def _split_setup(rgb: np.ndarray, labels: np.ndarray, gsd: float = 0.15):
+    fusion = fast.default_fusion()
+    feats = fast.pixel_features(rgb, None, gsd)
+    score = fast.score_map(feats, fusion)
+    context = fast.FrameContext.of(rgb, feats, None)
+    grey = fast.cv2.cvtColor(rgb, fast.cv2.COLOR_RGB2GRAY).astype(np.float32)
+    return fusion, feats, score, grey, fast.TileData(rgb, None, gsd, grey, feats, score, context)
+
+
+def _logit_of(mask: np.ndarray, data, fusion) -> float:
+    """The log-odds of ``mask`` scored as a candidate (fine power share included)."""
+    x, _ = fast.instance_stats(
+        mask.astype(np.int32), 1, data.features, data.score, data.gsd, data.rgb, None
+    )
+    x[0, fast.INSTANCE_FEATURES.index("fine_power_share")] = fast.measure_fine_power(
+        data.grey, mask.astype(np.int32), data.gsd, [True]
+    )[0]
+    return float(fast._logit(x, fusion)[0])
+
+
+@pytest.mark.parametrize("whole", ["clearly less", "less, within the margin", "confident"])
+def test_split_replaces_a_candidate_by_its_array_only_when_clearly_more_confident(
+    whole: str,
+) -> None:
+    """ADR 0029: a candidate holding an array and its shadow is cut at the Otsu level of its
+    grey values; the array part replaces it only when SPLIT_MARGIN log-odds more confident. A
+    one-tone block and a candidate under SPLIT_MIN_CONFIDENCE are left alone, the input is not
+    changed, and the oracle (whole-tile masks, skimage's Otsu, scipy morphology) agrees."""
+    gsd = 0.15
+    rgb, labels, array = _array_beside_a_shadow(gsd)
+    settings = SpectralSettings(split_candidates=True)
+    fusion, feats, score, grey, data = _split_setup(rgb, labels, gsd)
+    X, boxes = fast.instance_stats(labels, 4, feats, score, gsd, rgb, None, context=data.context)
+    one = labels == 1
+    level, separation, step = fast.otsu_level(grey[one])
+    assert step >= fast.SPLIT_MIN_STEP and separation >= fast.SPLIT_MIN_SEPARATION
+    assert (grey[one & array] > level).all() and (grey[one & ~array] <= level).all()
+    assert fast.otsu_level(grey[labels == 2])[1] < fast.SPLIT_MIN_SEPARATION
+    level4, separation, step = fast.otsu_level(grey[labels == 4])
+    assert separation >= fast.SPLIT_MIN_SEPARATION and step < fast.SPLIT_MIN_STEP
+    # (its array would beat it by far: only the step keeps it whole)
+    assert _logit_of((labels == 4) & (grey > level4), data, fusion) > 0
+    part = array & one
+    part_logit = _logit_of(part, data, fusion)
+    z = {
+        "clearly less": part_logit - 2 * fast.SPLIT_MARGIN,
+        "less, within the margin": part_logit - fast.SPLIT_MARGIN / 2,
+        "confident": 6.9,
+    }[whole]
+    assert part_logit < 6.9 + fast.SPLIT_MARGIN
+    conf = np.array([1 / (1 + np.exp(-z)), 0.5, 0.04, 0.1])
+    kept = np.ones(4, bool)
+    before = labels.copy()
+    out, X2, boxes2, conf2, kept2 = fast.split_candidates(
+        labels, X, boxes, conf, kept, data, fusion, settings, shape_area_px=(0, np.inf), means=None
+    )
+    assert (labels == before).all()
+    survivors = [(c, labels == i + 1, X[i].copy()) for i, c in enumerate(conf)]
+    want = ref.split_candidates(
+        survivors, grey.astype(np.float64), feats, score, gsd, rgb, None, settings, fusion
+    )
+    assert len(want) == len(conf2) == 4 and kept2.all()
+    # the block, the candidate under the least confidence and the one whose classes are too
+    # close keep their rows and masks
+    for i in (1, 2, 3):
+        assert ((out == i + 1) == (labels == i + 1)).all() and conf2[i] == conf[i]
+        np.testing.assert_array_equal(X2[i], X[i])
+    if whole == "clearly less":
+        # the array takes the candidate's row; the shadow is no candidate any more
+        assert _iou(out == 1, part) >= 0.98 and not (out[one & ~part]).any()
+        assert conf2[0] == pytest.approx(1 / (1 + np.exp(-part_logit)), abs=1e-3)
+        ys, xs = np.nonzero(out == 1)
+        assert tuple(boxes2[0]) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+        assert _iou(want[0][1], out == 1) >= 0.99
+        assert want[0][0] == pytest.approx(conf2[0], abs=1e-3)
+    else:
+        assert (out == labels).all() and (conf2 == conf).all()
+        assert [c for c, _, _ in want] == list(conf)
+
+
+def test_split_parts_that_would_touch_keep_only_the_more_confident() -> None:
+    """A light and a dark array side by side, segmented as one barely confident candidate: both
+    halves beat it, but instances never touch, so only the more confident half replaces it
+    (fast and oracle)."""
+    gsd = 0.15
+    rng = np.random.default_rng(5)
+    rgb = np.empty((160, 160, 3), np.float64)
+    rgb[:] = (150, 110, 90)
+    light, dark = np.zeros((160, 160), bool), np.zeros((160, 160), bool)
+    light[20:40, 20:80] = True
+    dark[40:60, 20:80] = True
+    yy, xx = np.mgrid[0:160, 0:160] * gsd
+    frame = (np.mod(xx, 1.0) < gsd) | (np.mod(yy, 1.5) < gsd)
+    rgb[light], rgb[light & frame] = (95, 110, 140), (80, 92, 118)
+    rgb[dark], rgb[dark & frame] = (50, 62, 105), (42, 52, 89)
+    rgb = np.clip(rgb + rng.normal(0, 2, rgb.shape), 0, 255).astype(np.uint8)
+    labels = (light | dark).astype(np.int32)
+    settings = SpectralSettings(split_candidates=True)
+    fusion, feats, score, grey, data = _split_setup(rgb, labels, gsd)
+    X, boxes = fast.instance_stats(labels, 1, feats, score, gsd, rgb, None, context=data.context)
+    conf = np.array([0.1])
+    z = np.log(0.1 / 0.9) + fast.SPLIT_MARGIN
+    assert _logit_of(light, data, fusion) > _logit_of(dark, data, fusion) > z  # both beat it
+    out, _, _, conf2, _ = fast.split_candidates(
+        labels, X, boxes, conf, np.ones(1, bool), data, fusion, settings, shape_area_px=(0, np.inf)
+    )
+    assert len(conf2) == 1 and _iou(out == 1, light) >= 0.98 and not out[dark].any()
+    want = ref.split_candidates(
+        [(0.1, labels == 1, X[0].copy())],
+        grey.astype(np.float64),
+        feats,
+        score,
+        gsd,
+        rgb,
+        None,
+        settings,
+        fusion,
+    )
+    assert len(want) == 1 and _iou(want[0][1], out == 1) >= 0.99
+
+
+def test_split_is_off_by_default_and_the_stage_with_it_matches_the_oracle(monkeypatch) -> None:
+    """On a synthetic tile where the split replaces a candidate, the stage with
+    ``split_candidates`` stores the same candidates as the reference (and other ones than
+    without it); by default it does not split (ADR 0029)."""
+    assert SpectralSettings().split_candidates is False
+    scene = generate_scene(SceneSpec(height=256, width=256, gsd=0.15, seed=45, n_roofs=3))
+    rgb = np.ascontiguousarray(np.moveaxis(scene.image, 0, -1))
+    monkeypatch.setattr(ref, "pixel_features", fast.pixel_features)
+    on = SpectralSettings(split_candidates=True, floor=0.003)
+    plain = {round(i.confidence, 6) for i in fast.analyse_tile(rgb, None, 0.15, PARAMS)}
+    split = {round(i.confidence, 6) for i in fast.analyse_tile(rgb, None, 0.15, on.model_dump())}
+    assert split - plain  # a part replaced a candidate
+    assert _stage_matches_the_oracle(rgb, on) >= 3
