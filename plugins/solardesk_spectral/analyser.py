@@ -30,8 +30,10 @@ Per tile:
    its interior's detail power (2-D DFT) at periods under 2.5 m (an array is uniform at coarser
    scales; ADR 0018), and its final confidence. Survivors within 1 m of each other are then
    tried as one candidate, which replaces them when it is at least as confident as the best
-   of them (:func:`merge_fragments`, ADR 0026). Candidates at or above the storage floor are
-   returned; the pseudo-label threshold is applied at read time.
+   of them (:func:`merge_fragments`, ADR 0026). With ``split_candidates`` (off by default) a
+   candidate whose grey values form two distinct classes is cut at its Otsu level and replaced
+   by a part that is clearly more confident (:func:`split_candidates`, ADR 0029). Candidates at
+   or above the storage floor are returned; the pseudo-label threshold is applied at read time.
 
 Every weighed per-instance mean is computed for all components at once (one ``bincount`` per
 statistic); shapes come from one contour trace per component's bounding box;
