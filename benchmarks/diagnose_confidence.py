@@ -57,8 +57,12 @@ def collect(root: Path, images, split: str, fusion) -> dict:
         ious.append(iou[a.kept])
         confs.append(a.confidence[a.kept])
     X = np.concatenate(rows) if rows else np.zeros((0, 0))
-    if len(X):  # a statistic too thin to measure (NaN) counts as the half's mean
-        X = np.where(np.isnan(X), np.nanmean(X, axis=0), X)
+    if len(X):  # a statistic too thin to measure (NaN) counts as the half's mean, and one
+        # never measured on the half (fine_peak_share on coarse imagery) as 0
+        measured = ~np.isnan(X).all(axis=0)
+        fill = np.zeros(X.shape[1])
+        fill[measured] = np.nanmean(X[:, measured], axis=0)
+        X = np.where(np.isnan(X), fill, X)
     return {
         "X": X,
         "hit": np.concatenate(ious) >= 0.5 if ious else np.zeros(0, bool),

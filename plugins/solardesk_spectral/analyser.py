@@ -69,6 +69,7 @@ INSTANCE_FEATURES = (
     "frame_redness",
     "fine_power_share",
     "water_excess",
+    "fine_peak_share",
 )
 
 #: Width of the frame around a candidate's bounding box whose colour is its context.
@@ -93,6 +94,21 @@ FINE_PERIOD_M = 2.5
 #: a neutral cue).
 FINE_MIN_PIXELS = 30
 FINE_MIN_DETAIL = 0.5
+#: ``fine_peak_share`` (ADR 0032): the share of that fine detail power held by its strongest
+#: FINE_PEAK_TOP of frequency bins. A module grid puts its power into a few harmonics of its
+#: pitch; shade edges, roof texture and noise spread theirs. Measured only where the grid can be
+#: resolved, at ground resolutions up to FINE_PEAK_MAX_GSD (the ≈ 1 m module pitch at least five
+#: pixels); coarser imagery leaves it NaN (neutral). The confidence adds one log-odds per
+#: FINE_PEAK_SCALE above FINE_PEAK_MEAN (a fixed scale: the synthetic scenes' module grids are
+#: cleaner than real ones). Chosen on the even half of the shared data.
+FINE_PEAK_TOP = 0.01
+FINE_PEAK_MAX_GSD = 0.2
+FINE_PEAK_MEAN = 0.5
+FINE_PEAK_SCALE = 0.25
+_FINE_COLS = [
+    INSTANCE_FEATURES.index("fine_power_share"),
+    INSTANCE_FEATURES.index("fine_peak_share"),
+]
 
 
 @dataclass(frozen=True)
@@ -567,6 +583,7 @@ def instance_stats(
     cols.append(np.full(n, np.nan))  # fine_power_share: measured on the survivors (analyse)
     cyan = np.bincount(lab, weights=context.cyan.ravel()[where], minlength=n)
     cols.append(np.maximum(cyan / area - WATER_LEVELS, 0.0))
+    cols.append(np.full(n, np.nan))  # fine_peak_share: with the fine power share
     return np.stack(cols, axis=1), boxes
 
 
@@ -652,8 +669,12 @@ def _coarse_frequencies(ny: int, nx: int, cutoff: float) -> np.ndarray:
     return fy * fy + fx * fx < np.float32(cutoff * cutoff)
 
 
-def fine_power_share(grey: np.ndarray, mask: np.ndarray, gsd: float) -> float:
-    """Share of a candidate's interior detail power at periods shorter than FINE_PERIOD_M.
+def fine_power_stats(grey: np.ndarray, mask: np.ndarray, gsd: float) -> tuple[float, float]:
+    """``(fine_power_share, fine_peak_share)`` of a candidate's interior detail.
+
+    The first is the share of the detail's power at periods shorter than FINE_PERIOD_M; the
+    second the share of that fine power in its strongest FINE_PEAK_TOP of frequency bins (at
+    least one), NaN where ``gsd`` exceeds FINE_PEAK_MAX_GSD (ADR 0032).
 
     Responds to what an array's surface is: uniform at the scale of metres, with all its
     variation in the module grid (frames and gaps every 1-2 m) and finer. A surface whose
@@ -667,12 +688,13 @@ def fine_power_share(grey: np.ndarray, mask: np.ndarray, gsd: float) -> float:
     (σ = DETAIL_SIGMA_M, at least 2 px; zeros outside the crop); its power spectrum (DFT of the
     crop zero-padded to OpenCV's optimal sizes) is summed below and above FINE_PERIOD_M,
     leaving out DC. NaN when fewer than FINE_MIN_PIXELS interior pixels remain or the detail's
-    root mean square over them is below FINE_MIN_DETAIL.
+    root mean square over them is below FINE_MIN_DETAIL (both NaN then).
     """
+    nan = float("nan")
     inner = cv2.erode(mask, np.ones((3, 3), np.uint8))
     n_inner = cv2.countNonZero(inner)
     if n_inner < FINE_MIN_PIXELS:
-        return float("nan")
+        return nan, nan
     weight = inner.astype(np.float32)
     sigma = max(DETAIL_SIGMA_M / gsd, 2.0)
     num = cv2.GaussianBlur(grey * weight, (0, 0), sigma, borderType=cv2.BORDER_CONSTANT)
@@ -682,7 +704,7 @@ def fine_power_share(grey: np.ndarray, mask: np.ndarray, gsd: float) -> float:
     detail = grey - num
     detail *= weight
     if float(np.dot(detail.ravel(), detail.ravel())) < FINE_MIN_DETAIL**2 * n_inner:
-        return float("nan")
+        return nan, nan
     h, w = detail.shape
     ny, nx = cv2.getOptimalDFTSize(h), cv2.getOptimalDFTSize(w)
     padded = cv2.copyMakeBorder(detail, 0, ny - h, 0, nx - w, cv2.BORDER_CONSTANT, value=0)
@@ -692,19 +714,38 @@ def fine_power_share(grey: np.ndarray, mask: np.ndarray, gsd: float) -> float:
     dc = float(power[0, 0])
     total = float(power.sum(dtype=np.float64)) - dc
     if total <= 0:
-        return float("nan")
+        return nan, nan
     low = _coarse_frequencies(ny, nx, gsd / FINE_PERIOD_M)
     coarse = float(power[low].sum(dtype=np.float64)) - dc
-    return (total - coarse) / total
+    share = (total - coarse) / total
+    if gsd > FINE_PEAK_MAX_GSD or total - coarse <= 0:
+        return share, nan
+    fine = power[~low]
+    k = max(1, int(FINE_PEAK_TOP * fine.size))
+    top = np.partition(fine, fine.size - k)[fine.size - k :]
+    return share, float(top.sum(dtype=np.float64)) / (total - coarse)
+
+
+def fine_power_share(grey: np.ndarray, mask: np.ndarray, gsd: float) -> float:
+    """The share of :func:`fine_power_stats`: how much of a candidate's interior detail power
+    lies at periods shorter than FINE_PERIOD_M.
+
+    Responds to what an array's surface is: uniform at the scale of metres, with all its
+    variation in the module grid (frames and gaps every 1-2 m) and finer. A surface whose
+    brightness wanders over metres (uneven roofing, dappled light, a car park, a tree crown)
+    varies at coarser periods; a blob spanning two surfaces has a step among its detail.
+    """
+    return fine_power_stats(grey, mask, gsd)[0]
 
 
 def measure_fine_power(
     grey: np.ndarray, labels: np.ndarray, gsd: float, which, boxes: np.ndarray | None = None
 ) -> np.ndarray:
-    """:func:`fine_power_share` of each label ``i + 1`` with ``which[i]`` (NaN elsewhere); the
-    crop is the label's tight box (``boxes`` when known) grown by one pixel, within the tile."""
+    """:func:`fine_power_stats` of each label ``i + 1`` with ``which[i]`` as an ``(n, 2)`` array
+    (NaN elsewhere); the crop is the label's tight box (``boxes`` when known) grown by one
+    pixel, within the tile."""
     h, w = labels.shape
-    out = np.full(len(which), np.nan)
+    out = np.full((len(which), 2), np.nan)
     if boxes is None:
         slices = _find_boxes(labels, len(which))
     else:
@@ -716,8 +757,20 @@ def measure_fine_power(
         y0, y1 = max(ys.start - 1, 0), min(ys.stop + 1, h)
         x0, x1 = max(xs.start - 1, 0), min(xs.stop + 1, w)
         mask = (labels[y0:y1, x0:x1] == i + 1).view(np.uint8)
-        out[i] = fine_power_share(grey[y0:y1, x0:x1], mask, gsd)
+        out[i] = fine_power_stats(grey[y0:y1, x0:x1], mask, gsd)
     return out
+
+
+def _best_fine_terms(fusion: Fusion) -> float:
+    """The most the two spectral cues can add to a candidate's log-odds (each statistic lies
+    in [0, 1]; an unmeasured one adds 0)."""
+    best = 0.0
+    for col in _FINE_COLS:
+        weight = fusion.instance_weights[col] / fusion.instance_std[col]
+        best += max(
+            weight * (1.0 - fusion.instance_mean[col]), -weight * fusion.instance_mean[col], 0
+        )
+    return best
 
 
 #: Added to the instance score (a sum of standardised cues, ``fusion.json``) before the
@@ -878,20 +931,18 @@ def _fill_means(X, labels, boxes, which, feats: np.ndarray, score: np.ndarray) -
 
 
 def _with_fine_power(grey, labels, X, kept, gsd, fusion, settings, measure_all) -> np.ndarray:
-    """Measure ``fine_power_share`` (into ``X``) on the kept candidates that need it and
-    return every candidate's final confidence (0 where not kept)."""
-    col = INSTANCE_FEATURES.index("fine_power_share")
-    weight = fusion.instance_weights[col] / fusion.instance_std[col]
-    if measure_all or (weight != 0 and settings.floor <= 0):
+    """Measure ``fine_power_share`` and ``fine_peak_share`` (into ``X``) on the kept candidates
+    that need them and return every candidate's final confidence (0 where not kept)."""
+    weighed = any(fusion.instance_weights[c] != 0 for c in _FINE_COLS)
+    if measure_all or (weighed and settings.floor <= 0):
         which = kept.copy()
-    elif weight == 0 or settings.floor >= 1:
+    elif not weighed or settings.floor >= 1:
         which = np.zeros_like(kept)
-    else:  # could it reach the floor with the best share in [0, 1]?
-        best = max(weight * (1.0 - fusion.instance_mean[col]), -weight * fusion.instance_mean[col])
+    else:  # could it reach the floor with the best statistics in [0, 1]?
         floor = np.log(settings.floor / (1.0 - settings.floor))
-        which = kept & (_logit(X, fusion) + best >= floor)
+        which = kept & (_logit(X, fusion) + _best_fine_terms(fusion) >= floor)
     if which.any():
-        X[which, col] = measure_fine_power(grey, labels, gsd, which)[which]
+        X[np.ix_(which, _FINE_COLS)] = measure_fine_power(grey, labels, gsd, which)[which]
     return np.where(kept, confidence(X, fusion), 0.0)
 
 
@@ -967,9 +1018,8 @@ def merge_fragments(labels, X, boxes, conf, kept, tile: TileData, fusion, settin
     )
     size = 10 ** Xm[:, INSTANCE_FEATURES.index("log_area_m2")]
     ok = whole & (size >= settings.min_area_m2) & (size <= settings.max_area_m2)
-    col = INSTANCE_FEATURES.index("fine_power_share")
     if ok.any():
-        Xm[ok, col] = measure_fine_power(tile.grey, mlab, gsd, ok)[ok]
+        Xm[np.ix_(ok, _FINE_COLS)] = measure_fine_power(tile.grey, mlab, gsd, ok)[ok]
     best = np.zeros(nc)
     np.maximum.at(best, group, conf[who - 1])
     cm = confidence(Xm, fusion)
@@ -1104,17 +1154,14 @@ def split_candidates(labels, X, boxes, conf, kept, tile: TileData, fusion, setti
     )
     size = 10 ** Xp[:, INSTANCE_FEATURES.index("log_area_m2")]
     ok = (size >= settings.min_area_m2) & (size <= settings.max_area_m2)
-    # Measure the fine power share only of the parts that could beat their candidate (by the
-    # margin) with the best possible share (a NaN share is neutral: the best term is ≥ 0).
-    col = INSTANCE_FEATURES.index("fine_power_share")
-    weight = fusion.instance_weights[col] / fusion.instance_std[col]
-    best = max(weight * (1.0 - fusion.instance_mean[col]), -weight * fusion.instance_mean[col], 0)
+    # Measure the spectral statistics only of the parts that could beat their candidate (by
+    # the margin) with the best possible ones (a NaN one is neutral: the best term is ≥ 0).
     with np.errstate(divide="ignore"):
         to_beat = np.log(conf[owner]) - np.log1p(-conf[owner])
     to_beat += SPLIT_MARGIN
-    ok &= _logit(Xp, fusion) + best > to_beat
+    ok &= _logit(Xp, fusion) + _best_fine_terms(fusion) > to_beat
     if ok.any():
-        Xp[ok, col] = measure_fine_power(tile.grey, plab, gsd, ok, bp)[ok]
+        Xp[np.ix_(ok, _FINE_COLS)] = measure_fine_power(tile.grey, plab, gsd, ok, bp)[ok]
     cp = np.where(ok, confidence(Xp, fusion), 0.0)
     ok &= _logit(Xp, fusion) > to_beat
     if not ok.any():

@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from solardesk_spectral.analyser import (
+    FINE_PEAK_MEAN,
+    FINE_PEAK_SCALE,
     FUSION_FILE,
     INSTANCE_FEATURES,
     N_PIXEL_TERMS,
@@ -69,11 +71,16 @@ CONFIDENCE_CUES: dict[str, int] = {
     "mean_gabor_coherence": -1,
     "fine_power_share": 1,
     "water_excess": -1,
+    "fine_peak_share": 1,
 }
 
 #: Cues whose scale is fixed rather than measured on the synthetic candidates, as (mean, spread):
-#: the scenes hold no water, so the spread of ``water_excess`` there says nothing.
-FIXED_SCALES: dict[str, tuple[float, float]] = {"water_excess": (0.0, WATER_SCALE)}
+#: the scenes hold no water, so the spread of ``water_excess`` there says nothing, and their
+#: module grids are cleaner than real ones (``fine_peak_share``, ADR 0032).
+FIXED_SCALES: dict[str, tuple[float, float]] = {
+    "water_excess": (0.0, WATER_SCALE),
+    "fine_peak_share": (FINE_PEAK_MEAN, FINE_PEAK_SCALE),
+}
 
 
 def fit_logistic(

@@ -22,6 +22,8 @@ from solardesk_spectral.analyser import (
     DETAIL_SIGMA_M,
     FINE_MIN_DETAIL,
     FINE_MIN_PIXELS,
+    FINE_PEAK_MAX_GSD,
+    FINE_PEAK_TOP,
     FINE_PERIOD_M,
     FRAME_M,
     INSTANCE_FEATURES,
@@ -208,6 +210,7 @@ def instance_stats(labels, n, features, score, gsd, rgb, valid=None):
             for y, x in zip(rr, cc, strict=True)
         ]
         row.append(max(float(np.mean(cyan)) - WATER_LEVELS, 0.0))
+        row.append(np.nan)  # fine_peak_share: with the fine power share
         rows.append(row)
         boxes.append((c0, r0, c1, r1))
     X = np.array(rows).reshape(-1, len(INSTANCE_FEATURES))
@@ -227,23 +230,26 @@ def _optimal_dft_size(n: int) -> int:
         m += 1
 
 
-def fine_power_share(grey: np.ndarray, mask: np.ndarray, gsd: float) -> float:
-    """Share of the eroded interior's detail power at periods under FINE_PERIOD_M, with
-    scipy.ndimage and numpy's FFT (``grey`` float64 crop, ``mask`` bool crop)."""
+def fine_power_stats(grey: np.ndarray, mask: np.ndarray, gsd: float) -> tuple[float, float]:
+    """The eroded interior's detail power: its share at periods under FINE_PERIOD_M, and the
+    share of that fine power in its strongest FINE_PEAK_TOP of bins (sorted, not partitioned;
+    NaN above FINE_PEAK_MAX_GSD) — scipy.ndimage and numpy's FFT (``grey`` float64 crop,
+    ``mask`` bool crop)."""
+    nan = float("nan")
     inner = ndimage.binary_erosion(mask, np.ones((3, 3), bool), border_value=1)
     if inner.sum() < FINE_MIN_PIXELS:
-        return float("nan")
+        return nan, nan
     weight = inner.astype(np.float64)
     sigma = max(DETAIL_SIGMA_M / gsd, 2.0)
     num = ndimage.gaussian_filter(grey * weight, sigma, mode="constant", truncate=4.0)
     den = ndimage.gaussian_filter(weight, sigma, mode="constant", truncate=4.0)
     detail = (grey - num / np.maximum(den, 1e-6)) * weight
     if np.sqrt((detail**2).sum() / inner.sum()) < FINE_MIN_DETAIL:
-        return float("nan")
+        return nan, nan
     h, w = detail.shape
     ny, nx = _optimal_dft_size(h), _optimal_dft_size(w)
     power = np.abs(np.fft.fft2(detail, s=(ny, nx))) ** 2
-    fine = coarse = 0.0
+    fine_bins, coarse = [], 0.0
     for ky in range(ny):
         for kx in range(nx):
             if ky == 0 and kx == 0:
@@ -253,8 +259,19 @@ def fine_power_share(grey: np.ndarray, mask: np.ndarray, gsd: float) -> float:
             if np.hypot(fy, fx) < gsd / FINE_PERIOD_M:
                 coarse += power[ky, kx]
             else:
-                fine += power[ky, kx]
-    return fine / (fine + coarse) if fine + coarse > 0 else float("nan")
+                fine_bins.append(power[ky, kx])
+    fine = float(np.sum(fine_bins))
+    if fine + coarse <= 0:
+        return nan, nan
+    share = fine / (fine + coarse)
+    if gsd > FINE_PEAK_MAX_GSD or fine <= 0:
+        return share, nan
+    k = max(1, int(FINE_PEAK_TOP * len(fine_bins)))
+    return share, float(np.sum(sorted(fine_bins)[-k:])) / fine
+
+
+def fine_power_share(grey: np.ndarray, mask: np.ndarray, gsd: float) -> float:
+    return fine_power_stats(grey, mask, gsd)[0]
 
 
 def blue_tint(rgb: np.ndarray) -> np.ndarray:
@@ -370,9 +387,9 @@ def _final_confidence(grey, m, x, gsd, fusion) -> float:
     rows, cols = np.nonzero(m)
     r0, r1 = max(rows.min() - 1, 0), min(rows.max() + 2, h)
     c0, c1 = max(cols.min() - 1, 0), min(cols.max() + 2, w)
-    x[INSTANCE_FEATURES.index("fine_power_share")] = fine_power_share(
-        grey[r0:r1, c0:c1], m[r0:r1, c0:c1], gsd
-    )
+    share, peak = fine_power_stats(grey[r0:r1, c0:c1], m[r0:r1, c0:c1], gsd)
+    x[INSTANCE_FEATURES.index("fine_power_share")] = share
+    x[INSTANCE_FEATURES.index("fine_peak_share")] = peak
     return confidence(x, fusion)
 
 

@@ -292,6 +292,42 @@ def test_fine_power_share_sees_a_module_grid_not_a_surface_that_varies_coarsely(
     assert np.isnan(fast.fine_power_share(np.full_like(grid, 100.0), mask, 0.15))
 
 
+def test_fine_peak_share_sees_a_module_grid_not_noise_and_only_where_it_is_resolved() -> None:
+    """``fine_peak_share`` (ADR 0032): a module grid holds its fine detail power in a few
+    harmonics of its pitch; a surface of the same size with only noise, or roofing speckle,
+    spreads it over every bin. Coarser than FINE_PEAK_MAX_GSD it is not measured (NaN,
+    neutral) while the fine power share still is; fast and oracle agree."""
+    rng = np.random.default_rng(2)
+    grid, mask = _array_crop()
+    noise = np.full_like(grid, 100.0) + rng.normal(0, 6, grid.shape).astype(np.float32)
+    speckle = np.full_like(grid, 100.0)
+    ys, xs = rng.integers(0, grid.shape[0], 400), rng.integers(0, grid.shape[1], 400)
+    speckle[ys, xs] = 60.0  # dark flecks: moss, gravel, tile edges
+    peak = {
+        n: fast.fine_power_stats(c, mask, 0.15)[1]
+        for n, c in {"grid": grid, "noise": noise, "speckle": speckle}.items()
+    }
+    assert peak["grid"] > fast.FINE_PEAK_MEAN
+    assert peak["noise"] < fast.FINE_PEAK_MEAN - fast.FINE_PEAK_SCALE
+    assert peak["speckle"] < fast.FINE_PEAK_MEAN - fast.FINE_PEAK_SCALE
+    for crop in (grid, noise, speckle):
+        got = fast.fine_power_stats(crop, mask, 0.15)
+        want = ref.fine_power_stats(crop.astype(np.float64), mask.astype(bool), 0.15)
+        assert got == pytest.approx(want, abs=1e-3)
+    assert fast.fine_power_share(grid, mask, 0.15) == fast.fine_power_stats(grid, mask, 0.15)[0]
+    grid3, mask3 = _array_crop(gsd=0.3)
+    share3, peak3 = fast.fine_power_stats(grid3, mask3, 0.3)
+    assert share3 > 0.9 and np.isnan(peak3)
+    assert np.isnan(ref.fine_power_stats(grid3.astype(np.float64), mask3.astype(bool), 0.3)[1])
+    # the confidence: one log-odds per FINE_PEAK_SCALE above FINE_PEAK_MEAN; NaN adds nothing
+    fusion = fast.default_fusion()
+    col = fast.INSTANCE_FEATURES.index("fine_peak_share")
+    x = fusion.instance_mean.copy()[None, :].repeat(3, axis=0)
+    x[:, col] = (fast.FINE_PEAK_MEAN, fast.FINE_PEAK_MEAN + fast.FINE_PEAK_SCALE, np.nan)
+    z = fast._logit(x, fusion)
+    assert z[1] - z[0] == pytest.approx(1.0) and z[2] == pytest.approx(z[0])
+
+
 def test_an_unmeasured_statistic_adds_nothing_to_the_confidence() -> None:
     fusion = fast.default_fusion()
     col = fast.INSTANCE_FEATURES.index("fine_power_share")
@@ -425,7 +461,7 @@ def test_fragment_merge_is_kept_only_when_at_least_as_confident(best_part: float
         > 0
     )
     merged_x, _ = fast.instance_stats(union.astype(np.int32), 1, feats, score, gsd, rgb, None)
-    merged_x[0, fast.INSTANCE_FEATURES.index("fine_power_share")] = fast.measure_fine_power(
+    merged_x[0, fast._FINE_COLS] = fast.measure_fine_power(
         grey, union.astype(np.int32), gsd, [True]
     )[0]
     merged_conf = float(fast.confidence(merged_x, fusion)[0])
@@ -551,7 +587,7 @@ def _logit_of(mask: np.ndarray, data, fusion) -> float:
     x, _ = fast.instance_stats(
         mask.astype(np.int32), 1, data.features, data.score, data.gsd, data.rgb, None
     )
-    x[0, fast.INSTANCE_FEATURES.index("fine_power_share")] = fast.measure_fine_power(
+    x[0, fast._FINE_COLS] = fast.measure_fine_power(
         data.grey, mask.astype(np.int32), data.gsd, [True]
     )[0]
     return float(fast._logit(x, fusion)[0])
@@ -663,11 +699,12 @@ def test_split_is_off_by_default_and_the_stage_with_it_matches_the_oracle(monkey
     ``split_candidates`` stores the same candidates as the reference (and other ones than
     without it); by default it does not split (ADR 0029)."""
     assert SpectralSettings().split_candidates is False
-    scene = generate_scene(SceneSpec(height=256, width=256, gsd=0.15, seed=45, n_roofs=3))
+    scene = generate_scene(SceneSpec(height=256, width=256, gsd=0.15, seed=32, n_roofs=3))
     rgb = np.ascontiguousarray(np.moveaxis(scene.image, 0, -1))
     monkeypatch.setattr(ref, "pixel_features", fast.pixel_features)
-    on = SpectralSettings(split_candidates=True, floor=0.003)
-    plain = {round(i.confidence, 6) for i in fast.analyse_tile(rgb, None, 0.15, PARAMS)}
+    off = SpectralSettings(floor=0.003)
+    on = off.model_copy(update={"split_candidates": True})
+    plain = {round(i.confidence, 6) for i in fast.analyse_tile(rgb, None, 0.15, off.model_dump())}
     split = {round(i.confidence, 6) for i in fast.analyse_tile(rgb, None, 0.15, on.model_dump())}
     assert split - plain  # a part replaced a candidate
     assert _stage_matches_the_oracle(rgb, on) >= 3
