@@ -26,9 +26,11 @@ Per tile:
    stored candidates, over the pixels each keeps. With
    ``cue_segmentation`` a second segmentation of a unit-weighted cue sum adds candidates, and
    overlapping ones are suppressed by confidence (ADR 0009).
-5. **Verification**: each candidate that survives suppression gets one more cue, the share of
-   its interior's detail power (2-D DFT) at periods under 2.5 m (an array is uniform at coarser
-   scales; ADR 0018), and its final confidence. Survivors within 1 m of each other are then
+5. **Verification**: each candidate that survives suppression gets two more cues from its
+   interior's detail power (2-D DFT): the share at periods under 2.5 m (an array is uniform at
+   coarser scales; ADR 0018) and, where the module grid is resolved (≤ 0.2 m), the share of
+   that fine power in its strongest 1 % of frequencies (a grid's harmonics; ADR 0032); then its
+   final confidence. Survivors within 1 m of each other are then
    tried as one candidate, which replaces them when it is at least as confident as the best
    of them (:func:`merge_fragments`, ADR 0026). With ``split_candidates`` (off by default) a
    candidate whose grey values form two distinct classes is cut at its Otsu level and replaced
@@ -676,10 +678,8 @@ def fine_power_stats(grey: np.ndarray, mask: np.ndarray, gsd: float) -> tuple[fl
     second the share of that fine power in its strongest FINE_PEAK_TOP of frequency bins (at
     least one), NaN where ``gsd`` exceeds FINE_PEAK_MAX_GSD (ADR 0032).
 
-    Responds to what an array's surface is: uniform at the scale of metres, with all its
-    variation in the module grid (frames and gaps every 1-2 m) and finer. A surface whose
-    brightness wanders over metres (uneven roofing, dappled light, a car park, a tree crown)
-    varies at coarser periods; a blob spanning two surfaces has a step among its detail.
+    The peak share responds to the module grid's regularity: it puts its fine power into a few
+    harmonics of its pitch, where noise, roofing speckle and shade edges spread theirs.
 
     ``grey`` is a float32 crop of the grey tile and ``mask`` (uint8, 0/1) the candidate in it,
     with one pixel of margin wherever the candidate does not touch the tile's edge. The mask is
