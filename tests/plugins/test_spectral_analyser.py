@@ -573,7 +573,8 @@ def _array_beside_a_shadow(gsd: float = 0.15):
     return np.clip(rgb, 0, 255).astype(np.uint8), labels, array
 
 
-def _split_setup(rgb: np.ndarray, labels: np.ndarray, gsd: float = 0.15):
+def _split_setup(rgb: np.ndarray, gsd: float = 0.15):
+    """The fusion, pixel features, score map, grey tile and TileData of an RGB tile."""
     fusion = fast.default_fusion()
     feats = fast.pixel_features(rgb, None, gsd)
     score = fast.score_map(feats, fusion)
@@ -604,7 +605,7 @@ def test_split_replaces_a_candidate_by_its_array_only_when_clearly_more_confiden
     gsd = 0.15
     rgb, labels, array = _array_beside_a_shadow(gsd)
     settings = SpectralSettings(split_candidates=True)
-    fusion, feats, score, grey, data = _split_setup(rgb, labels, gsd)
+    fusion, feats, score, grey, data = _split_setup(rgb, gsd)
     X, boxes = fast.instance_stats(labels, 4, feats, score, gsd, rgb, None, context=data.context)
     one = labels == 1
     level, separation, step = fast.otsu_level(grey[one])
@@ -671,7 +672,7 @@ def test_split_parts_that_would_touch_keep_only_the_more_confident() -> None:
     rgb = np.clip(rgb + rng.normal(0, 2, rgb.shape), 0, 255).astype(np.uint8)
     labels = (light | dark).astype(np.int32)
     settings = SpectralSettings(split_candidates=True)
-    fusion, feats, score, grey, data = _split_setup(rgb, labels, gsd)
+    fusion, feats, score, grey, data = _split_setup(rgb, gsd)
     X, boxes = fast.instance_stats(labels, 1, feats, score, gsd, rgb, None, context=data.context)
     conf = np.array([0.1])
     z = np.log(0.1 / 0.9) + fast.SPLIT_MARGIN
