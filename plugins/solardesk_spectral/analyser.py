@@ -624,14 +624,12 @@ def _shape_stats(
     hull_area = np.full(n, np.nan)
     long_side = np.full(n, np.nan)
     short_side = np.full(n, np.nan)
+    slices = _box_slices(labels, n, boxes)
     if boxes is None:
-        slices = _find_boxes(labels, n)
         boxes = np.zeros((n, 4), np.int64)
         for i, sl in enumerate(slices):
             if sl is not None:
                 boxes[i] = (sl[1].start, sl[0].start, sl[1].stop, sl[0].stop)
-    else:
-        slices = [(slice(b[1], b[3]), slice(b[0], b[2])) for b in boxes.tolist()]
     for i, sl in enumerate(slices):
         if sl is None:
             continue
@@ -650,11 +648,20 @@ def _shape_stats(
     return rect_area, hull_area, long_side, short_side, boxes
 
 
-def _find_boxes(labels: np.ndarray, n: int) -> list:
-    """Each label's bounding box as a ``(rows, cols)`` pair of slices (``None``: absent)."""
+def _box_slices(labels: np.ndarray, n: int, boxes: np.ndarray | None = None) -> list:
+    """Each label's bounding box as a ``(rows, cols)`` pair of slices (``None``: absent): from
+    ``boxes`` (x0, y0, x1, y1) when the caller knows them, else found in one pass."""
+    if boxes is not None:
+        return [(slice(b[1], b[3]), slice(b[0], b[2])) for b in boxes.tolist()]
     from scipy.ndimage import find_objects
 
     return find_objects(labels, max_label=n)
+
+
+def _within_area_limits(X: np.ndarray, settings: Any) -> np.ndarray:
+    """Which instance rows lie inside the settings' panel area limits (m²)."""
+    area_m2 = 10 ** X[:, INSTANCE_FEATURES.index("log_area_m2")]
+    return (area_m2 >= settings.min_area_m2) & (area_m2 <= settings.max_area_m2)
 
 
 def _pixel_corners(pts: np.ndarray) -> np.ndarray:
@@ -746,10 +753,7 @@ def measure_fine_power(
     pixel, within the tile."""
     h, w = labels.shape
     out = np.full((len(which), 2), np.nan)
-    if boxes is None:
-        slices = _find_boxes(labels, len(which))
-    else:
-        slices = [(slice(b[1], b[3]), slice(b[0], b[2])) for b in boxes.tolist()]
+    slices = _box_slices(labels, len(which), boxes)
     for i in np.flatnonzero(which):
         if slices[i] is None:
             continue
@@ -875,11 +879,7 @@ def analyse(
             shape_area_px=px,
             means=weighed,
         )
-        if n:
-            area_m2 = 10 ** X[:, INSTANCE_FEATURES.index("log_area_m2")]
-            kept = (area_m2 >= settings.min_area_m2) & (area_m2 <= settings.max_area_m2)
-        else:
-            kept = np.zeros(0, bool)
+        kept = _within_area_limits(X, settings)
         conf = np.where(kept, confidence(X, fusion), 0.0)
         parts.append((labels, X, boxes, conf, kept))
     if len(parts) == 1:
@@ -1016,8 +1016,7 @@ def merge_fragments(labels, X, boxes, conf, kept, tile: TileData, fusion, settin
     Xm, bm = instance_stats(
         mlab, g, tile.features, tile.score, gsd, tile.rgb, tile.valid, context=tile.context, **stats
     )
-    size = 10 ** Xm[:, INSTANCE_FEATURES.index("log_area_m2")]
-    ok = whole & (size >= settings.min_area_m2) & (size <= settings.max_area_m2)
+    ok = whole & _within_area_limits(Xm, settings)
     if ok.any():
         Xm[np.ix_(ok, _FINE_COLS)] = measure_fine_power(tile.grey, mlab, gsd, ok)[ok]
     best = np.zeros(nc)
@@ -1152,8 +1151,7 @@ def split_candidates(labels, X, boxes, conf, kept, tile: TileData, fusion, setti
         boxes=bp,
         **stats,
     )
-    size = 10 ** Xp[:, INSTANCE_FEATURES.index("log_area_m2")]
-    ok = (size >= settings.min_area_m2) & (size <= settings.max_area_m2)
+    ok = _within_area_limits(Xp, settings)
     # Measure the spectral statistics only of the parts that could beat their candidate (by
     # the margin) with the best possible ones (a NaN one is neutral: the best term is ≥ 0).
     with np.errstate(divide="ignore"):
