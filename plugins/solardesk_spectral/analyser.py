@@ -967,6 +967,38 @@ class TileData:
     context: FrameContext
 
 
+def _measure_new(
+    labels, n, tile: TileData, fusion, settings, stats, *, among=None, boxes=None, beat=None
+):
+    """``(X, boxes, ok)`` of ``n`` new candidates (label ``i + 1`` of ``labels``) that a merge
+    or a split made: their statistics, ``ok`` where they lie within the area limits (and
+    ``among``, when given), and the spectral statistics of the ``ok`` ones — with ``beat`` (a
+    log-odds per candidate), only of those that could exceed it with the best possible
+    spectral statistics (a NaN one is neutral: the best term is ≥ 0), and ``ok`` then says
+    which were measured. ``boxes``: their tight boxes when known; ``stats``: ``shape_area_px``
+    and ``means`` of :func:`instance_stats`."""
+    Xn, bn = instance_stats(
+        labels,
+        n,
+        tile.features,
+        tile.score,
+        tile.gsd,
+        tile.rgb,
+        tile.valid,
+        context=tile.context,
+        boxes=None if boxes is None else boxes.astype(np.int64),
+        **stats,
+    )
+    ok = _within_area_limits(Xn, settings)
+    if among is not None:
+        ok &= among
+    if beat is not None:
+        ok &= _logit(Xn, fusion) + _best_fine_terms(fusion) > beat
+    if ok.any():
+        Xn[np.ix_(ok, _FINE_COLS)] = measure_fine_power(tile.grey, labels, tile.gsd, ok, bn)[ok]
+    return Xn, bn, ok
+
+
 def merge_fragments(labels, X, boxes, conf, kept, tile: TileData, fusion, settings, **stats):
     """Merge the fragments of one array (rows of a multi-row array, parts cut by a frame).
 
@@ -1013,12 +1045,7 @@ def merge_fragments(labels, X, boxes, conf, kept, tile: TileData, fusion, settin
         pieces = np.unique(mlab.astype(np.int64) * n_parts + parts)
         per_group = np.bincount(pieces // n_parts, minlength=g + 1)[1:]
         whole = per_group == 1
-    Xm, bm = instance_stats(
-        mlab, g, tile.features, tile.score, gsd, tile.rgb, tile.valid, context=tile.context, **stats
-    )
-    ok = whole & _within_area_limits(Xm, settings)
-    if ok.any():
-        Xm[np.ix_(ok, _FINE_COLS)] = measure_fine_power(tile.grey, mlab, gsd, ok)[ok]
+    Xm, bm, ok = _measure_new(mlab, g, tile, fusion, settings, stats, among=whole)
     best = np.zeros(nc)
     np.maximum.at(best, group, conf[who - 1])
     cm = confidence(Xm, fusion)
@@ -1137,29 +1164,12 @@ def split_candidates(labels, X, boxes, conf, kept, tile: TileData, fusion, setti
     if not owner:
         return unchanged
     owner = np.asarray(owner)
-    m = len(owner)
-    bp = np.asarray(pboxes, np.int64)
-    Xp, _ = instance_stats(
-        plab,
-        m,
-        tile.features,
-        tile.score,
-        gsd,
-        tile.rgb,
-        tile.valid,
-        context=tile.context,
-        boxes=bp,
-        **stats,
-    )
-    ok = _within_area_limits(Xp, settings)
-    # Measure the spectral statistics only of the parts that could beat their candidate (by
-    # the margin) with the best possible ones (a NaN one is neutral: the best term is ≥ 0).
     with np.errstate(divide="ignore"):
         to_beat = np.log(conf[owner]) - np.log1p(-conf[owner])
     to_beat += SPLIT_MARGIN
-    ok &= _logit(Xp, fusion) + _best_fine_terms(fusion) > to_beat
-    if ok.any():
-        Xp[np.ix_(ok, _FINE_COLS)] = measure_fine_power(tile.grey, plab, gsd, ok, bp)[ok]
+    Xp, bp, ok = _measure_new(
+        plab, len(owner), tile, fusion, settings, stats, boxes=np.asarray(pboxes), beat=to_beat
+    )
     cp = np.where(ok, confidence(Xp, fusion), 0.0)
     ok &= _logit(Xp, fusion) > to_beat
     if not ok.any():
