@@ -8,7 +8,8 @@ before the confidence is applied, and puts the panel in one class:
 
 * **below threshold**: fewer than 30 % of its pixels lie above the threshold of any of the
   maps the analyser segments (the learned score map; the cue sum at its lowest threshold when
-  ``cue_segmentation`` is on): the pixel features do not see it;
+  ``cue_segmentation`` is on, the texture cue sum when ``texture_segmentation`` is): the pixel
+  features do not see it;
 * **merged**: its best-overlapping component is more than twice its area and IoU < 0.5 (it
   ran into a roof, a shadow or a neighbour);
 * **fragmented**: otherwise below IoU 0.5 (cut into pieces, or only partly found);
@@ -54,7 +55,13 @@ def classify(lit, labels, truth_component) -> str:
 
 
 def diagnose(images) -> tuple[int, Counter, list[float]]:
-    from solardesk_spectral.analyser import CUE_THRESHOLDS, analyse, cue_score
+    from solardesk_spectral.analyser import (
+        CUE_THRESHOLDS,
+        TEXTURE_CUE_THRESHOLD,
+        TEXTURE_CUE_WEIGHTS,
+        analyse,
+        cue_score,
+    )
     from solardesk_spectral.settings import SpectralSettings
 
     settings = SpectralSettings()
@@ -66,6 +73,8 @@ def diagnose(images) -> tuple[int, Counter, list[float]]:
         lit = a.score > settings.score_threshold
         if settings.cue_segmentation:
             lit |= cue_score(a.features) > min(CUE_THRESHOLDS)
+        if settings.texture_segmentation:
+            lit |= cue_score(a.features, TEXTURE_CUE_WEIGHTS) > TEXTURE_CUE_THRESHOLD
         nt, tl = cv2.connectedComponents(truth.astype(np.uint8), connectivity=8)
         for j in range(1, nt):
             m = tl == j

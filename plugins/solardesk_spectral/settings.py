@@ -91,6 +91,15 @@ class SpectralSettings(Settings):
             "confidence and overlapping ones are suppressed.",
         ),
     ] = True
+    texture_segmentation: Annotated[
+        bool,
+        Field(
+            title="Third segmentation from texture cues",
+            description="Also segment the cue sum with fine texture (module frames) in place of "
+            "smoothness: finds bright arrays on light flat roofs, whose smooth roof strips the "
+            "other maps prefer (ADR 0034).",
+        ),
+    ] = True
     min_area_m2: Annotated[
         float,
         Field(

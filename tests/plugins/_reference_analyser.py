@@ -42,6 +42,9 @@ from solardesk_spectral.analyser import (
     SPLIT_MIN_STEP,
     SPLIT_OPEN_M,
     SUPPRESS_OVERLAP,
+    TEXTURE_CUE_CLOSE_M,
+    TEXTURE_CUE_THRESHOLD,
+    TEXTURE_CUE_WEIGHTS,
     WATER_LEVELS,
     _disk,
     _pairs,
@@ -311,10 +314,10 @@ def pixel_features(rgb: np.ndarray, valid, gsd: float) -> np.ndarray:
     return out
 
 
-def cue_score(features: np.ndarray) -> np.ndarray:
+def cue_score(features: np.ndarray, weights=CUE_WEIGHTS) -> np.ndarray:
     """The unit-weighted cue sum, one named feature at a time."""
     z = np.zeros(features.shape[1:], np.float64)
-    for name, w in CUE_WEIGHTS.items():
+    for name, w in weights.items():
         z += w * features[PIXEL_FEATURES.index(name)]
     return z
 
@@ -328,6 +331,9 @@ def analyse_masks(rgb: np.ndarray, valid, gsd: float, settings, fusion) -> list:
     if settings.cue_segmentation:
         cues = cue_score(feats)
         hypotheses += [(cues, t, c) for t, c in zip(CUE_THRESHOLDS, CUE_CLOSE_M, strict=True)]
+    if settings.texture_segmentation:
+        textured = cue_score(feats, TEXTURE_CUE_WEIGHTS)
+        hypotheses.append((textured, TEXTURE_CUE_THRESHOLD, TEXTURE_CUE_CLOSE_M))
     candidates = []  # (-confidence, hypothesis, label, mask, statistics)
     field = None
     if settings.orientation_split:

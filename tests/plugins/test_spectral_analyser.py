@@ -70,12 +70,45 @@ def test_cue_score_and_whole_stage_match_the_oracle(tile, monkeypatch) -> None:
     rgb, _ = tile
     feats = fast.pixel_features(rgb, None, 0.15)
     np.testing.assert_allclose(fast.cue_score(feats), ref.cue_score(feats), atol=1e-5)
+    texture = fast.cue_score(feats, fast.TEXTURE_CUE_WEIGHTS)
+    np.testing.assert_allclose(texture, ref.cue_score(feats, ref.TEXTURE_CUE_WEIGHTS), atol=1e-5)
     monkeypatch.setattr(ref, "pixel_features", fast.pixel_features)
     # a low floor: more candidates to compare, and the gate that skips the spectral measure of
     # candidates below the floor is exercised at its edge
     settings = SpectralSettings(floor=0.003)
-    assert settings.cue_segmentation
+    assert settings.cue_segmentation and settings.texture_segmentation
     assert _stage_matches_the_oracle(rgb, settings) >= 3
+    # the texture segmentation alone beside the learned score (its sum computed on its own)
+    alone = SpectralSettings(floor=0.003, cue_segmentation=False)
+    assert _stage_matches_the_oracle(rgb, alone) >= 3
+
+
+def test_texture_cue_sum_tells_a_module_grid_from_a_smooth_surface_of_its_colour() -> None:
+    """ADR 0034: the texture cue sum swaps the LBP uniformity for the fine texture (module
+    frames and gaps). On a light roof holding an array of blue-grey modules with light frames
+    and a smooth patch of the array's mean colour, it parts the two by far more than the cue
+    sum does, and the array's texture cue lies above the segmentation's threshold."""
+    gsd = 0.14
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:256, 0:384] * gsd
+    rgb = np.empty((256, 384, 3), np.float32)
+    rgb[:] = (222, 222, 226)
+    array = (xx > 4) & (xx < 24) & (yy > 6) & (yy < 30)
+    smooth = (xx > 30) & (xx < 50) & (yy > 6) & (yy < 30)
+    rgb[array] = (118, 132, 158)
+    rgb[array & ((np.mod(xx, 1.0) < 0.15) | (np.mod(yy, 1.7) < 0.15))] = (205, 208, 212)
+    rgb[smooth] = rgb[array].mean(axis=0)
+    rgb = np.clip(rgb + rng.normal(0, 2, rgb.shape), 0, 255).astype(np.uint8)
+    feats = fast.pixel_features(rgb, None, gsd)
+    inner_array = (xx > 7) & (xx < 21) & (yy > 9) & (yy < 27)
+    inner_smooth = (xx > 33) & (xx < 47) & (yy > 9) & (yy < 27)
+
+    def gap(z: np.ndarray) -> float:
+        return float(z[inner_array].mean() - z[inner_smooth].mean())
+
+    texture = fast.cue_score(feats, fast.TEXTURE_CUE_WEIGHTS)
+    assert gap(texture) > 0.5 and gap(texture) > gap(fast.cue_score(feats)) + 0.2
+    assert np.mean(texture[inner_array] > fast.TEXTURE_CUE_THRESHOLD) > 0.95
 
 
 def _stage_matches_the_oracle(rgb: np.ndarray, settings: SpectralSettings) -> int:
