@@ -95,9 +95,9 @@ class SpectralSettings(Settings):
         bool,
         Field(
             title="Third segmentation from texture cues",
-            description="Also segment the cue sum with fine texture (module frames) in place of "
-            "smoothness: finds bright arrays on light flat roofs, whose smooth roof strips the "
-            "other maps prefer (ADR 0034).",
+            description="Also segment the cue sum with fine texture (module frames and gaps) in "
+            "place of LBP uniformity: finds bright arrays on light flat roofs, where the other "
+            "maps light the roof strips between the rows as much as the rows (ADR 0034).",
         ),
     ] = True
     min_area_m2: Annotated[
