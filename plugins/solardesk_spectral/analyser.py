@@ -661,10 +661,11 @@ def _shape_stats(
         pts = np.concatenate([c.reshape(-1, 2) for c in contours])
         corners = _pixel_corners(pts.astype(np.float32))
         corners += (xs.start, ys.start)
-        (_, _), (rw, rh), _ = cv2.minAreaRect(corners)
+        hull = cv2.convexHull(corners)  # the rectangle's too: it rests on the hull
+        (_, _), (rw, rh), _ = cv2.minAreaRect(hull)
         rect_area[i] = rw * rh
         long_side[i], short_side[i] = max(rw, rh), min(rw, rh)
-        hull_area[i] = cv2.contourArea(cv2.convexHull(corners))
+        hull_area[i] = cv2.contourArea(hull)
     return rect_area, hull_area, long_side, short_side, boxes
 
 
