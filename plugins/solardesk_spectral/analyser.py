@@ -55,7 +55,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from solardesk_spectral.channels import CHANNEL_NAMES, compute_channels, excess_green, shadow_mask
+from solardesk_spectral.channels import CHANNEL_NAMES, compute_channels
 
 FUSION_FILE = Path(__file__).with_name("fusion.json")
 
@@ -186,9 +186,7 @@ def pixel_features(rgb: np.ndarray, valid: np.ndarray | None, gsd: float) -> np.
     """``(10, H, W)`` float32: the six channels, excess green, shadow, blue tint, fine texture."""
     h, w = rgb.shape[:2]
     out = np.empty((len(PIXEL_FEATURES), h, w), np.float32)
-    out[:6] = compute_channels(rgb, gsd, valid)
-    out[6] = excess_green(rgb, valid)
-    out[7] = shadow_mask(rgb, gsd, valid)
+    out[:6] = compute_channels(rgb, gsd, valid, masks=out[6:8])  # excess green, shadow
     out[8] = blue_tint(rgb)
     out[9] = fine_texture(rgb, gsd)
     if valid is not None:

@@ -824,7 +824,10 @@ def _shadow(t: _Tile) -> np.ndarray:
     return dark
 
 
-def _photometric(t: _Tile) -> np.ndarray:
+def _photometric(t: _Tile, masks: np.ndarray | None = None) -> np.ndarray:
+    """The photometric index on the tile's grid; ``masks`` (``(2, H, W)`` float32), when
+    given, receives the excess green and shadow maps it computes on the way, finished like
+    :func:`excess_green` and :func:`shadow_mask` return them."""
     p = t.p
     l8, a8, b8 = cv2.split(cv2.cvtColor(t.rgb, cv2.COLOR_RGB2Lab))
     levels = np.arange(256, dtype=np.float64)
@@ -846,9 +849,14 @@ def _photometric(t: _Tile) -> np.ndarray:
     np.maximum(lowsat, lut(np.clip(-ab / p.blue_ref, 0.0, 1.0), b8), out=lowsat)
     index *= lowsat
     veg = _excess_green(t)
+    if masks is not None:
+        t.finish(veg, masks[0])
     index *= np.subtract(np.float32(1.0), veg, out=veg)
-    if p.shadow_weight > 0:
+    if p.shadow_weight > 0 or masks is not None:
         sh = _shadow(t)
+        if masks is not None:
+            t.finish(sh, masks[1])
+    if p.shadow_weight > 0:
         sh *= np.float32(-p.shadow_weight)
         sh += np.float32(1.0)
         index *= sh
@@ -995,10 +1003,14 @@ def compute_channels(
     gsd: float,
     valid: np.ndarray | None = None,
     params: ChannelParams | None = None,
+    *,
+    masks: np.ndarray | None = None,
 ) -> np.ndarray:
     """The six channels of one tile as ``(6, H, W)`` float32 in ``[0, 1]``, in the order of
     :data:`CHANNEL_NAMES`, sharing the grey conversion, the levels and one Gabor bank pass.
-    Invalid pixels (``valid`` False) are 0 in every channel.
+    Invalid pixels (``valid`` False) are 0 in every channel. ``masks``: an optional ``(2, H,
+    W)`` float32 array that receives :func:`excess_green` and :func:`shadow_mask` of the tile
+    (the photometric index computes both; this saves computing them again).
 
     Args:
         rgb: ``(H, W, 3)`` uint8 tile.
@@ -1013,12 +1025,14 @@ def compute_channels(
     out = np.empty((6, t.h, t.w), np.float32)
     if t.n_valid == 0:
         out.fill(0.0)
+        if masks is not None:
+            masks.fill(0.0)
         return out
     t.finish(_fft_periodicity(t), out[0])
     t.finish(_lbp_uniformity(t), out[1])
     energy, coherence = _gabor(t)
     t.finish(energy, out[2])
     t.finish(coherence, out[3])
-    t.finish(_photometric(t), out[4])
+    t.finish(_photometric(t, masks), out[4])
     t.finish(_edges_morphology(t), out[5])
     return out

@@ -383,6 +383,30 @@ def test_single_channel_functions_equal_compute_channels():
     assert len(REF_FUNCTIONS) == len(FUNCTIONS)
 
 
+@pytest.mark.parametrize("part", ["all", "left", "none"])
+def test_the_masks_compute_channels_hands_back_equal_the_mask_functions(part):
+    """``compute_channels(..., masks=)`` fills the excess green and shadow maps that the
+    photometric index computes on the way: the same maps :func:`excess_green` and
+    :func:`shadow_mask` give, valid pixels or not (what the analyser relies on to skip them)."""
+    rgb = module_scene(seed=5)
+    rgb[:60, :60] = (40, 130, 50)  # some vegetation, and a flat dark patch: a shadow
+    rgb[120:170, 100:160] = (25, 25, 28)
+    valid = {"all": None, "none": np.zeros(rgb.shape[:2], bool)}.get(part)
+    if part == "left":
+        valid = np.ones(rgb.shape[:2], bool)
+        valid[:, :70] = False
+    masks = np.full((2, *rgb.shape[:2]), -1.0, np.float32)
+    stacked = compute_channels(rgb, GSD, valid, masks=masks)
+    # (two identical calls may differ in the last float32 bit: SIMD over other alignments)
+    np.testing.assert_allclose(stacked, compute_channels(rgb, GSD, valid), atol=1e-6)
+    np.testing.assert_allclose(masks[0], excess_green(rgb, valid), atol=1e-6)
+    np.testing.assert_allclose(masks[1], shadow_mask(rgb, GSD, valid), atol=1e-6)
+    if part != "none":
+        assert masks[0].max() > 0.5 and masks[1].max() > 0.5
+    else:
+        assert not masks.any()
+
+
 # --------------------------------------------------------------------------------------------
 # Output contract
 # --------------------------------------------------------------------------------------------
