@@ -784,16 +784,35 @@ def measure_fine_power(
     return out
 
 
-def _best_fine_terms(fusion: Fusion) -> float:
-    """The most the two spectral cues can add to a candidate's log-odds (each statistic lies
-    in [0, 1]; an unmeasured one adds 0)."""
+def _best_fine_gain(X: np.ndarray, fusion: Fusion, gsd: float) -> np.ndarray:
+    """The most measuring the two spectral statistics can add to each row's log-odds: the best
+    terms of the two cues (each statistic lies in [0, 1]; an unmeasured one adds 0), plus the
+    Gabor energy penalty a module grid may waive (:data:`GABOR_WAIVE_FROM`) where the fine
+    peak share can be measured at all."""
     best = 0.0
     for col in _FINE_COLS:
         weight = fusion.instance_weights[col] / fusion.instance_std[col]
         best += max(
             weight * (1.0 - fusion.instance_mean[col]), -weight * fusion.instance_mean[col], 0
         )
-    return best
+    if gsd > FINE_PEAK_MAX_GSD:
+        return np.full(len(X), best)
+    return best - _gabor_penalty(X, fusion)
+
+
+def _gabor_penalty(X: np.ndarray, fusion: Fusion) -> np.ndarray:
+    """The Gabor energy term of each row before any waiver (≤ 0: a penalty-only cue)."""
+    k = _GABOR_COL
+    term = (X[..., k] - fusion.instance_mean[k]) / fusion.instance_std[k]
+    return np.minimum(np.nan_to_num(term, nan=0.0) * fusion.instance_weights[k], 0.0)
+
+
+def gabor_waiver(peak: np.ndarray) -> np.ndarray:
+    """The share of the Gabor energy penalty a candidate keeps, from its fine peak share: 1 up
+    to GABOR_WAIVE_FROM (and where the share is not measured), 0 from GABOR_WAIVE_TO, linear
+    between (ADR 0035)."""
+    ramp = (np.nan_to_num(peak, nan=0.0) - GABOR_WAIVE_FROM) / (GABOR_WAIVE_TO - GABOR_WAIVE_FROM)
+    return 1.0 - np.clip(ramp, 0.0, 1.0)
 
 
 #: Added to the instance score (a sum of standardised cues, ``fusion.json``) before the
@@ -809,6 +828,16 @@ CONFIDENCE_OFFSET = -3.5
 #: smooth (ADR 0028).
 PENALTY_ONLY_CUES = ("mean_gabor_energy",)
 _PENALTY_ONLY = [INSTANCE_FEATURES.index(name) for name in PENALTY_ONLY_CUES]
+#: A module grid is strong oriented texture too: where a candidate's fine detail holds the
+#: grid's harmonics (its fine peak share, ADR 0032), the Gabor energy penalty fades, from
+#: full at a share of GABOR_WAIVE_FROM (about the level of the typical non-panel candidate on
+#: 0.14 m imagery) to none at GABOR_WAIVE_TO (about that of arrays). Where the share is not
+#: measured the penalty stays whole. Chosen on the even half of the shared data among ramps
+#: from 0.2–0.35 to 0.5–0.7 (ADR 0035).
+GABOR_WAIVE_FROM = 0.3
+GABOR_WAIVE_TO = 0.6
+_GABOR_COL = INSTANCE_FEATURES.index("mean_gabor_energy")
+_PEAK_COL = INSTANCE_FEATURES.index("fine_peak_share")
 
 
 def confidence(X: np.ndarray, fusion: Fusion) -> np.ndarray:
@@ -822,10 +851,12 @@ def confidence(X: np.ndarray, fusion: Fusion) -> np.ndarray:
 
 def _logit(X: np.ndarray, fusion: Fusion) -> np.ndarray:
     """The confidence's log-odds; a statistic that is NaN (not measured) counts as neutral,
-    and the terms of :data:`PENALTY_ONLY_CUES` are at most 0."""
+    the terms of :data:`PENALTY_ONLY_CUES` are at most 0, and the Gabor energy penalty fades
+    where the fine peak share shows a module grid (:func:`gabor_waiver`)."""
     terms = np.nan_to_num((X - fusion.instance_mean) / fusion.instance_std, nan=0.0)
     terms *= fusion.instance_weights
     terms[..., _PENALTY_ONLY] = np.minimum(terms[..., _PENALTY_ONLY], 0.0)
+    terms[..., _GABOR_COL] *= gabor_waiver(X[..., _PEAK_COL])
     return terms.sum(axis=-1) + fusion.instance_bias + CONFIDENCE_OFFSET
 
 
@@ -966,7 +997,7 @@ def _with_fine_power(grey, labels, X, kept, gsd, fusion, settings, measure_all) 
         which = np.zeros_like(kept)
     else:  # could it reach the floor with the best statistics in [0, 1]?
         floor = np.log(settings.floor / (1.0 - settings.floor))
-        which = kept & (_logit(X, fusion) + _best_fine_terms(fusion) >= floor)
+        which = kept & (_logit(X, fusion) + _best_fine_gain(X, fusion, gsd) >= floor)
     if which.any():
         X[np.ix_(which, _FINE_COLS)] = measure_fine_power(grey, labels, gsd, which)[which]
     return np.where(kept, confidence(X, fusion), 0.0)
@@ -1019,7 +1050,7 @@ def _measure_new(
     if among is not None:
         ok &= among
     if beat is not None:
-        ok &= _logit(Xn, fusion) + _best_fine_terms(fusion) > beat
+        ok &= _logit(Xn, fusion) + _best_fine_gain(Xn, fusion, tile.gsd) > beat
     if ok.any():
         Xn[np.ix_(ok, _FINE_COLS)] = measure_fine_power(tile.grey, labels, tile.gsd, ok, bn)[ok]
     return Xn, bn, ok

@@ -26,6 +26,8 @@ from solardesk_spectral.analyser import (
     FINE_PEAK_TOP,
     FINE_PERIOD_M,
     FRAME_M,
+    GABOR_WAIVE_FROM,
+    GABOR_WAIVE_TO,
     INSTANCE_FEATURES,
     MERGE_GAP_M,
     MERGE_MIN_CONFIDENCE,
@@ -493,8 +495,9 @@ def split_candidates(survivors, grey, feats, score, gsd, rgb, valid, settings, f
 
 
 def confidence(x: np.ndarray, fusion) -> float:
-    """Logistic of the weighted standardised statistics; a NaN one (not measured) adds 0 and
-    a penalty-only cue adds at most 0."""
+    """Logistic of the weighted standardised statistics; a NaN one (not measured) adds 0, a
+    penalty-only cue adds at most 0, and the Gabor energy penalty shrinks linearly from whole
+    at a fine peak share of GABOR_WAIVE_FROM to nothing at GABOR_WAIVE_TO."""
     z = fusion.instance_bias + CONFIDENCE_OFFSET
     for k, value in enumerate(x):
         if not np.isnan(value):
@@ -505,5 +508,10 @@ def confidence(x: np.ndarray, fusion) -> float:
             )
             if INSTANCE_FEATURES[k] in PENALTY_ONLY_CUES:
                 term = min(term, 0.0)
+            if INSTANCE_FEATURES[k] == "mean_gabor_energy":  # waived by a module grid
+                peak = x[INSTANCE_FEATURES.index("fine_peak_share")]
+                if not np.isnan(peak):
+                    ramp = (peak - GABOR_WAIVE_FROM) / (GABOR_WAIVE_TO - GABOR_WAIVE_FROM)
+                    term *= 1.0 - min(max(ramp, 0.0), 1.0)
             z += term
     return float(1.0 / (1.0 + np.exp(-z)))

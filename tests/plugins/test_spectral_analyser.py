@@ -462,7 +462,7 @@ def _two_row_array(gsd: float = 0.15):
     return np.clip(rgb, 0, 255).astype(np.uint8), labels
 
 
-@pytest.mark.parametrize("best_part", [0.2, 0.999])
+@pytest.mark.parametrize("best_part", [0.2, 0.99999])
 def test_fragment_merge_is_kept_only_when_at_least_as_confident(best_part: float) -> None:
     """Two rows of one array 0.6 m apart are tried as one candidate (their union closed over the
     gap); a block 4 m away and a candidate below the least confidence are no members. The
@@ -498,7 +498,7 @@ def test_fragment_merge_is_kept_only_when_at_least_as_confident(best_part: float
         grey, union.astype(np.int32), gsd, [True]
     )[0]
     merged_conf = float(fast.confidence(merged_x, fusion)[0])
-    assert 0.2 < merged_conf < 0.999  # so that the two cases differ
+    assert 0.2 < merged_conf < 0.99999  # so that the two cases differ
     survivors = [(c, labels == i + 1, X[i].copy()) for i, c in enumerate(conf)]
     want = ref.merge_fragments(
         survivors, grey.astype(np.float64), feats, score, gsd, rgb, None, settings, fusion
@@ -557,6 +557,7 @@ def test_texture_counts_against_a_candidate_and_flatness_not_for_it() -> None:
     col = fast.INSTANCE_FEATURES.index("mean_gabor_energy")
     assert fusion.instance_weights[col] < 0
     x = fusion.instance_mean.copy()[None, :]
+    x[0, fast.INSTANCE_FEATURES.index("fine_peak_share")] = np.nan  # no module grid measured
     neutral = fast._logit(x, fusion)[0]
     flat, textured = x.copy(), x.copy()
     flat[0, col] -= 3 * fusion.instance_std[col]
@@ -570,6 +571,50 @@ def test_texture_counts_against_a_candidate_and_flatness_not_for_it() -> None:
         p = ref.confidence(row[0], fusion)
         assert fast.confidence(row, fusion)[0] == pytest.approx(p)
         assert fast.confidence(row[0], fusion) == pytest.approx(p)
+
+
+def test_a_module_grid_waives_the_texture_penalty() -> None:
+    """ADR 0035: the Gabor energy penalty stays whole up to a fine peak share of
+    GABOR_WAIVE_FROM (and where the share is not measured), fades linearly, and is gone from
+    GABOR_WAIVE_TO; fast and oracle agree. The gate that skips the spectral measure counts the
+    penalty a grid could waive, so a textured array below the floor before it is measured is
+    still measured."""
+    fusion = fast.default_fusion()
+    gcol = fast.INSTANCE_FEATURES.index("mean_gabor_energy")
+    pcol = fast.INSTANCE_FEATURES.index("fine_peak_share")
+    lo, hi = fast.GABOR_WAIVE_FROM, fast.GABOR_WAIVE_TO
+    x = fusion.instance_mean.copy()
+    x[gcol] += 3 * fusion.instance_std[gcol]  # strongly textured: a penalty of 3 weights
+    penalty = 3 * fusion.instance_weights[gcol]
+    assert penalty < -1
+
+    def z(peak: float) -> float:
+        """The Gabor energy term's share of the log-odds at this fine peak share."""
+        row = x.copy()
+        row[pcol] = peak
+        plain = row.copy()
+        plain[gcol] = fusion.instance_mean[gcol]
+        return float(fast._logit(row[None], fusion)[0] - fast._logit(plain[None], fusion)[0])
+
+    assert z(np.nan) == pytest.approx(penalty)
+    assert z(lo) == pytest.approx(penalty) and z(lo - 0.1) == pytest.approx(penalty)
+    assert z((lo + hi) / 2) == pytest.approx(penalty / 2)
+    assert z(hi) == pytest.approx(0.0, abs=1e-9) and z(0.9) == pytest.approx(0.0, abs=1e-9)
+    for peak in (np.nan, lo, (lo + hi) / 2, 0.9):
+        row = x.copy()
+        row[pcol] = peak
+        assert fast.confidence(row[None], fusion)[0] == pytest.approx(ref.confidence(row, fusion))
+    # the gate: unmeasured, this row's log-odds include the whole penalty; what measuring can
+    # add covers the penalty where the share can be measured (≤ FINE_PEAK_MAX_GSD), not beyond
+    row = x.copy()
+    row[pcol] = np.nan
+    row[fast.INSTANCE_FEATURES.index("fine_power_share")] = np.nan
+    fine = float(fast._best_fine_gain(row[None], fusion, fast.FINE_PEAK_MAX_GSD + 1)[0])
+    gain = float(fast._best_fine_gain(row[None], fusion, 0.15)[0])
+    assert gain == pytest.approx(fine - penalty)
+    best = row.copy()
+    best[pcol], best[fast.INSTANCE_FEATURES.index("fine_power_share")] = 1.0, 1.0
+    assert fast._logit(best[None], fusion)[0] <= fast._logit(row[None], fusion)[0] + gain + 1e-9
 
 
 def _array_beside_a_shadow(gsd: float = 0.15):
