@@ -787,7 +787,7 @@ def measure_fine_power(
 def _best_fine_gain(X: np.ndarray, fusion: Fusion, gsd: float) -> np.ndarray:
     """The most measuring the two spectral statistics can add to each row's log-odds: the best
     terms of the two cues (each statistic lies in [0, 1]; an unmeasured one adds 0), plus the
-    Gabor energy penalty a module grid may waive (:data:`GABOR_WAIVE_FROM`) where the fine
+    Gabor energy penalty a module grid may waive (:func:`gabor_waiver`) where the fine
     peak share can be measured at all."""
     best = 0.0
     for col in _FINE_COLS:
