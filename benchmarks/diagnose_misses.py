@@ -55,13 +55,7 @@ def classify(lit, labels, truth_component) -> str:
 
 
 def diagnose(images) -> tuple[int, Counter, list[float]]:
-    from solardesk_spectral.analyser import (
-        CUE_THRESHOLDS,
-        TEXTURE_CUE_THRESHOLD,
-        TEXTURE_CUE_WEIGHTS,
-        analyse,
-        cue_score,
-    )
+    from solardesk_spectral.analyser import analyse, segmentation_maps
     from solardesk_spectral.settings import SpectralSettings
 
     settings = SpectralSettings()
@@ -70,11 +64,9 @@ def diagnose(images) -> tuple[int, Counter, list[float]]:
     n = 0
     for _stem, rgb, valid, gsd, truth in images:
         a = analyse(rgb, valid, gsd, settings)
-        lit = a.score > settings.score_threshold
-        if settings.cue_segmentation:
-            lit |= cue_score(a.features) > min(CUE_THRESHOLDS)
-        if settings.texture_segmentation:
-            lit |= cue_score(a.features, TEXTURE_CUE_WEIGHTS) > TEXTURE_CUE_THRESHOLD
+        lit = np.zeros(a.score.shape, bool)
+        for score_map, threshold, _ in segmentation_maps(a.features, a.score, settings):
+            lit |= score_map > threshold
         nt, tl = cv2.connectedComponents(truth.astype(np.uint8), connectivity=8)
         for j in range(1, nt):
             m = tl == j

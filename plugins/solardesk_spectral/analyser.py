@@ -301,11 +301,21 @@ TEXTURE_CUE_THRESHOLD = 1.0
 TEXTURE_CUE_CLOSE_M = 0.9
 
 
-def cue_score(features: np.ndarray, weights: dict[str, float] | None = None) -> np.ndarray:
+#: The texture cue sum less the cue sum: what turns one into the other in two passes.
+_TEXTURE_LESS_CUE = {
+    name: w
+    for name in (*CUE_WEIGHTS, *TEXTURE_CUE_WEIGHTS)
+    if (w := TEXTURE_CUE_WEIGHTS.get(name, 0.0) - CUE_WEIGHTS.get(name, 0.0)) != 0
+}
+
+
+def cue_score(
+    features: np.ndarray, weights: dict[str, float] | None = None, start: np.ndarray | None = None
+) -> np.ndarray:
     """Weighted sum of pixel cues, :data:`CUE_WEIGHTS` unless ``weights`` (float32; with unit
-    weights it ranges over [-2, 3]). ``cue_score(f, TEXTURE_CUE_WEIGHTS)`` is the texture
-    cue sum."""
-    z = np.zeros(features.shape[1:], np.float32)
+    weights it ranges over [-2, 3]), added to a copy of ``start`` when given.
+    ``cue_score(f, TEXTURE_CUE_WEIGHTS)`` is the texture cue sum."""
+    z = np.zeros(features.shape[1:], np.float32) if start is None else start.copy()
     for name, w in (CUE_WEIGHTS if weights is None else weights).items():
         f = features[PIXEL_FEATURES.index(name)]
         if w == 1.0:
@@ -315,6 +325,26 @@ def cue_score(features: np.ndarray, weights: dict[str, float] | None = None) -> 
         else:
             z += np.float32(w) * f
     return z
+
+
+def segmentation_maps(
+    features: np.ndarray, score: np.ndarray, settings: Any
+) -> list[tuple[np.ndarray, float, float]]:
+    """``(map, threshold, closing in metres)`` of each segmentation the settings ask for: the
+    learned score map, the cue sum at each of CUE_THRESHOLDS, the texture cue sum."""
+    maps = [(score, settings.score_threshold, 0.25)]
+    cues = None
+    if settings.cue_segmentation:
+        cues = cue_score(features)
+        maps += [(cues, t, c) for t, c in zip(CUE_THRESHOLDS, CUE_CLOSE_M, strict=True)]
+    if settings.texture_segmentation:
+        textured = (
+            cue_score(features, TEXTURE_CUE_WEIGHTS)
+            if cues is None
+            else cue_score(features, _TEXTURE_LESS_CUE, start=cues)
+        )
+        maps.append((textured, TEXTURE_CUE_THRESHOLD, TEXTURE_CUE_CLOSE_M))
+    return maps
 
 
 # --------------------------------------------------------------------------------------------
@@ -797,14 +827,7 @@ def _best_fine_gain(X: np.ndarray, fusion: Fusion, gsd: float) -> np.ndarray:
         )
     if gsd > FINE_PEAK_MAX_GSD:
         return np.full(len(X), best)
-    return best - _gabor_penalty(X, fusion)
-
-
-def _gabor_penalty(X: np.ndarray, fusion: Fusion) -> np.ndarray:
-    """The Gabor energy term of each row before any waiver (≤ 0: a penalty-only cue)."""
-    k = _GABOR_COL
-    term = (X[..., k] - fusion.instance_mean[k]) / fusion.instance_std[k]
-    return np.minimum(np.nan_to_num(term, nan=0.0) * fusion.instance_weights[k], 0.0)
+    return best - _terms(X, fusion)[..., _GABOR_COL]  # the whole penalty (≤ 0)
 
 
 def gabor_waiver(peak: np.ndarray) -> np.ndarray:
@@ -853,11 +876,18 @@ def _logit(X: np.ndarray, fusion: Fusion) -> np.ndarray:
     """The confidence's log-odds; a statistic that is NaN (not measured) counts as neutral,
     the terms of :data:`PENALTY_ONLY_CUES` are at most 0, and the Gabor energy penalty fades
     where the fine peak share shows a module grid (:func:`gabor_waiver`)."""
+    terms = _terms(X, fusion)
+    terms[..., _GABOR_COL] *= gabor_waiver(X[..., _PEAK_COL])
+    return terms.sum(axis=-1) + fusion.instance_bias + CONFIDENCE_OFFSET
+
+
+def _terms(X: np.ndarray, fusion: Fusion) -> np.ndarray:
+    """Each statistic's signed, standardised term before a module grid's waiver: 0 where it
+    is NaN (not measured), at most 0 for :data:`PENALTY_ONLY_CUES`."""
     terms = np.nan_to_num((X - fusion.instance_mean) / fusion.instance_std, nan=0.0)
     terms *= fusion.instance_weights
     terms[..., _PENALTY_ONLY] = np.minimum(terms[..., _PENALTY_ONLY], 0.0)
-    terms[..., _GABOR_COL] *= gabor_waiver(X[..., _PEAK_COL])
-    return terms.sum(axis=-1) + fusion.instance_bias + CONFIDENCE_OFFSET
+    return terms
 
 
 # --------------------------------------------------------------------------------------------
@@ -897,17 +927,7 @@ def analyse(
     feats = pixel_features(rgb, valid, gsd)
     score = score_map(feats, fusion)
     edges = strong_edges(rgb, gsd) if settings.edge_cut else None
-    hypotheses = [(score, settings.score_threshold, 0.25)]
-    if settings.cue_segmentation:
-        cues = cue_score(feats)
-        hypotheses += [(cues, t, c) for t, c in zip(CUE_THRESHOLDS, CUE_CLOSE_M, strict=True)]
-    if settings.texture_segmentation:
-        if settings.cue_segmentation:  # the same sum with one term swapped: two passes, not five
-            textured = cues - feats[PIXEL_FEATURES.index("lbp_uniformity")]
-            textured += feats[PIXEL_FEATURES.index("fine_texture")]
-        else:
-            textured = cue_score(feats, TEXTURE_CUE_WEIGHTS)
-        hypotheses.append((textured, TEXTURE_CUE_THRESHOLD, TEXTURE_CUE_CLOSE_M))
+    hypotheses = segmentation_maps(feats, score, settings)
     context = FrameContext.of(rgb, feats, valid)
     # Shapes are traced only where the area limits may keep a component (a margin for rounding);
     # of the means, those the confidence weighs (the others: for the survivors, below).
