@@ -917,10 +917,11 @@ def analyse(
 ) -> Analysis:
     """Run the whole analysis of one tile and return every intermediate.
 
-    The candidates of every segmentation are scored without ``fine_power_share`` (neutral),
-    suppressed by that confidence, and the survivors then get the spectral measure and their
-    final confidence: only those that could still reach the storage floor (``settings.floor``)
-    with the best possible share are measured, unless ``measure_all`` (which also computes every
+    The candidates of every segmentation are scored without the two spectral statistics
+    (neutral), suppressed by that confidence, and the survivors then get the spectral measure
+    and their final confidence: only those that could still reach the storage floor
+    (``settings.floor``) with the best possible statistics (and the texture penalty a module
+    grid could waive) are measured, unless ``measure_all`` (which also computes every
     mean statistic of every candidate, not only those the confidence weighs).
     """
     fusion = fusion or default_fusion()
