@@ -544,7 +544,7 @@ def _relabel(labels: np.ndarray) -> tuple[np.ndarray, int]:
 class FrameContext:
     """What the colour statistics need of a tile, computed once for all its segmentations:
     the red-minus-blue map, the cyan map ``min(G, B) - R`` (8-bit levels) and integral images
-    of (valid) excess green, redness and count."""
+    of (valid) excess green, redness and count (float64)."""
 
     redness: np.ndarray
     sums: tuple[np.ndarray, ...]
@@ -559,11 +559,11 @@ class FrameContext:
         red -= blue
         green = features[PIXEL_FEATURES.index("excess_green")]
         if valid is None:
-            count = cv2.integral(np.ones(red.shape, np.uint8))
+            count = cv2.integral(np.ones(red.shape, np.uint8), sdepth=cv2.CV_64F)
             sums = (cv2.integral(green, sdepth=cv2.CV_64F), cv2.integral(red, sdepth=cv2.CV_64F))
         else:
             v = valid.astype(np.float32)
-            count = cv2.integral(valid.astype(np.uint8))
+            count = cv2.integral(valid.astype(np.uint8), sdepth=cv2.CV_64F)
             sums = (
                 cv2.integral(green * v, sdepth=cv2.CV_64F),
                 cv2.integral(red * v, sdepth=cv2.CV_64F),
@@ -647,7 +647,6 @@ def _frame_means(boxes: np.ndarray, r: int, context: FrameContext) -> list[np.nd
     gx1, gy1 = np.minimum(x1 + r, w), np.minimum(y1 + r, h)
 
     def frame(ii: np.ndarray) -> np.ndarray:
-        ii = ii.astype(np.float64, copy=False)
         outer = ii[gy1, gx1] - ii[gy0, gx1] - ii[gy1, gx0] + ii[gy0, gx0]
         inner = ii[y1, x1] - ii[y0, x1] - ii[y1, x0] + ii[y0, x0]
         return outer - inner
@@ -687,7 +686,10 @@ def _shape_stats(
         crop = (labels[sl] == i + 1).view(np.uint8)
         contours, _ = cv2.findContours(crop, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         pts = np.concatenate([c.reshape(-1, 2) for c in contours])
-        corners = _pixel_corners(pts.astype(np.float32))
+        # The hull of the pixels' corners is the hull of the corners of the pixels on the
+        # centres' hull (a Minkowski sum with the pixel square): four times fewer points.
+        centres = cv2.convexHull(pts).reshape(-1, 2).astype(np.float32)
+        corners = _pixel_corners(centres)
         corners += (xs.start, ys.start)
         hull = cv2.convexHull(corners)  # the rectangle's too: it rests on the hull
         (_, _), (rw, rh), _ = cv2.minAreaRect(hull)
