@@ -204,6 +204,7 @@ def test_evaluate_against_ground_truth(project, stopped_run, truth: str) -> None
 def test_evaluate_without_truth_or_cache_says_what_to_do(stopped_run, project) -> None:
     root, _ = project
     checkpoint = stopped_run[1][-1]["checkpoint"]
+    _add_plugin_commands()  # (alone, no earlier test has added them)
     result = CliRunner().invoke(cli, ["evaluate", checkpoint, str(root / "scene0.tif")])
     assert result.exit_code == 2 and "--truth" in result.output
 
