@@ -11,8 +11,9 @@ from solardesk.plugin_api import Detector, PrecomputeStage, hookimpl
 #: Bump when the analyser's output changes for the same inputs: the cache recomputes it.
 # 2: edge cut; 3: confidence from shape and rejection cues, cue segmentations; 4: fine power share;
 # 5: fragment merge, water cue, texture only against a candidate; 6: fine peak share;
-# 7: a third segmentation from the texture cue sum; 8: a module grid waives the texture penalty
-STAGE_VERSION = 8
+# 7: a third segmentation from the texture cue sum; 8: a module grid waives the texture penalty;
+# 9: a candidate of few pixels loses confidence
+STAGE_VERSION = 9
 
 
 @hookimpl

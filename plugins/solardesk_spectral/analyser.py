@@ -863,24 +863,49 @@ GABOR_WAIVE_FROM = 0.3
 GABOR_WAIVE_TO = 0.6
 _GABOR_COL = INSTANCE_FEATURES.index("mean_gabor_energy")
 _PEAK_COL = INSTANCE_FEATURES.index("fine_peak_share")
+_AREA_COL = INSTANCE_FEATURES.index("log_area_m2")
+
+#: A candidate of few pixels is weak evidence whatever its statistics say: its shape
+#: (rectangularity, solidity) and its means rest on a handful of pixels, and at a coarse ground
+#: resolution a blob of a small array's size is as often a pool, a car or a roof-edge sliver.
+#: Below SMALL_PIXELS pixels the confidence loses SMALL_PENALTY log-odds per halving of the
+#: pixel count. Chosen on the even half of the shared data among floors of 100–300 pixels and
+#: 0.5–1 log-odds per halving (ADR 0036). On 0.14 m imagery even the smallest candidate (4 m²,
+#: 204 pixels) is above the floor; on 0.3 m imagery candidates under 13.5 m² pay.
+SMALL_PIXELS = 150.0
+SMALL_PENALTY = 0.5
 
 
-def confidence(X: np.ndarray, fusion: Fusion) -> np.ndarray:
-    """Instance confidence in [0, 1] from the instance feature rows (a rank score: higher is
-    more panel-like; see :data:`CONFIDENCE_OFFSET` for where 0.85 sits). A NaN statistic is
-    one not measured: it counts as the synthetic candidates' mean (adds nothing)."""
+def small_penalty(X: np.ndarray, gsd: float | np.ndarray) -> np.ndarray:
+    """Log-odds a candidate loses for its few pixels (0 from :data:`SMALL_PIXELS` up);
+    ``gsd``: the ground resolution in metres (a scalar, or one per row of ``X``)."""
+    pixels = 10.0 ** X[..., _AREA_COL] / (np.asarray(gsd, np.float64) ** 2)
+    return SMALL_PENALTY * np.log2(np.maximum(SMALL_PIXELS / pixels, 1.0))
+
+
+def confidence(X: np.ndarray, fusion: Fusion, gsd: float | np.ndarray) -> np.ndarray:
+    """Instance confidence in [0, 1] from the instance feature rows of candidates at ground
+    resolution ``gsd`` (a rank score: higher is more panel-like; see
+    :data:`CONFIDENCE_OFFSET` for where 0.85 sits). A NaN statistic is one not measured: it
+    counts as the synthetic candidates' mean (adds nothing)."""
     if len(X) == 0:
         return np.zeros(0)
-    return 1.0 / (1.0 + np.exp(-_logit(X, fusion)))
+    return 1.0 / (1.0 + np.exp(-_logit(X, fusion, gsd)))
 
 
-def _logit(X: np.ndarray, fusion: Fusion) -> np.ndarray:
+def _logit(X: np.ndarray, fusion: Fusion, gsd: float | np.ndarray) -> np.ndarray:
     """The confidence's log-odds; a statistic that is NaN (not measured) counts as neutral,
-    the terms of :data:`PENALTY_ONLY_CUES` are at most 0, and the Gabor energy penalty fades
-    where the fine peak share shows a module grid (:func:`gabor_waiver`)."""
+    the terms of :data:`PENALTY_ONLY_CUES` are at most 0, the Gabor energy penalty fades
+    where the fine peak share shows a module grid (:func:`gabor_waiver`), and a candidate of
+    few pixels pays :func:`small_penalty`."""
     terms = _terms(X, fusion)
     terms[..., _GABOR_COL] *= gabor_waiver(X[..., _PEAK_COL])
-    return terms.sum(axis=-1) + fusion.instance_bias + CONFIDENCE_OFFSET
+    return (
+        terms.sum(axis=-1)
+        + fusion.instance_bias
+        + CONFIDENCE_OFFSET
+        - small_penalty(X, gsd)
+    )
 
 
 def _terms(X: np.ndarray, fusion: Fusion) -> np.ndarray:
@@ -960,7 +985,7 @@ def analyse(
             means=weighed,
         )
         kept = _within_area_limits(X, settings)
-        conf = np.where(kept, confidence(X, fusion), 0.0)
+        conf = np.where(kept, confidence(X, fusion, gsd), 0.0)
         parts.append((labels, X, boxes, conf, kept))
     if len(parts) == 1:
         labels, X, boxes, conf, kept = parts[0]
@@ -1020,10 +1045,10 @@ def _with_fine_power(grey, labels, X, kept, gsd, fusion, settings, measure_all) 
         which = np.zeros_like(kept)
     else:  # could it reach the floor with the best statistics in [0, 1]?
         floor = np.log(settings.floor / (1.0 - settings.floor))
-        which = kept & (_logit(X, fusion) + _best_fine_gain(X, fusion, gsd) >= floor)
+        which = kept & (_logit(X, fusion, gsd) + _best_fine_gain(X, fusion, gsd) >= floor)
     if which.any():
         X[np.ix_(which, _FINE_COLS)] = measure_fine_power(grey, labels, gsd, which)[which]
-    return np.where(kept, confidence(X, fusion), 0.0)
+    return np.where(kept, confidence(X, fusion, gsd), 0.0)
 
 
 #: Fragment merge (ADR 0026): candidates at least MERGE_MIN_CONFIDENCE confident whose masks come
@@ -1073,7 +1098,7 @@ def _measure_new(
     if among is not None:
         ok &= among
     if beat is not None:
-        ok &= _logit(Xn, fusion) + _best_fine_gain(Xn, fusion, tile.gsd) > beat
+        ok &= _logit(Xn, fusion, tile.gsd) + _best_fine_gain(Xn, fusion, tile.gsd) > beat
     if ok.any():
         Xn[np.ix_(ok, _FINE_COLS)] = measure_fine_power(tile.grey, labels, tile.gsd, ok, bn)[ok]
     return Xn, bn, ok
@@ -1128,7 +1153,7 @@ def merge_fragments(labels, X, boxes, conf, kept, tile: TileData, fusion, settin
     Xm, bm, ok = _measure_new(mlab, g, tile, fusion, settings, stats, among=whole)
     best = np.zeros(nc)
     np.maximum.at(best, group, conf[who - 1])
-    cm = confidence(Xm, fusion)
+    cm = confidence(Xm, fusion, gsd)
     ok &= cm >= best[multi]
     if not ok.any():
         return unchanged
@@ -1250,8 +1275,8 @@ def split_candidates(labels, X, boxes, conf, kept, tile: TileData, fusion, setti
     Xp, bp, ok = _measure_new(
         plab, len(owner), tile, fusion, settings, stats, boxes=np.asarray(pboxes), beat=to_beat
     )
-    cp = np.where(ok, confidence(Xp, fusion), 0.0)
-    ok &= _logit(Xp, fusion) > to_beat
+    cp = np.where(ok, confidence(Xp, fusion, tile.gsd), 0.0)
+    ok &= _logit(Xp, fusion, tile.gsd) > to_beat
     if not ok.any():
         return unchanged
     # The most confident accepted part takes its candidate's row and label; the others are

@@ -211,15 +211,16 @@ def learn(
     # keeps. The placeholder gives every candidate the same confidence, so where segmentations
     # overlap the suppression keeps the learned score's candidate (the first segmentation).
     def instances(tileset):
-        rows, labels_ = [], []
+        rows, labels_, gsds = [], [], []
         for rgb, truth, gsd in tileset:
             a = analyse(rgb, None, gsd, settings, placeholder, measure_all=True)
             iou = match_iou(a.labels, len(a.kept), truth)
             rows.append(a.X[a.kept])
             labels_.append(iou[a.kept] >= 0.5)
-        return np.concatenate(rows), np.concatenate(labels_)
+            gsds.append(np.full(int(a.kept.sum()), gsd))
+        return np.concatenate(rows), np.concatenate(labels_), np.concatenate(gsds)
 
-    Xi, yi = instances(train)
+    Xi, yi, _ = instances(train)
     # fine_power_share is NaN where a candidate is too thin to measure
     mean = np.nanmean(Xi, axis=0)
     std = np.nanstd(Xi, axis=0) + 1e-6
@@ -242,8 +243,8 @@ def learn(
         pix_s.append(s[pick])
         pix_y.append((truth.ravel() > 0)[pick])
     auc = roc_auc(np.concatenate(pix_s), np.concatenate(pix_y))
-    Xt, yt = instances(test)
-    conf = confidence(Xt, fusion)
+    Xt, yt, gt = instances(test)
+    conf = confidence(Xt, fusion, gt)
     figures = {"pixel_auc_holdout": round(auc, 4)}
     for thr in (0.5, 0.7, 0.85):
         keep = conf >= thr

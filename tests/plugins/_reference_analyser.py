@@ -9,6 +9,8 @@ the convex hull of the union of the component's pixel squares).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from scipy import ndimage
 from shapely import box, union_all
@@ -38,6 +40,8 @@ from solardesk_spectral.analyser import (
     ORIENT_SIGMA_M,
     PENALTY_ONLY_CUES,
     PIXEL_FEATURES,
+    SMALL_PENALTY,
+    SMALL_PIXELS,
     SPLIT_MARGIN,
     SPLIT_MIN_CONFIDENCE,
     SPLIT_MIN_SEPARATION,
@@ -351,7 +355,7 @@ def analyse_masks(rgb: np.ndarray, valid, gsd: float, settings, fusion) -> list:
         for i in range(n):
             area_m2 = 10 ** X[i, INSTANCE_FEATURES.index("log_area_m2")]
             if settings.min_area_m2 <= area_m2 <= settings.max_area_m2:
-                candidates.append((-confidence(X[i], fusion), h, i, labels == i + 1, X[i]))
+                candidates.append((-confidence(X[i], fusion, gsd), h, i, labels == i + 1, X[i]))
     if len(hypotheses) == 1:
         kept = [(m, x) for _, _, _, m, x in candidates]
     else:  # greedy suppression by confidence, whole-tile masks
@@ -398,7 +402,7 @@ def _final_confidence(grey, m, x, gsd, fusion) -> float:
     share, peak = fine_power_stats(grey[r0:r1, c0:c1], m[r0:r1, c0:c1], gsd)
     x[INSTANCE_FEATURES.index("fine_power_share")] = share
     x[INSTANCE_FEATURES.index("fine_peak_share")] = peak
-    return confidence(x, fusion)
+    return confidence(x, fusion, gsd)
 
 
 def merge_fragments(survivors, grey, feats, score, gsd, rgb, valid, settings, fusion) -> list:
@@ -494,11 +498,15 @@ def split_candidates(survivors, grey, feats, score, gsd, rgb, valid, settings, f
     return out
 
 
-def confidence(x: np.ndarray, fusion) -> float:
+def confidence(x: np.ndarray, fusion, gsd: float) -> float:
     """Logistic of the weighted standardised statistics; a NaN one (not measured) adds 0, a
-    penalty-only cue adds at most 0, and the Gabor energy penalty shrinks linearly from whole
-    at a fine peak share of GABOR_WAIVE_FROM to nothing at GABOR_WAIVE_TO."""
+    penalty-only cue adds at most 0, the Gabor energy penalty shrinks linearly from whole
+    at a fine peak share of GABOR_WAIVE_FROM to nothing at GABOR_WAIVE_TO, and a candidate of
+    fewer than SMALL_PIXELS pixels loses SMALL_PENALTY per halving."""
     z = fusion.instance_bias + CONFIDENCE_OFFSET
+    pixels = 10 ** x[INSTANCE_FEATURES.index("log_area_m2")] / gsd**2
+    if pixels < SMALL_PIXELS:
+        z -= SMALL_PENALTY * math.log2(SMALL_PIXELS / pixels)
     for k, value in enumerate(x):
         if not np.isnan(value):
             term = (

@@ -48,7 +48,7 @@ def test_fast_matches_reference_oracle(tile) -> None:
         np.testing.assert_array_equal(bf, br)
         np.testing.assert_allclose(Xf, Xr, rtol=1e-3, atol=1e-3)
         np.testing.assert_allclose(
-            fast.confidence(Xf, fusion), fast.confidence(Xr, fusion), atol=1e-3
+            fast.confidence(Xf, fusion, 0.15), fast.confidence(Xr, fusion, 0.15), atol=1e-3
         )
 
 
@@ -357,7 +357,7 @@ def test_fine_peak_share_sees_a_module_grid_not_noise_and_only_where_it_is_resol
     col = fast.INSTANCE_FEATURES.index("fine_peak_share")
     x = fusion.instance_mean.copy()[None, :].repeat(3, axis=0)
     x[:, col] = (fast.FINE_PEAK_MEAN, fast.FINE_PEAK_MEAN + fast.FINE_PEAK_SCALE, np.nan)
-    z = fast._logit(x, fusion)
+    z = fast._logit(x, fusion, 0.15)
     assert z[1] - z[0] == pytest.approx(1.0) and z[2] == pytest.approx(z[0])
 
 
@@ -365,13 +365,13 @@ def test_an_unmeasured_statistic_adds_nothing_to_the_confidence() -> None:
     fusion = fast.default_fusion()
     col = fast.INSTANCE_FEATURES.index("fine_power_share")
     x = fusion.instance_mean.copy()[None, :]
-    neutral = fast.confidence(x, fusion)
+    neutral = fast.confidence(x, fusion, 0.15)
     x_nan = x.copy()
     x_nan[0, col] = np.nan
-    assert fast.confidence(x_nan, fusion) == pytest.approx(neutral)
+    assert fast.confidence(x_nan, fusion, 0.15) == pytest.approx(neutral)
     x_high = x.copy()
     x_high[0, col] = 1.0
-    assert fast.confidence(x_high, fusion) > neutral  # the cue counts when measured
+    assert fast.confidence(x_high, fusion, 0.15) > neutral  # the cue counts when measured
 
 
 def test_skipping_the_spectral_measure_below_the_floor_changes_nothing_stored(tile) -> None:
@@ -497,7 +497,7 @@ def test_fragment_merge_is_kept_only_when_at_least_as_confident(best_part: float
     merged_x[0, fast._FINE_COLS] = fast.measure_fine_power(
         grey, union.astype(np.int32), gsd, [True]
     )[0]
-    merged_conf = float(fast.confidence(merged_x, fusion)[0])
+    merged_conf = float(fast.confidence(merged_x, fusion, gsd)[0])
     assert 0.2 < merged_conf < 0.99999  # so that the two cases differ
     survivors = [(c, labels == i + 1, X[i].copy()) for i, c in enumerate(conf)]
     want = ref.merge_fragments(
@@ -546,7 +546,7 @@ def test_water_is_less_confident_than_a_panel_of_the_same_shape() -> None:
     assert rows["pool"][col] == pytest.approx(min(170, 200) - 60 - fast.WATER_LEVELS)
     dry = rows["pool"].copy()
     dry[col] = 0.0
-    logit = fast._logit(np.stack([dry, rows["pool"]]), fusion)
+    logit = fast._logit(np.stack([dry, rows["pool"]]), fusion, gsd)
     assert logit[0] - logit[1] == pytest.approx(rows["pool"][col] / fast.WATER_SCALE)
 
 
@@ -558,19 +558,19 @@ def test_texture_counts_against_a_candidate_and_flatness_not_for_it() -> None:
     assert fusion.instance_weights[col] < 0
     x = fusion.instance_mean.copy()[None, :]
     x[0, fast.INSTANCE_FEATURES.index("fine_peak_share")] = np.nan  # no module grid measured
-    neutral = fast._logit(x, fusion)[0]
+    neutral = fast._logit(x, fusion, 0.15)[0]
     flat, textured = x.copy(), x.copy()
     flat[0, col] -= 3 * fusion.instance_std[col]
     textured[0, col] += 3 * fusion.instance_std[col]
-    assert fast._logit(flat, fusion)[0] == pytest.approx(neutral)
-    assert fast._logit(textured, fusion)[0] == pytest.approx(
+    assert fast._logit(flat, fusion, 0.15)[0] == pytest.approx(neutral)
+    assert fast._logit(textured, fusion, 0.15)[0] == pytest.approx(
         neutral + 3 * fusion.instance_weights[col]
     )
     # the oracle agrees, and a single row (1-D) gives the same log-odds
     for row in (flat, textured):
-        p = ref.confidence(row[0], fusion)
-        assert fast.confidence(row, fusion)[0] == pytest.approx(p)
-        assert fast.confidence(row[0], fusion) == pytest.approx(p)
+        p = ref.confidence(row[0], fusion, 0.15)
+        assert fast.confidence(row, fusion, 0.15)[0] == pytest.approx(p)
+        assert fast.confidence(row[0], fusion, 0.15) == pytest.approx(p)
 
 
 def test_a_module_grid_waives_the_texture_penalty() -> None:
@@ -594,7 +594,9 @@ def test_a_module_grid_waives_the_texture_penalty() -> None:
         row[pcol] = peak
         plain = row.copy()
         plain[gcol] = fusion.instance_mean[gcol]
-        return float(fast._logit(row[None], fusion)[0] - fast._logit(plain[None], fusion)[0])
+        return float(
+            fast._logit(row[None], fusion, 0.15)[0] - fast._logit(plain[None], fusion, 0.15)[0]
+        )
 
     assert z(np.nan) == pytest.approx(penalty)
     assert z(lo) == pytest.approx(penalty) and z(lo - 0.1) == pytest.approx(penalty)
@@ -603,7 +605,9 @@ def test_a_module_grid_waives_the_texture_penalty() -> None:
     for peak in (np.nan, lo, (lo + hi) / 2, 0.9):
         row = x.copy()
         row[pcol] = peak
-        assert fast.confidence(row[None], fusion)[0] == pytest.approx(ref.confidence(row, fusion))
+        assert fast.confidence(row[None], fusion, 0.15)[0] == pytest.approx(
+            ref.confidence(row, fusion, 0.15)
+        )
     # the gate: unmeasured, this row's log-odds include the whole penalty; what measuring can
     # add covers the penalty where the share can be measured (≤ FINE_PEAK_MAX_GSD), not beyond
     row = x.copy()
@@ -614,7 +618,10 @@ def test_a_module_grid_waives_the_texture_penalty() -> None:
     assert gain == pytest.approx(fine - penalty)
     best = row.copy()
     best[pcol], best[fast.INSTANCE_FEATURES.index("fine_power_share")] = 1.0, 1.0
-    assert fast._logit(best[None], fusion)[0] <= fast._logit(row[None], fusion)[0] + gain + 1e-9
+    assert (
+        fast._logit(best[None], fusion, 0.15)[0]
+        <= fast._logit(row[None], fusion, 0.15)[0] + gain + 1e-9
+    )
 
 
 def _array_beside_a_shadow(gsd: float = 0.15):
@@ -669,7 +676,7 @@ def _logit_of(mask: np.ndarray, data, fusion) -> float:
     x[0, fast._FINE_COLS] = fast.measure_fine_power(
         data.grey, mask.astype(np.int32), data.gsd, [True]
     )[0]
-    return float(fast._logit(x, fusion)[0])
+    return float(fast._logit(x, fusion, data.gsd)[0])
 
 
 @pytest.mark.parametrize("whole", ["clearly less", "less, within the margin", "confident"])
@@ -787,3 +794,42 @@ def test_split_is_off_by_default_and_the_stage_with_it_matches_the_oracle(monkey
     split = {round(i.confidence, 6) for i in fast.analyse_tile(rgb, None, 0.15, on.model_dump())}
     assert split - plain  # a part replaced a candidate
     assert _stage_matches_the_oracle(rgb, on) >= 3
+
+
+def test_a_candidate_of_few_pixels_loses_confidence_by_its_pixel_count() -> None:
+    """ADR 0036: the same statistics (the same area in m²) give the same confidence at any
+    ground resolution while the candidate covers SMALL_PIXELS pixels or more, and SMALL_PENALTY
+    log-odds less per halving of its pixel count below that; fast and oracle agree, one gsd or
+    one per row."""
+    fusion = fast.default_fusion()
+    acol = fast.INSTANCE_FEATURES.index("log_area_m2")
+    x = fusion.instance_mean.copy()
+    x[acol] = np.log10(6.75)  # 6.75 m²: 300 px at 0.15 m, 75 px at 0.3 m, 48 px at 0.375 m
+    z = {g: float(fast._logit(x[None], fusion, g)[0]) for g in (0.1, 0.15, 0.3, 0.375)}
+    assert z[0.1] == pytest.approx(z[0.15])  # 675 and 300 px: above the floor
+    assert z[0.15] - z[0.3] == pytest.approx(fast.SMALL_PENALTY * np.log2(150 / 75))
+    assert z[0.15] - z[0.375] == pytest.approx(fast.SMALL_PENALTY * np.log2(150 / 48))
+    rows = np.stack([x, x])
+    both = fast.confidence(rows, fusion, np.array([0.15, 0.3]))
+    for g, c in zip((0.15, 0.3), both, strict=True):
+        assert c == pytest.approx(ref.confidence(x, fusion, g))
+        assert c == pytest.approx(1 / (1 + np.exp(-z[g])))
+    assert both[1] < both[0]
+
+
+def test_the_analyser_applies_the_pixel_count_penalty_at_its_ground_resolution() -> None:
+    """Every candidate the analyser keeps on 0.3 m imagery has the confidence of its statistics
+    at 0.3 m, and those under SMALL_PIXELS pixels are below what the same statistics would
+    give on finer imagery."""
+    gsd = 0.3
+    scene = generate_scene(SceneSpec(height=384, width=384, gsd=gsd, seed=5))
+    rgb = np.ascontiguousarray(np.moveaxis(scene.image, 0, -1))
+    fusion = fast.default_fusion()
+    a = fast.analyse(rgb, None, gsd, SpectralSettings(), fusion)
+    kept = np.flatnonzero(a.kept)
+    np.testing.assert_allclose(a.confidence[kept], fast.confidence(a.X[kept], fusion, gsd))
+    pixels = 10 ** a.X[kept, fast.INSTANCE_FEATURES.index("log_area_m2")] / gsd**2
+    small = kept[pixels < fast.SMALL_PIXELS]
+    assert len(small) and len(kept) > len(small)
+    fine = fast.confidence(a.X[small], fusion, 0.01)  # the same statistics, many pixels
+    assert (a.confidence[small] < fine).all()
