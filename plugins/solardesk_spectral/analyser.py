@@ -900,12 +900,7 @@ def _logit(X: np.ndarray, fusion: Fusion, gsd: float | np.ndarray) -> np.ndarray
     few pixels pays :func:`small_penalty`."""
     terms = _terms(X, fusion)
     terms[..., _GABOR_COL] *= gabor_waiver(X[..., _PEAK_COL])
-    return (
-        terms.sum(axis=-1)
-        + fusion.instance_bias
-        + CONFIDENCE_OFFSET
-        - small_penalty(X, gsd)
-    )
+    return terms.sum(axis=-1) + fusion.instance_bias + CONFIDENCE_OFFSET - small_penalty(X, gsd)
 
 
 def _terms(X: np.ndarray, fusion: Fusion) -> np.ndarray:
