@@ -605,19 +605,17 @@ def instance_stats(
     if n == 0:
         return np.zeros((0, len(INSTANCE_FEATURES))), np.zeros((0, 4), np.int64)
     context = context or FrameContext.of(rgb, features, valid)
-    # Only labelled pixels matter: gather them once, then one bincount per statistic.
-    flat = labels.ravel()
-    where = np.flatnonzero(flat > 0)  # (on a boolean: several times faster)
-    lab = flat[where] - 1
-    area = np.bincount(lab, minlength=n).astype(np.float64)
     green_col = 1 + PIXEL_FEATURES.index("excess_green")
-    wanted = set(range(1 + len(features)) if means is None else means) | {green_col}
-    cols = []
-    for k, m in enumerate((score, *features)):
-        if k in wanted:
-            cols.append(np.bincount(lab, weights=m.ravel()[where], minlength=n) / area)
-        else:
-            cols.append(np.full(n, np.nan))
+    wanted = sorted(set(range(1 + len(features)) if means is None else means) | {green_col})
+    stack = (score, *features)
+    maps = [stack[k] for k in wanted] + [context.redness, context.cyan]
+    area, sums, found = _label_sums(labels, n, maps)
+    if boxes is None:
+        boxes = found
+    cols = [np.full(n, np.nan) for _ in stack]
+    for j, k in enumerate(wanted):
+        cols[k] = sums[:, j] / area
+    red_in, cyan = sums[:, -2] / area, sums[:, -1]
     traced = (area >= shape_area_px[0]) & (area <= shape_area_px[1])
     rect_area, hull_area, long_side, short_side, boxes = _shape_stats(labels, n, traced, boxes)
     area_m2 = area * gsd * gsd
@@ -625,16 +623,52 @@ def instance_stats(
     cols.append(area / np.maximum(rect_area, 1.0))
     cols.append(area / np.maximum(hull_area, 1.0))
     cols.append(np.log10(np.maximum(long_side, 1.0) / np.maximum(short_side, 1.0)))
-    red_in = np.bincount(lab, weights=context.redness.ravel()[where], minlength=n) / area
     green_in = cols[green_col]
     green_frame, red_frame = _frame_means(boxes, max(1, round(FRAME_M / gsd)), context)
     cols.append(np.where(np.isnan(green_frame), green_in, green_frame))
     cols.append(np.where(np.isnan(red_frame), 0.0, red_frame - red_in))
     cols.append(np.full(n, np.nan))  # fine_power_share: measured on the survivors (analyse)
-    cyan = np.bincount(lab, weights=context.cyan.ravel()[where], minlength=n)
     cols.append(np.maximum(cyan / area - WATER_LEVELS, 0.0))
     cols.append(np.full(n, np.nan))  # fine_peak_share: with the fine power share
     return np.stack(cols, axis=1), boxes
+
+
+def _label_sums(
+    labels: np.ndarray, n: int, maps: list[np.ndarray], *, compiled: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(area, sums, boxes)`` of labels ``1..n``: pixel count, the sum over each of ``maps``
+    (columns, float64, added in raster order) and the box (x0, y0, x1, y1; zeros for a label
+    with no pixel). One compiled pass over the image where numba is installed (ADR 0037), else
+    one gather and ``bincount`` per map and a ``find_objects`` pass (``compiled=False`` takes
+    this path too; the results are the same)."""
+    kernel = _kernel() if compiled else None
+    if kernel is not None:
+        return kernel(
+            np.ascontiguousarray(labels, np.int32),
+            n,
+            tuple(np.ascontiguousarray(m, np.float32) for m in maps),
+        )
+    # Only labelled pixels matter: gather them once, then one bincount per map.
+    flat = labels.ravel()
+    where = np.flatnonzero(flat > 0)  # (on a boolean: several times faster)
+    lab = flat[where] - 1
+    area = np.bincount(lab, minlength=n).astype(np.float64)
+    sums = np.zeros((n, len(maps)))
+    for j, m in enumerate(maps):
+        sums[:, j] = np.bincount(lab, weights=m.ravel()[where], minlength=n)
+    boxes = np.zeros((n, 4), np.int64)
+    for i, sl in enumerate(_box_slices(labels, n)):
+        if sl is not None:
+            boxes[i] = (sl[1].start, sl[0].start, sl[1].stop, sl[0].stop)
+    return area, sums, boxes
+
+
+@lru_cache(maxsize=1)
+def _kernel():
+    """The compiled :func:`~solardesk_spectral._kernels.label_sums`, or None without numba."""
+    from solardesk_spectral._kernels import label_sums
+
+    return label_sums
 
 
 def _frame_means(boxes: np.ndarray, r: int, context: FrameContext) -> list[np.ndarray]:

@@ -833,3 +833,26 @@ def test_the_analyser_applies_the_pixel_count_penalty_at_its_ground_resolution()
     assert len(small) and len(kept) > len(small)
     fine = fast.confidence(a.X[small], fusion, 0.01)  # the same statistics, many pixels
     assert (a.confidence[small] < fine).all()
+
+
+def test_the_compiled_label_sums_equal_the_numpy_path() -> None:
+    """ADR 0037: one compiled pass gives the same pixel counts, per-map sums and boxes as a
+    gather and ``bincount`` per map and ``find_objects`` — on touching labels, labels that do
+    not occur (zero box) and a single-pixel label. numba is a dependency: the compiled path
+    must exist here, or this test would compare the NumPy path with itself."""
+    assert fast._kernel() is not None
+    rng = np.random.default_rng(4)
+    labels = np.zeros((90, 120), np.int32)
+    labels[10:40, 5:50] = 1
+    labels[10:40, 50:70] = 2  # touches 1
+    labels[60:61, 100:101] = 4  # one pixel; 3 and 5 do not occur
+    labels[50:85, 20:60] = rng.integers(0, 2, (35, 40)) * 6  # a ragged one
+    maps = [rng.normal(0, 50, labels.shape).astype(np.float32) for _ in range(3)]
+    a_fast, s_fast, b_fast = fast._label_sums(labels, 6, maps)
+    a_np, s_np, b_np = fast._label_sums(labels, 6, maps, compiled=False)
+    np.testing.assert_array_equal(a_fast, a_np)
+    np.testing.assert_allclose(s_fast, s_np, rtol=1e-12, atol=1e-9)
+    np.testing.assert_array_equal(b_fast, b_np)
+    assert tuple(b_fast[3]) == (100, 60, 101, 61) and tuple(b_fast[2]) == (0, 0, 0, 0)
+    assert a_fast[2] == 0 and a_fast[1] == 30 * 20
+    np.testing.assert_allclose(s_fast[0], [m[10:40, 5:50].sum(dtype=np.float64) for m in maps])
