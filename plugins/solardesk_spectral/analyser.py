@@ -1041,27 +1041,21 @@ def analyse(
                 means=weighed,
             )
     stored = kept if measure_all else kept & (conf >= settings.floor)
-    _fill_means(X, labels, boxes, stored, feats, score)
+    _fill_means(X, labels, stored, feats, score)
     return Analysis(feats, score, labels, X, boxes, conf, kept)
 
 
-def _fill_means(X, labels, boxes, which, feats: np.ndarray, score: np.ndarray) -> None:
+def _fill_means(X, labels, which, feats: np.ndarray, score: np.ndarray) -> None:
     """Fill the mean columns of ``X`` still NaN (those the confidence does not weigh) of the
     rows ``which`` with the means over each label's final pixels (after suppression: the pixels
-    it keeps), one crop per label."""
+    it keeps), in one pass over the label image (:func:`_label_sums`)."""
     todo = [k for k in range(1 + len(feats)) if len(X) and np.isnan(X[:, k]).all()]
-    if not todo:
+    if not todo or not np.any(which):
         return
-    feat_todo = [k - 1 for k in todo if k > 0]
-    for i in np.flatnonzero(which):
-        x0, y0, x1, y1 = (int(v) for v in boxes[i])
-        mine = labels[y0:y1, x0:x1] == i + 1
-        if not mine.any():
-            continue
-        if 0 in todo:
-            X[i, 0] = score[y0:y1, x0:x1][mine].mean()
-        if feat_todo:
-            X[i, [k + 1 for k in feat_todo]] = feats[feat_todo, y0:y1, x0:x1][:, mine].mean(axis=1)
+    stack = (score, *feats)
+    area, sums, _ = _label_sums(labels, len(X), [stack[k] for k in todo])
+    rows = np.flatnonzero(which & (area > 0))
+    X[np.ix_(rows, todo)] = sums[rows] / area[rows, None]
 
 
 def _with_fine_power(grey, labels, X, kept, gsd, fusion, settings, measure_all) -> np.ndarray:
