@@ -20,7 +20,8 @@ import numpy as np
 def _label_sums_py(labels, n, maps):
     """``(area, sums, boxes)`` of labels ``1..n``: pixel count (float64), sums over each map in
     ``maps`` (a tuple of float32 arrays shaped like ``labels``; ``(n, len(maps))`` float64) and
-    the box ``(x0, y0, x1, y1)`` (int64; zeros for a label with no pixel)."""
+    the box ``(x0, y0, x1, y1)`` (int64; zeros for a label with no pixel). Other label values
+    are ignored."""
     h, w = labels.shape
     k = len(maps)
     area = np.zeros(n, np.float64)
@@ -31,7 +32,7 @@ def _label_sums_py(labels, n, maps):
     for y in range(h):
         for x in range(w):
             lab = labels[y, x]
-            if lab <= 0:
+            if lab <= 0 or lab > n:  # (never written out of bounds)
                 continue
             i = lab - 1
             area[i] += 1.0

@@ -638,9 +638,10 @@ def _label_sums(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(area, sums, boxes)`` of labels ``1..n``: pixel count, the sum over each of ``maps``
     (columns, float64, added in raster order) and the box (x0, y0, x1, y1; zeros for a label
-    with no pixel). One compiled pass over the image where numba is installed (ADR 0037), else
-    one gather and ``bincount`` per map and a ``find_objects`` pass (``compiled=False`` takes
-    this path too; the results are the same)."""
+    with no pixel); other label values are ignored. One compiled pass over the image where
+    numba is installed (ADR 0037), else one gather and ``bincount`` per map and a
+    ``find_objects`` pass (``compiled=False`` takes this path too; the results are the
+    same)."""
     kernel = _kernel() if compiled else None
     if kernel is not None:
         return kernel(
@@ -650,7 +651,7 @@ def _label_sums(
         )
     # Only labelled pixels matter: gather them once, then one bincount per map.
     flat = labels.ravel()
-    where = np.flatnonzero(flat > 0)  # (on a boolean: several times faster)
+    where = np.flatnonzero((flat > 0) & (flat <= n))  # (on a boolean: several times faster)
     lab = flat[where] - 1
     area = np.bincount(lab, minlength=n).astype(np.float64)
     sums = np.zeros((n, len(maps)))

@@ -838,7 +838,8 @@ def test_the_analyser_applies_the_pixel_count_penalty_at_its_ground_resolution()
 def test_the_compiled_label_sums_equal_the_numpy_path() -> None:
     """ADR 0037: one compiled pass gives the same pixel counts, per-map sums and boxes as a
     gather and ``bincount`` per map and ``find_objects`` — on touching labels, labels that do
-    not occur (zero box) and a single-pixel label. numba is a dependency: the compiled path
+    not occur (zero box), a single-pixel label and a label above ``n`` (ignored). numba is a
+    dependency: the compiled path
     must exist here, or this test would compare the NumPy path with itself."""
     assert fast._kernel() is not None
     rng = np.random.default_rng(4)
@@ -847,6 +848,7 @@ def test_the_compiled_label_sums_equal_the_numpy_path() -> None:
     labels[10:40, 50:70] = 2  # touches 1
     labels[60:61, 100:101] = 4  # one pixel; 3 and 5 do not occur
     labels[50:85, 20:60] = rng.integers(0, 2, (35, 40)) * 6  # a ragged one
+    labels[0:2, 0:3] = 9  # above n: ignored (and never written out of bounds)
     maps = [rng.normal(0, 50, labels.shape).astype(np.float32) for _ in range(3)]
     a_fast, s_fast, b_fast = fast._label_sums(labels, 6, maps)
     a_np, s_np, b_np = fast._label_sums(labels, 6, maps, compiled=False)
