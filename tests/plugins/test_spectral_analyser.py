@@ -858,3 +858,18 @@ def test_the_compiled_label_sums_equal_the_numpy_path() -> None:
     assert tuple(b_fast[3]) == (100, 60, 101, 61) and tuple(b_fast[2]) == (0, 0, 0, 0)
     assert a_fast[2] == 0 and a_fast[1] == 30 * 20
     np.testing.assert_allclose(s_fast[0], [m[10:40, 5:50].sum(dtype=np.float64) for m in maps])
+
+
+def test_the_analyser_gives_the_same_candidates_without_numba(tile, monkeypatch) -> None:
+    """Where numba does not import, the analyser takes the NumPy path (ADR 0037) and finds the
+    same candidates with the same statistics and confidences."""
+    rgb, _ = tile
+    settings = SpectralSettings()
+    compiled = fast.analyse(rgb, None, 0.15, settings)
+    monkeypatch.setattr(fast, "_kernel", lambda: None)
+    plain = fast.analyse(rgb, None, 0.15, settings)
+    assert len(compiled.confidence) >= 3
+    np.testing.assert_array_equal(compiled.labels, plain.labels)
+    np.testing.assert_array_equal(compiled.boxes, plain.boxes)
+    np.testing.assert_allclose(compiled.X, plain.X, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(compiled.confidence, plain.confidence, rtol=1e-9, atol=1e-12)
