@@ -46,6 +46,17 @@ def run(raster: Path, cache: Path, workers: int, tile: int) -> tuple[float, int]
     return time.perf_counter() - first, summary.computed - 1
 
 
+def _kernel_path() -> str:
+    """Which path the analyser's per-label statistics take here (ADR 0037)."""
+    from solardesk_spectral.analyser import _kernel
+
+    if _kernel() is None:
+        return "NumPy (numba not installed)"
+    import numba
+
+    return f"compiled (numba {numba.__version__})"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", type=int, default=6144)
@@ -70,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         rate1 = n1 / t1
         rate2 = n2 / t2
         print(f"raster {args.size}² at {args.gsd} m, {n_tiles} tiles of {args.tile}²")
+        print(f"per-label statistics: {_kernel_path()}")
         print(
             f"one worker : {rate1:6.1f} tiles/s per core ({1000 / rate1:.1f} ms per tile, all-in)"
         )
