@@ -616,8 +616,8 @@ def instance_stats(
     for j, k in enumerate(wanted):
         cols[k] = sums[:, j] / area
     red_in, cyan = sums[:, -2] / area, sums[:, -1]
-    traced = (area >= shape_area_px[0]) & (area <= shape_area_px[1])
-    rect_area, hull_area, long_side, short_side, boxes = _shape_stats(labels, n, traced, boxes)
+    traced = (area > 0) & (area >= shape_area_px[0]) & (area <= shape_area_px[1])
+    rect_area, hull_area, long_side, short_side = _shape_stats(labels, n, traced, boxes)
     area_m2 = area * gsd * gsd
     cols.append(np.log10(np.maximum(area_m2, 1e-3)))
     cols.append(area / np.maximum(rect_area, 1.0))
@@ -691,33 +691,23 @@ def _frame_means(boxes: np.ndarray, r: int, context: FrameContext) -> list[np.nd
         return [np.where(n_px > 0, frame(ii) / n_px, np.nan) for ii in context.sums]
 
 
-def _shape_stats(
-    labels: np.ndarray, n: int, traced: np.ndarray | None = None, boxes: np.ndarray | None = None
-):
-    """Minimum-rotated-rectangle area and sides, convex hull area and box of each label.
+def _shape_stats(labels: np.ndarray, n: int, traced: np.ndarray, boxes: np.ndarray):
+    """Minimum-rotated-rectangle area and sides and convex hull area of each ``traced`` label
+    (NaN for the others; a traced label must have pixels).
 
     Components may touch (after an edge cut), so each one's outer contour is traced in its own
-    bounding box (``ndimage.find_objects`` finds every box in one pass). Rectangles and hulls
-    use the pixel *corner* outline (contour points grown by half a pixel), so an ``a × b``
-    pixel rectangle has rectangle area ``a·b``, matching the pixel-count area. Labels not
-    ``traced`` get their box only (NaN for the rest). ``boxes``: known boxes (x0, y0, x1, y1).
+    bounding box (``boxes``: x0, y0, x1, y1). Rectangles and hulls use the pixel *corner*
+    outline (contour points grown by half a pixel), so an ``a × b`` pixel rectangle has
+    rectangle area ``a·b``, matching the pixel-count area.
     """
     rect_area = np.full(n, np.nan)
     hull_area = np.full(n, np.nan)
     long_side = np.full(n, np.nan)
     short_side = np.full(n, np.nan)
-    slices = _box_slices(labels, n, boxes)
-    if boxes is None:
-        boxes = np.zeros((n, 4), np.int64)
-        for i, sl in enumerate(slices):
-            if sl is not None:
-                boxes[i] = (sl[1].start, sl[0].start, sl[1].stop, sl[0].stop)
-    for i, sl in enumerate(slices):
-        if sl is None:
+    for i, sl in enumerate(_box_slices(labels, n, boxes)):
+        if not traced[i]:
             continue
         ys, xs = sl
-        if traced is not None and not traced[i]:
-            continue
         crop = (labels[sl] == i + 1).view(np.uint8)
         contours, _ = cv2.findContours(crop, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         pts = np.concatenate([c.reshape(-1, 2) for c in contours])
@@ -731,7 +721,7 @@ def _shape_stats(
         rect_area[i] = rw * rh
         long_side[i], short_side[i] = max(rw, rh), min(rw, rh)
         hull_area[i] = cv2.contourArea(hull)
-    return rect_area, hull_area, long_side, short_side, boxes
+    return rect_area, hull_area, long_side, short_side
 
 
 def _box_slices(labels: np.ndarray, n: int, boxes: np.ndarray | None = None) -> list:
