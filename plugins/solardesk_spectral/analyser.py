@@ -754,6 +754,40 @@ def _coarse_frequencies(ny: int, nx: int, cutoff: float) -> np.ndarray:
     return fy * fy + fx * fx < np.float32(cutoff * cutoff)
 
 
+def _real_dft(a: np.ndarray, ny: int, nx: int) -> np.ndarray:
+    """``scipy.fft.rfft2`` of ``a`` zero-padded to ``(ny, nx)`` (its half spectrum)."""
+    from scipy import fft as sp_fft
+
+    return sp_fft.rfft2(a, s=(ny, nx))
+
+
+@lru_cache(maxsize=512)
+def _half_spectrum(ny: int, nx: int, cutoff: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """How the real DFT's half spectrum (columns 0 .. nx // 2) stands for the whole one:
+    ``(count, fine1, fine2)``, the number of whole-spectrum bins each column stands for, and
+    the flat indices of the half's bins at or above ``cutoff`` cycles per pixel that stand for
+    one bin and for two. A column stands for itself and its mirror (-ky, -kx), except column
+    0 and, for an even width, column nx / 2, which hold both members of each pair themselves.
+    """
+    half = nx // 2 + 1
+    single = np.zeros(half, bool)
+    single[0] = True
+    if nx % 2 == 0:
+        single[-1] = True
+    fine = ~_coarse_frequencies(ny, nx, cutoff)[:, :half]
+    fine1 = np.flatnonzero(fine & single[None, :])
+    fine2 = np.flatnonzero(fine & ~single[None, :])
+    return np.where(single, 1.0, 2.0), fine1, fine2
+
+
+def _largest(values: np.ndarray, k: int) -> np.ndarray:
+    """The ``min(k, len(values))`` largest of ``values``, in no order."""
+    k = min(k, values.size)
+    if k == 0:
+        return values[:0]
+    return np.partition(values, values.size - k)[values.size - k :]
+
+
 def fine_power_stats(grey: np.ndarray, mask: np.ndarray, gsd: float) -> tuple[float, float]:
     """``(fine_power_share, fine_peak_share)`` of a candidate's interior detail.
 
@@ -769,9 +803,10 @@ def fine_power_stats(grey: np.ndarray, mask: np.ndarray, gsd: float) -> tuple[fl
     eroded by a 3×3 square (the crop's outside counts as candidate: the tile edge is not an
     outline); the detail is ``(grey - m) · mask`` with ``m`` the mask-normalised Gaussian mean
     (σ = DETAIL_SIGMA_M, at least 2 px; zeros outside the crop); its power spectrum (DFT of the
-    crop zero-padded to OpenCV's optimal sizes) is summed below and above FINE_PERIOD_M,
-    leaving out DC. NaN when fewer than FINE_MIN_PIXELS interior pixels remain or the detail's
-    root mean square over them is below FINE_MIN_DETAIL (both NaN then).
+    crop zero-padded to OpenCV's optimal sizes, computed as the real DFT's half spectrum with
+    each mirrored bin counted twice) is summed below and above FINE_PERIOD_M, leaving out DC.
+    NaN when fewer than FINE_MIN_PIXELS interior pixels remain or the detail's root mean square
+    over them is below FINE_MIN_DETAIL (both NaN then).
     """
     nan = float("nan")
     inner = cv2.erode(mask, np.ones((3, 3), np.uint8))
@@ -790,23 +825,25 @@ def fine_power_stats(grey: np.ndarray, mask: np.ndarray, gsd: float) -> tuple[fl
         return nan, nan
     h, w = detail.shape
     ny, nx = cv2.getOptimalDFTSize(h), cv2.getOptimalDFTSize(w)
-    padded = cv2.copyMakeBorder(detail, 0, ny - h, 0, nx - w, cv2.BORDER_CONSTANT, value=0)
-    spectrum = cv2.dft(padded, flags=cv2.DFT_COMPLEX_OUTPUT)
-    power = cv2.magnitude(spectrum[..., 0], spectrum[..., 1])
-    power *= power
-    dc = float(power[0, 0])
-    total = float(power.sum(dtype=np.float64)) - dc
+    spectrum = _real_dft(detail, ny, nx)
+    power = spectrum.real * spectrum.real
+    power += spectrum.imag * spectrum.imag
+    count, fine1, fine2 = _half_spectrum(ny, nx, gsd / FINE_PERIOD_M)
+    flat = power.ravel()
+    total = float(power.sum(axis=0, dtype=np.float64) @ count) - float(flat[0])  # less DC
     if total <= 0:
         return nan, nan
-    low = _coarse_frequencies(ny, nx, gsd / FINE_PERIOD_M)
-    coarse = float(power[low].sum(dtype=np.float64)) - dc
-    share = (total - coarse) / total
-    if gsd > FINE_PEAK_MAX_GSD or total - coarse <= 0:
+    once, twice = flat[fine1], flat[fine2]
+    fine = float(once.sum(dtype=np.float64)) + 2.0 * float(twice.sum(dtype=np.float64))
+    share = fine / total
+    if gsd > FINE_PEAK_MAX_GSD or fine <= 0:
         return share, nan
-    fine = power[~low]
-    k = max(1, int(FINE_PEAK_TOP * fine.size))
-    top = np.partition(fine, fine.size - k)[fine.size - k :]
-    return share, float(top.sum(dtype=np.float64)) / (total - coarse)
+    k = max(1, int(FINE_PEAK_TOP * (once.size + 2 * twice.size)))
+    # the strongest k of the whole spectrum's fine bins: among the strongest ceil(k / 2) of
+    # the mirrored ones (each twice) and the strongest k of the others
+    top2 = _largest(twice, (k + 1) // 2)
+    top = _largest(np.concatenate([top2, top2, _largest(once, k)]), k)
+    return share, float(top.sum(dtype=np.float64)) / fine
 
 
 def fine_power_share(grey: np.ndarray, mask: np.ndarray, gsd: float) -> float:
@@ -1191,20 +1228,35 @@ def merge_fragments(labels, X, boxes, conf, kept, tile: TileData, fusion, settin
     )
 
 
-#: Verified split (ADR 0029; setting ``split_candidates``, off by default): a stored candidate
+#: Verified split (ADR 0029; setting ``split_candidates``, on since ADR 0038): a stored candidate
 #: at least SPLIT_MIN_CONFIDENCE confident is cut at the Otsu level of its grey values when the
 #: two classes are distinct (their means at least SPLIT_MIN_STEP 8-bit levels apart, and at
 #: least SPLIT_MIN_SEPARATION of the grey variance between them: an array beside a shadow or a
 #: roof of another tone, not one surface and its noise); each side is opened with a disk of
 #: radius SPLIT_OPEN_M (at least one pixel) and its parts are scored like any candidate. A part
-#: replaces the candidate only when SPLIT_MARGIN log-odds more confident: the half of an array
-#: that lies in shade or reflects the sky can look cleaner than the whole. All chosen on the
-#: even half of the shared data (docs/spectral_quality.md).
+#: replaces the candidate only when SPLIT_MARGIN log-odds more confident (the half of an array
+#: that lies in shade or reflects the sky can look cleaner than the whole) and when it shows
+#: fine texture (:func:`shows_fine_texture`). All chosen on the even half of the shared data
+#: (docs/spectral_quality.md); the texture gate has no constant of its own.
 SPLIT_MIN_CONFIDENCE = 0.05
 SPLIT_MIN_STEP = 30.0
 SPLIT_MIN_SEPARATION = 0.7
 SPLIT_OPEN_M = 0.15
 SPLIT_MARGIN = 1.0
+_FINE_POWER_COL = INSTANCE_FEATURES.index("fine_power_share")
+
+
+def shows_fine_texture(X: np.ndarray, fusion: Fusion) -> np.ndarray:
+    """Whether each row's fine power share is measured and at least the fusion's mean of it
+    (the mean of the synthetic candidates: its confidence term is not against the row).
+
+    The texture gate of a split part (ADR 0038): a cut along grey levels alone hands the
+    confidence clean-edged uniform planes (dark roof facets, a flat hall roof) that rank like
+    arrays by shape and colour; a part replaces its candidate only if it also shows the fine
+    detail of modules and frames."""
+    share = X[:, _FINE_POWER_COL]
+    with np.errstate(invalid="ignore"):
+        return ~np.isnan(share) & (share >= fusion.instance_mean[_FINE_POWER_COL])
 
 
 def otsu_level(values: np.ndarray) -> tuple[int, float, float] | None:
@@ -1242,7 +1294,8 @@ def split_candidates(labels, X, boxes, conf, kept, tile: TileData, fusion, setti
     :data:`SPLIT_MIN_SEPARATION`) is cut at the Otsu level; each side is opened with a disk of
     radius :data:`SPLIT_OPEN_M` (zero outside the tile) and its 8-connected parts within the
     area limits are scored like any candidate (fine power share included). The parts at least
-    :data:`SPLIT_MARGIN` log-odds more confident than the candidate replace it, taken by
+    :data:`SPLIT_MARGIN` log-odds more confident than the candidate and showing fine texture
+    (:func:`shows_fine_texture`, ADR 0038) replace it, taken by
     falling confidence, each unless it touches one taken before (instances never touch); when
     there is none, the candidate stays as it was: a split is verified, never assumed.
     ``stats``: ``shape_area_px`` and ``means`` of :func:`instance_stats`.
@@ -1290,7 +1343,7 @@ def split_candidates(labels, X, boxes, conf, kept, tile: TileData, fusion, setti
         plab, len(owner), tile, fusion, settings, stats, boxes=np.asarray(pboxes), beat=to_beat
     )
     cp = np.where(ok, confidence(Xp, fusion, tile.gsd), 0.0)
-    ok &= _logit(Xp, fusion, tile.gsd) > to_beat
+    ok &= (_logit(Xp, fusion, tile.gsd) > to_beat) & shows_fine_texture(Xp, fusion)
     if not ok.any():
         return unchanged
     # The most confident accepted part takes its candidate's row and label; the others are

@@ -78,10 +78,10 @@ class SpectralSettings(Settings):
             title="Split a candidate from its surroundings",
             description="Cut a candidate whose grey values form two distinct classes at their "
             "Otsu level (an array and the dark roof or shadow it was segmented with); a part "
-            "clearly more confident than the whole replaces it. Off by default: on the held-out "
-            "real imagery it found more arrays but kept more roof planes too (ADR 0029).",
+            "clearly more confident than the whole, and with the fine texture of modules, "
+            "replaces it (ADRs 0029, 0038).",
         ),
-    ] = False
+    ] = True
     cue_segmentation: Annotated[
         bool,
         Field(

@@ -448,7 +448,8 @@ def merge_fragments(survivors, grey, feats, score, gsd, rgb, valid, settings, fu
 
 def split_candidates(survivors, grey, feats, score, gsd, rgb, valid, settings, fusion) -> list:
     """Each survivor cut at skimage's Otsu level of its grey values; the parts more confident
-    than it by the margin replace it (whole-tile masks, scipy morphology, skimage labels)."""
+    than it by the margin and with a fine power share at least its mean replace it (whole-tile
+    masks, scipy morphology, skimage labels)."""
     from skimage.filters import threshold_otsu
 
     disk = _disk(max(1, round(SPLIT_OPEN_M / gsd))).astype(bool)
@@ -485,7 +486,13 @@ def split_candidates(survivors, grey, feats, score, gsd, rgb, valid, settings, f
                 if not settings.min_area_m2 <= area <= settings.max_area_m2:
                     continue
                 cp = _final_confidence(grey, part, xp, gsd, fusion)
-                if np.log(cp / (1 - cp)) > np.log(c / (1 - c)) + SPLIT_MARGIN:
+                # the texture gate (ADR 0038): a measured fine power share at least the mean
+                share = xp[INSTANCE_FEATURES.index("fine_power_share")]
+                textured = (
+                    not np.isnan(share)
+                    and share >= fusion.instance_mean[INSTANCE_FEATURES.index("fine_power_share")]
+                )
+                if textured and np.log(cp / (1 - cp)) > np.log(c / (1 - c)) + SPLIT_MARGIN:
                     parts.append((cp, len(parts), part, xp))
         taken = np.zeros(m.shape, bool)
         accepted = []

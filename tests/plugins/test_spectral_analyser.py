@@ -780,15 +780,65 @@ def test_split_parts_that_would_touch_keep_only_the_more_confident() -> None:
     assert len(want) == 1 and _iou(want[0][1], out == 1) >= 0.99
 
 
-def test_split_is_off_by_default_and_the_stage_with_it_matches_the_oracle(monkeypatch) -> None:
+def test_a_split_part_without_fine_detail_does_not_replace_its_candidate() -> None:
+    """ADR 0038: the array of ``_array_beside_a_shadow`` made a plain plane whose tone drifts
+    by 40 levels across its 9 m (a roof facet's shading): cut off its shadow it would beat the
+    whole by twice the margin, but its detail lies at coarse periods (fine power share under
+    the fusion's mean), so the candidate stays whole — fast and oracle. The same part with a
+    little fine structure only (noise) passes the gate and replaces it."""
+    gsd = 0.15
+    rgb, labels, array = _array_beside_a_shadow(gsd)
+    part = array & (labels == 1)
+    xx = np.mgrid[0:160, 0:160][1]
+    rng = np.random.default_rng(9)
+    for drift, noise in ((20.0, 0.0), (0.0, 4.0)):
+        plane = rgb.astype(np.float64)
+        tone = drift * np.sin((xx - 20) / 60.0 * np.pi - np.pi / 2) + rng.normal(0, noise, xx.shape)
+        plane[part] = np.array((95.0, 110.0, 140.0)) + tone[part, None]
+        plane = np.clip(plane, 0, 255).astype(np.uint8)
+        settings = SpectralSettings(split_candidates=True)
+        fusion, feats, score, grey, data = _split_setup(plane, gsd)
+        share = fast.fine_power_share(grey, part.view(np.uint8), gsd)
+        mean = fusion.instance_mean[fast.INSTANCE_FEATURES.index("fine_power_share")]
+        X, boxes = fast.instance_stats(
+            labels, 4, feats, score, gsd, plane, None, context=data.context
+        )
+        z = _logit_of(part, data, fusion) - 2 * fast.SPLIT_MARGIN
+        conf = np.array([1 / (1 + np.exp(-z)), 0.5, 0.04, 0.1])
+        out, _, _, conf2, _ = fast.split_candidates(
+            labels,
+            X,
+            boxes,
+            conf,
+            np.ones(4, bool),
+            data,
+            fusion,
+            settings,
+            shape_area_px=(0, np.inf),
+            means=None,
+        )
+        survivors = [(c, labels == i + 1, X[i].copy()) for i, c in enumerate(conf)]
+        want = ref.split_candidates(
+            survivors, grey.astype(np.float64), feats, score, gsd, plane, None, settings, fusion
+        )
+        if drift:
+            assert share < mean
+            assert (out == labels).all() and (conf2 == conf).all()
+            assert [c for c, _, _ in want] == list(conf)
+        else:
+            assert share >= mean
+            assert _iou(out == 1, part) >= 0.98 and _iou(want[0][1], out == 1) >= 0.99
+
+
+def test_split_is_on_by_default_and_the_stage_with_it_matches_the_oracle(monkeypatch) -> None:
     """On a synthetic tile where the split replaces a candidate, the stage with
     ``split_candidates`` stores the same candidates as the reference (and other ones than
-    without it); by default it does not split (ADR 0029)."""
-    assert SpectralSettings().split_candidates is False
+    without it); it is on by default (ADR 0038; built off by ADR 0029)."""
+    assert SpectralSettings().split_candidates is True
     scene = generate_scene(SceneSpec(height=256, width=256, gsd=0.15, seed=32, n_roofs=3))
     rgb = np.ascontiguousarray(np.moveaxis(scene.image, 0, -1))
     monkeypatch.setattr(ref, "pixel_features", fast.pixel_features)
-    off = SpectralSettings(floor=0.003)
+    off = SpectralSettings(floor=0.003, split_candidates=False)
     on = off.model_copy(update={"split_candidates": True})
     plain = {round(i.confidence, 6) for i in fast.analyse_tile(rgb, None, 0.15, off.model_dump())}
     split = {round(i.confidence, 6) for i in fast.analyse_tile(rgb, None, 0.15, on.model_dump())}
