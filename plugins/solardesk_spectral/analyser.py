@@ -32,9 +32,10 @@ Per tile:
    that fine power in its strongest 1 % of frequencies (a grid's harmonics; ADR 0032); then its
    final confidence. Survivors within 1 m of each other are then
    tried as one candidate, which replaces them when it is at least as confident as the best
-   of them (:func:`merge_fragments`, ADR 0026). With ``split_candidates`` (off by default) a
+   of them (:func:`merge_fragments`, ADR 0026). With ``split_candidates`` (on by default) a
    candidate whose grey values form two distinct classes is cut at its Otsu level and replaced
-   by a part that is clearly more confident (:func:`split_candidates`, ADR 0029). Candidates at
+   by a part that is clearly more confident and shows fine detail (:func:`split_candidates`,
+   ADRs 0029, 0038). Candidates at
    or above the storage floor are returned; the pseudo-label threshold is applied at read time.
 
 Every weighed per-instance mean is computed for all components at once (one ``bincount`` per
