@@ -69,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         "--repeats", type=int, default=3, help="Alternated one- and two-worker runs (median)."
     )
     args = ap.parse_args(argv)
+    if args.repeats < 1:
+        ap.error("--repeats must be at least 1")
 
     import cv2
 

@@ -776,8 +776,8 @@ def _half_spectrum(ny: int, nx: int, cutoff: float) -> tuple[np.ndarray, np.ndar
     if nx % 2 == 0:
         single[-1] = True
     fine = ~_coarse_frequencies(ny, nx, cutoff)[:, :half]
-    fine1 = np.flatnonzero(fine & single[None, :])
-    fine2 = np.flatnonzero(fine & ~single[None, :])
+    fine1 = np.flatnonzero(fine & single[None, :]).astype(np.int32)
+    fine2 = np.flatnonzero(fine & ~single[None, :]).astype(np.int32)
     return np.where(single, 1.0, 2.0), fine1, fine2
 
 
@@ -824,6 +824,16 @@ def fine_power_stats(grey: np.ndarray, mask: np.ndarray, gsd: float) -> tuple[fl
     detail *= weight
     if float(np.dot(detail.ravel(), detail.ravel())) < FINE_MIN_DETAIL**2 * n_inner:
         return nan, nan
+    return detail_spectrum_stats(detail, gsd)
+
+
+def detail_spectrum_stats(detail: np.ndarray, gsd: float) -> tuple[float, float]:
+    """The two shares of :func:`fine_power_stats` from the masked detail itself: its power
+    spectrum (DFT zero-padded to OpenCV's optimal sizes, DC left out) split below and above
+    FINE_PERIOD_M, and the share of the fine power in its strongest FINE_PEAK_TOP of bins (NaN
+    above FINE_PEAK_MAX_GSD). Computed from the real DFT's half spectrum; the same figures as
+    the whole spectrum's."""
+    nan = float("nan")
     h, w = detail.shape
     ny, nx = cv2.getOptimalDFTSize(h), cv2.getOptimalDFTSize(w)
     spectrum = _real_dft(detail, ny, nx)
@@ -1249,7 +1259,8 @@ _FINE_POWER_COL = INSTANCE_FEATURES.index("fine_power_share")
 
 def shows_fine_texture(X: np.ndarray, fusion: Fusion) -> np.ndarray:
     """Whether each row's fine power share is measured and at least the fusion's mean of it
-    (the mean of the synthetic candidates: its confidence term is not against the row).
+    (the mean of the synthetic candidates: with the shipped positive weight, its confidence
+    term is then not against the row).
 
     The texture gate of a split part (ADR 0038): a cut along grey levels alone hands the
     confidence clean-edged uniform planes (dark roof facets, a flat hall roof) that rank like

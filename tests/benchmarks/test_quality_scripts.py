@@ -64,7 +64,7 @@ def test_eval_pseudolabels_takes_analyser_settings(data_dir, capsys) -> None:
 
     assert (
         eval_pseudolabels.main(
-            [str(data_dir), "--set", "floor=0.7", "--set", "split_candidates=true"]
+            [str(data_dir), "--set", "floor=0.7", "--set", "split_candidates=false"]
         )
         == 0
     )

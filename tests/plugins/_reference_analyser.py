@@ -487,10 +487,10 @@ def split_candidates(survivors, grey, feats, score, gsd, rgb, valid, settings, f
                     continue
                 cp = _final_confidence(grey, part, xp, gsd, fusion)
                 # the texture gate (ADR 0038): a measured fine power share at least the mean
-                share = xp[INSTANCE_FEATURES.index("fine_power_share")]
+                fine = xp[INSTANCE_FEATURES.index("fine_power_share")]
                 textured = (
-                    not np.isnan(share)
-                    and share >= fusion.instance_mean[INSTANCE_FEATURES.index("fine_power_share")]
+                    not np.isnan(fine)
+                    and fine >= fusion.instance_mean[INSTANCE_FEATURES.index("fine_power_share")]
                 )
                 if textured and np.log(cp / (1 - cp)) > np.log(c / (1 - c)) + SPLIT_MARGIN:
                     parts.append((cp, len(parts), part, xp))

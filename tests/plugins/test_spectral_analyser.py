@@ -325,6 +325,35 @@ def test_fine_power_share_sees_a_module_grid_not_a_surface_that_varies_coarsely(
     assert np.isnan(fast.fine_power_share(np.full_like(grid, 100.0), mask, 0.15))
 
 
+@pytest.mark.parametrize("shape", [(37, 50), (40, 45), (33, 33), (64, 64), (6, 31)])
+@pytest.mark.parametrize("gsd", [0.1, 0.15, 0.3])
+def test_the_half_spectrum_gives_the_whole_spectrum_shares(shape, gsd) -> None:
+    """``detail_spectrum_stats`` works on the real DFT's half spectrum, counting each mirrored
+    bin twice: its fine power share and peak share equal those of the whole spectrum summed
+    bin by bin (numpy's complex FFT in float64, DC left out, the top 1 % by a full sort), for
+    odd and even padded sizes, with a module-like periodic pattern (peaks, ties of mirrored
+    bins) over noise."""
+    rng = np.random.default_rng(shape[0] * 100 + shape[1])
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]] * gsd
+    detail = (
+        rng.normal(0, 3, shape) + 20 * np.sin(2 * np.pi * xx / 1.1) + 8 * (np.mod(yy, 1.7) < gsd)
+    ).astype(np.float32)
+    share, peak = fast.detail_spectrum_stats(detail, gsd)
+    ny, nx = fast.cv2.getOptimalDFTSize(shape[0]), fast.cv2.getOptimalDFTSize(shape[1])
+    power = np.abs(np.fft.fft2(detail.astype(np.float64), s=(ny, nx))) ** 2
+    fy = np.fft.fftfreq(ny)[:, None]
+    fx = np.fft.fftfreq(nx)[None, :]
+    coarse = fy**2 + fx**2 < (gsd / fast.FINE_PERIOD_M) ** 2  # DC included
+    fine = power[~coarse]
+    total = power.sum() - power[0, 0]
+    assert share == pytest.approx(fine.sum() / total, rel=1e-5)
+    if gsd > fast.FINE_PEAK_MAX_GSD:
+        assert np.isnan(peak)
+    else:
+        k = max(1, int(fast.FINE_PEAK_TOP * fine.size))
+        assert peak == pytest.approx(np.sort(fine)[-k:].sum() / fine.sum(), rel=1e-5)
+
+
 def test_fine_peak_share_sees_a_module_grid_not_noise_and_only_where_it_is_resolved() -> None:
     """``fine_peak_share`` (ADR 0032): a module grid holds its fine detail power in a few
     harmonics of its pitch; a surface of the same size with only noise, or roofing speckle,
@@ -780,12 +809,13 @@ def test_split_parts_that_would_touch_keep_only_the_more_confident() -> None:
     assert len(want) == 1 and _iou(want[0][1], out == 1) >= 0.99
 
 
-def test_a_split_part_without_fine_detail_does_not_replace_its_candidate() -> None:
+def test_a_split_part_without_fine_detail_does_not_replace_its_candidate(monkeypatch) -> None:
     """ADR 0038: the array of ``_array_beside_a_shadow`` made a plain plane whose tone drifts
-    by 40 levels across its 9 m (a roof facet's shading): cut off its shadow it would beat the
-    whole by twice the margin, but its detail lies at coarse periods (fine power share under
-    the fusion's mean), so the candidate stays whole — fast and oracle. The same part with a
-    little fine structure only (noise) passes the gate and replaces it."""
+    by 40 levels across its 9 m (a roof facet's shading): cut off its shadow it beats the
+    whole by twice the margin (without the gate it replaces it), but its detail lies at coarse
+    periods (fine power share under the fusion's mean), so the candidate stays whole — fast and
+    oracle. The same part with a little fine structure only (noise) passes the gate and
+    replaces it."""
     gsd = 0.15
     rgb, labels, array = _array_beside_a_shadow(gsd)
     part = array & (labels == 1)
@@ -805,18 +835,15 @@ def test_a_split_part_without_fine_detail_does_not_replace_its_candidate() -> No
         )
         z = _logit_of(part, data, fusion) - 2 * fast.SPLIT_MARGIN
         conf = np.array([1 / (1 + np.exp(-z)), 0.5, 0.04, 0.1])
-        out, _, _, conf2, _ = fast.split_candidates(
-            labels,
-            X,
-            boxes,
-            conf,
-            np.ones(4, bool),
-            data,
-            fusion,
-            settings,
-            shape_area_px=(0, np.inf),
-            means=None,
-        )
+        assert conf[0] >= fast.SPLIT_MIN_CONFIDENCE  # a parent the split does try
+
+        args = (labels, X, boxes, conf, np.ones(4, bool), data, fusion, settings)
+        stats = {"shape_area_px": (0, np.inf), "means": None}
+        out, _, _, conf2, _ = fast.split_candidates(*args, **stats)
+        with monkeypatch.context() as m:  # the gate alone keeps the drifting plane whole
+            m.setattr(fast, "shows_fine_texture", lambda X, fusion: np.ones(len(X), bool))
+            ungated = fast.split_candidates(*args, **stats)[0]
+        assert _iou(ungated == 1, part) >= 0.98
         survivors = [(c, labels == i + 1, X[i].copy()) for i, c in enumerate(conf)]
         want = ref.split_candidates(
             survivors, grey.astype(np.float64), feats, score, gsd, plane, None, settings, fusion
