@@ -1,7 +1,7 @@
 """Speed of the whole pre-compute per 512² tile, against the reference, and two-worker scaling.
 
     python benchmarks/bench_precompute.py [--size 6144] [--gsd 0.15] [--reference-tiles 2]
-        [--repeats 3]
+        [--repeats 3] [--stages 16]
 
 Writes a synthetic GeoTIFF (solardesk.synthetic) and runs `solardesk.core.pipeline.precompute`
 on it (read, six channels, fusion, segmentation, scoring, cache write) with one worker
@@ -10,7 +10,8 @@ the median tiles per second per core (and the range of the runs). On a few
 tiles it also runs the straightforward reference implementation of the same maths
 (tests/unit/_reference_spectral.py + tests/plugins/_reference_analyser.py) and prints its
 time per tile, the speed-up, and the IoU between the fast and reference candidate masks.
-Targets: ≥ 25 tiles/s per core, two workers ≥ 1.8× one, masks IoU ≥ 0.99.
+Last, where the analysis spends its time: milliseconds per tile of each analyser stage on
+``--stages`` tiles. Targets: ≥ 25 tiles/s per core, two workers ≥ 1.8× one, masks IoU ≥ 0.99.
 """
 
 from __future__ import annotations
@@ -67,6 +68,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reference-tiles", type=int, default=2)
     ap.add_argument(
         "--repeats", type=int, default=3, help="Alternated one- and two-worker runs (median)."
+    )
+    ap.add_argument(
+        "--stages",
+        type=int,
+        default=16,
+        metavar="N",
+        help="Time each analyser stage on N tiles in this process (0: skip).",
     )
     args = ap.parse_args(argv)
     if args.repeats < 1:
@@ -139,7 +147,72 @@ def main(argv: list[str] | None = None) -> int:
             f"{t_fast / n * 1000:.1f} ms → {t_ref / t_fast:.0f}× faster"
         )
         print(f"candidate masks, fast vs reference: IoU {inter / union if union else 1.0:.4f}")
+        if args.stages:
+            tiles = [
+                np.ascontiguousarray(img[r : r + args.tile, c : c + args.tile])
+                for r in range(0, args.size - args.tile + 1, args.tile)
+                for c in range(0, args.size - args.tile + 1, args.tile)
+            ][: args.stages]
+            total, stages = stage_times(tiles, args.gsd, settings.model_dump())
+            print(
+                f"where the analysis goes ({len(tiles)} tiles, ms per tile): total {total:.1f}; "
+                + ", ".join(f"{name} {ms:.1f}" for name, ms in stages.items())
+            )
     return 0
+
+
+#: The analyser's stages, outermost calls only (a stage called inside another counts there).
+STAGES = (
+    "pixel_features",
+    "score_map",
+    "strong_edges",
+    "segmentation_maps",
+    "segment",
+    "instance_stats",
+    "suppress",
+    "_with_fine_power",
+    "merge_fragments",
+    "split_candidates",
+    "_fill_means",
+)
+
+
+def stage_times(tiles: list, gsd: float, params: dict) -> tuple[float, dict[str, float]]:
+    """Milliseconds per tile of the whole analysis and of each of :data:`STAGES` (by wrapping
+    the analyser's module functions with a clock for the run; the rest of ``analyse`` — the
+    frame context, the grey tile, the shape limits — is the difference)."""
+    from solardesk_spectral import analyser
+
+    spent = dict.fromkeys(STAGES, 0.0)
+    depth = [0]
+    originals = {name: getattr(analyser, name) for name in STAGES}
+
+    def clocked(name, fn):
+        def wrapper(*a, **k):
+            depth[0] += 1
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                if depth[0] == 1:
+                    spent[name] += time.perf_counter() - t0
+                depth[0] -= 1
+
+        return wrapper
+
+    analyser.analyse_tile(tiles[0], None, gsd, params)  # warm
+    try:
+        for name, fn in originals.items():
+            setattr(analyser, name, clocked(name, fn))
+        t0 = time.perf_counter()
+        for tile in tiles:
+            analyser.analyse_tile(tile, None, gsd, params)
+        total = time.perf_counter() - t0
+    finally:
+        for name, fn in originals.items():
+            setattr(analyser, name, fn)
+    n = len(tiles)
+    return total / n * 1000, {k: v / n * 1000 for k, v in spent.items()}
 
 
 if __name__ == "__main__":

@@ -1,0 +1,32 @@
+"""The pre-compute benchmark's stage breakdown: it times each analyser stage once, outermost
+calls only, and leaves the analyser as it found it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from solardesk.synthetic import SceneSpec, generate_scene
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def test_stage_times_account_for_the_analysis_and_restore_the_analyser(monkeypatch) -> None:
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import bench_precompute
+
+    from solardesk_spectral import analyser
+    from solardesk_spectral.settings import SpectralSettings
+
+    scene = generate_scene(SceneSpec(height=256, width=256, gsd=0.15, seed=3))
+    tiles = [np.ascontiguousarray(np.moveaxis(scene.image[:3], 0, -1))] * 2
+    before = {name: getattr(analyser, name) for name in bench_precompute.STAGES}
+    total, stages = bench_precompute.stage_times(tiles, 0.15, SpectralSettings().model_dump())
+    assert {name: getattr(analyser, name) for name in bench_precompute.STAGES} == before
+    assert set(stages) == set(bench_precompute.STAGES)
+    assert all(ms >= 0 for ms in stages.values())
+    # every stage runs on a tile with panels, and nested calls (instance_stats inside the
+    # merge) are not counted twice: the stages add up to no more than the whole
+    assert stages["pixel_features"] > 0 and stages["segment"] > 0 and stages["suppress"] > 0
+    assert 0.5 * total < sum(stages.values()) <= total
