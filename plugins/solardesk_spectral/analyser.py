@@ -1264,8 +1264,9 @@ def shows_fine_texture(X: np.ndarray, fusion: Fusion) -> np.ndarray:
 
     The texture gate of a split part (ADR 0038): a cut along grey levels alone hands the
     confidence clean-edged uniform planes (dark roof facets, a flat hall roof) that rank like
-    arrays by shape and colour; a part replaces its candidate only if it also shows the fine
-    detail of modules and frames."""
+    arrays by shape and colour; a part replaces its candidate only if its interior detail lies
+    mostly at the fine periods of modules and frames (or of mere noise) rather than in the
+    broad shading of a plane. A part too flat or thin to measure never passes."""
     share = X[:, _FINE_POWER_COL]
     with np.errstate(invalid="ignore"):
         return ~np.isnan(share) & (share >= fusion.instance_mean[_FINE_POWER_COL])

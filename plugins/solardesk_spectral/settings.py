@@ -78,8 +78,8 @@ class SpectralSettings(Settings):
             title="Split a candidate from its surroundings",
             description="Cut a candidate whose grey values form two distinct classes at their "
             "Otsu level (an array and the dark roof or shadow it was segmented with); a part "
-            "clearly more confident than the whole, and with the fine texture of modules, "
-            "replaces it (ADRs 0029, 0038).",
+            "clearly more confident than the whole, whose detail lies at the fine periods of "
+            "modules and frames rather than in broad shading, replaces it (ADRs 0029, 0038).",
         ),
     ] = True
     cue_segmentation: Annotated[
