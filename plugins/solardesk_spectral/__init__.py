@@ -12,8 +12,9 @@ from solardesk.plugin_api import Detector, PrecomputeStage, hookimpl
 # 2: edge cut; 3: confidence from shape and rejection cues, cue segmentations; 4: fine power share;
 # 5: fragment merge, water cue, texture only against a candidate; 6: fine peak share;
 # 7: a third segmentation from the texture cue sum; 8: a module grid waives the texture penalty;
-# 9: a candidate of few pixels loses confidence; 10: the verified split, gated by fine texture, on
-STAGE_VERSION = 10
+# 9: a candidate of few pixels loses confidence; 10: the verified split, gated by fine texture, on;
+# 11: a candidate whose box is the whole tile has no shape
+STAGE_VERSION = 11
 
 
 @hookimpl

@@ -597,8 +597,10 @@ def instance_stats(
 
     Shape statistics (rectangularity, solidity, elongation) are traced only for components
     whose pixel count lies within ``shape_area_px``; the others get NaN there (the analyser
-    drops them by area anyway). ``fine_power_share`` is NaN here: the analyser measures it only
-    on the candidates that survive suppression (:func:`fine_power_share`). ``means``: which of
+    drops them by area anyway), and so does a component with no frame (its box holds the whole
+    valid tile: its outline is the tile's; ADR 0039). ``fine_power_share`` is NaN here: the
+    analyser measures it only on the candidates that survive suppression
+    (:func:`fine_power_share`). ``means``: which of
     the mean columns (0: the score, ``1 + k``: pixel feature ``k``) to compute (default all;
     the mean excess green is always computed); the others are NaN. ``boxes``: each label's
     bounding box when the caller knows them (else found in one pass over ``labels``).
@@ -626,7 +628,12 @@ def instance_stats(
     cols.append(np.log10(np.maximum(long_side, 1.0) / np.maximum(short_side, 1.0)))
     green_in = cols[green_col]
     green_frame, red_frame = _frame_means(boxes, max(1, round(FRAME_M / gsd)), context)
-    cols.append(np.where(np.isnan(green_frame), green_in, green_frame))
+    # No frame: the box holds the whole (valid) tile, so the tile's edges are the candidate's
+    # outline on every side and its shape is the tile's: not measured (neutral; ADR 0039).
+    no_frame = np.isnan(green_frame)
+    for col in cols[-3:]:  # rectangularity, solidity, elongation
+        col[no_frame] = np.nan
+    cols.append(np.where(no_frame, green_in, green_frame))
     cols.append(np.where(np.isnan(red_frame), 0.0, red_frame - red_in))
     cols.append(np.full(n, np.nan))  # fine_power_share: measured on the survivors (analyse)
     cols.append(np.maximum(cyan / area - WATER_LEVELS, 0.0))

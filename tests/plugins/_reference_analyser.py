@@ -211,7 +211,8 @@ def instance_stats(labels, n, features, score, gsd, rgb, valid=None):
             ys, xs = np.array(frame).T
             row.append(green[ys, xs].mean())
             row.append(redness[ys, xs].mean() - redness[rr, cc].mean())
-        else:
+        else:  # no frame: the outline is the tile's, the shape not measured (ADR 0039)
+            row[-3:] = [np.nan] * 3
             row += [green[rr, cc].mean(), 0.0]
         row.append(np.nan)  # fine_power_share: measured on the survivors
         cyan = [

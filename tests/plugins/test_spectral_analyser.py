@@ -968,3 +968,42 @@ def test_instance_stats_skip_a_label_that_does_not_occur() -> None:
     assert np.isnan(X[1, rect]) and tuple(boxes[1]) == (0, 0, 0, 0)
     assert X[0, rect] == pytest.approx(1.0) and X[2, rect] == pytest.approx(1.0)
     assert tuple(boxes[2]) == (10, 30, 40, 50)
+
+
+def test_a_candidate_whose_box_is_the_whole_tile_has_no_shape() -> None:
+    """ADR 0039: a field that fills the tile (a vineyard, a lawn — or the inside of a solar
+    farm) is cut by the tile's edges on every side; its box leaves no frame, and its
+    rectangularity, solidity and elongation, which would be the tile's, are not measured (NaN,
+    neutral in the confidence). A candidate that touches three edges keeps them; fast and
+    oracle agree; with a nodata border, the valid part of the tile is what counts."""
+    rng = np.random.default_rng(4)
+    rgb = np.clip(rng.normal(120, 10, (60, 60, 3)), 0, 255).astype(np.uint8)
+    feats = fast.pixel_features(rgb, None, 0.15)
+    score = np.ones((60, 60), np.float32)
+    shape_cols = [fast.INSTANCE_FEATURES.index(c) for c in ("rectangularity", "solidity")]
+    shape_cols.append(fast.INSTANCE_FEATURES.index("log_elongation"))
+    whole = np.ones((60, 60), np.int32)
+    whole[20:30, 25:35] = 0  # a hole: still the tile's box
+    three = np.zeros((60, 60), np.int32)
+    three[:, 10:] = 1  # touches the top, right and bottom edges: a frame on the left
+    for labels, measured in ((whole, False), (three, True)):
+        X, _ = fast.instance_stats(labels, 1, feats, score, 0.15, rgb)
+        Xr, _ = ref.instance_stats(labels, 1, feats, score, 0.15, rgb)
+        assert np.isnan(X[0, shape_cols]).any() == (not measured)
+        assert np.isnan(X[0, shape_cols]).all() == (not measured)
+        np.testing.assert_allclose(X[0], Xr[0], rtol=1e-4, atol=1e-6)
+    # the confidence treats the missing shape as neutral
+    fusion = fast.default_fusion()
+    X, _ = fast.instance_stats(whole, 1, feats, score, 0.15, rgb)
+    filled = X.copy()
+    filled[0, shape_cols] = fusion.instance_mean[shape_cols]
+    assert fast.confidence(X, fusion, 0.15)[0] == pytest.approx(
+        fast.confidence(filled, fusion, 0.15)[0]
+    )
+    # nodata around a smaller valid square: a candidate filling the valid square has no frame
+    valid = np.zeros((60, 60), bool)
+    valid[10:50, 10:50] = True
+    inner = np.zeros((60, 60), np.int32)
+    inner[10:50, 10:50] = 1
+    X, _ = fast.instance_stats(inner, 1, feats, score, 0.15, rgb, valid)
+    assert np.isnan(X[0, shape_cols]).all()
