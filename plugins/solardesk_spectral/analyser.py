@@ -619,7 +619,12 @@ def instance_stats(
     for j, k in enumerate(wanted):
         cols[k] = sums[:, j] / area
     red_in, cyan = sums[:, -2] / area, sums[:, -1]
-    traced = (area > 0) & (area >= shape_area_px[0]) & (area <= shape_area_px[1])
+    green_frame, red_frame = _frame_means(boxes, max(1, round(FRAME_M / gsd)), context)
+    # No frame: the box holds the whole (valid) tile, so the tile's edges are the candidate's
+    # outline on every side and its shape is the tile's: not traced, not measured (NaN,
+    # neutral; ADR 0039).
+    no_frame = np.isnan(green_frame)
+    traced = (area > 0) & (area >= shape_area_px[0]) & (area <= shape_area_px[1]) & ~no_frame
     rect_area, hull_area, long_side, short_side = _shape_stats(labels, n, traced, boxes)
     area_m2 = area * gsd * gsd
     cols.append(np.log10(np.maximum(area_m2, 1e-3)))
@@ -627,12 +632,6 @@ def instance_stats(
     cols.append(area / np.maximum(hull_area, 1.0))
     cols.append(np.log10(np.maximum(long_side, 1.0) / np.maximum(short_side, 1.0)))
     green_in = cols[green_col]
-    green_frame, red_frame = _frame_means(boxes, max(1, round(FRAME_M / gsd)), context)
-    # No frame: the box holds the whole (valid) tile, so the tile's edges are the candidate's
-    # outline on every side and its shape is the tile's: not measured (neutral; ADR 0039).
-    no_frame = np.isnan(green_frame)
-    for col in cols[-3:]:  # rectangularity, solidity, elongation
-        col[no_frame] = np.nan
     cols.append(np.where(no_frame, green_in, green_frame))
     cols.append(np.where(np.isnan(red_frame), 0.0, red_frame - red_in))
     cols.append(np.full(n, np.nan))  # fine_power_share: measured on the survivors (analyse)
