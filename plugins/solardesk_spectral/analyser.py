@@ -598,9 +598,9 @@ def instance_stats(
     Shape statistics (rectangularity, solidity, elongation) are traced only for components
     whose pixel count lies within ``shape_area_px``; the others get NaN there (the analyser
     drops them by area anyway), and so does a component with no frame (its box holds the whole
-    valid tile: its outline is the tile's; ADR 0039). ``fine_power_share`` is NaN here: the
-    analyser measures it only on the candidates that survive suppression
-    (:func:`fine_power_share`). ``means``: which of
+    valid tile: its outline is the tile's; ADR 0039), whose two context statistics are NaN
+    too. ``fine_power_share`` is NaN here: the analyser measures it only on the candidates
+    that survive suppression (:func:`fine_power_share`). ``means``: which of
     the mean columns (0: the score, ``1 + k``: pixel feature ``k``) to compute (default all;
     the mean excess green is always computed); the others are NaN. ``boxes``: each label's
     bounding box when the caller knows them (else found in one pass over ``labels``).
@@ -622,7 +622,7 @@ def instance_stats(
     green_frame, red_frame = _frame_means(boxes, max(1, round(FRAME_M / gsd)), context)
     # No frame: the box holds the whole (valid) tile, so the tile's edges are the candidate's
     # outline on every side and its shape is the tile's: not traced, not measured (NaN,
-    # neutral; ADR 0039).
+    # neutral; ADR 0039), like its context.
     no_frame = np.isnan(green_frame)
     traced = (area > 0) & (area >= shape_area_px[0]) & (area <= shape_area_px[1]) & ~no_frame
     rect_area, hull_area, long_side, short_side = _shape_stats(labels, n, traced, boxes)
@@ -631,9 +631,8 @@ def instance_stats(
     cols.append(area / np.maximum(rect_area, 1.0))
     cols.append(area / np.maximum(hull_area, 1.0))
     cols.append(np.log10(np.maximum(long_side, 1.0) / np.maximum(short_side, 1.0)))
-    green_in = cols[green_col]
-    cols.append(np.where(no_frame, green_in, green_frame))
-    cols.append(np.where(np.isnan(red_frame), 0.0, red_frame - red_in))
+    cols.append(green_frame)  # NaN without a frame: the context is not observed either
+    cols.append(red_frame - red_in)
     cols.append(np.full(n, np.nan))  # fine_power_share: measured on the survivors (analyse)
     cols.append(np.maximum(cyan / area - WATER_LEVELS, 0.0))
     cols.append(np.full(n, np.nan))  # fine_peak_share: with the fine power share

@@ -211,9 +211,9 @@ def instance_stats(labels, n, features, score, gsd, rgb, valid=None):
             ys, xs = np.array(frame).T
             row.append(green[ys, xs].mean())
             row.append(redness[ys, xs].mean() - redness[rr, cc].mean())
-        else:  # no frame: the outline is the tile's, the shape not measured (ADR 0039)
+        else:  # no frame: the outline is the tile's; shape and context not measured (ADR 0039)
             row[-3:] = [np.nan] * 3
-            row += [green[rr, cc].mean(), 0.0]
+            row += [np.nan, np.nan]
         row.append(np.nan)  # fine_power_share: measured on the survivors
         cyan = [
             min(int(rgb[y, x, 1]), int(rgb[y, x, 2])) - int(rgb[y, x, 0])

@@ -974,14 +974,18 @@ def test_a_candidate_whose_box_is_the_whole_tile_has_no_shape() -> None:
     """ADR 0039: a field that fills the tile (a vineyard, a lawn — or the inside of a solar
     farm) is cut by the tile's edges on every side; its box leaves no frame, and its
     rectangularity, solidity and elongation, which would be the tile's, are not measured (NaN,
-    neutral in the confidence). A candidate that touches three edges keeps them; fast and
-    oracle agree; with a nodata border, the valid part of the tile is what counts."""
+    neutral in the confidence), nor are the two frame cues. A candidate that touches three
+    edges keeps them all; fast and oracle agree; with a nodata border, the valid part of the
+    tile is what counts."""
     rng = np.random.default_rng(4)
     rgb = np.clip(rng.normal(120, 10, (60, 60, 3)), 0, 255).astype(np.uint8)
     feats = fast.pixel_features(rgb, None, 0.15)
     score = np.ones((60, 60), np.float32)
-    shape_cols = [fast.INSTANCE_FEATURES.index(c) for c in ("rectangularity", "solidity")]
-    shape_cols.append(fast.INSTANCE_FEATURES.index("log_elongation"))
+    shape_cols = [
+        fast.INSTANCE_FEATURES.index(c)
+        for c in ("rectangularity", "solidity", "log_elongation", "frame_excess_green")
+    ]
+    shape_cols.append(fast.INSTANCE_FEATURES.index("frame_redness"))
     whole = np.ones((60, 60), np.int32)
     whole[20:30, 25:35] = 0  # a hole: still the tile's box
     three = np.zeros((60, 60), np.int32)
