@@ -55,6 +55,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+from scipy import fft as sp_fft
 
 from solardesk_spectral.channels import CHANNEL_NAMES, compute_channels
 
@@ -601,15 +602,14 @@ def instance_stats(
     valid tile: its outline is the tile's; ADR 0039), whose two context statistics are NaN
     too. ``fine_power_share`` is NaN here: the analyser measures it only on the candidates
     that survive suppression (:func:`fine_power_share`). ``means``: which of
-    the mean columns (0: the score, ``1 + k``: pixel feature ``k``) to compute (default all;
-    the mean excess green is always computed); the others are NaN. ``boxes``: each label's
+    the mean columns (0: the score, ``1 + k``: pixel feature ``k``) to compute (default all);
+    the others are NaN. ``boxes``: each label's
     bounding box when the caller knows them (else found in one pass over ``labels``).
     """
     if n == 0:
         return np.zeros((0, len(INSTANCE_FEATURES))), np.zeros((0, 4), np.int64)
     context = context or FrameContext.of(rgb, features, valid)
-    green_col = 1 + PIXEL_FEATURES.index("excess_green")
-    wanted = sorted(set(range(1 + len(features)) if means is None else means) | {green_col})
+    wanted = sorted(range(1 + len(features)) if means is None else means)
     stack = (score, *features)
     maps = [stack[k] for k in wanted] + [context.redness, context.cyan]
     area, sums, found = _label_sums(labels, n, maps)
@@ -760,13 +760,6 @@ def _coarse_frequencies(ny: int, nx: int, cutoff: float) -> np.ndarray:
     return fy * fy + fx * fx < np.float32(cutoff * cutoff)
 
 
-def _real_dft(a: np.ndarray, ny: int, nx: int) -> np.ndarray:
-    """``scipy.fft.rfft2`` of ``a`` zero-padded to ``(ny, nx)`` (its half spectrum)."""
-    from scipy import fft as sp_fft
-
-    return sp_fft.rfft2(a, s=(ny, nx))
-
-
 @lru_cache(maxsize=512)
 def _half_spectrum(ny: int, nx: int, cutoff: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """How the real DFT's half spectrum (columns 0 .. nx // 2) stands for the whole one:
@@ -841,7 +834,7 @@ def detail_spectrum_stats(detail: np.ndarray, gsd: float) -> tuple[float, float]
     nan = float("nan")
     h, w = detail.shape
     ny, nx = cv2.getOptimalDFTSize(h), cv2.getOptimalDFTSize(w)
-    spectrum = _real_dft(detail, ny, nx)
+    spectrum = sp_fft.rfft2(detail, s=(ny, nx))  # the half spectrum, zero-padded
     power = spectrum.real * spectrum.real
     power += spectrum.imag * spectrum.imag
     count, fine1, fine2 = _half_spectrum(ny, nx, gsd / FINE_PERIOD_M)
