@@ -3,10 +3,12 @@
 Slow on purpose and free of the fast code's tricks: ``skimage.filters.gabor`` per kernel,
 ``skimage.feature.local_binary_pattern`` per radius, one ``numpy.fft.fft2`` per window in a
 Python loop over the full spectrum, ``scipy.ndimage`` filters in float64, complex numbers
-where the fast code uses identities, ``skimage.color.rgb2lab`` (rounded to the 8-bit Lab
-grid the channel is defined on) with ``numpy.median``, and ``skimage.morphology`` top-hats.
+where the fast code uses identities, ``numpy.median`` and direct formulas where the fast code
+uses per-channel lookup tables, and ``skimage.morphology`` top-hats.
 What it shares with the fast code is the parameters and the plumbing that *defines* the
-channels' grids: the grey conversion (``cv2.cvtColor``), the
+channels' grids: the grey conversion and OpenCV's 8-bit CIE Lab conversion (``cv2.cvtColor``;
+the photometric index is defined on that grid, and a test holds it within a level or two of
+``skimage.color.rgb2lab``), the
 area resampling to levels and to coarse smoothing grids (``cv2.resize`` INTER_AREA), the
 bilinear upsampling (``cv2.resize`` INTER_LINEAR) and the 8-bit quantisation of the level
 before morphology (``cv2.convertScaleAbs``).
@@ -23,7 +25,6 @@ import warnings
 import cv2
 import numpy as np
 from scipy import ndimage as ndi
-from skimage.color import rgb2lab
 from skimage.feature import local_binary_pattern
 from skimage.filters import gabor
 from skimage.morphology import black_tophat, white_tophat
@@ -231,7 +232,7 @@ def ref_gabor_coherence(rgb, gsd, valid=None, params=None):
 
 
 # --------------------------------------------------------------------------------------------
-# 5. Photometric: skimage Lab, numpy medians, direct formulas
+# 5. Photometric: numpy medians, direct formulas
 # --------------------------------------------------------------------------------------------
 def _ref_exg(rgb, p):
     rgbf = rgb.astype(np.float64)
@@ -267,10 +268,11 @@ def ref_shadow_mask(rgb, gsd=None, valid=None, params=None):
 def ref_photometric_index(rgb, gsd, valid=None, params=None):
     p = params or ChannelParams()
     grey8, valid = _prepare(rgb, valid)
-    lab = rgb2lab(rgb)
-    # The channel is defined on 8-bit Lab (L* in 100/255 steps, a* and b* in unit steps).
-    ell = np.round(lab[..., 0] * 2.55) / 2.55
-    a, b = np.round(lab[..., 1]), np.round(lab[..., 2])
+    # The channel is defined on OpenCV's 8-bit Lab (L* in 100/255 steps, a* and b* in unit
+    # steps); the conversion is plumbing shared with the fast code, the maths below is not.
+    lab8 = cv2.cvtColor(rgb, cv2.COLOR_RGB2Lab).astype(np.float64)
+    ell = lab8[..., 0] / 2.55
+    a, b = lab8[..., 1] - 128.0, lab8[..., 2] - 128.0
     sel = np.ones(ell.shape, bool) if valid is None else valid
     lm, am, bm = (np.median(ch[sel]) if sel.any() else 0.0 for ch in (ell, a, b))
     d2 = ((ell - lm) / p.colour_scale_l) ** 2
