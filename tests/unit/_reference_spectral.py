@@ -8,9 +8,10 @@ uses per-channel lookup tables, and ``skimage.morphology`` top-hats.
 What it shares with the fast code is the parameters and the plumbing that *defines* the
 channels' grids: the grey conversion and OpenCV's 8-bit CIE Lab conversion (``cv2.cvtColor``;
 the photometric index is defined on that grid, and a test holds it within one level of
-``skimage.color.rgb2lab`` from L* 30 up, three at most; ADR 0040), the area resampling to levels and to coarse smoothing grids (``cv2.resize`` INTER_AREA), the
-bilinear upsampling (``cv2.resize`` INTER_LINEAR) and the 8-bit quantisation of the level
-before morphology (``cv2.convertScaleAbs``).
+``skimage.color.rgb2lab`` from L* 30 up, three at most; ADR 0040), the area resampling to
+levels and to coarse smoothing grids (``cv2.resize`` INTER_AREA), the bilinear upsampling
+(``cv2.resize`` INTER_LINEAR) and the 8-bit quantisation of the level before morphology
+(``cv2.convertScaleAbs``).
 
 Each ``ref_*`` function takes ``(rgb, gsd, valid=None, params=None)`` like its fast
 counterpart; :func:`reference_channels` stacks all six.
