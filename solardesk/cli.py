@@ -247,7 +247,13 @@ def _parse_set(values: tuple[str, ...]) -> dict:
     type=click.Path(path_type=Path),
     help="The project's SQLite mask cache (created if missing).",
 )
-@click.option("--workers", default=1, show_default=True, help="Worker processes.")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Worker processes (1: in this process).",
+)
 @click.option(
     "--threshold",
     type=float,
@@ -354,7 +360,13 @@ def precompute(
     help="Mask cache to fill and reuse (default: a hidden file beside --out, so reruns resume).",
 )
 @click.option("--threshold", type=float, help="Keep panels at or above this confidence.")
-@click.option("--workers", default=1, show_default=True, help="Worker processes.")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Worker processes (1: in this process).",
+)
 @click.option(
     "--tile",
     "tile_size",

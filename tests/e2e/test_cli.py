@@ -97,6 +97,10 @@ def _bad_inputs(tmp: Path) -> list[tuple[list[str], str]]:
         (["tiles", str(good), "--tile", "128", "--overlap", "128"], "overlap 128 must be smaller"),
         (["tiles", str(good), "--tile", "128", "--aoi", str(far)], "does not intersect"),
         (["tiles", str(nocrs), "--tile", "128", "--aoi", str(far)], "needs a georeferenced"),
+        (
+            ["precompute", str(good), "--cache", str(tmp / "c.sqlite"), "--workers", "0"],
+            "Invalid value for '--workers': 0 is not in the range x>=1",
+        ),
     ]
 
 
