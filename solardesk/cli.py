@@ -238,6 +238,16 @@ def _parse_set(values: tuple[str, ...]) -> dict:
     return out
 
 
+#: ``--workers`` of the commands that run a tile stage in a pool of processes.
+_WORKERS = click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Worker processes (1: in this process).",
+)
+
+
 @cli.command()
 @click.argument("rasters", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option(
@@ -247,13 +257,7 @@ def _parse_set(values: tuple[str, ...]) -> dict:
     type=click.Path(path_type=Path),
     help="The project's SQLite mask cache (created if missing).",
 )
-@click.option(
-    "--workers",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Worker processes (1: in this process).",
-)
+@_WORKERS
 @click.option(
     "--threshold",
     type=float,
@@ -360,13 +364,7 @@ def precompute(
     help="Mask cache to fill and reuse (default: a hidden file beside --out, so reruns resume).",
 )
 @click.option("--threshold", type=float, help="Keep panels at or above this confidence.")
-@click.option(
-    "--workers",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Worker processes (1: in this process).",
-)
+@_WORKERS
 @click.option(
     "--tile",
     "tile_size",
