@@ -1353,8 +1353,9 @@ def split_candidates(labels, X, boxes, conf, kept, tile: TileData, fusion, setti
     Xp, bp, ok = _measure_new(
         plab, len(owner), tile, fusion, settings, stats, boxes=np.asarray(pboxes), beat=to_beat
     )
-    cp = np.where(ok, confidence(Xp, fusion, tile.gsd), 0.0)
-    ok &= (_logit(Xp, fusion, tile.gsd) > to_beat) & shows_fine_texture(Xp, fusion)
+    logit = _logit(Xp, fusion, tile.gsd)
+    cp = np.where(ok, 1.0 / (1.0 + np.exp(-logit)), 0.0)  # the confidence, from its log-odds
+    ok &= (logit > to_beat) & shows_fine_texture(Xp, fusion)
     if not ok.any():
         return unchanged
     # The most confident accepted part takes its candidate's row and label; the others are
