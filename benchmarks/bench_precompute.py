@@ -142,11 +142,14 @@ def main(argv: list[str] | None = None) -> int:
             inter += int((a & b).sum())
             union += int((a | b).sum())
         n = args.reference_tiles
-        print(
-            f"reference  : {t_ref / n * 1000:8.0f} ms per tile (analysis only); fast "
-            f"{t_fast / n * 1000:.1f} ms → {t_ref / t_fast:.0f}× faster"
-        )
-        print(f"candidate masks, fast vs reference: IoU {inter / union if union else 1.0:.4f}")
+        if n:
+            print(
+                f"reference  : {t_ref / n * 1000:8.0f} ms per tile (analysis only); fast "
+                f"{t_fast / n * 1000:.1f} ms → {t_ref / t_fast:.0f}× faster"
+            )
+            print(f"candidate masks, fast vs reference: IoU {inter / union if union else 1.0:.4f}")
+        else:
+            print("reference  : not run (--reference-tiles 0)")
         if args.stages:
             tiles = [
                 np.ascontiguousarray(img[r : r + args.tile, c : c + args.tile])
@@ -173,6 +176,7 @@ STAGES = (
     "_with_fine_power",
     "merge_fragments",
     "split_candidates",
+    "split_by_module_grid",
     "_fill_means",
 )
 

@@ -47,6 +47,7 @@ component, scikit-image ``regionprops`` and shapely, as the oracle.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Collection
 from dataclasses import dataclass
 from functools import lru_cache
@@ -1063,6 +1064,7 @@ def analyse(
     for step, on in (
         (merge_fragments, settings.merge_fragments),
         (split_candidates, settings.split_candidates),
+        (split_by_module_grid, settings.grid_split),
     ):
         if on:
             labels, X, boxes, conf, kept = step(
@@ -1346,6 +1348,23 @@ def split_candidates(labels, X, boxes, conf, kept, tile: TileData, fusion, setti
                 plab[y0:y1, x0:x1][comp == j] = len(owner)
     if not owner:
         return unchanged
+    return _replace_by_parts(
+        (labels, X, boxes, conf, kept), plab, owner, pboxes, tile, fusion, settings, stats
+    )
+
+
+def _replace_by_parts(candidates, plab, owner, pboxes, tile: TileData, fusion, settings, stats):
+    """A verified split's outcome: ``candidates`` (``labels, X, boxes, confidence, kept``) with
+    each one replaced by its accepted parts, or unchanged.
+
+    ``plab`` labels the parts (part ``j`` is ``j + 1``), ``owner[j]`` the candidate it was cut
+    from, ``pboxes[j]`` its tight box. A part is accepted when it lies within the area limits,
+    is :data:`SPLIT_MARGIN` log-odds more confident than its candidate and shows fine texture
+    (:func:`shows_fine_texture`); a candidate's accepted parts replace it by falling
+    confidence, each unless it touches one taken before (instances never touch). The most
+    confident part takes its candidate's row and label, the others are new rows.
+    """
+    labels, X, boxes, conf, kept = candidates
     owner = np.asarray(owner)
     with np.errstate(divide="ignore"):
         to_beat = np.log(conf[owner]) - np.log1p(-conf[owner])
@@ -1357,9 +1376,8 @@ def split_candidates(labels, X, boxes, conf, kept, tile: TileData, fusion, setti
     cp = np.where(ok, 1.0 / (1.0 + np.exp(-logit)), 0.0)  # the confidence, from its log-odds
     ok &= (logit > to_beat) & shows_fine_texture(Xp, fusion)
     if not ok.any():
-        return unchanged
-    # The most confident accepted part takes its candidate's row and label; the others are
-    # new rows. Only the candidates' boxes change in the label image.
+        return candidates
+    # Only the candidates' boxes change in the label image.
     out, X, boxes, conf = labels.copy(), X.copy(), boxes.copy(), conf.copy()
     ring = np.ones((3, 3), np.uint8)
     added = []
@@ -1387,6 +1405,199 @@ def split_candidates(labels, X, boxes, conf, kept, tile: TileData, fusion, setti
         np.concatenate([conf, cp[added]]),
         np.concatenate([kept, np.ones(len(added), bool)]),
     )
+
+
+#: Module-grid split (ADR 0041; setting ``grid_split``): where the module grid is resolved
+#: (ground resolution at most GRID_MAX_GSD metres), a stored candidate of at least
+#: GRID_MIN_PARENT_M2 is searched for one grid of modules: the pitch (GRID_PITCHES_M, the sides
+#: of a module and of a module pair) and the direction (across the candidate's dominant lines,
+#: or at right angles to it) where its detail (grey less a Gaussian of σ GRID_DETAIL_M) repeats
+#: most strongly at one pitch and least at half of it. Where that strength reaches
+#: GRID_MIN_STRENGTH, its grid map (:func:`grid_map`) is cut inside the candidate at the map's
+#: Otsu level, opened with a disk of radius GRID_OPEN_M, and the parts are verified like those
+#: of :func:`split_candidates`. The pitches, the detail, the windows and the opening were set
+#: from the size of modules before measuring; the parent's least area and strength were chosen
+#: on the even half of the shared data for speed (they change nothing there) and checked on the
+#: odd half (docs/spectral_quality.md).
+GRID_MAX_GSD = FINE_PEAK_MAX_GSD
+GRID_MIN_PARENT_M2 = 100.0
+GRID_MIN_STRENGTH = 0.1
+GRID_PITCHES_M = (0.8, 2.2, 0.05)  # first, last, step
+GRID_DETAIL_M = 0.3
+GRID_MIN_PAIRS = 0.25  # of the candidate's pixels: lags with fewer pixel pairs are not read
+GRID_OPEN_M = 0.5
+#: The grid map's windows in pitches: the side of the squares its local correlations are taken
+#: over, and of those it is averaged over (squares with the second moments of Gaussians of σ
+#: 0.75 and 0.5 pitch).
+GRID_WINDOW = 2.6
+GRID_SMOOTH = 1.7
+GRID_MAX_PART = 0.9  # a part with more of the candidate's pixels is the candidate again
+GRID_QUANT = 127.5  # the grid map's range [-1, 1] as 256 levels for Otsu
+
+
+def grid_pitches(gsd: float) -> np.ndarray:
+    """The pitches (pixels) :func:`module_grid` tries at ground resolution ``gsd``."""
+    first, last, step = GRID_PITCHES_M
+    n = math.floor((last - first) / step + 0.5) + 1
+    return (first + step * np.arange(n)) / gsd
+
+
+def grid_direction(grey: np.ndarray, mask: np.ndarray) -> float:
+    """The direction (radians, image x right and y down) across the dominant lines of ``grey``
+    inside ``mask``: the mean gradient orientation (3×3 Sobel, structure tensor summed over the
+    mask)."""
+    gx = cv2.Sobel(grey, cv2.CV_32F, 1, 0, ksize=3)
+    gy = cv2.Sobel(grey, cv2.CV_32F, 0, 1, ksize=3)
+    gx, gy = gx[mask].astype(np.float64), gy[mask].astype(np.float64)
+    return 0.5 * math.atan2(2.0 * float(gx @ gy), float(gx @ gx - gy @ gy))
+
+
+def _bilinear(R: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``R`` (periodic: negative lags wrap) read at real lags ``(x, y)``."""
+    h, w = R.shape
+    x0, y0 = np.floor(x).astype(np.int64), np.floor(y).astype(np.int64)
+    fx, fy = x - x0, y - y0
+    return (
+        R[y0 % h, x0 % w] * (1 - fx) * (1 - fy)
+        + R[y0 % h, (x0 + 1) % w] * fx * (1 - fy)
+        + R[(y0 + 1) % h, x0 % w] * (1 - fx) * fy
+        + R[(y0 + 1) % h, (x0 + 1) % w] * fx * fy
+    )
+
+
+def module_grid(grey: np.ndarray, mask: np.ndarray, gsd: float) -> tuple[float, float, float]:
+    """The module grid most evident in ``grey`` inside ``mask``: ``(strength, direction,
+    pitch)`` with the pitch in pixels.
+
+    The detail (``grey`` less a Gaussian of σ :data:`GRID_DETAIL_M`, centred on its mask mean
+    and zero outside the mask) is autocorrelated over the mask (one FFT, normalised per lag by
+    the number of pixel pairs and by the detail's variance: 1 at lag 0). For each pitch of
+    :func:`grid_pitches` along the direction of :func:`grid_direction` and the one at right
+    angles, the strength is the autocorrelation at the pitch less that at half the pitch:
+    high for frames one pitch apart (modules), low for a surface that repeats at half the
+    pitch or not at all. (A strictly regular fine period P also reads high at odd multiples
+    of P; subtracting the third of the pitch too was measured and not kept, ADR 0041.) Lags
+    that fewer than :data:`GRID_MIN_PAIRS` of the mask's pixels share read 0.
+    """
+    theta = grid_direction(grey, mask)
+    m = mask.astype(np.float32)
+    d = grey - cv2.GaussianBlur(
+        grey, (0, 0), max(GRID_DETAIL_M / gsd, 1.0), borderType=cv2.BORDER_REFLECT
+    )
+    d = (d - float(d[mask].mean())) * m
+    h, w = mask.shape
+    pitches = grid_pitches(gsd)
+    pad = math.ceil(pitches[-1]) + 2  # lags up to the largest pitch are not wrapped
+    shape = (cv2.getOptimalDFTSize(h + pad), cv2.getOptimalDFTSize(w + pad))
+    fd, fm = sp_fft.rfft2(d, shape), sp_fft.rfft2(m, shape)
+    R = sp_fft.irfft2(fd * np.conj(fd), shape)
+    pairs = sp_fft.irfft2(fm * np.conj(fm), shape)
+    n = float(m.sum())
+    R /= np.maximum(pairs, 1.0) * max(float((d * d).sum()) / n, 1e-6)
+    R[pairs < GRID_MIN_PAIRS * n] = 0.0
+    best = (-np.inf, theta, float(pitches[0]))
+    for direction in (theta, theta + math.pi / 2):
+        c, s_ = math.cos(direction), math.sin(direction)
+        strength = _bilinear(R, pitches * c, pitches * s_) - _bilinear(
+            R, pitches * c / 2, pitches * s_ / 2
+        )
+        k = int(np.argmax(strength))
+        if strength[k] > best[0]:
+            best = (float(strength[k]), direction, float(pitches[k]))
+    return best
+
+
+def _shifted(a: np.ndarray, dx: float, dy: float) -> np.ndarray:
+    """``a`` moved by ``(dx, dy)`` pixels (bilinear, mirrored at the border)."""
+    M = np.float32([[1, 0, dx], [0, 1, dy]])
+    return cv2.warpAffine(
+        a, M, (a.shape[1], a.shape[0]), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT
+    )
+
+
+def _box(x: np.ndarray, size: int) -> np.ndarray:
+    """Mean over a ``size`` × ``size`` square (mirrored at the border)."""
+    return cv2.boxFilter(x, -1, (size, size), borderType=cv2.BORDER_REFLECT)
+
+
+def _odd(x: float) -> int:
+    """``x`` rounded (halves up), plus one if even; at least 3: an odd window side."""
+    return max(3, math.floor(x + 0.5) // 2 * 2 + 1)
+
+
+def _local_correlation(d: np.ndarray, dx: float, dy: float, window: int) -> np.ndarray:
+    """Correlation of ``d`` with itself one lag ``(dx, dy)`` away, centred on each pixel, over a
+    ``window`` × ``window`` square."""
+    a, b = _shifted(d, dx / 2, dy / 2), _shifted(d, -dx / 2, -dy / 2)
+    return _box(a * b, window) / (np.sqrt(_box(a * a, window) * _box(b * b, window)) + 1e-3)
+
+
+def grid_map(grey: np.ndarray, direction: float, pitch: float) -> np.ndarray:
+    """Where ``grey`` holds a grid of period ``pitch`` pixels along ``direction``: the local
+    correlation of its detail (less a Gaussian of σ pitch / 3) one pitch away, less that half a
+    pitch away, over squares of 1.5 pitches, then averaged over squares of one pitch (sides
+    rounded to odd pixels); in [-2, 2], about 1 on modules and 0 on plain or finely repeating
+    surfaces."""
+    d = grey - cv2.GaussianBlur(grey, (0, 0), max(pitch / 3, 1.0), borderType=cv2.BORDER_REFLECT)
+    dx, dy = pitch * math.cos(direction), pitch * math.sin(direction)
+    window = _odd(GRID_WINDOW * pitch)
+    g = _local_correlation(d, dx, dy, window) - _local_correlation(d, dx / 2, dy / 2, window)
+    return _box(g, _odd(GRID_SMOOTH * pitch))
+
+
+def split_by_module_grid(labels, X, boxes, conf, kept, tile: TileData, fusion, settings, **stats):
+    """Cut an array out of the roof it was segmented with, along its module grid (ADR 0041).
+
+    Returns ``(labels, X, boxes, confidence, kept)`` like :func:`split_candidates`. Every
+    candidate at or above the storage floor of at least :data:`GRID_MIN_PARENT_M2`, where the
+    ground resolution resolves modules (at most :data:`GRID_MAX_GSD`), gets its module grid
+    (:func:`module_grid`) and that grid's map (:func:`grid_map`) over its box; its pixels above
+    the map's Otsu level (:func:`otsu_level` on the map as 256 levels) are opened with a disk
+    of radius :data:`GRID_OPEN_M` (zero outside the candidate), and the 8-connected parts
+    within the area limits that are not most of the candidate are verified and replace it as
+    in :func:`split_candidates`: only a part clearly more confident than the whole, showing
+    fine texture.
+    """
+    gsd = tile.gsd
+    unchanged = labels, X, boxes, conf, kept
+    if gsd > GRID_MAX_GSD:
+        return unchanged
+    area = 10.0 ** X[:, _AREA_COL]
+    parents = np.flatnonzero(kept & (conf >= settings.floor) & (area >= GRID_MIN_PARENT_M2))
+    if len(parents) == 0:
+        return unchanged
+    r = max(1, round(GRID_OPEN_M / gsd))
+    disk = _disk(r)
+    min_px = settings.min_area_m2 / (gsd * gsd)
+    plab = np.zeros_like(labels)
+    owner, pboxes = [], []
+    for i in parents:
+        x0, y0, x1, y1 = (int(v) for v in boxes[i])
+        mine = labels[y0:y1, x0:x1] == i + 1
+        grey = tile.grey[y0:y1, x0:x1]
+        strength, direction, pitch = module_grid(grey, mine, gsd)
+        if strength < GRID_MIN_STRENGTH:
+            continue
+        g = grid_map(grey, direction, pitch)
+        q = np.clip((g + 1.0) * GRID_QUANT, 0, 255).astype(np.uint8)
+        otsu = otsu_level(q[mine])
+        if otsu is None:
+            continue
+        side = np.zeros((y1 - y0 + 2 * r, x1 - x0 + 2 * r), np.uint8)
+        side[r:-r, r:-r] = mine & (q > otsu[0])
+        opened = cv2.morphologyEx(
+            side, cv2.MORPH_OPEN, disk, borderType=cv2.BORDER_CONSTANT, borderValue=0
+        )[r:-r, r:-r]
+        _, comp, cstats, _ = cv2.connectedComponentsWithStats(opened, connectivity=8)
+        areas = cstats[1:, cv2.CC_STAT_AREA]
+        for j in np.flatnonzero((areas >= min_px) & (areas <= GRID_MAX_PART * mine.sum())) + 1:
+            owner.append(i)
+            left, top, width, height = cstats[j, :4]
+            pboxes.append((x0 + left, y0 + top, x0 + left + width, y0 + top + height))
+            plab[y0:y1, x0:x1][comp == j] = len(owner)
+    if not owner:
+        return unchanged
+    return _replace_by_parts(unchanged, plab, owner, pboxes, tile, fusion, settings, stats)
 
 
 #: A candidate is dropped when more than this share of its pixels lies in a candidate of higher

@@ -82,6 +82,16 @@ class SpectralSettings(Settings):
             "modules and frames rather than in broad shading, replaces it (ADRs 0029, 0038).",
         ),
     ] = True
+    grid_split: Annotated[
+        bool,
+        Field(
+            title="Cut an array out of its roof along its module grid",
+            description="Where the ground resolution resolves modules (0.2 m or finer), search "
+            "a candidate of 100 m² or more for one grid of modules (pitch and direction) and cut "
+            "it where that grid is; a part clearly more confident than the whole, showing fine "
+            "texture, replaces it (ADR 0041).",
+        ),
+    ] = True
     cue_segmentation: Annotated[
         bool,
         Field(

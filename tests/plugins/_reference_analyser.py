@@ -30,6 +30,15 @@ from solardesk_spectral.analyser import (
     FRAME_M,
     GABOR_WAIVE_FROM,
     GABOR_WAIVE_TO,
+    GRID_DETAIL_M,
+    GRID_MAX_GSD,
+    GRID_MAX_PART,
+    GRID_MIN_PAIRS,
+    GRID_MIN_PARENT_M2,
+    GRID_MIN_STRENGTH,
+    GRID_OPEN_M,
+    GRID_PITCHES_M,
+    GRID_QUANT,
     INSTANCE_FEATURES,
     MERGE_GAP_M,
     MERGE_MIN_CONFIDENCE,
@@ -392,6 +401,10 @@ def analyse_masks(rgb: np.ndarray, valid, gsd: float, settings, fusion) -> list:
         survivors = split_candidates(
             survivors, grey, feats, score, gsd, rgb, valid, settings, fusion
         )
+    if settings.grid_split:
+        survivors = split_by_module_grid(
+            survivors, grey, feats, score, gsd, rgb, valid, settings, fusion
+        )
     return [(c, m) for c, m, _ in survivors if c >= settings.floor]
 
 
@@ -454,7 +467,6 @@ def split_candidates(survivors, grey, feats, score, gsd, rgb, valid, settings, f
     from skimage.filters import threshold_otsu
 
     disk = _disk(max(1, round(SPLIT_OPEN_M / gsd))).astype(bool)
-    min_pixels = settings.min_area_m2 / (gsd * gsd)
     out = []
     for c, m, x in survivors:
         values = grey[m]
@@ -473,36 +485,169 @@ def split_candidates(survivors, grey, feats, score, gsd, rgb, valid, settings, f
         ):
             out.append((c, m, x))
             continue
-        parts = []
+        pieces = []
         for side in (m & (grey > level), m & (grey <= level)):
             opened = ndimage.binary_opening(side, disk, border_value=0)
             comps = label(opened, connectivity=2)
-            for k in range(1, comps.max() + 1):
-                part = comps == k
-                if part.sum() < min_pixels:
-                    continue
-                xp, _ = instance_stats(part.astype(np.int32), 1, feats, score, gsd, rgb, valid)
-                xp = xp[0]
-                area = 10 ** xp[INSTANCE_FEATURES.index("log_area_m2")]
-                if not settings.min_area_m2 <= area <= settings.max_area_m2:
-                    continue
-                cp = _final_confidence(grey, part, xp, gsd, fusion)
-                # the texture gate (ADR 0038): a measured fine power share at least the mean
-                fine = xp[INSTANCE_FEATURES.index("fine_power_share")]
-                textured = (
-                    not np.isnan(fine)
-                    and fine >= fusion.instance_mean[INSTANCE_FEATURES.index("fine_power_share")]
-                )
-                if textured and np.log(cp / (1 - cp)) > np.log(c / (1 - c)) + SPLIT_MARGIN:
-                    parts.append((cp, len(parts), part, xp))
-        taken = np.zeros(m.shape, bool)
-        accepted = []
-        for cp, _, part, xp in sorted(parts, key=lambda t: (-t[0], t[1])):
-            if (ndimage.binary_dilation(taken, np.ones((3, 3), bool)) & part).any():
-                continue
-            taken |= part
-            accepted.append((cp, part, xp))
-        out.extend(accepted or [(c, m, x)])
+            pieces += [comps == k for k in range(1, comps.max() + 1)]
+        out.extend(
+            _verified(c, m, x, pieces, grey, feats, score, gsd, rgb, valid, settings, fusion)
+        )
+    return out
+
+
+def _verified(c, m, x, pieces, grey, feats, score, gsd, rgb, valid, settings, fusion) -> list:
+    """The survivors that replace survivor ``(c, m, x)`` after a split into ``pieces`` (whole-
+    tile masks, in order): those of at least the smallest area and within the area limits,
+    more confident than it by SPLIT_MARGIN and with a fine power share at least the fusion's
+    mean, taken by falling confidence unless touching one taken before; or it alone."""
+    min_pixels = settings.min_area_m2 / (gsd * gsd)
+    parts = []
+    for part in pieces:
+        if part.sum() < min_pixels:
+            continue
+        xp, _ = instance_stats(part.astype(np.int32), 1, feats, score, gsd, rgb, valid)
+        xp = xp[0]
+        area = 10 ** xp[INSTANCE_FEATURES.index("log_area_m2")]
+        if not settings.min_area_m2 <= area <= settings.max_area_m2:
+            continue
+        cp = _final_confidence(grey, part, xp, gsd, fusion)
+        # the texture gate (ADR 0038): a measured fine power share at least the mean
+        fine = xp[INSTANCE_FEATURES.index("fine_power_share")]
+        textured = (
+            not np.isnan(fine)
+            and fine >= fusion.instance_mean[INSTANCE_FEATURES.index("fine_power_share")]
+        )
+        if textured and np.log(cp / (1 - cp)) > np.log(c / (1 - c)) + SPLIT_MARGIN:
+            parts.append((cp, len(parts), part, xp))
+    taken = np.zeros(m.shape, bool)
+    accepted = []
+    for cp, _, part, xp in sorted(parts, key=lambda t: (-t[0], t[1])):
+        if (ndimage.binary_dilation(taken, np.ones((3, 3), bool)) & part).any():
+            continue
+        taken |= part
+        accepted.append((cp, part, xp))
+    return accepted or [(c, m, x)]
+
+
+def _grid_lag(d: np.ndarray, m: np.ndarray, kx: int, ky: int) -> float:
+    """The detail's autocorrelation at integer lag ``(kx, ky)`` over the mask: the sum of
+    d(p)·d(p + k) over pixel pairs both in the box, by the number of pairs both in the mask,
+    by the detail's variance; 0 where fewer than GRID_MIN_PAIRS of the mask's pixels pair."""
+    h, w = d.shape
+    if abs(kx) >= w or abs(ky) >= h:
+        return 0.0
+    a = d[max(0, -ky) : h - max(0, ky), max(0, -kx) : w - max(0, kx)]
+    b = d[max(0, ky) : h - max(0, -ky), max(0, kx) : w - max(0, -kx)]
+    ma = m[max(0, -ky) : h - max(0, ky), max(0, -kx) : w - max(0, kx)]
+    mb = m[max(0, ky) : h - max(0, -ky), max(0, kx) : w - max(0, -kx)]
+    n = m.sum()
+    pairs = (ma * mb).sum()
+    if pairs < GRID_MIN_PAIRS * n:
+        return 0.0
+    return float((a * b).sum() / max(pairs, 1.0) / max((d * d).sum() / n, 1e-6))
+
+
+def _grid_at(d, m, x: float, y: float) -> float:
+    """:func:`_grid_lag` read at a real lag, bilinear between the four integer lags."""
+    x0, y0 = math.floor(x), math.floor(y)
+    fx, fy = x - x0, y - y0
+    return (
+        _grid_lag(d, m, x0, y0) * (1 - fx) * (1 - fy)
+        + _grid_lag(d, m, x0 + 1, y0) * fx * (1 - fy)
+        + _grid_lag(d, m, x0, y0 + 1) * (1 - fx) * fy
+        + _grid_lag(d, m, x0 + 1, y0 + 1) * fx * fy
+    )
+
+
+def module_grid(grey: np.ndarray, m: np.ndarray, gsd: float) -> tuple[float, float, float]:
+    """(strength, direction, pitch in pixels) of the module grid in ``grey`` inside ``m``
+    (a box's grey values and mask), each lag summed directly."""
+    gx = ndimage.sobel(grey, axis=1, mode="mirror")[m]
+    gy = ndimage.sobel(grey, axis=0, mode="mirror")[m]
+    theta = 0.5 * math.atan2(2 * (gx * gy).sum(), (gx * gx).sum() - (gy * gy).sum())
+    d = grey - _gauss_reflect(grey, max(GRID_DETAIL_M / gsd, 1.0))
+    d = (d - d[m].mean()) * m
+    first, last, step = GRID_PITCHES_M
+    pitches = [(first + step * k) / gsd for k in range(math.floor((last - first) / step + 0.5) + 1)]
+    best = (-math.inf, theta, pitches[0])
+    for direction in (theta, theta + math.pi / 2):
+        c, s_ = math.cos(direction), math.sin(direction)
+        for pitch in pitches:
+            strength = _grid_at(d, m, pitch * c, pitch * s_) - _grid_at(
+                d, m, pitch * c / 2, pitch * s_ / 2
+            )
+            if strength > best[0]:
+                best = (strength, direction, pitch)
+    return best
+
+
+def _gauss_reflect(img, sigma):
+    return ndimage.gaussian_filter(img, sigma, mode="reflect", truncate=4.0)
+
+
+def _odd(x: float) -> int:
+    return max(3, math.floor(x + 0.5) // 2 * 2 + 1)
+
+
+def grid_map(grey: np.ndarray, direction: float, pitch: float) -> np.ndarray:
+    """The local grid correlation at one pitch less that at half a pitch, smoothed (scipy
+    shifts and uniform filters)."""
+    d = grey - _gauss_reflect(grey, max(pitch / 3, 1.0))
+    window = _odd(2.6 * pitch)
+
+    def correlation(lag: float) -> np.ndarray:
+        dx, dy = lag * math.cos(direction), lag * math.sin(direction)
+        a = ndimage.shift(d, (dy / 2, dx / 2), order=1, mode="reflect")
+        b = ndimage.shift(d, (-dy / 2, -dx / 2), order=1, mode="reflect")
+
+        def box(v):
+            return ndimage.uniform_filter(v, window, mode="reflect")
+
+        return box(a * b) / (np.sqrt(box(a * a) * box(b * b)) + 1e-3)
+
+    g = correlation(pitch) - correlation(pitch / 2)
+    return ndimage.uniform_filter(g, _odd(1.7 * pitch), mode="reflect")
+
+
+def split_by_module_grid(survivors, grey, feats, score, gsd, rgb, valid, settings, fusion) -> list:
+    """Each large survivor cut where its module grid is (ADR 0041), the parts verified as in
+    :func:`split_candidates` (whole-tile masks, skimage's Otsu and labels, scipy morphology)."""
+    from skimage.filters import threshold_otsu
+
+    if gsd > GRID_MAX_GSD:
+        return survivors
+    disk = _disk(max(1, round(GRID_OPEN_M / gsd))).astype(bool)
+    out = []
+    for c, m, x in survivors:
+        area = 10 ** x[INSTANCE_FEATURES.index("log_area_m2")]
+        if c < settings.floor or area < GRID_MIN_PARENT_M2:
+            out.append((c, m, x))
+            continue
+        rows, cols = np.nonzero(m)
+        box = (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
+        mb = m[box]
+        strength, direction, pitch = module_grid(grey[box], mb, gsd)
+        if strength < GRID_MIN_STRENGTH:
+            out.append((c, m, x))
+            continue
+        g = grid_map(grey[box], direction, pitch)
+        q = np.clip((g + 1.0) * GRID_QUANT, 0, 255).astype(np.uint8)
+        values = q[mb]
+        if values.min() == values.max():
+            out.append((c, m, x))
+            continue
+        lo, hi = int(values.min()), int(values.max())
+        counts = np.array([(values == v).sum() for v in range(lo, hi + 1)])
+        level = threshold_otsu(hist=(counts, np.arange(lo, hi + 1)))
+        side = np.zeros(m.shape, bool)
+        side[box] = mb & (q > level)
+        comps = label(ndimage.binary_opening(side, disk, border_value=0), connectivity=2)
+        pieces = [comps == k for k in range(1, comps.max() + 1)]
+        pieces = [p for p in pieces if p.sum() <= GRID_MAX_PART * m.sum()]
+        out.extend(
+            _verified(c, m, x, pieces, grey, feats, score, gsd, rgb, valid, settings, fusion)
+        )
     return out
 
 

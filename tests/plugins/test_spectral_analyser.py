@@ -873,6 +873,129 @@ def test_split_is_on_by_default_and_the_stage_with_it_matches_the_oracle(monkeyp
     assert _stage_matches_the_oracle(rgb, on) >= 3
 
 
+def _array_on_a_light_roof(gsd: float = 0.15, angle_deg: float = 20.0, seed: int = 3):
+    """A 27 m × 27 m light roof (the mask: its inner 180 × 180 px) holding a 12 m × 6.8 m
+    array of 1.0 m × 1.7 m modules turned by ``angle_deg``: modules of nearly the roof's tone,
+    frames 25 levels darker (too close for the grey split's step). Returns ``(rgb, roof,
+    array)``."""
+    size = 200
+    rng = np.random.default_rng(seed)
+    rgb = np.empty((size, size, 3), np.float64)
+    rgb[:] = (175, 172, 168)
+    yy, xx = np.mgrid[0:size, 0:size] * gsd
+    c, a = size * gsd / 2, np.radians(angle_deg)
+    u = (xx - c) * np.cos(a) + (yy - c) * np.sin(a)
+    v = -(xx - c) * np.sin(a) + (yy - c) * np.cos(a)
+    array = (np.abs(u) < 6.0) & (np.abs(v) < 3.4)
+    frame = (np.mod(u, 1.0) < gsd) | (np.mod(v, 1.7) < gsd)
+    rgb[array] = (165, 168, 175)
+    rgb[array & frame] = (140, 143, 150)
+    roof = np.zeros((size, size), bool)
+    roof[10:-10, 10:-10] = True
+    rgb = np.clip(rgb + rng.normal(0, 3, rgb.shape), 0, 255).astype(np.uint8)
+    return rgb, roof, array & roof
+
+
+@pytest.mark.parametrize("angle", [0.0, 20.0, 35.0])
+def test_module_grid_finds_the_pitch_and_direction_of_the_modules(angle: float) -> None:
+    """ADR 0041: over an array the module grid's strength passes the gate, its pitch is a
+    module's side (1.0 m) and its direction runs along a side (within 6°); over the plain roof
+    beside it there is no grid. The oracle (each lag summed directly) agrees."""
+    gsd = 0.15
+    rgb, roof, array = _array_on_a_light_roof(gsd, angle)
+    grey = fast.cv2.cvtColor(rgb, fast.cv2.COLOR_RGB2GRAY).astype(np.float32)
+    strength, direction, pitch = fast.module_grid(grey, array, gsd)
+    assert strength >= fast.GRID_MIN_STRENGTH
+    assert abs(pitch * gsd - 1.0) <= 0.1
+    off = (np.degrees(direction) - angle) % 90.0
+    assert min(off, 90.0 - off) <= 6.0
+    assert fast.module_grid(grey, roof & ~array, gsd)[0] < fast.GRID_MIN_STRENGTH / 2
+    want = ref.module_grid(grey.astype(np.float64), array, gsd)
+    assert want[0] == pytest.approx(strength, abs=1e-4)
+    assert want[1:] == pytest.approx((direction, pitch), abs=1e-9)
+
+
+def test_grid_map_lights_the_modules_not_the_roof() -> None:
+    """The grid of the whole roof is the array's; its map is high on the array and near 0 on
+    the roof around it, as the oracle's (scipy shifts and uniform filters) is."""
+    gsd = 0.15
+    rgb, roof, array = _array_on_a_light_roof(gsd)
+    grey = fast.cv2.cvtColor(rgb, fast.cv2.COLOR_RGB2GRAY).astype(np.float32)
+    strength, direction, pitch = fast.module_grid(grey, roof, gsd)
+    assert strength >= fast.GRID_MIN_STRENGTH and abs(pitch * gsd - 1.0) <= 0.1
+    g = fast.grid_map(grey, direction, pitch)
+    inner = fast.cv2.erode(array.astype(np.uint8), np.ones((15, 15), np.uint8)) > 0
+    assert g[inner].mean() >= 0.4 and g[roof & ~array].mean() <= 0.15
+    np.testing.assert_allclose(
+        g, ref.grid_map(grey.astype(np.float64), direction, pitch), atol=1e-3
+    )
+
+
+@pytest.mark.parametrize("case", ["cut", "confident whole", "coarse pixels", "small whole"])
+def test_grid_split_cuts_an_array_out_of_its_roof(case: str, monkeypatch) -> None:
+    """ADR 0041: a roof segmented with the array on it, which the grey split cannot separate
+    (one tone), is cut along the module grid; the array replaces it when clearly more
+    confident — not when the whole is confident, not where modules are not resolved, not for
+    a candidate under the least area. Fast and oracle agree; the input is not changed."""
+    gsd = 0.25 if case == "coarse pixels" else 0.15
+    rgb, roof, array = _array_on_a_light_roof(0.15)
+    if case == "small whole":
+        monkeypatch.setattr(fast, "GRID_MIN_PARENT_M2", roof.sum() * gsd * gsd + 1)
+        monkeypatch.setattr(ref, "GRID_MIN_PARENT_M2", roof.sum() * gsd * gsd + 1)
+    settings = SpectralSettings()
+    fusion, feats, score, grey, data = _split_setup(rgb, gsd)
+    labels = roof.astype(np.int32)
+    X, boxes = fast.instance_stats(labels, 1, feats, score, gsd, rgb, None, context=data.context)
+    part_logit = _logit_of(array, data, fusion)
+    z = part_logit + 2.0 if case == "confident whole" else np.log(0.1 / 0.9)
+    conf = np.array([1 / (1 + np.exp(-z))])
+    stats = {"shape_area_px": (0, np.inf), "means": None}
+    args = (labels, X, boxes, conf, np.ones(1, bool), data, fusion, settings)
+    # one tone: the grey split leaves it whole
+    assert (fast.split_candidates(*args, **stats)[0] == labels).all()
+    out, _, boxes2, conf2, kept2 = fast.split_by_module_grid(*args, **stats)
+    assert (labels == roof).all() and len(conf2) == 1 and kept2.all()
+    want = ref.split_by_module_grid(
+        [(conf[0], roof, X[0].copy())],
+        grey.astype(np.float64),
+        feats,
+        score,
+        gsd,
+        rgb,
+        None,
+        settings,
+        fusion,
+    )
+    assert len(want) == 1
+    if case != "cut":
+        assert (out == labels).all() and conf2[0] == conf[0] and want[0][0] == conf[0]
+        return
+    # the array, give or take the grid map's reach (about a module beyond its edge)
+    part = out == 1
+    near = fast.cv2.distanceTransform((~array).astype(np.uint8), fast.cv2.DIST_L2, 5) * gsd
+    assert _iou(part, array) >= 0.6 and part[array].mean() >= 0.85
+    assert (near[part] <= 1.5).mean() >= 0.95 and near[part].max() <= 3.0
+    assert conf2[0] > 0.9
+    ys, xs = np.nonzero(out == 1)
+    assert tuple(boxes2[0]) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+    assert _iou(want[0][1], out == 1) >= 0.99 and want[0][0] == pytest.approx(conf2[0], abs=1e-3)
+
+
+def test_grid_split_is_on_by_default_and_the_stage_with_it_matches_the_oracle(monkeypatch) -> None:
+    """On a synthetic tile where the grid split replaces a candidate, the stage stores the same
+    candidates as the reference (and other ones than without it)."""
+    assert SpectralSettings().grid_split is True
+    scene = generate_scene(SceneSpec(height=256, width=256, gsd=0.15, seed=35, n_roofs=3))
+    rgb = np.ascontiguousarray(np.moveaxis(scene.image, 0, -1))
+    monkeypatch.setattr(ref, "pixel_features", fast.pixel_features)
+    off = SpectralSettings(floor=0.003, grid_split=False)
+    on = off.model_copy(update={"grid_split": True})
+    plain = {round(i.confidence, 6) for i in fast.analyse_tile(rgb, None, 0.15, off.model_dump())}
+    grid = {round(i.confidence, 6) for i in fast.analyse_tile(rgb, None, 0.15, on.model_dump())}
+    assert grid - plain  # a part replaced a candidate
+    assert _stage_matches_the_oracle(rgb, on) >= 3
+
+
 def test_a_candidate_of_few_pixels_loses_confidence_by_its_pixel_count() -> None:
     """ADR 0036: the same statistics (the same area in m²) give the same confidence at any
     ground resolution while the candidate covers SMALL_PIXELS pixels or more, and SMALL_PENALTY
