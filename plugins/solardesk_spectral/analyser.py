@@ -1353,16 +1353,18 @@ def split_candidates(labels, X, boxes, conf, kept, tile: TileData, fusion, setti
     )
 
 
-def _replace_by_parts(candidates, plab, owner, pboxes, tile: TileData, fusion, settings, stats):
+def _replace_by_parts(
+    candidates, plab, owner, pboxes, tile: TileData, fusion, settings, stats, gate=True
+):
     """A verified split's outcome: ``candidates`` (``labels, X, boxes, confidence, kept``) with
     each one replaced by its accepted parts, or unchanged.
 
     ``plab`` labels the parts (part ``j`` is ``j + 1``), ``owner[j]`` the candidate it was cut
     from, ``pboxes[j]`` its tight box. A part is accepted when it lies within the area limits,
-    is :data:`SPLIT_MARGIN` log-odds more confident than its candidate and shows fine texture
-    (:func:`shows_fine_texture`); a candidate's accepted parts replace it by falling
-    confidence, each unless it touches one taken before (instances never touch). The most
-    confident part takes its candidate's row and label, the others are new rows.
+    is :data:`SPLIT_MARGIN` log-odds more confident than its candidate and, with ``gate``,
+    shows fine texture (:func:`shows_fine_texture`); a candidate's accepted parts replace it
+    by falling confidence, each unless it touches one taken before (instances never touch).
+    The most confident part takes its candidate's row and label, the others are new rows.
     """
     labels, X, boxes, conf, kept = candidates
     owner = np.asarray(owner)
@@ -1374,7 +1376,9 @@ def _replace_by_parts(candidates, plab, owner, pboxes, tile: TileData, fusion, s
     )
     logit = _logit(Xp, fusion, tile.gsd)
     cp = np.where(ok, 1.0 / (1.0 + np.exp(-logit)), 0.0)  # the confidence, from its log-odds
-    ok &= (logit > to_beat) & shows_fine_texture(Xp, fusion)
+    ok &= logit > to_beat
+    if gate:
+        ok &= shows_fine_texture(Xp, fusion)
     if not ok.any():
         return candidates
     # Only the candidates' boxes change in the label image.
@@ -1422,6 +1426,10 @@ def _replace_by_parts(candidates, plab, owner, pboxes, tile: TileData, fusion, s
 GRID_MAX_GSD = FINE_PEAK_MAX_GSD
 GRID_MIN_PARENT_M2 = 100.0
 GRID_MIN_STRENGTH = 0.1
+#: Whether a grid part must also pass the texture gate of the grey split (ADR 0038). It does
+#: not: the grid map chose it for its module grid, and arrays whose fine power share lies under
+#: the synthetic mean were turned back (measured in ADR 0041).
+GRID_GATE = False
 GRID_PITCHES_M = (0.8, 2.2, 0.05)  # first, last, step
 GRID_DETAIL_M = 0.3
 GRID_MIN_PAIRS = 0.25  # of the candidate's pixels: lags with fewer pixel pairs are not read
@@ -1555,8 +1563,8 @@ def split_by_module_grid(labels, X, boxes, conf, kept, tile: TileData, fusion, s
     the map's Otsu level (:func:`otsu_level` on the map as 256 levels) are opened with a disk
     of radius :data:`GRID_OPEN_M` (zero outside the candidate), and the 8-connected parts
     within the area limits that are not most of the candidate are verified and replace it as
-    in :func:`split_candidates`: only a part clearly more confident than the whole, showing
-    fine texture.
+    in :func:`split_candidates`: only a part clearly more confident than the whole — without
+    the texture gate (:data:`GRID_GATE`): the grid map chose it for its grid.
     """
     gsd = tile.gsd
     unchanged = labels, X, boxes, conf, kept
@@ -1597,7 +1605,9 @@ def split_by_module_grid(labels, X, boxes, conf, kept, tile: TileData, fusion, s
             plab[y0:y1, x0:x1][comp == j] = len(owner)
     if not owner:
         return unchanged
-    return _replace_by_parts(unchanged, plab, owner, pboxes, tile, fusion, settings, stats)
+    return _replace_by_parts(
+        unchanged, plab, owner, pboxes, tile, fusion, settings, stats, gate=GRID_GATE
+    )
 
 
 #: A candidate is dropped when more than this share of its pixels lies in a candidate of higher

@@ -31,6 +31,7 @@ from solardesk_spectral.analyser import (
     GABOR_WAIVE_FROM,
     GABOR_WAIVE_TO,
     GRID_DETAIL_M,
+    GRID_GATE,
     GRID_MAX_GSD,
     GRID_MAX_PART,
     GRID_MIN_PAIRS,
@@ -496,11 +497,14 @@ def split_candidates(survivors, grey, feats, score, gsd, rgb, valid, settings, f
     return out
 
 
-def _verified(c, m, x, pieces, grey, feats, score, gsd, rgb, valid, settings, fusion) -> list:
+def _verified(
+    c, m, x, pieces, grey, feats, score, gsd, rgb, valid, settings, fusion, gate=True
+) -> list:
     """The survivors that replace survivor ``(c, m, x)`` after a split into ``pieces`` (whole-
     tile masks, in order): those of at least the smallest area and within the area limits,
-    more confident than it by SPLIT_MARGIN and with a fine power share at least the fusion's
-    mean, taken by falling confidence unless touching one taken before; or it alone."""
+    more confident than it by SPLIT_MARGIN and (with ``gate``) with a fine power share at least
+    the fusion's mean, taken by falling confidence unless touching one taken before; or it
+    alone."""
     min_pixels = settings.min_area_m2 / (gsd * gsd)
     parts = []
     for part in pieces:
@@ -518,7 +522,8 @@ def _verified(c, m, x, pieces, grey, feats, score, gsd, rgb, valid, settings, fu
             not np.isnan(fine)
             and fine >= fusion.instance_mean[INSTANCE_FEATURES.index("fine_power_share")]
         )
-        if textured and np.log(cp / (1 - cp)) > np.log(c / (1 - c)) + SPLIT_MARGIN:
+        beats = np.log(cp / (1 - cp)) > np.log(c / (1 - c)) + SPLIT_MARGIN
+        if beats and (textured or not gate):
             parts.append((cp, len(parts), part, xp))
     taken = np.zeros(m.shape, bool)
     accepted = []
@@ -646,7 +651,9 @@ def split_by_module_grid(survivors, grey, feats, score, gsd, rgb, valid, setting
         pieces = [comps == k for k in range(1, comps.max() + 1)]
         pieces = [p for p in pieces if p.sum() <= GRID_MAX_PART * m.sum()]
         out.extend(
-            _verified(c, m, x, pieces, grey, feats, score, gsd, rgb, valid, settings, fusion)
+            _verified(
+                c, m, x, pieces, grey, feats, score, gsd, rgb, valid, settings, fusion, GRID_GATE
+            )
         )
     return out
 

@@ -979,6 +979,10 @@ def test_grid_split_cuts_an_array_out_of_its_roof(case: str, monkeypatch) -> Non
     ys, xs = np.nonzero(out == 1)
     assert tuple(boxes2[0]) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
     assert _iou(want[0][1], out == 1) >= 0.99 and want[0][0] == pytest.approx(conf2[0], abs=1e-3)
+    # a grid part needs no texture gate (GRID_GATE): the same cut where the gate says no
+    assert fast.GRID_GATE is False
+    monkeypatch.setattr(fast, "shows_fine_texture", lambda X, fusion: np.zeros(len(X), bool))
+    assert (fast.split_by_module_grid(*args, **stats)[0] == out).all()
 
 
 def test_grid_split_is_on_by_default_and_the_stage_with_it_matches_the_oracle(monkeypatch) -> None:
