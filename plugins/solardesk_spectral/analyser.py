@@ -1454,10 +1454,13 @@ def grid_direction(grey: np.ndarray, mask: np.ndarray) -> float:
     """The direction (radians, image x right and y down) across the dominant lines of ``grey``
     inside ``mask``: the mean gradient orientation (3×3 Sobel, structure tensor summed over the
     mask)."""
-    gx = cv2.Sobel(grey, cv2.CV_32F, 1, 0, ksize=3)
-    gy = cv2.Sobel(grey, cv2.CV_32F, 0, 1, ksize=3)
-    gx, gy = gx[mask].astype(np.float64), gy[mask].astype(np.float64)
-    return 0.5 * math.atan2(2.0 * float(gx @ gy), float(gx @ gx - gy @ gy))
+    gx = cv2.Sobel(grey, cv2.CV_32F, 1, 0, ksize=3).ravel()
+    gy = cv2.Sobel(grey, cv2.CV_32F, 0, 1, ksize=3).ravel()
+    gxm = gx * mask.ravel()
+    gym = gy * mask.ravel()
+    return 0.5 * math.atan2(
+        2.0 * float(np.vdot(gxm, gy)), float(np.vdot(gxm, gx) - np.vdot(gym, gy))
+    )
 
 
 def _bilinear(R: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -1498,8 +1501,8 @@ def module_grid(grey: np.ndarray, mask: np.ndarray, gsd: float) -> tuple[float, 
     pad = math.ceil(pitches[-1]) + 2  # lags up to the largest pitch are not wrapped
     shape = (cv2.getOptimalDFTSize(h + pad), cv2.getOptimalDFTSize(w + pad))
     fd, fm = sp_fft.rfft2(d, shape), sp_fft.rfft2(m, shape)
-    R = sp_fft.irfft2(fd * np.conj(fd), shape)
-    pairs = sp_fft.irfft2(fm * np.conj(fm), shape)
+    R = sp_fft.irfft2(fd.real**2 + fd.imag**2, shape)
+    pairs = sp_fft.irfft2(fm.real**2 + fm.imag**2, shape)
     n = float(m.sum())
     R /= np.maximum(pairs, 1.0) * max(float((d * d).sum()) / n, 1e-6)
     R[pairs < GRID_MIN_PAIRS * n] = 0.0
