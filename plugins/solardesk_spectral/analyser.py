@@ -1323,34 +1323,46 @@ def split_candidates(labels, X, boxes, conf, kept, tile: TileData, fusion, setti
     min_px = settings.min_area_m2 / (gsd * gsd)
     plab = np.zeros_like(labels)
     owner, pboxes = [], []
-    for i in parents:
-        x0, y0, x1, y1 = (int(v) for v in boxes[i])
-        mine = labels[y0:y1, x0:x1] == i + 1
-        grey = tile.grey[y0:y1, x0:x1]
+    for i, (x0, y0), mine, grey in _parent_crops(labels, boxes, parents, tile.grey):
         otsu = otsu_level(grey[mine])
         if otsu is None or otsu[1] < SPLIT_MIN_SEPARATION or otsu[2] < SPLIT_MIN_STEP:
             continue
         level = otsu[0]
-        # a margin of r zeros: the opening sees nothing outside the candidate (or the tile)
-        upper = np.zeros((y1 - y0 + 2 * r, x1 - x0 + 2 * r), np.uint8)
-        lower = upper.copy()
-        upper[r:-r, r:-r] = mine & (grey > level)
-        lower[r:-r, r:-r] = mine & (grey <= level)
-        for side in (upper, lower):
-            opened = cv2.morphologyEx(
-                side, cv2.MORPH_OPEN, disk, borderType=cv2.BORDER_CONSTANT, borderValue=0
-            )[r:-r, r:-r]
-            _, comp, cstats, _ = cv2.connectedComponentsWithStats(opened, connectivity=8)
-            for j in np.flatnonzero(cstats[1:, cv2.CC_STAT_AREA] >= min_px) + 1:
-                owner.append(i)
-                left, top, width, height = cstats[j, :4]
-                pboxes.append((x0 + left, y0 + top, x0 + left + width, y0 + top + height))
-                plab[y0:y1, x0:x1][comp == j] = len(owner)
+        for side in (mine & (grey > level), mine & (grey <= level)):
+            _add_parts(plab, owner, pboxes, i, (x0, y0), side, disk, r, min_px)
     if not owner:
         return unchanged
     return _replace_by_parts(
         (labels, X, boxes, conf, kept), plab, owner, pboxes, tile, fusion, settings, stats
     )
+
+
+def _parent_crops(labels, boxes, parents, grey):
+    """``(i, (x0, y0), mask, grey)`` over the box of each candidate ``i`` in ``parents``."""
+    for i in parents:
+        x0, y0, x1, y1 = (int(v) for v in boxes[i])
+        yield i, (x0, y0), labels[y0:y1, x0:x1] == i + 1, grey[y0:y1, x0:x1]
+
+
+def _add_parts(plab, owner, pboxes, i, origin, side, disk, r, min_px, max_px=np.inf) -> None:
+    """The 8-connected parts of ``side`` (a boolean mask over candidate ``i``'s box, whose
+    top-left corner is ``origin``) after an opening with ``disk`` of radius ``r`` that sees
+    zeros outside the box, those of ``min_px`` to ``max_px`` pixels, appended to a split's
+    parts: ``plab`` (part ``j`` labelled ``j + 1``), ``owner`` and ``pboxes`` (tight boxes)."""
+    x0, y0 = origin
+    h, w = side.shape
+    padded = np.zeros((h + 2 * r, w + 2 * r), np.uint8)
+    padded[r:-r, r:-r] = side
+    opened = cv2.morphologyEx(
+        padded, cv2.MORPH_OPEN, disk, borderType=cv2.BORDER_CONSTANT, borderValue=0
+    )[r:-r, r:-r]
+    _, comp, cstats, _ = cv2.connectedComponentsWithStats(opened, connectivity=8)
+    areas = cstats[1:, cv2.CC_STAT_AREA]
+    for j in np.flatnonzero((areas >= min_px) & (areas <= max_px)) + 1:
+        owner.append(i)
+        left, top, width, height = cstats[j, :4]
+        pboxes.append((x0 + left, y0 + top, x0 + left + width, y0 + top + height))
+        plab[y0 : y0 + h, x0 : x0 + w][comp == j] = len(owner)
 
 
 def _replace_by_parts(
@@ -1582,10 +1594,7 @@ def split_by_module_grid(labels, X, boxes, conf, kept, tile: TileData, fusion, s
     min_px = settings.min_area_m2 / (gsd * gsd)
     plab = np.zeros_like(labels)
     owner, pboxes = [], []
-    for i in parents:
-        x0, y0, x1, y1 = (int(v) for v in boxes[i])
-        mine = labels[y0:y1, x0:x1] == i + 1
-        grey = tile.grey[y0:y1, x0:x1]
+    for i, (x0, y0), mine, grey in _parent_crops(labels, boxes, parents, tile.grey):
         strength, direction, pitch = module_grid(grey, mine, gsd)
         if strength < GRID_MIN_STRENGTH:
             continue
@@ -1594,18 +1603,9 @@ def split_by_module_grid(labels, X, boxes, conf, kept, tile: TileData, fusion, s
         otsu = otsu_level(q[mine])
         if otsu is None:
             continue
-        side = np.zeros((y1 - y0 + 2 * r, x1 - x0 + 2 * r), np.uint8)
-        side[r:-r, r:-r] = mine & (q > otsu[0])
-        opened = cv2.morphologyEx(
-            side, cv2.MORPH_OPEN, disk, borderType=cv2.BORDER_CONSTANT, borderValue=0
-        )[r:-r, r:-r]
-        _, comp, cstats, _ = cv2.connectedComponentsWithStats(opened, connectivity=8)
-        areas = cstats[1:, cv2.CC_STAT_AREA]
-        for j in np.flatnonzero((areas >= min_px) & (areas <= GRID_MAX_PART * mine.sum())) + 1:
-            owner.append(i)
-            left, top, width, height = cstats[j, :4]
-            pboxes.append((x0 + left, y0 + top, x0 + left + width, y0 + top + height))
-            plab[y0:y1, x0:x1][comp == j] = len(owner)
+        side = mine & (q > otsu[0])
+        max_px = GRID_MAX_PART * mine.sum()
+        _add_parts(plab, owner, pboxes, i, (x0, y0), side, disk, r, min_px, max_px)
     if not owner:
         return unchanged
     return _replace_by_parts(

@@ -857,16 +857,19 @@ def test_a_split_part_without_fine_detail_does_not_replace_its_candidate(monkeyp
             assert _iou(out == 1, part) >= 0.98 and _iou(want[0][1], out == 1) >= 0.99
 
 
-def test_split_is_on_by_default_and_the_stage_with_it_matches_the_oracle(monkeypatch) -> None:
-    """On a synthetic tile where the split replaces a candidate, the stage with
-    ``split_candidates`` stores the same candidates as the reference (and other ones than
-    without it); it is on by default (ADR 0038; built off by ADR 0029)."""
-    assert SpectralSettings().split_candidates is True
-    scene = generate_scene(SceneSpec(height=256, width=256, gsd=0.15, seed=32, n_roofs=3))
+@pytest.mark.parametrize(("setting", "seed"), [("split_candidates", 32), ("grid_split", 35)])
+def test_a_split_is_on_by_default_and_the_stage_with_it_matches_the_oracle(
+    setting: str, seed: int, monkeypatch
+) -> None:
+    """On a synthetic tile where the split replaces a candidate, the stage with it stores the
+    same candidates as the reference (and other ones than without it); both splits are on by
+    default (the grey split since ADR 0038, built off by ADR 0029; the grid split, ADR 0041)."""
+    assert getattr(SpectralSettings(), setting) is True
+    scene = generate_scene(SceneSpec(height=256, width=256, gsd=0.15, seed=seed, n_roofs=3))
     rgb = np.ascontiguousarray(np.moveaxis(scene.image, 0, -1))
     monkeypatch.setattr(ref, "pixel_features", fast.pixel_features)
-    off = SpectralSettings(floor=0.003, split_candidates=False)
-    on = off.model_copy(update={"split_candidates": True})
+    off = SpectralSettings(floor=0.003, **{setting: False})
+    on = off.model_copy(update={setting: True})
     plain = {round(i.confidence, 6) for i in fast.analyse_tile(rgb, None, 0.15, off.model_dump())}
     split = {round(i.confidence, 6) for i in fast.analyse_tile(rgb, None, 0.15, on.model_dump())}
     assert split - plain  # a part replaced a candidate
@@ -983,21 +986,6 @@ def test_grid_split_cuts_an_array_out_of_its_roof(case: str, monkeypatch) -> Non
     assert fast.GRID_GATE is False
     monkeypatch.setattr(fast, "shows_fine_texture", lambda X, fusion: np.zeros(len(X), bool))
     assert (fast.split_by_module_grid(*args, **stats)[0] == out).all()
-
-
-def test_grid_split_is_on_by_default_and_the_stage_with_it_matches_the_oracle(monkeypatch) -> None:
-    """On a synthetic tile where the grid split replaces a candidate, the stage stores the same
-    candidates as the reference (and other ones than without it)."""
-    assert SpectralSettings().grid_split is True
-    scene = generate_scene(SceneSpec(height=256, width=256, gsd=0.15, seed=35, n_roofs=3))
-    rgb = np.ascontiguousarray(np.moveaxis(scene.image, 0, -1))
-    monkeypatch.setattr(ref, "pixel_features", fast.pixel_features)
-    off = SpectralSettings(floor=0.003, grid_split=False)
-    on = off.model_copy(update={"grid_split": True})
-    plain = {round(i.confidence, 6) for i in fast.analyse_tile(rgb, None, 0.15, off.model_dump())}
-    grid = {round(i.confidence, 6) for i in fast.analyse_tile(rgb, None, 0.15, on.model_dump())}
-    assert grid - plain  # a part replaced a candidate
-    assert _stage_matches_the_oracle(rgb, on) >= 3
 
 
 def test_a_candidate_of_few_pixels_loses_confidence_by_its_pixel_count() -> None:
