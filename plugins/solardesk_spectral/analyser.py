@@ -35,7 +35,10 @@ Per tile:
    of them (:func:`merge_fragments`, ADR 0026). With ``split_candidates`` (on by default) a
    candidate whose grey values form two distinct classes is cut at its Otsu level and replaced
    by a part that is clearly more confident and shows fine detail (:func:`split_candidates`,
-   ADRs 0029, 0038). Candidates at
+   ADRs 0029, 0038). With ``grid_split`` (on by default), where modules are resolved, a
+   candidate of 100 m² or more that holds one grid of modules (pitch and direction found by
+   the autocorrelation of its detail) is cut where that grid is and replaced by a part that is
+   clearly more confident (:func:`split_by_module_grid`, ADR 0041). Candidates at
    or above the storage floor are returned; the pseudo-label threshold is applied at read time.
 
 Every weighed per-instance mean is computed for all components at once (one ``bincount`` per
@@ -1558,9 +1561,9 @@ def _local_correlation(d: np.ndarray, dx: float, dy: float, window: int) -> np.n
 def grid_map(grey: np.ndarray, direction: float, pitch: float) -> np.ndarray:
     """Where ``grey`` holds a grid of period ``pitch`` pixels along ``direction``: the local
     correlation of its detail (less a Gaussian of σ pitch / 3) one pitch away, less that half a
-    pitch away, over squares of 1.5 pitches, then averaged over squares of one pitch (sides
-    rounded to odd pixels); in [-2, 2], about 1 on modules and 0 on plain or finely repeating
-    surfaces."""
+    pitch away, over squares of :data:`GRID_WINDOW` pitches, then averaged over squares of
+    :data:`GRID_SMOOTH` pitches (sides rounded to odd pixels); in [-2, 2], about 1 on modules
+    and 0 on plain surfaces or those that repeat at half the pitch."""
     d = grey - cv2.GaussianBlur(grey, (0, 0), max(pitch / 3, 1.0), borderType=cv2.BORDER_REFLECT)
     dx, dy = pitch * math.cos(direction), pitch * math.sin(direction)
     window = _odd(GRID_WINDOW * pitch)
