@@ -1369,7 +1369,16 @@ def _add_parts(plab, owner, pboxes, i, origin, side, disk, r, min_px, max_px=np.
 
 
 def _replace_by_parts(
-    candidates, plab, owner, pboxes, tile: TileData, fusion, settings, stats, gate=True
+    candidates,
+    plab,
+    owner,
+    pboxes,
+    tile: TileData,
+    fusion,
+    settings,
+    stats,
+    gate=True,
+    together=False,
 ):
     """A verified split's outcome: ``candidates`` (``labels, X, boxes, confidence, kept``) with
     each one replaced by its accepted parts, or unchanged.
@@ -1377,23 +1386,39 @@ def _replace_by_parts(
     ``plab`` labels the parts (part ``j`` is ``j + 1``), ``owner[j]`` the candidate it was cut
     from, ``pboxes[j]`` its tight box. A part is accepted when it lies within the area limits,
     is :data:`SPLIT_MARGIN` log-odds more confident than its candidate and, with ``gate``,
-    shows fine texture (:func:`shows_fine_texture`); a candidate's accepted parts replace it
-    by falling confidence, each unless it touches one taken before (instances never touch).
-    The most confident part takes its candidate's row and label, the others are new rows.
+    shows fine texture (:func:`shows_fine_texture`). With ``together``, the parts of a
+    candidate that are each at least as confident as it are accepted too when there are two or
+    more of them (the candidate was several arrays that touch). A candidate's accepted parts
+    replace it by falling confidence, each unless it touches one taken before (instances never
+    touch). The most confident part takes its candidate's row and label, the others are new
+    rows.
     """
     labels, X, boxes, conf, kept = candidates
     owner = np.asarray(owner)
     with np.errstate(divide="ignore"):
-        to_beat = np.log(conf[owner]) - np.log1p(-conf[owner])
-    to_beat += SPLIT_MARGIN
+        base = np.log(conf[owner]) - np.log1p(-conf[owner])  # each part's candidate's log-odds
+    to_beat = base + SPLIT_MARGIN
     Xp, bp, ok = _measure_new(
-        plab, len(owner), tile, fusion, settings, stats, boxes=np.asarray(pboxes), beat=to_beat
+        plab,
+        len(owner),
+        tile,
+        fusion,
+        settings,
+        stats,
+        boxes=np.asarray(pboxes),
+        beat=base if together else to_beat,
     )
     logit = _logit(Xp, fusion, tile.gsd)
     cp = np.where(ok, 1.0 / (1.0 + np.exp(-logit)), 0.0)  # the confidence, from its log-odds
-    ok &= logit > to_beat
     if gate:
         ok &= shows_fine_texture(Xp, fusion)
+    peers = ok & (logit >= base)
+    ok &= logit > to_beat
+    if together:
+        for i in np.unique(owner[peers]):
+            mine = peers & (owner == i)
+            if mine.sum() >= 2:
+                ok |= mine
     if not ok.any():
         return candidates
     # Only the candidates' boxes change in the label image.
@@ -1612,7 +1637,7 @@ def split_by_module_grid(labels, X, boxes, conf, kept, tile: TileData, fusion, s
     if not owner:
         return unchanged
     return _replace_by_parts(
-        unchanged, plab, owner, pboxes, tile, fusion, settings, stats, gate=GRID_GATE
+        unchanged, plab, owner, pboxes, tile, fusion, settings, stats, GRID_GATE, together=True
     )
 
 

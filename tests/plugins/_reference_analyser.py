@@ -498,12 +498,26 @@ def split_candidates(survivors, grey, feats, score, gsd, rgb, valid, settings, f
 
 
 def _verified(
-    c, m, x, pieces, grey, feats, score, gsd, rgb, valid, settings, fusion, gate=True
+    c,
+    m,
+    x,
+    pieces,
+    grey,
+    feats,
+    score,
+    gsd,
+    rgb,
+    valid,
+    settings,
+    fusion,
+    gate=True,
+    together=False,
 ) -> list:
     """The survivors that replace survivor ``(c, m, x)`` after a split into ``pieces`` (whole-
     tile masks, in order): those of at least the smallest area and within the area limits,
     more confident than it by SPLIT_MARGIN and (with ``gate``) with a fine power share at least
-    the fusion's mean, taken by falling confidence unless touching one taken before; or it
+    the fusion's mean — with ``together`` also all those at least as confident as it when there
+    are two or more — taken by falling confidence unless touching one taken before; or it
     alone."""
     min_pixels = settings.min_area_m2 / (gsd * gsd)
     parts = []
@@ -522,9 +536,14 @@ def _verified(
             not np.isnan(fine)
             and fine >= fusion.instance_mean[INSTANCE_FEATURES.index("fine_power_share")]
         )
-        beats = np.log(cp / (1 - cp)) > np.log(c / (1 - c)) + SPLIT_MARGIN
-        if beats and (textured or not gate):
+        if textured or not gate:
             parts.append((cp, len(parts), part, xp))
+    z = np.log(c / (1 - c))
+    peers = [p for p in parts if np.log(p[0] / (1 - p[0])) >= z]
+    if together and len(peers) >= 2:
+        parts = peers
+    else:
+        parts = [p for p in parts if np.log(p[0] / (1 - p[0])) > z + SPLIT_MARGIN]
     taken = np.zeros(m.shape, bool)
     accepted = []
     for cp, _, part, xp in sorted(parts, key=lambda t: (-t[0], t[1])):
@@ -652,7 +671,20 @@ def split_by_module_grid(survivors, grey, feats, score, gsd, rgb, valid, setting
         pieces = [p for p in pieces if p.sum() <= GRID_MAX_PART * m.sum()]
         out.extend(
             _verified(
-                c, m, x, pieces, grey, feats, score, gsd, rgb, valid, settings, fusion, GRID_GATE
+                c,
+                m,
+                x,
+                pieces,
+                grey,
+                feats,
+                score,
+                gsd,
+                rgb,
+                valid,
+                settings,
+                fusion,
+                GRID_GATE,
+                together=True,
             )
         )
     return out

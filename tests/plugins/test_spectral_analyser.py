@@ -857,6 +857,77 @@ def test_a_split_part_without_fine_detail_does_not_replace_its_candidate(monkeyp
             assert _iou(out == 1, part) >= 0.98 and _iou(want[0][1], out == 1) >= 0.99
 
 
+def test_grid_split_takes_touching_arrays_apart_when_each_is_as_confident(monkeypatch) -> None:
+    """ADR 0041: two 10 m × 8 m arrays 4 m apart on one light roof, segmented as one candidate
+    with the roof between them. The grid cut gives one part per array; when each part is at
+    least as confident as the whole — though neither beats it by the margin — both replace it
+    (the candidate was several arrays); when only one is, nothing changes. Fast and oracle."""
+    gsd = 0.15
+    rng = np.random.default_rng(4)
+    rgb = np.empty((200, 200, 3), np.float64)
+    rgb[:] = (175, 172, 168)
+    yy, xx = np.mgrid[0:200, 0:200] * gsd
+    u, v = xx - 15, yy - 15
+    left = (u > -12) & (u < -2) & (np.abs(v) < 4)
+    right = (u > 2) & (u < 12) & (np.abs(v) < 4)
+    frame = (np.mod(u, 1.0) < gsd) | (np.mod(v, 1.7) < gsd)
+    for array in (left, right):
+        rgb[array] = (165, 168, 175)
+        rgb[array & frame] = (140, 143, 150)
+    rgb = np.clip(rgb + rng.normal(0, 3, rgb.shape), 0, 255).astype(np.uint8)
+    whole = (np.abs(u) < 12) & (np.abs(v) < 4)
+    settings = SpectralSettings()
+    fusion, feats, score, grey, data = _split_setup(rgb, gsd)
+    labels = whole.astype(np.int32)
+    X, boxes = fast.instance_stats(labels, 1, feats, score, gsd, rgb, None, context=data.context)
+    stats = {"shape_area_px": (0, np.inf), "means": None}
+    # the grid parts and their log-odds, seen on the way through
+    seen = []
+    replace = fast._replace_by_parts
+
+    def spy(candidates, plab, owner, *args, **kwargs):
+        seen[:] = [
+            (plab == j + 1, _logit_of(plab == j + 1, data, fusion)) for j in range(len(owner))
+        ]
+        return replace(candidates, plab, owner, *args, **kwargs)
+
+    monkeypatch.setattr(fast, "_replace_by_parts", spy)
+
+    def split(z):
+        conf = np.array([1 / (1 + np.exp(-z))])
+        got = fast.split_by_module_grid(
+            labels, X, boxes, conf, np.ones(1, bool), data, fusion, settings, **stats
+        )
+        want = ref.split_by_module_grid(
+            [(conf[0], whole, X[0].copy())],
+            grey.astype(np.float64),
+            feats,
+            score,
+            gsd,
+            rgb,
+            None,
+            settings,
+            fusion,
+        )
+        return conf[0], got, want
+
+    split(20.0)  # a whole no part can match: nothing changes, the parts are seen
+    assert len(seen) == 2
+    (a, za), (b, zb) = sorted(seen, key=lambda t: -_iou(t[0], left))
+    assert _iou(a, left) >= 0.7 and _iou(b, right) >= 0.7
+    low, high = sorted((za, zb))
+    assert high - low < fast.SPLIT_MARGIN - 0.2  # neither beats low - 0.2 by the margin
+    # each part at least as confident as the whole, neither by the margin: both replace it
+    c, (out, _, _, conf2, kept2), want = split(low - 0.2)
+    assert len(conf2) == 2 and kept2.all() and (conf2 > c).all()
+    assert {round(_iou(out == k + 1, left), 2) for k in range(2)} == {round(_iou(a, left), 2), 0}
+    assert _iou(out == 1, a) >= 0.99 or _iou(out == 1, b) >= 0.99
+    assert len(want) == 2 and sorted(w[0] for w in want) == pytest.approx(sorted(conf2), abs=1e-3)
+    # only one part as confident as the whole: it stays whole
+    c, (out, _, _, conf2, _), want = split((low + high) / 2)
+    assert (out == labels).all() and list(conf2) == [c] and [w[0] for w in want] == [c]
+
+
 @pytest.mark.parametrize(("setting", "seed"), [("split_candidates", 32), ("grid_split", 35)])
 def test_a_split_is_on_by_default_and_the_stage_with_it_matches_the_oracle(
     setting: str, seed: int, monkeypatch
