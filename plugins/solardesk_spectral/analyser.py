@@ -1387,11 +1387,11 @@ def _replace_by_parts(
     from, ``pboxes[j]`` its tight box. A part is accepted when it lies within the area limits,
     is :data:`SPLIT_MARGIN` log-odds more confident than its candidate and, with ``gate``,
     shows fine texture (:func:`shows_fine_texture`). With ``together``, the parts of a
-    candidate that are each at least as confident as it are accepted too when there are two or
-    more of them (the candidate was several arrays that touch). A candidate's accepted parts
-    replace it by falling confidence, each unless it touches one taken before (instances never
-    touch). The most confident part takes its candidate's row and label, the others are new
-    rows.
+    candidate that are each more confident than it, if not by the margin, are accepted too
+    when there are two or more of them (the candidate was several arrays that touch). A
+    candidate's accepted parts replace it by falling confidence, each unless it touches one
+    taken before (instances never touch). The most confident part takes its candidate's row
+    and label, the others are new rows.
     """
     labels, X, boxes, conf, kept = candidates
     owner = np.asarray(owner)
@@ -1412,7 +1412,7 @@ def _replace_by_parts(
     cp = np.where(ok, 1.0 / (1.0 + np.exp(-logit)), 0.0)  # the confidence, from its log-odds
     if gate:
         ok &= shows_fine_texture(Xp, fusion)
-    peers = ok & (logit >= base)
+    peers = ok & (logit > base)
     ok &= logit > to_beat
     if together:
         for i in np.unique(owner[peers]):

@@ -516,8 +516,8 @@ def _verified(
     """The survivors that replace survivor ``(c, m, x)`` after a split into ``pieces`` (whole-
     tile masks, in order): those of at least the smallest area and within the area limits,
     more confident than it by SPLIT_MARGIN and (with ``gate``) with a fine power share at least
-    the fusion's mean — with ``together`` also all those at least as confident as it when there
-    are two or more — taken by falling confidence unless touching one taken before; or it
+    the fusion's mean — with ``together`` also all those more confident than it when there are
+    two or more — taken by falling confidence unless touching one taken before; or it
     alone."""
     min_pixels = settings.min_area_m2 / (gsd * gsd)
     parts = []
@@ -539,7 +539,7 @@ def _verified(
         if textured or not gate:
             parts.append((cp, len(parts), part, xp))
     z = np.log(c / (1 - c))
-    peers = [p for p in parts if np.log(p[0] / (1 - p[0])) >= z]
+    peers = [p for p in parts if np.log(p[0] / (1 - p[0])) > z]
     if together and len(peers) >= 2:
         parts = peers
     else:

@@ -859,9 +859,9 @@ def test_a_split_part_without_fine_detail_does_not_replace_its_candidate(monkeyp
 
 def test_grid_split_takes_touching_arrays_apart_when_each_is_as_confident(monkeypatch) -> None:
     """ADR 0041: two 10 m × 8 m arrays 4 m apart on one light roof, segmented as one candidate
-    with the roof between them. The grid cut gives one part per array; when each part is at
-    least as confident as the whole — though neither beats it by the margin — both replace it
-    (the candidate was several arrays); when only one is, nothing changes. Fast and oracle."""
+    with the roof between them. The grid cut gives one part per array; when each part is more
+    confident than the whole — though neither by the margin — both replace it (the candidate
+    was several arrays); when only one is, nothing changes. Fast and oracle."""
     gsd = 0.15
     rng = np.random.default_rng(4)
     rgb = np.empty((200, 200, 3), np.float64)
@@ -917,13 +917,13 @@ def test_grid_split_takes_touching_arrays_apart_when_each_is_as_confident(monkey
     assert _iou(a, left) >= 0.7 and _iou(b, right) >= 0.7
     low, high = sorted((za, zb))
     assert high - low < fast.SPLIT_MARGIN - 0.2  # neither beats low - 0.2 by the margin
-    # each part at least as confident as the whole, neither by the margin: both replace it
+    # each part more confident than the whole, neither by the margin: both replace it
     c, (out, _, _, conf2, kept2), want = split(low - 0.2)
     assert len(conf2) == 2 and kept2.all() and (conf2 > c).all()
     assert {round(_iou(out == k + 1, left), 2) for k in range(2)} == {round(_iou(a, left), 2), 0}
     assert _iou(out == 1, a) >= 0.99 or _iou(out == 1, b) >= 0.99
     assert len(want) == 2 and sorted(w[0] for w in want) == pytest.approx(sorted(conf2), abs=1e-3)
-    # only one part as confident as the whole: it stays whole
+    # only one part more confident than the whole: it stays whole
     c, (out, _, _, conf2, _), want = split((low + high) / 2)
     assert (out == labels).all() and list(conf2) == [c] and [w[0] for w in want] == [c]
 
