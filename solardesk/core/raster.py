@@ -67,6 +67,26 @@ _WORLD_FILE_SUFFIXES = {
 # --------------------------------------------------------------------------------------------
 # Opening
 # --------------------------------------------------------------------------------------------
+#: The filter :func:`_quiet_rasterio_georeferencing` installs, as ``warnings.filters`` holds it.
+_QUIET_RIO = ("ignore", None, _RioNotGeoreferencedWarning, None, 0)
+
+
+def _quiet_rasterio_georeferencing() -> None:
+    """Ignore rasterio's own :class:`rasterio.errors.NotGeoreferencedWarning` process-wide.
+
+    :func:`open_raster` says what is missing itself, naming the file and the remedy, so
+    rasterio's bare "Dataset has no geotransform" adds nothing. It is ignored by a lasting
+    filter, not inside ``warnings.catch_warnings`` around each open: that context manager
+    swaps the process's filter list and is not thread-safe, and rasterio silences the same
+    warning the same way while it traces masks (``rasterio.features.shapes``), so a thread
+    opening a raster while another traced one let rasterio's warning through (seen in the GUI's
+    cancel-and-resume test). Installed on every open, because a filter added inside someone
+    else's ``catch_warnings`` (a test runner's, say) is dropped when that one ends.
+    """
+    if _QUIET_RIO not in warnings.filters:
+        warnings.filterwarnings("ignore", category=_RioNotGeoreferencedWarning)
+
+
 def open_raster(path: str | Path) -> rasterio.DatasetReader:
     """Open ``path`` for reading, turning every failure into a :class:`RasterOpenError`.
 
@@ -85,16 +105,15 @@ def open_raster(path: str | Path) -> rasterio.DatasetReader:
             f"{p}: the file is empty (0 bytes); it was probably not fully copied or downloaded. "
             "Copy it again."
         )
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", _RioNotGeoreferencedWarning)
-        try:
-            ds = rasterio.open(p)
-        except RasterioError as e:
-            raise RasterOpenError(
-                f"{p}: cannot be read as a raster ({_short(e)}). SolarDesk reads GeoTIFF/COG, VRT "
-                "and JPEG/PNG with a world file; check that the file is an image of one of these "
-                "formats and is complete."
-            ) from e
+    _quiet_rasterio_georeferencing()
+    try:
+        ds = rasterio.open(p)
+    except RasterioError as e:
+        raise RasterOpenError(
+            f"{p}: cannot be read as a raster ({_short(e)}). SolarDesk reads GeoTIFF/COG, VRT "
+            "and JPEG/PNG with a world file; check that the file is an image of one of these "
+            "formats and is complete."
+        ) from e
     try:
         _check_last_block(ds)
     except RasterioError as e:
@@ -111,7 +130,7 @@ def open_raster(path: str | Path) -> rasterio.DatasetReader:
             NotGeoreferencedWarning,
             stacklevel=2,
         )
-    elif caught and ds.transform.is_identity:
+    elif ds.transform.is_identity and not ds.gcps[0] and ds.rpcs is None:
         warnings.warn(
             f"{p}: has a CRS but no geotransform; SolarDesk will work in pixel coordinates.",
             NotGeoreferencedWarning,

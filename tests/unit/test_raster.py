@@ -91,6 +91,60 @@ def test_geotiff_without_crs_warns(tmp_path: Path) -> None:
         assert describe(p).crs is None
 
 
+def _crs_without_transform(path: Path) -> Path:
+    from rasterio.crs import CRS
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with rasterio.open(
+            path, "w", driver="GTiff", width=8, height=8, count=1, dtype="uint8",
+            crs=CRS.from_epsg(32632),
+        ) as ds:  # fmt: skip
+            ds.write(np.zeros((1, 8, 8), np.uint8))
+    return path
+
+
+def test_a_crs_without_geotransform_warns_in_solardesks_words_only(tmp_path: Path) -> None:
+    """rasterio's bare "Dataset has no geotransform" is replaced by SolarDesk's warning naming
+    the file (rasterio's own is filtered out, not caught: see the next test)."""
+    p = _crs_without_transform(tmp_path / "crs-no-transform.tif")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        open_raster(p).close()
+    kinds = [(w.category, str(w.message)) for w in caught]
+    assert any(
+        c is NotGeoreferencedWarning and "crs-no-transform.tif" in m and "no geotransform" in m
+        for c, m in kinds
+    )
+    assert not [m for c, m in kinds if issubclass(c, rasterio.errors.NotGeoreferencedWarning)]
+
+
+def test_opening_a_raster_leaves_other_threads_warning_filters_alone(
+    recwarn, monkeypatch, rgb_tif: Path, tmp_path: Path
+) -> None:
+    """``warnings.catch_warnings`` swaps the process's filters and is not thread-safe: a worker
+    opening a raster inside one while another thread traced a mask (rasterio silences its
+    no-geotransform warning there the same way) let rasterio's warning through. Opening uses
+    a lasting filter instead, installed once."""
+    bare = _crs_without_transform(tmp_path / "c.tif")
+
+    entered = []
+    real = warnings.catch_warnings
+
+    def spy(*args, **kwargs):
+        entered.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(warnings, "catch_warnings", spy)
+    open_raster(rgb_tif).close()
+    n = len(warnings.filters)
+    open_raster(bare).close()
+    monkeypatch.undo()
+    assert entered == []  # opening never swapped the filters
+    assert len(warnings.filters) == n  # installed once, not on every open
+    assert ("ignore", None, rasterio.errors.NotGeoreferencedWarning, None, 0) in warnings.filters
+
+
 def _write(p: Path, content: bytes) -> Path:
     p.write_bytes(content)
     return p
