@@ -40,6 +40,8 @@ from solardesk_spectral.analyser import (
     GRID_OPEN_M,
     GRID_PITCHES_M,
     GRID_QUANT,
+    GRID_SMOOTH,
+    GRID_WINDOW,
     INSTANCE_FEATURES,
     MERGE_GAP_M,
     MERGE_MIN_CONFIDENCE,
@@ -618,7 +620,7 @@ def grid_map(grey: np.ndarray, direction: float, pitch: float) -> np.ndarray:
     """The local grid correlation at one pitch less that at half a pitch, smoothed (scipy
     shifts and uniform filters)."""
     d = grey - _gauss_reflect(grey, max(pitch / 3, 1.0))
-    window = _odd(2.6 * pitch)
+    window = _odd(GRID_WINDOW * pitch)
 
     def correlation(lag: float) -> np.ndarray:
         dx, dy = lag * math.cos(direction), lag * math.sin(direction)
@@ -631,7 +633,7 @@ def grid_map(grey: np.ndarray, direction: float, pitch: float) -> np.ndarray:
         return box(a * b) / (np.sqrt(box(a * a) * box(b * b)) + 1e-3)
 
     g = correlation(pitch) - correlation(pitch / 2)
-    return ndimage.uniform_filter(g, _odd(1.7 * pitch), mode="reflect")
+    return ndimage.uniform_filter(g, _odd(GRID_SMOOTH * pitch), mode="reflect")
 
 
 def split_by_module_grid(survivors, grey, feats, score, gsd, rgb, valid, settings, fusion) -> list:
