@@ -111,6 +111,22 @@ def test_texture_cue_sum_tells_a_module_grid_from_a_smooth_surface_of_its_colour
     assert np.mean(texture[inner_array] > fast.TEXTURE_CUE_THRESHOLD) > 0.95
 
 
+def _oracle_step(step, survivors, data, settings, fusion) -> list:
+    """The reference's merge or split ``step`` of ``survivors`` on the tile of ``data`` (a
+    ``TileData``: its grey values in float64, as the reference reads them)."""
+    return step(
+        survivors,
+        data.grey.astype(np.float64),
+        data.features,
+        data.score,
+        data.gsd,
+        data.rgb,
+        data.valid,
+        settings,
+        fusion,
+    )
+
+
 def _stage_matches_the_oracle(rgb: np.ndarray, settings: SpectralSettings) -> int:
     """Every stored candidate of the fast stage has a reference twin (mask IoU ≥ 0.99, same
     confidence), and as many of them; returns how many."""
@@ -529,9 +545,7 @@ def test_fragment_merge_is_kept_only_when_at_least_as_confident(best_part: float
     merged_conf = float(fast.confidence(merged_x, fusion, gsd)[0])
     assert 0.2 < merged_conf < 0.99999  # so that the two cases differ
     survivors = [(c, labels == i + 1, X[i].copy()) for i, c in enumerate(conf)]
-    want = ref.merge_fragments(
-        survivors, grey.astype(np.float64), feats, score, gsd, rgb, None, settings, fusion
-    )
+    want = _oracle_step(ref.merge_fragments, survivors, data, settings, fusion)
     if best_part == 0.2:
         assert len(conf2) == 3 and kept2.all()
         # the block and the fleck keep their masks and rows; the union is the last row
@@ -746,9 +760,7 @@ def test_split_replaces_a_candidate_by_its_array_only_when_clearly_more_confiden
     )
     assert (labels == before).all()
     survivors = [(c, labels == i + 1, X[i].copy()) for i, c in enumerate(conf)]
-    want = ref.split_candidates(
-        survivors, grey.astype(np.float64), feats, score, gsd, rgb, None, settings, fusion
-    )
+    want = _oracle_step(ref.split_candidates, survivors, data, settings, fusion)
     assert len(want) == len(conf2) == 4 and kept2.all()
     # the block, the candidate under the least confidence and the one whose classes are too
     # close keep their rows and masks
@@ -786,7 +798,7 @@ def test_split_parts_that_would_touch_keep_only_the_more_confident() -> None:
     rgb = np.clip(rgb + rng.normal(0, 2, rgb.shape), 0, 255).astype(np.uint8)
     labels = (light | dark).astype(np.int32)
     settings = SpectralSettings(split_candidates=True)
-    fusion, feats, score, grey, data = _split_setup(rgb, gsd)
+    fusion, feats, score, _, data = _split_setup(rgb, gsd)
     X, boxes = fast.instance_stats(labels, 1, feats, score, gsd, rgb, None, context=data.context)
     conf = np.array([0.1])
     z = np.log(0.1 / 0.9) + fast.SPLIT_MARGIN
@@ -795,16 +807,8 @@ def test_split_parts_that_would_touch_keep_only_the_more_confident() -> None:
         labels, X, boxes, conf, np.ones(1, bool), data, fusion, settings, shape_area_px=(0, np.inf)
     )
     assert len(conf2) == 1 and _iou(out == 1, light) >= 0.98 and not out[dark].any()
-    want = ref.split_candidates(
-        [(0.1, labels == 1, X[0].copy())],
-        grey.astype(np.float64),
-        feats,
-        score,
-        gsd,
-        rgb,
-        None,
-        settings,
-        fusion,
+    want = _oracle_step(
+        ref.split_candidates, [(0.1, labels == 1, X[0].copy())], data, settings, fusion
     )
     assert len(want) == 1 and _iou(want[0][1], out == 1) >= 0.99
 
@@ -845,9 +849,7 @@ def test_a_split_part_without_fine_detail_does_not_replace_its_candidate(monkeyp
             ungated = fast.split_candidates(*args, **stats)[0]
         assert _iou(ungated == 1, part) >= 0.98
         survivors = [(c, labels == i + 1, X[i].copy()) for i, c in enumerate(conf)]
-        want = ref.split_candidates(
-            survivors, grey.astype(np.float64), feats, score, gsd, plane, None, settings, fusion
-        )
+        want = _oracle_step(ref.split_candidates, survivors, data, settings, fusion)
         if drift:
             assert share < mean
             assert (out == labels).all() and (conf2 == conf).all()
@@ -877,7 +879,7 @@ def test_grid_split_takes_touching_arrays_apart_when_each_is_as_confident(monkey
     rgb = np.clip(rgb + rng.normal(0, 3, rgb.shape), 0, 255).astype(np.uint8)
     whole = (np.abs(u) < 12) & (np.abs(v) < 4)
     settings = SpectralSettings()
-    fusion, feats, score, grey, data = _split_setup(rgb, gsd)
+    fusion, feats, score, _, data = _split_setup(rgb, gsd)
     labels = whole.astype(np.int32)
     X, boxes = fast.instance_stats(labels, 1, feats, score, gsd, rgb, None, context=data.context)
     stats = {"shape_area_px": (0, np.inf), "means": None}
@@ -898,16 +900,8 @@ def test_grid_split_takes_touching_arrays_apart_when_each_is_as_confident(monkey
         got = fast.split_by_module_grid(
             labels, X, boxes, conf, np.ones(1, bool), data, fusion, settings, **stats
         )
-        want = ref.split_by_module_grid(
-            [(conf[0], whole, X[0].copy())],
-            grey.astype(np.float64),
-            feats,
-            score,
-            gsd,
-            rgb,
-            None,
-            settings,
-            fusion,
+        want = _oracle_step(
+            ref.split_by_module_grid, [(conf[0], whole, X[0].copy())], data, settings, fusion
         )
         return conf[0], got, want
 
@@ -1017,7 +1011,7 @@ def test_grid_split_cuts_an_array_out_of_its_roof(case: str, monkeypatch) -> Non
         monkeypatch.setattr(fast, "GRID_MIN_PARENT_M2", roof.sum() * gsd * gsd + 1)
         monkeypatch.setattr(ref, "GRID_MIN_PARENT_M2", roof.sum() * gsd * gsd + 1)
     settings = SpectralSettings()
-    fusion, feats, score, grey, data = _split_setup(rgb, gsd)
+    fusion, feats, score, _, data = _split_setup(rgb, gsd)
     labels = roof.astype(np.int32)
     X, boxes = fast.instance_stats(labels, 1, feats, score, gsd, rgb, None, context=data.context)
     part_logit = _logit_of(array, data, fusion)
@@ -1029,16 +1023,8 @@ def test_grid_split_cuts_an_array_out_of_its_roof(case: str, monkeypatch) -> Non
     assert (fast.split_candidates(*args, **stats)[0] == labels).all()
     out, _, boxes2, conf2, kept2 = fast.split_by_module_grid(*args, **stats)
     assert (labels == roof).all() and len(conf2) == 1 and kept2.all()
-    want = ref.split_by_module_grid(
-        [(conf[0], roof, X[0].copy())],
-        grey.astype(np.float64),
-        feats,
-        score,
-        gsd,
-        rgb,
-        None,
-        settings,
-        fusion,
+    want = _oracle_step(
+        ref.split_by_module_grid, [(conf[0], roof, X[0].copy())], data, settings, fusion
     )
     assert len(want) == 1
     if case != "cut":
