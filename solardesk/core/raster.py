@@ -80,8 +80,9 @@ def _quiet_rasterio_georeferencing() -> None:
     swaps the process's filter list and is not thread-safe, and rasterio silences the same
     warning the same way while it traces masks (``rasterio.features.shapes``), so a thread
     opening a raster while another traced one let rasterio's warning through (seen in the GUI's
-    cancel-and-resume test). Installed on every open, because a filter added inside someone
-    else's ``catch_warnings`` (a test runner's, say) is dropped when that one ends.
+    cancel-and-resume test). Checked on every open and installed when missing, because a
+    filter added inside someone else's ``catch_warnings`` (a test runner's, say) is dropped
+    when that one ends.
     """
     if _QUIET_RIO not in warnings.filters:
         warnings.filterwarnings("ignore", category=_RioNotGeoreferencedWarning)
