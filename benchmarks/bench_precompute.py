@@ -177,6 +177,7 @@ STAGES = (
     "merge_fragments",
     "split_candidates",
     "split_by_module_grid",
+    "fill_outlines",
     "_fill_means",
 )
 

@@ -14,7 +14,7 @@ from solardesk.plugin_api import Detector, PrecomputeStage, hookimpl
 # 7: a third segmentation from the texture cue sum; 8: a module grid waives the texture penalty;
 # 9: a candidate of few pixels loses confidence; 10: the verified split, gated by fine texture, on;
 # 11: a candidate whose box is the whole tile has no shape; 12: the module-grid split (ADR 0041)
-STAGE_VERSION = 12
+STAGE_VERSION = 13
 
 
 @hookimpl

@@ -1068,6 +1068,7 @@ def analyse(
         (merge_fragments, settings.merge_fragments),
         (split_candidates, settings.split_candidates),
         (split_by_module_grid, settings.grid_split),
+        (fill_outlines, settings.fill_outlines),
     ):
         if on:
             labels, X, boxes, conf, kept = step(
@@ -1391,7 +1392,10 @@ def _replace_by_parts(
     when there are two or more of them (the candidate was several arrays that touch). A
     candidate's accepted parts replace it by falling confidence, each unless it touches one
     taken before (instances never touch). The most confident part takes its candidate's row
-    and label, the others are new rows.
+    and label, the others are new rows. The candidate's other parts within the area limits
+    (not accepted) then follow by falling confidence on the same terms, each at its own
+    confidence when that reaches the storage floor: a candidate found to be more than one
+    thing no longer hides the rest of what it held (a second, less confident array).
     """
     labels, X, boxes, conf, kept = candidates
     owner = np.asarray(owner)
@@ -1409,7 +1413,6 @@ def _replace_by_parts(
         beat=base if together else to_beat,
     )
     logit = _logit(Xp, fusion, tile.gsd)
-    cp = np.where(ok, 1.0 / (1.0 + np.exp(-logit)), 0.0)  # the confidence, from its log-odds
     if gate:
         ok &= shows_fine_texture(Xp, fusion)
     peers = ok & (logit > base)
@@ -1421,6 +1424,14 @@ def _replace_by_parts(
                 ok |= mine
     if not ok.any():
         return candidates
+    # The rest of each replaced candidate: measured where the verification skipped the spectral
+    # statistics, kept from the storage floor.
+    rest = _within_area_limits(Xp, settings) & ~ok & np.isin(owner, owner[ok])
+    todo = rest & np.isnan(Xp[:, _FINE_COLS[0]])
+    if todo.any():
+        Xp[np.ix_(todo, _FINE_COLS)] = measure_fine_power(tile.grey, plab, tile.gsd, todo, bp)[todo]
+    cp = np.where(ok | rest, confidence(Xp, fusion, tile.gsd), 0.0)
+    rest &= cp >= settings.floor
     # Only the candidates' boxes change in the label image.
     out, X, boxes, conf = labels.copy(), X.copy(), boxes.copy(), conf.copy()
     ring = np.ones((3, 3), np.uint8)
@@ -1430,7 +1441,12 @@ def _replace_by_parts(
         crop, parts = out[y0:y1, x0:x1], plab[y0:y1, x0:x1]
         crop[crop == i + 1] = 0
         taken = np.zeros((y1 - y0, x1 - x0), np.uint8)
-        for j in sorted(np.flatnonzero(ok & (owner == i)), key=lambda j: (-cp[j], j)):
+        by_confidence = [
+            j
+            for among in (ok, rest)
+            for j in sorted(np.flatnonzero(among & (owner == i)), key=lambda j: (-cp[j], j))
+        ]
+        for j in by_confidence:
             part = parts == j + 1
             if not taken.any():
                 crop[part] = i + 1
@@ -1639,6 +1655,115 @@ def split_by_module_grid(labels, X, boxes, conf, kept, tile: TileData, fusion, s
     return _replace_by_parts(
         unchanged, plab, owner, pboxes, tile, fusion, settings, stats, GRID_GATE, together=True
     )
+
+
+#: Outline fill (ADR 0042; setting ``fill_outlines``): a stored candidate of at least
+#: OUTLINE_MIN_CONFIDENCE whose convex hull adds more than OUTLINE_MIN_GAIN of its pixels and
+#: at most makes it OUTLINE_MAX_GROWTH times larger takes the hull as its outline when the
+#: hull is more confident than the candidate; its confidence stays the candidate's own. An
+#: array is a convex plate or a block of them; what a segmentation leaves out of one inside
+#: its hull is mostly module frames, row gaps and lighter modules. Chosen on the even half of
+#: the shared data (growth 1.15–2, least confidence 0.01–0.5, the hull's own confidence),
+#: measured on the odd half (docs/spectral_quality.md).
+OUTLINE_MIN_CONFIDENCE = 0.5
+OUTLINE_MIN_GAIN = 0.02
+OUTLINE_MAX_GROWTH = 1.5
+
+
+def convex_hull_mask(mask: np.ndarray) -> np.ndarray | None:
+    """The pixels whose centres lie in the convex hull of the centres of ``mask``'s pixels
+    (on its edges included), or None when that hull has no area (one pixel, a straight line).
+    The hull's corners are integer pixel coordinates, so the test is exact in integers."""
+    contours, _ = cv2.findContours(mask.view(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    if not contours:
+        return None
+    corners = cv2.convexHull(np.concatenate(contours)).reshape(-1, 2).astype(np.int64)
+    if len(corners) < 3:
+        return None
+    x, y = corners[:, 0], corners[:, 1]
+    twice_area = int(np.dot(x, np.roll(y, -1)) - np.dot(np.roll(x, -1), y))
+    if twice_area == 0:
+        return None
+    side = 1 if twice_area > 0 else -1
+    cols = np.arange(mask.shape[1], dtype=np.int64)
+    rows = np.arange(mask.shape[0], dtype=np.int64)
+    inside = np.ones(mask.shape, bool)
+    for (x0, y0), (x1, y1) in zip(corners, np.roll(corners, -1, axis=0), strict=True):
+        # the cross product of the edge with the pixel's offset from its start: ≥ 0 inside
+        cross = np.add.outer(side * (x1 - x0) * (rows - y0), -side * (y1 - y0) * (cols - x0))
+        inside &= cross >= 0
+    return inside
+
+
+def fill_outlines(labels, X, boxes, conf, kept, tile: TileData, fusion, settings, **stats):
+    """Give a ragged array the outline of its convex hull (ADR 0042).
+
+    Returns ``(labels, X, boxes, confidence, kept)`` like :func:`split_candidates`. Each
+    candidate at or above the storage floor and :data:`OUTLINE_MIN_CONFIDENCE` gets its convex
+    hull (:func:`convex_hull_mask`) less the pixels within one pixel of any other candidate's
+    reach (its hull when it has one here, else its mask: instances never touch, whichever
+    outline each ends with) and of no data. When that adds more than :data:`OUTLINE_MIN_GAIN`
+    of the candidate's pixels, keeps it within :data:`OUTLINE_MAX_GROWTH` times its size and
+    within the area limits, and is scored more confident than the candidate (fine power share
+    included), it becomes the candidate's mask, box and statistics — at the candidate's own
+    confidence: the hull is regular by construction, and the confidence's shape cues would
+    reward that, not the evidence of an array.
+    """
+    gsd = tile.gsd
+    unchanged = labels, X, boxes, conf, kept
+    parents = np.flatnonzero(kept & (conf >= max(settings.floor, OUTLINE_MIN_CONFIDENCE)))
+    if len(parents) == 0:
+        return unchanged
+    h_, w_ = labels.shape
+    hulls, reach = {}, np.zeros(labels.shape, np.uint8)  # reach: how many hulls hold a pixel
+    for i in parents:
+        x0, y0, x1, y1 = (int(v) for v in boxes[i])
+        hull = convex_hull_mask(labels[y0:y1, x0:x1] == i + 1)
+        if hull is not None:
+            hulls[i] = hull
+            reach[y0:y1, x0:x1] += hull
+    ring = np.ones((3, 3), np.uint8)
+    plab = np.zeros_like(labels)
+    owner, pboxes = [], []
+    for i, hull in hulls.items():
+        x0, y0, x1, y1 = (int(v) for v in boxes[i])
+        # the others' reach over the box grown by a pixel, then its one-pixel ring
+        a0, b0, a1, b1 = max(x0 - 1, 0), max(y0 - 1, 0), min(x1 + 1, w_), min(y1 + 1, h_)
+        grown = labels[b0:b1, a0:a1]
+        mine = grown == i + 1
+        held = reach[b0:b1, a0:a1].copy()
+        held[y0 - b0 : y1 - b0, x0 - a0 : x1 - a0] -= hull
+        others = ((grown > 0) & ~mine) | (held > 0)
+        near = cv2.dilate(others.view(np.uint8), ring)[y0 - b0 : y1 - b0, x0 - a0 : x1 - a0]
+        part = hull & (near == 0)
+        if tile.valid is not None:
+            part &= tile.valid[y0:y1, x0:x1]
+        n_part, n_mine = int(np.count_nonzero(part)), int(np.count_nonzero(mine))
+        if not (1 + OUTLINE_MIN_GAIN) * n_mine < n_part <= OUTLINE_MAX_GROWTH * n_mine:
+            continue
+        owner.append(i)
+        ys, xs = np.nonzero(part)
+        pboxes.append((x0 + xs.min(), y0 + ys.min(), x0 + xs.max() + 1, y0 + ys.max() + 1))
+        plab[y0:y1, x0:x1][part] = len(owner)
+    if not owner:
+        return unchanged
+    owner = np.asarray(owner)
+    base = np.log(conf[owner]) - np.log1p(-conf[owner])
+    Xp, bp, ok = _measure_new(
+        plab, len(owner), tile, fusion, settings, stats, boxes=np.asarray(pboxes), beat=base
+    )
+    ok &= _logit(Xp, fusion, gsd) > base
+    if not ok.any():
+        return unchanged
+    out, X, boxes = labels.copy(), X.copy(), boxes.copy()
+    for j in np.flatnonzero(ok):
+        i = owner[j]
+        x0, y0, x1, y1 = (int(v) for v in boxes[i])
+        crop = out[y0:y1, x0:x1]
+        crop[crop == i + 1] = 0
+        crop[plab[y0:y1, x0:x1] == j + 1] = i + 1
+        X[i], boxes[i] = Xp[j], bp[j]
+    return out, X, boxes, conf, kept
 
 
 #: A candidate is dropped when more than this share of its pixels lies in a candidate of higher

@@ -92,6 +92,16 @@ class SpectralSettings(Settings):
             "texture, replaces it (ADR 0041).",
         ),
     ] = True
+    fill_outlines: Annotated[
+        bool,
+        Field(
+            title="Fill an array's outline to its convex hull",
+            description="Give a candidate of confidence 0.5 or more the outline of its convex "
+            "hull (module frames, row gaps and lighter modules the segmentation left out) when "
+            "the hull is at most 1.5 times its size and more confident; its confidence stays "
+            "its own (ADR 0042).",
+        ),
+    ] = True
     cue_segmentation: Annotated[
         bool,
         Field(

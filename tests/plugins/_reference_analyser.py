@@ -50,6 +50,9 @@ from solardesk_spectral.analyser import (
     ORIENT_MIN_COHERENCE,
     ORIENT_MIN_SHARE,
     ORIENT_SIGMA_M,
+    OUTLINE_MAX_GROWTH,
+    OUTLINE_MIN_CONFIDENCE,
+    OUTLINE_MIN_GAIN,
     PENALTY_ONLY_CUES,
     PIXEL_FEATURES,
     SMALL_PENALTY,
@@ -408,6 +411,8 @@ def analyse_masks(rgb: np.ndarray, valid, gsd: float, settings, fusion) -> list:
         survivors = split_by_module_grid(
             survivors, grey, feats, score, gsd, rgb, valid, settings, fusion
         )
+    if settings.fill_outlines:
+        survivors = fill_outlines(survivors, grey, feats, score, gsd, rgb, valid, settings, fusion)
     return [(c, m) for c, m, _ in survivors if c >= settings.floor]
 
 
@@ -519,10 +524,11 @@ def _verified(
     tile masks, in order): those of at least the smallest area and within the area limits,
     more confident than it by SPLIT_MARGIN and (with ``gate``) with a fine power share at least
     the fusion's mean — with ``together`` also all those more confident than it when there are
-    two or more — taken by falling confidence unless touching one taken before; or it
+    two or more — taken by falling confidence unless touching one taken before, then its other
+    pieces within the area limits of at least the storage floor on the same terms; or it
     alone."""
     min_pixels = settings.min_area_m2 / (gsd * gsd)
-    parts = []
+    parts, every = [], []
     for part in pieces:
         if part.sum() < min_pixels:
             continue
@@ -532,6 +538,7 @@ def _verified(
         if not settings.min_area_m2 <= area <= settings.max_area_m2:
             continue
         cp = _final_confidence(grey, part, xp, gsd, fusion)
+        every.append((cp, len(every), part, xp))
         # the texture gate (ADR 0038): a measured fine power share at least the mean
         fine = xp[INSTANCE_FEATURES.index("fine_power_share")]
         textured = (
@@ -539,21 +546,26 @@ def _verified(
             and fine >= fusion.instance_mean[INSTANCE_FEATURES.index("fine_power_share")]
         )
         if textured or not gate:
-            parts.append((cp, len(parts), part, xp))
+            parts.append(every[-1])
     z = np.log(c / (1 - c))
     peers = [p for p in parts if np.log(p[0] / (1 - p[0])) > z]
     if together and len(peers) >= 2:
         parts = peers
     else:
         parts = [p for p in parts if np.log(p[0] / (1 - p[0])) > z + SPLIT_MARGIN]
+    if not parts:
+        return [(c, m, x)]
+    chosen = {p[1] for p in parts}
+    rest = [p for p in every if p[1] not in chosen and p[0] >= settings.floor]
     taken = np.zeros(m.shape, bool)
     accepted = []
-    for cp, _, part, xp in sorted(parts, key=lambda t: (-t[0], t[1])):
-        if (ndimage.binary_dilation(taken, np.ones((3, 3), bool)) & part).any():
-            continue
-        taken |= part
-        accepted.append((cp, part, xp))
-    return accepted or [(c, m, x)]
+    for group in (parts, rest):
+        for cp, _, part, xp in sorted(group, key=lambda t: (-t[0], t[1])):
+            if (ndimage.binary_dilation(taken, np.ones((3, 3), bool)) & part).any():
+                continue
+            taken |= part
+            accepted.append((cp, part, xp))
+    return accepted
 
 
 def _grid_lag(d: np.ndarray, m: np.ndarray, kx: int, ky: int) -> float:
@@ -689,6 +701,61 @@ def split_by_module_grid(survivors, grey, feats, score, gsd, rgb, valid, setting
                 together=True,
             )
         )
+    return out
+
+
+def convex_hull_mask(m: np.ndarray) -> np.ndarray | None:
+    """The pixels whose centres lie in the convex hull of ``m``'s pixel centres (qhull, a
+    half-plane test per facet of every pixel), or None when the hull has no area."""
+    from scipy.spatial import ConvexHull, QhullError
+
+    points = np.argwhere(m)[:, ::-1].astype(np.float64)  # (x, y)
+    try:
+        hull = ConvexHull(points)
+    except (QhullError, ValueError):
+        return None
+    rows, cols = np.mgrid[0 : m.shape[0], 0 : m.shape[1]]
+    centres = np.stack([cols.ravel(), rows.ravel()], axis=1).astype(np.float64)
+    normals, offsets = hull.equations[:, :2], hull.equations[:, 2]
+    inside = (centres @ normals.T + offsets <= 1e-9).all(axis=1)
+    return inside.reshape(m.shape)
+
+
+def fill_outlines(survivors, grey, feats, score, gsd, rgb, valid, settings, fusion) -> list:
+    """Each confident survivor's convex hull, less the pixels next to any other survivor's
+    reach (its hull when it is confident enough to get one, else its mask) and of no data,
+    takes its place when it grows it by more than OUTLINE_MIN_GAIN, at most OUTLINE_MAX_GROWTH
+    times, within the area limits, and is more confident (whole-tile masks, qhull, scipy
+    morphology); the confidence stays the survivor's."""
+    least = max(settings.floor, OUTLINE_MIN_CONFIDENCE)
+    hulls = [convex_hull_mask(m) if c >= least else None for c, m, _ in survivors]
+    reach = [m if h is None else h for (_, m, _), h in zip(survivors, hulls, strict=True)]
+    out = []
+    for k, (c, m, x) in enumerate(survivors):
+        if hulls[k] is None:
+            out.append((c, m, x))
+            continue
+        others = np.zeros(m.shape, bool)
+        for j, r in enumerate(reach):
+            if j != k:
+                others |= r
+        part = hulls[k] & ~ndimage.binary_dilation(others, np.ones((3, 3), bool))
+        if valid is not None:
+            part &= valid
+        if not (1 + OUTLINE_MIN_GAIN) * m.sum() < part.sum() <= OUTLINE_MAX_GROWTH * m.sum():
+            out.append((c, m, x))
+            continue
+        xp, _ = instance_stats(part.astype(np.int32), 1, feats, score, gsd, rgb, valid)
+        xp = xp[0]
+        area = 10 ** xp[INSTANCE_FEATURES.index("log_area_m2")]
+        if not settings.min_area_m2 <= area <= settings.max_area_m2:
+            out.append((c, m, x))
+            continue
+        cp = _final_confidence(grey, part, xp, gsd, fusion)
+        if np.log(cp / (1 - cp)) > np.log(c / (1 - c)):
+            out.append((c, part, xp))
+        else:
+            out.append((c, m, x))
     return out
 
 

@@ -813,6 +813,60 @@ def test_split_parts_that_would_touch_keep_only_the_more_confident() -> None:
     assert len(want) == 1 and _iou(want[0][1], out == 1) >= 0.99
 
 
+@pytest.mark.parametrize("floor", ["under the rest", "over the rest"])
+def test_a_replaced_candidate_keeps_the_rest_of_what_it_held(floor: str) -> None:
+    """A light and a dark array 0.6 m apart, held by one candidate: the light one beats it by
+    the margin and replaces it, the dark one does not (a little more or a little less
+    confident than the whole), yet it is no part of anything any more — it stays as a
+    candidate of its own at its own confidence, unless that is under the storage floor (fast
+    and oracle)."""
+    gsd = 0.15
+    rng = np.random.default_rng(5)
+    rgb = np.empty((160, 160, 3), np.float64)
+    rgb[:] = (150, 110, 90)
+    light, dark = np.zeros((160, 160), bool), np.zeros((160, 160), bool)
+    light[20:40, 20:80] = True
+    dark[44:64, 20:80] = True
+    yy, xx = np.mgrid[0:160, 0:160] * gsd
+    frame = (np.mod(xx, 1.0) < gsd) | (np.mod(yy, 1.5) < gsd)
+    rgb[light], rgb[light & frame] = (95, 110, 140), (80, 92, 118)
+    rgb[dark], rgb[dark & frame] = (50, 62, 105), (42, 52, 89)
+    rgb = np.clip(rgb + rng.normal(0, 2, rgb.shape), 0, 255).astype(np.uint8)
+    labels = (light | dark).astype(np.int32)
+    fusion, feats, score, _, data = _split_setup(rgb, gsd)
+    z_light, z_dark = _logit_of(light, data, fusion), _logit_of(dark, data, fusion)
+    # the dark array more confident than the candidate, not by the margin; or less confident,
+    # with the floor between the two
+    z = z_dark + (fast.SPLIT_MARGIN / 2 if floor == "over the rest" else -fast.SPLIT_MARGIN / 2)
+    assert z_light > z + fast.SPLIT_MARGIN
+    c_dark, c_whole = 1 / (1 + np.exp(-z_dark)), 1 / (1 + np.exp(-z))
+    settings = SpectralSettings(
+        split_candidates=True,
+        floor=c_dark / 2 if floor == "under the rest" else (c_dark + c_whole) / 2,
+    )
+    X, boxes = fast.instance_stats(labels, 1, feats, score, gsd, rgb, None, context=data.context)
+    conf = np.array([c_whole])
+    out, _, boxes2, conf2, kept2 = fast.split_candidates(
+        labels, X, boxes, conf, np.ones(1, bool), data, fusion, settings, shape_area_px=(0, np.inf)
+    )
+    assert _iou(out == 1, light) >= 0.98 and conf2[0] == pytest.approx(
+        1 / (1 + np.exp(-z_light)), abs=1e-3
+    )
+    want = _oracle_step(
+        ref.split_candidates, [(conf[0], labels == 1, X[0].copy())], data, settings, fusion
+    )
+    if floor == "over the rest":
+        assert len(conf2) == 1 and not out[dark].any() and len(want) == 1
+        return
+    assert len(conf2) == 2 and kept2.all() and _iou(out == 2, dark) >= 0.98
+    assert conf2[1] == pytest.approx(c_dark, abs=1e-3)
+    ys, xs = np.nonzero(out == 2)
+    assert tuple(boxes2[1]) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+    assert len(want) == 2
+    for (c, m, _), i in zip(want, (1, 2), strict=True):
+        assert _iou(m, out == i) >= 0.99 and c == pytest.approx(conf2[i - 1], abs=1e-3)
+
+
 def test_a_split_part_without_fine_detail_does_not_replace_its_candidate(monkeypatch) -> None:
     """ADR 0038: the array of ``_array_beside_a_shadow`` made a plain plane whose tone drifts
     by 40 levels across its 9 m (a roof facet's shading): cut off its shadow it beats the
@@ -1043,6 +1097,147 @@ def test_grid_split_cuts_an_array_out_of_its_roof(case: str, monkeypatch) -> Non
     assert fast.GRID_GATE is False
     monkeypatch.setattr(fast, "shows_fine_texture", lambda X, fusion: np.zeros(len(X), bool))
     assert (fast.split_by_module_grid(*args, **stats)[0] == out).all()
+
+
+def test_the_convex_hull_mask_is_qhulls() -> None:
+    """ADR 0042: the pixels whose centres lie in the convex hull of a mask's pixel centres are
+    those of qhull's half-planes (the oracle), on blobs, rotated rectangles and scattered
+    pixels; the hull holds the mask and is its own hull; a pixel or a straight line has none."""
+    rng = np.random.default_rng(8)
+    masks = []
+    for _ in range(6):
+        m = np.zeros((40, 50), bool)
+        for _ in range(3):
+            y, x = rng.integers(0, 30), rng.integers(0, 40)
+            m[y : y + rng.integers(2, 10), x : x + rng.integers(2, 10)] = True
+        masks.append(m)
+    for angle in (0.0, 17.0, 45.0):
+        m = np.zeros((60, 60), np.uint8)
+        corners = fast.cv2.boxPoints(((30.0, 30.0), (40.0, 14.0), angle)).astype(np.int32)
+        fast.cv2.fillPoly(m, [corners], 1)
+        masks.append(m.astype(bool))
+    masks.append(rng.random((30, 30)) > 0.97)
+    for m in masks:
+        hull = fast.convex_hull_mask(m)
+        np.testing.assert_array_equal(hull, ref.convex_hull_mask(m))
+        assert hull[m].all() and (fast.convex_hull_mask(hull) == hull).all()
+    line, dot = np.zeros((20, 20), bool), np.zeros((20, 20), bool)
+    line[np.arange(3, 15), np.arange(3, 15)] = True
+    dot[5, 5] = True
+    for m in (line, dot, np.zeros((5, 5), bool)):
+        assert fast.convex_hull_mask(m) is None and ref.convex_hull_mask(m) is None
+
+
+def _ragged_array(gsd: float = 0.15):
+    """A blue array of modules (1 × 1.5 m) on a red roof, and its segmentation with three
+    blocks of lighter modules (3 × 2 m) bitten out of its edges (what a score map leaves out
+    of a real one)."""
+    rng = np.random.default_rng(12)
+    rgb = np.empty((120, 160, 3), np.float64)
+    rgb[:] = (150, 110, 90)
+    yy, xx = np.mgrid[0:120, 0:160]
+    array = (yy >= 30) & (yy < 80) & (xx >= 30) & (xx < 130)
+    frame = (np.mod(xx * gsd, 1.0) < gsd) | (np.mod(yy * gsd, 1.5) < gsd)
+    rgb[array], rgb[array & frame] = (60, 72, 115), (45, 55, 90)
+    bites = np.zeros_like(array)
+    for y0, x0 in ((30, 50), (30, 90), (60, 100)):
+        bites[y0 : y0 + 20, x0 : x0 + 14] = True
+    rgb[array & bites & ~frame] = (95, 110, 140)
+    rgb = np.clip(rgb + rng.normal(0, 2, rgb.shape), 0, 255).astype(np.uint8)
+    return rgb, array, array & ~bites
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "filled",
+        "under the least confidence",
+        "more confident whole",
+        "grows too much",
+        "a neighbour in a bite",
+    ],
+)
+def test_a_ragged_array_takes_its_convex_hull_at_its_own_confidence(case: str, monkeypatch) -> None:
+    """ADR 0042: a confident candidate with bites out of its edges takes its convex hull as its
+    outline (mask, box and statistics) when the hull is more confident — at the candidate's
+    own confidence; not under OUTLINE_MIN_CONFIDENCE, not when the candidate is the more
+    confident, not when the hull grows it beyond OUTLINE_MAX_GROWTH; a candidate in a bite
+    keeps its pixels and a free ring around them. Fast and oracle agree; the input is not
+    changed."""
+    gsd = 0.15
+    rgb, array, ragged = _ragged_array(gsd)
+    labels = ragged.astype(np.int32)
+    if case == "a neighbour in a bite":
+        labels[33:45, 93:101] = 2  # a skylight in the second bite
+    n = int(labels.max())
+    fusion, feats, score, _, data = _split_setup(rgb, gsd)
+    z_ragged, z_hull = _logit_of(ragged, data, fusion), _logit_of(array, data, fusion)
+    assert z_hull > z_ragged  # the bites cost the ragged outline confidence
+    z = {"more confident whole": z_hull + 0.5, "under the least confidence": -1.0}.get(
+        case, z_ragged
+    )
+    conf = np.array([1 / (1 + np.exp(-z)), 0.3][:n])
+    if case == "grows too much":
+        growth = array.sum() / ragged.sum()
+        monkeypatch.setattr(fast, "OUTLINE_MAX_GROWTH", growth - 0.01)
+        monkeypatch.setattr(ref, "OUTLINE_MAX_GROWTH", growth - 0.01)
+    settings = SpectralSettings()
+    X, boxes = fast.instance_stats(labels, n, feats, score, gsd, rgb, None, context=data.context)
+    X[:, fast._FINE_COLS] = fast.measure_fine_power(data.grey, labels, gsd, [True] * n)
+    before = labels.copy()
+    out, X2, boxes2, conf2, kept2 = fast.fill_outlines(
+        labels,
+        X,
+        boxes,
+        conf,
+        np.ones(n, bool),
+        data,
+        fusion,
+        settings,
+        shape_area_px=(0, np.inf),
+        means=None,
+    )
+    assert (labels == before).all() and (conf2 == conf).all() and kept2.all()
+    survivors = [(c, labels == i + 1, X[i].copy()) for i, c in enumerate(conf)]
+    want = _oracle_step(ref.fill_outlines, survivors, data, settings, fusion)
+    assert len(want) == n
+    for i in range(n):
+        assert _iou(want[i][1], out == i + 1) >= 0.99 and want[i][0] == conf[i]
+    if case in ("under the least confidence", "more confident whole", "grows too much"):
+        assert (out == labels).all() and (X2 == X).all()
+        return
+    filled = out == 1
+    if case == "filled":
+        np.testing.assert_array_equal(filled, array)
+    else:  # the skylight and a one-pixel ring around it stay out
+        assert (out == 2).sum() == (labels == 2).sum() and (out[labels == 2] == 2).all()
+        ring = fast.cv2.dilate((labels == 2).astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+        np.testing.assert_array_equal(filled, array & ~ring)
+    ys, xs = np.nonzero(filled)
+    assert tuple(boxes2[0]) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+    area = fast.INSTANCE_FEATURES.index("log_area_m2")
+    assert X2[0, area] == pytest.approx(np.log10(filled.sum() * gsd * gsd))
+    assert _logit_of(filled, data, fusion) > z
+
+
+@pytest.mark.parametrize("seed", [11, 49])
+def test_outline_fill_is_on_by_default_and_the_stage_with_it_matches_the_oracle(
+    seed: int, monkeypatch
+) -> None:
+    """On synthetic tiles where a candidate takes its hull, the stage stores the same
+    candidates as the reference, at the same confidences as without the fill."""
+    assert SpectralSettings().fill_outlines is True
+    scene = generate_scene(SceneSpec(height=256, width=256, gsd=0.15, seed=seed, n_roofs=3))
+    rgb = np.ascontiguousarray(np.moveaxis(scene.image, 0, -1))
+    monkeypatch.setattr(ref, "pixel_features", fast.pixel_features)
+    off = SpectralSettings(floor=0.003, fill_outlines=False)
+    on = off.model_copy(update={"fill_outlines": True})
+    plain = fast.analyse_tile(rgb, None, 0.15, off.model_dump())
+    filled = fast.analyse_tile(rgb, None, 0.15, on.model_dump())
+    assert [i.confidence for i in plain] == [i.confidence for i in filled]
+    grown = [(a, b) for a, b in zip(plain, filled, strict=True) if a.mask.sum() != b.mask.sum()]
+    assert grown and all(b.mask.sum() > a.mask.sum() for a, b in grown)
+    assert _stage_matches_the_oracle(rgb, on) >= 2
 
 
 def test_a_candidate_of_few_pixels_loses_confidence_by_its_pixel_count() -> None:
