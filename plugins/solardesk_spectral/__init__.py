@@ -13,7 +13,8 @@ from solardesk.plugin_api import Detector, PrecomputeStage, hookimpl
 # 5: fragment merge, water cue, texture only against a candidate; 6: fine peak share;
 # 7: a third segmentation from the texture cue sum; 8: a module grid waives the texture penalty;
 # 9: a candidate of few pixels loses confidence; 10: the verified split, gated by fine texture, on;
-# 11: a candidate whose box is the whole tile has no shape; 12: the module-grid split (ADR 0041)
+# 11: a candidate whose box is the whole tile has no shape; 12: the module-grid split (ADR 0041);
+# 13: a replaced candidate keeps the rest, a ragged one takes its convex hull (ADR 0042)
 STAGE_VERSION = 13
 
 
