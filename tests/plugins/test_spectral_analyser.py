@@ -780,22 +780,29 @@ def test_split_replaces_a_candidate_by_its_array_only_when_clearly_more_confiden
         assert [c for c, _, _ in want] == list(conf)
 
 
-def test_split_parts_that_would_touch_keep_only_the_more_confident() -> None:
-    """A light and a dark array side by side, segmented as one barely confident candidate: both
-    halves beat it, but instances never touch, so only the more confident half replaces it
-    (fast and oracle)."""
-    gsd = 0.15
+def _light_and_dark_arrays(gap_px: int, gsd: float = 0.15):
+    """A light and a dark array of modules (9 × 3 m each) on a red roof, the dark one
+    ``gap_px`` pixels below the light one: ``(rgb, light, dark)``."""
     rng = np.random.default_rng(5)
     rgb = np.empty((160, 160, 3), np.float64)
     rgb[:] = (150, 110, 90)
     light, dark = np.zeros((160, 160), bool), np.zeros((160, 160), bool)
     light[20:40, 20:80] = True
-    dark[40:60, 20:80] = True
+    dark[40 + gap_px : 60 + gap_px, 20:80] = True
     yy, xx = np.mgrid[0:160, 0:160] * gsd
     frame = (np.mod(xx, 1.0) < gsd) | (np.mod(yy, 1.5) < gsd)
     rgb[light], rgb[light & frame] = (95, 110, 140), (80, 92, 118)
     rgb[dark], rgb[dark & frame] = (50, 62, 105), (42, 52, 89)
     rgb = np.clip(rgb + rng.normal(0, 2, rgb.shape), 0, 255).astype(np.uint8)
+    return rgb, light, dark
+
+
+def test_split_parts_that_would_touch_keep_only_the_more_confident() -> None:
+    """A light and a dark array side by side, segmented as one barely confident candidate: both
+    halves beat it, but instances never touch, so only the more confident half replaces it
+    (fast and oracle)."""
+    gsd = 0.15
+    rgb, light, dark = _light_and_dark_arrays(0, gsd)
     labels = (light | dark).astype(np.int32)
     settings = SpectralSettings(split_candidates=True)
     fusion, feats, score, _, data = _split_setup(rgb, gsd)
@@ -821,17 +828,7 @@ def test_a_replaced_candidate_keeps_the_rest_of_what_it_held(floor: str) -> None
     candidate of its own at its own confidence, unless that is under the storage floor (fast
     and oracle)."""
     gsd = 0.15
-    rng = np.random.default_rng(5)
-    rgb = np.empty((160, 160, 3), np.float64)
-    rgb[:] = (150, 110, 90)
-    light, dark = np.zeros((160, 160), bool), np.zeros((160, 160), bool)
-    light[20:40, 20:80] = True
-    dark[44:64, 20:80] = True
-    yy, xx = np.mgrid[0:160, 0:160] * gsd
-    frame = (np.mod(xx, 1.0) < gsd) | (np.mod(yy, 1.5) < gsd)
-    rgb[light], rgb[light & frame] = (95, 110, 140), (80, 92, 118)
-    rgb[dark], rgb[dark & frame] = (50, 62, 105), (42, 52, 89)
-    rgb = np.clip(rgb + rng.normal(0, 2, rgb.shape), 0, 255).astype(np.uint8)
+    rgb, light, dark = _light_and_dark_arrays(4, gsd)
     labels = (light | dark).astype(np.int32)
     fusion, feats, score, _, data = _split_setup(rgb, gsd)
     z_light, z_dark = _logit_of(light, data, fusion), _logit_of(dark, data, fusion)
