@@ -1748,7 +1748,8 @@ def fill_outlines(labels, X, boxes, conf, kept, tile: TileData, fusion, settings
     if not owner:
         return unchanged
     owner = np.asarray(owner)
-    base = np.log(conf[owner]) - np.log1p(-conf[owner])
+    with np.errstate(divide="ignore"):  # a confidence of 1.0 (in float64) is beaten by none
+        base = np.log(conf[owner]) - np.log1p(-conf[owner])
     Xp, bp, ok = _measure_new(
         plab, len(owner), tile, fusion, settings, stats, boxes=np.asarray(pboxes), beat=base
     )

@@ -752,7 +752,9 @@ def fill_outlines(survivors, grey, feats, score, gsd, rgb, valid, settings, fusi
             out.append((c, m, x))
             continue
         cp = _final_confidence(grey, part, xp, gsd, fusion)
-        if np.log(cp / (1 - cp)) > np.log(c / (1 - c)):
+        with np.errstate(divide="ignore"):  # a confidence of 1.0 is beaten by none
+            beats = np.log(cp / (1 - cp)) > np.log(c / (1 - c))
+        if beats:
             out.append((c, part, xp))
         else:
             out.append((c, m, x))

@@ -1150,6 +1150,7 @@ def _ragged_array(gsd: float = 0.15):
         "filled",
         "under the least confidence",
         "more confident whole",
+        "certain whole",
         "grows too much",
         "a neighbour in a bite",
     ],
@@ -1158,9 +1159,9 @@ def test_a_ragged_array_takes_its_convex_hull_at_its_own_confidence(case: str, m
     """ADR 0042: a confident candidate with bites out of its edges takes its convex hull as its
     outline (mask, box and statistics) when the hull is more confident — at the candidate's
     own confidence; not under OUTLINE_MIN_CONFIDENCE, not when the candidate is the more
-    confident, not when the hull grows it beyond OUTLINE_MAX_GROWTH; a candidate in a bite
-    keeps its pixels and a free ring around them. Fast and oracle agree; the input is not
-    changed."""
+    confident (or certain), not when the hull grows it beyond OUTLINE_MAX_GROWTH; a candidate
+    in a bite keeps its pixels and a free ring around them. Fast and oracle agree; the input
+    is not changed."""
     gsd = 0.15
     rgb, array, ragged = _ragged_array(gsd)
     labels = ragged.astype(np.int32)
@@ -1170,9 +1171,11 @@ def test_a_ragged_array_takes_its_convex_hull_at_its_own_confidence(case: str, m
     fusion, feats, score, _, data = _split_setup(rgb, gsd)
     z_ragged, z_hull = _logit_of(ragged, data, fusion), _logit_of(array, data, fusion)
     assert z_hull > z_ragged  # the bites cost the ragged outline confidence
-    z = {"more confident whole": z_hull + 0.5, "under the least confidence": -1.0}.get(
-        case, z_ragged
-    )
+    z = {
+        "more confident whole": z_hull + 0.5,
+        "certain whole": np.inf,  # a confidence of 1.0 in float64: no hull beats it
+        "under the least confidence": -1.0,
+    }.get(case, z_ragged)
     conf = np.array([1 / (1 + np.exp(-z)), 0.3][:n])
     if case == "grows too much":
         growth = array.sum() / ragged.sum()
@@ -1200,7 +1203,12 @@ def test_a_ragged_array_takes_its_convex_hull_at_its_own_confidence(case: str, m
     assert len(want) == n
     for i in range(n):
         assert _iou(want[i][1], out == i + 1) >= 0.99 and want[i][0] == conf[i]
-    if case in ("under the least confidence", "more confident whole", "grows too much"):
+    if case in (
+        "under the least confidence",
+        "more confident whole",
+        "certain whole",
+        "grows too much",
+    ):
         assert (out == labels).all() and (X2 == X).all()
         return
     filled = out == 1
