@@ -89,9 +89,32 @@ def test_the_diagnostics_run(data_dir, capsys) -> None:
         r"^\| Bradbury \| (\d+) \| (\d+)% \| (\d+)% \| (\d+)% \| (\d+)% \|", out, re.M
     )
     assert shares and int(shares[1]) > 0 and 98 <= sum(int(v) for v in shares.groups()[1:]) <= 102
+    stored = re.search(
+        r"^\| Bradbury \| (\d+) \| (\d+) \| (\d+) \| (\d+) \| (\d+) \| (\d+) \|$", out, re.M
+    )
+    assert "Among the stored candidates" in out and stored
+    assert int(stored[1]) == int(shares[1]) == sum(int(v) for v in stored.groups()[1:])
     assert diagnose_confidence.main([str(data_dir)]) == 0
     out = capsys.readouterr().out
     assert "fine_power_share" in out and "diagnostic ceiling" in out
+    assert "R at P ≥ 0.9 (cut)" in out
+
+
+def test_recall_at_a_precision_is_read_where_a_cut_can_fall() -> None:
+    """The highest recall among the cuts with precision ≥ 0.9, never between tied scores."""
+    from diagnose_confidence import curve_points
+
+    score = np.array([0.99, 0.98, 0.97, 0.96, 0.95, 0.9, 0.8, 0.8, 0.7, 0.6])
+    hit = np.array([1, 1, 1, 1, 1, 1, 1, 0, 1, 0], bool)
+    rp = curve_points(score, hit, panels=10)["R@P"]
+    # cut 0.9: 6 of 6 (recall 0.6); cut 0.8 (both tied ones): 7 of 8 = 0.875 < 0.9, although
+    # its first 7 would be 7 of 7; cut 0.7: 8 of 9 = 0.89
+    assert rp == (0.6, 1.0, 0.9)
+    assert curve_points(score, hit, panels=10, precision=0.85)["R@P"] == pytest.approx(
+        (0.8, 8 / 9, 0.7)
+    )
+    nothing = curve_points(score, np.zeros(10, bool), panels=10)["R@P"]
+    assert nothing[0] == 0.0 and np.isnan(nothing[1]) and np.isnan(nothing[2])
 
 
 def test_an_empty_folder_is_a_clear_error(tmp_path, capsys) -> None:
