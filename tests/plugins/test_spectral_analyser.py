@@ -1225,6 +1225,44 @@ def test_a_ragged_array_takes_its_convex_hull_at_its_own_confidence(case: str, m
     assert _logit_of(filled, data, fusion) > z
 
 
+def test_the_outline_fill_never_reaches_pixels_without_data() -> None:
+    """A ragged array whose third bite has no data (``valid`` False): its hull is filled
+    everywhere but there (fast and oracle)."""
+    gsd = 0.15
+    rgb, array, ragged = _ragged_array(gsd)
+    valid = np.ones(array.shape, bool)
+    valid[60:80, 100:114] = False  # the bite on the array's lower edge
+    fusion = fast.default_fusion()
+    feats = fast.pixel_features(rgb, valid, gsd)
+    score = fast.score_map(feats, fusion)
+    grey = fast.cv2.cvtColor(rgb, fast.cv2.COLOR_RGB2GRAY).astype(np.float32)
+    context = fast.FrameContext.of(rgb, feats, valid)
+    data = fast.TileData(rgb, valid, gsd, grey, feats, score, context)
+    labels = ragged.astype(np.int32)
+    X, boxes = fast.instance_stats(labels, 1, feats, score, gsd, rgb, valid, context=context)
+    X[:, fast._FINE_COLS] = fast.measure_fine_power(grey, labels, gsd, [True])
+    conf = fast.confidence(X, fusion, gsd)
+    assert conf[0] >= fast.OUTLINE_MIN_CONFIDENCE
+    out, _, _, conf2, _ = fast.fill_outlines(
+        labels,
+        X,
+        boxes,
+        conf,
+        np.ones(1, bool),
+        data,
+        fusion,
+        SpectralSettings(),
+        shape_area_px=(0, np.inf),
+        means=None,
+    )
+    np.testing.assert_array_equal(out == 1, array & valid)
+    assert conf2[0] == conf[0]
+    want = _oracle_step(
+        ref.fill_outlines, [(conf[0], ragged, X[0].copy())], data, SpectralSettings(), fusion
+    )
+    np.testing.assert_array_equal(want[0][1], out == 1)
+
+
 @pytest.mark.parametrize("seed", [11, 49])
 def test_outline_fill_is_on_by_default_and_the_stage_with_it_matches_the_oracle(
     seed: int, monkeypatch
