@@ -5,13 +5,14 @@ Usage (from the repository root; the imagery is read in place, nothing is copied
     .venv/bin/python docs/screenshots/make_screenshots.py RASTER [--truth VECTOR] [--out DIR]
 
 Without a display the script runs itself again under ``xvfb-run`` (Debian: ``apt-get install
-xvfb``). It drives the real app with the real plugins, step by step, as a user would: opens
-the raster, runs the spectral pre-compute, reviews a few pseudo-labels, trains a small Mask
-R-CNN for a few steps on the CPU (``solardesk train`` in a subprocess; skip it with
-``--no-train``), runs ``solardesk detect --spectral`` and shows the plugins; after each step it
-grabs the window into ``DIR/<step>.png`` (palette PNG, under 400 KB). Everything it writes
-besides the screenshots goes to a temporary folder (``--work`` to keep it), and the app's
-settings go there too, so the user's own settings are not touched.
+xvfb libxcb-cursor0``; Qt's xcb plugin will not load without the second). It drives the real
+app with the real plugins, step by step, as a user would: opens the raster, runs the spectral
+pre-compute, reviews a few pseudo-labels, trains a small Mask R-CNN for a few steps on the CPU
+(``solardesk train`` in a subprocess; skip it with ``--no-train``), runs ``solardesk detect
+--spectral`` and shows the plugins; after each step it grabs the window into ``DIR/<step>.png``
+(palette PNG, under 400 KB). Everything it writes besides the screenshots goes to a temporary
+folder (``--work`` to keep it), and the app's settings go there too, so the user's own settings
+are not touched.
 """
 
 from __future__ import annotations
@@ -47,7 +48,10 @@ def rerun_under_xvfb() -> None:
         return
     xvfb = shutil.which("xvfb-run")
     if xvfb is None:
-        sys.exit("No display and no xvfb-run: install Debian's xvfb (apt-get install xvfb).")
+        sys.exit(
+            "No display and no xvfb-run: install Debian's xvfb and Qt's xcb dependency "
+            "(apt-get install xvfb libxcb-cursor0)."
+        )
     env = {**os.environ, "SOLARDESK_SCREENSHOTS_XVFB": "1"}
     screen = f"-screen 0 {WINDOW[0] + 80}x{WINDOW[1] + 80}x24"
     cmd = [xvfb, "-a", "-s", screen, sys.executable, __file__, *sys.argv[1:]]
