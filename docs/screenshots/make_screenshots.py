@@ -38,7 +38,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--truth", type=Path, help="reference polygons to show as a vector layer")
     p.add_argument("--out", type=Path, default=HERE, help="where the PNGs go (default: here)")
     p.add_argument("--work", type=Path, help="keep the project, cache and outputs here")
-    p.add_argument("--no-train", action="store_true", help="skip the (slow) real training")
+    p.add_argument(
+        "--no-train",
+        action="store_true",
+        help="skip the (slow) real training and keep the train.png there is",
+    )
     p.add_argument("--train-steps", type=int, default=5, help="steps per epoch (3 epochs)")
     return p.parse_args(argv)
 
@@ -216,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
         train.start()
         wait(lambda: not train.running, 900, "the training")
     view.zoom_to((cx - 130, cy - 130, cx + 130, cy + 130))
-    shoot("train")
+    if not args.no_train:  # else the train.png of the last real run stays
+        shoot("train")
 
     # 6. Detect & export: `solardesk detect --spectral` → a GeoPackage shown on the map.
     window.show_dock("detect")
