@@ -1685,14 +1685,22 @@ def convex_hull_mask(mask: np.ndarray) -> np.ndarray | None:
     if twice_area == 0:
         return None
     side = 1 if twice_area > 0 else -1
+    # Pixel (x, y) is inside when, for every edge (x0, y0) → (x1, y1), the cross product of the
+    # edge with the pixel's offset from its start is ≥ 0: a·x + c(y) ≥ 0, with a the same for
+    # every row. So each row holds one run of columns, from the largest lower bound (edges with
+    # a > 0) to the smallest upper bound (a < 0), in exact integer division.
+    x0, y0 = corners[:, 0], corners[:, 1]
+    x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
+    a = -side * (y1 - y0)
+    rows = np.arange(mask.shape[0], dtype=np.int64)[:, None]
+    c = side * (x1 - x0) * (rows - y0) - a * x0
+    big = np.int64(1 << 40)
+    safe = np.where(a == 0, 1, a)
+    lo = np.where(a > 0, -(c // safe), -big).max(axis=1)
+    hi = np.where(a < 0, c // -safe, big).min(axis=1)
+    lo[((a == 0) & (c < 0)).any(axis=1)] = big  # a row beyond a horizontal edge
     cols = np.arange(mask.shape[1], dtype=np.int64)
-    rows = np.arange(mask.shape[0], dtype=np.int64)
-    inside = np.ones(mask.shape, bool)
-    for (x0, y0), (x1, y1) in zip(corners, np.roll(corners, -1, axis=0), strict=True):
-        # the cross product of the edge with the pixel's offset from its start: ≥ 0 inside
-        cross = np.add.outer(side * (x1 - x0) * (rows - y0), -side * (y1 - y0) * (cols - x0))
-        inside &= cross >= 0
-    return inside
+    return (cols >= lo[:, None]) & (cols <= hi[:, None])
 
 
 def fill_outlines(labels, X, boxes, conf, kept, tile: TileData, fusion, settings, **stats):

@@ -1097,9 +1097,10 @@ def test_grid_split_cuts_an_array_out_of_its_roof(case: str, monkeypatch) -> Non
 
 
 def test_the_convex_hull_mask_is_qhulls() -> None:
-    """ADR 0042: the pixels whose centres lie in the convex hull of a mask's pixel centres are
-    those of qhull's half-planes (the oracle), on blobs, rotated rectangles and scattered
-    pixels; the hull holds the mask and is its own hull; a pixel or a straight line has none."""
+    """ADR 0042: the pixels whose centres lie in the convex hull of a mask's pixel centres (row
+    runs between integer bounds) are those of qhull's half-planes (the oracle), on blobs,
+    rotated rectangles, scattered pixels and 200 random small masks; the hull holds the mask
+    and is its own hull; a pixel or a straight line has none."""
     rng = np.random.default_rng(8)
     masks = []
     for _ in range(6):
@@ -1114,10 +1115,22 @@ def test_the_convex_hull_mask_is_qhulls() -> None:
         fast.cv2.fillPoly(m, [corners], 1)
         masks.append(m.astype(bool))
     masks.append(rng.random((30, 30)) > 0.97)
-    for m in masks:
+    for _ in range(200):  # small unions of boxes (horizontal and vertical edges) and specks
+        m = rng.random((24, 30)) > 0.985
+        for _ in range(rng.integers(0, 4)):
+            y, x = rng.integers(0, 22), rng.integers(0, 28)
+            m[y : y + rng.integers(1, 9), x : x + rng.integers(1, 9)] = True
+        masks.append(m)
+    compared = 0
+    for k, m in enumerate(masks):
         hull = fast.convex_hull_mask(m)
+        if hull is None:  # a pixel, a line or nothing: no area for either
+            assert k >= 10 and ref.convex_hull_mask(m) is None
+            continue
+        compared += 1
         np.testing.assert_array_equal(hull, ref.convex_hull_mask(m))
         assert hull[m].all() and (fast.convex_hull_mask(hull) == hull).all()
+    assert compared >= 150
     line, dot = np.zeros((20, 20), bool), np.zeros((20, 20), bool)
     line[np.arange(3, 15), np.arange(3, 15)] = True
     dot[5, 5] = True
