@@ -978,6 +978,13 @@ def _logit(X: np.ndarray, fusion: Fusion, gsd: float | np.ndarray) -> np.ndarray
     return terms.sum(axis=-1) + fusion.instance_bias + CONFIDENCE_OFFSET - small_penalty(X, gsd)
 
 
+def _log_odds(p: np.ndarray) -> np.ndarray:
+    """The log-odds of confidences ``p``: +inf at 1.0 (in float64; nothing beats it), -inf at
+    0, without a divide-by-zero warning."""
+    with np.errstate(divide="ignore"):
+        return np.log(p) - np.log1p(-p)
+
+
 def _terms(X: np.ndarray, fusion: Fusion) -> np.ndarray:
     """Each statistic's signed, standardised term before a module grid's waiver: 0 where it
     is NaN (not measured), at most 0 for :data:`PENALTY_ONLY_CUES`."""
@@ -1399,8 +1406,7 @@ def _replace_by_parts(
     """
     labels, X, boxes, conf, kept = candidates
     owner = np.asarray(owner)
-    with np.errstate(divide="ignore"):
-        base = np.log(conf[owner]) - np.log1p(-conf[owner])  # each part's candidate's log-odds
+    base = _log_odds(conf[owner])  # the log-odds of each part's candidate
     to_beat = base + SPLIT_MARGIN
     Xp, bp, ok = _measure_new(
         plab,
@@ -1756,8 +1762,7 @@ def fill_outlines(labels, X, boxes, conf, kept, tile: TileData, fusion, settings
     if not owner:
         return unchanged
     owner = np.asarray(owner)
-    with np.errstate(divide="ignore"):  # a confidence of 1.0 (in float64) is beaten by none
-        base = np.log(conf[owner]) - np.log1p(-conf[owner])
+    base = _log_odds(conf[owner])
     Xp, bp, ok = _measure_new(
         plab, len(owner), tile, fusion, settings, stats, boxes=np.asarray(pboxes), beat=base
     )

@@ -427,6 +427,20 @@ def _final_confidence(grey, m, x, gsd, fusion) -> float:
     return confidence(x, fusion, gsd)
 
 
+def _scored(mask, grey, feats, score, gsd, rgb, valid, settings, fusion):
+    """``(confidence, statistics)`` of a new candidate ``mask`` (a merge, a split part, a hull),
+    fine power share included; None when its area lies outside the limits."""
+    x, _ = instance_stats(mask.astype(np.int32), 1, feats, score, gsd, rgb, valid)
+    x = x[0]
+    if (
+        not settings.min_area_m2
+        <= 10 ** x[INSTANCE_FEATURES.index("log_area_m2")]
+        <= (settings.max_area_m2)
+    ):
+        return None
+    return _final_confidence(grey, mask, x, gsd, fusion), x
+
+
 def merge_fragments(survivors, grey, feats, score, gsd, rgb, valid, settings, fusion) -> list:
     """Groups of nearby confident survivors, each tried as one candidate (whole-tile masks)."""
     members = [k for k, (c, _, _) in enumerate(survivors) if c >= MERGE_MIN_CONFIDENCE]
@@ -453,15 +467,10 @@ def merge_fragments(survivors, grey, feats, score, gsd, rgb, valid, settings, fu
         merged = (parts == p) & ~(ring & ~union)
         if label(merged, connectivity=2).max() != 1:
             continue  # the ring cut it in two
-        x, _ = instance_stats(merged.astype(np.int32), 1, feats, score, gsd, rgb, valid)
-        x = x[0]
-        if (
-            not settings.min_area_m2
-            <= 10 ** x[INSTANCE_FEATURES.index("log_area_m2")]
-            <= (settings.max_area_m2)
-        ):
+        scored = _scored(merged, grey, feats, score, gsd, rgb, valid, settings, fusion)
+        if scored is None:
             continue
-        c = _final_confidence(grey, merged, x, gsd, fusion)
+        c, x = scored
         if c >= max(survivors[k][0] for k in group):
             replaced.update(group)
             added.append((c, merged, x))
@@ -532,12 +541,10 @@ def _verified(
     for part in pieces:
         if part.sum() < min_pixels:
             continue
-        xp, _ = instance_stats(part.astype(np.int32), 1, feats, score, gsd, rgb, valid)
-        xp = xp[0]
-        area = 10 ** xp[INSTANCE_FEATURES.index("log_area_m2")]
-        if not settings.min_area_m2 <= area <= settings.max_area_m2:
+        scored = _scored(part, grey, feats, score, gsd, rgb, valid, settings, fusion)
+        if scored is None:
             continue
-        cp = _final_confidence(grey, part, xp, gsd, fusion)
+        cp, xp = scored
         every.append((cp, len(every), part, xp))
         # the texture gate (ADR 0038): a measured fine power share at least the mean
         fine = xp[INSTANCE_FEATURES.index("fine_power_share")]
@@ -745,13 +752,11 @@ def fill_outlines(survivors, grey, feats, score, gsd, rgb, valid, settings, fusi
         if not (1 + OUTLINE_MIN_GAIN) * m.sum() < part.sum() <= OUTLINE_MAX_GROWTH * m.sum():
             out.append((c, m, x))
             continue
-        xp, _ = instance_stats(part.astype(np.int32), 1, feats, score, gsd, rgb, valid)
-        xp = xp[0]
-        area = 10 ** xp[INSTANCE_FEATURES.index("log_area_m2")]
-        if not settings.min_area_m2 <= area <= settings.max_area_m2:
+        scored = _scored(part, grey, feats, score, gsd, rgb, valid, settings, fusion)
+        if scored is None:
             out.append((c, m, x))
             continue
-        cp = _final_confidence(grey, part, xp, gsd, fusion)
+        cp, xp = scored
         with np.errstate(divide="ignore"):  # a confidence of 1.0 is beaten by none
             beats = np.log(cp / (1 - cp)) > np.log(c / (1 - c))
         if beats:
