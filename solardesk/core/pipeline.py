@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+import warnings
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any
 
 from solardesk.config import RasterSettings, TilingSettings
 from solardesk.core.jobs import Clock, Progress, map_unordered
-from solardesk.errors import NotGeoreferencedError
+from solardesk.errors import NotGeoreferencedError, NotGeoreferencedWarning
 
 #: Read-time settings (confidence threshold...) never change what is computed: they are
 #: marked ``json_schema_extra={"recompute": False}`` and left out of the cache key.
@@ -83,7 +84,12 @@ _stages: dict[str, Any] = {}
 
 
 def _init_worker(stage_initializer: str = "") -> None:
-    """Run in each worker process before its first tile: the stage's own set-up."""
+    """Run in each worker process before its first tile: the stage's own set-up.
+
+    A raster without georeferencing is reported once, by the parent when it plans the job;
+    a worker opening it again stays quiet (else each worker printed the warning a second
+    time, raw, through the progress bar)."""
+    warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
     if stage_initializer:
         from solardesk.plugin_api import resolve
 

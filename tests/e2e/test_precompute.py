@@ -193,3 +193,23 @@ def test_cache_commands(tmp_path: Path, scene_tif: Path) -> None:
 
     data = json.loads(coco.read_text())
     assert len(data["images"]) == 16 and data["annotations"]
+
+
+def test_a_raster_without_georeferencing_is_reported_once_with_two_workers(tmp_path: Path) -> None:
+    import cv2
+
+    rng = np.random.default_rng(5)
+    pngs = []
+    for name in ("a.png", "b.png"):
+        pngs.append(tmp_path / name)
+        cv2.imwrite(str(pngs[-1]), rng.integers(0, 255, (160, 160, 3), dtype=np.uint8))
+    out = _cli(
+        "precompute", *map(str, pngs), "--cache", str(tmp_path / "c.sqlite"), "--gsd", "0.3",
+        "--workers", "2", "--tile", "128", "--overlap", "0", "--quiet",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    for png in pngs:
+        lines = [line for line in out.stderr.splitlines() if png.name in line]
+        assert len(lines) == 1 and lines[0].startswith("Warning: "), out.stderr
+        assert "world file" in lines[0]
+    assert "NotGeoreferencedWarning" not in out.stderr and "open_raster" not in out.stderr
