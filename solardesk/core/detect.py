@@ -170,6 +170,8 @@ def detect(
                     done += 1
                     yield Progress(done, n_tiles, clock(), f"vectorise: {panels} panels")
             panels += writer.write([_feature(pc, crs0, meta) for pc in _merge_held(held)])
+            # the panels on seams are written last: the final count includes them
+            yield Progress(done, n_tiles, clock(), f"vectorise: {panels} panels")
     return DetectSummary(out, len(plans), n_tiles, panels, clock(), pre.computed, pre.skipped)
 
 

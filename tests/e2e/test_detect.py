@@ -72,8 +72,17 @@ def test_panel_on_a_seam_is_one_polygon(tmp_path: Path) -> None:
     pm.register(SquarePlugin(), "square")
     out = tmp_path / "p.gpkg"
     tiling = TilingSettings(tile_size=256, overlap=64)
-    summary = run(detect([raster], out, stage_id="square", plugin_manager=pm, tiling=tiling))
+    job = detect([raster], out, stage_id="square", plugin_manager=pm, tiling=tiling)
+    messages = []
+    while True:
+        try:
+            messages.append(next(job).message)
+        except StopIteration as stop:
+            summary = stop.value
+            break
     assert summary.tiles == 9
+    # the progress ends on the count written, the panel on the seam included
+    assert summary.panels == 1 and messages[-1] == "vectorise: 1 panels"
     with fiona.open(out) as src:
         feats = list(src)
     assert len(feats) == 1
