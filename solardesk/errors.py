@@ -30,6 +30,10 @@ class NotGeoreferencedError(SolarDeskError, ValueError):
     """An operation needs map coordinates (or metres) and the raster has none."""
 
 
+class ResolutionError(SolarDeskError, ValueError):
+    """A raster's ground resolution is too coarse for the stage asked to run on it."""
+
+
 class NotGeoreferencedWarning(SolarDeskWarning):
     """A raster has no CRS or no world file: SolarDesk falls back to pixel coordinates."""
 

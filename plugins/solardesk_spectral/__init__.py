@@ -28,6 +28,10 @@ def solardesk_precompute_stages() -> list[PrecomputeStage]:
             version=STAGE_VERSION,
             settings="solardesk_spectral.settings:SpectralSettings",
             initializer="solardesk_spectral.analyser:init_worker",
+            # Its scales are set in metres for rooftop arrays (modules ≈ 1 × 1.7 m, arrays
+            # from ≈ 4 m²): coarser than 1 m per pixel an array is a few pixels at best, and a
+            # Landsat scene (30 m) gave hundreds of "pseudo-labels" of nothing.
+            max_gsd_m=1.0,
         )
     ]
 

@@ -147,6 +147,7 @@ def detect(
                     raster_settings=raster_settings,
                     aoi_path=aoi,
                     gsd=gsd,
+                    max_gsd_m=stage.max_gsd_m,
                 )
             )
         crs0 = plans[0].info.crs

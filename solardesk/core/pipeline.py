@@ -20,7 +20,7 @@ from typing import Any
 
 from solardesk.config import RasterSettings, TilingSettings
 from solardesk.core.jobs import Clock, Progress, map_unordered
-from solardesk.errors import NotGeoreferencedError, NotGeoreferencedWarning
+from solardesk.errors import NotGeoreferencedError, NotGeoreferencedWarning, ResolutionError
 
 #: Read-time settings (confidence threshold...) never change what is computed: they are
 #: marked ``json_schema_extra={"recompute": False}`` and left out of the cache key.
@@ -175,8 +175,12 @@ def plan_raster(
     aoi_path: str | Path | None = None,
     gsd: float | None = None,
     cache=None,
+    max_gsd_m: float = 0.0,
 ) -> RasterPlan:
-    """Describe, tile and key one raster; with ``cache``, list the tiles still to compute."""
+    """Describe, tile and key one raster; with ``cache``, list the tiles still to compute.
+
+    ``max_gsd_m``: the stage's coarsest ground resolution (0: none); a coarser raster raises
+    :class:`ResolutionError` before anything is computed."""
     from solardesk.core.aoi import load_aoi
     from solardesk.core.cache import hash_params
     from solardesk.core.raster import describe_dataset, estimate_normalisation, open_raster
@@ -192,6 +196,13 @@ def plan_raster(
         raise NotGeoreferencedError(
             f"{path}: has no CRS, so its ground resolution is unknown; pass it with "
             "--gsd METRES (e.g. --gsd 0.3), or georeference the raster."
+        )
+    if max_gsd_m and ground > max_gsd_m:
+        raise ResolutionError(
+            f"{path}: {ground:.3g} m per pixel is too coarse for the '{stage_id}' stage, which"
+            f" works at {max_gsd_m:g} m per pixel or finer (a panel array of a few m² must span"
+            " several pixels). Use aerial or very-high-resolution satellite imagery of the area"
+            " (if --gsd was given, check its value)."
         )
     aoi = load_aoi(aoi_path, info) if aoi_path else None
     grid = make_grid(
@@ -266,6 +277,7 @@ def precompute(
                 aoi_path=aoi,
                 gsd=gsd,
                 cache=cache,
+                max_gsd_m=stage.max_gsd_m,
             )
             cache.put_raster_info(plan.info)
             plans.append(plan)

@@ -56,13 +56,15 @@ class PrecomputeStage(Contribution):
     no-argument callable run once in each worker process before its first tile. ``tiling``
     optionally names a callable ``(settings model) -> (tile_size, overlap) | None``: the tiling
     the stage recommends for those settings (a model's own tile size), used when the user
-    names none.
+    names none. ``max_gsd_m``: the coarsest ground resolution (metres per pixel) the stage
+    works at; a raster coarser than that is refused before any tile is computed (0: no limit).
     """
 
     version: int = 1
     settings: str = ""
     initializer: str = ""
     tiling: str = ""
+    max_gsd_m: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from affine import Affine
 
 from solardesk.config import TilingSettings
 from solardesk.core.cache import MaskCache
@@ -167,10 +168,18 @@ def test_bad_input_is_reported_and_nothing_half_written(tmp_path: Path, scene_ti
     notes.write_text("not a database\n" * 50)
     small = write_raster(tmp_path / "small.tif", np.zeros((3, 100, 100), np.uint8))
     nocrs = write_raster(tmp_path / "nocrs.tif", np.zeros((3, 256, 256), np.uint8), crs=None)
+    landsat = write_raster(  # 30 m per pixel: no rooftop array spans a pixel
+        tmp_path / "landsat.tif",
+        np.zeros((3, 256, 256), np.uint8),
+        transform=Affine(30.0, 0, 680000.0, 0, -30.0, 5150000.0),
+    )
     cases = [
         (["precompute", str(scene_tif), "--cache", str(notes)], "not a SolarDesk cache"),
         (["precompute", str(small), "--cache", str(tmp_path / "s.sqlite")], "larger than the raster"),
         (["precompute", str(nocrs), "--cache", str(tmp_path / "n.sqlite"), "--tile", "256"], "--gsd"),
+        (["precompute", str(landsat), "--cache", str(tmp_path / "l.sqlite"), "--tile", "256"], "landsat.tif: 30 m per pixel is too coarse"),
+        (["precompute", str(nocrs), "--cache", str(tmp_path / "g.sqlite"), "--tile", "256", "--gsd", "5"], "1 m per pixel or finer"),
+        (["detect", "--spectral", str(landsat), "--out", str(tmp_path / "l.gpkg"), "--tile", "256"], "too coarse"),
         (["precompute", str(scene_tif), "--cache", str(tmp_path / "x.sqlite"), "--set", "floor=7"], "floor"),
         (["cache", "stats", str(tmp_path / "none.sqlite")], "no such cache"),
     ]  # fmt: skip
@@ -179,6 +188,7 @@ def test_bad_input_is_reported_and_nothing_half_written(tmp_path: Path, scene_ti
         assert out.returncode == 2, (args, out.stderr)
         assert expected in out.stderr and "Traceback" not in out.stderr, (args, out.stderr)
     assert notes.read_text().startswith("not a database")
+    assert not (tmp_path / "l.gpkg").exists()
 
 
 def test_cache_commands(tmp_path: Path, scene_tif: Path) -> None:
