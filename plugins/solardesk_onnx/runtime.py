@@ -22,7 +22,9 @@ A tile goes through :meth:`OnnxModel.detect_tile`:
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import io
 import itertools
 import logging
 import multiprocessing
@@ -95,6 +97,39 @@ def gpu_present() -> bool:
     return False
 
 
+_preloaded: str | None = None
+
+
+def preload_cuda_libraries(ort: Any) -> str:
+    """Load CUDA and cuDNN before the first CUDA session; returns what onnxruntime reported.
+
+    onnxruntime-gpu's CUDA provider links CUDA's libraries by name with no search path of its
+    own, so where CUDA comes as pip packages (``nvidia-*``, as torch installs it) the provider
+    cannot start unless they are loaded first: ``onnxruntime.preload_dlls()`` does that from
+    the environment's site-packages (or torch's), then the system's paths. SolarDesk's
+    inference imports no torch, so it calls it once, before the first session that asks for
+    CUDA. onnxruntime prints its failures; they are kept (for the fallback warning) instead of
+    reaching the user's terminal unasked. Builds without the function (CPU builds, onnxruntime
+    older than 1.21) are left alone.
+    """
+    global _preloaded
+    if _preloaded is None:
+        preload = getattr(ort, "preload_dlls", None)
+        if preload is None:
+            _preloaded = ""
+        else:
+            out = io.StringIO()
+            try:
+                with contextlib.redirect_stdout(out):
+                    preload()
+            except Exception as e:  # a failed preload only means CUDA may not start
+                out.write(f"preload_dlls failed: {e}")
+            _preloaded = out.getvalue().strip()
+            if _preloaded:
+                _log.info("onnxruntime.preload_dlls(): %s", _preloaded)
+    return _preloaded
+
+
 def choose_providers(preference: str, available: Sequence[str]) -> list[str]:
     """Providers to ask for: CUDA first where wanted and possible, the CPU always last."""
     want_cuda = preference == "cuda" or (preference == "auto" and CUDA in available)
@@ -161,6 +196,7 @@ class OnnxModel:
                 ProviderFallbackWarning,
                 stacklevel=2,
             )
+        preload_report = preload_cuda_libraries(ort) if CUDA in asked else ""
         try:
             self.session = ort.InferenceSession(data, so, providers=asked)
         except Exception as e:
@@ -172,7 +208,10 @@ class OnnxModel:
         self.provider = used[0]
         if CUDA in asked and CUDA not in used:
             warnings.warn(
-                f"{self.path}: the CUDA provider could not start; running on the CPU.",
+                f"{self.path}: the CUDA provider could not start; running on the CPU."
+                + (f" onnxruntime said: {preload_report}" if preload_report else "")
+                + " CUDA 13 and cuDNN 9 must be installed where onnxruntime-gpu can load them "
+                "(e.g. the nvidia-* pip packages that torch for CUDA 13 brings).",
                 ProviderFallbackWarning,
                 stacklevel=2,
             )

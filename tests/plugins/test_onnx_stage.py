@@ -320,3 +320,72 @@ def test_providers_cuda_only_with_a_gpu_cpu_always_last(models, monkeypatch) -> 
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # "auto" on a CPU machine is silent
         OnnxModel(models["rgb"], providers="auto")
+
+
+class _FakeGpuOrt:
+    """onnxruntime-gpu as seen on a GPU machine, around the real CPU build: it lists CUDA, its
+    ``preload_dlls`` prints what it could not load, and its sessions report ``uses`` (what
+    the CUDA provider managed) while really running on the CPU."""
+
+    def __init__(self, real, uses: list[str], printout: str) -> None:
+        self._real, self._uses, self._printout = real, uses, printout
+        self.preloads = 0
+        self.asked: list[list[str]] = []
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+    def get_available_providers(self) -> list[str]:
+        return [CUDA, CPU]
+
+    def preload_dlls(self) -> None:
+        self.preloads += 1
+        if self._printout:
+            print(self._printout)
+
+    def InferenceSession(self, data, so, providers):  # onnxruntime's name
+        self.asked.append(list(providers))
+        session = self._real.InferenceSession(data, so, providers=[CPU])
+        uses = self._uses
+
+        class _Session:
+            def __getattr__(self, name):
+                return getattr(session, name)
+
+            def get_providers(self) -> list[str]:
+                return uses
+
+        return _Session()
+
+
+@pytest.mark.parametrize("starts", [True, False])
+def test_cuda_libraries_are_preloaded_once_before_a_cuda_session(
+    models, monkeypatch, capsys, starts
+) -> None:
+    """onnxruntime-gpu finds CUDA's pip libraries only through ``preload_dlls`` (SolarDesk's
+    inference imports no torch): called once, before the first CUDA session, never for a CPU
+    one; what it prints reaches the fallback warning, not the terminal."""
+    import onnxruntime
+
+    printout = "" if starts else "Failed to load libcublasLt.so.13: cannot open shared object"
+    fake = _FakeGpuOrt(onnxruntime, [CUDA, CPU] if starts else [CPU], printout)
+    monkeypatch.setattr(runtime, "_import_ort", lambda: fake)
+    monkeypatch.setattr(runtime, "gpu_present", lambda: True)
+    monkeypatch.setattr(runtime, "_preloaded", None)
+
+    OnnxModel(models["rgb"], providers="cpu")
+    assert fake.preloads == 0 and fake.asked == [[CPU]]
+    if starts:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            first = OnnxModel(models["rgb"], providers="auto")
+            OnnxModel(models["rgb"], providers="cuda")
+        assert first.provider == CUDA
+    else:
+        with pytest.warns(ProviderFallbackWarning, match="libcublasLt.so.13") as caught:
+            first = OnnxModel(models["rgb"], providers="auto")
+        assert first.provider == CPU and "CUDA 13 and cuDNN 9" in str(caught[0].message)
+        with pytest.warns(ProviderFallbackWarning, match="libcublasLt.so.13"):
+            OnnxModel(models["rgb"], providers="cuda")
+    assert fake.preloads == 1 and fake.asked[1:] == [[CUDA, CPU], [CUDA, CPU]]
+    assert "libcublas" not in capsys.readouterr().out
