@@ -122,3 +122,39 @@ def test_an_empty_folder_is_a_clear_error(tmp_path, capsys) -> None:
 
     assert eval_pseudolabels.main([str(tmp_path)]) == 2
     assert "no known data set" in capsys.readouterr().err
+
+
+def test_eval_pseudolabels_measures_a_coarser_resolution(data_dir, capsys) -> None:
+    """``--coarsen K``: the same scenes at K times the ground resolution (the table's header
+    says which); K below 1 is a clear error."""
+    import eval_pseudolabels
+
+    try:
+        assert eval_pseudolabels.main([str(data_dir), "--coarsen", "2"]) == 0
+    finally:
+        eval_pseudolabels.COARSEN[0] = 1
+    out = capsys.readouterr().out
+    assert "## Bradbury (0.6 m): 6 images" in out
+    assert re.search(r"^\| 0\.85 \| \d+ \|", out, re.M)
+    assert eval_pseudolabels.main([str(data_dir), "--coarsen", "0"]) == 2
+    assert "--coarsen must be 1 or more" in capsys.readouterr().err
+
+
+def test_coarsening_averages_the_image_and_takes_labels_by_majority() -> None:
+    from eval_pseudolabels import coarsen
+
+    rgb = np.zeros((5, 7, 3), np.uint8)
+    rgb[:2, :2] = (100, 0, 0)
+    rgb[0, 0] = (200, 0, 0)
+    panel = np.zeros((5, 7), bool)
+    panel[0, 2:4] = True  # half of the block (0, 1): a panel
+    panel[2, 0] = True  # a quarter of the block (1, 0): not
+    valid = np.ones((5, 7), bool)
+    valid[3, 5] = False  # one pixel of block (1, 2) is nodata: the whole block is
+    small, v, gsd, p = coarsen(rgb, valid, 0.3, panel, k=2)
+    assert small.shape == (2, 3, 3) and gsd == pytest.approx(0.6)  # row 4, column 6 dropped
+    assert small[0, 0, 0] == 125 and small[0, 1, 0] == 0  # (200 + 3 × 100) / 4
+    assert p.tolist() == [[False, True, False], [False, False, False]]
+    assert v.tolist() == [[True, True, True], [True, True, False]]
+    same = coarsen(rgb, None, 0.3, panel, k=1)
+    assert same[0] is rgb and same[1] is None and same[3] is panel
