@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                 if r["rc"] != 0:
                     print(f"{det} on {raster.name} failed:\n{r['stderr']}")
                     return 1
-                m = re.match(r"(\d+) panels from (\d+) tiles", r["stdout"])
+                m = re.match(r"(\d+) panels? from (\d+) tiles?", r["stdout"])
                 rows.append(
                     (cfg, det, size, int(m.group(2)), int(m.group(1)), r["seconds"], r["peak_kb"])
                 )

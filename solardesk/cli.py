@@ -454,10 +454,13 @@ def detect(
         show=not quiet,
         label="detect",
     )
+    from solardesk.core.jobs import counted
+
     click.echo(
-        f"{summary.panels} panels from {summary.tiles} tiles of {summary.rasters} raster(s) "
-        f"written to {summary.out} in {summary.seconds:.1f} s "
-        f"({summary.computed_tiles} tiles computed, {summary.skipped_tiles} reused)"
+        f"{counted(summary.panels, 'panel')} from {counted(summary.tiles, 'tile')} of "
+        f"{counted(summary.rasters, 'raster')} written to {summary.out} in "
+        f"{summary.seconds:.1f} s ({summary.computed_tiles} tiles computed, "
+        f"{summary.skipped_tiles} reused)"
     )
 
 

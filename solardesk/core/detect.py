@@ -23,7 +23,7 @@ import numpy as np
 
 from solardesk import __version__
 from solardesk.config import RasterSettings, TilingSettings
-from solardesk.core.jobs import Clock, Progress
+from solardesk.core.jobs import Clock, Progress, counted
 
 #: Douglas-Peucker tolerance of traced outlines, in pixels (removes the 45° stair steps).
 SIMPLIFY_PX = 1.0
@@ -169,10 +169,10 @@ def detect(
                     held.extend(pc for pc, on_seam in batch if on_seam)
                     panels += writer.write([_feature(pc, crs0, meta) for pc in whole])
                     done += 1
-                    yield Progress(done, n_tiles, clock(), f"vectorise: {panels} panels")
+                    yield Progress(done, n_tiles, clock(), f"vectorise: {counted(panels, 'panel')}")
             panels += writer.write([_feature(pc, crs0, meta) for pc in _merge_held(held)])
             # the panels on seams are written last: the final count includes them
-            yield Progress(done, n_tiles, clock(), f"vectorise: {panels} panels")
+            yield Progress(done, n_tiles, clock(), f"vectorise: {counted(panels, 'panel')}")
     return DetectSummary(out, len(plans), n_tiles, panels, clock(), pre.computed, pre.skipped)
 
 

@@ -61,6 +61,11 @@ class Clock:
         return time.perf_counter() - self.t0
 
 
+def counted(n: int, noun: str) -> str:
+    """``"1 panel"``, ``"3 panels"``: a count and its noun, for progress and summary lines."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def default_workers() -> int:
     """One worker per available core."""
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from solardesk.core.jobs import Progress, drive
+from solardesk.core.jobs import Progress, counted, drive
 
 
 def _two_phases():
@@ -27,3 +27,7 @@ def test_drive_returns_the_value_and_never_shows_a_negative_rate(capsys):
 def test_drive_quiet_prints_nothing(capsys):
     assert drive(_two_phases(), show=False) == "result"
     assert capsys.readouterr().err == ""
+
+
+def test_counts_read_as_english() -> None:
+    assert [counted(n, "panel") for n in (0, 1, 2)] == ["0 panels", "1 panel", "2 panels"]

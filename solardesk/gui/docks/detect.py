@@ -36,6 +36,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from solardesk.core.jobs import counted
 from solardesk.gui import _io
 from solardesk.gui.context import AppContext
 from solardesk.gui.process import CommandProcess, ExitInfo
@@ -422,7 +423,7 @@ class DetectDock(QWidget):
         layer = self.sender()
         data = getattr(layer, "data", None)
         if data is not None:
-            text = f"{data.count} panels written to {Path(data.path).name}."
+            text = f"{counted(data.count, 'panel')} written to {Path(data.path).name}."
             self.status.setText(text)
             self.ctx.notifications.info("Detect", text)
             with contextlib.suppress(RuntimeError, TypeError):
