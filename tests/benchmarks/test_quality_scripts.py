@@ -158,3 +158,35 @@ def test_coarsening_averages_the_image_and_takes_labels_by_majority() -> None:
     assert v.tolist() == [[True, True, True], [True, True, False]]
     same = coarsen(rgb, None, 0.3, panel, k=1)
     assert same[0] is rgb and same[1] is None and same[3] is panel
+
+
+def test_coarse_pass_prints_native_and_joined(data_dir, capsys) -> None:
+    import coarse_pass
+
+    assert coarse_pass.main([str(data_dir), "--coarsen", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "## Bradbury: " in out and "coarser pass at K = 2" in out
+    rows = re.findall(r"^\| (native|joined) \| ([\d.]+) \((\d+)\) \| (.*) \| (.*) \|$", out, re.M)
+    assert [r[0] for r in rows] == ["native", "joined"]
+    for _, recall, count, at_half, at_85 in rows:
+        assert int(count) > 0 and 0.0 <= float(recall) <= 1.0
+        for cell in (at_half, at_85):
+            assert all(np.isnan(v) or 0.0 <= v <= 1.0 for v in map(float, cell.split(" / ")))
+    assert coarse_pass.main([str(data_dir), "--coarsen", "1"]) == 2
+
+
+def test_the_join_keeps_the_more_confident_of_two_overlapping_candidates() -> None:
+    from coarse_pass import join
+
+    a = np.zeros((10, 10), bool)
+    a[2:6, 2:6] = True
+    b = np.zeros((10, 10), bool)
+    b[3:7, 3:7] = True  # IoU 9 / 23 with a
+    far = np.zeros((10, 10), bool)
+    far[8:, 8:] = True
+    kept = join([(a, 0.90)], [(b, 0.93), (far, 0.5)], iou=0.3, discount=0.05)
+    assert [c for _, c in kept] == pytest.approx([0.90, 0.45])  # b: 0.88 after the discount
+    kept = join([(a, 0.90)], [(b, 0.99)], iou=0.3, discount=0.05)
+    assert kept[0][0] is b and len(kept) == 1
+    kept = join([(a, 0.90)], [(b, 0.99)], iou=0.5, discount=0.05)  # under the IoU: both stay
+    assert len(kept) == 2
