@@ -41,18 +41,20 @@ COARSEN = [1]  # --coarsen: the block side K (1: the images as they are)
 
 def coarsen(rgb: np.ndarray, valid, gsd: float, *masks: np.ndarray, k: int | None = None):
     """``(rgb, valid, gsd, *masks)`` on a grid ``k`` times coarser (see the module text); the
-    image's last rows and columns that do not fill a block are dropped."""
+    image's last rows and columns that do not fill a block are dropped. The image and its
+    validity as the analyser's coarser pass makes them (``analyser.coarsened``)."""
+    from solardesk_spectral.analyser import coarsened
+
     k = COARSEN[0] if k is None else k
     if k == 1:
         return (rgb, valid, gsd, *masks)
-    h, w = (rgb.shape[0] // k) * k, (rgb.shape[1] // k) * k
-    size = (w // k, h // k)
+    small, v = coarsened(rgb, valid, k)
+    h, w = small.shape[0] * k, small.shape[1] * k
 
     def share(m: np.ndarray) -> np.ndarray:
+        size = small.shape[1::-1]
         return cv2.resize(m[:h, :w].astype(np.float32), size, interpolation=cv2.INTER_AREA)
 
-    small = cv2.resize(np.ascontiguousarray(rgb[:h, :w]), size, interpolation=cv2.INTER_AREA)
-    v = None if valid is None else share(valid) >= 1.0 - 1e-6
     return (small, v, gsd * k, *(share(m) >= 0.5 for m in masks))
 
 

@@ -120,6 +120,17 @@ class SpectralSettings(Settings):
             "maps light the roof strips between the rows as much as the rows (ADR 0034).",
         ),
     ] = True
+    coarse_pass: Annotated[
+        bool,
+        Field(
+            title="Also analyse the tile three times coarser",
+            description="On imagery of 0.2 m or finer, run the analysis again on the tile "
+            "made three times coarser and add its candidates where they overlap none more "
+            "confident (their confidence lowered by 0.05). Finds arrays the fine analysis "
+            "breaks up or misses (South Tyrol, 0.14 m: 60 % → 69 % of the panels among the "
+            "candidates), at about a third more time per tile (ADR 0044).",
+        ),
+    ] = False
     min_area_m2: Annotated[
         float,
         Field(

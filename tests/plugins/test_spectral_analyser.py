@@ -1434,3 +1434,62 @@ def test_a_candidate_whose_box_is_the_whole_tile_has_no_shape() -> None:
     inner[10:50, 10:50] = 1
     X, _ = fast.instance_stats(inner, 1, feats, score, 0.15, rgb, valid)
     assert np.isnan(X[0, shape_cols]).all()
+
+
+def _same(a: Instance, b: Instance, k: int = 1, discount: float = 0.0) -> bool:
+    """``a`` is ``b`` drawn ``k`` times finer with its confidence lowered by ``discount``."""
+    return (
+        tuple(a.bbox) == tuple(k * v for v in b.bbox)
+        and np.array_equal(a.mask, np.kron(b.mask, np.ones((k, k), bool)))
+        and a.confidence == pytest.approx(b.confidence - discount, abs=1e-12)
+    )
+
+
+def test_coarse_pass_joins_the_coarser_analysis_where_it_overlaps_nothing_more_confident() -> None:
+    """ADR 0044: with ``coarse_pass`` the tile's own instances and those of the tile made three
+    times coarser (drawn back on the tile's grid, confidence lowered by the discount) are taken
+    by falling confidence, each unless it shares a pixel with one already taken."""
+    scene = generate_scene(SceneSpec(height=384, width=384, gsd=0.1, seed=5, n_roofs=4))
+    rgb = np.ascontiguousarray(np.moveaxis(scene.image, 0, -1))
+    k, d = fast.COARSE_FACTOR, fast.COARSE_DISCOUNT
+    assert not SpectralSettings().coarse_pass  # off by default
+    native = fast.analyse_tile(rgb, None, 0.1, PARAMS)
+    small, _ = fast.coarsened(rgb, None, k)
+    assert small.shape == (384 // k, 384 // k, 3)
+    coarse = [
+        i for i in fast.analyse_tile(small, None, 0.1 * k, PARAMS) if i.confidence - d >= 0.01
+    ]
+    joined = fast.analyse_tile(rgb, None, 0.1, {**PARAMS, "coarse_pass": True})
+    assert native and coarse
+
+    from_native = [j for j in joined if any(_same(j, n) for n in native)]
+    from_coarse = [j for j in joined if any(_same(j, c, k, d) for c in coarse)]
+    assert len(from_native) + len(from_coarse) == len(joined)
+    assert from_coarse, "the coarser pass added nothing on this scene"
+    taken = np.zeros(rgb.shape[:2], np.int32)
+    for j in joined:  # instances never overlap
+        x0, y0, x1, y1 = j.bbox
+        assert not (taken[y0:y1, x0:x1][j.mask]).any()
+        taken[y0:y1, x0:x1][j.mask] = 1
+
+    def full(i: Instance) -> np.ndarray:
+        m = np.zeros(rgb.shape[:2], bool)
+        x0, y0, x1, y1 = i.bbox
+        m[y0:y1, x0:x1] = i.mask
+        return m
+
+    # each one left out overlaps one taken that is at least as confident
+    left = [(n, 0.0, 1) for n in native if not any(_same(j, n) for j in joined)]
+    left += [(c, d, k) for c in coarse if not any(_same(j, c, k, d) for j in joined)]
+    for inst, off, scale in left:
+        m = full(inst) if scale == 1 else np.kron(full(inst), np.ones((k, k), bool))[:384, :384]
+        assert any((m & full(j)).any() and j.confidence >= inst.confidence - off for j in joined)
+
+
+def test_coarse_pass_leaves_coarser_imagery_alone(tile) -> None:
+    """At 0.3 m a coarser pass would run at 0.9 m, where the analyser finds almost nothing
+    (docs/spectral_quality.md): the setting changes nothing above COARSE_MAX_GSD."""
+    rgb, _ = tile
+    plain = fast.analyse_tile(rgb, None, 0.3, PARAMS)
+    with_pass = fast.analyse_tile(rgb, None, 0.3, {**PARAMS, "coarse_pass": True})
+    assert len(plain) == len(with_pass) and all(map(_same, plain, with_pass))
