@@ -1855,7 +1855,7 @@ def suppress(
 #: COARSE_MAX_GSD or finer the analysis runs again on the tile made COARSE_FACTOR times coarser
 #: (block averages), and its candidates, drawn back on the tile's grid with their confidence
 #: lowered by COARSE_DISCOUNT, join the tile's own where they overlap none more confident.
-#: Measured on South Tyrol (0.14 m, docs/spectral_quality.md): stored recall 0.60 → 0.69; on
+#: Measured on South Tyrol (0.14 m, docs/spectral_quality.md): stored recall 0.60 → 0.68; on
 #: Bradbury's 0.3 m it adds nothing, hence the limit. Not smaller than COARSE_MIN_PX a side.
 COARSE_FACTOR = 3
 COARSE_MAX_GSD = 0.2
