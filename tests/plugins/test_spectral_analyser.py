@@ -1493,3 +1493,22 @@ def test_coarse_pass_leaves_coarser_imagery_alone(tile) -> None:
     plain = fast.analyse_tile(rgb, None, 0.3, PARAMS)
     with_pass = fast.analyse_tile(rgb, None, 0.3, {**PARAMS, "coarse_pass": True})
     assert len(plain) == len(with_pass) and all(map(_same, plain, with_pass))
+
+
+def test_coarse_pass_keeps_off_nodata() -> None:
+    """A coarse block is valid only where all its pixels are: no instance of the joined set
+    reaches a pixel without data, and a tile too small for the coarser pass is left alone."""
+    scene = generate_scene(SceneSpec(height=384, width=384, gsd=0.1, seed=5, n_roofs=4))
+    rgb = np.ascontiguousarray(np.moveaxis(scene.image, 0, -1))
+    valid = np.ones((384, 384), bool)
+    valid[:, 250:] = False
+    valid[100, 100] = False  # one pixel: its 3 × 3 block is nodata on the coarse grid
+    on = {**PARAMS, "coarse_pass": True}
+    joined = fast.analyse_tile(rgb, valid, 0.1, on)
+    assert joined
+    for inst in joined:
+        x0, y0, x1, y1 = inst.bbox
+        assert valid[y0:y1, x0:x1][inst.mask].all()
+    small = np.ascontiguousarray(rgb[:150, :150])  # 50 px a side once coarser: too small
+    plain = fast.analyse_tile(small, None, 0.1, PARAMS)
+    assert len(fast.analyse_tile(small, None, 0.1, on)) == len(plain)
