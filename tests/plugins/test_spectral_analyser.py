@@ -1512,3 +1512,26 @@ def test_coarse_pass_keeps_off_nodata() -> None:
     small = np.ascontiguousarray(rgb[:150, :150])  # 50 px a side once coarser: too small
     plain = fast.analyse_tile(small, None, 0.1, PARAMS)
     assert len(fast.analyse_tile(small, None, 0.1, on)) == len(plain)
+
+
+def test_a_candidate_mostly_clipped_white_is_never_a_pseudo_label() -> None:
+    """ADR 0045: more than a fifth of a candidate's pixels with all three bands ≥ 240 caps its
+    confidence at 0.4 (still stored, for review); the oracle applies the same rule."""
+    rgb = np.full((40, 60, 3), 120, np.uint8)
+    labels = np.zeros((40, 60), np.int32)
+    labels[2:12, 2:22] = 1  # 200 px, 60 of them white (30 %): capped
+    rgb[2:5, 2:22] = 250
+    labels[20:30, 2:22] = 2  # 200 px, 30 of them white but one band at 239 (not clipped): kept
+    rgb[20:23, 2:12] = (250, 239, 250)
+    rgb[23:25, 2:17] = 245  # 30 px white: 15 %
+    labels[2:12, 30:50] = 3  # all white, but already under the cap: unchanged
+    rgb[2:12, 30:50] = 255
+    labels[20:30, 30:50] = 4  # all white, not kept: unchanged
+    rgb[20:30, 30:50] = 255
+    boxes = np.array([[2, 2, 22, 12], [2, 20, 22, 30], [30, 2, 50, 12], [30, 20, 50, 30]])
+    conf = np.array([0.95, 0.9, 0.3, 0.99])
+    kept = np.array([True, True, True, False])
+    out = fast.cap_white(rgb, labels, boxes, conf, kept)
+    assert out.tolist() == [0.4, 0.9, 0.3, 0.99] and conf[0] == 0.95  # a copy
+    for i in range(3):
+        assert ref._capped_white(rgb, conf[i], labels == i + 1) == pytest.approx(out[i])
