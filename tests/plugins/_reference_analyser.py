@@ -419,9 +419,11 @@ def analyse_masks(rgb: np.ndarray, valid, gsd: float, settings, fusion) -> list:
 
 def _capped_white(rgb: np.ndarray, c: float, m: np.ndarray) -> float:
     """ADR 0045: at most 0.4 when more than a fifth of the pixels have all bands ≥ 240."""
+    if c <= 0.4:
+        return c
     pixels = rgb[m]
     white = sum(1 for px in pixels if min(int(v) for v in px) >= 240)
-    return 0.4 if c > 0.4 and white > 0.2 * len(pixels) else c
+    return 0.4 if white > 0.2 * len(pixels) else c
 
 
 def _final_confidence(grey, m, x, gsd, fusion) -> float:
