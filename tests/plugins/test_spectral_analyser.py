@@ -1472,18 +1472,20 @@ def test_coarse_pass_joins_the_coarser_analysis_where_it_overlaps_nothing_more_c
         assert not (taken[y0:y1, x0:x1][j.mask]).any()
         taken[y0:y1, x0:x1][j.mask] = 1
 
-    def full(i: Instance) -> np.ndarray:
-        m = np.zeros(rgb.shape[:2], bool)
-        x0, y0, x1, y1 = i.bbox
-        m[y0:y1, x0:x1] = i.mask
-        return m
-
     # each one left out overlaps one taken that is at least as confident
-    left = [(n, 0.0, 1) for n in native if not any(_same(j, n) for j in joined)]
-    left += [(c, d, k) for c in coarse if not any(_same(j, c, k, d) for j in joined)]
-    for inst, off, scale in left:
-        m = full(inst) if scale == 1 else np.kron(full(inst), np.ones((k, k), bool))[:384, :384]
-        assert any((m & full(j)).any() and j.confidence >= inst.confidence - off for j in joined)
+    side = 384 // k
+    left = [
+        (n.full_mask(384, 384), n.confidence)
+        for n in native
+        if not any(_same(j, n) for j in joined)
+    ]
+    left += [
+        (np.kron(c.full_mask(side, side), np.ones((k, k), bool)), c.confidence - d)
+        for c in coarse
+        if not any(_same(j, c, k, d) for j in joined)
+    ]
+    for m, conf in left:
+        assert any((m & j.full_mask(384, 384)).any() and j.confidence >= conf for j in joined)
 
 
 def test_coarse_pass_leaves_coarser_imagery_alone(tile) -> None:
