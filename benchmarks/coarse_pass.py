@@ -12,8 +12,10 @@ from the most confident (the coarse ones' confidence lowered by ``--discount``; 
 first on a tie). Prints, per source, object precision and recall at IoU ≥ 0.5 of every stored
 candidate and at confidence 0.5 and 0.85, for the native analysis alone and for the join.
 
-This measures a design that is not built (docs/spectral_quality.md, "A second, coarser
-analysis"): the join is done here, after the analyser, not inside it.
+The analyser's setting ``coarse_pass`` (ADR 0044) is one of these joins built into the stage:
+``--coarsen 3 --iou 0 --discount 0.05`` (there, on tiles of 0.2 m or finer, a coarse candidate
+whose lowered confidence falls under the storage floor is not stored either). This script joins
+after the analyser so that other rules can be measured (docs/spectral_quality.md).
 """
 
 from __future__ import annotations
@@ -28,25 +30,20 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins"))
 
-from eval_pseudolabels import coarsen, data_sets, greedy_matches
+from eval_pseudolabels import data_sets, greedy_matches
 
 CUTS = (0.0, 0.5, 0.85)
 
 
-def coarse_candidates(rgb, valid, gsd: float, k: int, params: dict) -> list[tuple]:
-    """``(mask on the full grid, confidence)`` of the analysis of the ``k``-times coarser image."""
-    from solardesk_spectral.analyser import analyse_tile
+def coarse_candidates(rgb, valid, gsd: float, k: int, settings) -> list[tuple]:
+    """``(mask on the full grid, confidence)`` of the analysis of the ``k``-times coarser image
+    (the analyser's own :func:`~solardesk_spectral.analyser.coarse_instances`)."""
+    from solardesk_spectral.analyser import coarse_instances
 
     h, w = rgb.shape[:2]
-    small, sv, sg = coarsen(rgb, valid, gsd, k=k)
-    sh, sw = small.shape[:2]
-    out = []
-    for inst in analyse_tile(small, sv, sg, params):
-        m = np.zeros((h, w), bool)
-        block = np.kron(inst.full_mask(sh, sw), np.ones((k, k), bool))
-        m[: sh * k, : sw * k] = block
-        out.append((m, inst.confidence))
-    return out
+    return [
+        (i.full_mask(h, w), i.confidence) for i in coarse_instances(rgb, valid, gsd, settings, k)
+    ]
 
 
 def join(native: list[tuple], coarse: list[tuple], iou: float, discount: float) -> list[tuple]:
@@ -82,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     from solardesk_spectral.analyser import analyse_tile
     from solardesk_spectral.settings import SpectralSettings
 
-    params = SpectralSettings().model_dump()
+    settings = SpectralSettings()
+    params = settings.model_dump()
     cv2.setNumThreads(1)
     found = data_sets(args.data_dir)
     for name, root, reader in found:
@@ -94,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             panels += n - 1
             found_here = analyse_tile(rgb, valid, gsd, params)
             native = [(i.full_mask(h, w), i.confidence) for i in found_here]
-            coarse = coarse_candidates(rgb, valid, gsd, args.coarsen, params)
+            coarse = coarse_candidates(rgb, valid, gsd, args.coarsen, settings)
             both = join(native, coarse, args.iou, args.discount)
             for variant, cands in (("native", native), ("joined", both)):
                 for t in CUTS:

@@ -1909,33 +1909,45 @@ def coarsened(
     return small, share >= 1.0 - 1e-6
 
 
-def _coarse_pass(rgb, valid, gsd: float, settings: Any, native: list) -> list:
-    """``native`` joined with the coarser pass's instances (see :data:`COARSE_FACTOR`): all of
-    them by falling confidence (a native one first on a tie), each kept unless it shares a
-    pixel with one already kept, so instances still never overlap."""
+def coarse_instances(
+    rgb: np.ndarray, valid: np.ndarray | None, gsd: float, settings: Any, k: int = COARSE_FACTOR
+) -> list:
+    """The instances of the tile made ``k`` times coarser (:func:`coarsened`), drawn back on the
+    tile's grid (each coarse pixel as its ``k × k`` block), at their own confidence."""
     from solardesk.core.cache import Instance
 
-    k = COARSE_FACTOR
-    h, w = rgb.shape[:2]
-    if gsd > COARSE_MAX_GSD or min(h, w) // k < COARSE_MIN_PX:
-        return native
     small, small_valid = coarsened(rgb, valid, k)
     if small_valid is not None and not small_valid.any():
-        return native
-    coarse = []
+        return []
+    out = []
     for inst in _instances(small, small_valid, gsd * k, settings):
-        if inst.confidence - COARSE_DISCOUNT < settings.floor:
-            continue
         x0, y0, x1, y1 = inst.bbox
-        coarse.append(
+        out.append(
             Instance(
                 bbox=(k * x0, k * y0, k * x1, k * y1),
                 mask=np.kron(inst.mask, np.ones((k, k), bool)),
-                confidence=inst.confidence - COARSE_DISCOUNT,
+                confidence=inst.confidence,
                 scores=inst.scores,
                 provenance="spectral",
             )
         )
+    return out
+
+
+def _coarse_pass(rgb, valid, gsd: float, settings: Any, native: list) -> list:
+    """``native`` joined with the coarser pass's instances (see :data:`COARSE_FACTOR`): all of
+    them by falling confidence (a native one first on a tie), each kept unless it shares a
+    pixel with one already kept, so instances still never overlap."""
+    from dataclasses import replace
+
+    h, w = rgb.shape[:2]
+    if gsd > COARSE_MAX_GSD or min(h, w) // COARSE_FACTOR < COARSE_MIN_PX:
+        return native
+    coarse = [
+        replace(inst, confidence=inst.confidence - COARSE_DISCOUNT)
+        for inst in coarse_instances(rgb, valid, gsd, settings)
+        if inst.confidence - COARSE_DISCOUNT >= settings.floor
+    ]
     order = sorted(
         [(-i.confidence, 0, n) for n, i in enumerate(native)]
         + [(-i.confidence, 1, n) for n, i in enumerate(coarse)]
