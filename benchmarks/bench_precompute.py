@@ -95,15 +95,14 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.repeats < 1:
         ap.error("--repeats must be at least 1")
-    from pydantic import ValidationError
-
+    from solardesk.config import ConfigError, parse
     from solardesk_spectral.settings import SpectralSettings
 
     overrides = dict(item.partition("=")[::2] for item in args.set)
     try:
-        chosen = SpectralSettings(**overrides).model_dump()
-    except ValidationError as exc:
-        ap.error(f"bad --set: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}")
+        chosen = parse(SpectralSettings, overrides, "--set").model_dump()
+    except ConfigError as exc:
+        ap.error(str(exc))
 
     import cv2
 
