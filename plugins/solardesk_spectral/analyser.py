@@ -1129,6 +1129,37 @@ def cap_white(rgb: np.ndarray, labels: np.ndarray, boxes: np.ndarray, conf: np.n
     return conf
 
 
+def outline_confidence(
+    rgb: np.ndarray,
+    valid: np.ndarray | None,
+    gsd: float,
+    labels: np.ndarray,
+    n: int,
+    settings: Any,
+    fusion: Fusion | None = None,
+) -> np.ndarray:
+    """The confidence the analyser would give outlines it did not draw: label ``i + 1`` of
+    ``labels`` (int32, shaped like the tile) scored as a candidate with exactly that outline —
+    every instance statistic measured on it, the spectral ones included, then the confidence
+    and the clipped-white cap, as for the analyser's own candidates; 0 outside the area limits.
+
+    Separates what a segmentation misses from what the confidence misses: scored on hand-drawn
+    panel outlines (``benchmarks/diagnose_confidence.py``), the share at 0.85 or more is the
+    recall that pseudo-labels could reach at that cut if every panel were segmented exactly.
+    """
+    if n == 0:
+        return np.zeros(0)
+    fusion = fusion or default_fusion()
+    feats = pixel_features(rgb, valid, gsd)
+    score = score_map(feats, fusion)
+    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    tile = TileData(rgb, valid, gsd, grey, feats, score, FrameContext.of(rgb, feats, valid))
+    px = (0.999 * settings.min_area_m2 / gsd**2, 1.001 * settings.max_area_m2 / gsd**2)
+    X, boxes, kept = _measure_new(labels, n, tile, fusion, settings, {"shape_area_px": px})
+    conf = np.where(kept, confidence(X, fusion, gsd), 0.0)
+    return cap_white(rgb, labels, boxes, conf, kept)
+
+
 def _fill_means(X, labels, which, feats: np.ndarray, score: np.ndarray) -> None:
     """Fill the mean columns of ``X`` still NaN (those the confidence does not weigh) of the
     rows ``which`` with the means over each label's final pixels (after suppression: the pixels

@@ -98,6 +98,18 @@ def test_the_diagnostics_run(data_dir, capsys) -> None:
     out = capsys.readouterr().out
     assert "fine_power_share" in out and "diagnostic ceiling" in out
     assert "R at P ≥ 0.9 (cut)" in out
+    # the labelled outlines scored as candidates: a share per cut, falling with the cut
+    outlines = re.findall(
+        r"^\| (even|odd) \| (\d+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) "
+        r"\| ([\d.]+) \| ([\d.]+) \|$",
+        out,
+        re.M,
+    )
+    assert [r[0] for r in outlines] == ["even", "odd"]
+    for _, panels, *shares in outlines:
+        at = [float(v) for v in shares[:3]]
+        assert int(panels) > 0 and 1.0 >= at[0] >= at[1] >= at[2] >= 0.0
+        assert at[0] > 0  # some synthetic panel's own outline is at least 0.5 confident
 
 
 def test_recall_at_a_precision_is_read_where_a_cut_can_fall() -> None:

@@ -1537,3 +1537,38 @@ def test_a_candidate_mostly_clipped_white_is_never_a_pseudo_label() -> None:
     assert out.tolist() == [0.4, 0.9, 0.3, 0.99] and conf[0] == 0.95  # a copy
     for i in range(3):
         assert ref._capped_white(rgb, conf[i], labels == i + 1) == pytest.approx(out[i])
+
+
+def test_outline_confidence_scores_an_outline_as_the_analyser_scores_its_own(monkeypatch) -> None:
+    """``outline_confidence`` measures given outlines as the analyser measures its candidates:
+    with one segmentation and no later step (so each stored mask is a component as segmented),
+    re-scoring the stored masks gives back their confidence exactly; an outline outside the
+    area limits scores 0, and one mostly clipped white at most the cap (ADR 0045)."""
+    settings = SpectralSettings(
+        cue_segmentation=False,
+        texture_segmentation=False,
+        merge_fragments=False,
+        split_candidates=False,
+        grid_split=False,
+        fill_outlines=False,
+        floor=0.01,
+    )
+    scene = generate_scene(SceneSpec(height=384, width=384, gsd=0.15, seed=11, n_roofs=5))
+    rgb = np.ascontiguousarray(np.moveaxis(scene.image, 0, -1))
+    out = fast.analyse_tile(rgb, None, 0.15, settings.model_dump())
+    assert len(out) >= 3 and max(i.confidence for i in out) >= 0.85
+    labels = np.zeros((384, 384), np.int32)
+    for k, inst in enumerate(out):
+        labels[inst.full_mask(384, 384)] = k + 1
+    free = np.argwhere(labels == 0)[0]
+    labels[free[0], free[1]] = len(out) + 1  # one pixel: far under the least area
+    conf = fast.outline_confidence(rgb, None, 0.15, labels, len(out) + 1, settings)
+    assert conf[:-1].tolist() == [i.confidence for i in out]
+    assert conf[-1] == 0.0
+
+    best = int(np.argmax(conf))
+    white = rgb.copy()
+    white[labels == best + 1] = 250  # the most confident outline, clipped white
+    monkeypatch.setattr(fast, "WHITE_CAP", 0.1)  # under what it scores unclipped
+    capped = fast.outline_confidence(white, None, 0.15, labels, len(out) + 1, settings)
+    assert capped[best] == 0.1
