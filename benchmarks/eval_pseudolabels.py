@@ -10,7 +10,10 @@ a candidate matches it at IoU ≥ 0.5 (greedy, one to one, best IoU first). Prin
 object precision and recall at confidence 0.5, 0.7 and 0.85, the recall of every stored
 candidate (what a reviewer could find), pixel IoU, the share of candidates that lie on labelled
 panels (at least half their pixels; a fragment of a labelled array counts, which precision at IoU
-≥ 0.5 does not), and what the false positives at 0.85 lie on (South Tyrol: roof or not).
+≥ 0.5 does not), and what the false positives at 0.85 lie on (South Tyrol: roof or not). Under
+the table, a 95 % bootstrap interval over images for precision and recall at each cut
+(:func:`bootstrap_interval`): how far a figure could move with another draw of images like
+these, so that two versions a panel or two apart are not read as different.
 Labels are not exhaustive: some "false positives" are unlabelled panels — look at the overlays
 before concluding.
 
@@ -72,6 +75,38 @@ class Tally:
     images: int = 0
     seconds: float = 0.0
     gsd: float = float("nan")  # of the last image (one source: one ground resolution)
+    #: per image and cut: (candidates kept, of them matched, panels, of them matched)
+    per_image: list = field(default_factory=list)
+
+
+def bootstrap_interval(
+    counts: np.ndarray, level: float = 0.95, resamples: int = 2000, seed: int = 0
+) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Percentile bootstrap intervals of object precision and recall over images.
+
+    ``counts`` is ``(images, 4)``: per image the candidates kept, how many of them match, the
+    labelled panels and how many of them are matched. The images are drawn with replacement
+    ``resamples`` times (seeded: the same figures on every run) and precision and recall are
+    recomputed from the summed counts of each draw, so an image with many panels weighs as
+    much as it does in the figure itself. Returns ``((precision low, high), (recall low,
+    high))`` at ``level``; NaN where a draw has no candidate or no panel.
+    """
+    counts = np.asarray(counts, np.float64).reshape(-1, 4)
+    if len(counts) == 0:
+        nan = (float("nan"), float("nan"))
+        return nan, nan
+    rng = np.random.default_rng(seed)
+    draws = counts[rng.integers(0, len(counts), (resamples, len(counts)))].sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = draws[:, 1] / draws[:, 0]
+        recall = draws[:, 3] / draws[:, 2]
+    q = (100 * (1 - level) / 2, 100 * (1 + level) / 2)
+
+    def interval(x: np.ndarray) -> tuple[float, float]:
+        x = x[np.isfinite(x)]
+        return tuple(float(v) for v in np.percentile(x, q)) if len(x) else (np.nan, np.nan)
+
+    return interval(precision), interval(recall)
 
 
 def greedy_matches(pred_masks: list[np.ndarray], truth_labels: np.ndarray, n_truth: int):
@@ -112,6 +147,7 @@ def evaluate_image(rgb, valid, gsd, truth_mask, roof_mask, tally: Tally, overlay
     tally.truths += n_truth
     masks = [i.full_mask(h, w) for i in inst]
     conf = np.array([i.confidence for i in inst])
+    counts = {}
     for thr in (0.0, *THRESHOLDS):
         sel = [m for m, c in zip(masks, conf, strict=True) if c >= thr]
         hp, ht = greedy_matches(sel, truth_labels, n_truth)
@@ -119,6 +155,7 @@ def evaluate_image(rgb, valid, gsd, truth_mask, roof_mask, tally: Tally, overlay
         tally.hits_pred[thr] += len(hp)
         tally.on_panels[thr] += sum(int((m & truth_mask).sum() >= 0.5 * m.sum()) for m in sel)
         tally.hits_truth[thr] += len(ht)
+        counts[thr] = (len(sel), len(hp), n_truth, len(ht))
         union_pred = np.any(sel, axis=0) if sel else np.zeros((h, w), bool)
         tally.inter[thr] += int((union_pred & truth_mask).sum())
         tally.union[thr] += int((union_pred | truth_mask).sum())
@@ -127,6 +164,7 @@ def evaluate_image(rgb, valid, gsd, truth_mask, roof_mask, tally: Tally, overlay
                 if k not in hp:
                     tally.fp_total += 1
                     tally.fp_on_roof += int((m & roof_mask).sum() > 0.5 * m.sum())
+    tally.per_image.append(counts)
     if overlay_path is not None:
         ov = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
         cnts, _ = cv2.findContours(truth_mask.astype(np.uint8), cv2.RETR_EXTERNAL, 2)
@@ -227,6 +265,12 @@ def report(name: str, t: Tally) -> None:
         label = "all stored" if thr == 0.0 else f"{thr}"
         on = t.on_panels[thr] / n if n else float("nan")
         print(f"| {label} | {n} | {p:.3f} | {r:.3f} | {f1:.3f} | {iou:.3f} | {on:.3f} |")
+    for thr in THRESHOLDS:
+        (p_lo, p_hi), (r_lo, r_hi) = bootstrap_interval([c[thr] for c in t.per_image])
+        print(
+            f"at {thr}: 95 % interval over images (bootstrap): precision {p_lo:.3f}–{p_hi:.3f}, "
+            f"recall {r_lo:.3f}–{r_hi:.3f}"
+        )
     if t.fp_total:
         print(
             f"false positives at 0.85: {t.fp_total}, of which {t.fp_on_roof} "

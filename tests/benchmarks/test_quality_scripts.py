@@ -55,6 +55,36 @@ def test_eval_pseudolabels_prints_the_table(data_dir, capsys) -> None:
         for cell in rest.split("|"):
             value = float(cell)
             assert np.isnan(value) or 0.0 <= value <= 1.0
+    # a bootstrap interval per cut that holds the figure in the table
+    spans = re.findall(
+        r"^at (0\.\d+): 95 % interval over images \(bootstrap\): precision ([\d.]+)–([\d.]+), "
+        r"recall ([\d.]+)–([\d.]+)$",
+        out,
+        re.M,
+    )
+    assert [s[0] for s in spans] == ["0.5", "0.7", "0.85"]
+    table = {r[0]: [float(c) for c in r[2].split("|")[:2]] for r in rows}
+    for thr, p_lo, p_hi, r_lo, r_hi in spans:
+        precision, recall = table[thr]
+        assert float(r_lo) <= recall <= float(r_hi)
+        assert np.isnan(precision) or float(p_lo) <= precision <= float(p_hi)
+
+
+def test_bootstrap_interval_over_images() -> None:
+    """Images drawn with replacement, precision and recall from the summed counts: identical
+    images give no spread, the interval holds the pooled figure, and it is seeded."""
+    from eval_pseudolabels import bootstrap_interval
+
+    same = [(4, 3, 5, 3)] * 10
+    assert bootstrap_interval(same) == ((0.75, 0.75), (0.6, 0.6))
+    counts = [(4, 4, 4, 4)] * 5 + [(4, 0, 4, 0)] * 5 + [(0, 0, 2, 0)]
+    (p_lo, p_hi), (r_lo, r_hi) = bootstrap_interval(counts)
+    assert 0.0 < p_lo < 0.5 < p_hi < 1.0  # pooled precision 20 / 40
+    assert 0.0 < r_lo < 20 / 42 < r_hi < 1.0
+    assert bootstrap_interval(counts) == bootstrap_interval(counts)  # seeded
+    assert bootstrap_interval(counts, level=0.5)[0][1] < p_hi  # a lower level, a narrower span
+    nan = bootstrap_interval(np.zeros((0, 4)))
+    assert all(np.isnan(v) for pair in nan for v in pair)
 
 
 def test_eval_pseudolabels_takes_analyser_settings(data_dir, capsys) -> None:
