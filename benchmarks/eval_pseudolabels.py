@@ -305,15 +305,13 @@ def main(argv: list[str] | None = None) -> int:
     for item in args.set:
         name, _, value = item.partition("=")
         SETTINGS[name] = value  # the settings model parses it (numbers, true / false)
-    from pydantic import ValidationError
-
+    from solardesk.config import ConfigError, parse
     from solardesk_spectral.settings import SpectralSettings
 
     try:
-        SpectralSettings(**SETTINGS)
-    except ValidationError as exc:
-        errors = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        print(f"eval_pseudolabels: bad --set ({errors})", file=sys.stderr)
+        parse(SpectralSettings, SETTINGS, "eval_pseudolabels --set")
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
         return 2
     cv2.setNumThreads(1)
     if args.overlays:
