@@ -131,7 +131,7 @@ def test_the_diagnostics_run(data_dir, capsys) -> None:
     # the labelled outlines scored as candidates: a share per cut, falling with the cut
     outlines = re.findall(
         r"^\| (even|odd) \| (\d+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) "
-        r"\| ([\d.]+) \| ([\d.]+) \|$",
+        r"\| ([\d.]+) \| ([\d.]+) \| (\d+) \| (\d+) \|$",
         out,
         re.M,
     )
@@ -140,6 +140,10 @@ def test_the_diagnostics_run(data_dir, capsys) -> None:
         at = [float(v) for v in shares[:3]]
         assert int(panels) > 0 and 1.0 >= at[0] >= at[1] >= at[2] >= 0.0
         assert at[0] > 0  # some synthetic panel's own outline is at least 0.5 confident
+        reach, now = float(shares[4]), float(shares[5])
+        assert 0.0 <= now <= reach <= 1.0
+        # the two kinds of panels held back are among those whose own outline reaches 0.85
+        assert int(shares[6]) + int(shares[7]) <= round(at[2] * int(panels))
 
 
 def test_recall_at_a_precision_is_read_where_a_cut_can_fall() -> None:
@@ -232,3 +236,27 @@ def test_the_join_keeps_the_more_confident_of_two_overlapping_candidates() -> No
     assert kept[0][0] is b and len(kept) == 1
     kept = join([(a, 0.90)], [(b, 0.99)], iou=0.5, discount=0.05)  # under the IoU: both stay
     assert len(kept) == 2
+
+
+def test_matched_confidence_is_that_of_the_candidate_matching_each_panel() -> None:
+    """Per labelled panel, the confidence of the kept candidate at IoU ≥ 0.5, -1 where none."""
+    from diagnose_confidence import matched_confidence
+
+    truth = np.zeros((10, 20), np.int32)
+    truth[1:5, 1:5] = 1  # 16 px: candidate 1 covers it whole
+    truth[1:5, 8:12] = 2  # 16 px: candidate 2 covers 8 of them (IoU 0.5)
+    truth[6:9, 14:18] = 3  # 12 px: candidate 3 matches it but is not kept
+    truth[6:9, 1:5] = 4  # 12 px: candidate 4 covers 4 of them (IoU 1/3): not matched
+    labels = np.zeros_like(truth)
+    labels[1:5, 1:5] = 1
+    labels[1:3, 8:12] = 2
+    labels[6:9, 14:18] = 3
+    labels[6:7, 1:5] = 4
+    conf = np.array([0.9, 0.6, 0.95, 0.99])
+    kept = np.array([True, True, False, True])
+    out = matched_confidence(labels, conf, kept, truth, 5)  # panel 5 has no pixel
+    assert out.tolist() == [0.9, 0.6, -1.0, -1.0, -1.0]
+    assert (
+        matched_confidence(np.zeros_like(truth), np.zeros(0), np.zeros(0, bool), truth, 4).tolist()
+        == [-1.0] * 4
+    )
