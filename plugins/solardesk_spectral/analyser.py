@@ -1013,6 +1013,12 @@ class Analysis:
     kept: np.ndarray  # bool per label: passes the area limits
 
 
+def _traced_px(settings: Any, gsd: float) -> tuple[float, float]:
+    """The pixel counts between which a candidate's shape is traced: the area limits, with a
+    margin for rounding (outside them the candidate is dropped anyway)."""
+    return (0.999 * settings.min_area_m2 / gsd**2, 1.001 * settings.max_area_m2 / gsd**2)
+
+
 def analyse(
     rgb: np.ndarray,
     valid: np.ndarray | None,
@@ -1037,9 +1043,9 @@ def analyse(
     edges = strong_edges(rgb, gsd) if settings.edge_cut else None
     hypotheses = segmentation_maps(feats, score, settings)
     context = FrameContext.of(rgb, feats, valid)
-    # Shapes are traced only where the area limits may keep a component (a margin for rounding);
-    # of the means, those the confidence weighs (the others: for the survivors, below).
-    px = (0.999 * settings.min_area_m2 / gsd**2, 1.001 * settings.max_area_m2 / gsd**2)
+    # Shapes are traced only where the area limits may keep a component; of the means, those
+    # the confidence weighs (the others: for the survivors, below).
+    px = _traced_px(settings, gsd)
     # (with ``measure_all``, every mean of every candidate: learning and diagnostics see each
     # candidate's own statistics)
     weighed = {k for k in range(1 + len(PIXEL_FEATURES)) if fusion.instance_weights[k] != 0}
@@ -1154,8 +1160,8 @@ def outline_confidence(
     score = score_map(feats, fusion)
     grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32)
     tile = TileData(rgb, valid, gsd, grey, feats, score, FrameContext.of(rgb, feats, valid))
-    px = (0.999 * settings.min_area_m2 / gsd**2, 1.001 * settings.max_area_m2 / gsd**2)
-    X, boxes, kept = _measure_new(labels, n, tile, fusion, settings, {"shape_area_px": px})
+    stats = {"shape_area_px": _traced_px(settings, gsd)}
+    X, boxes, kept = _measure_new(labels, n, tile, fusion, settings, stats)
     conf = np.where(kept, confidence(X, fusion, gsd), 0.0)
     return cap_white(rgb, labels, boxes, conf, kept)
 
