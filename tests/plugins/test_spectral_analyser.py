@@ -1543,7 +1543,7 @@ def test_outline_confidence_scores_an_outline_as_the_analyser_scores_its_own(mon
     """``outline_confidence`` measures given outlines as the analyser measures its candidates:
     with one segmentation and no later step (so each stored mask is a component as segmented),
     re-scoring the stored masks gives back their confidence exactly; an outline outside the
-    area limits scores 0, and one mostly clipped white at most the cap (ADR 0045)."""
+    area limits scores 0, and one mostly clipped white is capped (ADR 0045)."""
     settings = SpectralSettings(
         cue_segmentation=False,
         texture_segmentation=False,
