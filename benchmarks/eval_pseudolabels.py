@@ -1,7 +1,7 @@
 """Measure the spectral pseudo-labels against hand-made labels on real imagery.
 
     python benchmarks/eval_pseudolabels.py DATA_DIR [--overlays OUT_DIR] [--limit N]
-        [--split all|even|odd] [--set NAME=VALUE ...] [--coarsen K]
+        [--split all|even|odd] [--set NAME=VALUE ...] [--coarsen K] [--compare NAME=VALUE ...]
 
 DATA_DIR holds ``southtyrol-bz2023-roof-solar/`` (JPEG + world file, class 2 of
 ``derived/masks/*.png`` is solar) and/or ``bradbury-usgs-ca-tiles/`` (PNG at 0.3 m, masks 0/255).
@@ -14,6 +14,12 @@ panels (at least half their pixels; a fragment of a labelled array counts, which
 the table, a 95 % bootstrap interval over images for precision and recall at each cut
 (:func:`bootstrap_interval`): how far a figure could move with another draw of images like
 these, so that two versions a panel or two apart are not read as different.
+
+``--compare NAME=VALUE`` (repeatable) also runs the analyser with those settings changed (on top
+of ``--set``) on the same images, prints its table, and the difference of the two in precision
+and recall at each cut with a 95 % *paired* bootstrap interval (:func:`paired_difference`: the
+same draws of images for both, so what the images have in common cancels): a variant is better
+than the baseline beyond the noise of these images only where the interval excludes 0.
 Labels are not exhaustive: some "false positives" are unlabelled panels — look at the overlays
 before concluding.
 
@@ -77,6 +83,8 @@ class Tally:
     gsd: float = float("nan")  # of the last image (one source: one ground resolution)
     #: per image and cut: (candidates kept, of them matched, panels, of them matched)
     per_image: list = field(default_factory=list)
+    #: the analyser settings this tally measures (None: those of ``--set``)
+    settings: dict | None = None
 
 
 def bootstrap_interval(
@@ -109,6 +117,42 @@ def bootstrap_interval(
     return interval(precision), interval(recall)
 
 
+def paired_difference(
+    base: np.ndarray, other: np.ndarray, level: float = 0.95, resamples: int = 2000, seed: int = 0
+) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """``other`` less ``base`` in object precision and recall, with a paired bootstrap interval.
+
+    ``base`` and ``other`` are ``(images, 4)`` counts as for :func:`bootstrap_interval`, row
+    ``k`` of both from the same image. Each of the ``resamples`` draws of images (seeded) sums
+    both on the same images, so the spread is that of the difference, not of each figure.
+    Returns ``((precision difference, low, high), (recall difference, low, high))``; NaN where
+    undefined (no candidate in a draw).
+    """
+    a = np.asarray(base, np.float64).reshape(-1, 4)
+    b = np.asarray(other, np.float64).reshape(-1, 4)
+    if a.shape != b.shape:
+        raise ValueError(f"paired counts of {len(a)} and {len(b)} images")
+    nan3 = (float("nan"),) * 3
+    if len(a) == 0:
+        return nan3, nan3
+    pick = np.random.default_rng(seed).integers(0, len(a), (resamples, len(a)))
+    q = (100 * (1 - level) / 2, 100 * (1 + level) / 2)
+
+    def figures(c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return c[..., 1] / c[..., 0], c[..., 3] / c[..., 2]
+
+    whole = figures(b.sum(0)), figures(a.sum(0))
+    draws = figures(b[pick].sum(1)), figures(a[pick].sum(1))
+    out = []
+    for k in range(2):  # precision, recall
+        d = draws[0][k] - draws[1][k]
+        d = d[np.isfinite(d)]
+        lo, hi = (float(v) for v in np.percentile(d, q)) if len(d) else (np.nan, np.nan)
+        out.append((float(whole[0][k] - whole[1][k]), lo, hi))
+    return out[0], out[1]
+
+
 def greedy_matches(pred_masks: list[np.ndarray], truth_labels: np.ndarray, n_truth: int):
     """Indices of predictions and truths matched one to one at IoU ≥ 0.5."""
     if not pred_masks or n_truth == 0:
@@ -135,7 +179,8 @@ def evaluate_image(rgb, valid, gsd, truth_mask, roof_mask, tally: Tally, overlay
     from solardesk_spectral.analyser import analyse_tile
     from solardesk_spectral.settings import SpectralSettings
 
-    params = SpectralSettings(**SETTINGS).model_dump()
+    chosen = SETTINGS if tally.settings is None else tally.settings
+    params = SpectralSettings(**chosen).model_dump()
     t0 = time.perf_counter()
     inst = analyse_tile(rgb, valid, gsd, params)
     tally.seconds += time.perf_counter() - t0
@@ -231,17 +276,25 @@ def data_sets(data_dir: Path) -> list[tuple[str, Path, Callable]]:
     return found
 
 
-def southtyrol(root: Path, tally: Tally, overlays: Path | None, limit: int | None, split: str):
+def southtyrol(root: Path, tallies, overlays: Path | None, limit: int | None, split: str):
+    """Each South Tyrol image into each of ``tallies`` (a :class:`Tally` or a list of them:
+    the same images under each one's settings; overlays of the first only)."""
+    tallies = tallies if isinstance(tallies, list) else [tallies]
     for stem, rgb, valid, gsd, lab in southtyrol_images(root, split, limit):
         ov = overlays / f"st_{stem}.png" if overlays and (lab == 2).any() else None
-        evaluate_image(*coarsen(rgb, valid, gsd, lab == 2, lab >= 1), tally, ov)
+        scene = coarsen(rgb, valid, gsd, lab == 2, lab >= 1)
+        for k, tally in enumerate(tallies):
+            evaluate_image(*scene, tally, ov if k == 0 else None)
 
 
-def bradbury(root: Path, tally: Tally, overlays: Path | None, limit: int | None, split: str):
+def bradbury(root: Path, tallies, overlays: Path | None, limit: int | None, split: str):
+    """Each Bradbury image into each of ``tallies`` (as :func:`southtyrol`)."""
+    tallies = tallies if isinstance(tallies, list) else [tallies]
     for k, (stem, rgb, valid, gsd, panels) in enumerate(bradbury_images(root, split, limit)):
         ov = overlays / f"bb_{stem}.png" if overlays and k % 10 == 0 else None
         rgb, valid, gsd, panels = coarsen(rgb, valid, gsd, panels)
-        evaluate_image(rgb, valid, gsd, panels, None, tally, ov)
+        for j, tally in enumerate(tallies):
+            evaluate_image(rgb, valid, gsd, panels, None, tally, ov if j == 0 else None)
 
 
 #: How this script evaluates each data set (South Tyrol also reports what its false positives
@@ -278,6 +331,18 @@ def report(name: str, t: Tally) -> None:
         )
 
 
+def report_difference(base: Tally, other: Tally) -> None:
+    """The variant less the baseline at each cut, with :func:`paired_difference`'s interval."""
+    for thr in THRESHOLDS:
+        (dp, p_lo, p_hi), (dr, r_lo, r_hi) = paired_difference(
+            [c[thr] for c in base.per_image], [c[thr] for c in other.per_image]
+        )
+        print(
+            f"variant less baseline at {thr}: precision {dp:+.3f} (95 % paired interval "
+            f"{p_lo:+.3f} to {p_hi:+.3f}), recall {dr:+.3f} ({r_lo:+.3f} to {r_hi:+.3f})"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("data_dir", type=Path)
@@ -288,6 +353,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument(
         "--set", action="append", default=[], metavar="NAME=VALUE", help="Analyser setting."
+    )
+    ap.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="Also run with this setting changed; print the paired difference (repeatable).",
     )
     ap.add_argument(
         "--coarsen",
@@ -308,8 +380,13 @@ def main(argv: list[str] | None = None) -> int:
     from solardesk.config import ConfigError, parse
     from solardesk_spectral.settings import SpectralSettings
 
+    variant = dict(SETTINGS)
+    for item in args.compare:
+        name, _, value = item.partition("=")
+        variant[name] = value
     try:
         parse(SpectralSettings, SETTINGS, "eval_pseudolabels --set")
+        parse(SpectralSettings, variant, "eval_pseudolabels --compare")
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
@@ -319,8 +396,13 @@ def main(argv: list[str] | None = None) -> int:
     found = data_sets(args.data_dir)
     for name, root, _ in found:
         t = Tally()
-        EVALUATE[name](root, t, args.overlays, args.limit, args.split)
+        tallies = [t, Tally(settings=variant)] if args.compare else [t]
+        EVALUATE[name](root, tallies, args.overlays, args.limit, args.split)
         report(f"{name} ({t.gsd:.3g} m)", t)
+        if args.compare:
+            changed = ", ".join(args.compare)
+            report(f"{name} ({t.gsd:.3g} m), variant {changed}", tallies[1])
+            report_difference(t, tallies[1])
     return 0 if found else 2
 
 

@@ -260,3 +260,48 @@ def test_matched_confidence_is_that_of_the_candidate_matching_each_panel() -> No
         matched_confidence(np.zeros_like(truth), np.zeros(0), np.zeros(0, bool), truth, 4).tolist()
         == [-1.0] * 4
     )
+
+
+def test_paired_difference_over_the_same_images() -> None:
+    """The variant less the baseline, both summed over the same draws of images: no change
+    gives exactly 0, a change in a few images an interval around it, and unequal inputs fail."""
+    from eval_pseudolabels import paired_difference
+
+    base = np.array([(4, 3, 5, 3)] * 20)
+    assert paired_difference(base, base) == ((0.0, 0.0, 0.0), (0.0, 0.0, 0.0))
+    better = base.copy()
+    better[:5] = (4, 4, 5, 4)  # one more match in a quarter of the images
+    (dp, p_lo, p_hi), (dr, r_lo, r_hi) = paired_difference(base, better)
+    assert dp == pytest.approx(5 / 80) and dr == pytest.approx(5 / 100)
+    assert 0.0 < p_lo <= dp <= p_hi and 0.0 < r_lo <= dr <= r_hi  # every draw is at least as good
+    mixed = base.copy()
+    mixed[:5] = (4, 4, 5, 4)
+    mixed[5:10] = (4, 2, 5, 2)  # as many worse: no difference overall, an interval around 0
+    (dp, p_lo, p_hi), _ = paired_difference(base, mixed)
+    assert dp == 0.0 and p_lo < 0.0 < p_hi
+    assert paired_difference(base, mixed) == paired_difference(base, mixed)  # seeded
+    with pytest.raises(ValueError, match="20 and 19 images"):
+        paired_difference(base, base[:19])
+
+
+def test_eval_pseudolabels_compares_a_variant_on_the_same_images(data_dir, capsys) -> None:
+    """``--compare NAME=VALUE``: the variant's table and the paired difference per cut; a
+    storage floor of 0.7 changes nothing at 0.7 and 0.85 (exactly 0, interval 0 to 0); a
+    setting that does not exist is a clear error."""
+    import eval_pseudolabels
+
+    assert eval_pseudolabels.main([str(data_dir), "--compare", "floor=0.7"]) == 0
+    out = capsys.readouterr().out
+    assert "## Bradbury (0.3 m), variant floor=0.7:" in out
+    diffs = re.findall(
+        r"^variant less baseline at (0\.\d+): precision ([+-][\d.]+) \(95 % paired interval "
+        r"([+-][\d.]+) to ([+-][\d.]+)\), recall ([+-][\d.]+) \(([+-][\d.]+) to ([+-][\d.]+)\)$",
+        out,
+        re.M,
+    )
+    assert [d[0] for d in diffs] == ["0.5", "0.7", "0.85"]
+    for cut, *values in diffs:
+        if cut != "0.5":
+            assert all(float(v) == 0.0 for v in values)
+    assert eval_pseudolabels.main([str(data_dir), "--compare", "no_such_setting=1"]) == 2
+    assert "--compare: invalid settings: unknown field" in capsys.readouterr().err
