@@ -103,18 +103,24 @@ def bootstrap_interval(
     if len(counts) == 0:
         nan = (float("nan"), float("nan"))
         return nan, nan
-    rng = np.random.default_rng(seed)
-    draws = counts[rng.integers(0, len(counts), (resamples, len(counts)))].sum(axis=1)
+    pick = np.random.default_rng(seed).integers(0, len(counts), (resamples, len(counts)))
+    precision, recall = _ratios(counts[pick].sum(axis=1))
+    return _interval(precision, level), _interval(recall, level)
+
+
+def _ratios(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Precision and recall of summed counts ``(..., 4)`` (NaN where undefined)."""
     with np.errstate(invalid="ignore", divide="ignore"):
-        precision = draws[:, 1] / draws[:, 0]
-        recall = draws[:, 3] / draws[:, 2]
-    q = (100 * (1 - level) / 2, 100 * (1 + level) / 2)
+        return counts[..., 1] / counts[..., 0], counts[..., 3] / counts[..., 2]
 
-    def interval(x: np.ndarray) -> tuple[float, float]:
-        x = x[np.isfinite(x)]
-        return tuple(float(v) for v in np.percentile(x, q)) if len(x) else (np.nan, np.nan)
 
-    return interval(precision), interval(recall)
+def _interval(x: np.ndarray, level: float) -> tuple[float, float]:
+    """The central ``level`` percentile interval of the finite values of ``x``."""
+    x = x[np.isfinite(x)]
+    if not len(x):
+        return float("nan"), float("nan")
+    lo, hi = np.percentile(x, (100 * (1 - level) / 2, 100 * (1 + level) / 2))
+    return float(lo), float(hi)
 
 
 def paired_difference(
@@ -136,19 +142,11 @@ def paired_difference(
     if len(a) == 0:
         return nan3, nan3
     pick = np.random.default_rng(seed).integers(0, len(a), (resamples, len(a)))
-    q = (100 * (1 - level) / 2, 100 * (1 + level) / 2)
-
-    def figures(c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return c[..., 1] / c[..., 0], c[..., 3] / c[..., 2]
-
-    whole = figures(b.sum(0)), figures(a.sum(0))
-    draws = figures(b[pick].sum(1)), figures(a[pick].sum(1))
+    whole = _ratios(b.sum(0)), _ratios(a.sum(0))
+    draws = _ratios(b[pick].sum(1)), _ratios(a[pick].sum(1))
     out = []
     for k in range(2):  # precision, recall
-        d = draws[0][k] - draws[1][k]
-        d = d[np.isfinite(d)]
-        lo, hi = (float(v) for v in np.percentile(d, q)) if len(d) else (np.nan, np.nan)
+        lo, hi = _interval(draws[0][k] - draws[1][k], level)
         out.append((float(whole[0][k] - whole[1][k]), lo, hi))
     return out[0], out[1]
 
