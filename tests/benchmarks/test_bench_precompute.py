@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from solardesk.synthetic import SceneSpec, generate_scene
 
@@ -50,3 +51,15 @@ def test_the_benchmark_times_a_stage_setting_and_refuses_an_unknown_one(
         bench_precompute.main([*args, "--set", "no_such=1"])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and "--set: invalid settings: unknown field 'no_such'" in err
+
+
+def test_ground_rate_in_km2_per_hour(monkeypatch) -> None:
+    """A rate in tiles per second as ground covered: 1 tile/s of 1000 px at 1 m is 3600 km²/h,
+    and the same tile rate at twice the ground resolution covers four times the ground."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import bench_precompute
+
+    assert bench_precompute.ground_km2_per_hour(1.0, 1000, 1.0) == pytest.approx(3600.0)
+    at_15 = bench_precompute.ground_km2_per_hour(26.8, 512, 0.15)
+    assert bench_precompute.ground_km2_per_hour(26.8, 512, 0.3) == pytest.approx(4 * at_15)
+    assert at_15 == pytest.approx(26.8 * 76.8**2 * 3600 / 1e6)
