@@ -87,14 +87,13 @@ def collect(root: Path, images, split: str, fusion) -> dict:
 def matched_confidence(labels, conf, kept, truth_labels, n_truth: int) -> np.ndarray:
     """Per labelled panel ``1..n_truth``: the confidence of the kept candidate that matches it
     at IoU ≥ 0.5 (candidates never overlap: at most one does), -1 where none does."""
+    from solardesk_spectral.learn import iou_matrix
+
     out = np.full(n_truth, -1.0)
     n = len(conf)
     if n == 0 or n_truth == 0:
         return out
-    pair = labels.astype(np.int64) * (n_truth + 1) + truth_labels
-    inter = np.bincount(pair.ravel(), minlength=(n + 1) * (n_truth + 1)).reshape(n + 1, -1)
-    union = inter.sum(1)[:, None] + inter.sum(0)[None, :] - inter
-    iou = inter[1:, 1:] / np.maximum(union[1:, 1:], 1)
+    iou = iou_matrix(labels, n, truth_labels)[:, 1:]  # panel j + 1 in column j
     for i, j in zip(*np.nonzero((iou >= 0.5) & kept[:, None]), strict=True):
         out[j] = max(out[j], conf[i])
     return out

@@ -341,6 +341,11 @@ def report_difference(base: Tally, other: Tally) -> None:
         )
 
 
+def _assignments(items: list[str]) -> dict[str, str]:
+    """``NAME=VALUE`` arguments as a dict (a later one of the same name wins)."""
+    return dict(item.partition("=")[::2] for item in items)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("data_dir", type=Path)
@@ -372,16 +377,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     COARSEN[0] = args.coarsen
     SETTINGS.clear()
-    for item in args.set:
-        name, _, value = item.partition("=")
-        SETTINGS[name] = value  # the settings model parses it (numbers, true / false)
+    SETTINGS.update(_assignments(args.set))  # the settings model parses them (numbers, bools)
     from solardesk.config import ConfigError, parse
     from solardesk_spectral.settings import SpectralSettings
 
-    variant = dict(SETTINGS)
-    for item in args.compare:
-        name, _, value = item.partition("=")
-        variant[name] = value
+    variant = {**SETTINGS, **_assignments(args.compare)}
     try:
         parse(SpectralSettings, SETTINGS, "eval_pseudolabels --set")
         parse(SpectralSettings, variant, "eval_pseudolabels --compare")

@@ -117,10 +117,9 @@ def roc_auc(score: np.ndarray, y: np.ndarray) -> float:
     return float((ranks[y.astype(bool)].sum() - npos * (npos + 1) / 2) / (npos * nneg))
 
 
-def match_iou(labels: np.ndarray, n: int, truth: np.ndarray) -> np.ndarray:
-    """Best IoU of each predicted label 1..n with any truth instance (0 = background)."""
-    if n == 0:
-        return np.zeros(0)
+def iou_matrix(labels: np.ndarray, n: int, truth: np.ndarray) -> np.ndarray:
+    """``(n, truth.max() + 1)``: the IoU of each predicted label 1..n (rows) with each truth
+    instance (columns, by label; column 0, the background, is 0), in one pass over the image."""
     t = truth.astype(np.int64)
     nt = int(t.max()) + 1
     pair = labels.astype(np.int64) * nt + t
@@ -130,7 +129,14 @@ def match_iou(labels: np.ndarray, n: int, truth: np.ndarray) -> np.ndarray:
     union = area_p[:, None] + area_t[None, :] - inter
     iou = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
     iou[:, 0] = 0.0
-    return iou[1:].max(1)
+    return iou[1:]
+
+
+def match_iou(labels: np.ndarray, n: int, truth: np.ndarray) -> np.ndarray:
+    """Best IoU of each predicted label 1..n with any truth instance (0 = background)."""
+    if n == 0:
+        return np.zeros(0)
+    return iou_matrix(labels, n, truth).max(1)
 
 
 def synthetic_tiles(n_scenes: int, seed: int):
@@ -283,4 +289,4 @@ if __name__ == "__main__":
     main()
 
 
-__all__ = ["PIXEL_FEATURES", "fit_logistic", "learn", "match_iou", "roc_auc"]
+__all__ = ["PIXEL_FEATURES", "fit_logistic", "iou_matrix", "learn", "match_iou", "roc_auc"]
