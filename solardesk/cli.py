@@ -328,17 +328,20 @@ def precompute(
         show=not quiet,
         label="precompute",
     )
+    from solardesk.core.jobs import counted
+
     click.echo(
-        f"{summary.computed} tiles computed, {summary.skipped} already cached, "
-        f"{summary.instances} candidates in {summary.seconds:.1f} s "
+        f"{counted(summary.computed, 'tile')} computed, {summary.skipped} already cached, "
+        f"{counted(summary.instances, 'candidate')} in {summary.seconds:.1f} s "
         f"({summary.tiles_per_second:.1f} tiles/s)"
     )
     thr = settings.get("threshold", 0.85)
     with MaskCache(cache_path, readonly=True) as cache:
         st = cache.stats(threshold=thr)
     click.echo(
-        f"cache {cache_path}: {st['tiles']} tiles, {st['instances']} candidates, "
-        f"{st['instances_above_threshold']} pseudo-labels at confidence >= {thr}"
+        f"cache {cache_path}: {counted(st['tiles'], 'tile')}, "
+        f"{counted(st['instances'], 'candidate')}, "
+        f"{counted(st['instances_above_threshold'], 'pseudo-label')} at confidence >= {thr}"
     )
 
 
@@ -459,7 +462,7 @@ def detect(
     click.echo(
         f"{counted(summary.panels, 'panel')} from {counted(summary.tiles, 'tile')} of "
         f"{counted(summary.rasters, 'raster')} written to {summary.out} in "
-        f"{summary.seconds:.1f} s ({summary.computed_tiles} tiles computed, "
+        f"{summary.seconds:.1f} s ({counted(summary.computed_tiles, 'tile')} computed, "
         f"{summary.skipped_tiles} reused)"
     )
 

@@ -223,3 +223,12 @@ def test_a_raster_without_georeferencing_is_reported_once_with_two_workers(tmp_p
         assert len(lines) == 1 and lines[0].startswith("Warning: "), out.stderr
         assert "world file" in lines[0]
     assert "NotGeoreferencedWarning" not in out.stderr and "open_raster" not in out.stderr
+
+
+def test_summary_counts_read_as_english(tmp_path: Path) -> None:
+    black = write_raster(tmp_path / "black.tif", np.zeros((3, 256, 256), np.uint8))
+    cache = tmp_path / "one.sqlite"
+    out = _cli("precompute", str(black), "--cache", str(cache), "--tile", "256", "--quiet")
+    assert out.returncode == 0, out.stderr
+    assert "1 tile computed, 0 already cached, 0 candidates in" in out.stdout, out.stdout
+    assert ": 1 tile, 0 candidates, 0 pseudo-labels at confidence" in out.stdout, out.stdout

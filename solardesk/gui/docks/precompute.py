@@ -32,7 +32,7 @@ from PySide6.QtWidgets import (
 )
 
 from solardesk.config import TilingSettings
-from solardesk.core.jobs import Progress, default_workers
+from solardesk.core.jobs import Progress, counted, default_workers
 from solardesk.gui.context import AppContext
 from solardesk.gui.forms import SettingsForm
 from solardesk.gui.layers import PseudoLabelLayer, RasterLayer
@@ -363,8 +363,8 @@ class PrecomputeDock(QWidget):
         self.progress.setRange(0, max(summary.tiles, 1))
         self.progress.setValue(summary.tiles)
         text = (
-            f"Done: {summary.computed} tiles computed, {summary.skipped} already cached, "
-            f"{summary.instances} candidates in {format_duration(summary.seconds)} "
+            f"Done: {counted(summary.computed, 'tile')} computed, {summary.skipped} already cached, "
+            f"{counted(summary.instances, 'candidate')} in {format_duration(summary.seconds)} "
             f"({summary.tiles_per_second:.1f} tiles/s)."
         )
         self.status.setText(text)
