@@ -363,7 +363,8 @@ class PrecomputeDock(QWidget):
         self.progress.setRange(0, max(summary.tiles, 1))
         self.progress.setValue(summary.tiles)
         text = (
-            f"Done: {counted(summary.computed, 'tile')} computed, {summary.skipped} already cached, "
+            f"Done: {counted(summary.computed, 'tile')} computed, "
+            f"{summary.skipped} already cached, "
             f"{counted(summary.instances, 'candidate')} in {format_duration(summary.seconds)} "
             f"({summary.tiles_per_second:.1f} tiles/s)."
         )
