@@ -394,6 +394,30 @@ def _fft_plan(win: int, grid_gsd: float, band_m: tuple[float, float]):
     )
 
 
+def _hann_windows(padded: np.ndarray, hann: np.ndarray, ny: int, nx: int, step: int):
+    """``(ny, nx, win, win)``: the windows of side ``win = 2 · step`` at ``step`` pixels of
+    ``padded``, each times ``hann``. Where ``padded`` is exactly ``ny + 1`` by ``nx + 1`` blocks
+    of ``step`` pixels, each window is four blocks and each quarter of the product is one
+    multiplication over all windows at once (contiguous runs of ``step`` pixels, the same
+    products as multiplying each window; 2-3 times faster than the strided window view)."""
+    win = 2 * step
+    if padded.shape != ((ny + 1) * step, (nx + 1) * step):
+        windows = np.lib.stride_tricks.sliding_window_view(padded, (win, win))[::step, ::step]
+        return np.multiply(windows, hann, dtype=np.float32)
+    blocks = padded.reshape(ny + 1, step, nx + 1, step).transpose(0, 2, 1, 3)
+    out = np.empty((ny, nx, win, win), np.float32)
+    for r in (0, step):
+        for c in (0, step):
+            quarter = (slice(r, r + step), slice(c, c + step))
+            np.multiply(
+                blocks[r // step : r // step + ny, c // step : c // step + nx],
+                hann[quarter],
+                out=out[(slice(None), slice(None), *quarter)],
+                dtype=np.float32,
+            )
+    return out
+
+
 def _fft_periodicity(t: _Tile) -> np.ndarray:
     p = t.p
     level, g = t.level(p.texture_grid_m)
@@ -404,9 +428,8 @@ def _fft_periodicity(t: _Tile) -> np.ndarray:
     ny, nx = -(-lh // step), -(-lw // step)
     half = step // 2
     padded = _pad_reflect(level, half, ny * step - lh + half, half, nx * step - lw + half)
-    windows = np.lib.stride_tricks.sliding_window_view(padded, (win, win))[::step, ::step]
     n = ny * nx
-    buf = np.multiply(windows, hann, dtype=np.float32).reshape(n, win, win)
+    buf = _hann_windows(padded, hann, ny, nx, step).reshape(n, win, win)
     spec = sp_fft.rfft2(buf, workers=1)
     # Remove the Hann-weighted window mean: its spectrum is mean × DFT(hann), 3 × 3 bins
     # (all of them within ky ∈ {0, ±1}, kx ∈ {0, 1} of the half-plane).

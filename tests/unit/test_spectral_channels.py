@@ -392,6 +392,21 @@ def test_helpers_match_the_reference():
     np.testing.assert_allclose(shadow_mask(rgb), ref_shadow_mask(rgb), atol=2e-3)
 
 
+@pytest.mark.parametrize("step,ny,nx", [(16, 5, 7), (5, 4, 3)])
+def test_hann_windows_are_the_windows_times_the_window_function(step, ny, nx):
+    """The block-wise product (a padded level exactly ny + 1 by nx + 1 blocks) and the
+    strided-view fallback (any other shape) give the same products, bit for bit."""
+    rng = np.random.default_rng(step)
+    win = 2 * step
+    hann = rng.random((win, win), dtype=np.float32)
+    for extra in (0, 3):  # 0: whole blocks; 3: a shape the block path does not take
+        padded = rng.random(((ny + 1) * step + extra, (nx + 1) * step + extra), np.float32)
+        views = np.lib.stride_tricks.sliding_window_view(padded, (win, win))[::step, ::step]
+        expected = (views * hann)[:ny, :nx]
+        got = ch._hann_windows(padded, hann, ny, nx, step)
+        np.testing.assert_array_equal(got[:ny, :nx], expected)
+
+
 def test_single_channel_functions_equal_compute_channels():
     rgb = module_scene(seed=6)
     stacked = compute_channels(rgb, GSD)
