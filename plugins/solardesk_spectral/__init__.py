@@ -15,8 +15,9 @@ from solardesk.plugin_api import Detector, PrecomputeStage, hookimpl
 # 9: a candidate of few pixels loses confidence; 10: the verified split, gated by fine texture, on;
 # 11: a candidate whose box is the whole tile has no shape; 12: the module-grid split (ADR 0041);
 # 13: a replaced candidate keeps the rest, a ragged one takes its convex hull (ADR 0042);
-# 14: a candidate mostly clipped white is at most 0.4 confident (ADR 0045)
-STAGE_VERSION = 14
+# 14: a candidate mostly clipped white is at most 0.4 confident (ADR 0045);
+# 15: stored boxes are their masks' tight boxes; the module-grid map has no NaN on flat patches
+STAGE_VERSION = 15
 
 
 @hookimpl

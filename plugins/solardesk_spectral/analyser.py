@@ -1673,7 +1673,10 @@ def _local_correlation(d: np.ndarray, dx: float, dy: float, window: int) -> np.n
     """Correlation of ``d`` with itself one lag ``(dx, dy)`` away, centred on each pixel, over a
     ``window`` × ``window`` square."""
     a, b = _shifted(d, dx / 2, dy / 2), _shifted(d, -dx / 2, -dy / 2)
-    return _box(a * b, window) / (np.sqrt(_box(a * a, window) * _box(b * b, window)) + 1e-3)
+    # A box sum of squares can come out a hair below 0 on a flat patch (OpenCV's running
+    # sums): clamped, so that the square root is never NaN.
+    power = np.maximum(_box(a * a, window), 0) * np.maximum(_box(b * b, window), 0)
+    return _box(a * b, window) / (np.sqrt(power) + 1e-3)
 
 
 def grid_map(grey: np.ndarray, direction: float, pitch: float) -> np.ndarray:
@@ -2030,9 +2033,16 @@ def _instances(rgb: np.ndarray, valid: np.ndarray | None, gsd: float, settings: 
     for i in np.flatnonzero(a.kept & (a.confidence >= settings.floor)):
         x0, y0, x1, y1 = (int(v) for v in a.boxes[i])
         mask = a.labels[y0:y1, x0:x1] == i + 1
+        # The analysis keeps a candidate's box from before its outline was trimmed (a
+        # superset); the stored box is the mask's tight one (COCO's bbox, the map's extent).
+        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        if not rows.size:
+            continue
+        mask = mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+        x0, y0, x1, y1 = x0 + cols[0], y0 + rows[0], x0 + cols[-1] + 1, y0 + rows[-1] + 1
         out.append(
             Instance(
-                bbox=(x0, y0, x1, y1),
+                bbox=(int(x0), int(y0), int(x1), int(y1)),
                 mask=mask,
                 confidence=float(np.clip(a.confidence[i], 0.0, 1.0)),
                 scores=tuple(float(a.X[i, k]) for k in means),

@@ -659,7 +659,9 @@ def grid_map(grey: np.ndarray, direction: float, pitch: float) -> np.ndarray:
         def box(v):
             return ndimage.uniform_filter(v, window, mode="reflect")
 
-        return box(a * b) / (np.sqrt(box(a * a) * box(b * b)) + 1e-3)
+        # running-sum filters can return a hair below 0 for a sum of squares: clamp
+        power = np.maximum(box(a * a), 0) * np.maximum(box(b * b), 0)
+        return box(a * b) / (np.sqrt(power) + 1e-3)
 
     g = correlation(pitch) - correlation(pitch / 2)
     return ndimage.uniform_filter(g, _odd(GRID_SMOOTH * pitch), mode="reflect")

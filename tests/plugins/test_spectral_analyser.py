@@ -149,6 +149,19 @@ def test_stage_instances_never_overlap(tile) -> None:
     assert len(insts) >= 3 and cover.max() == 1
 
 
+@pytest.mark.parametrize("seed", [4, 5])
+def test_stage_boxes_are_tight(seed: int) -> None:
+    """Each stored box is its mask's extent (the analysis keeps the box of an outline before
+    it was trimmed; COCO's bbox and the map's extent must be the mask's own)."""
+    scene = generate_scene(SceneSpec(height=256, width=256, gsd=0.15, seed=seed))
+    rgb = np.ascontiguousarray(scene.image.transpose(1, 2, 0))
+    insts = fast.analyse_tile(rgb, None, 0.15, PARAMS)
+    assert insts
+    for inst in insts:
+        m = inst.mask
+        assert m[0].any() and m[-1].any() and m[:, 0].any() and m[:, -1].any(), inst.bbox
+
+
 def test_suppress_keeps_the_more_confident_of_overlapping_candidates() -> None:
     h0 = np.zeros((40, 40), np.int32)
     h0[0:10, 0:10] = 1  # A, confidence 0.6: half of it lies in B
@@ -1048,6 +1061,18 @@ def test_grid_map_lights_the_modules_not_the_roof() -> None:
     np.testing.assert_allclose(
         g, ref.grid_map(grey.astype(np.float64), direction, pitch), atol=1e-3
     )
+
+
+def test_grid_map_is_finite_on_flat_patches() -> None:
+    """OpenCV's box sums of squares dip a hair below 0 on a flat patch beside a contrasted
+    grid; the map must stay finite there (it was NaN over a third of this crop)."""
+    grey = np.full((183, 273), 140.0, np.float32)
+    grey[40:140, 60:200] = 50.0
+    grey[40:140:5, 60:200] = 180.0
+    grey[40:140, 60:200:5] = 180.0
+    g = fast.grid_map(grey, 0.0, 4.9)
+    assert np.isfinite(g).all()
+    np.testing.assert_allclose(g, ref.grid_map(grey.astype(np.float64), 0.0, 4.9), atol=1e-3)
 
 
 @pytest.mark.parametrize("case", ["cut", "confident whole", "coarse pixels", "small whole"])
