@@ -8,6 +8,7 @@ anything else prints a one-line internal error unless ``--debug`` asks for the t
 from __future__ import annotations
 
 import json
+import math
 import sys
 import warnings
 from pathlib import Path
@@ -225,6 +226,27 @@ def plugins(as_json: bool) -> None:
 # --------------------------------------------------------------------------------------------
 # precompute
 # --------------------------------------------------------------------------------------------
+def _check_gsd(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise click.BadParameter(
+            f"{value} is not a ground resolution; give the metres per pixel, e.g. --gsd 0.3"
+        )
+    return value
+
+
+def _parse_bands(value: str | None) -> list[int] | None:
+    """``--bands 3,2,1`` as a list of band numbers (None when not given)."""
+    if not value:
+        return None
+    try:
+        return [int(b) for b in value.split(",")]
+    except ValueError:
+        raise click.BadParameter(
+            f"'{value}' is not a list of band numbers; give them separated by commas, e.g. 3,2,1",
+            param_hint="--bands",
+        ) from None
+
+
 def _parse_set(values: tuple[str, ...]) -> dict:
     out = {}
     for item in values:
@@ -270,7 +292,13 @@ _WORKERS = click.option(
     "--aoi", type=click.Path(path_type=Path), help="Only tiles touching this polygon file."
 )
 @click.option("--bands", help="1-based bands read as R,G,B, e.g. 4,3,2 (default 1,2,3).")
-@click.option("--gsd", type=float, help="Ground resolution in metres, for rasters without a CRS.")
+@click.option(
+    "--gsd",
+    type=float,
+    callback=_check_gsd,
+    help="Ground resolution in metres per pixel, for rasters without a CRS (it overrides a "
+    "raster's own).",
+)
 @click.option("--stage", "stage_id", default="spectral", show_default=True, help="Stage to run.")
 @click.option(
     "--set",
@@ -310,7 +338,7 @@ def precompute(
     tiling = parse(TilingSettings, {"tile_size": tile_size, "overlap": overlap}, "--tile/--overlap")
     raster_settings = parse(
         RasterSettings,
-        {"bands": [int(b) for b in bands.split(",")] if bands else None},
+        {"bands": _parse_bands(bands)},
         "--bands",
     )
     summary = drive(
@@ -379,7 +407,13 @@ def precompute(
     "--aoi", type=click.Path(path_type=Path), help="Only tiles touching this polygon file."
 )
 @click.option("--bands", help="1-based bands read as R,G,B, e.g. 4,3,2 (default 1,2,3).")
-@click.option("--gsd", type=float, help="Ground resolution in metres, for rasters without a CRS.")
+@click.option(
+    "--gsd",
+    type=float,
+    callback=_check_gsd,
+    help="Ground resolution in metres per pixel, for rasters without a CRS (it overrides a "
+    "raster's own).",
+)
 @click.option("--orthogonal", is_flag=True, help="Square panel outlines into rectangles.")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
 @click.option(
@@ -435,7 +469,7 @@ def detect(
         )
     raster_settings = parse(
         RasterSettings,
-        {"bands": [int(b) for b in bands.split(",")] if bands else None},
+        {"bands": _parse_bands(bands)},
         "--bands",
     )
     summary = drive(

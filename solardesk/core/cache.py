@@ -27,11 +27,17 @@ Rows, current rows and edits
 ----------------------------
 A physical tile (raster fingerprint + tile id) may hold several rows: one per computed
 stage/version/parameter set, plus at most one *edits* row (stage :data:`EDITS_STAGE_ID`) that
-holds what people added or redrew. Readers that do not name a stage see a tile's *current*
-rows: its most recently written computed row (optionally restricted to a stage, version or
+holds what people decided, added or redrew. Readers that do not name a stage see a tile's
+*current* rows: the computed row chosen last (written, or chosen again with
+:meth:`MaskCache.choose` when a run finds it done; optionally restricted to a stage, version or
 parameter hash) plus its edits row. Old rows stay until deleted, so going back to earlier
 parameters costs nothing. Rewriting a key that is already stored replaces that row and its
-instances (a forced recompute); the edits row is never replaced by a computation.
+instances (a forced recompute); the edits row is never replaced by a computation (ADR 0046).
+
+An instance a person accepts, rejects or redraws moves to its tile's edits row, and every
+instance of the edits row hides (``superseded_by``) the instances of the tile's computed rows
+whose mask it overlaps at IoU >= :data:`SUPERSEDE_IOU`, also those of rows written later: a
+decision outlives any recompute, and a recomputed look-alike never shows beside it.
 
 Masks are stored cropped to their bounding box with :func:`solardesk.core.masks.encode_mask`
 (bit-packed + zlib); nothing is ever pickled.
@@ -55,7 +61,7 @@ import numpy as np
 import sqlite_utils
 
 from solardesk import __version__
-from solardesk.core.masks import crop_to_coco_rle, decode_mask, encode_mask
+from solardesk.core.masks import crop_to_coco_rle, cropped_mask_iou, decode_mask, encode_mask
 from solardesk.errors import CacheError, CacheSchemaError
 
 _log = logging.getLogger(__name__)
@@ -162,7 +168,19 @@ CREATE TABLE splits (
 ) WITHOUT ROWID;
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1,)
+# Version 2 (ADR 0046): which computed row of a tile is current is recorded (``chosen``, the
+# largest wins; a rerun with earlier parameters chooses their row again), and a computed
+# instance that a person's decision stands for (an instance of the tile's edits row whose mask
+# overlaps it at IoU >= SUPERSEDE_IOU) is marked ``superseded_by`` it and hidden from readers.
+_V2 = """
+ALTER TABLE tiles ADD COLUMN chosen INTEGER;
+UPDATE tiles SET chosen = id;
+CREATE INDEX tiles_by_chosen ON tiles (chosen);
+ALTER TABLE instances ADD COLUMN superseded_by INTEGER;
+CREATE INDEX instances_by_superseder ON instances (superseded_by) WHERE superseded_by IS NOT NULL;
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _SCORE_COLS = ", ".join(CHANNELS)
@@ -186,6 +204,10 @@ _INSERT_INSTANCE = (
     + ", provenance, review, created_at, updated_at) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+#: A person's instance (edits row) stands for a computed one of its tile that its mask overlaps
+#: at least this much (IoU): the computed one is hidden (``superseded_by``), in every row.
+SUPERSEDE_IOU = 0.5
+_NEXT_CHOSEN = "(SELECT coalesce(max(chosen), 0) + 1 FROM tiles)"
 _RECOUNT = (
     "UPDATE tiles SET "
     "n_instances = (SELECT count(*) FROM instances WHERE tile_pk = tiles.id), "
@@ -198,6 +220,7 @@ _SQLITE_BUSY = 5
 _SQLITE_LOCKED = 6
 _SQLITE_READONLY = 8
 _SQLITE_IOERR = 10
+_SQLITE_IOERR_SHMSIZE = _SQLITE_IOERR | (19 << 8)  # the shared-memory file could not grow
 _SQLITE_CORRUPT = 11
 _SQLITE_FULL = 13
 _SQLITE_CANTOPEN = 14
@@ -465,6 +488,15 @@ def _instance(row: Sequence[Any]) -> Instance:
     )
 
 
+def _box_shape(box: Sequence[int]) -> tuple[int, int]:
+    x0, y0, x1, y1 = box
+    return int(y1) - int(y0), int(x1) - int(x0)
+
+
+def _boxes_meet(a: Sequence[int], b: Sequence[int]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
 def _check_in(value: str, allowed: tuple[str, ...], what: str) -> None:
     if value not in allowed:
         raise ValueError(f"{what} must be one of {allowed}, got {value!r}")
@@ -666,7 +698,7 @@ class MaskCache:
         code = getattr(e, "sqlite_errorcode", None)
         primary = code & 0xFF if isinstance(code, int) else None
         p = self.path
-        if primary == _SQLITE_FULL:
+        if primary == _SQLITE_FULL or code == _SQLITE_IOERR_SHMSIZE:
             return CacheError(
                 f"Disk full while writing cache {p}: could not {action}; the transaction was "
                 "rolled back and finished tiles are kept. Free disk space (or move the cache "
@@ -708,10 +740,19 @@ class MaskCache:
         return self._conn
 
     @contextmanager
-    def _reading(self, action: str) -> Iterator[sqlite3.Connection]:
+    def _reading(self, action: str, *, snapshot: bool = False) -> Iterator[sqlite3.Connection]:
+        """Reads; with ``snapshot`` all of them in one read transaction, so that statements
+        run one after another see one state of the file (a writer may commit in between)."""
         conn = self._live()
+        own = snapshot and not conn.in_transaction
         try:
-            yield conn
+            if own:
+                conn.execute("BEGIN")
+            try:
+                yield conn
+            finally:
+                if own and conn.in_transaction:
+                    conn.execute("COMMIT")  # ends the read transaction; nothing was written
         except (sqlite3.ProgrammingError, sqlite3.InterfaceError):
             raise  # misuse of the API (wrong thread, bad bindings): a bug, not a user error
         except sqlite3.Error as e:
@@ -759,6 +800,9 @@ class MaskCache:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 conn.execute("PRAGMA optimize")
+                # Never wait for readers here: with one mid-scan the checkpoint would wait the
+                # whole busy timeout; it reports "busy" instead and the next writer finishes it.
+                conn.execute("PRAGMA busy_timeout = 0")
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.Error as e:
             _log.warning(
@@ -869,6 +913,38 @@ class MaskCache:
             )
             return {r[0] for r in rows}
 
+    def choose(
+        self,
+        raster_fp: str,
+        stage_id: str,
+        stage_version: str | int,
+        params_hash: str,
+        tile_ids: Iterable[str],
+    ) -> int:
+        """Make the stored rows of these tiles under this stage, version and parameters their
+        current rows (what readers see), as writing them did; return how many changed.
+
+        A rerun with earlier parameters computes nothing and calls this, so that their results
+        are shown again instead of the later parameters' (current = the row chosen last).
+        """
+        ids = list(tile_ids)
+        changed = 0
+        newest = (
+            "SELECT max(t2.chosen) FROM tiles t2 WHERE t2.raster_fp = tiles.raster_fp "
+            f"AND t2.tile_id = tiles.tile_id AND t2.stage_id != '{EDITS_STAGE_ID}'"
+        )
+        with self._transaction("choose the current tile rows") as conn:
+            for i in range(0, len(ids), 500):
+                part = ids[i : i + 500]
+                cur = conn.execute(
+                    f"UPDATE tiles SET chosen = {_NEXT_CHOSEN} WHERE raster_fp = ? "
+                    "AND stage_id = ? AND stage_version = ? AND params_hash = ? "
+                    f"AND tile_id IN ({', '.join('?' * len(part))}) AND chosen < ({newest})",
+                    (raster_fp, stage_id, str(stage_version), params_hash, *part),
+                )
+                changed += cur.rowcount
+        return changed
+
     def write_tile(
         self,
         key: TileKey,
@@ -940,8 +1016,8 @@ class MaskCache:
                 )
                 cur = conn.execute(
                     "INSERT INTO tiles (raster_fp, tile_id, stage_id, stage_version, params_hash, "
-                    "col_off, row_off, width, height, n_instances, max_confidence, computed_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "col_off, row_off, width, height, n_instances, max_confidence, computed_at, "
+                    f"chosen) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, {_NEXT_CHOSEN})",
                     (
                         key.raster_fp,
                         key.tile_id,
@@ -957,7 +1033,60 @@ class MaskCache:
                 pk = cur.lastrowid
                 conn.executemany(_INSERT_INSTANCE, [(pk, *r) for r in rows])
                 pks.append(pk)
+            self._supersede_new(conn, [p[0] for p in prepared], pks)
         return pks
+
+    def _supersede_new(self, conn: sqlite3.Connection, keys: list[TileKey], pks: list[int]):
+        """Mark the instances of freshly written computed rows that a person's instance of
+        their tile stands for (one query finds the few tiles that have edits)."""
+        by_tile = {(k.raster_fp, k.tile_id): pk for k, pk in zip(keys, pks, strict=True)}
+        fps = sorted({fp for fp, _ in by_tile})
+        edited = conn.execute(
+            "SELECT raster_fp, tile_id, id FROM tiles WHERE stage_id = ? AND n_instances > 0 "
+            f"AND raster_fp IN ({', '.join('?' * len(fps))})",
+            (EDITS_STAGE_ID, *fps),
+        ).fetchall()
+        for fp, tid, edits_pk in edited:
+            pk = by_tile.get((fp, tid))
+            if pk is not None:
+                self._supersede(conn, edits_pk, [pk])
+
+    @staticmethod
+    def _supersede(
+        conn: sqlite3.Connection,
+        edits_pk: int,
+        tile_pks: Sequence[int],
+        people: Sequence[tuple] | None = None,
+    ) -> None:
+        """Set ``superseded_by`` on the instances of rows ``tile_pks`` that an instance of the
+        edits row ``edits_pk`` (or only of ``people``: ``(id, x0, y0, x1, y1, mask blob)``
+        rows) overlaps at IoU >= SUPERSEDE_IOU; the most overlapping person's instance wins."""
+        if people is None:
+            people = conn.execute(
+                "SELECT id, x0, y0, x1, y1, mask FROM instances WHERE tile_pk = ?", (edits_pk,)
+            ).fetchall()
+        if not people or not tile_pks:
+            return
+        decoded = [(row[0], row[1:5], decode_mask(row[5], *_box_shape(row[1:5]))) for row in people]
+        computed = conn.execute(
+            "SELECT id, x0, y0, x1, y1, mask FROM instances WHERE tile_pk IN "
+            f"({', '.join('?' * len(tile_pks))})",
+            tuple(tile_pks),
+        ).fetchall()
+        updates = []
+        for cid, *box, blob in computed:
+            best, best_iou, mask = None, SUPERSEDE_IOU, None
+            for pid, pbox, pmask in decoded:
+                if not _boxes_meet(box, pbox):
+                    continue
+                if mask is None:
+                    mask = decode_mask(blob, *_box_shape(box))
+                iou = cropped_mask_iou(box, mask, pbox, pmask)
+                if iou >= best_iou:
+                    best, best_iou = pid, iou
+            if best is not None:
+                updates.append((best, cid))
+        conn.executemany("UPDATE instances SET superseded_by = ? WHERE id = ?", updates)
 
     @staticmethod
     def _instance_row(
@@ -1010,11 +1139,11 @@ class MaskCache:
         computed = [f"{t}.stage_id != '{EDITS_STAGE_ID}'"] + [f"{t}.{c} = ?" for c in filters]
         if current_only:
             newest = (
-                f"SELECT max(t2.id) FROM tiles t2 WHERE t2.raster_fp = {t}.raster_fp "
+                f"SELECT max(t2.chosen) FROM tiles t2 WHERE t2.raster_fp = {t}.raster_fp "
                 f"AND t2.tile_id = {t}.tile_id AND t2.stage_id != '{EDITS_STAGE_ID}'"
                 + "".join(f" AND t2.{c} = ?" for c in filters)
             )
-            computed.append(f"{t}.id = ({newest})")
+            computed.append(f"{t}.chosen = ({newest})")
             params = params + params
         sql = "(" + " AND ".join(computed) + ")"
         if include_edits:
@@ -1047,13 +1176,13 @@ class MaskCache:
             if val is not None:
                 filters += f" AND {col} = ?"
                 params.append(str(val))
-        with self._reading(f"read tile {tile_id}") as conn:
+        with self._reading(f"read tile {tile_id}", snapshot=True) as conn:
             computed = conn.execute(
-                f"SELECT max(id) FROM tiles WHERE raster_fp = ? AND tile_id = ? "
-                f"AND stage_id != '{EDITS_STAGE_ID}'{filters}",
+                f"SELECT id FROM tiles WHERE raster_fp = ? AND tile_id = ? "
+                f"AND stage_id != '{EDITS_STAGE_ID}'{filters} ORDER BY chosen DESC LIMIT 1",
                 params,
-            ).fetchone()[0]
-            pks = [computed]
+            ).fetchone()
+            pks = [computed[0] if computed else None]
             if include_edits:
                 pks.append(self._edits_pk(conn, raster_fp, tile_id))
             pks = [pk for pk in pks if pk is not None]
@@ -1061,7 +1190,8 @@ class MaskCache:
                 return []
             rows = conn.execute(
                 f"SELECT {_INSTANCE_COLS} FROM instances i WHERE i.tile_pk IN "
-                f"({', '.join('?' * len(pks))}) AND i.confidence >= ? ORDER BY i.id",
+                f"({', '.join('?' * len(pks))}) AND i.confidence >= ? "
+                "AND i.superseded_by IS NULL ORDER BY i.id",
                 (*pks, float(min_confidence)),
             ).fetchall()  # one tile: small
             return [_instance(r) for r in rows]
@@ -1132,7 +1262,10 @@ class MaskCache:
             current_only=current_only,
             include_edits=include_edits,
         )
-        sql = f"SELECT {_TILE_COLS}, {_INSTANCE_COLS} {_STREAM_FROM} {cond} AND +i.confidence >= ?"
+        sql = (
+            f"SELECT {_TILE_COLS}, {_INSTANCE_COLS} {_STREAM_FROM} {cond} "
+            "AND +i.confidence >= ? AND i.superseded_by IS NULL"
+        )
         params.append(float(min_confidence))
         prov_sql, prov_params = _in_clause("i.provenance", provenance, PROVENANCES, "provenance")
         rev_sql, rev_params = _in_clause("i.review", review, REVIEW_STATES, "review")
@@ -1164,15 +1297,43 @@ class MaskCache:
 
     # ----------------------------------------------------------------------------- review
     def set_review(self, instance_id: int, state: str) -> None:
-        """Set an instance's review state: ``"pending"``, ``"accepted"`` or ``"rejected"``."""
+        """Set an instance's review state: ``"pending"``, ``"accepted"`` or ``"rejected"``.
+
+        Accepting or rejecting a computed instance moves it (same id) to its tile's edits row,
+        where no recompute replaces it, and hides the tile's computed look-alikes of it
+        (module docstring, ADR 0046)."""
         _check_in(state, REVIEW_STATES, "review state")
+        iid = int(instance_id)
         with self._transaction(f"review instance {instance_id}") as conn:
-            cur = conn.execute(
-                "UPDATE instances SET review = ?, updated_at = ? WHERE id = ?",
-                (state, _now(), int(instance_id)),
-            )
-            if cur.rowcount == 0:
+            row = conn.execute(
+                "SELECT i.tile_pk, t.raster_fp, t.tile_id, t.stage_id, i.x0, i.y0, i.x1, i.y1, "
+                "i.mask FROM instances i JOIN tiles t ON t.id = i.tile_pk WHERE i.id = ?",
+                (iid,),
+            ).fetchone()
+            if row is None:
                 raise KeyError(f"no instance {instance_id} in cache {self.path}")
+            conn.execute(
+                "UPDATE instances SET review = ?, updated_at = ? WHERE id = ?", (state, _now(), iid)
+            )
+            tile_pk, fp, tid, stage = row[:4]
+            if stage != EDITS_STAGE_ID and state != "pending":
+                # A decision is a person's: it moves to the edits row, which no recompute
+                # replaces, and stands for the tile's computed look-alikes in every row.
+                pk, _ = self._ensure_edits_row(conn, fp, tid, None)
+                conn.execute("UPDATE instances SET tile_pk = ? WHERE id = ?", (pk, iid))
+                conn.execute(_RECOUNT, (pk,))
+                conn.execute(_RECOUNT, (tile_pk,))
+                self._supersede(conn, pk, self._computed_pks(conn, fp, tid), [(iid, *row[4:])])
+
+    @staticmethod
+    def _computed_pks(conn: sqlite3.Connection, raster_fp: str, tile_id: str) -> list[int]:
+        return [
+            r[0]
+            for r in conn.execute(
+                "SELECT id FROM tiles WHERE raster_fp = ? AND tile_id = ? AND stage_id != ?",
+                (raster_fp, tile_id, EDITS_STAGE_ID),
+            )
+        ]
 
     def _ensure_edits_row(
         self, conn: sqlite3.Connection, raster_fp: str, tile_id: str, window: Any
@@ -1226,6 +1387,9 @@ class MaskCache:
             row = self._instance_row(instance, w, _now(), provenance)
             iid = conn.execute(_INSERT_INSTANCE, (pk, *row)).lastrowid
             conn.execute(_RECOUNT, (pk,))
+            self._supersede(
+                conn, pk, self._computed_pks(conn, raster_fp, tile_id), [(iid, *row[:5])]
+            )
         return iid
 
     def replace_mask(self, instance_id: int, bbox: Sequence[int], mask: np.ndarray) -> None:
@@ -1249,9 +1413,17 @@ class MaskCache:
                 raise KeyError(f"no instance {instance_id} in cache {self.path}")
             conn.execute(_RECOUNT, (pk,))
             conn.execute(_RECOUNT, (tile.pk,))
+            # The computed look-alikes of either outline are hidden behind the person's one.
+            people = [(old.id, *old.bbox, encode_mask(old.mask)), (old.id, x0, y0, x1, y1, blob)]
+            self._supersede(
+                conn, pk, self._computed_pks(conn, tile.raster_fp, tile.tile_id), people
+            )
 
     def delete_instance(self, instance_id: int) -> None:
-        """Delete one instance (``KeyError`` if absent). Rejecting it keeps a record instead."""
+        """Delete one instance (``KeyError`` if absent). Rejecting it keeps a record instead:
+        a deleted computed instance comes back when its tile is recomputed with other
+        parameters, a rejected one does not. Deleting a person's instance shows the computed
+        look-alikes it hid again."""
         with self._transaction(f"delete instance {instance_id}") as conn:
             row = conn.execute(
                 "DELETE FROM instances WHERE id = ? RETURNING tile_pk", (int(instance_id),)
@@ -1259,6 +1431,11 @@ class MaskCache:
             if row is None:
                 raise KeyError(f"no instance {instance_id} in cache {self.path}")
             conn.execute(_RECOUNT, (row[0],))
+            # What a deleted person's instance stood for shows again.
+            conn.execute(
+                "UPDATE instances SET superseded_by = NULL WHERE superseded_by = ?",
+                (int(instance_id),),
+            )
 
     # ----------------------------------------------------------------------------- splits
     def set_splits(
@@ -1310,7 +1487,7 @@ class MaskCache:
         """
         cond, params = self._current_sql("t", None, None, None)
         thr = float(threshold)
-        with self._reading("compute statistics") as conn:
+        with self._reading("compute statistics", snapshot=True) as conn:
             q = conn.execute
             rasters = q("SELECT count(*) FROM rasters").fetchone()[0]
             tile_rows = q("SELECT count(*) FROM tiles").fetchone()[0]
@@ -1321,13 +1498,14 @@ class MaskCache:
             ).fetchone()[0]
             tiles_above = q(
                 f"SELECT count(*) FROM (SELECT 1 FROM tiles t WHERE {cond} AND EXISTS "
-                "(SELECT 1 FROM instances i WHERE i.tile_pk = t.id AND i.confidence >= ?) "
+                "(SELECT 1 FROM instances i WHERE i.tile_pk = t.id AND i.confidence >= ? "
+                "AND i.superseded_by IS NULL) "
                 "GROUP BY t.raster_fp, t.tile_id)",
                 [*params, thr],
             ).fetchone()[0]
             n, above = q(
                 f"SELECT count(*), coalesce(sum(i.confidence >= ?), 0) FROM instances i "
-                f"JOIN tiles t ON t.id = i.tile_pk WHERE {cond}",
+                f"JOIN tiles t ON t.id = i.tile_pk WHERE {cond} AND i.superseded_by IS NULL",
                 [thr, *params],
             ).fetchone()
             by = {}
@@ -1335,7 +1513,8 @@ class MaskCache:
                 by[col] = dict(
                     q(
                         f"SELECT i.{col}, count(*) FROM instances i "
-                        f"JOIN tiles t ON t.id = i.tile_pk WHERE {cond} GROUP BY i.{col}",
+                        f"JOIN tiles t ON t.id = i.tile_pk WHERE {cond} "
+                        f"AND i.superseded_by IS NULL GROUP BY i.{col}",
                         params,
                     ).fetchall()
                 )
@@ -1409,6 +1588,7 @@ class MaskCache:
         ann_sql = (
             f"SELECT {image_id}, t.width, t.height, {_INSTANCE_COLS} {_STREAM_FROM} {cond} "
             "AND (+i.confidence >= ? OR i.review = 'accepted') AND i.review != 'rejected' "
+            "AND i.superseded_by IS NULL "
             "ORDER BY i.id"
         )
         header = {
@@ -1423,7 +1603,10 @@ class MaskCache:
         }
         n_images = n_ann = 0
         try:
-            with open(tmp, "w", encoding="utf-8") as f, self._reading("export COCO") as conn:
+            with (
+                open(tmp, "w", encoding="utf-8") as f,
+                self._reading("export COCO", snapshot=True) as conn,
+            ):
                 f.write(json.dumps(header)[:-1] + ', "images": [')
                 for row in conn.execute(images_sql, params):
                     iid, fp, tid, col, rowo, w, h, fname = row
@@ -1461,12 +1644,14 @@ class MaskCache:
                 f.write("]}\n")
             os.replace(tmp, out)
         except OSError as e:
-            tmp.unlink(missing_ok=True)
+            with suppress(OSError):  # on a read-only file system even this fails
+                tmp.unlink(missing_ok=True)
             if isinstance(e, CacheError):
                 raise
             raise CacheError(f"Cannot write COCO export {out}: {e}; choose a writable path.") from e
         except BaseException:
-            tmp.unlink(missing_ok=True)
+            with suppress(OSError):
+                tmp.unlink(missing_ok=True)
             raise
         return {"images": n_images, "annotations": n_ann}
 

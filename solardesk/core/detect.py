@@ -137,19 +137,20 @@ def detect(
     plans = []
     with MaskCache(cache_path, readonly=True) as cache:
         for path in rasters:
-            plans.append(
-                plan_raster(
-                    path,
-                    stage_id=stage_id,
-                    stage_version=stage.version,
-                    keyed_params=keyed,
-                    tiling=tiling,
-                    raster_settings=raster_settings,
-                    aoi_path=aoi,
-                    gsd=gsd,
-                    max_gsd_m=stage.max_gsd_m,
-                )
+            plan = plan_raster(
+                path,
+                stage_id=stage_id,
+                stage_version=stage.version,
+                keyed_params=keyed,
+                tiling=tiling,
+                raster_settings=raster_settings,
+                aoi_path=aoi,
+                gsd=gsd,
+                max_gsd_m=stage.max_gsd_m,
             )
+            # The same raster twice (the pre-compute warned): its panels are written once.
+            if all(p.info.fingerprint != plan.info.fingerprint for p in plans):
+                plans.append(plan)
         crs0 = plans[0].info.crs
         meta = {
             "model_name": model_name or stage_id,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -74,6 +75,23 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def _exit_with_parent(parent_pid: int, every_s: float = 1.0) -> None:
+    """Exit this worker process once its parent is gone (killed with ``kill -9``, which runs
+    no clean-up): else the workers would compute on, orphaned, holding the rasters open."""
+    while True:
+        time.sleep(every_s)
+        if os.getppid() != parent_pid:
+            os._exit(1)
+
+
+def _start_worker(parent_pid: int, initializer: Callable | None, initargs: tuple) -> None:
+    threading.Thread(
+        target=_exit_with_parent, args=(parent_pid,), name="parent-watch", daemon=True
+    ).start()
+    if initializer is not None:
+        initializer(*initargs)
+
+
 def map_unordered(
     fn: Callable[[T], R],
     items: Iterable[T],
@@ -100,7 +118,10 @@ def map_unordered(
     limit = max_in_flight or 2 * workers
     ctx = mp.get_context("spawn")
     pool = ProcessPoolExecutor(
-        max_workers=workers, mp_context=ctx, initializer=initializer, initargs=initargs
+        max_workers=workers,
+        mp_context=ctx,
+        initializer=_start_worker,
+        initargs=(os.getpid(), initializer, initargs),
     )
     pending: set[Future] = set()
     it = iter(items)

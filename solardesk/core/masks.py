@@ -12,12 +12,14 @@ COCO's RLE is produced here with numpy alone, so the core does not need pycocoto
 from __future__ import annotations
 
 import zlib
+from collections.abc import Sequence
 
 import numpy as np
 
 __all__ = [
     "coco_rle_to_mask",
     "crop_to_coco_rle",
+    "cropped_mask_iou",
     "decode_mask",
     "encode_mask",
     "mask_to_coco_rle",
@@ -136,3 +138,21 @@ def coco_rle_to_mask(rle: dict) -> np.ndarray:
     values[1::2] = True
     flat = np.repeat(values, counts)
     return flat.reshape((w, h)).T.copy()
+
+
+def cropped_mask_iou(
+    box_a: Sequence[int], mask_a: np.ndarray, box_b: Sequence[int], mask_b: np.ndarray
+) -> float:
+    """IoU of two masks each cropped to its ``(x0, y0, x1, y1)`` box (exclusive ends) in one
+    image, as the cache stores them: compared on the overlap of the boxes, 0 when they do not
+    meet or both are empty."""
+    ax0, ay0, ax1, ay1 = (int(v) for v in box_a)
+    bx0, by0, bx1, by1 = (int(v) for v in box_b)
+    x0, y0, x1, y1 = max(ax0, bx0), max(ay0, by0), min(ax1, bx1), min(ay1, by1)
+    area = int(np.count_nonzero(mask_a)) + int(np.count_nonzero(mask_b))
+    if x1 <= x0 or y1 <= y0 or area == 0:
+        return 0.0
+    a = mask_a[y0 - ay0 : y1 - ay0, x0 - ax0 : x1 - ax0]
+    b = mask_b[y0 - by0 : y1 - by0, x0 - bx0 : x1 - bx0]
+    inter = int(np.count_nonzero(a & b))
+    return inter / (area - inter)

@@ -20,7 +20,12 @@ from typing import Any
 
 from solardesk.config import RasterSettings, TilingSettings
 from solardesk.core.jobs import Clock, Progress, map_unordered
-from solardesk.errors import NotGeoreferencedError, NotGeoreferencedWarning, ResolutionError
+from solardesk.errors import (
+    NotGeoreferencedError,
+    NotGeoreferencedWarning,
+    ResolutionError,
+    SolarDeskWarning,
+)
 
 #: Read-time settings (confidence threshold...) never change what is computed: they are
 #: marked ``json_schema_extra={"recompute": False}`` and left out of the cache key.
@@ -60,6 +65,16 @@ class RasterPlan:
     gsd: float
     params_hash: str
     todo: list = field(default_factory=list)
+    #: Ids of the grid's tiles already stored under this plan's key.
+    done: set = field(default_factory=set)
+
+    def mark_done(self, cache: Any, stage_id: str, stage_version: int | str) -> None:
+        """Split the grid into the tiles ``cache`` holds under this plan's key and the rest."""
+        stored = cache.done_tile_ids(
+            self.info.fingerprint, stage_id, str(stage_version), self.params_hash
+        )
+        self.todo = [t for t in self.grid if t.id not in stored]
+        self.done = {t.id for t in self.grid if t.id in stored}
 
 
 @dataclass(frozen=True)
@@ -216,13 +231,9 @@ def plan_raster(
     )
     # The stretch and the ground resolution change the input of every stage: part of the key.
     phash = hash_params({"params": keyed_params, "norm": norm.key(), "gsd": round(ground, 6)})
-    plan = RasterPlan(Path(path), info, grid, norm, float(ground), phash)
-    done = (
-        cache.done_tile_ids(info.fingerprint, stage_id, str(stage_version), phash)
-        if cache is not None
-        else set()
-    )
-    plan.todo = [t for t in grid if t.id not in done]
+    plan = RasterPlan(Path(path), info, grid, norm, float(ground), phash, list(grid))
+    if cache is not None:
+        plan.mark_done(cache, stage_id, stage_version)
     return plan
 
 
@@ -264,23 +275,43 @@ def precompute(
     raster_settings = raster_settings or RasterSettings()
     clock = Clock()
 
-    with MaskCache(cache_path) as cache:
-        plans = []
-        for path in rasters:
-            plan = plan_raster(
-                path,
-                stage_id=stage_id,
-                stage_version=stage.version,
-                keyed_params=keyed,
-                tiling=tiling,
-                raster_settings=raster_settings,
-                aoi_path=aoi,
-                gsd=gsd,
-                cache=cache,
-                max_gsd_m=stage.max_gsd_m,
+    # Every raster is planned (and bad input refused) before the cache is opened: a run that
+    # fails there leaves no cache file behind.
+    plans: list[RasterPlan] = []
+    seen: dict[str, Path] = {}
+    for path in rasters:
+        plan = plan_raster(
+            path,
+            stage_id=stage_id,
+            stage_version=stage.version,
+            keyed_params=keyed,
+            tiling=tiling,
+            raster_settings=raster_settings,
+            aoi_path=aoi,
+            gsd=gsd,
+            max_gsd_m=stage.max_gsd_m,
+        )
+        fp = plan.info.fingerprint
+        if fp in seen:  # the same raster twice (or a copy): its tiles once
+            warnings.warn(
+                f"{path}: the same raster as {seen[fp]} (equal fingerprints); its tiles are "
+                "computed once.",
+                SolarDeskWarning,
+                stacklevel=2,
             )
+            continue
+        seen[fp] = plan.path
+        plans.append(plan)
+
+    with MaskCache(cache_path) as cache:
+        for plan in plans:
+            plan.mark_done(cache, stage_id, stage.version)
             cache.put_raster_info(plan.info)
-            plans.append(plan)
+            # Tiles already stored under this key become current again (a rerun with earlier
+            # parameters shows their results, not the later ones').
+            cache.choose(
+                plan.info.fingerprint, stage_id, str(stage.version), plan.params_hash, plan.done
+            )
         total = sum(len(p.grid) for p in plans)
         skipped = total - sum(len(p.todo) for p in plans)
         plan_of = {str(p.path): p for p in plans}

@@ -23,6 +23,9 @@ from rasterio.windows import Window
 
 from solardesk.errors import AOIError, TilingError
 
+#: The smallest tile side (``TilingSettings.tile_size``'s lower bound): a raster must hold one.
+MIN_TILE_PX = 32
+
 
 @dataclass(frozen=True)
 class Tile:
@@ -126,6 +129,12 @@ def validate_tiling(width: int, height: int, tile_size: int, overlap: int, sourc
         raise TilingError(
             f"{where}overlap {overlap} must be smaller than the tile size {tile_size}; "
             f"try --overlap {tile_size // 8}."
+        )
+    if min(width, height) < MIN_TILE_PX:
+        raise TilingError(
+            f"{where}the raster ({width}×{height} px) is smaller than the smallest tile "
+            f"({MIN_TILE_PX}×{MIN_TILE_PX} px); use a raster of at least that size (a larger "
+            "extent, or a finer resolution of the same area)."
         )
     if tile_size > width or tile_size > height:
         raise TilingError(

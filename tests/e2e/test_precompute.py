@@ -104,13 +104,37 @@ def test_cancel_keeps_finished_tiles(tmp_path: Path, scene_tif: Path) -> None:
     assert summary.skipped == 5 and summary.computed == 11
 
 
-def test_kill_minus_nine_resumes(tmp_path: Path) -> None:
+def _children(pid: int) -> list[int]:
+    """Pids of the live (not zombie) processes whose parent is ``pid``, from /proc."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+            if int(ppid) == pid and state != "Z":
+                out.append(int(entry.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_kill_minus_nine_resumes(tmp_path: Path, workers: int) -> None:
     big = tmp_path / "big.tif"
     write_large_raster(big, 2048, 2048, seed=1)  # 256 tiles of 128 px: seconds of work
     cache = tmp_path / "k.sqlite"
     cmd = [
         sys.executable, "-m", "solardesk", "precompute", str(big), "--cache", str(cache),
-        "--tile", "128", "--overlap", "0", "--quiet",
+        "--tile", "128", "--overlap", "0", "--quiet", "--workers", str(workers),
     ]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
@@ -126,8 +150,15 @@ def test_kill_minus_nine_resumes(tmp_path: Path) -> None:
             if stored >= 4:
                 break
     assert proc.poll() is None, "the run finished before it could be killed"
+    workers_pids = _children(proc.pid)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    # Its worker processes notice that their parent is gone and exit (kill -9 runs no
+    # clean-up in the parent): none is left computing, orphaned.
+    deadline = time.time() + 10
+    while time.time() < deadline and any(_alive(p) for p in workers_pids):
+        time.sleep(0.2)
+    assert not [p for p in workers_pids if _alive(p)]
     with MaskCache(cache) as c:
         assert c.integrity_ok()
         before = c.stats()["tiles"]
@@ -135,7 +166,8 @@ def test_kill_minus_nine_resumes(tmp_path: Path) -> None:
             assert tile.n_instances == len(c.read_tile(tile.raster_fp, tile.tile_id))
     assert 4 <= before < 256
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    assert f"{256 - before} tiles computed, {before} already cached" in out.stdout
+    computed = f"{256 - before} tile{'s' if 256 - before != 1 else ''} computed"
+    assert f"{computed}, {before} already cached" in out.stdout
     with MaskCache(cache, readonly=True) as c:
         assert c.stats()["tiles"] == 256 and c.integrity_ok()
 
@@ -182,6 +214,9 @@ def test_bad_input_is_reported_and_nothing_half_written(tmp_path: Path, scene_ti
         (["detect", "--spectral", str(landsat), "--out", str(tmp_path / "l.gpkg"), "--tile", "256"], "too coarse"),
         (["precompute", str(scene_tif), "--cache", str(tmp_path / "x.sqlite"), "--set", "floor=7"], "floor"),
         (["cache", "stats", str(tmp_path / "none.sqlite")], "no such cache"),
+        (["precompute", str(nocrs), "--cache", str(tmp_path / "z.sqlite"), "--tile", "256", "--gsd", "0"], "--gsd 0.3"),
+        (["precompute", str(scene_tif), "--cache", str(tmp_path / "b.sqlite"), "--bands", "1,x"], "--bands"),
+        (["detect", "--spectral", str(scene_tif), "--out", str(tmp_path / "b.gpkg"), "--bands", "1,x"], "--bands"),
     ]  # fmt: skip
     for args, expected in cases:
         out = _cli(*args)
@@ -189,6 +224,9 @@ def test_bad_input_is_reported_and_nothing_half_written(tmp_path: Path, scene_ti
         assert expected in out.stderr and "Traceback" not in out.stderr, (args, out.stderr)
     assert notes.read_text().startswith("not a database")
     assert not (tmp_path / "l.gpkg").exists()
+    # a run refused before any tile leaves no cache file behind
+    for name in ("s", "n", "l", "z", "b"):
+        assert not (tmp_path / f"{name}.sqlite").exists(), name
 
 
 def test_cache_commands(tmp_path: Path, scene_tif: Path) -> None:
@@ -232,3 +270,28 @@ def test_summary_counts_read_as_english(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert "1 tile computed, 0 already cached, 0 candidates in" in out.stdout, out.stdout
     assert ": 1 tile, 0 candidates, 0 pseudo-labels at confidence" in out.stdout, out.stdout
+
+
+def test_going_back_to_earlier_parameters_shows_their_results(
+    tmp_path: Path, scene_tif: Path
+) -> None:
+    cache = tmp_path / "back.sqlite"
+    first, _ = run_job([scene_tif], cache)
+    other, _ = run_job([scene_tif], cache, settings={"min_area_m2": 40.0})
+    assert other.computed == 16 and other.instances < first.instances
+    back, _ = run_job([scene_tif], cache)
+    assert back.computed == 0
+    with MaskCache(cache, readonly=True) as c:
+        assert c.stats()["instances"] == first.instances
+
+
+def test_the_same_raster_twice_is_computed_once(tmp_path: Path, scene_tif: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "copy.tif"
+    shutil.copy(scene_tif, copy)
+    with pytest.warns(UserWarning, match="the same raster as"):
+        summary, _ = run_job([scene_tif, copy], tmp_path / "twice.sqlite")
+    assert (summary.rasters, summary.tiles, summary.computed) == (1, 16, 16)
+    with MaskCache(tmp_path / "twice.sqlite", readonly=True) as c:
+        assert c.stats()["instances"] == summary.instances

@@ -115,6 +115,44 @@ def test_click_on_the_map_selects_and_delete_removes(qtbot, window, scene_tif, c
     assert dock.current_id != ids[4]
 
 
+def _draw(window, layer, x0, y0, x1, y1) -> None:
+    """Draw the rectangle of raster pixels (x0, y0)-(x1, y1) with the draw tool."""
+    view = window.map_view
+    t = layer.raster.source.info.affine
+    corners = [t * (x0, y0), t * (x1, y0), t * (x1, y1), t * (x0, y1)]
+    view.zoom_to(
+        (
+            min(c[0] for c in corners) - 10,
+            min(c[1] for c in corners) - 10,
+            max(c[0] for c in corners) + 10,
+            max(c[1] for c in corners) + 10,
+        )
+    )
+    pause(50)
+    QTest.keyClick(window, Qt.Key.Key_D)
+    for x, y in corners:
+        QTest.mouseClick(
+            view.viewport(),
+            Qt.MouseButton.LeftButton,
+            pos=view.mapFromScene(view.frame.to_scene(x, y)),
+        )
+    QTest.keyClick(view, Qt.Key.Key_Return)
+
+
+def test_a_panel_drawn_over_a_candidate_hides_it(qtbot, window, scene_tif, cache):
+    """ADR 0046: the person's outline stands for the candidate it covers (IoU >= 0.5), in the
+    cache and on the map; the other candidates stay."""
+    path, ids = cache
+    layer, _dock = _open(qtbot, window, scene_tif, path)
+    # The last stored rectangle covers raster pixels 318..348, 228..248.
+    _draw(window, layer, 318, 228, 348, 248)
+    until(lambda: ids[4] not in layer.records and max(layer.records) > ids[4], timeout=5000)
+    assert len(layer.records) == 5
+    with MaskCache(path, readonly=True) as c:
+        shown = [i.id for _, i in c.iter_instances()]
+    assert ids[4] not in shown and set(ids[:4]) < set(shown) and len(shown) == 5
+
+
 def test_drawn_polygon_becomes_a_human_instance(qtbot, window, scene_tif, cache):
     path, _ids = cache
     layer, dock = _open(qtbot, window, scene_tif, path)

@@ -344,6 +344,40 @@ def test_a_new_cache_is_marked_and_versioned(tmp_path: Path) -> None:
         assert reader.schema_version == SCHEMA_VERSION and reader.integrity_ok()
 
 
+def test_a_version_1_cache_is_upgraded_keeping_its_rows_and_decisions(tmp_path: Path) -> None:
+    """A cache written before schema 2: its newest rows stay current, its reviews stay."""
+    from solardesk.core.cache import MIGRATIONS
+    from solardesk.core.masks import encode_mask
+
+    path = tmp_path / "v1.sqlite"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.executescript(MIGRATIONS[0])
+    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute("INSERT INTO rasters (fingerprint) VALUES ('fp')")
+    blob = encode_mask(np.ones((4, 4), bool))
+    for pk, params in ((1, P1), (2, P2)):
+        conn.execute(
+            "INSERT INTO tiles (id, raster_fp, tile_id, stage_id, stage_version, params_hash, "
+            "col_off, row_off, width, height, n_instances, max_confidence, computed_at) "
+            "VALUES (?, 'fp', 't0', 'spectral', '1', ?, 0, 0, 64, 48, 1, 0.9, 'then')",
+            (pk, params),
+        )
+        conn.execute(
+            "INSERT INTO instances (tile_pk, x0, y0, x1, y1, mask, area_px, confidence, "
+            "provenance, review, created_at, updated_at) "
+            "VALUES (?, ?, 0, ?, 4, ?, 16, 0.9, 'spectral', 'accepted', 'then', 'then')",
+            (pk, 10 * pk, 10 * pk + 4, blob),
+        )
+    conn.close()
+    with MaskCache(path) as cache:
+        assert cache.schema_version == SCHEMA_VERSION == 2
+        assert [(i.bbox[0], i.review) for i in cache.read_tile("fp", "t0")] == [(20, "accepted")]
+        assert cache.choose("fp", "spectral", 1, P1, ["t0"]) == 1
+        assert [i.bbox[0] for i in cache.read_tile("fp", "t0")] == [10]
+        assert cache.integrity_ok()
+
+
 def test_a_cache_from_a_newer_schema_is_refused_untouched(tmp_path: Path) -> None:
     path = tmp_path / "future.sqlite"
     MaskCache(path).close()
@@ -447,6 +481,9 @@ def test_a_read_only_file_system(read_only_mount) -> None:
         assert len(reader.read_tile("fp", "t0")) == 1 and reader.integrity_ok()
         with pytest.raises(CacheError, match="read-only"):
             reader.set_review(1, "accepted")
+        # an export into the read-only place says where and what to do
+        with pytest.raises(CacheError, match="choose a writable path"):
+            reader.export_coco(where / "out.json")
 
 
 def test_writing_through_a_read_only_cache_fails_clearly(tmp_path: Path) -> None:
@@ -550,7 +587,9 @@ def test_close_checkpoints_and_a_closed_cache_says_so(tmp_path: Path) -> None:
 
 # --- review ----------------------------------------------------------------------------------
 def test_review_edits_survive_a_recompute(cache: MaskCache) -> None:
-    cache.write_tile(key("t0"), TILE, [inst(conf=0.9), inst(conf=0.4), inst(conf=0.2)])
+    cache.write_tile(
+        key("t0"), TILE, [inst(conf=0.9), inst(x0=20, conf=0.4), inst(x0=40, conf=0.2)]
+    )
     a, b, c = cache.read_tile("fp", "t0")
     cache.set_review(a.id, "accepted")
     with pytest.raises(ValueError):
@@ -559,7 +598,7 @@ def test_review_edits_survive_a_recompute(cache: MaskCache) -> None:
         cache.set_review(10_000, "rejected")
     drawn = Instance(bbox=(10, 10, 14, 13), mask=np.ones((3, 4), bool), confidence=1.0)
     new_id = cache.add_instance("fp", "t0", drawn)
-    cache.replace_mask(b.id, (0, 0, 3, 2), np.array([[1, 1, 0], [0, 1, 1]], bool))
+    cache.replace_mask(b.id, (20, 0, 23, 2), np.array([[1, 1, 0], [0, 1, 1]], bool))
     cache.delete_instance(c.id)
     with pytest.raises(KeyError):
         cache.delete_instance(c.id)
@@ -570,14 +609,16 @@ def test_review_edits_survive_a_recompute(cache: MaskCache) -> None:
     assert (
         got[b.id].provenance == "human" and got[b.id].area_px == 4 and got[b.id].confidence == 0.4
     )
+    # every decision (accepted, redrawn, drawn) now lives in the tile's edits row
     infos = {t.stage_id: t for t in cache.iter_tiles()}
-    assert infos["spectral"].n_instances == 1 and infos[EDITS_STAGE_ID].n_instances == 2
+    assert infos["spectral"].n_instances == 0 and infos[EDITS_STAGE_ID].n_instances == 3
     # recomputing the stage replaces its own row only: the edits stay
-    cache.write_tile(key("t0"), TILE, [inst(conf=0.95)])
+    cache.write_tile(key("t0"), TILE, [inst(x0=50, conf=0.95)])
     assert sorted(i.provenance for i in cache.read_tile("fp", "t0")) == [
         "human",
         "human",
-        "spectral",
+        "spectral",  # the accepted one, still accepted
+        "spectral",  # the recomputed one
     ]
     assert len(cache.read_tile("fp", "t0", include_edits=False)) == 1
     with pytest.raises(KeyError, match="not in cache"):
@@ -589,12 +630,133 @@ def test_review_edits_survive_a_recompute(cache: MaskCache) -> None:
     assert cache.add_instance("fp", "t0", drawn) > last
 
 
+def test_decisions_survive_a_recompute_with_other_parameters(
+    cache: MaskCache, tmp_path: Path
+) -> None:
+    """Accepted, rejected and redrawn instances stay what a person made them when the stage
+    is recomputed with other parameters; the recomputed look-alikes (mask IoU >= 0.5) are
+    hidden behind them, the other new candidates show, and deleting a person's instance shows
+    its look-alike again."""
+    cache.write_tile(key("t0", P1), TILE, [inst(x0=0), inst(x0=20), inst(x0=40, conf=0.5)])
+    a, b, _ = cache.read_tile("fp", "t0")
+    cache.set_review(a.id, "accepted")
+    cache.set_review(b.id, "rejected")
+    # P2 finds a and b again (same outlines), c slightly moved, and one more candidate
+    cache.write_tile(
+        key("t0", P2),
+        TILE,
+        [inst(x0=0, conf=0.97), inst(x0=20, conf=0.96), inst(x0=41, conf=0.5), inst(x0=55)],
+    )
+    got = cache.read_tile("fp", "t0")
+    assert [(i.bbox[0], i.review) for i in got] == [
+        (0, "accepted"),
+        (20, "rejected"),
+        (41, "pending"),
+        (55, "pending"),
+    ]
+    assert [i.id for i in got[:2]] == [a.id, b.id]
+    st = cache.stats(threshold=0.85)
+    assert st["instances"] == 4 and st["by_review"] == {
+        "pending": 2,
+        "accepted": 1,
+        "rejected": 1,
+    }
+    assert [i.bbox[0] for _, i in cache.iter_instances(min_confidence=0.9)] == [0, 20, 55]
+    counts = cache.export_coco(tmp_path / "coco.json", threshold=0.85)
+    assert counts["annotations"] == 2  # a (accepted) and the new one; never b (rejected)
+    # a person's instance hides the computed look-alikes of every row, not only the newest
+    lookalike = inst(x0=20)
+    redraw_id = cache.read_tile("fp", "t0")[3].id
+    cache.replace_mask(redraw_id, (55, 0, 60, 4), np.ones((4, 5), bool))
+    assert [i.bbox[0] for i in cache.read_tile("fp", "t0")] == [0, 20, 41, 55]
+    # deleting the rejected one lets its look-alike (P2's) show again
+    cache.delete_instance(b.id)
+    again = [i for i in cache.read_tile("fp", "t0") if i.bbox[0] == 20]
+    assert len(again) == 1 and again[0].review == "pending" and again[0].confidence == 0.96
+    assert again[0].bbox == lookalike.bbox
+    assert cache.integrity_ok()
+
+
+def test_choosing_earlier_parameters_shows_their_rows_again(cache: MaskCache) -> None:
+    cache.write_tile(key("t0", P1), TILE, [inst(x0=0), inst(x0=20)])
+    cache.write_tile(key("t1", P1), TILE, [inst(x0=0)])
+    cache.write_tile(key("t0", P2), TILE, [inst(x0=30)])
+    assert [i.bbox[0] for i in cache.read_tile("fp", "t0")] == [30]
+    assert cache.choose("fp", "spectral", 1, P1, ["t0", "t1"]) == 1  # t1 was current already
+    assert [i.bbox[0] for i in cache.read_tile("fp", "t0")] == [0, 20]
+    assert cache.stats()["instances"] == 3
+    assert {t.params_hash for t in cache.iter_tiles()} == {P1}
+    assert cache.choose("fp", "spectral", 1, P1, ["t0", "t1"]) == 0  # nothing to change
+    # and writing P2 again (or choosing it) makes it current once more
+    assert cache.choose("fp", "spectral", 1, P2, ["t0"]) == 1
+    assert [i.bbox[0] for i in cache.read_tile("fp", "t0")] == [30]
+
+
+def test_closing_the_writer_does_not_wait_for_a_reader(tmp_path: Path) -> None:
+    import time
+
+    path = tmp_path / "c.sqlite"
+    writer = MaskCache(path)
+    writer.write_tiles([TileResult(key(f"t{i}"), TILE, [inst()]) for i in range(50)])
+    with MaskCache(path, readonly=True) as reader:
+        scan = reader.iter_instances()
+        next(scan)  # a reader mid-scan holds its snapshot of the WAL
+        t0 = time.perf_counter()
+        writer.close()
+        assert time.perf_counter() - t0 < 1.0  # the busy timeout is 5 s
+        assert sum(1 for _ in scan) == 49
+    with MaskCache(path) as again:  # the next writer finishes the checkpoint
+        assert again.stats()["instances"] == 50
+
+
+class _CommitBetweenStatements:
+    """A connection that lets another writer commit just before its statement containing
+    ``when`` runs: a commit that a concurrent pre-compute or edit can make at that moment."""
+
+    def __init__(self, conn, when: str, hook) -> None:
+        self.conn, self.when, self.hook = conn, when, hook
+
+    def execute(self, sql, params=()):
+        if self.hook is not None and self.when in sql:
+            hook, self.hook = self.hook, None
+            hook()
+        return self.conn.execute(sql, params)
+
+    def __getattr__(self, name):
+        return getattr(self.conn, name)
+
+
+def test_readers_see_one_state_of_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite"
+    with MaskCache(path) as writer, MaskCache(path, readonly=True) as reader:
+        writer.write_tile(key("t0"), TILE, [inst()])
+        real = reader._conn
+        reader._conn = _CommitBetweenStatements(
+            real, "CROSS JOIN", lambda: writer.write_tile(key("t1"), TILE, [inst(x0=8)])
+        )
+        reader.export_coco(tmp_path / "coco.json", threshold=0.5)
+        data = json.loads((tmp_path / "coco.json").read_text())
+        images = {i["id"] for i in data["images"]}
+        assert images and all(a["image_id"] in images for a in data["annotations"])
+        assert len(data["annotations"]) == 1  # what the file held when the export began
+        (i0,) = writer.read_tile("fp", "t0")
+        reader._conn = _CommitBetweenStatements(
+            real,
+            "FROM instances i WHERE",
+            lambda: writer.replace_mask(i0.id, (0, 0, 2, 2), np.ones((2, 2), bool)),
+        )
+        assert [i.id for i in reader.read_tile("fp", "t0")] == [i0.id]  # not [] mid-redraw
+        reader._conn = real
+        assert reader.read_tile("fp", "t0")[0].bbox == (0, 0, 2, 2)
+
+
 def test_iter_instances_filters_and_streams(cache: MaskCache) -> None:
-    cache.write_tile(key("t0"), TILE, [inst(conf=0.9), inst(conf=0.5)])
+    cache.write_tile(key("t0"), TILE, [inst(conf=0.9), inst(x0=10, conf=0.5)])
     cache.write_tile(key("t1", raster="fp2"), TILE, [inst(conf=0.95, provenance="model")])
-    cache.write_tile(key("t0", P2), TILE, [inst(conf=0.86), inst(conf=0.3)])  # newer params
+    newer = [inst(x0=20, conf=0.86), inst(x0=30, conf=0.3)]
+    cache.write_tile(key("t0", P2), TILE, newer)  # newer params
     (first,) = cache.read_tile("fp", "t0", min_confidence=0.8)
-    cache.set_review(first.id, "rejected")
+    cache.set_review(first.id, "rejected")  # moves to the edits row
     it = cache.iter_instances()
     assert iter(it) is it  # a generator, not a list
     confs = [i.confidence for _, i in it]
@@ -604,8 +766,9 @@ def test_iter_instances_filters_and_streams(cache: MaskCache) -> None:
     assert [i.confidence for _, i in cache.iter_instances(provenance="model")] == [0.95]
     assert [i.confidence for _, i in cache.iter_instances(review=["pending"])] == [0.95, 0.3]
     assert [t.raster_fp for t, _ in cache.iter_instances(raster_fp="fp2")] == ["fp2"]
-    assert [i.confidence for _, i in cache.iter_instances(params_hash=P1)] == [0.9, 0.5, 0.95]
-    tile, _ = next(cache.iter_instances(raster_fp="fp"))
+    by_p1 = [i.confidence for _, i in cache.iter_instances(params_hash=P1)]
+    assert by_p1 == [0.9, 0.5, 0.95, 0.86]  # P1's rows and the edits
+    tile, _ = next(cache.iter_instances(raster_fp="fp", include_edits=False))
     assert tile.key == key("t0", P2) and tile.window == TILE
     with pytest.raises(ValueError):
         next(cache.iter_instances(review="maybe"))

@@ -66,6 +66,8 @@ def test_footprint_geometry() -> None:
         (1000, 1000, 256, 256, r"overlap 256 must be smaller than the tile size 256"),
         (1000, 1000, 256, 300, r"overlap 300"),
         (1000, 1000, 256, -1, r"overlap must be 0 or more"),
+        (16, 16, 512, 64, r"x.tif: the raster \(16×16 px\) is smaller than the smallest tile"),
+        (300, 20, 64, 8, r"smaller than the smallest tile \(32×32 px\)"),
     ],
 )
 def test_bad_tiling(w, h, tile, overlap, pattern) -> None:
@@ -77,3 +79,12 @@ def test_aoi_missing_the_raster() -> None:
     far = box(0, 0, 10, 10)
     with pytest.raises(AOIError, match="does not intersect"):
         make_grid(1000, 1000, T, 256, 32, aoi=far, source="x.tif")
+
+
+def test_the_smallest_tile_is_the_settings_least_tile_size() -> None:
+    from solardesk.config import TilingSettings
+    from solardesk.core.tiling import MIN_TILE_PX
+
+    TilingSettings(tile_size=MIN_TILE_PX, overlap=0)
+    with pytest.raises(ValueError):
+        TilingSettings(tile_size=MIN_TILE_PX - 1, overlap=0)

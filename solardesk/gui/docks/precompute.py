@@ -388,7 +388,9 @@ class PrecomputeDock(QWidget):
         self.run_btn.setEnabled(self.stage is not None)
         self.cancel_btn.setEnabled(False)
         for layer in self._layers:
-            layer.refresh()
+            # In full: a rerun may have chosen earlier rows again (ADR 0046), which are older
+            # than what the layer has read.
+            layer.refresh(full=True)
 
     @property
     def running(self) -> bool:

@@ -631,6 +631,9 @@ class ReviewDock(QWidget):
 
     def _after_add(self, layer: PseudoLabelLayer, rec: _io.InstanceRecord) -> None:
         layer.add_record(rec)
+        # A candidate the drawn panel covers (mask IoU >= 0.5) is now hidden behind it in the
+        # cache (ADR 0046): read the tile again so the map drops it too.
+        layer.refresh(tile_ids=[rec.tile_id])
         self.status.setText(f"Drawn panel stored as instance {rec.id} (human, accepted).")
         if layer is self.layer:
             self.model.reload()
