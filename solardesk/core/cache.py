@@ -922,24 +922,30 @@ class MaskCache:
         tile_ids: Iterable[str],
     ) -> int:
         """Make the stored rows of these tiles under this stage, version and parameters their
-        current rows (what readers see), as writing them did; return how many changed.
+        current rows (what readers see), as writing them did, where the current row is one of
+        the same stage; return how many changed.
 
         A rerun with earlier parameters computes nothing and calls this, so that their results
-        are shown again instead of the later parameters' (current = the row chosen last).
+        are shown again instead of the later parameters' (current = the row chosen last). A
+        tile whose current row belongs to another stage (e.g. self-training's relabelled rows,
+        made from this stage's) keeps it.
         """
         ids = list(tile_ids)
         changed = 0
-        newest = (
-            "SELECT max(t2.chosen) FROM tiles t2 WHERE t2.raster_fp = tiles.raster_fp "
+        current = (
+            "FROM tiles t2 WHERE t2.raster_fp = tiles.raster_fp "
             f"AND t2.tile_id = tiles.tile_id AND t2.stage_id != '{EDITS_STAGE_ID}'"
         )
+        newest = f"SELECT max(t2.chosen) {current}"
+        newest_stage = f"SELECT t2.stage_id {current} ORDER BY t2.chosen DESC LIMIT 1"
         with self._transaction("choose the current tile rows") as conn:
             for i in range(0, len(ids), 500):
                 part = ids[i : i + 500]
                 cur = conn.execute(
                     f"UPDATE tiles SET chosen = {_NEXT_CHOSEN} WHERE raster_fp = ? "
                     "AND stage_id = ? AND stage_version = ? AND params_hash = ? "
-                    f"AND tile_id IN ({', '.join('?' * len(part))}) AND chosen < ({newest})",
+                    f"AND tile_id IN ({', '.join('?' * len(part))}) AND chosen < ({newest}) "
+                    f"AND stage_id = ({newest_stage})",
                     (raster_fp, stage_id, str(stage_version), params_hash, *part),
                 )
                 changed += cur.rowcount

@@ -690,6 +690,10 @@ def test_choosing_earlier_parameters_shows_their_rows_again(cache: MaskCache) ->
     # and writing P2 again (or choosing it) makes it current once more
     assert cache.choose("fp", "spectral", 1, P2, ["t0"]) == 1
     assert [i.bbox[0] for i in cache.read_tile("fp", "t0")] == [30]
+    # a later stage's row made from this stage's (self-training) stays current
+    cache.write_tile(key("t0", stage="selftrain"), TILE, [inst(x0=40)])
+    assert cache.choose("fp", "spectral", 1, P1, ["t0"]) == 0
+    assert [i.bbox[0] for i in cache.read_tile("fp", "t0")] == [40]
 
 
 def test_closing_the_writer_does_not_wait_for_a_reader(tmp_path: Path) -> None:
