@@ -239,12 +239,16 @@ def _parse_bands(value: str | None) -> list[int] | None:
     if not value:
         return None
     try:
-        return [int(b) for b in value.split(",")]
+        bands = [int(b) for b in value.split(",")]
     except ValueError:
+        bands = []
+    if len(bands) != 3:
         raise click.BadParameter(
-            f"'{value}' is not a list of band numbers; give them separated by commas, e.g. 3,2,1",
+            f"'{value}' is not three band numbers; give the bands read as red, green and blue, "
+            "separated by commas, e.g. 3,2,1",
             param_hint="--bands",
-        ) from None
+        )
+    return bands
 
 
 def _parse_set(values: tuple[str, ...]) -> dict:

@@ -688,9 +688,9 @@ class MaskCache:
     # ----------------------------------------------------------------------------- errors
     def _readonly_message(self, why: str) -> str:
         return (
-            f"Cache {self.path} is read-only ({why}). Open it for writing from a writable "
-            "location (copy it to a writable folder or choose another --cache path), or open "
-            "it with readonly=True to read it."
+            f"Cache {self.path} is read-only ({why}). To change it, copy it to a writable "
+            "folder or choose another --cache path (a writable location); reading it where it "
+            "is works (e.g. solardesk cache stats, or readonly=True from Python)."
         )
 
     def _error(self, e: sqlite3.Error, action: str) -> CacheError:

@@ -216,6 +216,7 @@ def test_bad_input_is_reported_and_nothing_half_written(tmp_path: Path, scene_ti
         (["cache", "stats", str(tmp_path / "none.sqlite")], "no such cache"),
         (["precompute", str(nocrs), "--cache", str(tmp_path / "z.sqlite"), "--tile", "256", "--gsd", "0"], "--gsd 0.3"),
         (["precompute", str(scene_tif), "--cache", str(tmp_path / "b.sqlite"), "--bands", "1,x"], "--bands"),
+        (["precompute", str(scene_tif), "--cache", str(tmp_path / "b.sqlite"), "--bands", "1,2"], "three band numbers"),
         (["detect", "--spectral", str(scene_tif), "--out", str(tmp_path / "b.gpkg"), "--bands", "1,x"], "--bands"),
     ]  # fmt: skip
     for args, expected in cases:
