@@ -1046,16 +1046,17 @@ class MaskCache:
         """Mark the instances of freshly written computed rows that a person's instance of
         their tile stands for (one query finds the few tiles that have edits)."""
         by_tile = {(k.raster_fp, k.tile_id): pk for k, pk in zip(keys, pks, strict=True)}
-        fps = sorted({fp for fp, _ in by_tile})
-        edited = conn.execute(
-            "SELECT raster_fp, tile_id, id FROM tiles WHERE stage_id = ? AND n_instances > 0 "
-            f"AND raster_fp IN ({', '.join('?' * len(fps))})",
-            (EDITS_STAGE_ID, *fps),
-        ).fetchall()
-        for fp, tid, edits_pk in edited:
-            pk = by_tile.get((fp, tid))
-            if pk is not None:
-                self._supersede(conn, edits_pk, [pk])
+        tiles_of: dict[str, list[str]] = {}
+        for fp, tid in by_tile:
+            tiles_of.setdefault(fp, []).append(tid)
+        for fp, tids in tiles_of.items():
+            edited = conn.execute(  # served by the (raster_fp, tile_id, stage_id, ...) index
+                "SELECT tile_id, id FROM tiles WHERE raster_fp = ? AND stage_id = ? "
+                f"AND n_instances > 0 AND tile_id IN ({', '.join('?' * len(tids))})",
+                (fp, EDITS_STAGE_ID, *tids),
+            ).fetchall()
+            for tid, edits_pk in edited:
+                self._supersede(conn, edits_pk, [by_tile[(fp, tid)]])
 
     @staticmethod
     def _supersede(
