@@ -16,7 +16,8 @@ from solardesk.plugin_api import Detector, PrecomputeStage, hookimpl
 # 11: a candidate whose box is the whole tile has no shape; 12: the module-grid split (ADR 0041);
 # 13: a replaced candidate keeps the rest, a ragged one takes its convex hull (ADR 0042);
 # 14: a candidate mostly clipped white is at most 0.4 confident (ADR 0045);
-# 15: stored boxes are their masks' tight boxes; the module-grid map has no NaN on flat patches
+# 15: stored boxes are their masks' tight boxes; the module-grid map has no NaN on flat patches;
+#     the Gabor coherence and edge maps the same bits on every run
 STAGE_VERSION = 15
 
 

@@ -695,6 +695,15 @@ def _cols(img: np.ndarray, k: np.ndarray) -> np.ndarray:
     return cv2.filter2D(img, cv2.CV_32F, k.T, borderType=_BORDER)
 
 
+def _magnitude(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``sqrt(x² + y²)`` as a new float32 array, the same bits wherever the arrays lie in
+    memory (``cv2.magnitude``'s last bit depended on that: repeated runs of one tile differed
+    by ~1e-8)."""
+    out = np.multiply(x, x)
+    out += np.multiply(y, y)
+    return np.sqrt(out, out=out)
+
+
 def _energy(re: np.ndarray, im: np.ndarray) -> np.ndarray:
     """``re² + im²`` into ``re``."""
     np.multiply(re, re, out=re)
@@ -764,7 +773,7 @@ def _gabor(t: _Tile) -> tuple[np.ndarray, np.ndarray]:
                 acc += _resize_to(m, acc.shape)
     assert base is not None
     total, cx, cy = _coarse_smooth(list(base), p.smoothing_m / base_gsd)
-    coherence = cv2.magnitude(cx, cy)
+    coherence = _magnitude(cx, cy)
     coherence /= total + np.float32(0.05 * p.gabor_energy_ref)
     energy = total
     energy *= np.float32(-1.0 / p.gabor_energy_ref)
@@ -972,7 +981,7 @@ def _edges_morphology(t: _Tile) -> np.ndarray:
     w_im *= inv
     sigma = p.edge_scale_m / g
     mean_mag, s_re, s_im = _coarse_smooth([mag, w_re, w_im], sigma)
-    rect = cv2.magnitude(s_re, s_im)
+    rect = _magnitude(s_re, s_im)
     rect /= mean_mag + np.float32(p.edge_gradient_floor)
     # Mean |∇| × √(2π)σ is the grey step of a straight edge through the window.
     edge = mean_mag * np.float32(-math.sqrt(2 * math.pi) * sigma / p.edge_contrast_ref)
