@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 import warnings
 from collections.abc import Generator, Iterator, Sequence
@@ -92,10 +93,19 @@ class PrecomputeSummary:
 
 
 # --------------------------------------------------------------------------------------------
-# Worker side (runs in the worker processes; one reader per raster per process)
+# Worker side (runs in the worker processes; one reader per raster per process and thread)
 # --------------------------------------------------------------------------------------------
-_readers: dict[tuple[str, Any], Any] = {}
+# Readers are per thread: in-process runs (one worker) may run on two GUI threads at once (a
+# pre-compute and a detection), and a rasterio dataset must not be shared between threads.
+_local = threading.local()
 _stages: dict[str, Any] = {}
+
+
+def _thread_readers() -> dict[tuple[str, Any], Any]:
+    readers = getattr(_local, "readers", None)
+    if readers is None:
+        readers = _local.readers = {}
+    return readers
 
 
 def _init_worker(stage_initializer: str = "") -> None:
@@ -120,9 +130,10 @@ def run_tile(task: TileTask) -> TileOutcome:
 
     t0 = time.perf_counter()
     key = (task.raster, task.normalisation)
-    reader = _readers.get(key)
+    readers = _thread_readers()
+    reader = readers.get(key)
     if reader is None:
-        reader = _readers[key] = RasterReader(task.raster, normalisation=task.normalisation)
+        reader = readers[key] = RasterReader(task.raster, normalisation=task.normalisation)
     fn = _stages.get(task.stage_target)
     if fn is None:
         fn = _stages[task.stage_target] = resolve(task.stage_target)
@@ -143,10 +154,11 @@ def auto_chunk_size(n_tasks: int, workers: int, most: int = 8) -> int:
 
 
 def close_worker_readers() -> None:
-    """Close the readers this process opened (in-process runs call it when they end)."""
-    for r in _readers.values():
+    """Close the readers this thread opened (in-process runs call it when they end)."""
+    readers = _thread_readers()
+    for r in readers.values():
         r.close()
-    _readers.clear()
+    readers.clear()
 
 
 @contextlib.contextmanager

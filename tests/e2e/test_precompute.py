@@ -296,3 +296,41 @@ def test_the_same_raster_twice_is_computed_once(tmp_path: Path, scene_tif: Path)
     assert (summary.rasters, summary.tiles, summary.computed) == (1, 16, 16)
     with MaskCache(tmp_path / "twice.sqlite", readonly=True) as c:
         assert c.stats()["instances"] == summary.instances
+
+
+def test_two_in_process_jobs_on_two_threads_keep_their_own_readers(
+    tmp_path: Path, scene_tif: Path
+) -> None:
+    """A GUI may run a pre-compute and a detection (one worker: in-process) on two threads at
+    once on one raster: each thread reads through its own dataset (a rasterio dataset must
+    not be shared between threads), and one job ending closes only its own."""
+    import threading
+
+    from solardesk.core import pipeline
+
+    results: dict[str, object] = {}
+    opened: dict[str, list] = {}
+
+    def job(name: str) -> None:
+        try:
+            gen = precompute([scene_tif], tmp_path / f"{name}.sqlite", tiling=TILING)
+            next(gen)
+            next(gen)  # one tile read: this thread's reader is open
+            opened[name] = list(pipeline._thread_readers().values())
+            results[name] = [*gen]
+        except Exception as e:  # reported by the assertion below
+            results[name] = e
+
+    threads = [threading.Thread(target=job, args=(n,)) for n in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(isinstance(r, list) and len(r) == 15 for r in results.values()), results
+    (ra,), (rb,) = opened["a"], opened["b"]
+    assert ra is not rb
+    with (
+        MaskCache(tmp_path / "a.sqlite", readonly=True) as a,
+        MaskCache(tmp_path / "b.sqlite", readonly=True) as b,
+    ):
+        assert a.stats()["instances"] == b.stats()["instances"] > 0
