@@ -34,10 +34,11 @@ parameter hash) plus its edits row. Old rows stay until deleted, so going back t
 parameters costs nothing. Rewriting a key that is already stored replaces that row and its
 instances (a forced recompute); the edits row is never replaced by a computation (ADR 0046).
 
-An instance a person accepts, rejects or redraws moves to its tile's edits row, and every
-instance of the edits row hides (``superseded_by``) the instances of the tile's computed rows
-whose mask it overlaps at IoU >= :data:`SUPERSEDE_IOU`, also those of rows written later: a
-decision outlives any recompute, and a recomputed look-alike never shows beside it.
+An instance a person accepts, rejects or redraws moves to its tile's edits row, and
+the edits row's instances hide (``superseded_by``) the instances of the tile's computed rows
+that they stand for — together they cover at least :data:`SUPERSEDE_SHARE` of the computed
+mask — also those of rows written later: a decision outlives any recompute, and a recomputed
+look-alike never shows beside it.
 
 Masks are stored cropped to their bounding box with :func:`solardesk.core.masks.encode_mask`
 (bit-packed + zlib); nothing is ever pickled.
@@ -61,7 +62,7 @@ import numpy as np
 import sqlite_utils
 
 from solardesk import __version__
-from solardesk.core.masks import crop_to_coco_rle, cropped_mask_iou, decode_mask, encode_mask
+from solardesk.core.masks import crop_to_coco_rle, cropped_mask_overlap, decode_mask, encode_mask
 from solardesk.errors import CacheError, CacheSchemaError
 
 _log = logging.getLogger(__name__)
@@ -169,15 +170,17 @@ CREATE TABLE splits (
 """
 
 # Version 2 (ADR 0046): which computed row of a tile is current is recorded (``chosen``, the
-# largest wins; a rerun with earlier parameters chooses their row again), and a computed
-# instance that a person's decision stands for (an instance of the tile's edits row whose mask
-# overlaps it at IoU >= SUPERSEDE_IOU) is marked ``superseded_by`` it and hidden from readers.
+# largest wins; a rerun with earlier parameters chooses their row again); a computed instance
+# that a person's instance of its tile stands for (SUPERSEDE_SHARE) is marked ``superseded_by``
+# it and hidden from readers; a decided instance, moved to the edits row, keeps the row it came
+# from (``origin_tile``) so that undoing the decision can put it back. ``MaskCache._migrate``
+# then moves version 1's decisions into the edits rows and marks what they stand for.
 _V2 = """
 ALTER TABLE tiles ADD COLUMN chosen INTEGER;
 UPDATE tiles SET chosen = id;
 CREATE INDEX tiles_by_chosen ON tiles (chosen);
 ALTER TABLE instances ADD COLUMN superseded_by INTEGER;
-CREATE INDEX instances_by_superseder ON instances (superseded_by) WHERE superseded_by IS NOT NULL;
+ALTER TABLE instances ADD COLUMN origin_tile INTEGER;
 """
 
 MIGRATIONS: tuple[str, ...] = (_V1, _V2)
@@ -204,9 +207,12 @@ _INSERT_INSTANCE = (
     + ", provenance, review, created_at, updated_at) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-#: A person's instance (edits row) stands for a computed one of its tile that its mask overlaps
-#: at least this much (IoU): the computed one is hidden (``superseded_by``), in every row.
-SUPERSEDE_IOU = 0.5
+#: People's instances (the edits row) stand for a computed one of their tile when together they
+#: cover at least this share of its pixels (its own outline decided or redrawn, a piece of a
+#: panel a person drew, a candidate a person split): the computed one is hidden
+#: (``superseded_by``), in every row. Any match at IoU >= 0.5 covers that much; a large
+#: candidate merely holding a small decided one does not.
+SUPERSEDE_SHARE = 0.5
 _NEXT_CHOSEN = "(SELECT coalesce(max(chosen), 0) + 1 FROM tiles)"
 _RECOUNT = (
     "UPDATE tiles SET "
@@ -488,6 +494,20 @@ def _instance(row: Sequence[Any]) -> Instance:
     )
 
 
+def _paint(canvas: np.ndarray, box: Sequence[int], pbox: Sequence[int], pmask: np.ndarray) -> None:
+    """OR the mask ``pmask`` cropped to ``pbox`` into ``canvas``, which covers ``box``."""
+    x0, y0, x1, y1 = (
+        max(box[0], pbox[0]),
+        max(box[1], pbox[1]),
+        min(box[2], pbox[2]),
+        min(box[3], pbox[3]),
+    )
+    if x1 > x0 and y1 > y0:
+        canvas[y0 - box[1] : y1 - box[1], x0 - box[0] : x1 - box[0]] |= pmask[
+            y0 - pbox[1] : y1 - pbox[1], x0 - pbox[0] : x1 - pbox[0]
+        ]
+
+
 def _box_shape(box: Sequence[int]) -> tuple[int, int]:
     x0, y0, x1, y1 = box
     return int(y1) - int(y0), int(x1) - int(x0)
@@ -675,6 +695,8 @@ class MaskCache:
                 # sqlite-utils runs a script statement by statement inside the open transaction
                 # (sqlite3's executescript would COMMIT first and break atomicity).
                 self._db.executescript(script)
+            if version < 2:
+                self._adopt_decisions(conn)
             conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             now = _now()
@@ -684,6 +706,28 @@ class MaskCache:
                 [("written_by", __version__), (f"schema_{SCHEMA_VERSION}_at", now)],
             )
             conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('created_at', ?)", (now,))
+
+    def _adopt_decisions(self, conn: sqlite3.Connection) -> None:
+        """Schema 1 → 2: decisions that version 1 kept on computed rows move to their tiles'
+        edits rows (as ``set_review`` now does), then every tile with edits marks what they
+        stand for."""
+        decided = conn.execute(
+            "SELECT i.id, i.tile_pk, t.raster_fp, t.tile_id FROM instances i "
+            "JOIN tiles t ON t.id = i.tile_pk "
+            f"WHERE i.review != 'pending' AND t.stage_id != '{EDITS_STAGE_ID}'"
+        ).fetchall()
+        for iid, tile_pk, fp, tid in decided:
+            pk, _ = self._ensure_edits_row(conn, fp, tid, None)
+            conn.execute(
+                "UPDATE instances SET tile_pk = ?, origin_tile = ? WHERE id = ?", (pk, tile_pk, iid)
+            )
+            conn.execute(_RECOUNT, (pk,))
+            conn.execute(_RECOUNT, (tile_pk,))
+        edited = conn.execute(
+            "SELECT raster_fp, tile_id FROM tiles WHERE stage_id = ?", (EDITS_STAGE_ID,)
+        ).fetchall()
+        for fp, tid in edited:
+            self._resupersede_tile(conn, fp, tid)
 
     # ----------------------------------------------------------------------------- errors
     def _readonly_message(self, why: str) -> str:
@@ -922,13 +966,12 @@ class MaskCache:
         tile_ids: Iterable[str],
     ) -> int:
         """Make the stored rows of these tiles under this stage, version and parameters their
-        current rows (what readers see), as writing them did, where the current row is one of
-        the same stage; return how many changed.
+        current rows (what readers see), as writing them did; return how many changed.
 
         A rerun with earlier parameters computes nothing and calls this, so that their results
-        are shown again instead of the later parameters' (current = the row chosen last). A
-        tile whose current row belongs to another stage (e.g. self-training's relabelled rows,
-        made from this stage's) keeps it.
+        are shown again instead of the later parameters' (current = the row chosen last): what
+        a run ran is what readers see, on every tile alike, also over another stage's rows made
+        since (self-training's relabelled rows stay stored and come back with the next round).
         """
         ids = list(tile_ids)
         changed = 0
@@ -937,15 +980,13 @@ class MaskCache:
             f"AND t2.tile_id = tiles.tile_id AND t2.stage_id != '{EDITS_STAGE_ID}'"
         )
         newest = f"SELECT max(t2.chosen) {current}"
-        newest_stage = f"SELECT t2.stage_id {current} ORDER BY t2.chosen DESC LIMIT 1"
         with self._transaction("choose the current tile rows") as conn:
             for i in range(0, len(ids), 500):
                 part = ids[i : i + 500]
                 cur = conn.execute(
                     f"UPDATE tiles SET chosen = {_NEXT_CHOSEN} WHERE raster_fp = ? "
                     "AND stage_id = ? AND stage_version = ? AND params_hash = ? "
-                    f"AND tile_id IN ({', '.join('?' * len(part))}) AND chosen < ({newest}) "
-                    f"AND stage_id = ({newest_stage})",
+                    f"AND tile_id IN ({', '.join('?' * len(part))}) AND chosen < ({newest})",
                     (raster_fp, stage_id, str(stage_version), params_hash, *part),
                 )
                 changed += cur.rowcount
@@ -1061,39 +1102,65 @@ class MaskCache:
     @staticmethod
     def _supersede(
         conn: sqlite3.Connection,
-        edits_pk: int,
+        edits_pk: int | None,
         tile_pks: Sequence[int],
-        people: Sequence[tuple] | None = None,
+        *,
+        clear: bool = False,
     ) -> None:
-        """Set ``superseded_by`` on the instances of rows ``tile_pks`` that an instance of the
-        edits row ``edits_pk`` (or only of ``people``: ``(id, x0, y0, x1, y1, mask blob)``
-        rows) overlaps at IoU >= SUPERSEDE_IOU; the most overlapping person's instance wins."""
-        if people is None:
-            people = conn.execute(
+        """Mark (``superseded_by``) the instances of the computed rows ``tile_pks`` that the
+        instances of the edits row ``edits_pk`` stand for: together they cover at least
+        SUPERSEDE_SHARE of the computed mask (the most overlapping one is named). ``clear``:
+        unmark them all first (the tile's edits changed)."""
+        if not tile_pks:
+            return
+        rows = ", ".join("?" * len(tile_pks))
+        if clear:
+            conn.execute(
+                f"UPDATE instances SET superseded_by = NULL WHERE tile_pk IN ({rows}) "
+                "AND superseded_by IS NOT NULL",
+                tuple(tile_pks),
+            )
+        people = (
+            conn.execute(
                 "SELECT id, x0, y0, x1, y1, mask FROM instances WHERE tile_pk = ?", (edits_pk,)
             ).fetchall()
-        if not people or not tile_pks:
+            if edits_pk is not None
+            else []
+        )
+        if not people:
             return
-        decoded = [(row[0], row[1:5], decode_mask(row[5], *_box_shape(row[1:5]))) for row in people]
+        decoded = [(r[0], r[1:5], decode_mask(r[5], *_box_shape(r[1:5]))) for r in people]
         computed = conn.execute(
-            "SELECT id, x0, y0, x1, y1, mask FROM instances WHERE tile_pk IN "
-            f"({', '.join('?' * len(tile_pks))})",
+            f"SELECT id, x0, y0, x1, y1, mask FROM instances WHERE tile_pk IN ({rows})",
             tuple(tile_pks),
         ).fetchall()
         updates = []
         for cid, *box, blob in computed:
-            best, best_iou, mask = None, SUPERSEDE_IOU, None
-            for pid, pbox, pmask in decoded:
-                if not _boxes_meet(box, pbox):
-                    continue
-                if mask is None:
-                    mask = decode_mask(blob, *_box_shape(box))
-                iou = cropped_mask_iou(box, mask, pbox, pmask)
-                if iou >= best_iou:
-                    best, best_iou = pid, iou
-            if best is not None:
+            meeting = [d for d in decoded if _boxes_meet(box, d[1])]
+            if not meeting:
+                continue
+            mask = decode_mask(blob, *_box_shape(box))
+            covered = np.zeros_like(mask)
+            best, most = None, 0
+            for pid, pbox, pmask in meeting:
+                overlap, _, _ = cropped_mask_overlap(box, mask, pbox, pmask)
+                if overlap > most:
+                    best, most = pid, overlap
+                _paint(covered, box, pbox, pmask)
+            if best is not None and np.count_nonzero(covered & mask) >= SUPERSEDE_SHARE * max(
+                np.count_nonzero(mask), 1
+            ):
                 updates.append((best, cid))
         conn.executemany("UPDATE instances SET superseded_by = ? WHERE id = ?", updates)
+
+    def _resupersede_tile(self, conn: sqlite3.Connection, raster_fp: str, tile_id: str) -> None:
+        """Mark again, from scratch, what the tile's people's instances stand for."""
+        self._supersede(
+            conn,
+            self._edits_pk(conn, raster_fp, tile_id),
+            self._computed_pks(conn, raster_fp, tile_id),
+            clear=True,
+        )
 
     @staticmethod
     def _instance_row(
@@ -1308,13 +1375,15 @@ class MaskCache:
 
         Accepting or rejecting a computed instance moves it (same id) to its tile's edits row,
         where no recompute replaces it, and hides the tile's computed look-alikes of it
-        (module docstring, ADR 0046)."""
+        (module docstring, ADR 0046). Setting such an instance back to pending undoes that:
+        it returns to the row it came from, or, if that row was recomputed or removed since,
+        it is dropped in favour of what the stage computes now (a redrawn one stays)."""
         _check_in(state, REVIEW_STATES, "review state")
         iid = int(instance_id)
         with self._transaction(f"review instance {instance_id}") as conn:
             row = conn.execute(
-                "SELECT i.tile_pk, t.raster_fp, t.tile_id, t.stage_id, i.x0, i.y0, i.x1, i.y1, "
-                "i.mask FROM instances i JOIN tiles t ON t.id = i.tile_pk WHERE i.id = ?",
+                "SELECT i.tile_pk, t.raster_fp, t.tile_id, t.stage_id, i.origin_tile, "
+                "i.provenance FROM instances i JOIN tiles t ON t.id = i.tile_pk WHERE i.id = ?",
                 (iid,),
             ).fetchone()
             if row is None:
@@ -1322,15 +1391,35 @@ class MaskCache:
             conn.execute(
                 "UPDATE instances SET review = ?, updated_at = ? WHERE id = ?", (state, _now(), iid)
             )
-            tile_pk, fp, tid, stage = row[:4]
+            tile_pk, fp, tid, stage, origin, provenance = row
             if stage != EDITS_STAGE_ID and state != "pending":
                 # A decision is a person's: it moves to the edits row, which no recompute
                 # replaces, and stands for the tile's computed look-alikes in every row.
                 pk, _ = self._ensure_edits_row(conn, fp, tid, None)
-                conn.execute("UPDATE instances SET tile_pk = ? WHERE id = ?", (pk, iid))
+                conn.execute(
+                    "UPDATE instances SET tile_pk = ?, origin_tile = ? WHERE id = ?",
+                    (pk, tile_pk, iid),
+                )
                 conn.execute(_RECOUNT, (pk,))
                 conn.execute(_RECOUNT, (tile_pk,))
-                self._supersede(conn, pk, self._computed_pks(conn, fp, tid), [(iid, *row[4:])])
+            elif stage == EDITS_STAGE_ID and state == "pending" and origin is not None:
+                # Undoing a decision on a computed instance gives the stage's result back: the
+                # instance returns to its row, or, where that row has been recomputed or
+                # removed since, gives way to what the stage computes now.
+                if provenance == "human":  # redrawn since: a person's outline stays
+                    return
+                if conn.execute("SELECT 1 FROM tiles WHERE id = ?", (origin,)).fetchone():
+                    conn.execute(
+                        "UPDATE instances SET tile_pk = ?, origin_tile = NULL WHERE id = ?",
+                        (origin, iid),
+                    )
+                    conn.execute(_RECOUNT, (origin,))
+                else:
+                    conn.execute("DELETE FROM instances WHERE id = ?", (iid,))
+                conn.execute(_RECOUNT, (tile_pk,))
+            else:
+                return
+            self._resupersede_tile(conn, fp, tid)
 
     @staticmethod
     def _computed_pks(conn: sqlite3.Connection, raster_fp: str, tile_id: str) -> list[int]:
@@ -1394,9 +1483,7 @@ class MaskCache:
             row = self._instance_row(instance, w, _now(), provenance)
             iid = conn.execute(_INSERT_INSTANCE, (pk, *row)).lastrowid
             conn.execute(_RECOUNT, (pk,))
-            self._supersede(
-                conn, pk, self._computed_pks(conn, raster_fp, tile_id), [(iid, *row[:5])]
-            )
+            self._resupersede_tile(conn, raster_fp, tile_id)
         return iid
 
     def replace_mask(self, instance_id: int, bbox: Sequence[int], mask: np.ndarray) -> None:
@@ -1420,11 +1507,7 @@ class MaskCache:
                 raise KeyError(f"no instance {instance_id} in cache {self.path}")
             conn.execute(_RECOUNT, (pk,))
             conn.execute(_RECOUNT, (tile.pk,))
-            # The computed look-alikes of either outline are hidden behind the person's one.
-            people = [(old.id, *old.bbox, encode_mask(old.mask)), (old.id, x0, y0, x1, y1, blob)]
-            self._supersede(
-                conn, pk, self._computed_pks(conn, tile.raster_fp, tile.tile_id), people
-            )
+            self._resupersede_tile(conn, tile.raster_fp, tile.tile_id)
 
     def delete_instance(self, instance_id: int) -> None:
         """Delete one instance (``KeyError`` if absent). Rejecting it keeps a record instead:
@@ -1438,11 +1521,11 @@ class MaskCache:
             if row is None:
                 raise KeyError(f"no instance {instance_id} in cache {self.path}")
             conn.execute(_RECOUNT, (row[0],))
-            # What a deleted person's instance stood for shows again.
-            conn.execute(
-                "UPDATE instances SET superseded_by = NULL WHERE superseded_by = ?",
-                (int(instance_id),),
-            )
+            # What a deleted person's instance stood for shows again (unless another does).
+            fp, tid = conn.execute(
+                "SELECT raster_fp, tile_id FROM tiles WHERE id = ?", (row[0],)
+            ).fetchone()
+            self._resupersede_tile(conn, fp, tid)
 
     # ----------------------------------------------------------------------------- splits
     def set_splits(

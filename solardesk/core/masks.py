@@ -19,7 +19,7 @@ import numpy as np
 __all__ = [
     "coco_rle_to_mask",
     "crop_to_coco_rle",
-    "cropped_mask_iou",
+    "cropped_mask_overlap",
     "decode_mask",
     "encode_mask",
     "mask_to_coco_rle",
@@ -140,19 +140,18 @@ def coco_rle_to_mask(rle: dict) -> np.ndarray:
     return flat.reshape((w, h)).T.copy()
 
 
-def cropped_mask_iou(
+def cropped_mask_overlap(
     box_a: Sequence[int], mask_a: np.ndarray, box_b: Sequence[int], mask_b: np.ndarray
-) -> float:
-    """IoU of two masks each cropped to its ``(x0, y0, x1, y1)`` box (exclusive ends) in one
-    image, as the cache stores them: compared on the overlap of the boxes, 0 when they do not
-    meet or both are empty."""
+) -> tuple[int, int, int]:
+    """``(overlap, area_a, area_b)`` in pixels of two masks each cropped to its ``(x0, y0, x1,
+    y1)`` box (exclusive ends) in one image, as the cache stores them: compared on the overlap
+    of the boxes (IoU is ``overlap / (area_a + area_b - overlap)``)."""
     ax0, ay0, ax1, ay1 = (int(v) for v in box_a)
     bx0, by0, bx1, by1 = (int(v) for v in box_b)
     x0, y0, x1, y1 = max(ax0, bx0), max(ay0, by0), min(ax1, bx1), min(ay1, by1)
-    area = int(np.count_nonzero(mask_a)) + int(np.count_nonzero(mask_b))
-    if x1 <= x0 or y1 <= y0 or area == 0:
-        return 0.0
+    area_a, area_b = int(np.count_nonzero(mask_a)), int(np.count_nonzero(mask_b))
+    if x1 <= x0 or y1 <= y0:
+        return 0, area_a, area_b
     a = mask_a[y0 - ay0 : y1 - ay0, x0 - ax0 : x1 - ax0]
     b = mask_b[y0 - by0 : y1 - by0, x0 - bx0 : x1 - bx0]
-    inter = int(np.count_nonzero(a & b))
-    return inter / (area - inter)
+    return int(np.count_nonzero(a & b)), area_a, area_b

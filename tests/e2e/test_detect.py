@@ -170,7 +170,7 @@ def test_output_errors(tmp_path: Path) -> None:
     assert existing.read_bytes() == b"x"
 
 
-def test_rejected_instances_are_not_written(tmp_path: Path) -> None:
+def test_rejected_instances_are_not_written_accepted_ones_are(tmp_path: Path) -> None:
     # One tile (no seams, no overlap): every instance at or above the threshold is one polygon.
     import rasterio
     from rasterio.windows import Window
@@ -197,3 +197,11 @@ def test_rejected_instances_are_not_written(tmp_path: Path) -> None:
         c.set_review(first.id, "rejected")
     res = cli("detect", str(raster), *args, "--overwrite")
     assert int(res.stdout.split()[0]) == n - 1
+    # People outrank the stage: an accepted instance is written at any confidence.
+    with MaskCache(cache) as c:
+        low = max(
+            (i for _, i in c.iter_instances() if i.confidence < 0.3), key=lambda i: i.mask.sum()
+        )
+        c.set_review(low.id, "accepted")
+    res = cli("detect", str(raster), *args, "--overwrite")
+    assert int(res.stdout.split()[0]) == n

@@ -143,7 +143,7 @@ def test_a_panel_drawn_over_a_candidate_hides_it(qtbot, window, scene_tif, cache
     """ADR 0046: the person's outline stands for the candidate it covers (IoU >= 0.5), in the
     cache and on the map; the other candidates stay."""
     path, ids = cache
-    layer, _dock = _open(qtbot, window, scene_tif, path)
+    layer, dock = _open(qtbot, window, scene_tif, path)
     # The last stored rectangle covers raster pixels 318..348, 228..248.
     _draw(window, layer, 318, 228, 348, 248)
     until(lambda: ids[4] not in layer.records and max(layer.records) > ids[4], timeout=5000)
@@ -151,6 +151,12 @@ def test_a_panel_drawn_over_a_candidate_hides_it(qtbot, window, scene_tif, cache
     with MaskCache(path, readonly=True) as c:
         shown = [i.id for _, i in c.iter_instances()]
     assert ids[4] not in shown and set(ids[:4]) < set(shown) and len(shown) == 5
+    # deleting the drawn panel shows the candidate again, on the map too
+    drawn = max(layer.records)
+    assert dock.current_id == drawn
+    dock.delete_current()
+    until(lambda: drawn not in layer.records and ids[4] in layer.records, timeout=5000)
+    assert len(layer.records) == 5
 
 
 def test_drawn_polygon_becomes_a_human_instance(qtbot, window, scene_tif, cache):

@@ -345,7 +345,8 @@ def test_a_new_cache_is_marked_and_versioned(tmp_path: Path) -> None:
 
 
 def test_a_version_1_cache_is_upgraded_keeping_its_rows_and_decisions(tmp_path: Path) -> None:
-    """A cache written before schema 2: its newest rows stay current, its reviews stay."""
+    """A cache written before schema 2: its newest rows stay current, and its decisions (kept
+    on computed rows in version 1) move to the edits rows and hide their look-alikes."""
     from solardesk.core.cache import MIGRATIONS
     from solardesk.core.masks import encode_mask
 
@@ -356,25 +357,34 @@ def test_a_version_1_cache_is_upgraded_keeping_its_rows_and_decisions(tmp_path: 
     conn.execute("PRAGMA user_version = 1")
     conn.execute("INSERT INTO rasters (fingerprint) VALUES ('fp')")
     blob = encode_mask(np.ones((4, 4), bool))
-    for pk, params in ((1, P1), (2, P2)):
+    rows = {
+        1: (P1, [(10, "accepted"), (40, "pending")]),
+        2: (P2, [(10, "pending"), (60, "rejected"), (80, "pending")]),
+    }
+    for pk, (params, instances) in rows.items():
         conn.execute(
             "INSERT INTO tiles (id, raster_fp, tile_id, stage_id, stage_version, params_hash, "
             "col_off, row_off, width, height, n_instances, max_confidence, computed_at) "
-            "VALUES (?, 'fp', 't0', 'spectral', '1', ?, 0, 0, 64, 48, 1, 0.9, 'then')",
-            (pk, params),
+            "VALUES (?, 'fp', 't0', 'spectral', '1', ?, 0, 0, 128, 48, ?, 0.9, 'then')",
+            (pk, params, len(instances)),
         )
-        conn.execute(
-            "INSERT INTO instances (tile_pk, x0, y0, x1, y1, mask, area_px, confidence, "
-            "provenance, review, created_at, updated_at) "
-            "VALUES (?, ?, 0, ?, 4, ?, 16, 0.9, 'spectral', 'accepted', 'then', 'then')",
-            (pk, 10 * pk, 10 * pk + 4, blob),
-        )
+        for x0, review in instances:
+            conn.execute(
+                "INSERT INTO instances (tile_pk, x0, y0, x1, y1, mask, area_px, confidence, "
+                "provenance, review, created_at, updated_at) "
+                "VALUES (?, ?, 0, ?, 4, ?, 16, 0.9, 'spectral', ?, 'then', 'then')",
+                (pk, x0, x0 + 4, blob, review),
+            )
     conn.close()
     with MaskCache(path) as cache:
         assert cache.schema_version == SCHEMA_VERSION == 2
-        assert [(i.bbox[0], i.review) for i in cache.read_tile("fp", "t0")] == [(20, "accepted")]
+        shown = [(i.bbox[0], i.review) for i in cache.read_tile("fp", "t0")]
+        # P2 is current; its look-alike of P1's accepted instance is hidden behind it
+        assert shown == [(10, "accepted"), (60, "rejected"), (80, "pending")]
+        assert cache.stats()["by_review"] == {"pending": 1, "accepted": 1, "rejected": 1}
         assert cache.choose("fp", "spectral", 1, P1, ["t0"]) == 1
-        assert [i.bbox[0] for i in cache.read_tile("fp", "t0")] == [10]
+        shown = [(i.bbox[0], i.review) for i in cache.read_tile("fp", "t0")]
+        assert shown == [(10, "accepted"), (40, "pending"), (60, "rejected")]
         assert cache.integrity_ok()
 
 
@@ -677,6 +687,91 @@ def test_decisions_survive_a_recompute_with_other_parameters(
     assert cache.integrity_ok()
 
 
+def rect(x0: int, w: int, conf: float = 0.9, h: int = 8) -> Instance:
+    return Instance(bbox=(x0, 0, x0 + w, h), mask=np.ones((h, w), bool), confidence=conf)
+
+
+def shown(cache: MaskCache) -> list[tuple[int, int, str]]:
+    return [(i.bbox[0], i.bbox[2], i.review) for i in cache.read_tile("fp", "t0")]
+
+
+def test_what_people_made_hides_what_it_covers(cache: MaskCache) -> None:
+    """A computed instance is hidden when people's instances together cover half of it —
+    two people's over one, the parts of a split — and shows again when they no longer do
+    (one deleted, a redraw moved away); a large candidate merely holding a small decided one
+    stays."""
+    cache.write_tile(key("t0", P1), TILE, [rect(0, 10)])
+    p = cache.add_instance("fp", "t0", rect(0, 9, 1.0))
+    q = cache.add_instance("fp", "t0", rect(0, 10, 1.0))
+    assert [x[:2] for x in shown(cache)] == [(0, 9), (0, 10)]  # the computed one hidden
+    cache.delete_instance(q)
+    assert [x[:2] for x in shown(cache)] == [(0, 9)]  # still covered by p
+    cache.replace_mask(p, (40, 0, 49, 8), np.ones((8, 9), bool))  # moved away
+    assert [x[:2] for x in shown(cache)] == [(0, 10), (40, 49)]
+    cache.write_tile(key("t0", P2), TILE, [rect(0, 10, 0.93)])
+    assert sorted(x[:2] for x in shown(cache)) == [(0, 10), (40, 49)]  # new rows alike
+
+    # a candidate split into three parts by a person stays hidden after a recompute
+    cache.write_tile(key("t1", P1), TILE, [rect(0, 30)])
+    (whole,) = cache.read_tile("fp", "t1")
+    cache.replace_mask(whole.id, (0, 0, 10, 8), np.ones((8, 10), bool))
+    for x0 in (10, 20):
+        cache.add_instance("fp", "t1", rect(x0, 10, 0.9), provenance="human")
+    cache.write_tile(key("t1", P2), TILE, [rect(0, 30, 0.97)])
+    assert [(i.bbox[0], i.provenance) for i in cache.read_tile("fp", "t1")] == [
+        (0, "human"),
+        (10, "human"),
+        (20, "human"),
+    ]
+
+    # a roof-sized candidate holding a small accepted panel is not hidden by it
+    cache.write_tile(key("t2", P1), TILE, [rect(0, 4)])
+    (small,) = cache.read_tile("fp", "t2")
+    cache.set_review(small.id, "accepted")
+    cache.write_tile(key("t2", P2), TILE, [rect(0, 40, 0.6)])
+    assert [(i.bbox[2], i.review) for i in cache.read_tile("fp", "t2")] == [
+        (4, "accepted"),
+        (40, "pending"),
+    ]
+    assert cache.integrity_ok()
+
+
+def test_undoing_a_decision_gives_the_stage_result_back(cache: MaskCache) -> None:
+    cache.write_tile(key("t0", P1), TILE, [rect(0, 10, 0.5), rect(20, 10, 0.6)])
+    a, b = cache.read_tile("fp", "t0")
+    cache.set_review(a.id, "accepted")
+    cache.write_tile(key("t0", P2), TILE, [rect(0, 10, 0.95)])  # a found again, more confident
+    assert shown(cache) == [(0, 10, "accepted")]
+    cache.set_review(a.id, "pending")  # back to P1's row, which is not current
+    assert [(i.bbox[0], i.confidence) for i in cache.read_tile("fp", "t0")] == [(0, 0.95)]
+    assert cache.choose("fp", "spectral", 1, P1, ["t0"]) == 1
+    assert [(i.id, i.review) for i in cache.read_tile("fp", "t0")] == [
+        (a.id, "pending"),
+        (b.id, "pending"),
+    ]
+    # where its row has been recomputed since, the undone instance gives way to the new one
+    cache.set_review(b.id, "rejected")
+    cache.write_tile(key("t0", P1), TILE, [rect(0, 10, 0.5), rect(20, 10, 0.65)])  # forced
+    assert sorted((i.bbox[0], i.review) for i in cache.read_tile("fp", "t0")) == [
+        (0, "pending"),
+        (20, "rejected"),
+    ]
+    cache.set_review(b.id, "pending")
+    assert sorted((i.bbox[0], i.confidence) for i in cache.read_tile("fp", "t0")) == [
+        (0, 0.5),
+        (20, 0.65),
+    ]
+    with pytest.raises(KeyError):
+        cache.get_instance(b.id)
+    # a redrawn one stays a person's outline
+    (c,) = [i for i in cache.read_tile("fp", "t0") if i.bbox[0] == 0]
+    cache.set_review(c.id, "accepted")
+    cache.replace_mask(c.id, (0, 0, 9, 8), np.ones((8, 9), bool))
+    cache.set_review(c.id, "pending")
+    assert cache.get_instance(c.id)[0].stage_id == EDITS_STAGE_ID
+    assert cache.integrity_ok()
+
+
 def test_choosing_earlier_parameters_shows_their_rows_again(cache: MaskCache) -> None:
     cache.write_tile(key("t0", P1), TILE, [inst(x0=0), inst(x0=20)])
     cache.write_tile(key("t1", P1), TILE, [inst(x0=0)])
@@ -690,10 +785,11 @@ def test_choosing_earlier_parameters_shows_their_rows_again(cache: MaskCache) ->
     # and writing P2 again (or choosing it) makes it current once more
     assert cache.choose("fp", "spectral", 1, P2, ["t0"]) == 1
     assert [i.bbox[0] for i in cache.read_tile("fp", "t0")] == [30]
-    # a later stage's row made from this stage's (self-training) stays current
+    # what a run ran is what readers see, also over another stage's row made since
     cache.write_tile(key("t0", stage="selftrain"), TILE, [inst(x0=40)])
-    assert cache.choose("fp", "spectral", 1, P1, ["t0"]) == 0
     assert [i.bbox[0] for i in cache.read_tile("fp", "t0")] == [40]
+    assert cache.choose("fp", "spectral", 1, P1, ["t0"]) == 1
+    assert [i.bbox[0] for i in cache.read_tile("fp", "t0")] == [0, 20]
 
 
 def test_closing_the_writer_does_not_wait_for_a_reader(tmp_path: Path) -> None:

@@ -527,7 +527,12 @@ class ReviewDock(QWidget):
         )
 
     def _after_review(self, layer: PseudoLabelLayer, iid: int, state: str, row: int) -> None:
+        rec = layer.records.get(iid)
         layer.set_review(iid, state)
+        if state == "pending" and rec is not None:
+            # An undone decision gives the stage's result back, which may be another instance
+            # (ADR 0046): read the tile again.
+            layer.refresh(tile_ids=[rec.tile_id])
         self.status.setText(f"Instance {iid}: {state} (saved to the cache).")
         if layer is not self.layer:
             return
@@ -559,7 +564,11 @@ class ReviewDock(QWidget):
         )
 
     def _after_delete(self, layer: PseudoLabelLayer, iid: int, row: int) -> None:
+        rec = layer.records.get(iid)
         layer.remove_record(iid)
+        if rec is not None:
+            # A candidate the deleted instance stood for shows again (ADR 0046).
+            layer.refresh(tile_ids=[rec.tile_id])
         self.status.setText(f"Instance {iid} deleted from the cache.")
         if layer is self.layer:
             self.current_id = None
