@@ -708,13 +708,16 @@ class MaskCache:
             conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('created_at', ?)", (now,))
 
     def _adopt_decisions(self, conn: sqlite3.Connection) -> None:
-        """Schema 1 → 2: decisions that version 1 kept on computed rows move to their tiles'
-        edits rows (as ``set_review`` now does), then every tile with edits marks what they
-        stand for."""
+        """Schema 1 → 2: decisions that version 1 kept on its current computed rows move to their
+        tiles' edits rows (as ``set_review`` now does), then every tile with edits marks what
+        they stand for."""
+        # Only the current rows' decisions: those are what version 1 showed. An older row's
+        # decisions stay with it (as in version 1), hidden where a current one covers them.
+        current, params = self._current_sql("t", None, None, None, include_edits=False)
         decided = conn.execute(
             "SELECT i.id, i.tile_pk, t.raster_fp, t.tile_id FROM instances i "
-            "JOIN tiles t ON t.id = i.tile_pk "
-            f"WHERE i.review != 'pending' AND t.stage_id != '{EDITS_STAGE_ID}'"
+            f"JOIN tiles t ON t.id = i.tile_pk WHERE i.review != 'pending' AND {current}",
+            params,
         ).fetchall()
         for iid, tile_pk, fp, tid in decided:
             pk, _ = self._ensure_edits_row(conn, fp, tid, None)
@@ -1086,7 +1089,9 @@ class MaskCache:
     def _supersede_new(self, conn: sqlite3.Connection, keys: list[TileKey], pks: list[int]):
         """Mark the instances of freshly written computed rows that a person's instance of
         their tile stands for (one query finds the few tiles that have edits)."""
-        by_tile = {(k.raster_fp, k.tile_id): pk for k, pk in zip(keys, pks, strict=True)}
+        by_tile: dict[tuple[str, str], list[int]] = {}
+        for k, pk in zip(keys, pks, strict=True):
+            by_tile.setdefault((k.raster_fp, k.tile_id), []).append(pk)
         tiles_of: dict[str, list[str]] = {}
         for fp, tid in by_tile:
             tiles_of.setdefault(fp, []).append(tid)
@@ -1097,7 +1102,7 @@ class MaskCache:
                 (fp, EDITS_STAGE_ID, *tids),
             ).fetchall()
             for tid, edits_pk in edited:
-                self._supersede(conn, edits_pk, [by_tile[(fp, tid)]])
+                self._supersede(conn, edits_pk, by_tile[(fp, tid)])
 
     @staticmethod
     def _supersede(
@@ -1114,11 +1119,11 @@ class MaskCache:
         if not tile_pks:
             return
         rows = ", ".join("?" * len(tile_pks))
-        if clear:
+        if clear:  # (a person's instance is never hidden: the edits row is unmarked too)
             conn.execute(
-                f"UPDATE instances SET superseded_by = NULL WHERE tile_pk IN ({rows}) "
+                f"UPDATE instances SET superseded_by = NULL WHERE tile_pk IN ({rows}, ?) "
                 "AND superseded_by IS NOT NULL",
-                tuple(tile_pks),
+                (*tile_pks, edits_pk),
             )
         people = (
             conn.execute(
@@ -1375,9 +1380,8 @@ class MaskCache:
 
         Accepting or rejecting a computed instance moves it (same id) to its tile's edits row,
         where no recompute replaces it, and hides the tile's computed look-alikes of it
-        (module docstring, ADR 0046). Setting such an instance back to pending undoes that:
-        it returns to the row it came from, or, if that row was recomputed or removed since,
-        it is dropped in favour of what the stage computes now (a redrawn one stays)."""
+        (module docstring, ADR 0046). Setting such an instance back to pending undoes that
+        (:meth:`_undo_decision`; a redrawn one stays a person's)."""
         _check_in(state, REVIEW_STATES, "review state")
         iid = int(instance_id)
         with self._transaction(f"review instance {instance_id}") as conn:
@@ -1397,29 +1401,62 @@ class MaskCache:
                 # replaces, and stands for the tile's computed look-alikes in every row.
                 pk, _ = self._ensure_edits_row(conn, fp, tid, None)
                 conn.execute(
-                    "UPDATE instances SET tile_pk = ?, origin_tile = ? WHERE id = ?",
+                    "UPDATE instances SET tile_pk = ?, origin_tile = ?, superseded_by = NULL "
+                    "WHERE id = ?",
                     (pk, tile_pk, iid),
                 )
                 conn.execute(_RECOUNT, (pk,))
                 conn.execute(_RECOUNT, (tile_pk,))
             elif stage == EDITS_STAGE_ID and state == "pending" and origin is not None:
-                # Undoing a decision on a computed instance gives the stage's result back: the
-                # instance returns to its row, or, where that row has been recomputed or
-                # removed since, gives way to what the stage computes now.
                 if provenance == "human":  # redrawn since: a person's outline stays
                     return
-                if conn.execute("SELECT 1 FROM tiles WHERE id = ?", (origin,)).fetchone():
-                    conn.execute(
-                        "UPDATE instances SET tile_pk = ?, origin_tile = NULL WHERE id = ?",
-                        (origin, iid),
-                    )
-                    conn.execute(_RECOUNT, (origin,))
-                else:
-                    conn.execute("DELETE FROM instances WHERE id = ?", (iid,))
-                conn.execute(_RECOUNT, (tile_pk,))
+                self._undo_decision(conn, iid, tile_pk, origin, fp, tid)
             else:
                 return
             self._resupersede_tile(conn, fp, tid)
+
+    def _undo_decision(
+        self, conn: sqlite3.Connection, iid: int, edits_pk: int, origin: int, fp: str, tid: str
+    ) -> None:
+        """A computed instance set back to pending rejoins the stage's results. Where the
+        tile's current computed row holds a look-alike of it (covering SUPERSEDE_SHARE of it),
+        that stands for it: it goes back to its own row, or is dropped if that row has been
+        recomputed or removed. Otherwise it joins the current row (its own, or one made
+        without it while it was decided, as self-training's rows are), so that it shows."""
+        current = conn.execute(
+            "SELECT id FROM tiles WHERE raster_fp = ? AND tile_id = ? AND stage_id != ? "
+            "ORDER BY chosen DESC LIMIT 1",
+            (fp, tid, EDITS_STAGE_ID),
+        ).fetchone()
+        origin_exists = conn.execute("SELECT 1 FROM tiles WHERE id = ?", (origin,)).fetchone()
+        target = current[0] if current else (origin if origin_exists else None)
+        if target is not None and target != origin and self._covered(conn, iid, target):
+            target = origin if origin_exists else None
+        if target is None:
+            conn.execute("DELETE FROM instances WHERE id = ?", (iid,))
+        else:
+            conn.execute(
+                "UPDATE instances SET tile_pk = ?, origin_tile = NULL WHERE id = ?", (target, iid)
+            )
+            conn.execute(_RECOUNT, (target,))
+        conn.execute(_RECOUNT, (edits_pk,))
+
+    @staticmethod
+    def _covered(conn: sqlite3.Connection, iid: int, tile_pk: int) -> bool:
+        """Whether the instances of row ``tile_pk`` cover SUPERSEDE_SHARE of instance ``iid``."""
+        x0, y0, x1, y1, blob = conn.execute(
+            "SELECT x0, y0, x1, y1, mask FROM instances WHERE id = ?", (iid,)
+        ).fetchone()
+        box = (x0, y0, x1, y1)
+        mask = decode_mask(blob, *_box_shape(box))
+        covered = np.zeros_like(mask)
+        for *obox, oblob in conn.execute(
+            "SELECT x0, y0, x1, y1, mask FROM instances WHERE tile_pk = ? AND id != ?",
+            (tile_pk, iid),
+        ):
+            if _boxes_meet(box, obox):
+                _paint(covered, box, obox, decode_mask(oblob, *_box_shape(obox)))
+        return np.count_nonzero(covered & mask) >= SUPERSEDE_SHARE * max(np.count_nonzero(mask), 1)
 
     @staticmethod
     def _computed_pks(conn: sqlite3.Connection, raster_fp: str, tile_id: str) -> list[int]:
@@ -1500,7 +1537,8 @@ class MaskCache:
             x0, y0, x1, y1, blob, area, *_ = self._instance_row(new, w, _now())
             cur = conn.execute(
                 "UPDATE instances SET tile_pk = ?, x0 = ?, y0 = ?, x1 = ?, y1 = ?, mask = ?, "
-                "area_px = ?, provenance = 'human', updated_at = ? WHERE id = ?",
+                "area_px = ?, provenance = 'human', superseded_by = NULL, updated_at = ? "
+                "WHERE id = ?",
                 (pk, x0, y0, x1, y1, blob, area, _now(), int(instance_id)),
             )
             if cur.rowcount == 0:

@@ -345,8 +345,10 @@ def test_a_new_cache_is_marked_and_versioned(tmp_path: Path) -> None:
 
 
 def test_a_version_1_cache_is_upgraded_keeping_its_rows_and_decisions(tmp_path: Path) -> None:
-    """A cache written before schema 2: its newest rows stay current, and its decisions (kept
-    on computed rows in version 1) move to the edits rows and hide their look-alikes."""
+    """A cache written before schema 2: its newest rows stay current, and their decisions
+    (kept on computed rows in version 1) move to the edits rows and hide their look-alikes;
+    an older row keeps its own (shown again when it is chosen, where no newer one covers
+    them)."""
     from solardesk.core.cache import MIGRATIONS
     from solardesk.core.masks import encode_mask
 
@@ -379,9 +381,11 @@ def test_a_version_1_cache_is_upgraded_keeping_its_rows_and_decisions(tmp_path: 
     with MaskCache(path) as cache:
         assert cache.schema_version == SCHEMA_VERSION == 2
         shown = [(i.bbox[0], i.review) for i in cache.read_tile("fp", "t0")]
-        # P2 is current; its look-alike of P1's accepted instance is hidden behind it
-        assert shown == [(10, "accepted"), (60, "rejected"), (80, "pending")]
-        assert cache.stats()["by_review"] == {"pending": 1, "accepted": 1, "rejected": 1}
+        # what version 1 showed: P2's rows with their decisions (P1's stay with P1's row)
+        assert sorted(shown) == [(10, "pending"), (60, "rejected"), (80, "pending")]
+        assert cache.stats()["by_review"] == {"pending": 2, "accepted": 0, "rejected": 1}
+        (rejected,) = [i for i in cache.read_tile("fp", "t0") if i.review == "rejected"]
+        assert cache.get_instance(rejected.id)[0].stage_id == EDITS_STAGE_ID  # it moved
         assert cache.choose("fp", "spectral", 1, P1, ["t0"]) == 1
         shown = [(i.bbox[0], i.review) for i in cache.read_tile("fp", "t0")]
         assert shown == [(10, "accepted"), (40, "pending"), (60, "rejected")]
@@ -770,6 +774,61 @@ def test_undoing_a_decision_gives_the_stage_result_back(cache: MaskCache) -> Non
     cache.set_review(c.id, "pending")
     assert cache.get_instance(c.id)[0].stage_id == EDITS_STAGE_ID
     assert cache.integrity_ok()
+
+
+def test_a_person_s_instance_is_never_hidden(cache: MaskCache) -> None:
+    """An instance hidden behind a decision (a GUI may still hold its id) that a person then
+    decides or redraws shows, and stays shown when the other decision goes."""
+    cache.write_tile(key("t0", P1), TILE, [rect(0, 10), rect(1, 10)])
+    a, b = cache.read_tile("fp", "t0")
+    cache.set_review(a.id, "accepted")
+    assert [i.id for i in cache.read_tile("fp", "t0")] == [a.id]  # b is a's look-alike
+    cache.set_review(b.id, "rejected")
+    assert [(i.id, i.review) for i in cache.read_tile("fp", "t0")] == [
+        (a.id, "accepted"),
+        (b.id, "rejected"),
+    ]
+    assert cache.stats()["by_review"]["rejected"] == 1
+    cache.delete_instance(a.id)
+    cache.replace_mask(b.id, (30, 0, 40, 8), np.ones((8, 10), bool))
+    assert [(i.id, i.bbox[0]) for i in cache.read_tile("fp", "t0")] == [(b.id, 30)]
+
+
+def test_an_undone_decision_rejoins_a_row_made_without_it(cache: MaskCache) -> None:
+    """Self-training makes its row from the current computed row, which lacks what people
+    decided; undoing such a decision shows the candidate again, in that row."""
+    cache.write_tile(key("t0", P1), TILE, [rect(0, 10, 0.6), rect(20, 10, 0.95), rect(40, 10)])
+    a, b, _ = cache.read_tile("fp", "t0")
+    cache.set_review(a.id, "accepted")
+    cache.set_review(b.id, "rejected")
+    base = cache.read_tile("fp", "t0", include_edits=False)
+    cache.write_tile(key("t0", "relabel", stage="selftrain"), TILE, base)
+    cache.set_review(a.id, "pending")
+    cache.set_review(b.id, "pending")
+    got = cache.read_tile("fp", "t0")
+    assert sorted((i.bbox[0], i.review) for i in got) == [
+        (0, "pending"),
+        (20, "pending"),
+        (40, "pending"),
+    ]
+    assert {a.id, b.id} <= {i.id for i in got}
+    assert cache.stats()["instances"] == 3
+
+
+def test_rows_written_together_are_all_marked(cache: MaskCache) -> None:
+    cache.write_tile(key("t0", P1), TILE, [rect(0, 10)])
+    (a,) = cache.read_tile("fp", "t0")
+    cache.set_review(a.id, "rejected")
+    p3 = hash_params({"threshold": 0.55})
+    cache.write_tiles(
+        [
+            TileResult(key("t0", P2), TILE, [rect(0, 10)]),
+            TileResult(key("t0", p3), TILE, [rect(0, 10)]),
+        ]
+    )
+    for params in (P2, p3):
+        cache.choose("fp", "spectral", 1, params, ["t0"])
+        assert [i.id for i in cache.read_tile("fp", "t0")] == [a.id]
 
 
 def test_choosing_earlier_parameters_shows_their_rows_again(cache: MaskCache) -> None:

@@ -529,9 +529,9 @@ class ReviewDock(QWidget):
     def _after_review(self, layer: PseudoLabelLayer, iid: int, state: str, row: int) -> None:
         rec = layer.records.get(iid)
         layer.set_review(iid, state)
-        if state == "pending" and rec is not None:
-            # An undone decision gives the stage's result back, which may be another instance
-            # (ADR 0046): read the tile again.
+        if rec is not None:
+            # A decision hides the look-alikes it stands for; an undone one gives the stage's
+            # result back, which may be another instance (ADR 0046): read the tile again.
             layer.refresh(tile_ids=[rec.tile_id])
         self.status.setText(f"Instance {iid}: {state} (saved to the cache).")
         if layer is not self.layer:
@@ -694,6 +694,8 @@ class ReviewDock(QWidget):
         layer.remove_record(iid)
         for rec in records:
             layer.add_record(rec)
+        if records:  # the parts hide what they cover together (ADR 0046)
+            layer.refresh(tile_ids=[records[0].tile_id])
         self.status.setText(
             f"Instance {iid} split into {len(records)}: "
             + ", ".join(str(r.id) for r in records)
