@@ -234,6 +234,15 @@ def _check_gsd(ctx: click.Context, param: click.Parameter, value: float | None) 
     return value
 
 
+_gsd_option = click.option(
+    "--gsd",
+    type=float,
+    callback=_check_gsd,
+    help="Ground resolution in metres per pixel, for rasters without a CRS (it overrides a "
+    "raster's own).",
+)
+
+
 def _parse_bands(value: str | None) -> list[int] | None:
     """``--bands 3,2,1`` as a list of band numbers (None when not given)."""
     if not value:
@@ -296,13 +305,7 @@ _WORKERS = click.option(
     "--aoi", type=click.Path(path_type=Path), help="Only tiles touching this polygon file."
 )
 @click.option("--bands", help="1-based bands read as R,G,B, e.g. 4,3,2 (default 1,2,3).")
-@click.option(
-    "--gsd",
-    type=float,
-    callback=_check_gsd,
-    help="Ground resolution in metres per pixel, for rasters without a CRS (it overrides a "
-    "raster's own).",
-)
+@_gsd_option
 @click.option("--stage", "stage_id", default="spectral", show_default=True, help="Stage to run.")
 @click.option(
     "--set",
@@ -411,13 +414,7 @@ def precompute(
     "--aoi", type=click.Path(path_type=Path), help="Only tiles touching this polygon file."
 )
 @click.option("--bands", help="1-based bands read as R,G,B, e.g. 4,3,2 (default 1,2,3).")
-@click.option(
-    "--gsd",
-    type=float,
-    callback=_check_gsd,
-    help="Ground resolution in metres per pixel, for rasters without a CRS (it overrides a "
-    "raster's own).",
-)
+@_gsd_option
 @click.option("--orthogonal", is_flag=True, help="Square panel outlines into rectangles.")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
 @click.option(

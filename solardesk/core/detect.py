@@ -93,7 +93,7 @@ def detect(
     stage's recommendation (a model's own tile size and overlap) is used, else the defaults.
     """
     from solardesk.config import parse
-    from solardesk.core.pipeline import plan_raster, precompute, stage_params
+    from solardesk.core.pipeline import plan_rasters, precompute, stage_params
     from solardesk.core.vector import PANEL_FIELDS, VectorWriter
     from solardesk.plugin_api import get_plugin_manager, resolve
 
@@ -134,23 +134,18 @@ def detect(
 
     from solardesk.core.cache import MaskCache
 
-    plans = []
+    # The same raster twice (the pre-compute warned): its panels are written once.
+    plans = plan_rasters(
+        rasters,
+        stage=stage,
+        keyed_params=keyed,
+        tiling=tiling,
+        raster_settings=raster_settings,
+        aoi=aoi,
+        gsd=gsd,
+        warn=False,
+    )
     with MaskCache(cache_path, readonly=True) as cache:
-        for path in rasters:
-            plan = plan_raster(
-                path,
-                stage_id=stage_id,
-                stage_version=stage.version,
-                keyed_params=keyed,
-                tiling=tiling,
-                raster_settings=raster_settings,
-                aoi_path=aoi,
-                gsd=gsd,
-                max_gsd_m=stage.max_gsd_m,
-            )
-            # The same raster twice (the pre-compute warned): its panels are written once.
-            if all(p.info.fingerprint != plan.info.fingerprint for p in plans):
-                plans.append(plan)
         crs0 = plans[0].info.crs
         meta = {
             "model_name": model_name or stage_id,

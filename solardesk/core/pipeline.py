@@ -249,6 +249,48 @@ def plan_raster(
     return plan
 
 
+def plan_rasters(
+    rasters: Sequence[str | Path],
+    *,
+    stage: Any,
+    keyed_params: dict[str, Any],
+    tiling: TilingSettings,
+    raster_settings: RasterSettings,
+    aoi: str | Path | None,
+    gsd: float | None,
+    warn: bool = True,
+) -> list[RasterPlan]:
+    """:func:`plan_raster` for each raster of a run, each raster once: a second path with the
+    same fingerprint (the same file twice, or a copy) is skipped, with a warning if ``warn``."""
+    plans: list[RasterPlan] = []
+    seen: dict[str, Path] = {}
+    for path in rasters:
+        plan = plan_raster(
+            path,
+            stage_id=stage.id,
+            stage_version=stage.version,
+            keyed_params=keyed_params,
+            tiling=tiling,
+            raster_settings=raster_settings,
+            aoi_path=aoi,
+            gsd=gsd,
+            max_gsd_m=stage.max_gsd_m,
+        )
+        fp = plan.info.fingerprint
+        if fp in seen:
+            if warn:
+                warnings.warn(
+                    f"{path}: the same raster as {seen[fp]} (equal fingerprints); its tiles are "
+                    "computed once.",
+                    SolarDeskWarning,
+                    stacklevel=3,
+                )
+            continue
+        seen[fp] = plan.path
+        plans.append(plan)
+    return plans
+
+
 def precompute(
     rasters: Sequence[str | Path],
     cache_path: str | Path,
@@ -289,31 +331,15 @@ def precompute(
 
     # Every raster is planned (and bad input refused) before the cache is opened: a run that
     # fails there leaves no cache file behind.
-    plans: list[RasterPlan] = []
-    seen: dict[str, Path] = {}
-    for path in rasters:
-        plan = plan_raster(
-            path,
-            stage_id=stage_id,
-            stage_version=stage.version,
-            keyed_params=keyed,
-            tiling=tiling,
-            raster_settings=raster_settings,
-            aoi_path=aoi,
-            gsd=gsd,
-            max_gsd_m=stage.max_gsd_m,
-        )
-        fp = plan.info.fingerprint
-        if fp in seen:  # the same raster twice (or a copy): its tiles once
-            warnings.warn(
-                f"{path}: the same raster as {seen[fp]} (equal fingerprints); its tiles are "
-                "computed once.",
-                SolarDeskWarning,
-                stacklevel=2,
-            )
-            continue
-        seen[fp] = plan.path
-        plans.append(plan)
+    plans = plan_rasters(
+        rasters,
+        stage=stage,
+        keyed_params=keyed,
+        tiling=tiling,
+        raster_settings=raster_settings,
+        aoi=aoi,
+        gsd=gsd,
+    )
 
     with MaskCache(cache_path) as cache:
         for plan in plans:
