@@ -494,6 +494,15 @@ def _instance(row: Sequence[Any]) -> Instance:
     )
 
 
+def _is_covered(box: Sequence[int], mask: np.ndarray, others: Iterable[tuple]) -> bool:
+    """Whether the ``(box, mask)`` pairs ``others`` together cover SUPERSEDE_SHARE of the
+    mask cropped to ``box`` (all boxes in one tile's pixels)."""
+    covered = np.zeros_like(mask)
+    for obox, omask in others:
+        _paint(covered, box, obox, omask)
+    return np.count_nonzero(covered & mask) >= SUPERSEDE_SHARE * max(np.count_nonzero(mask), 1)
+
+
 def _paint(canvas: np.ndarray, box: Sequence[int], pbox: Sequence[int], pmask: np.ndarray) -> None:
     """OR the mask ``pmask`` cropped to ``pbox`` into ``canvas``, which covers ``box``."""
     x0, y0, x1, y1 = (
@@ -1145,16 +1154,12 @@ class MaskCache:
             if not meeting:
                 continue
             mask = decode_mask(blob, *_box_shape(box))
-            covered = np.zeros_like(mask)
             best, most = None, 0
             for pid, pbox, pmask in meeting:
                 overlap, _, _ = cropped_mask_overlap(box, mask, pbox, pmask)
                 if overlap > most:
                     best, most = pid, overlap
-                _paint(covered, box, pbox, pmask)
-            if best is not None and np.count_nonzero(covered & mask) >= SUPERSEDE_SHARE * max(
-                np.count_nonzero(mask), 1
-            ):
+            if best is not None and _is_covered(box, mask, [d[1:] for d in meeting]):
                 updates.append((best, cid))
         conn.executemany("UPDATE instances SET superseded_by = ? WHERE id = ?", updates)
 
@@ -1448,15 +1453,15 @@ class MaskCache:
             "SELECT x0, y0, x1, y1, mask FROM instances WHERE id = ?", (iid,)
         ).fetchone()
         box = (x0, y0, x1, y1)
-        mask = decode_mask(blob, *_box_shape(box))
-        covered = np.zeros_like(mask)
-        for *obox, oblob in conn.execute(
-            "SELECT x0, y0, x1, y1, mask FROM instances WHERE tile_pk = ? AND id != ?",
-            (tile_pk, iid),
-        ):
-            if _boxes_meet(box, obox):
-                _paint(covered, box, obox, decode_mask(oblob, *_box_shape(obox)))
-        return np.count_nonzero(covered & mask) >= SUPERSEDE_SHARE * max(np.count_nonzero(mask), 1)
+        others = [
+            (obox, decode_mask(oblob, *_box_shape(obox)))
+            for *obox, oblob in conn.execute(
+                "SELECT x0, y0, x1, y1, mask FROM instances WHERE tile_pk = ? AND id != ?",
+                (tile_pk, iid),
+            )
+            if _boxes_meet(box, obox)
+        ]
+        return _is_covered(box, decode_mask(blob, *_box_shape(box)), others)
 
     @staticmethod
     def _computed_pks(conn: sqlite3.Connection, raster_fp: str, tile_id: str) -> list[int]:
