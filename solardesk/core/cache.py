@@ -174,7 +174,8 @@ CREATE TABLE splits (
 # that a person's instance of its tile stands for (SUPERSEDE_SHARE) is marked ``superseded_by``
 # it and hidden from readers; a decided instance, moved to the edits row, keeps the row it came
 # from (``origin_tile``) so that undoing the decision can put it back. ``MaskCache._migrate``
-# then moves version 1's decisions into the edits rows and marks what they stand for.
+# then moves the decisions of version 1's current rows into the edits rows and marks what they
+# stand for.
 _V2 = """
 ALTER TABLE tiles ADD COLUMN chosen INTEGER;
 UPDATE tiles SET chosen = id;
