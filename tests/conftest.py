@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -49,3 +50,30 @@ def rgb_tif(tmp_path: Path) -> Path:
     data = rng.integers(40, 120, size=(3, 200, 300), dtype=np.uint8)
     data[:, 50:80, 100:160] = 230
     return write_raster(tmp_path / "rgb.tif", data)
+
+
+@pytest.fixture
+def read_only_mount(tmp_path: Path):
+    """A real read-only file system (a tmpfs remounted ro): needs root and mount rights.
+
+    Folder modes cannot show a read-only location to root (CI runs as root), a read-only
+    mount can. A non-root developer's run skips this; CI's never does.
+    """
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        pytest.skip("mounting needs root")
+    where = tmp_path / "mnt"
+    where.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(where)]
+    try:
+        done = subprocess.run(mount, capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        pytest.fail("no mount command; install util-linux")
+    assert done.returncode == 0, f"cannot mount a tmpfs as root: {done.stderr}"
+
+    def remount_ro() -> None:
+        subprocess.run(["mount", "-o", "remount,ro", str(where)], check=True)
+
+    try:
+        yield where, remount_ro
+    finally:
+        subprocess.run(["umount", str(where)], check=False)

@@ -269,6 +269,11 @@ class VectorWriter:
             raise VectorWriteError(
                 f"{self.path} is a folder; give a file name such as panels.gpkg."
             )
+        if not os.access(folder, os.W_OK):  # also a read-only file system, even for root
+            raise VectorWriteError(
+                f"{self.path}: the output folder {folder} is not writable; choose another "
+                "output path (--out)."
+            )
         if self.path.exists() and not self.overwrite:
             raise VectorWriteError(
                 f"{self.path} already exists; pass --overwrite (overwrite=True) to replace it, "

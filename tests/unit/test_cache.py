@@ -452,33 +452,6 @@ def test_read_only_and_missing_locations(tmp_path: Path) -> None:
         MaskCache(tmp_path)
 
 
-@pytest.fixture
-def read_only_mount(tmp_path: Path):
-    """A real read-only file system (a tmpfs remounted ro): needs root and mount rights.
-
-    Folder modes cannot show a read-only location to root (CI runs as root), a read-only
-    mount can. A non-root developer's run skips this; CI's never does.
-    """
-    if not hasattr(os, "geteuid") or os.geteuid() != 0:
-        pytest.skip("mounting needs root")
-    where = tmp_path / "mnt"
-    where.mkdir()
-    mount = ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(where)]
-    try:
-        done = subprocess.run(mount, capture_output=True, text=True, check=False)
-    except FileNotFoundError:
-        pytest.fail("no mount command; install util-linux")
-    assert done.returncode == 0, f"cannot mount a tmpfs as root: {done.stderr}"
-
-    def remount_ro() -> None:
-        subprocess.run(["mount", "-o", "remount,ro", str(where)], check=True)
-
-    try:
-        yield where, remount_ro
-    finally:
-        subprocess.run(["umount", str(where)], check=False)
-
-
 def test_a_read_only_file_system(read_only_mount) -> None:
     where, remount_ro = read_only_mount
     with MaskCache(where / "c.sqlite") as writer:

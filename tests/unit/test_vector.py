@@ -306,3 +306,13 @@ def test_read_geometries_errors_are_clear(tmp_path):
     (tmp_path / "noprj.prj").unlink()
     with pytest.raises(SolarDeskError, match=r"\.prj"):
         read_geometries(shp)
+
+
+def test_an_output_on_a_read_only_file_system_is_refused_before_any_work(read_only_mount) -> None:
+    from solardesk.core.vector import PANEL_FIELDS, VectorWriter
+    from solardesk.errors import VectorWriteError
+
+    where, remount_ro = read_only_mount
+    remount_ro()
+    with pytest.raises(VectorWriteError, match="is not writable; choose another output path"):
+        VectorWriter(where / "panels.gpkg", "EPSG:4326", schema_fields=PANEL_FIELDS)
