@@ -219,6 +219,14 @@ def plan_raster(
             ds, raster_settings.bands, (raster_settings.stretch_low, raster_settings.stretch_high)
         )
     ground = gsd if gsd is not None else info.ground_resolution_m
+    own = info.ground_resolution_m
+    if gsd is not None and own is not None and abs(gsd / own - 1) > 0.05:
+        warnings.warn(
+            f"{path}: --gsd {gsd:g} m overrides the raster's own ground resolution "
+            f"({own:.3g} m per pixel); leave --gsd out to use the raster's.",
+            SolarDeskWarning,
+            stacklevel=2,
+        )
     if ground is None:
         raise NotGeoreferencedError(
             f"{path}: has no CRS, so its ground resolution is unknown; pass it with "

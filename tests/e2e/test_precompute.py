@@ -334,3 +334,13 @@ def test_two_in_process_jobs_on_two_threads_keep_their_own_readers(
         MaskCache(tmp_path / "b.sqlite", readonly=True) as b,
     ):
         assert a.stats()["instances"] == b.stats()["instances"] > 0
+
+
+def test_a_gsd_unlike_the_raster_s_own_is_warned(tmp_path: Path, scene_tif: Path) -> None:
+    with pytest.warns(UserWarning, match=r"--gsd 0.5 m overrides the raster's own"):
+        run_job([scene_tif], tmp_path / "g.sqlite", gsd=0.5)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        run_job([scene_tif], tmp_path / "h.sqlite", gsd=0.15)  # its own: no warning
