@@ -93,7 +93,7 @@ def detect(
     stage's recommendation (a model's own tile size and overlap) is used, else the defaults.
     """
     from solardesk.config import parse
-    from solardesk.core.pipeline import plan_rasters, precompute, stage_params
+    from solardesk.core.pipeline import precompute
     from solardesk.core.vector import PANEL_FIELDS, VectorWriter
     from solardesk.plugin_api import get_plugin_manager, resolve
 
@@ -102,7 +102,6 @@ def detect(
     pm = plugin_manager or get_plugin_manager()
     stage = pm.get("solardesk_precompute_stages", stage_id)
     settings_model = parse(resolve(stage.settings), settings or {}, f"{stage_id} settings")
-    _, keyed = stage_params(settings_model)
     thr = threshold if threshold is not None else getattr(settings_model, "threshold", 0.5)
     tiling = tiling or recommended_tiling(stage, settings_model) or TilingSettings()
     raster_settings = raster_settings or RasterSettings()
@@ -134,17 +133,7 @@ def detect(
 
     from solardesk.core.cache import MaskCache
 
-    # The same raster twice (the pre-compute warned): its panels are written once.
-    plans = plan_rasters(
-        rasters,
-        stage=stage,
-        keyed_params=keyed,
-        tiling=tiling,
-        raster_settings=raster_settings,
-        aoi=aoi,
-        gsd=gsd,
-        warn=False,
-    )
+    plans = pre.plans  # the pre-compute's (each raster once): no raster is opened twice
     with MaskCache(cache_path, readonly=True) as cache:
         crs0 = plans[0].info.crs
         meta = {

@@ -86,6 +86,8 @@ class PrecomputeSummary:
     skipped: int
     instances: int
     seconds: float
+    #: The run's plans, one per distinct raster (``detect`` vectorises with them).
+    plans: tuple[RasterPlan, ...] = field(default=(), repr=False, compare=False)
 
     @property
     def tiles_per_second(self) -> float:
@@ -195,16 +197,15 @@ def plan_raster(
     path: str | Path,
     *,
     stage_id: str,
-    stage_version: int | str,
     keyed_params: dict[str, Any],
     tiling: TilingSettings,
     raster_settings: RasterSettings,
     aoi_path: str | Path | None = None,
     gsd: float | None = None,
-    cache=None,
     max_gsd_m: float = 0.0,
 ) -> RasterPlan:
-    """Describe, tile and key one raster; with ``cache``, list the tiles still to compute.
+    """Describe, tile and key one raster (:meth:`RasterPlan.mark_done` then lists the tiles
+    still to compute).
 
     ``max_gsd_m``: the stage's coarsest ground resolution (0: none); a coarser raster raises
     :class:`ResolutionError` before anything is computed."""
@@ -251,10 +252,7 @@ def plan_raster(
     )
     # The stretch and the ground resolution change the input of every stage: part of the key.
     phash = hash_params({"params": keyed_params, "norm": norm.key(), "gsd": round(ground, 6)})
-    plan = RasterPlan(Path(path), info, grid, norm, float(ground), phash, list(grid))
-    if cache is not None:
-        plan.mark_done(cache, stage_id, stage_version)
-    return plan
+    return RasterPlan(Path(path), info, grid, norm, float(ground), phash, list(grid))
 
 
 def plan_rasters(
@@ -266,17 +264,15 @@ def plan_rasters(
     raster_settings: RasterSettings,
     aoi: str | Path | None,
     gsd: float | None,
-    warn: bool = True,
 ) -> list[RasterPlan]:
     """:func:`plan_raster` for each raster of a run, each raster once: a second path with the
-    same fingerprint (the same file twice, or a copy) is skipped, with a warning if ``warn``."""
+    same fingerprint (the same file twice, or a copy) is skipped, with a warning."""
     plans: list[RasterPlan] = []
     seen: dict[str, Path] = {}
     for path in rasters:
         plan = plan_raster(
             path,
             stage_id=stage.id,
-            stage_version=stage.version,
             keyed_params=keyed_params,
             tiling=tiling,
             raster_settings=raster_settings,
@@ -286,13 +282,12 @@ def plan_rasters(
         )
         fp = plan.info.fingerprint
         if fp in seen:
-            if warn:
-                warnings.warn(
-                    f"{path}: the same raster as {seen[fp]} (equal fingerprints); its tiles are "
-                    "computed once.",
-                    SolarDeskWarning,
-                    stacklevel=3,
-                )
+            warnings.warn(
+                f"{path}: the same raster as {seen[fp]} (equal fingerprints); its tiles are "
+                "computed once.",
+                SolarDeskWarning,
+                stacklevel=3,
+            )
             continue
         seen[fp] = plan.path
         plans.append(plan)
@@ -434,4 +429,6 @@ def precompute(
         finally:
             stream.close()
             flush()
-    return PrecomputeSummary(len(plans), total, done - skipped, skipped, n_instances, clock())
+    return PrecomputeSummary(
+        len(plans), total, done - skipped, skipped, n_instances, clock(), tuple(plans)
+    )

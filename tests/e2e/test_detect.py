@@ -205,3 +205,12 @@ def test_rejected_instances_are_not_written_accepted_ones_are(tmp_path: Path) ->
         c.set_review(low.id, "accepted")
     res = cli("detect", str(raster), *args, "--overwrite")
     assert int(res.stdout.split()[0]) == n
+
+
+def test_detect_plans_each_raster_once(tmp_path: Path) -> None:
+    """detect vectorises with the pre-compute's plans: a raster is opened and planned once,
+    so a warning about it is printed once."""
+    out = tmp_path / "g.gpkg"
+    res = cli("detect", str(SAMPLE), "--spectral", "--out", str(out), "--gsd", "0.5", "--quiet")
+    assert res.returncode == 0, res.stderr
+    assert res.stderr.count("overrides the raster's own ground resolution") == 1, res.stderr
