@@ -38,7 +38,9 @@ An instance a person accepts, rejects or redraws moves to its tile's edits row, 
 the edits row's instances hide (``superseded_by``) the instances of the tile's computed rows
 that they stand for — together they cover at least :data:`SUPERSEDE_SHARE` of the computed
 mask — also those of rows written later: a decision outlives any recompute, and a recomputed
-look-alike never shows beside it.
+look-alike never shows beside it. Tiles overlap, so an object near a seam is a candidate of each
+tile that holds it: a decision on one of those *copies* (:data:`COPY_IOU`) is given to the
+others, also to those computed later (ADR 0047).
 
 Masks are stored cropped to their bounding box with :func:`solardesk.core.masks.encode_mask`
 (bit-packed + zlib); nothing is ever pickled.
@@ -214,6 +216,11 @@ _INSERT_INSTANCE = (
 #: (``superseded_by``), in every row. Any match at IoU >= 0.5 covers that much; a large
 #: candidate merely holding a small decided one does not.
 SUPERSEDE_SHARE = 0.5
+#: Tiles overlap, so an object near a tile's edge is a candidate of each tile that holds it:
+#: two computed instances of overlapping tiles of one raster are *copies* of one object when
+#: their masks, each cut to the pixels both tiles hold, match at IoU >= COPY_IOU. A decision
+#: (accept, reject, undo) is about the object: its copies get it too (ADR 0047).
+COPY_IOU = 0.5
 _NEXT_CHOSEN = "(SELECT coalesce(max(chosen), 0) + 1 FROM tiles)"
 _RECOUNT = (
     "UPDATE tiles SET "
@@ -516,6 +523,37 @@ def _paint(canvas: np.ndarray, box: Sequence[int], pbox: Sequence[int], pmask: n
         canvas[y0 - box[1] : y1 - box[1], x0 - box[0] : x1 - box[0]] |= pmask[
             y0 - pbox[1] : y1 - pbox[1], x0 - pbox[0] : x1 - pbox[0]
         ]
+
+
+def _crop(box: Sequence[int], mask: np.ndarray, region: Sequence[int]):
+    """``(box, mask)`` cut to ``region`` (all ``(x0, y0, x1, y1)`` in one image's pixels)."""
+    x0, y0, x1, y1 = _intersection(box, region)
+    if x1 <= x0 or y1 <= y0:
+        return (x0, y0, x0, y0), mask[:0, :0]
+    return (x0, y0, x1, y1), mask[y0 - box[1] : y1 - box[1], x0 - box[0] : x1 - box[0]]
+
+
+def _intersection(a: Sequence[int], b: Sequence[int]) -> tuple[int, int, int, int]:
+    return (max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3]))
+
+
+def _window_box(w: Sequence[int]) -> tuple[int, int, int, int]:
+    """A ``(col_off, row_off, width, height)`` window as an ``(x0, y0, x1, y1)`` box."""
+    return (w[0], w[1], w[0] + w[2], w[1] + w[3])
+
+
+def _shifted(box: Sequence[int], dx: int, dy: int) -> tuple[int, int, int, int]:
+    return (box[0] + dx, box[1] + dy, box[2] + dx, box[3] + dy)
+
+
+def _are_copies(
+    a: tuple[Sequence[int], np.ndarray], b: tuple[Sequence[int], np.ndarray], region: Sequence[int]
+) -> bool:
+    """Whether two masks (boxes in raster pixels) cut to ``region`` match at IoU >= COPY_IOU."""
+    abox, amask = _crop(*a, region)
+    bbox, bmask = _crop(*b, region)
+    overlap, area_a, area_b = cropped_mask_overlap(abox, amask, bbox, bmask)
+    return overlap > 0 and overlap >= COPY_IOU * (area_a + area_b - overlap)
 
 
 def _box_shape(box: Sequence[int]) -> tuple[int, int]:
@@ -1113,6 +1151,67 @@ class MaskCache:
             ).fetchall()
             for tid, edits_pk in edited:
                 self._supersede(conn, edits_pk, by_tile[(fp, tid)])
+        self._inherit_decisions(conn, by_tile)
+
+    def _inherit_decisions(
+        self, conn: sqlite3.Connection, by_tile: Mapping[tuple[str, str], list[int]]
+    ) -> None:
+        """The shown instances of freshly written computed rows that are copies of an instance
+        decided on an overlapping tile (:data:`COPY_IOU`) take that decision (ADR 0047)."""
+        rasters = {fp for fp, _ in by_tile}
+        for fp in rasters:
+            edits = conn.execute(
+                "SELECT id, tile_id, col_off, row_off, width, height FROM tiles "
+                "WHERE raster_fp = ? AND stage_id = ? AND n_instances > 0",
+                (fp, EDITS_STAGE_ID),
+            ).fetchall()
+            if not edits:
+                continue
+            for (tfp, tid), pks in by_tile.items():
+                if tfp != fp:
+                    continue
+                for pk in pks:
+                    self._inherit_into(conn, fp, tid, pk, edits)
+
+    def _inherit_into(
+        self, conn: sqlite3.Connection, fp: str, tid: str, pk: int, edits: Sequence[tuple]
+    ) -> None:
+        window = _window_box(
+            conn.execute(
+                "SELECT col_off, row_off, width, height FROM tiles WHERE id = ?", (pk,)
+            ).fetchone()
+        )
+        decided = []
+        for epk, etid, *ewin in edits:
+            ebox = _window_box(ewin)
+            if etid == tid or not _boxes_meet(window, ebox):
+                continue
+            region = _intersection(window, ebox)
+            for review, *obox, blob in conn.execute(
+                "SELECT review, x0, y0, x1, y1, mask FROM instances WHERE tile_pk = ? "
+                "AND review != 'pending' AND provenance != 'human'",
+                (epk,),
+            ):
+                gbox = _shifted(obox, ebox[0], ebox[1])
+                if _boxes_meet(gbox, region):
+                    decided.append((review, (gbox, decode_mask(blob, *_box_shape(obox))), region))
+        if not decided:
+            return
+        for iid, *box, blob in conn.execute(
+            "SELECT id, x0, y0, x1, y1, mask FROM instances WHERE tile_pk = ? "
+            "AND superseded_by IS NULL",
+            (pk,),
+        ).fetchall():
+            gbox = _shifted(box, window[0], window[1])
+            mine = (gbox, decode_mask(blob, *_box_shape(box)))
+            for review, theirs, region in decided:
+                if _boxes_meet(gbox, theirs[0]) and _are_copies(mine, theirs, region):
+                    hidden = conn.execute(  # by a copy decided a moment ago
+                        "SELECT superseded_by FROM instances WHERE id = ?", (iid,)
+                    ).fetchone()[0]
+                    if hidden is None:
+                        self._decide(conn, iid, review)
+                    break
 
     @staticmethod
     def _supersede(
@@ -1381,45 +1480,112 @@ class MaskCache:
             return _tile_info(row[:_N_TILE_COLS]), _instance(row[_N_TILE_COLS:])
 
     # ----------------------------------------------------------------------------- review
-    def set_review(self, instance_id: int, state: str) -> None:
+    def set_review(self, instance_id: int, state: str) -> list[int]:
         """Set an instance's review state: ``"pending"``, ``"accepted"`` or ``"rejected"``.
 
         Accepting or rejecting a computed instance moves it (same id) to its tile's edits row,
         where no recompute replaces it, and hides the tile's computed look-alikes of it
         (module docstring, ADR 0046). Setting such an instance back to pending undoes that
-        (:meth:`_undo_decision`; a redrawn one stays a person's)."""
+        (:meth:`_undo_decision`; a redrawn one stays a person's).
+
+        A decision is about the object, and an object near a tile's edge is a candidate of
+        every tile that holds it: its computed copies in the overlapping tiles (:data:`COPY_IOU`,
+        ADR 0047) get the same state, in the same transaction, and so do copies computed
+        later. Returns the ids set: this instance first, then its copies.
+        """
         _check_in(state, REVIEW_STATES, "review state")
         iid = int(instance_id)
         with self._transaction(f"review instance {instance_id}") as conn:
-            row = conn.execute(
-                "SELECT i.tile_pk, t.raster_fp, t.tile_id, t.stage_id, i.origin_tile, "
-                "i.provenance FROM instances i JOIN tiles t ON t.id = i.tile_pk WHERE i.id = ?",
-                (iid,),
-            ).fetchone()
-            if row is None:
+            if conn.execute("SELECT 1 FROM instances WHERE id = ?", (iid,)).fetchone() is None:
                 raise KeyError(f"no instance {instance_id} in cache {self.path}")
-            conn.execute(
-                "UPDATE instances SET review = ?, updated_at = ? WHERE id = ?", (state, _now(), iid)
-            )
-            tile_pk, fp, tid, stage, origin, provenance = row
-            if stage != EDITS_STAGE_ID and state != "pending":
-                # A decision is a person's: it moves to the edits row, which no recompute
-                # replaces, and stands for the tile's computed look-alikes in every row.
-                pk, _ = self._ensure_edits_row(conn, fp, tid, None)
-                conn.execute(
-                    "UPDATE instances SET tile_pk = ?, origin_tile = ?, superseded_by = NULL "
-                    "WHERE id = ?",
-                    (pk, tile_pk, iid),
-                )
-                conn.execute(_RECOUNT, (pk,))
-                conn.execute(_RECOUNT, (tile_pk,))
-            elif stage == EDITS_STAGE_ID and state == "pending" and origin is not None:
-                if provenance == "human":  # redrawn since: a person's outline stays
-                    return
-                self._undo_decision(conn, iid, tile_pk, origin, fp, tid)
-            else:
+            copies = self._copies(conn, iid)
+            for one in (iid, *copies):
+                self._decide(conn, one, state)
+        return [iid, *copies]
+
+    def _decide(self, conn: sqlite3.Connection, iid: int, state: str) -> None:
+        """Set one instance's review state and move it to or from its tile's edits row."""
+        tile_pk, fp, tid, stage, origin, provenance = conn.execute(
+            "SELECT i.tile_pk, t.raster_fp, t.tile_id, t.stage_id, i.origin_tile, "
+            "i.provenance FROM instances i JOIN tiles t ON t.id = i.tile_pk WHERE i.id = ?",
+            (iid,),
+        ).fetchone()
+        conn.execute(
+            "UPDATE instances SET review = ?, updated_at = ? WHERE id = ?", (state, _now(), iid)
+        )
+        if stage != EDITS_STAGE_ID and state != "pending":
+            # A decision is a person's: it moves to the edits row, which no recompute
+            # replaces, and stands for the tile's computed look-alikes in every row.
+            self._move_to_edits(conn, iid, tile_pk, fp, tid)
+        elif stage == EDITS_STAGE_ID and state == "pending" and origin is not None:
+            if provenance == "human":  # redrawn since: a person's outline stays
                 return
-            self._resupersede_tile(conn, fp, tid)
+            self._undo_decision(conn, iid, tile_pk, origin, fp, tid)
+        else:
+            return
+        self._resupersede_tile(conn, fp, tid)
+
+    def _move_to_edits(
+        self, conn: sqlite3.Connection, iid: int, tile_pk: int, fp: str, tid: str
+    ) -> None:
+        pk, _ = self._ensure_edits_row(conn, fp, tid, None)
+        conn.execute(
+            "UPDATE instances SET tile_pk = ?, origin_tile = ?, superseded_by = NULL WHERE id = ?",
+            (pk, tile_pk, iid),
+        )
+        conn.execute(_RECOUNT, (pk,))
+        conn.execute(_RECOUNT, (tile_pk,))
+
+    @staticmethod
+    def _shown_rows_near(
+        conn: sqlite3.Connection, raster_fp: str, tile_id: str, box: Sequence[int]
+    ) -> list[tuple[int, str, TileWindow]]:
+        """``(row pk, tile id, window)`` of the rows readers see (each tile's computed row
+        chosen last, and its edits row) of the raster's *other* tiles whose windows meet
+        ``box`` (raster pixels)."""
+        rows = conn.execute(
+            "SELECT id, tile_id, stage_id, chosen, col_off, row_off, width, height FROM tiles "
+            "WHERE raster_fp = ? AND tile_id != ? AND col_off < ? AND col_off + width > ? "
+            "AND row_off < ? AND row_off + height > ?",
+            (raster_fp, tile_id, box[2], box[0], box[3], box[1]),
+        ).fetchall()
+        edits, newest = [], {}
+        for pk, tid, stage, chosen, *win in rows:
+            if stage == EDITS_STAGE_ID:
+                edits.append((pk, tid, TileWindow(*win)))
+            elif tid not in newest or (chosen or 0) > newest[tid][0]:
+                newest[tid] = (chosen or 0, pk, TileWindow(*win))
+        return [(pk, tid, w) for tid, (_, pk, w) in newest.items()] + edits
+
+    def _copies(self, conn: sqlite3.Connection, iid: int) -> list[int]:
+        """The ids of the computed instances of overlapping tiles that are copies of ``iid``
+        (see :data:`COPY_IOU`): shown (not hidden), not drawn by a person, in the rows readers
+        see. None for a person's own instance."""
+        fp, tid, col, row, width, height, provenance, *box, blob = conn.execute(
+            "SELECT t.raster_fp, t.tile_id, t.col_off, t.row_off, t.width, t.height, "
+            "i.provenance, i.x0, i.y0, i.x1, i.y1, i.mask FROM instances i "
+            "JOIN tiles t ON t.id = i.tile_pk WHERE i.id = ?",
+            (iid,),
+        ).fetchone()
+        if provenance == "human":
+            return []
+        mine = (_shifted(box, col, row), decode_mask(blob, *_box_shape(box)))
+        own_window = _window_box((col, row, width, height))
+        found = []
+        for pk, _, w in self._shown_rows_near(conn, fp, tid, mine[0]):
+            region = _intersection(own_window, _window_box(w))
+            for oid, *obox, oblob in conn.execute(
+                "SELECT id, x0, y0, x1, y1, mask FROM instances WHERE tile_pk = ? "
+                "AND superseded_by IS NULL AND provenance != 'human'",
+                (pk,),
+            ):
+                gbox = _shifted(obox, w.col_off, w.row_off)
+                if not _boxes_meet(gbox, mine[0]):
+                    continue
+                theirs = (gbox, decode_mask(oblob, *_box_shape(obox)))
+                if _are_copies(mine, theirs, region):
+                    found.append(int(oid))
+        return found
 
     def _undo_decision(
         self, conn: sqlite3.Connection, iid: int, edits_pk: int, origin: int, fp: str, tid: str

@@ -517,13 +517,15 @@ def rasterise_drawn(
 # Review edits (each opens its own writing connection on the edits thread)
 # --------------------------------------------------------------------------------------------
 def set_review(cache_path: str | Path, instance_ids: Sequence[int], state: str) -> list[int]:
-    """Set the review state of instances; returns the ids changed."""
+    """Set the review state of instances; returns the ids set: those given, then the copies of
+    their objects in overlapping tiles that got the same state (ADR 0047)."""
     from solardesk.core.cache import MaskCache
 
+    done: list[int] = []
     with MaskCache(cache_path) as cache:
         for iid in instance_ids:
-            cache.set_review(int(iid), state)
-    return list(instance_ids)
+            done += [i for i in cache.set_review(int(iid), state) if i not in done]
+    return done
 
 
 def delete_instances(cache_path: str | Path, instance_ids: Sequence[int]) -> list[int]:

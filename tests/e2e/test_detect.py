@@ -207,6 +207,51 @@ def test_rejected_instances_are_not_written_accepted_ones_are(tmp_path: Path) ->
     assert int(res.stdout.split()[0]) == n
 
 
+def test_a_rejected_object_on_a_seam_leaves_no_piece(tmp_path: Path) -> None:
+    """The sample's tiles overlap: an object near a seam is a candidate of several tiles, and
+    detect writes each tile's part inside its core. Rejecting the object once (in any tile)
+    leaves no piece of it in the output (ADR 0047); before, the other tiles' copies kept
+    theirs."""
+    from solardesk.core.geometry import instance_polygon
+    from solardesk.core.vector import read_geometries
+
+    cache = tmp_path / "c.sqlite"
+    out = tmp_path / "a.gpkg"
+    args = ("--spectral", "--cache", str(cache), "--out", str(out), "--quiet", "--threshold", "0.3")
+    res = cli("detect", str(SAMPLE), *args)
+    assert res.returncode == 0, res.stderr
+    with MaskCache(cache) as c:
+        info = c.get_raster(next(t.raster_fp for t in c.iter_tiles()))
+        transform = Affine(*info.transform[:6])
+        # the largest candidate whose object other tiles hold too
+        chosen, copies = None, []
+        for tile, inst in sorted(
+            c.iter_instances(min_confidence=0.3), key=lambda ti: -ti[1].area_px
+        ):
+            copies = c.set_review(inst.id, "rejected")[1:]
+            if copies:
+                chosen = (tile, inst)
+                break
+            c.set_review(inst.id, "pending")
+        assert chosen is not None, "the sample has no candidate on a seam"
+        tile, inst = chosen
+        x0, y0 = inst.bbox[:2]
+        footprint = instance_polygon(
+            inst.mask,
+            transform * Affine.translation(tile.window.col_off + x0, tile.window.row_off + y0),
+        )
+        assert {c.get_instance(i)[1].review for i in copies} == {"rejected"}
+    before = read_geometries(out)[0]
+    assert sum(g.intersection(footprint).area for g in before) > 0.5 * footprint.area
+    res = cli("detect", str(SAMPLE), *args, "--overwrite")
+    assert res.returncode == 0, res.stderr
+    after = read_geometries(out)[0]
+    # (before the copies shared the decision, a sliver of 2 % of it stayed, as one polygon)
+    overlap = sum(g.intersection(footprint).area for g in after)
+    assert overlap < 0.001 * footprint.area, (overlap, footprint.area)
+    assert len(after) == len(before) - 1
+
+
 def test_detect_plans_each_raster_once(tmp_path: Path) -> None:
     """detect vectorises with the pre-compute's plans: a raster is opened and planned once,
     so a warning about it is printed once."""

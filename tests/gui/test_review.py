@@ -94,6 +94,36 @@ def test_accept_reject_by_key_and_button_go_to_the_cache(qtbot, window, scene_ti
     assert len(dock.model.ids) == 5
 
 
+def test_a_decision_reaches_the_copy_in_the_overlapping_tile(qtbot, window, scene_tif, cache):
+    """The tile beside the first overlaps it and holds the most uncertain rectangle again:
+    accepting it once accepts both copies, in the cache, on the map and in the queue."""
+    path, ids = cache
+    with MaskCache(path) as c:
+        (fp,) = {t.raster_fp for t in c.iter_tiles()}
+        # raster columns 228-258 (tile 1: 100-130); the second tile starts at column 192
+        copy = Instance(bbox=(36, 100, 66, 120), mask=np.ones((20, 30), bool), confidence=0.62)
+        c.write_tile(
+            TileKey(fp, "c192_r128_256x256", "fake", "1", "p"), (192, 128, 256, 256), [copy]
+        )
+        (copy_id,) = [i.id for i in c.read_tile(fp, "c192_r128_256x256")]
+    window.open_path(scene_tif)
+    wait_raster(qtbot, window)
+    (layer,) = window.open_cache(path)
+    layer.set_threshold(0.6)
+    until(lambda: len(layer.records) == 6, timeout=10000)
+    window.show_dock("review")
+    dock = window.review
+    until(lambda: len(dock.model.ids) == 6, timeout=5000)
+    assert dock.current_id == ids[2]
+    dock.accept_btn.click()
+    until(lambda: _review(path, copy_id).review == "accepted", timeout=5000)
+    assert _review(path, ids[2]).review == "accepted"
+    until(lambda: layer.records[copy_id].review == "accepted", timeout=5000)
+    until(lambda: len(dock.model.ids) == 4, timeout=5000)
+    assert copy_id not in dock.model.ids and ids[2] not in dock.model.ids
+    assert "copy in overlapping tiles" in dock.status.text()
+
+
 def test_click_on_the_map_selects_and_delete_removes(qtbot, window, scene_tif, cache):
     path, ids = cache
     layer, dock = _open(qtbot, window, scene_tif, path)

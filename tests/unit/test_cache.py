@@ -804,6 +804,79 @@ def test_rows_written_together_are_all_marked(cache: MaskCache) -> None:
         assert [i.id for i in cache.read_tile("fp", "t0")] == [a.id]
 
 
+# Two tiles of one raster overlapping on raster columns 48-63 (as a 16 px tiling overlap).
+LEFT, RIGHT = (0, 0, 64, 48), (48, 0, 64, 48)
+
+
+def at(x0: int, w: int, conf: float = 0.9, y0: int = 0, h: int = 8) -> Instance:
+    return Instance(bbox=(x0, y0, x0 + w, y0 + h), mask=np.ones((h, w), bool), confidence=conf)
+
+
+def reviews(cache: MaskCache, tile: str) -> list[tuple[int, str]]:
+    return sorted((i.bbox[0], i.review) for i in cache.read_tile("fp", tile))
+
+
+def test_a_decision_reaches_the_copies_of_the_object_in_overlapping_tiles(
+    cache: MaskCache, tmp_path: Path
+) -> None:
+    """An object in the overlap is a candidate of both tiles: rejecting it in one rejects it in
+    the other (else detect keeps the other's half and training its pseudo-label), undoing
+    gives both back, and one cut by a tile's edge is still the same object."""
+    cache.write_tile(key("left"), LEFT, [at(50, 10), at(56, 8, y0=20), at(0, 10, 0.95)])
+    # right: the first object again (raster 50-60), the second whole (raster 56-72, the left
+    # tile sees only its part up to 64), and one of its own
+    cache.write_tile(key("right"), RIGHT, [at(2, 10), at(8, 16, y0=20), at(30, 10)])
+    first, cut, own = cache.read_tile("fp", "left")
+    r_first, r_whole, r_own = cache.read_tile("fp", "right")
+    assert cache.set_review(first.id, "rejected") == [first.id, r_first.id]
+    assert reviews(cache, "right") == [(2, "rejected"), (8, "pending"), (30, "pending")]
+    counts = cache.export_coco(tmp_path / "coco.json", threshold=0.85)
+    assert counts["annotations"] == 4  # six, less both copies of the rejected object
+    assert cache.set_review(r_whole.id, "accepted") == [r_whole.id, cut.id]
+    assert reviews(cache, "left") == [(0, "pending"), (50, "rejected"), (56, "accepted")]
+    assert cache.set_review(first.id, "pending") == [first.id, r_first.id]
+    assert reviews(cache, "right") == [(2, "pending"), (8, "accepted"), (30, "pending")]
+    # an object of one tile only has no copy
+    assert cache.set_review(own.id, "rejected") == [own.id]
+    assert cache.set_review(r_own.id, "accepted") == [r_own.id]
+    assert cache.integrity_ok()
+
+
+def test_what_is_not_the_same_object_keeps_its_own_state(cache: MaskCache) -> None:
+    """A small object in the overlap is no copy of a large candidate holding it there, nor of
+    an object of the other tile beside it; a person's drawn instance is nobody's copy."""
+    cache.write_tile(key("left"), LEFT, [at(50, 6), at(50, 4, y0=30, h=4)])
+    cache.write_tile(key("right"), RIGHT, [at(0, 40, 0.6, h=16), at(10, 6, y0=30, h=4)])
+    small, beside = cache.read_tile("fp", "left")
+    assert cache.set_review(small.id, "accepted") == [small.id]
+    assert cache.set_review(beside.id, "rejected") == [beside.id]
+    assert [i.review for i in cache.read_tile("fp", "right")] == ["pending", "pending"]
+    drawn = cache.add_instance("fp", "right", at(2, 10, 1.0, y0=40, h=4))
+    cache.write_tile(key("left", P2), LEFT, [at(50, 10, y0=40, h=4)])
+    assert cache.set_review(drawn, "rejected") == [drawn]
+    assert [i.review for i in cache.read_tile("fp", "left") if i.bbox[1] == 40] == ["pending"]
+
+
+def test_copies_computed_after_the_decision_take_it(cache: MaskCache) -> None:
+    """A tile computed (or recomputed with other parameters) after a person decided on an
+    object of the tile beside it shows that decision on its copy of the object."""
+    cache.write_tile(key("left"), LEFT, [at(50, 10), at(52, 10, y0=20)])
+    rejected, accepted = cache.read_tile("fp", "left")
+    cache.set_review(rejected.id, "rejected")
+    cache.set_review(accepted.id, "accepted")
+    cache.write_tile(key("right"), RIGHT, [at(2, 10), at(4, 10, y0=20), at(30, 10)])
+    assert reviews(cache, "right") == [(2, "rejected"), (4, "accepted"), (30, "pending")]
+    cache.write_tile(key("right", P2), RIGHT, [at(2, 11, 0.97), at(30, 10)])
+    assert reviews(cache, "right") == [(2, "rejected"), (4, "accepted"), (30, "pending")]
+    st = cache.stats()
+    assert st["by_review"] == {"pending": 1, "accepted": 2, "rejected": 2}
+    # undoing on either side gives both copies back to the stage
+    (r_copy,) = [i for i in cache.read_tile("fp", "right") if i.review == "rejected"]
+    assert set(cache.set_review(r_copy.id, "pending")) == {r_copy.id, rejected.id}
+    assert [r for _, r in reviews(cache, "left")] == ["pending", "accepted"]
+    assert cache.integrity_ok()
+
+
 def test_choosing_earlier_parameters_shows_their_rows_again(cache: MaskCache) -> None:
     cache.write_tile(key("t0", P1), TILE, [inst(x0=0), inst(x0=20)])
     cache.write_tile(key("t1", P1), TILE, [inst(x0=0)])

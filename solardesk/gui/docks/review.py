@@ -521,19 +521,38 @@ class ReviewDock(QWidget):
             f"Review instance {iid}",
         )
         job.finished.connect(
-            lambda _ids, layer=layer, iid=iid, state=state, row=row: self._after_review(
-                layer, iid, state, row
+            lambda ids, layer=layer, iid=iid, state=state, row=row: self._after_review(
+                layer, iid, state, row, ids
             )
         )
 
-    def _after_review(self, layer: PseudoLabelLayer, iid: int, state: str, row: int) -> None:
-        rec = layer.records.get(iid)
-        layer.set_review(iid, state)
-        if rec is not None:
+    def _after_review(
+        self,
+        layer: PseudoLabelLayer,
+        iid: int,
+        state: str,
+        row: int,
+        ids: list[int] | None = None,
+    ) -> None:
+        # ids: this instance and the copies of its object in overlapping tiles (ADR 0047).
+        ids = list(ids) if ids else [iid]
+        tiles = []
+        for one in ids:
+            rec = layer.records.get(one)
+            layer.set_review(one, state)
+            if rec is not None and rec.tile_id not in tiles:
+                tiles.append(rec.tile_id)
+        if tiles:
             # A decision hides the look-alikes it stands for; an undone one gives the stage's
-            # result back, which may be another instance (ADR 0046): read the tile again.
-            layer.refresh(tile_ids=[rec.tile_id])
-        self.status.setText(f"Instance {iid}: {state} (saved to the cache).")
+            # result back, which may be another instance (ADR 0046): read the tiles again.
+            layer.refresh(tile_ids=tiles)
+        copies = len(ids) - 1
+        also = (
+            f", and its {copies} cop{'y' if copies == 1 else 'ies'} in overlapping tiles"
+            if copies
+            else ""
+        )
+        self.status.setText(f"Instance {iid}{also}: {state} (saved to the cache).")
         if layer is not self.layer:
             return
         self.model.reload()
