@@ -1351,22 +1351,8 @@ class MaskCache:
         parameter hash (any stage when none is given) plus, with ``include_edits``, the
         instances people added or redrew on that tile.
         """
-        filters, params = "", [raster_fp, tile_id]
-        for col, val in (
-            ("stage_id", stage_id),
-            ("stage_version", stage_version),
-            ("params_hash", params_hash),
-        ):
-            if val is not None:
-                filters += f" AND {col} = ?"
-                params.append(str(val))
         with self._reading(f"read tile {tile_id}", snapshot=True) as conn:
-            computed = conn.execute(
-                f"SELECT id FROM tiles WHERE raster_fp = ? AND tile_id = ? "
-                f"AND stage_id != '{EDITS_STAGE_ID}'{filters} ORDER BY chosen DESC LIMIT 1",
-                params,
-            ).fetchone()
-            pks = [computed[0] if computed else None]
+            pks = [self._current_pk(conn, raster_fp, tile_id, stage_id, stage_version, params_hash)]
             if include_edits:
                 pks.append(self._edits_pk(conn, raster_fp, tile_id))
             pks = [pk for pk in pks if pk is not None]
@@ -1379,6 +1365,33 @@ class MaskCache:
                 (*pks, float(min_confidence)),
             ).fetchall()  # one tile: small
             return [_instance(r) for r in rows]
+
+    @staticmethod
+    def _current_pk(
+        conn: sqlite3.Connection,
+        raster_fp: str,
+        tile_id: str,
+        stage_id: str | None = None,
+        stage_version: str | int | None = None,
+        params_hash: str | None = None,
+    ) -> int | None:
+        """The tile's current computed row (chosen last; among those matching the given stage
+        id / version / parameter hash), or None."""
+        filters, params = "", [raster_fp, tile_id]
+        for col, val in (
+            ("stage_id", stage_id),
+            ("stage_version", stage_version),
+            ("params_hash", params_hash),
+        ):
+            if val is not None:
+                filters += f" AND {col} = ?"
+                params.append(str(val))
+        row = conn.execute(
+            f"SELECT id FROM tiles WHERE raster_fp = ? AND tile_id = ? "
+            f"AND stage_id != '{EDITS_STAGE_ID}'{filters} ORDER BY chosen DESC LIMIT 1",
+            params,
+        ).fetchone()
+        return row[0] if row else None
 
     @staticmethod
     def _edits_pk(conn: sqlite3.Connection, raster_fp: str, tile_id: str) -> int | None:
@@ -1595,13 +1608,9 @@ class MaskCache:
         that stands for it: it goes back to its own row, or is dropped if that row has been
         recomputed or removed. Otherwise it joins the current row (its own, or one made
         without it while it was decided, as self-training's rows are), so that it shows."""
-        current = conn.execute(
-            "SELECT id FROM tiles WHERE raster_fp = ? AND tile_id = ? AND stage_id != ? "
-            "ORDER BY chosen DESC LIMIT 1",
-            (fp, tid, EDITS_STAGE_ID),
-        ).fetchone()
+        current = self._current_pk(conn, fp, tid)
         origin_exists = conn.execute("SELECT 1 FROM tiles WHERE id = ?", (origin,)).fetchone()
-        target = current[0] if current else (origin if origin_exists else None)
+        target = current if current is not None else (origin if origin_exists else None)
         if target is not None and target != origin and self._covered(conn, iid, target):
             target = origin if origin_exists else None
         if target is None:
@@ -1782,8 +1791,10 @@ class MaskCache:
         tiles), ``tile_rows`` (all rows, every stage and parameter set), ``instances``,
         ``instances_above_threshold`` (confidence ≥ threshold), ``tiles_above_threshold`` and
         ``share_tiles_above_threshold`` (tiles with at least one such instance, and their share
-        of ``tiles``), ``by_review``, ``by_provenance``, ``stages`` (per stage id, version and
-        parameter hash: tile rows and instances) and ``size_bytes`` (file + WAL + shm).
+        of ``tiles``), ``by_review``, ``by_provenance`` (all of these over what readers see:
+        current rows, hidden instances left out), ``stages`` (an inventory of every stored row,
+        per stage id, version and parameter hash: tile rows and the instances they hold,
+        hidden ones included) and ``size_bytes`` (file + WAL + shm).
         """
         cond, params = self._current_sql("t", None, None, None)
         thr = float(threshold)
