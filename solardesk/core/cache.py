@@ -53,7 +53,7 @@ import json
 import logging
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -1034,13 +1034,16 @@ class MaskCache:
         with self._transaction("choose the current tile rows") as conn:
             for i in range(0, len(ids), 500):
                 part = ids[i : i + 500]
-                cur = conn.execute(
+                chosen = conn.execute(
                     f"UPDATE tiles SET chosen = {_NEXT_CHOSEN} WHERE raster_fp = ? "
                     "AND stage_id = ? AND stage_version = ? AND params_hash = ? "
-                    f"AND tile_id IN ({', '.join('?' * len(part))}) AND chosen < ({newest})",
+                    f"AND tile_id IN ({', '.join('?' * len(part))}) AND chosen < ({newest}) "
+                    "RETURNING tile_id",
                     (raster_fp, stage_id, str(stage_version), params_hash, *part),
-                )
-                changed += cur.rowcount
+                ).fetchall()
+                changed += len(chosen)
+                # What shows again takes the decisions made since on its copies (ADR 0047).
+                self._inherit_decisions(conn, [(raster_fp, t) for (t,) in chosen])
         return changed
 
     def write_tile(
@@ -1131,7 +1134,9 @@ class MaskCache:
                 pk = cur.lastrowid
                 conn.executemany(_INSERT_INSTANCE, [(pk, *r) for r in rows])
                 pks.append(pk)
-            self._supersede_new(conn, [p[0] for p in prepared], pks)
+            # (a key given twice in one batch: its second row replaced the first)
+            last = {p[0]: pk for p, pk in zip(prepared, pks, strict=True)}
+            self._supersede_new(conn, list(last), list(last.values()))
         return pks
 
     def _supersede_new(self, conn: sqlite3.Connection, keys: list[TileKey], pks: list[int]):
@@ -1154,28 +1159,46 @@ class MaskCache:
         self._inherit_decisions(conn, by_tile)
 
     def _inherit_decisions(
-        self, conn: sqlite3.Connection, by_tile: Mapping[tuple[str, str], list[int]]
-    ) -> None:
-        """The shown instances of freshly written computed rows that are copies of an instance
-        decided on an overlapping tile (:data:`COPY_IOU`) take that decision (ADR 0047)."""
-        rasters = {fp for fp, _ in by_tile}
-        for fp in rasters:
-            edits = conn.execute(
-                "SELECT id, tile_id, col_off, row_off, width, height FROM tiles "
-                "WHERE raster_fp = ? AND stage_id = ? AND n_instances > 0",
-                (fp, EDITS_STAGE_ID),
-            ).fetchall()
-            if not edits:
-                continue
-            for (tfp, tid), pks in by_tile.items():
-                if tfp != fp:
-                    continue
-                for pk in pks:
-                    self._inherit_into(conn, fp, tid, pk, edits)
+        self,
+        conn: sqlite3.Connection,
+        tiles: Iterable[tuple[str, str]],
+        keep: Collection[int] = (),
+    ):
+        """The shown instances of these tiles' current computed rows (just written, chosen, or
+        shown again) that are copies of an instance decided on an overlapping tile
+        (:data:`COPY_IOU`) take that decision (ADR 0047). Passes repeat while a pass decided
+        something, so a decision also travels along an object that spans several tiles
+        written together. The instances ``keep`` (those a person just set) are left as
+        they are."""
+        todo = list(dict.fromkeys(tiles))
+        while todo:
+            edits: dict[str, list[tuple]] = {}
+            left = []
+            for fp, tid in todo:
+                if fp not in edits:
+                    edits[fp] = conn.execute(
+                        "SELECT id, tile_id, col_off, row_off, width, height FROM tiles "
+                        "WHERE raster_fp = ? AND stage_id = ? AND n_instances > 0",
+                        (fp, EDITS_STAGE_ID),
+                    ).fetchall()
+                pk = self._current_pk(conn, fp, tid) if edits[fp] else None
+                if pk is None or not self._inherit_into(conn, fp, tid, pk, edits[fp], keep):
+                    left.append((fp, tid))
+            if len(left) == len(todo):
+                return
+            todo = left
 
     def _inherit_into(
-        self, conn: sqlite3.Connection, fp: str, tid: str, pk: int, edits: Sequence[tuple]
-    ) -> None:
+        self,
+        conn: sqlite3.Connection,
+        fp: str,
+        tid: str,
+        pk: int,
+        edits: Sequence[tuple],
+        keep: Collection[int] = (),
+    ) -> bool:
+        """Give the shown instances of row ``pk`` the decisions of their copies in the edits
+        rows ``edits`` of other tiles; whether any was given."""
         window = _window_box(
             conn.execute(
                 "SELECT col_off, row_off, width, height FROM tiles WHERE id = ?", (pk,)
@@ -1196,22 +1219,29 @@ class MaskCache:
                 if _boxes_meet(gbox, region):
                     decided.append((review, (gbox, decode_mask(blob, *_box_shape(obox))), region))
         if not decided:
-            return
+            return False
+        given = False
         for iid, *box, blob in conn.execute(
             "SELECT id, x0, y0, x1, y1, mask FROM instances WHERE tile_pk = ? "
             "AND superseded_by IS NULL",
             (pk,),
         ).fetchall():
+            if iid in keep:
+                continue
             gbox = _shifted(box, window[0], window[1])
             mine = (gbox, decode_mask(blob, *_box_shape(box)))
             for review, theirs, region in decided:
                 if _boxes_meet(gbox, theirs[0]) and _are_copies(mine, theirs, region):
-                    hidden = conn.execute(  # by a copy decided a moment ago
-                        "SELECT superseded_by FROM instances WHERE id = ?", (iid,)
-                    ).fetchone()[0]
-                    if hidden is None:
+                    if not self._hidden(conn, iid):  # by a copy decided a moment ago
                         self._decide(conn, iid, review)
+                        given = True
                     break
+        return given
+
+    @staticmethod
+    def _hidden(conn: sqlite3.Connection, iid: int) -> bool:
+        row = conn.execute("SELECT superseded_by FROM instances WHERE id = ?", (iid,)).fetchone()
+        return row is None or row[0] is not None
 
     @staticmethod
     def _supersede(
@@ -1503,18 +1533,38 @@ class MaskCache:
 
         A decision is about the object, and an object near a tile's edge is a candidate of
         every tile that holds it: its computed copies in the overlapping tiles (:data:`COPY_IOU`,
-        ADR 0047) get the same state, in the same transaction, and so do copies computed
-        later. Returns the ids set: this instance first, then its copies.
+        ADR 0047) get the same state, in the same transaction — their copies too — and so do
+        copies computed, chosen or shown again later. Returns the ids set: this instance
+        first, then its copies.
         """
         _check_in(state, REVIEW_STATES, "review state")
         iid = int(instance_id)
         with self._transaction(f"review instance {instance_id}") as conn:
             if conn.execute("SELECT 1 FROM instances WHERE id = ?", (iid,)).fetchone() is None:
                 raise KeyError(f"no instance {instance_id} in cache {self.path}")
-            copies = self._copies(conn, iid)
-            for one in (iid, *copies):
-                self._decide(conn, one, state)
-        return [iid, *copies]
+            # Copies of copies too: an object longer than a tile's overlap lies in tiles that
+            # do not overlap each other.
+            found, frontier = [iid], [iid]
+            while frontier:
+                for other in self._copies(conn, frontier.pop()):
+                    if other not in found:
+                        found.append(other)
+                        frontier.append(other)
+            touched = conn.execute(  # (before: an undone instance may be dropped)
+                "SELECT DISTINCT t.raster_fp, t.tile_id FROM instances i JOIN tiles t "
+                f"ON t.id = i.tile_pk WHERE i.id IN ({', '.join('?' * len(found))})",
+                found,
+            ).fetchall()
+            done = []
+            for one in found:
+                # (two look-alikes of one tile, both copies: deciding one hides the other)
+                if one == iid or not self._hidden(conn, one):
+                    self._decide(conn, one, state)
+                    done.append(one)
+            # An undone decision can show a computed instance again that is a copy of another
+            # object's decision on a tile beside (ADR 0047): it takes that decision.
+            self._inherit_decisions(conn, [tuple(r) for r in touched], keep=set(done))
+        return done
 
     def _decide(self, conn: sqlite3.Connection, iid: int, state: str) -> None:
         """Set one instance's review state and move it to or from its tile's edits row."""
@@ -1727,6 +1777,8 @@ class MaskCache:
             conn.execute(_RECOUNT, (pk,))
             conn.execute(_RECOUNT, (tile.pk,))
             self._resupersede_tile(conn, tile.raster_fp, tile.tile_id)
+            # what shows again takes the decisions on its copies (ADR 0047)
+            self._inherit_decisions(conn, [(tile.raster_fp, tile.tile_id)])
 
     def delete_instance(self, instance_id: int) -> None:
         """Delete one instance (``KeyError`` if absent). Rejecting it keeps a record instead:
@@ -1745,6 +1797,8 @@ class MaskCache:
                 "SELECT raster_fp, tile_id FROM tiles WHERE id = ?", (row[0],)
             ).fetchone()
             self._resupersede_tile(conn, fp, tid)
+            # what shows again takes the decisions on its copies (ADR 0047)
+            self._inherit_decisions(conn, [(fp, tid)])
 
     # ----------------------------------------------------------------------------- splits
     def set_splits(

@@ -877,6 +877,71 @@ def test_copies_computed_after_the_decision_take_it(cache: MaskCache) -> None:
     assert cache.integrity_ok()
 
 
+def test_a_decision_travels_along_an_object_longer_than_the_overlap(cache: MaskCache) -> None:
+    """An object across three tiles of a row, the first and the third not overlapping: a
+    decision on the first reaches the third through the second, in set_review, in a batch
+    written after it (in any order) and in an undo."""
+    a_win, b_win, c_win = (0, 0, 64, 48), (48, 0, 64, 48), (96, 0, 64, 48)
+    # raster columns 40-110: A holds 40-63, B all of it, C 96-109
+    cache.write_tile(key("A"), a_win, [at(40, 24)])
+    cache.write_tile(key("B"), b_win, [at(0, 62)])
+    cache.write_tile(key("C"), c_win, [at(0, 14)])
+    (a,) = cache.read_tile("fp", "A")
+    assert len(cache.set_review(a.id, "rejected")) == 3
+    assert [r for t in "BC" for _, r in reviews(cache, t)] == ["rejected", "rejected"]
+    assert len(cache.set_review(a.id, "pending")) == 3
+    assert [r for t in "ABC" for _, r in reviews(cache, t)] == ["pending"] * 3
+    cache.set_review(a.id, "accepted")
+    for order in ("BC", "CB"):
+        cache.write_tiles(
+            [
+                TileResult(key(t, P2), w, [at(0, 62 if t == "B" else 14, 0.8)])
+                for t, w in sorted(
+                    {"B": b_win, "C": c_win}.items(), key=lambda kv: order.index(kv[0])
+                )
+            ]
+        )
+        assert [r for t in "BC" for _, r in reviews(cache, t)] == ["accepted", "accepted"]
+    assert cache.integrity_ok()
+
+
+def test_copies_shown_again_take_the_decision(cache: MaskCache) -> None:
+    """Rows chosen again, and a computed copy shown again when the decided instance that hid
+    it is deleted, take the decision made on the tile beside; two look-alikes of one tile that
+    are both copies give one decided instance, not two."""
+    cache.write_tile(key("right", P1), RIGHT, [at(2, 10)])
+    cache.write_tile(key("right", P2), RIGHT, [at(30, 10)])  # lacks the object
+    cache.write_tile(key("left"), LEFT, [at(50, 10)])
+    (x,) = cache.read_tile("fp", "left")
+    assert cache.set_review(x.id, "rejected") == [x.id]  # the right tile shows no copy
+    assert cache.choose("fp", "spectral", 1, P1, ["right"]) == 1
+    assert reviews(cache, "right") == [(2, "rejected")]
+    # the decided copy hides the right tile's recomputed look-alike; deleting it shows that
+    # one, which takes the left tile's decision
+    cache.write_tile(key("right", P2), RIGHT, [at(2, 10, 0.95)])
+    (decided,) = cache.read_tile("fp", "right")
+    cache.delete_instance(decided.id)
+    (again,) = cache.read_tile("fp", "right")
+    assert again.id != decided.id and again.review == "rejected"
+    # two look-alikes in one tile, both copies of the object beside
+    cache.write_tile(key("l2"), LEFT, [at(50, 10, y0=30)])
+    cache.write_tile(key("r2"), RIGHT, [at(2, 10, y0=30), at(2, 10, 0.8, y0=31, h=7)])
+    (y,) = cache.read_tile("fp", "l2")
+    assert len(cache.set_review(y.id, "accepted")) == 2
+    assert [r for _, r in reviews(cache, "r2")] == ["accepted"]
+
+
+def test_a_key_given_twice_in_one_batch_is_written_once_with_decisions_around(
+    cache: MaskCache,
+) -> None:
+    cache.write_tile(key("left"), LEFT, [at(50, 10)])
+    (x,) = cache.read_tile("fp", "left")
+    cache.set_review(x.id, "rejected")
+    cache.write_tiles([TileResult(key("right"), RIGHT, [at(2, 10)])] * 2)
+    assert reviews(cache, "right") == [(2, "rejected")]
+    assert cache.integrity_ok()
+
+
 def test_choosing_earlier_parameters_shows_their_rows_again(cache: MaskCache) -> None:
     cache.write_tile(key("t0", P1), TILE, [inst(x0=0), inst(x0=20)])
     cache.write_tile(key("t1", P1), TILE, [inst(x0=0)])
