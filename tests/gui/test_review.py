@@ -39,15 +39,15 @@ def cache(scene_tif, tmp_path):
     return path, ids
 
 
-def _open(qtbot, window, scene_tif, cache_path):
+def _open(qtbot, window, scene_tif, cache_path, n: int = 5):
     window.open_path(scene_tif)
     wait_raster(qtbot, window)
     (layer,) = window.open_cache(cache_path)
     layer.set_threshold(0.6)
-    until(lambda: len(layer.records) == 5, timeout=10000)
+    until(lambda: len(layer.records) == n, timeout=10000)
     window.show_dock("review")
     dock = window.review
-    until(lambda: len(dock.model.ids) == 5, timeout=5000)
+    until(lambda: len(dock.model.ids) == n, timeout=5000)
     return layer, dock
 
 
@@ -106,14 +106,7 @@ def test_a_decision_reaches_the_copy_in_the_overlapping_tile(qtbot, window, scen
             TileKey(fp, "c192_r128_256x256", "fake", "1", "p"), (192, 128, 256, 256), [copy]
         )
         (copy_id,) = [i.id for i in c.read_tile(fp, "c192_r128_256x256")]
-    window.open_path(scene_tif)
-    wait_raster(qtbot, window)
-    (layer,) = window.open_cache(path)
-    layer.set_threshold(0.6)
-    until(lambda: len(layer.records) == 6, timeout=10000)
-    window.show_dock("review")
-    dock = window.review
-    until(lambda: len(dock.model.ids) == 6, timeout=5000)
+    layer, dock = _open(qtbot, window, scene_tif, path, n=6)
     assert dock.current_id == ids[2]
     dock.accept_btn.click()
     until(lambda: _review(path, copy_id).review == "accepted", timeout=5000)
