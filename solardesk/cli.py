@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -39,6 +40,12 @@ class SolarDeskGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("Interrupted; finished work is kept and a rerun resumes.", err=True)
             ctx.exit(130)
+        except BrokenPipeError:
+            # The reader stopped reading (`solardesk cache instances ... | head`): stop quietly,
+            # as a Unix tool killed by SIGPIPE does (and keep the exit's flush from failing).
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            ctx.exit(141)
         except Exception as e:
             if debug:
                 raise
@@ -551,6 +558,95 @@ def cache_export_coco(cache_path: Path, out: Path, threshold: float) -> None:
     with MaskCache(cache_path, readonly=True) as c:
         res = c.export_coco(out, threshold=threshold)
     click.echo(f"{out}: {res['images']} images, {res['annotations']} annotations")
+
+
+@cache.command("instances")
+@click.argument("cache_path", type=click.Path(path_type=Path))
+@click.option(
+    "--min-confidence", default=0.0, show_default=True, help="Only candidates at least this."
+)
+@click.option(
+    "--review",
+    "states",
+    multiple=True,
+    type=click.Choice(["pending", "accepted", "rejected"]),
+    help="Only this review state (repeatable).",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def cache_instances(
+    cache_path: Path, min_confidence: float, states: tuple[str, ...], as_json: bool
+) -> None:
+    """List the candidates CACHE_PATH shows (ids for `solardesk cache review`), by id."""
+    from solardesk.core.cache import MaskCache
+
+    _require_file(cache_path, "cache")
+    with MaskCache(cache_path, readonly=True) as c:
+        rows = c.iter_instances(min_confidence=min_confidence, review=states or None)
+        if not as_json:
+            click.echo(
+                f"{'id':>8}  {'confidence':>10}  {'review':<8}  {'source':<8}  {'px':>7}  tile"
+            )
+        for tile, inst in rows:
+            x0, y0, x1, y1 = inst.bbox
+            rec = {
+                "id": inst.id,
+                "raster": tile.raster_fp,
+                "tile": tile.tile_id,
+                "confidence": round(inst.confidence, 4),
+                "review": inst.review,
+                "provenance": inst.provenance,
+                "area_px": inst.area_px,
+                "bbox_raster_px": [
+                    tile.window.col_off + x0,
+                    tile.window.row_off + y0,
+                    tile.window.col_off + x1,
+                    tile.window.row_off + y1,
+                ],
+            }
+            if as_json:
+                click.echo(json.dumps(rec))
+            else:
+                click.echo(
+                    f"{inst.id:>8}  {inst.confidence:>10.3f}  {inst.review:<8}  "
+                    f"{inst.provenance:<8}  {inst.area_px:>7}  {tile.tile_id}"
+                )
+
+
+@cache.command("review")
+@click.argument("cache_path", type=click.Path(path_type=Path))
+@click.argument("state", type=click.Choice(["accepted", "rejected", "pending"]))
+@click.argument("ids", nargs=-1, required=True, type=int)
+def cache_review(cache_path: Path, state: str, ids: tuple[int, ...]) -> None:
+    """Set the review STATE of the instances IDS of CACHE_PATH, as the review dock does.
+
+    A decision reaches the object's copies in the overlapping tiles (ADR 0047); `pending`
+    undoes one. Every id is checked before anything is changed.
+    """
+    from solardesk.core.cache import MaskCache
+    from solardesk.errors import CacheError
+
+    _require_file(cache_path, "cache")
+    with MaskCache(cache_path) as c:
+        missing = []
+        for iid in ids:
+            try:
+                c.get_instance(iid)
+            except KeyError:
+                missing.append(iid)
+        if missing:
+            raise CacheError(
+                f"{cache_path}: no instance {', '.join(map(str, missing))}; nothing was changed. "
+                f"`solardesk cache instances {cache_path}` lists the ids."
+            )
+        done: set[int] = set()
+        for iid in ids:
+            if iid in done:  # already set as a copy of an earlier one
+                continue
+            got = c.set_review(iid, state)
+            done.update(got)
+            n = len(got) - 1
+            also = f" and {n} cop{'y' if n == 1 else 'ies'} in overlapping tiles" if n else ""
+            click.echo(f"instance {iid}{also}: {state}")
 
 
 def _require_file(path: Path, what: str) -> None:

@@ -252,6 +252,62 @@ def test_a_rejected_object_on_a_seam_leaves_no_piece(tmp_path: Path) -> None:
     assert len(after) == len(before) - 1
 
 
+def test_review_from_the_command_line(tmp_path: Path) -> None:
+    """`cache instances` lists what the cache shows, `cache review` decides as the review dock
+    does (copies included), refuses unknown ids before changing anything, and undoes."""
+    import json
+
+    cache = tmp_path / "c.sqlite"
+    args = ("--spectral", "--cache", str(cache), "--out", str(tmp_path / "a.gpkg"), "--quiet")
+    assert cli("detect", str(SAMPLE), *args, "--threshold", "0.3").returncode == 0
+    res = cli("cache", "instances", str(cache), "--min-confidence", "0.3", "--json")
+    assert res.returncode == 0, res.stderr
+    listed = [json.loads(line) for line in res.stdout.splitlines()]
+    assert listed and all(r["confidence"] >= 0.3 and r["review"] == "pending" for r in listed)
+    assert [r["id"] for r in listed] == sorted(r["id"] for r in listed)
+    big = max(listed, key=lambda r: r["area_px"])["id"]
+    res = cli("cache", "review", str(cache), "rejected", str(big), "999999")
+    assert res.returncode == 2 and "no instance 999999; nothing was changed" in res.stderr
+    with MaskCache(cache) as c:
+        assert c.stats()["by_review"]["rejected"] == 0
+    res = cli("cache", "review", str(cache), "rejected", str(big))
+    assert res.returncode == 0, res.stderr
+    with MaskCache(cache) as c:
+        rejected = {i.id for _, i in c.iter_instances(review="rejected")}
+    assert big in rejected
+    copies = len(rejected) - 1
+    assert (
+        (f"and {copies} cop" in res.stdout) if copies else res.stdout.strip().endswith("rejected")
+    )
+    res = cli("cache", "instances", str(cache), "--review", "rejected")
+    assert res.returncode == 0 and len(res.stdout.splitlines()) == 1 + len(rejected)
+    assert cli("cache", "review", str(cache), "pending", str(big)).returncode == 0
+    with MaskCache(cache) as c:
+        assert c.stats()["by_review"]["rejected"] == 0
+
+
+def test_a_listing_cut_short_by_its_reader_ends_quietly(tmp_path: Path) -> None:
+    """`solardesk cache instances ... | head` stops like a Unix tool (exit 141), no traceback."""
+    from solardesk.core.cache import TileKey, TileResult
+
+    cache = tmp_path / "big.sqlite"
+    one = Instance(bbox=(0, 0, 4, 4), mask=np.ones((4, 4), bool), confidence=0.5)
+    with MaskCache(cache) as c:
+        c.write_tiles(
+            TileResult(TileKey("fp", f"t{k}", "s", "1", "p"), (k * 64, 0, 64, 64), [one] * 20)
+            for k in range(1000)
+        )  # 20 000 lines, far more than a pipe holds
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "solardesk", "cache", "instances", str(cache)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout.readline().split()[0] == b"id"
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141 and "Error" not in err, err
+
+
 def test_detect_plans_each_raster_once(tmp_path: Path) -> None:
     """detect vectorises with the pre-compute's plans: a raster is opened and planned once,
     so a warning about it is printed once."""
