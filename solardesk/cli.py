@@ -7,11 +7,13 @@ anything else prints a one-line internal error unless ``--debug`` asks for the t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -40,12 +42,6 @@ class SolarDeskGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("Interrupted; finished work is kept and a rerun resumes.", err=True)
             ctx.exit(130)
-        except BrokenPipeError:
-            # The reader stopped reading (`solardesk cache instances ... | head`): stop quietly,
-            # as a Unix tool killed by SIGPIPE does (and keep the exit's flush from failing).
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-            ctx.exit(141)
         except Exception as e:
             if debug:
                 raise
@@ -563,7 +559,11 @@ def cache_export_coco(cache_path: Path, out: Path, threshold: float) -> None:
 @cache.command("instances")
 @click.argument("cache_path", type=click.Path(path_type=Path))
 @click.option(
-    "--min-confidence", default=0.0, show_default=True, help="Only candidates at least this."
+    "--min-confidence",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0.0, 1.0),
+    help="Only candidates at least this.",
 )
 @click.option(
     "--review",
@@ -579,8 +579,10 @@ def cache_instances(
     """List the candidates CACHE_PATH shows (ids for `solardesk cache review`), by id."""
     from solardesk.core.cache import MaskCache
 
+    if math.isnan(min_confidence):
+        raise click.BadParameter("must be a number from 0 to 1", param_hint="--min-confidence")
     _require_file(cache_path, "cache")
-    with MaskCache(cache_path, readonly=True) as c:
+    with MaskCache(cache_path, readonly=True) as c, _quiet_on_closed_pipe():
         rows = c.iter_instances(min_confidence=min_confidence, review=states or None)
         if not as_json:
             click.echo(
@@ -615,35 +617,38 @@ def cache_instances(
 @cache.command("review")
 @click.argument("cache_path", type=click.Path(path_type=Path))
 @click.argument("state", type=click.Choice(["accepted", "rejected", "pending"]))
-@click.argument("ids", nargs=-1, required=True, type=int)
+@click.argument("ids", nargs=-1, required=True, type=click.IntRange(1, 2**63 - 1))
 def cache_review(cache_path: Path, state: str, ids: tuple[int, ...]) -> None:
     """Set the review STATE of the instances IDS of CACHE_PATH, as the review dock does.
 
     A decision reaches the object's copies in the overlapping tiles (ADR 0047); `pending`
-    undoes one. Every id is checked before anything is changed.
+    undoes one. Only instances the cache shows (`solardesk cache instances`) can be set, and
+    every id is checked before anything is changed.
     """
     from solardesk.core.cache import MaskCache
     from solardesk.errors import CacheError
 
     _require_file(cache_path, "cache")
     with MaskCache(cache_path) as c:
-        missing = []
-        for iid in ids:
-            try:
-                c.get_instance(iid)
-            except KeyError:
-                missing.append(iid)
+        missing = sorted(set(ids) - c.shown(ids))
         if missing:
             raise CacheError(
-                f"{cache_path}: no instance {', '.join(map(str, missing))}; nothing was changed. "
-                f"`solardesk cache instances {cache_path}` lists the ids."
+                f"{cache_path}: no instance {', '.join(map(str, missing))} among those the cache "
+                "shows (unknown, hidden behind a decision, or of a row that is not current); "
+                f"nothing was changed. `solardesk cache instances {cache_path}` lists the ids."
             )
-        done: set[int] = set()
-        for iid in ids:
-            if iid in done:  # already set as a copy of an earlier one
+        applied: list[int] = []
+        for iid in dict.fromkeys(ids):
+            if not c.shown([iid]):  # set, or hidden, by an earlier one of this command
                 continue
-            got = c.set_review(iid, state)
-            done.update(got)
+            try:
+                got = c.set_review(iid, state)
+            except KeyError as e:  # another program deleted it meanwhile
+                raise CacheError(
+                    f"{cache_path}: instance {iid} went away while this command ran (another "
+                    f"program edits the cache?); set before it: {applied or 'none'}."
+                ) from e
+            applied.append(iid)
             n = len(got) - 1
             also = f" and {n} cop{'y' if n == 1 else 'ies'} in overlapping tiles" if n else ""
             click.echo(f"instance {iid}{also}: {state}")
@@ -654,6 +659,20 @@ def _require_file(path: Path, what: str) -> None:
 
     if not path.exists():
         raise CacheError(f"{path}: no such {what} file. Run `solardesk precompute` first.")
+    if path.is_file() and path.stat().st_size == 0:
+        raise CacheError(f"{path}: the {what} file is empty. Run `solardesk precompute` first.")
+
+
+@contextlib.contextmanager
+def _quiet_on_closed_pipe() -> Iterator[None]:
+    """A listing whose reader stopped reading (`... | head`) ends quietly with exit 141, as a
+    Unix tool killed by SIGPIPE does, instead of an error."""
+    try:
+        yield
+    except BrokenPipeError:
+        with contextlib.suppress(OSError, ValueError):  # (no real stdout: nothing to silence)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)
 
 
 # --------------------------------------------------------------------------------------------

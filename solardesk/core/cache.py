@@ -1171,9 +1171,10 @@ class MaskCache:
         written together. The instances ``keep`` (those a person just set) are left as
         they are."""
         todo = list(dict.fromkeys(tiles))
-        while todo:
+        given = True
+        while given:  # (each pass re-reads the edits rows the one before may have made)
+            given = False
             edits: dict[str, list[tuple]] = {}
-            left = []
             for fp, tid in todo:
                 if fp not in edits:
                     edits[fp] = conn.execute(
@@ -1182,11 +1183,8 @@ class MaskCache:
                         (fp, EDITS_STAGE_ID),
                     ).fetchall()
                 pk = self._current_pk(conn, fp, tid) if edits[fp] else None
-                if pk is None or not self._inherit_into(conn, fp, tid, pk, edits[fp], keep):
-                    left.append((fp, tid))
-            if len(left) == len(todo):
-                return
-            todo = left
+                if pk is not None and self._inherit_into(conn, fp, tid, pk, edits[fp], keep):
+                    given = True
 
     def _inherit_into(
         self,
@@ -1510,6 +1508,29 @@ class MaskCache:
                     tile = _tile_info(row[:n_tile])
                 yield tile, _instance(row[n_tile:])
 
+    def shown(self, instance_ids: Iterable[int]) -> set[int]:
+        """Those of ``instance_ids`` that readers see (:meth:`read_tile`, :meth:`iter_instances`):
+        in a tile's current computed row or its edits row, and not hidden behind a person's
+        instance. An id of a row that is not current, a hidden or an unknown one is left out."""
+        ids = [int(i) for i in instance_ids]
+        if not ids:
+            return set()
+        cond, params = self._current_sql("t", None, None, None)
+        out: set[int] = set()
+        with self._reading("look up instances", snapshot=True) as conn:
+            for k in range(0, len(ids), 500):
+                part = ids[k : k + 500]
+                out.update(
+                    r[0]
+                    for r in conn.execute(
+                        "SELECT i.id FROM instances i JOIN tiles t ON t.id = i.tile_pk "
+                        f"WHERE i.id IN ({', '.join('?' * len(part))}) AND {cond} "
+                        "AND i.superseded_by IS NULL",
+                        (*part, *params),
+                    )
+                )
+        return out
+
     def get_instance(self, instance_id: int) -> tuple[TileInfo, Instance]:
         """One instance and its tile row; ``KeyError`` when there is no such id."""
         with self._reading(f"read instance {instance_id}") as conn:
@@ -1623,7 +1644,7 @@ class MaskCache:
     def _copies(self, conn: sqlite3.Connection, iid: int) -> list[int]:
         """The ids of the computed instances of overlapping tiles that are copies of ``iid``
         (see :data:`COPY_IOU`): shown (not hidden), not drawn by a person, in the rows readers
-        see. None for a person's own instance."""
+        see; none for a person's own instance."""
         fp, tid, col, row, width, height, provenance, *box, blob = conn.execute(
             "SELECT t.raster_fp, t.tile_id, t.col_off, t.row_off, t.width, t.height, "
             "i.provenance, i.x0, i.y0, i.x1, i.y1, i.mask FROM instances i "

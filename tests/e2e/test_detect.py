@@ -267,7 +267,8 @@ def test_review_from_the_command_line(tmp_path: Path) -> None:
     assert [r["id"] for r in listed] == sorted(r["id"] for r in listed)
     big = max(listed, key=lambda r: r["area_px"])["id"]
     res = cli("cache", "review", str(cache), "rejected", str(big), "999999")
-    assert res.returncode == 2 and "no instance 999999; nothing was changed" in res.stderr
+    assert res.returncode == 2 and "no instance 999999 among" in res.stderr
+    assert "nothing was changed" in res.stderr
     with MaskCache(cache) as c:
         assert c.stats()["by_review"]["rejected"] == 0
     res = cli("cache", "review", str(cache), "rejected", str(big))
@@ -284,6 +285,50 @@ def test_review_from_the_command_line(tmp_path: Path) -> None:
     assert cli("cache", "review", str(cache), "pending", str(big)).returncode == 0
     with MaskCache(cache) as c:
         assert c.stats()["by_review"]["rejected"] == 0
+
+
+def test_cache_review_sets_only_what_the_cache_shows(tmp_path: Path) -> None:
+    """Hidden ids (behind a decision, or of a row no longer current), unknown, huge or
+    non-numeric ids and an empty file are refused with exit 2 and nothing changed; two
+    look-alikes of one tile given together give one decided instance, as the dock does."""
+    from solardesk.core.cache import TileKey
+
+    path = tmp_path / "c.sqlite"
+
+    def box(x0: int, conf: float) -> Instance:
+        return Instance(bbox=(x0, 10, x0 + 20, 30), mask=np.ones((20, 20), bool), confidence=conf)
+
+    with MaskCache(path) as c:
+        c.write_tile(
+            TileKey("fp", "t0", "s", "1", "p"), (0, 0, 64, 64), [box(10, 0.9), box(11, 0.8)]
+        )
+        a, b = (i.id for i in c.read_tile("fp", "t0"))
+        c.write_tile(TileKey("fp", "t1", "s", "1", "p"), (0, 100, 64, 64), [box(10, 0.9)])
+        (old,) = (i.id for i in c.read_tile("fp", "t1"))
+        c.write_tile(TileKey("fp", "t1", "s", "1", "q"), (0, 100, 64, 64), [box(40, 0.9)])
+    res = cli("cache", "review", str(path), "accepted", str(a), str(b))
+    assert res.returncode == 0 and res.stdout.strip() == f"instance {a}: accepted", res.stdout
+    with MaskCache(path) as c:
+        assert [(i.id, i.review) for i in c.read_tile("fp", "t0")] == [(a, "accepted")]
+    before = path.read_bytes()
+    for bad, says in [
+        ((str(b),), f"no instance {b} among those the cache shows"),  # hidden behind a
+        ((str(old),), f"no instance {old} among"),  # of a row that is no longer current
+        (("424242",), "no instance 424242 among"),
+        (("99999999999999999999999",), "not in the range"),
+        (("0",), "not in the range"),
+        (("x1",), "is not a valid integer"),
+    ]:
+        res = cli("cache", "review", str(path), "rejected", *bad)
+        assert res.returncode == 2 and says in res.stderr, (bad, res.stderr)
+        assert "Traceback" not in res.stderr and "Internal error" not in res.stderr
+    assert path.read_bytes() == before
+    empty = tmp_path / "empty.sqlite"
+    empty.touch()
+    res = cli("cache", "review", str(empty), "rejected", "1")
+    assert res.returncode == 2 and "empty" in res.stderr and empty.stat().st_size == 0
+    res = cli("cache", "instances", str(path), "--min-confidence", "nan")
+    assert res.returncode == 2 and "--min-confidence" in res.stderr
 
 
 def test_a_listing_cut_short_by_its_reader_ends_quietly(tmp_path: Path) -> None:

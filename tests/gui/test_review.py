@@ -114,7 +114,7 @@ def test_a_decision_reaches_the_copy_in_the_overlapping_tile(qtbot, window, scen
     until(lambda: layer.records[copy_id].review == "accepted", timeout=5000)
     until(lambda: len(dock.model.ids) == 4, timeout=5000)
     assert copy_id not in dock.model.ids and ids[2] not in dock.model.ids
-    assert "copy in overlapping tiles" in dock.status.text()
+    assert "and its copy in the overlapping tile: accepted" in dock.status.text()
 
 
 def test_click_on_the_map_selects_and_delete_removes(qtbot, window, scene_tif, cache):

@@ -891,18 +891,39 @@ def test_a_decision_travels_along_an_object_longer_than_the_overlap(cache: MaskC
     assert [r for t in "BC" for _, r in reviews(cache, t)] == ["rejected", "rejected"]
     assert len(cache.set_review(a.id, "pending")) == 3
     assert [r for t in "ABC" for _, r in reviews(cache, t)] == ["pending"] * 3
-    cache.set_review(a.id, "accepted")
-    for order in ("BC", "CB"):
-        cache.write_tiles(
-            [
-                TileResult(key(t, P2), w, [at(0, 62 if t == "B" else 14, 0.8)])
-                for t, w in sorted(
-                    {"B": b_win, "C": c_win}.items(), key=lambda kv: order.index(kv[0])
-                )
-            ]
-        )
-        assert [r for t in "BC" for _, r in reviews(cache, t)] == ["accepted", "accepted"]
     assert cache.integrity_ok()
+
+
+@pytest.mark.parametrize("order", ["BC", "CB"])
+def test_a_batch_passes_a_decision_along_an_object_in_any_order(tmp_path: Path, order: str) -> None:
+    """B and C written together after a decision on A: C (which does not overlap A) takes it
+    through B's copy, whichever comes first — also when C takes another object's decision
+    (from D, below it) in the same pass."""
+    a_win, b_win, c_win = (0, 0, 64, 48), (48, 0, 64, 48), (96, 0, 64, 48)
+    d_win = (96, 32, 64, 48)
+    with MaskCache(tmp_path / "c.sqlite") as c:
+        c.write_tile(key("A"), a_win, [at(40, 24)])
+        c.write_tile(key("D"), d_win, [at(30, 10, y0=2)])  # another object, decided too
+        for t in "AD":
+            (i,) = c.read_tile("fp", t)
+            c.set_review(i.id, "accepted")
+        rows = {
+            "B": TileResult(key("B"), b_win, [at(0, 62, 0.8)]),
+            "C": TileResult(key("C"), c_win, [at(0, 14, 0.8), at(30, 10, y0=34)]),
+        }
+        c.write_tiles([rows[t] for t in order])
+        assert [i.review for t in "BC" for i in c.read_tile("fp", t)] == ["accepted"] * 3
+
+
+def test_shown_tells_which_ids_readers_see(cache: MaskCache) -> None:
+    cache.write_tile(key("t0", P1), TILE, [rect(0, 10), rect(20, 10)])
+    old_a, old_b = cache.read_tile("fp", "t0")
+    cache.write_tile(key("t0", P2), TILE, [rect(0, 10, 0.95), rect(40, 10)])
+    new_a, new_c = cache.read_tile("fp", "t0")
+    assert cache.shown([old_a.id, old_b.id, new_a.id, new_c.id, 10_000]) == {new_a.id, new_c.id}
+    cache.set_review(new_c.id, "rejected")
+    cache.add_instance("fp", "t0", rect(0, 10, 1.0))  # hides new_a
+    assert cache.shown([new_a.id, new_c.id]) == {new_c.id} and cache.shown([]) == set()
 
 
 def test_copies_shown_again_take_the_decision(cache: MaskCache) -> None:

@@ -547,11 +547,10 @@ class ReviewDock(QWidget):
             # result back, which may be another instance (ADR 0046): read the tiles again.
             layer.refresh(tile_ids=tiles)
         copies = len(ids) - 1
-        also = (
-            f", and its {copies} cop{'y' if copies == 1 else 'ies'} in overlapping tiles"
-            if copies
-            else ""
-        )
+        if copies == 1:
+            also = ", and its copy in the overlapping tile"
+        else:
+            also = f", and its {copies} copies in overlapping tiles" if copies else ""
         self.status.setText(f"Instance {iid}{also}: {state} (saved to the cache).")
         if layer is not self.layer:
             return
