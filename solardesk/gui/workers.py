@@ -66,6 +66,9 @@ class Job(QObject):
     errored = Signal(object)
     cancelled = Signal()
     ended = Signal()
+    #: Emitted by the worker after its last signal (finished, errored or cancelled): queued
+    #: behind every event those posted, for every receiver, so ``ended`` comes after them all.
+    _closed = Signal()
 
     _ids = itertools.count(1)
 
@@ -84,6 +87,7 @@ class Job(QObject):
         self.finished.connect(self._on_finished)
         self.errored.connect(self._on_errored)
         self.cancelled.connect(self._on_cancelled)
+        self._closed.connect(self._on_closed)
 
     def cancel(self) -> None:
         """Ask the job to stop at its next yield (a no-op once it has ended)."""
@@ -117,9 +121,14 @@ class Job(QObject):
         self.state = state
         self.result = result
         self.error = error
-        # After every receiver has handled finished/errored/cancelled: their queued calls
-        # were posted when the worker emitted, so a call posted now comes after them.
-        QTimer.singleShot(0, self, self.ended.emit)
+
+    @Slot()
+    def _on_closed(self) -> None:
+        # Not a zero timer started in _end: the worker posts a signal's events to its receivers
+        # one by one, so this job's own finished call could run (and a timer fire) before the
+        # worker had posted a later receiver's (seen on a loaded machine: a dock read "ended"
+        # before its "finished" arrived). _closed is emitted after all of them.
+        self.ended.emit()
 
 
 # --------------------------------------------------------------------------------------------
@@ -183,6 +192,7 @@ class _Runnable(QRunnable):
         try:
             self._run()
         finally:
+            self.job._closed.emit()
             self.done.set()
 
     def _run(self) -> None:

@@ -91,6 +91,39 @@ def test_job_runner_progress_is_throttled_and_cancel_closes_the_generator(qtbot)
     assert runner.shutdown(2000)
 
 
+def test_ended_comes_after_every_receiver_of_the_last_signal(qtbot):
+    """A dock's "finished" slot runs before the job's "ended", also when the worker is held up
+    between posting one receiver's call and the next (a loaded machine; here a direct receiver
+    that sleeps). Before, "ended" came from a zero timer started by the job's own "finished"
+    slot and could run first: the pre-compute dock then read "ended" with its status still at
+    the last progress line."""
+    import time
+
+    from PySide6.QtCore import QObject, Qt, Slot
+
+    order = []
+
+    class Dock(QObject):
+        @Slot(object)
+        def on_finished(self, _result) -> None:
+            order.append("finished")
+
+    dock = Dock()
+    runner = JobRunner("order", 1)
+
+    def job():
+        yield 1
+        return "done"
+
+    j = runner.submit(job, "order")
+    j.finished.connect(lambda _r: time.sleep(0.3), Qt.ConnectionType.DirectConnection)
+    j.finished.connect(dock.on_finished)
+    j.ended.connect(lambda: order.append("ended"))
+    until(lambda: len(order) == 2, timeout=5000)
+    assert order == ["finished", "ended"]
+    assert runner.shutdown(2000)
+
+
 def test_solardesk_gui_command_opens_a_raster_and_exits_cleanly(scene_tif, tmp_path):
     env = {
         **os.environ,
