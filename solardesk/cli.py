@@ -638,8 +638,9 @@ def cache_review(cache_path: Path, state: str, ids: tuple[int, ...]) -> None:
                 f"nothing was changed. `solardesk cache instances {cache_path}` lists the ids."
             )
         applied: list[int] = []
+        done: set[int] = set()
         for iid in dict.fromkeys(ids):
-            if not c.shown([iid]):  # set, or hidden, by an earlier one of this command
+            if iid in done or not c.shown([iid]):  # set, or hidden, by an earlier one
                 continue
             try:
                 got = c.set_review(iid, state)
@@ -649,6 +650,7 @@ def cache_review(cache_path: Path, state: str, ids: tuple[int, ...]) -> None:
                     f"program edits the cache?); set before it: {applied or 'none'}."
                 ) from e
             applied.append(iid)
+            done.update(got)
             n = len(got) - 1
             also = f" and {n} cop{'y' if n == 1 else 'ies'} in overlapping tiles" if n else ""
             click.echo(f"instance {iid}{also}: {state}")
