@@ -513,12 +513,7 @@ def _is_covered(box: Sequence[int], mask: np.ndarray, others: Iterable[tuple]) -
 
 def _paint(canvas: np.ndarray, box: Sequence[int], pbox: Sequence[int], pmask: np.ndarray) -> None:
     """OR the mask ``pmask`` cropped to ``pbox`` into ``canvas``, which covers ``box``."""
-    x0, y0, x1, y1 = (
-        max(box[0], pbox[0]),
-        max(box[1], pbox[1]),
-        min(box[2], pbox[2]),
-        min(box[3], pbox[3]),
-    )
+    x0, y0, x1, y1 = _intersection(box, pbox)
     if x1 > x0 and y1 > y0:
         canvas[y0 - box[1] : y1 - box[1], x0 - box[0] : x1 - box[0]] |= pmask[
             y0 - pbox[1] : y1 - pbox[1], x0 - pbox[0] : x1 - pbox[0]
@@ -1620,26 +1615,21 @@ class MaskCache:
         conn.execute(_RECOUNT, (pk,))
         conn.execute(_RECOUNT, (tile_pk,))
 
-    @staticmethod
     def _shown_rows_near(
-        conn: sqlite3.Connection, raster_fp: str, tile_id: str, box: Sequence[int]
+        self, conn: sqlite3.Connection, raster_fp: str, tile_id: str, box: Sequence[int]
     ) -> list[tuple[int, str, TileWindow]]:
-        """``(row pk, tile id, window)`` of the rows readers see (each tile's computed row
-        chosen last, and its edits row) of the raster's *other* tiles whose windows meet
-        ``box`` (raster pixels)."""
+        """``(row pk, tile id, window)`` of the rows readers see (:meth:`_current_sql`: each
+        tile's computed row chosen last, and its edits row) of the raster's *other* tiles whose
+        windows meet ``box`` (raster pixels)."""
+        cond, params = self._current_sql("t", None, None, None)
         rows = conn.execute(
-            "SELECT id, tile_id, stage_id, chosen, col_off, row_off, width, height FROM tiles "
-            "WHERE raster_fp = ? AND tile_id != ? AND col_off < ? AND col_off + width > ? "
-            "AND row_off < ? AND row_off + height > ?",
-            (raster_fp, tile_id, box[2], box[0], box[3], box[1]),
-        ).fetchall()
-        edits, newest = [], {}
-        for pk, tid, stage, chosen, *win in rows:
-            if stage == EDITS_STAGE_ID:
-                edits.append((pk, tid, TileWindow(*win)))
-            elif tid not in newest or (chosen or 0) > newest[tid][0]:
-                newest[tid] = (chosen or 0, pk, TileWindow(*win))
-        return [(pk, tid, w) for tid, (_, pk, w) in newest.items()] + edits
+            "SELECT t.id, t.tile_id, t.col_off, t.row_off, t.width, t.height FROM tiles t "
+            "WHERE t.raster_fp = ? AND t.tile_id != ? AND t.col_off < ? "
+            "AND t.col_off + t.width > ? AND t.row_off < ? AND t.row_off + t.height > ? "
+            f"AND {cond}",
+            (raster_fp, tile_id, box[2], box[0], box[3], box[1], *params),
+        )
+        return [(pk, tid, TileWindow(*win)) for pk, tid, *win in rows]
 
     def _copies(self, conn: sqlite3.Connection, iid: int) -> list[int]:
         """The ids of the computed instances of overlapping tiles that are copies of ``iid``
