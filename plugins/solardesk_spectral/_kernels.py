@@ -52,12 +52,217 @@ def _label_sums_py(labels, n, maps):
     return area, sums, boxes
 
 
-def _compile() -> Callable | None:
+def _corner_hulls_py(labels, boxes, which):
+    """The convex hull of the pixel squares of each label ``i + 1`` for ``i`` in ``which``,
+    traced in its box (``boxes[i]``: x0, y0, x1, y1) from each row's outermost pixels.
+
+    Returns ``(starts, points, area)``: the hull of ``which[j]`` is ``points[starts[j]:starts[j
+    + 1]]`` (float32 x, y of pixel corners, pixel centres at integer coordinates; no three
+    collinear) and ``area[j]`` its area in pixels (exact: the corners are half-integers). A
+    label with no pixel in its box gets no point and area 0.
+
+    The hull of a pixel set's squares is the hull of the corners of each row's first and last
+    pixel; on the horizontal line between two rows only the leftmost and rightmost of those
+    corners can be vertices, so the candidate points come sorted by (y, x), two per line, and
+    one monotone-chain pass (Andrew's) finds the hull. Coordinates are doubled (odd integers)
+    so that every test is exact integer arithmetic.
+    """
+    m = len(which)
+    cap = 0
+    for j in range(m):
+        i = which[j]
+        cap += 2 * (boxes[i, 3] - boxes[i, 1] + 1) + 1
+    points = np.empty((cap, 2), np.float32)
+    starts = np.zeros(m + 1, np.int64)
+    area = np.zeros(m, np.float64)
+    out = 0
+    for j in range(m):
+        i = which[j]
+        lab = i + 1
+        x0, y0, x1, y1 = boxes[i, 0], boxes[i, 1], boxes[i, 2], boxes[i, 3]
+        rows = y1 - y0
+        # doubled corner coordinates of each line between rows (line k: y = y0 + k - 1/2)
+        lo = np.full(rows + 1, np.int64(1) << 40)
+        hi = np.full(rows + 1, -(np.int64(1) << 40))
+        for k in range(rows):
+            y = y0 + k
+            first = -1
+            for x in range(x0, x1):
+                if labels[y, x] == lab:
+                    first = x
+                    break
+            if first < 0:
+                continue
+            last = first
+            for x in range(x1 - 1, first, -1):
+                if labels[y, x] == lab:
+                    last = x
+                    break
+            left, right = 2 * first - 1, 2 * last + 1
+            for line in (k, k + 1):
+                if left < lo[line]:
+                    lo[line] = left
+                if right > hi[line]:
+                    hi[line] = right
+        px = np.empty(2 * (rows + 1), np.int64)
+        py = np.empty(2 * (rows + 1), np.int64)
+        npts = 0
+        for k in range(rows + 1):
+            if lo[k] <= hi[k]:
+                py[npts] = 2 * (y0 + k) - 1
+                px[npts] = lo[k]
+                npts += 1
+                py[npts] = 2 * (y0 + k) - 1
+                px[npts] = hi[k]
+                npts += 1
+        if npts == 0:
+            starts[j + 1] = out
+            continue
+        # Andrew's monotone chain over points sorted by (y, x); strict turns only
+        hx = np.empty(2 * npts + 1, np.int64)
+        hy = np.empty(2 * npts + 1, np.int64)
+        nh = 0
+        for p in range(npts):
+            while (
+                nh >= 2
+                and (hy[nh - 1] - hy[nh - 2]) * (px[p] - hx[nh - 2])
+                - (hx[nh - 1] - hx[nh - 2]) * (py[p] - hy[nh - 2])
+                <= 0
+            ):
+                nh -= 1
+            hx[nh] = px[p]
+            hy[nh] = py[p]
+            nh += 1
+        lower = nh + 1
+        for p in range(npts - 2, -1, -1):
+            while (
+                nh >= lower
+                and (hy[nh - 1] - hy[nh - 2]) * (px[p] - hx[nh - 2])
+                - (hx[nh - 1] - hx[nh - 2]) * (py[p] - hy[nh - 2])
+                <= 0
+            ):
+                nh -= 1
+            hx[nh] = px[p]
+            hy[nh] = py[p]
+            nh += 1
+        nh -= 1  # the first point closes the chain
+        twice = 0
+        for v in range(nh):
+            w = v + 1 if v + 1 < nh else 0
+            twice += hx[v] * hy[w] - hx[w] * hy[v]
+            points[out, 0] = hx[v] * 0.5
+            points[out, 1] = hy[v] * 0.5
+            out += 1
+        area[j] = abs(twice) / 8.0
+        starts[j + 1] = out
+    return starts, points[:out], area
+
+
+def _suppress_py(labels, order_h, order_i, boxes, overlap, min_pixels):
+    """The greedy suppression of ``analyser.suppress`` over candidates already in order.
+
+    Candidate ``j`` is label ``order_i[j] + 1`` of ``labels[order_h[j]]`` (a tuple of int32
+    label images of one shape) in its box ``boxes[j]`` (x0, y0, x1, y1). Returns the label
+    image of the taken candidates (``k + 1`` for the ``k``-th taken) and the positions ``j``
+    taken, in order. The rule, as there: a candidate is dropped when more than ``overlap`` of its
+    pixels are taken; else its free pixels (neither taken nor 8-next to a taken one) are kept,
+    or, when they fall apart, the largest 8-connected part of them, which must hold ``1 -
+    overlap`` of the candidate and ``min_pixels``. (Of parts of equal size it takes the one
+    OpenCV's ``connectedComponentsWithStats`` numbers first, met first going over 2 × 2 blocks
+    in raster order; with ``overlap`` under a half such a part could not be kept anyway.)
+    """
+    h, w = labels[0].shape
+    out = np.zeros((h, w), np.int32)
+    m = len(order_i)
+    taken = np.empty(m, np.int64)
+    n_taken = 0
+    bh_max, bw_max = 1, 1
+    for j in range(m):
+        bh_max = max(bh_max, boxes[j, 3] - boxes[j, 1])
+        bw_max = max(bw_max, boxes[j, 2] - boxes[j, 0])
+    part = np.zeros((bh_max, bw_max), np.int32)  # 1: free; then -k: in part k
+    stack = np.empty(2 * bh_max * bw_max, np.int64)
+    for j in range(m):
+        lab = labels[order_h[j]]
+        v = order_i[j] + 1
+        x0, y0, x1, y1 = boxes[j, 0], boxes[j, 1], boxes[j, 2], boxes[j, 3]
+        area = 0
+        over = 0
+        for y in range(y0, y1):
+            for x in range(x0, x1):
+                if lab[y, x] == v:
+                    area += 1
+                    if out[y, x] > 0:
+                        over += 1
+        if over > overlap * area:
+            continue
+        n_free = 0
+        for y in range(y0, y1):
+            for x in range(x0, x1):
+                f = 0
+                if lab[y, x] == v:
+                    f = 1
+                    for yy in range(max(y - 1, 0), min(y + 2, h)):
+                        for xx in range(max(x - 1, 0), min(x + 2, w)):
+                            if out[yy, xx] > 0:
+                                f = 0
+                    n_free += f
+                part[y - y0, x - x0] = f
+        bh, bw = y1 - y0, x1 - x0
+        best = 0
+        if n_free < area:
+            n_parts = 0
+            best_size = -1
+            for by in range(0, bh, 2):
+                for bx in range(0, bw, 2):
+                    for py in range(by, min(by + 2, bh)):
+                        for px in range(bx, min(bx + 2, bw)):
+                            if part[py, px] != 1:
+                                continue
+                            n_parts += 1
+                            part[py, px] = -n_parts
+                            size = 0
+                            top = 0
+                            stack[0] = py * bw + px
+                            top = 1
+                            while top > 0:
+                                top -= 1
+                                q = stack[top]
+                                qy, qx = q // bw, q % bw
+                                size += 1
+                                for ny in range(max(qy - 1, 0), min(qy + 2, bh)):
+                                    for nx in range(max(qx - 1, 0), min(qx + 2, bw)):
+                                        if part[ny, nx] == 1:
+                                            part[ny, nx] = -n_parts
+                                            stack[top] = ny * bw + nx
+                                            top += 1
+                            if size > best_size:
+                                best_size = size
+                                best = n_parts
+            if n_parts >= 2:
+                n_free = best_size
+            else:
+                best = 0
+        if n_free < (1 - overlap) * area or n_free < min_pixels:
+            continue
+        n_taken += 1
+        for y in range(bh):
+            for x in range(bw):
+                p = part[y, x]
+                if (best == 0 and p != 0) or (best != 0 and p == -best):
+                    out[y0 + y, x0 + x] = n_taken
+        taken[n_taken - 1] = j
+    return out, taken[:n_taken]
+
+
+def _compile(fn: Callable) -> Callable | None:
     try:
         import numba
     except ImportError:  # optional: the NumPy path does the same
         return None
-    return numba.njit(cache=True, nogil=True)(_label_sums_py)
+    return numba.njit(cache=True, nogil=True)(fn)
 
 
-label_sums: Callable | None = _compile()
+label_sums: Callable | None = _compile(_label_sums_py)
+corner_hulls: Callable | None = _compile(_corner_hulls_py)
+suppress: Callable | None = _compile(_suppress_py)

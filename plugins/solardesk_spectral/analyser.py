@@ -685,6 +685,23 @@ def _kernel():
     return label_sums
 
 
+@lru_cache(maxsize=1)
+def _suppress_kernel():
+    """The compiled :func:`~solardesk_spectral._kernels.suppress`, or None without numba."""
+    from solardesk_spectral._kernels import suppress
+
+    return suppress
+
+
+@lru_cache(maxsize=1)
+def _hull_kernel():
+    """The compiled :func:`~solardesk_spectral._kernels.corner_hulls`, or None without
+    numba."""
+    from solardesk_spectral._kernels import corner_hulls
+
+    return corner_hulls
+
+
 def _frame_means(boxes: np.ndarray, r: int, context: FrameContext) -> list[np.ndarray]:
     """Mean of each of the context's maps over the valid pixels of the frame ``r`` pixels wide
     around each box (the box grown by ``r`` and clipped to the tile, less the box); NaN where
@@ -704,7 +721,9 @@ def _frame_means(boxes: np.ndarray, r: int, context: FrameContext) -> list[np.nd
         return [np.where(n_px > 0, frame(ii) / n_px, np.nan) for ii in context.sums]
 
 
-def _shape_stats(labels: np.ndarray, n: int, traced: np.ndarray, boxes: np.ndarray):
+def _shape_stats(
+    labels: np.ndarray, n: int, traced: np.ndarray, boxes: np.ndarray, *, compiled: bool = True
+):
     """Minimum-rotated-rectangle area and sides and convex hull area of each ``traced`` label
     (NaN for the others; a traced label must have pixels).
 
@@ -717,6 +736,18 @@ def _shape_stats(labels: np.ndarray, n: int, traced: np.ndarray, boxes: np.ndarr
     hull_area = np.full(n, np.nan)
     long_side = np.full(n, np.nan)
     short_side = np.full(n, np.nan)
+    hulls = _hull_kernel() if compiled else None
+    if hulls is not None:
+        which = np.flatnonzero(traced)
+        starts, points, areas = hulls(
+            np.ascontiguousarray(labels, np.int32), np.ascontiguousarray(boxes, np.int64), which
+        )
+        hull_area[which] = areas
+        for j, i in enumerate(which.tolist()):
+            (_, _), (rw, rh), _ = cv2.minAreaRect(points[starts[j] : starts[j + 1]])
+            rect_area[i] = rw * rh
+            long_side[i], short_side[i] = max(rw, rh), min(rw, rh)
+        return rect_area, hull_area, long_side, short_side
     for i, sl in enumerate(_box_slices(labels, n, boxes)):
         if not traced[i]:
             continue
@@ -1860,7 +1891,7 @@ SUPPRESS_OVERLAP = 0.3
 
 
 def suppress(
-    parts: list, min_pixels: float = 0
+    parts: list, min_pixels: float = 0, *, compiled: bool = True
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """One label image from the candidates of several segmentations (greedy, by confidence).
 
@@ -1871,7 +1902,10 @@ def suppress(
     are neither taken nor next to a taken one (8-neighbours: no two instances touch), provided
     that part keeps at least ``1 - SUPPRESS_OVERLAP`` of the candidate and ``min_pixels``.
     Returns ``(labels, X, boxes, confidence)`` of the taken candidates, label ``i + 1`` for row
-    ``i`` (statistics and box are the candidate's own, computed before it was trimmed).
+    ``i`` (statistics and box are the candidate's own, computed before it was trimmed). One
+    compiled pass where numba is installed (:func:`~solardesk_spectral._kernels.suppress`),
+    else a loop of NumPy and OpenCV steps per candidate (``compiled=False`` takes it too; the
+    results are the same).
     """
     shape = parts[0][0].shape
     order = sorted(
@@ -1881,6 +1915,26 @@ def suppress(
             for i in np.flatnonzero(kept)
         )
     )
+    n_feat = parts[0][1].shape[1] if parts[0][1].ndim == 2 else len(INSTANCE_FEATURES)
+    kernel = _suppress_kernel() if compiled else None
+    if kernel is not None:
+        which = np.array([(h, i) for _, h, i in order], np.int64).reshape(-1, 2)
+        boxes = np.array([parts[h][2][i] for _, h, i in order], np.int64).reshape(-1, 4)
+        out, taken = kernel(
+            tuple(np.ascontiguousarray(p[0], np.int32) for p in parts),
+            which[:, 0].copy(),
+            which[:, 1].copy(),
+            boxes,
+            SUPPRESS_OVERLAP,
+            float(min_pixels),
+        )
+        chosen = [order[j] for j in taken.tolist()]
+        return (
+            out,
+            np.array([parts[h][1][i] for _, h, i in chosen], np.float64).reshape(-1, n_feat),
+            boxes[taken].reshape(-1, 4),
+            np.array([-c for c, _, _ in chosen], np.float64),
+        )
     out = np.zeros(shape, np.int32)
     h_, w_ = shape
     ring = np.ones((3, 3), np.uint8)
@@ -1913,7 +1967,6 @@ def suppress(
         rows.append(X[i])
         boxes.append(bxs[i])
         confs.append(-neg_conf)
-    n_feat = parts[0][1].shape[1] if parts[0][1].ndim == 2 else len(INSTANCE_FEATURES)
     return (
         out,
         np.array(rows, np.float64).reshape(-1, n_feat),
