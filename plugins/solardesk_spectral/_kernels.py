@@ -186,28 +186,39 @@ def _suppress_py(labels, order_h, order_i, boxes, overlap, min_pixels):
         lab = labels[order_h[j]]
         v = order_i[j] + 1
         x0, y0, x1, y1 = boxes[j, 0], boxes[j, 1], boxes[j, 2], boxes[j, 3]
+        # is anything taken in the box or next to it?
+        near = False
+        for y in range(max(y0 - 1, 0), min(y1 + 1, h)):
+            for x in range(max(x0 - 1, 0), min(x1 + 1, w)):
+                if out[y, x] > 0:
+                    near = True
+                    break
+            if near:
+                break
         area = 0
         over = 0
-        for y in range(y0, y1):
-            for x in range(x0, x1):
-                if lab[y, x] == v:
-                    area += 1
-                    if out[y, x] > 0:
-                        over += 1
-        if over > overlap * area:
-            continue
-        n_free = 0
         for y in range(y0, y1):
             for x in range(x0, x1):
                 f = 0
                 if lab[y, x] == v:
                     f = 1
+                    area += 1
+                    if near and out[y, x] > 0:
+                        over += 1
+                part[y - y0, x - x0] = f
+        if over > overlap * area:
+            continue
+        n_free = area
+        if near:  # less a one-pixel ring around the taken pixels
+            for y in range(y0, y1):
+                for x in range(x0, x1):
+                    if part[y - y0, x - x0] == 0:
+                        continue
                     for yy in range(max(y - 1, 0), min(y + 2, h)):
                         for xx in range(max(x - 1, 0), min(x + 2, w)):
-                            if out[yy, xx] > 0:
-                                f = 0
-                    n_free += f
-                part[y - y0, x - x0] = f
+                            if out[yy, xx] > 0 and part[y - y0, x - x0] == 1:
+                                part[y - y0, x - x0] = 0
+                                n_free -= 1
         bh, bw = y1 - y0, x1 - x0
         best = 0
         if n_free < area:

@@ -1908,6 +1908,31 @@ def suppress(
     results are the same).
     """
     shape = parts[0][0].shape
+    n_feat = parts[0][1].shape[1] if parts[0][1].ndim == 2 else len(INSTANCE_FEATURES)
+    kernel = _suppress_kernel() if compiled else None
+    if kernel is not None:
+        # the same order as the loop's: falling confidence, then segmentation, then label
+        idx = [np.flatnonzero(p[4]) for p in parts]
+        seg = np.concatenate([np.full(len(i), h, np.int64) for h, i in enumerate(idx)])
+        lab = np.concatenate(idx).astype(np.int64)
+        neg = np.concatenate(
+            [-np.asarray(p[3], np.float64)[i] for p, i in zip(parts, idx, strict=True)]
+        )
+        order = np.lexsort((lab, seg, neg))
+        seg, lab, neg = seg[order], lab[order], neg[order]
+        boxes = np.concatenate(
+            [np.asarray(p[2], np.int64)[i].reshape(-1, 4) for p, i in zip(parts, idx, strict=True)]
+        )[order]
+        out, taken = kernel(
+            tuple(np.ascontiguousarray(p[0], np.int32) for p in parts),
+            seg,
+            lab,
+            boxes,
+            SUPPRESS_OVERLAP,
+            float(min_pixels),
+        )
+        rows = [parts[h][1][i] for h, i in zip(seg[taken], lab[taken], strict=True)]
+        return out, np.array(rows, np.float64).reshape(-1, n_feat), boxes[taken], -neg[taken]
     order = sorted(
         (
             (-float(conf[i]), h, int(i))
@@ -1915,26 +1940,6 @@ def suppress(
             for i in np.flatnonzero(kept)
         )
     )
-    n_feat = parts[0][1].shape[1] if parts[0][1].ndim == 2 else len(INSTANCE_FEATURES)
-    kernel = _suppress_kernel() if compiled else None
-    if kernel is not None:
-        which = np.array([(h, i) for _, h, i in order], np.int64).reshape(-1, 2)
-        boxes = np.array([parts[h][2][i] for _, h, i in order], np.int64).reshape(-1, 4)
-        out, taken = kernel(
-            tuple(np.ascontiguousarray(p[0], np.int32) for p in parts),
-            which[:, 0].copy(),
-            which[:, 1].copy(),
-            boxes,
-            SUPPRESS_OVERLAP,
-            float(min_pixels),
-        )
-        chosen = [order[j] for j in taken.tolist()]
-        return (
-            out,
-            np.array([parts[h][1][i] for _, h, i in chosen], np.float64).reshape(-1, n_feat),
-            boxes[taken].reshape(-1, 4),
-            np.array([-c for c, _, _ in chosen], np.float64),
-        )
     out = np.zeros(shape, np.int32)
     h_, w_ = shape
     ring = np.ones((3, 3), np.uint8)
