@@ -1,4 +1,5 @@
-"""Compiled per-label statistics (numba), with the same results as the NumPy path.
+"""Compiled per-label statistics and per-candidate loops (numba), with the same results as the
+NumPy and OpenCV paths.
 
 The analyser's instance statistics need, for every label of a label image, its pixel count,
 its sums over a few float32 maps and its bounding box. NumPy does that with one gather and one
@@ -6,8 +7,14 @@ its sums over a few float32 maps and its bounding box. NumPy does that with one 
 from memory again. :func:`label_sums` does it in one pass over the label image (ADR 0037).
 Sums run in float64 in raster order, as ``bincount`` adds them, so the results are identical.
 
-numba is optional: :func:`label_sums` is None where it does not import (the analyser then
-takes the NumPy path, which the tests check against this one).
+:func:`corner_hulls` (each candidate's convex hull and its area, for the shape statistics) and
+:func:`suppress` (the greedy suppression of overlapping candidates) replace per-candidate
+loops of NumPy and OpenCV calls, which a 0.3 m tile, with four times the ground of a 0.15 m
+one, runs for about 130 candidates (ADR 0048). Each gives the very figures of the path it
+replaces.
+
+numba is optional: each kernel is None where it does not import (the analyser then takes the
+NumPy and OpenCV paths, which the tests check against these).
 """
 
 from __future__ import annotations

@@ -1535,7 +1535,7 @@ def test_the_compiled_suppression_equals_the_numpy_path() -> None:
 
 
 def test_the_analyser_gives_the_same_candidates_without_numba(tile, monkeypatch) -> None:
-    """Where numba does not import, the analyser takes the NumPy path (ADR 0037) and finds the
+    """Where numba does not import, the analyser takes the NumPy paths (ADRs 0037, 0048) and finds the
     same candidates with the same statistics and confidences (to the channels' float32
     last-bit noise between two runs, ≈ 1e-8)."""
     rgb, _ = tile
