@@ -195,7 +195,7 @@ def pixel_features(rgb: np.ndarray, valid: np.ndarray | None, gsd: float) -> np.
     """``(10, H, W)`` float32: the six channels, excess green, shadow, blue tint, fine texture."""
     h, w = rgb.shape[:2]
     out = np.empty((len(PIXEL_FEATURES), h, w), np.float32)
-    out[:6] = compute_channels(rgb, gsd, valid, masks=out[6:8])  # excess green, shadow
+    compute_channels(rgb, gsd, valid, masks=out[6:8], out=out[:6])  # + excess green, shadow
     out[8] = blue_tint(rgb)
     out[9] = fine_texture(rgb, gsd)
     if valid is not None:

@@ -1037,12 +1037,15 @@ def compute_channels(
     params: ChannelParams | None = None,
     *,
     masks: np.ndarray | None = None,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """The six channels of one tile as ``(6, H, W)`` float32 in ``[0, 1]``, in the order of
     :data:`CHANNEL_NAMES`, sharing the grey conversion, the levels and one Gabor bank pass.
     Invalid pixels (``valid`` False) are 0 in every channel. ``masks``: an optional ``(2, H,
     W)`` float32 array that receives :func:`excess_green` and :func:`shadow_mask` of the tile
-    (the photometric index computes both; this saves computing them again).
+    (the photometric index computes both; this saves computing them again). ``out``: an
+    optional ``(6, H, W)`` float32 array to write the channels into (and return), instead of a
+    new one.
 
     Args:
         rgb: ``(H, W, 3)`` uint8 tile.
@@ -1054,7 +1057,12 @@ def compute_channels(
         NotGeoreferencedError: ``gsd`` is not a positive number of metres.
     """
     t = _Tile(rgb, gsd, valid, params)
-    out = np.empty((6, t.h, t.w), np.float32)
+    if out is None:
+        out = np.empty((6, t.h, t.w), np.float32)
+    elif out.shape != (6, t.h, t.w) or out.dtype != np.float32:
+        raise ValueError(
+            f"out must be a (6, {t.h}, {t.w}) float32 array, not {out.shape} {out.dtype}"
+        )
     if t.n_valid == 0:
         out.fill(0.0)
         if masks is not None:

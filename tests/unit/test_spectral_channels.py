@@ -415,6 +415,24 @@ def test_single_channel_functions_equal_compute_channels():
     assert len(REF_FUNCTIONS) == len(FUNCTIONS)
 
 
+@pytest.mark.parametrize("part", ["all", "none"])
+def test_compute_channels_writes_into_the_array_it_is_given(part):
+    """``out=``: the channels go into the caller's array (a view of a larger stack, as the
+    analyser passes), which is returned, with the values a new array would hold; an array of
+    another shape or type is refused before anything is computed."""
+    rgb = module_scene(seed=6)
+    valid = None if part == "all" else np.zeros(rgb.shape[:2], bool)
+    stack = np.full((8, *rgb.shape[:2]), 7.0, np.float32)
+    got = compute_channels(rgb, GSD, valid, out=stack[1:7])
+    assert np.shares_memory(got, stack) and got.shape == (6, *rgb.shape[:2])
+    np.testing.assert_allclose(stack[1:7], compute_channels(rgb, GSD, valid), atol=1e-6)
+    assert (stack[0] == 7).all() and (stack[7] == 7).all()  # nothing written outside
+    assert (part == "none") == (not stack[1:7].any())
+    for wrong in (np.empty((5, *rgb.shape[:2]), np.float32), np.empty(stack[1:7].shape)):
+        with pytest.raises(ValueError, match="float32"):
+            compute_channels(rgb, GSD, valid, out=wrong)
+
+
 @pytest.mark.parametrize("part", ["all", "left", "none"])
 def test_the_masks_compute_channels_hands_back_equal_the_mask_functions(part):
     """``compute_channels(..., masks=)`` fills the excess green and shadow maps that the
