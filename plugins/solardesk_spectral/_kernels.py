@@ -1,5 +1,5 @@
-"""Compiled per-label statistics and per-candidate loops (numba), with the same results as the
-NumPy and OpenCV paths.
+"""Compiled per-label statistics and suppression (numba), with the same results as the NumPy
+and OpenCV paths.
 
 The analyser's instance statistics need, for every label of a label image, its pixel count,
 its sums over a few float32 maps and its bounding box. NumPy does that with one gather and one
@@ -7,11 +7,9 @@ its sums over a few float32 maps and its bounding box. NumPy does that with one 
 from memory again. :func:`label_sums` does it in one pass over the label image (ADR 0037).
 Sums run in float64 in raster order, as ``bincount`` adds them, so the results are identical.
 
-:func:`corner_hulls` (each candidate's convex hull and its area, for the shape statistics) and
-:func:`suppress` (the greedy suppression of overlapping candidates) replace per-candidate
-loops of NumPy and OpenCV calls, which a 0.3 m tile, with four times the ground of a 0.15 m
-one, runs for about 130 candidates (ADR 0048). Each gives the very figures of the path it
-replaces.
+:func:`suppress` (the greedy suppression of overlapping candidates) replaces a per-candidate
+loop of NumPy and OpenCV calls, which a 0.3 m tile, with four times the ground of a 0.15 m one,
+runs for several hundred candidates (ADR 0048). It gives the very figures of the loop.
 
 numba is optional: each kernel is None where it does not import (the analyser then takes the
 NumPy and OpenCV paths, which the tests check against these).
@@ -57,112 +55,6 @@ def _label_sums_py(labels, n, maps):
             boxes[i, 0] = 0
             boxes[i, 1] = 0
     return area, sums, boxes
-
-
-def _corner_hulls_py(labels, boxes, which):
-    """The convex hull of the pixel squares of each label ``i + 1`` for ``i`` in ``which``,
-    traced in its box (``boxes[i]``: x0, y0, x1, y1) from each row's outermost pixels.
-
-    Returns ``(starts, points, area)``: the hull of ``which[j]`` is ``points[starts[j]:starts[j
-    + 1]]`` (float32 x, y of pixel corners, pixel centres at integer coordinates; no three
-    collinear) and ``area[j]`` its area in pixels (exact: the corners are half-integers). A
-    label with no pixel in its box gets no point and area 0.
-
-    The hull of a pixel set's squares is the hull of the corners of each row's first and last
-    pixel; on the horizontal line between two rows only the leftmost and rightmost of those
-    corners can be vertices, so the candidate points come sorted by (y, x), two per line, and
-    one monotone-chain pass (Andrew's) finds the hull. Coordinates are doubled (odd integers)
-    so that every test is exact integer arithmetic.
-    """
-    m = len(which)
-    cap = 0
-    for j in range(m):
-        i = which[j]
-        cap += 2 * (boxes[i, 3] - boxes[i, 1] + 1) + 1
-    points = np.empty((cap, 2), np.float32)
-    starts = np.zeros(m + 1, np.int64)
-    area = np.zeros(m, np.float64)
-    out = 0
-    for j in range(m):
-        i = which[j]
-        lab = i + 1
-        x0, y0, x1, y1 = boxes[i, 0], boxes[i, 1], boxes[i, 2], boxes[i, 3]
-        rows = y1 - y0
-        # doubled corner coordinates of each line between rows (line k: y = y0 + k - 1/2)
-        lo = np.full(rows + 1, np.int64(1) << 40)
-        hi = np.full(rows + 1, -(np.int64(1) << 40))
-        for k in range(rows):
-            y = y0 + k
-            first = -1
-            for x in range(x0, x1):
-                if labels[y, x] == lab:
-                    first = x
-                    break
-            if first < 0:
-                continue
-            last = first
-            for x in range(x1 - 1, first, -1):
-                if labels[y, x] == lab:
-                    last = x
-                    break
-            left, right = 2 * first - 1, 2 * last + 1
-            for line in (k, k + 1):
-                if left < lo[line]:
-                    lo[line] = left
-                if right > hi[line]:
-                    hi[line] = right
-        px = np.empty(2 * (rows + 1), np.int64)
-        py = np.empty(2 * (rows + 1), np.int64)
-        npts = 0
-        for k in range(rows + 1):
-            if lo[k] <= hi[k]:
-                py[npts] = 2 * (y0 + k) - 1
-                px[npts] = lo[k]
-                npts += 1
-                py[npts] = 2 * (y0 + k) - 1
-                px[npts] = hi[k]
-                npts += 1
-        if npts == 0:
-            starts[j + 1] = out
-            continue
-        # Andrew's monotone chain over points sorted by (y, x); strict turns only
-        hx = np.empty(2 * npts + 1, np.int64)
-        hy = np.empty(2 * npts + 1, np.int64)
-        nh = 0
-        for p in range(npts):
-            while (
-                nh >= 2
-                and (hy[nh - 1] - hy[nh - 2]) * (px[p] - hx[nh - 2])
-                - (hx[nh - 1] - hx[nh - 2]) * (py[p] - hy[nh - 2])
-                <= 0
-            ):
-                nh -= 1
-            hx[nh] = px[p]
-            hy[nh] = py[p]
-            nh += 1
-        lower = nh + 1
-        for p in range(npts - 2, -1, -1):
-            while (
-                nh >= lower
-                and (hy[nh - 1] - hy[nh - 2]) * (px[p] - hx[nh - 2])
-                - (hx[nh - 1] - hx[nh - 2]) * (py[p] - hy[nh - 2])
-                <= 0
-            ):
-                nh -= 1
-            hx[nh] = px[p]
-            hy[nh] = py[p]
-            nh += 1
-        nh -= 1  # the first point closes the chain
-        twice = 0
-        for v in range(nh):
-            w = v + 1 if v + 1 < nh else 0
-            twice += hx[v] * hy[w] - hx[w] * hy[v]
-            points[out, 0] = hx[v] * 0.5
-            points[out, 1] = hy[v] * 0.5
-            out += 1
-        area[j] = abs(twice) / 8.0
-        starts[j + 1] = out
-    return starts, points[:out], area
 
 
 def _suppress_py(labels, order_h, order_i, boxes, overlap, min_pixels):
@@ -282,5 +174,4 @@ def _compile(fn: Callable) -> Callable | None:
 
 
 label_sums: Callable | None = _compile(_label_sums_py)
-corner_hulls: Callable | None = _compile(_corner_hulls_py)
 suppress: Callable | None = _compile(_suppress_py)

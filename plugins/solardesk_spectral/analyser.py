@@ -693,15 +693,6 @@ def _suppress_kernel():
     return suppress
 
 
-@lru_cache(maxsize=1)
-def _hull_kernel():
-    """The compiled :func:`~solardesk_spectral._kernels.corner_hulls`, or None without
-    numba."""
-    from solardesk_spectral._kernels import corner_hulls
-
-    return corner_hulls
-
-
 def _frame_means(boxes: np.ndarray, r: int, context: FrameContext) -> list[np.ndarray]:
     """Mean of each of the context's maps over the valid pixels of the frame ``r`` pixels wide
     around each box (the box grown by ``r`` and clipped to the tile, less the box); NaN where
@@ -721,9 +712,7 @@ def _frame_means(boxes: np.ndarray, r: int, context: FrameContext) -> list[np.nd
         return [np.where(n_px > 0, frame(ii) / n_px, np.nan) for ii in context.sums]
 
 
-def _shape_stats(
-    labels: np.ndarray, n: int, traced: np.ndarray, boxes: np.ndarray, *, compiled: bool = True
-):
+def _shape_stats(labels: np.ndarray, n: int, traced: np.ndarray, boxes: np.ndarray):
     """Minimum-rotated-rectangle area and sides and convex hull area of each ``traced`` label
     (NaN for the others; a traced label must have pixels).
 
@@ -736,18 +725,6 @@ def _shape_stats(
     hull_area = np.full(n, np.nan)
     long_side = np.full(n, np.nan)
     short_side = np.full(n, np.nan)
-    hulls = _hull_kernel() if compiled else None
-    if hulls is not None:
-        which = np.flatnonzero(traced)
-        starts, points, areas = hulls(
-            np.ascontiguousarray(labels, np.int32), np.ascontiguousarray(boxes, np.int64), which
-        )
-        hull_area[which] = areas
-        for j, i in enumerate(which.tolist()):
-            (_, _), (rw, rh), _ = cv2.minAreaRect(points[starts[j] : starts[j + 1]])
-            rect_area[i] = rw * rh
-            long_side[i], short_side[i] = max(rw, rh), min(rw, rh)
-        return rect_area, hull_area, long_side, short_side
     for i, sl in enumerate(_box_slices(labels, n, boxes)):
         if not traced[i]:
             continue
@@ -1902,8 +1879,9 @@ def suppress(
     are neither taken nor next to a taken one (8-neighbours: no two instances touch), provided
     that part keeps at least ``1 - SUPPRESS_OVERLAP`` of the candidate and ``min_pixels``.
     Returns ``(labels, X, boxes, confidence)`` of the taken candidates, label ``i + 1`` for row
-    ``i`` (statistics and box are the candidate's own, computed before it was trimmed). One
-    compiled pass where numba is installed (:func:`~solardesk_spectral._kernels.suppress`),
+    ``i`` (statistics and box are the candidate's own, computed before it was trimmed).
+    Confidences are numbers (never NaN: their order would be undefined). One compiled pass
+    where numba is installed (:func:`~solardesk_spectral._kernels.suppress`),
     else a loop of NumPy and OpenCV steps per candidate (``compiled=False`` takes it too; the
     results are the same).
     """
@@ -1923,11 +1901,13 @@ def suppress(
         boxes = np.concatenate(
             [np.asarray(p[2], np.int64)[i].reshape(-1, 4) for p, i in zip(parts, idx, strict=True)]
         )[order]
+        # (the kernel does not check bounds: a box is the tile's at most)
+        scan = np.clip(boxes, 0, np.array([shape[1], shape[0]] * 2, np.int64))
         out, taken = kernel(
             tuple(np.ascontiguousarray(p[0], np.int32) for p in parts),
             seg,
             lab,
-            boxes,
+            scan,
             SUPPRESS_OVERLAP,
             float(min_pixels),
         )

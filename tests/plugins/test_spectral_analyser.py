@@ -1402,89 +1402,6 @@ def test_the_compiled_label_sums_equal_the_numpy_path() -> None:
     np.testing.assert_allclose(s_fast[0], [m[10:40, 5:50].sum(dtype=np.float64) for m in maps])
 
 
-def _shape_zoo(seed: int) -> tuple[np.ndarray, int, np.ndarray]:
-    """Labels of every kind the shape statistics meet: rotated rectangles and ellipses, ragged
-    blobs, a label in several pieces, one with a hole, touching labels, one pixel, one row, one
-    column, an absent label; with each label's tight box, and some boxes made looser."""
-    rng = np.random.default_rng(seed)
-    labels = np.zeros((300, 400), np.int32)
-    n = 0
-    for _ in range(25):
-        n += 1
-        cx, cy = rng.uniform(20, 380), rng.uniform(20, 280)
-        size = (float(rng.uniform(2, 40)), float(rng.uniform(1, 20)))
-        box = cv2.boxPoints(((cx, cy), size, float(rng.uniform(0, 180)))).astype(np.int32)
-        cv2.fillPoly(labels, [box], n) if rng.random() < 0.6 else cv2.ellipse(
-            labels, ((cx, cy), size, float(rng.uniform(0, 180))), n, -1
-        )
-    n += 1
-    labels[5:45, 5:45] = np.where(rng.random((40, 40)) < 0.5, n, labels[5:45, 5:45])  # ragged
-    n += 1
-    labels[250:260, 10:20] = n  # two pieces
-    labels[280:290, 60:64] = n
-    n += 1
-    labels[200:240, 300:340] = n
-    labels[210:230, 310:330] = 0  # a hole
-    labels[200:240, 340:350] = n + 1  # touches it
-    n += 2  # (n - 1 is that neighbour; n itself does not occur)
-    labels[150, 200] = n + 1  # one pixel
-    labels[160, 200:260] = n + 2  # one row
-    labels[100:170, 395] = n + 3  # one column
-    n += 3
-    boxes = np.zeros((n, 4), np.int64)
-    for i, sl in enumerate(find_objects(labels, max_label=n)):
-        if sl is not None:
-            boxes[i] = (sl[1].start, sl[0].start, sl[1].stop, sl[0].stop)
-    looser = rng.random(n) < 0.3  # a box from before an outline was trimmed: a superset
-    boxes[looser, :2] = np.maximum(boxes[looser, :2] - 3, 0)
-    boxes[looser, 2] = np.minimum(boxes[looser, 2] + 3, labels.shape[1])
-    boxes[looser, 3] = np.minimum(boxes[looser, 3] + 3, labels.shape[0])
-    return labels, n, boxes
-
-
-@pytest.mark.parametrize("seed", range(6))
-def test_the_compiled_hulls_give_the_shape_statistics_of_opencv(seed) -> None:
-    """The compiled hull of each label's pixel squares (one monotone chain over the corners of
-    each row's outermost pixels) gives the very figures of OpenCV's contour and hull path:
-    the same hull area (exact) and, from ``cv2.minAreaRect`` on it, the same rectangle."""
-    assert fast._hull_kernel() is not None
-    labels, n, boxes = _shape_zoo(seed)
-    area = np.bincount(labels.ravel(), minlength=n + 1)[1:]
-    traced = area > 0
-    assert (~traced).sum() >= 1 and traced.sum() >= 30
-    compiled = fast._shape_stats(labels, n, traced, boxes)
-    plain = fast._shape_stats(labels, n, traced, boxes, compiled=False)
-    for got, want in zip(compiled, plain, strict=True):
-        np.testing.assert_array_equal(got, want)
-    rect_area, hull_area, long_side, short_side = compiled
-    assert np.isnan(hull_area[~traced]).all()
-    assert (hull_area[traced] >= area[traced]).all()  # the hull holds every pixel square
-    assert (rect_area[traced] >= hull_area[traced] - 1e-3).all()
-    assert (long_side[traced] >= short_side[traced]).all() and (short_side[traced] >= 1).all()
-    one_pixel = np.flatnonzero(area == 1)
-    np.testing.assert_array_equal(hull_area[one_pixel], 1.0)
-
-
-def test_compiled_hulls_of_shapes_whose_hull_is_known() -> None:
-    """Hull areas worked out by hand: an axis-aligned rectangle, a right triangle of pixels
-    (a staircase), a plus sign, and a label traced only in part of a loose box."""
-    labels = np.zeros((40, 40), np.int32)
-    labels[2:7, 3:13] = 1  # 5 × 10
-    for k in range(6):
-        labels[10 + k, 2 : 3 + k] = 2  # rows of 1 to 6 pixels: a staircase
-    labels[20:29, 23:26] = 3  # plus: a 9 × 3 bar and a 3 × 9 bar crossing at their middles
-    labels[23:26, 20:29] = 3
-    boxes = np.array([[3, 2, 13, 7], [2, 10, 8, 16], [0, 0, 40, 40]], np.int64)
-    starts, points, area = fast._hull_kernel()(labels, boxes, np.arange(3))
-    # (corners in pixel units, pixel centres at integers: the square of pixel (x, y) spans
-    # x - 0.5 .. x + 0.5)
-    assert area[0] == 50.0
-    assert area[1] == (1 + 6) / 2 * 5 + 6  # a trapezoid from 1 to 6 wide, then the last row
-    assert area[2] == 9 * 9 - 4 * (3 * 3) / 2  # an octagon: the square less four triangles
-    assert starts[1] - starts[0] == 4 and starts[3] - starts[2] == 8
-    assert points.dtype == np.float32
-
-
 def _random_parts(rng: np.random.Generator) -> list:
     """Two to four segmentations of one random mask each: many overlapping, ragged candidates,
     confidences rounded to tenths (ties), some outside the area limits (not ``kept``)."""
@@ -1542,7 +1459,6 @@ def test_the_analyser_gives_the_same_candidates_without_numba(tile, monkeypatch)
     settings = SpectralSettings()
     compiled = fast.analyse(rgb, None, 0.15, settings)
     monkeypatch.setattr(fast, "_kernel", lambda: None)
-    monkeypatch.setattr(fast, "_hull_kernel", lambda: None)
     monkeypatch.setattr(fast, "_suppress_kernel", lambda: None)
     plain = fast.analyse(rgb, None, 0.15, settings)
     assert len(compiled.confidence) >= 3
