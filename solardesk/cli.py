@@ -276,6 +276,24 @@ def _parse_set(values: tuple[str, ...]) -> dict:
     return out
 
 
+class _Confidence(click.FloatRange):
+    """A confidence: a number from 0 to 1 (click's range lets NaN through: refused here)."""
+
+    name = "confidence"
+
+    def __init__(self) -> None:
+        super().__init__(0.0, 1.0)
+
+    def convert(self, value, param, ctx):
+        rv = super().convert(value, param, ctx)
+        if math.isnan(rv):
+            self.fail("must be a number from 0 to 1, not nan", param, ctx)
+        return rv
+
+
+#: A ``--threshold`` or ``--min-confidence``.
+CONFIDENCE = _Confidence()
+
 #: ``--workers`` of the commands that run a tile stage in a pool of processes.
 _WORKERS = click.option(
     "--workers",
@@ -298,7 +316,7 @@ _WORKERS = click.option(
 @_WORKERS
 @click.option(
     "--threshold",
-    type=float,
+    type=CONFIDENCE,
     default=None,
     help="Confidence of pseudo-labels (read-time: changing it recomputes nothing). [0.85]",
 )
@@ -404,7 +422,7 @@ def precompute(
     type=click.Path(path_type=Path),
     help="Mask cache to fill and reuse (default: a hidden file beside --out, so reruns resume).",
 )
-@click.option("--threshold", type=float, help="Keep panels at or above this confidence.")
+@click.option("--threshold", type=CONFIDENCE, help="Keep panels at or above this confidence.")
 @_WORKERS
 @click.option(
     "--tile",
@@ -515,7 +533,9 @@ def cache() -> None:
 
 @cache.command("stats")
 @click.argument("cache_path", type=click.Path(path_type=Path))
-@click.option("--threshold", default=0.85, show_default=True, help="Pseudo-label confidence.")
+@click.option(
+    "--threshold", default=0.85, show_default=True, type=CONFIDENCE, help="Pseudo-label confidence."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 def cache_stats(cache_path: Path, threshold: float, as_json: bool) -> None:
     """Tiles, candidates, pseudo-labels above a threshold and size on disk of CACHE_PATH."""
@@ -545,7 +565,9 @@ def cache_stats(cache_path: Path, threshold: float, as_json: bool) -> None:
 @cache.command("export-coco")
 @click.argument("cache_path", type=click.Path(path_type=Path))
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--threshold", default=0.85, show_default=True, help="Pseudo-label confidence.")
+@click.option(
+    "--threshold", default=0.85, show_default=True, type=CONFIDENCE, help="Pseudo-label confidence."
+)
 def cache_export_coco(cache_path: Path, out: Path, threshold: float) -> None:
     """Write the pseudo-labels of CACHE_PATH as a COCO instances JSON file OUT."""
     from solardesk.core.cache import MaskCache
@@ -562,7 +584,7 @@ def cache_export_coco(cache_path: Path, out: Path, threshold: float) -> None:
     "--min-confidence",
     default=0.0,
     show_default=True,
-    type=click.FloatRange(0.0, 1.0),
+    type=CONFIDENCE,
     help="Only candidates at least this.",
 )
 @click.option(
@@ -579,8 +601,6 @@ def cache_instances(
     """List the candidates CACHE_PATH shows (ids for `solardesk cache review`), by id."""
     from solardesk.core.cache import MaskCache
 
-    if math.isnan(min_confidence):
-        raise click.BadParameter("must be a number from 0 to 1", param_hint="--min-confidence")
     _require_file(cache_path, "cache")
     with MaskCache(cache_path, readonly=True) as c, _quiet_on_closed_pipe():
         rows = c.iter_instances(min_confidence=min_confidence, review=states or None)

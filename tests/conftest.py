@@ -43,6 +43,22 @@ def write_raster(
     return path
 
 
+def write_damaged_inside(tmp_path: Path, dtype=np.uint8) -> Path:
+    """A tiled, compressed GeoTIFF whose middle blocks are overwritten: it opens (the check
+    at opening reads the last block, which is intact) but its centre cannot be read."""
+    rng = np.random.default_rng(2)
+    data = rng.integers(0, 255, (3, 512, 512)).astype(dtype)
+    whole = write_raster(
+        tmp_path / "whole.tif", data, tiled=True, blockxsize=64, blockysize=64, compress="deflate"
+    )
+    raw = bytearray(whole.read_bytes())
+    a, b = int(len(raw) * 0.40), int(len(raw) * 0.55)
+    raw[a:b] = rng.integers(0, 256, b - a, dtype=np.uint8).tobytes()
+    bad = tmp_path / "bad.tif"
+    bad.write_bytes(bytes(raw))
+    return bad
+
+
 @pytest.fixture
 def rgb_tif(tmp_path: Path) -> Path:
     """A 300×200 3-band uint8 GeoTIFF in UTM 32N at 0.2 m with a gradient and a bright box."""

@@ -8,11 +8,12 @@ overviews or a sample of windows, so every tile of one raster sees the same stre
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -327,8 +328,22 @@ def fingerprint_dataset(ds: rasterio.DatasetReader) -> str:
     }
     h.update(json.dumps(head, sort_keys=True).encode())
     for win in _grid_windows(ds.width, ds.height, _FINGERPRINT_GRID, _FINGERPRINT_WINDOW):
-        h.update(np.ascontiguousarray(ds.read(window=win)).tobytes())
+        with _damaged_file(ds.name, win):
+            h.update(np.ascontiguousarray(ds.read(window=win)).tobytes())
     return h.hexdigest()[:20]
+
+
+@contextlib.contextmanager
+def _damaged_file(name: str, window: Window | None = None) -> Iterator[None]:
+    """Turn a read that fails inside the file (a damaged block: the open-time check reads
+    only the last one) into a :class:`RasterOpenError` that names the file and the remedy."""
+    try:
+        yield
+    except RasterioError as e:
+        where = f"reading window {window}" if window is not None else "reading it"
+        raise RasterOpenError(
+            f"{name}: {where} failed ({_short(e)}); the file is damaged. Copy or download it again."
+        ) from e
 
 
 def fingerprint(path: str | Path) -> str:
@@ -427,13 +442,13 @@ def _stretch_samples(ds: rasterio.DatasetReader, bands: tuple[int, int, int]) ->
     if ovr:
         f = max(ovr)
         shape = (len(unique), max(1, ds.height // f), max(1, ds.width // f))
-        arr = ds.read(unique, out_shape=shape, masked=True)
-        chunks = [arr]
+        with _damaged_file(ds.name):
+            chunks = [ds.read(unique, out_shape=shape, masked=True)]
     else:
-        chunks = [
-            ds.read(unique, window=w, masked=True)
-            for w in _grid_windows(ds.width, ds.height, _STRETCH_GRID, _STRETCH_WINDOW)
-        ]
+        chunks = []
+        for w in _grid_windows(ds.width, ds.height, _STRETCH_GRID, _STRETCH_WINDOW):
+            with _damaged_file(ds.name, w):
+                chunks.append(ds.read(unique, window=w, masked=True))
     per_band = {}
     for i, b in enumerate(unique):
         vals = [np.ma.compressed(c[i]) for c in chunks]
@@ -483,20 +498,12 @@ class RasterReader:
         """
         n = self.normalisation
         unique = sorted(set(n.bands))
-        try:
+        with _damaged_file(self.path, window):
             raw = self.ds.read(unique, window=window)
-        except RasterioError as e:
-            raise RasterOpenError(
-                f"{self.path}: reading window {window} failed ({_short(e)}); the file may be "
-                "damaged. Copy it again."
-            ) from e
+            masks = None if self._all_valid else self.ds.read_masks(unique, window=window)
         index = {b: i for i, b in enumerate(unique)}
         h, w = raw.shape[1:]
-        if self._all_valid:
-            valid = np.ones((h, w), bool)
-        else:
-            masks = self.ds.read_masks(unique, window=window)
-            valid = np.all(masks > 0, axis=0)
+        valid = np.ones((h, w), bool) if masks is None else np.all(masks > 0, axis=0)
         rgb = np.empty((h, w, 3), np.uint8)
         for c, b in enumerate(n.bands):
             band = raw[index[b]]

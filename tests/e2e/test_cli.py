@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from solardesk import __version__
 from solardesk.cli import _add_plugin_commands, cli
-from tests.conftest import write_raster
+from tests.conftest import write_damaged_inside, write_raster
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -89,7 +89,14 @@ def _bad_inputs(tmp: Path) -> list[tuple[list[str], str]]:
         )
     )
     nocrs = write_raster(tmp / "nocrs.tif", np.zeros((3, 300, 300), np.uint8), crs=None)
+    bad = write_damaged_inside(tmp)  # opens; its middle blocks cannot be read
+    cache = tmp / "c.sqlite"
     return [
+        (["info", str(bad)], "bad.tif: reading window"),
+        (["precompute", str(bad), "--cache", str(cache)], "the file is damaged. Copy or download"),
+        (["cache", "stats", str(cache), "--threshold", "nan"], "must be a number from 0 to 1"),
+        (["cache", "export-coco", str(cache), str(tmp / "x.json"), "--threshold", "1.5"], "1.5"),
+        (["detect", str(good), "--spectral", "--threshold", "-0.1"], "'--threshold': -0.1"),
         (["info", str(tmp / "missing.tif")], "missing.tif: no such file"),
         (["info", str(tmp / "empty.tif")], "empty.tif: the file is empty"),
         (["info", str(tmp / "notes.tif")], "notes.tif: cannot be read as a raster"),
@@ -111,6 +118,7 @@ def test_bad_input_gives_clean_errors(tmp_path: Path) -> None:
         assert expected in out.stderr, (args, out.stderr)
         assert out.stderr.splitlines()[-1].startswith("Error: "), out.stderr
         assert "Traceback" not in out.stderr + out.stdout
+    assert not (tmp_path / "x.json").exists()
 
 
 def test_jpeg_without_world_file_warns_cleanly(tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ from solardesk.errors import (
     RasterOpenError,
     SolarDeskError,
 )
-from tests.conftest import write_raster
+from tests.conftest import write_damaged_inside, write_raster
 
 
 def test_describe_projected(rgb_tif: Path) -> None:
@@ -177,6 +177,23 @@ def test_truncated_tiff(tmp_path: Path) -> None:
     cut.write_bytes(raw[: len(raw) // 2])
     with pytest.raises(RasterOpenError, match=r"cut\.tif.*(damaged|truncated|cannot be read)"):
         open_raster(cut)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16], ids=["8-bit", "16-bit"])
+def test_a_block_damaged_inside_the_file_is_named_with_its_remedy(tmp_path, dtype) -> None:
+    """The fingerprint, the 16-bit stretch estimate and a tile read each meet the damaged
+    blocks: each reports the file, that it is damaged and what to do — not rasterio's "Read
+    failed" (which the command line showed as an internal error, exit 3)."""
+    bad = write_damaged_inside(tmp_path, dtype)
+    with open_raster(bad) as ds:  # opens: the last block is whole
+        assert ds.width == 512
+    with pytest.raises(RasterOpenError, match=r"bad\.tif: reading .* damaged\. Copy or download"):
+        fingerprint(bad)
+    if dtype is np.uint16:
+        with open_raster(bad) as ds, pytest.raises(RasterOpenError, match=r"bad\.tif.*damaged"):
+            estimate_normalisation(ds)
+    with pytest.raises(RasterOpenError, match=r"bad\.tif.*damaged"), RasterReader(bad) as r:
+        r.read_rgb(Window(192, 192, 128, 128))  # (16-bit: the reader's stretch estimate meets it)
 
 
 def test_fingerprint_survives_copy_and_changes_with_content(tmp_path: Path, rgb_tif: Path) -> None:
