@@ -34,6 +34,10 @@ class ResolutionError(SolarDeskError, ValueError):
     """A raster's ground resolution is too coarse for the stage asked to run on it."""
 
 
+class TilesFailedError(SolarDeskError, OSError):
+    """Some tiles of a run could not be computed (a damaged block); the others were stored."""
+
+
 class NotGeoreferencedWarning(SolarDeskWarning):
     """A raster has no CRS or no world file: SolarDesk falls back to pixel coordinates."""
 

@@ -59,6 +59,30 @@ def write_damaged_inside(tmp_path: Path, dtype=np.uint8) -> Path:
     return bad
 
 
+def write_damaged_block(path: Path, block: tuple[int, int] = (2, 2)) -> Path:
+    """A 1024² three-band GeoTIFF of 128² deflated blocks at 0.15 m whose block ``(row, col)``
+    is overwritten: it opens, fingerprints and reads everywhere but in that block (the
+    fingerprint's windows and the last block are elsewhere)."""
+    rng = np.random.default_rng(3)
+    data = rng.integers(60, 200, (3, 1024, 1024)).astype(np.uint8)
+    write_raster(
+        path,
+        data,
+        transform=Affine(0.15, 0, 680000.0, 0, -0.15, 5150000.0),
+        tiled=True,
+        blockxsize=128,
+        blockysize=128,
+        compress="deflate",
+    )
+    with rasterio.open(path) as ds:
+        offset = int(ds.get_tag_item(f"BLOCK_OFFSET_{block[1]}_{block[0]}", "TIFF", bidx=1))
+        size = int(ds.get_tag_item(f"BLOCK_SIZE_{block[1]}_{block[0]}", "TIFF", bidx=1))
+    raw = bytearray(path.read_bytes())
+    raw[offset : offset + size] = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
+    path.write_bytes(bytes(raw))
+    return path
+
+
 @pytest.fixture
 def rgb_tif(tmp_path: Path) -> Path:
     """A 300×200 3-band uint8 GeoTIFF in UTM 32N at 0.2 m with a gradient and a bright box."""

@@ -25,7 +25,9 @@ from solardesk.errors import (
     NotGeoreferencedError,
     NotGeoreferencedWarning,
     ResolutionError,
+    SolarDeskError,
     SolarDeskWarning,
+    TilesFailedError,
 )
 
 #: Read-time settings (confidence threshold...) never change what is computed: they are
@@ -53,6 +55,9 @@ class TileOutcome:
     window: tuple[int, int, int, int]
     instances: list
     seconds: float
+    #: The user-facing error that stopped this tile (e.g. a damaged block of the raster); its
+    #: instances are then empty and nothing is stored for it.
+    error: SolarDeskError | None = None
 
 
 @dataclass
@@ -145,8 +150,18 @@ def run_tile(task: TileTask) -> TileOutcome:
 
 
 def run_tiles(tasks: Sequence[TileTask]) -> list[TileOutcome]:
-    """Run a chunk of tiles in one worker call (fewer round trips to the pool)."""
-    return [run_tile(t) for t in tasks]
+    """Run a chunk of tiles in one worker call (fewer round trips to the pool).
+
+    A tile that fails on bad input (a :class:`SolarDeskError`: a damaged block of the raster)
+    comes back as an outcome carrying the error, so the chunk's other tiles are still stored
+    and the run goes on; any other exception is a bug and stops the run."""
+    out = []
+    for t in tasks:
+        try:
+            out.append(run_tile(t))
+        except SolarDeskError as e:
+            out.append(TileOutcome(t.raster, t.tile_id, t.window, [], 0.0, error=e))
+    return out
 
 
 def auto_chunk_size(n_tasks: int, workers: int, most: int = 8) -> int:
@@ -314,7 +329,10 @@ def precompute(
     A generator (DESIGN.md §4): it yields a :class:`Progress` per finished tile and returns a
     :class:`PrecomputeSummary`. Results are committed at least every ``flush_every_s``
     seconds, each tile atomically; closing the generator (cancel, Ctrl-C) commits what has
-    finished and stops the workers. A rerun computes only the tiles not in the cache.
+    finished and stops the workers. A rerun computes only the tiles not in the cache. A tile
+    that cannot be computed for bad input (a damaged block of the raster) is left out and the
+    run goes on; at its end, after every other tile is stored, :class:`TilesFailedError`
+    names the tiles left out and the first reason.
 
     With ``workers > 1`` each worker task is a chunk of ``chunk_size`` tiles (default
     :func:`auto_chunk_size`): one round trip to the pool per chunk instead of per tile took
@@ -401,10 +419,22 @@ def precompute(
                     if workers <= 1:
                         close_worker_readers()
 
+        failed: list[TileOutcome] = []
         stream = outcomes()
         try:
             for out in stream:
                 plan = plan_of[out.raster]
+                if out.error is not None:
+                    failed.append(out)
+                    yield Progress(
+                        done,
+                        total,
+                        clock(),
+                        f"{n_instances} candidates; tile {out.tile_id} of {plan.path.name} left "
+                        f"out: {out.error}",
+                        skipped=skipped,
+                    )
+                    continue
                 key = TileKey(
                     plan.info.fingerprint,
                     out.tile_id,
@@ -429,6 +459,13 @@ def precompute(
         finally:
             stream.close()
             flush()
+    if failed:
+        rasters_hit = sorted({Path(f.raster).name for f in failed})
+        raise TilesFailedError(
+            f"{len(failed)} of {total} tiles could not be computed ({', '.join(rasters_hit)}); "
+            f"the other {done} are in {cache_path}, and a rerun computes only what is missing. "
+            f"First reason, tile {failed[0].tile_id}: {failed[0].error}"
+        )
     return PrecomputeSummary(
         len(plans), total, done - skipped, skipped, n_instances, clock(), tuple(plans)
     )

@@ -19,7 +19,7 @@ from solardesk.core.cache import MaskCache
 from solardesk.core.jobs import Progress
 from solardesk.core.pipeline import precompute
 from solardesk.synthetic import SceneSpec, generate_scene, write_large_raster, write_scene
-from tests.conftest import write_raster
+from tests.conftest import write_damaged_block, write_raster
 
 TILING = TilingSettings(tile_size=256, overlap=32)
 
@@ -228,6 +228,30 @@ def test_bad_input_is_reported_and_nothing_half_written(tmp_path: Path, scene_ti
     # a run refused before any tile leaves no cache file behind
     for name in ("s", "n", "l", "z", "b"):
         assert not (tmp_path / f"{name}.sqlite").exists(), name
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_damaged_block_leaves_out_its_tile_and_nothing_else(tmp_path: Path, workers) -> None:
+    """A raster with one damaged block, then a sound one: every tile that can be read is
+    computed and stored — the damaged raster's others, the tiles in the same worker chunk, the
+    next raster — and the run then exits 2 naming the tile left out and why. A rerun computes
+    nothing again and says the same."""
+    bad = write_damaged_block(tmp_path / "bad.tif", block=(2, 2))  # pixels 256-384
+    cache = tmp_path / "c.sqlite"
+    args = ["precompute", str(bad), str(tmp_path / "scene.tif"), "--cache", str(cache)]
+    write_scene(generate_scene(SceneSpec(height=512, width=512, gsd=0.15, seed=3)), args[2])
+    args += ["--tile", "256", "--overlap", "0", "--workers", str(workers)]
+    out = _cli(*args)
+    assert out.returncode == 2, out.stderr
+    assert "1 of 20 tiles could not be computed (bad.tif)" in out.stderr, out.stderr
+    assert "tile c256_r256" in out.stderr and "damaged. Copy or download" in out.stderr
+    assert "Traceback" not in out.stderr and "Internal error" not in out.stderr
+    with MaskCache(cache, readonly=True) as c:
+        assert c.stats()["tiles"] == 19 and c.integrity_ok()
+    again = _cli(*args)
+    assert again.returncode == 2 and "the other 19 are in" in again.stderr, again.stderr
+    with MaskCache(cache, readonly=True) as c:
+        assert c.stats()["tiles"] == 19
 
 
 def test_cache_commands(tmp_path: Path, scene_tif: Path) -> None:
