@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import secrets
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -455,6 +456,12 @@ def _pyproj_wkt(crs: Any) -> str:
     return as_pyproj_crs(crs).to_wkt()
 
 
+def _gdal_reason(e: BaseException) -> str:
+    """GDAL's message without its internal detail (open flags), on one line."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return re.sub(r"\s*\(flags=\d+\)", "", text)[:200]
+
+
 # --- reading --------------------------------------------------------------------------------
 def read_geometries(
     path: str | os.PathLike[str], dst_crs: Any = None, *, layer: str | int | None = None
@@ -476,13 +483,20 @@ def read_geometries(
     from fiona.errors import FionaError
 
     p = Path(path)
+    remedy = (
+        "Give a polygon file in one of these formats (a Shapefile with its .shx, .dbf and "
+        ".prj beside it), e.g. one saved from QGIS."
+    )
     if not p.exists():
-        raise AOIError(f"{p}: no such file.")
+        raise AOIError(f"{p}: no such file. Check the path.")
+    if p.is_file() and p.stat().st_size == 0:
+        raise AOIError(f"{p}: the file is empty (0 bytes). {remedy}")
     try:
         layers = fiona.listlayers(p)
     except (FionaError, OSError) as e:
         raise AOIError(
-            f"{p}: cannot be read as a vector file (GeoJSON, GeoPackage, Shapefile): {e}"
+            f"{p}: cannot be read as a vector file (GeoJSON, GeoPackage, Shapefile; the reader "
+            f"said: {_gdal_reason(e)}). {remedy}"
         ) from e
     if layer is None and len(layers) > 1:
         raise AOIError(f"{p} has several layers ({', '.join(layers)}); say which one to use.")
@@ -503,7 +517,9 @@ def read_geometries(
                     geom = shapely.make_valid(geom)
                 geoms.append(geom)
     except (FionaError, OSError, ValueError) as e:
-        raise AOIError(f"{p}: cannot be read as a vector file: {e}") from e
+        raise AOIError(
+            f"{p}: cannot be read as a vector file (the reader said: {_gdal_reason(e)}). {remedy}"
+        ) from e
 
     if not geoms:
         raise AOIError(f"{p}: holds no geometry.")

@@ -293,8 +293,14 @@ def test_read_geometries_errors_are_clear(tmp_path):
 
     garbage = tmp_path / "garbage.geojson"
     garbage.write_text("this is not json")
-    with pytest.raises(AOIError, match="cannot be read"):
+    with pytest.raises(AOIError, match="cannot be read.*Give a polygon file") as ei:
         read_geometries(garbage)
+    assert "flags=" not in str(ei.value)  # GDAL's internals stay out of the message
+
+    zero = tmp_path / "zero.geojson"
+    zero.touch()
+    with pytest.raises(AOIError, match=r"zero\.geojson: the file is empty.*Give a polygon"):
+        read_geometries(zero)
 
     empty = tmp_path / "empty.geojson"
     empty.write_text('{"type": "FeatureCollection", "features": []}')
