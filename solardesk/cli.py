@@ -39,9 +39,13 @@ class SolarDeskGroup(click.Group):
             ctx.exit(EXIT_USER_ERROR)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
-        except KeyboardInterrupt:
-            click.echo("Interrupted; finished work is kept and a rerun resumes.", err=True)
-            ctx.exit(130)
+        except KeyboardInterrupt as e:
+            from solardesk.core.jobs import Terminated
+
+            stopped = isinstance(e, Terminated)
+            what = "Terminated" if stopped else "Interrupted"
+            click.echo(f"{what}; finished work is kept and a rerun resumes.", err=True)
+            ctx.exit(143 if stopped else 130)
         except Exception as e:
             if debug:
                 raise

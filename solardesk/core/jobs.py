@@ -9,8 +9,10 @@ a ``QRunnable``.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator
@@ -144,8 +146,40 @@ def map_unordered(
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+class Terminated(KeyboardInterrupt):
+    """The process was asked to stop (SIGTERM) while :func:`drive` ran a job: it unwinds like
+    Ctrl-C, so the job commits what has finished and shuts its workers down."""
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """Within the block, SIGTERM raises :class:`Terminated` in the main thread (elsewhere, or
+    where signals cannot be set, nothing changes). Without it the default action ends the
+    process at once: the pool's workers and queues were left to the resource tracker, which
+    printed a warning about leaked semaphores."""
+
+    def stop(signum, frame):
+        raise Terminated
+
+    try:
+        old = signal.signal(signal.SIGTERM, stop)
+    except (ValueError, OSError, AttributeError):  # not the main thread, or no SIGTERM
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 def drive(job: Generator[Progress, None, R], *, show: bool = True, label: str = "") -> R:
-    """Run ``job`` to completion with a tqdm progress bar (rate and ETA) on stderr."""
+    """Run ``job`` to completion with a tqdm progress bar (rate and ETA) on stderr. SIGTERM
+    stops it as Ctrl-C does (:class:`Terminated`, a ``KeyboardInterrupt``)."""
+    with _sigterm_unwinds():
+        return _drive(job, show=show, label=label)
+
+
+def _drive(job: Generator[Progress, None, R], *, show: bool, label: str) -> R:
     from tqdm import tqdm
 
     bar = None

@@ -172,6 +172,43 @@ def test_kill_minus_nine_resumes(tmp_path: Path, workers: int) -> None:
         assert c.stats()["tiles"] == 256 and c.integrity_ok()
 
 
+def test_sigterm_stops_like_ctrl_c(tmp_path: Path) -> None:
+    """`kill PID` (SIGTERM) of a run with two workers: it commits what has finished, shuts its
+    workers down and exits 143 saying so — before, the default action ended it at once and the
+    resource tracker printed a warning about leaked semaphores. The rerun resumes."""
+    big = tmp_path / "big.tif"
+    write_large_raster(big, 2048, 2048, seed=1)
+    cache = tmp_path / "t.sqlite"
+    cmd = [
+        sys.executable, "-m", "solardesk", "precompute", str(big), "--cache", str(cache),
+        "--tile", "128", "--overlap", "0", "--quiet", "--workers", "2",
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+        try:
+            with sqlite3.connect(f"file:{cache}?mode=ro", uri=True) as con:
+                if con.execute("select count(*) from tiles").fetchone()[0] >= 4:
+                    break
+        except sqlite3.Error:
+            pass
+    assert proc.poll() is None, "the run finished before it could be stopped"
+    workers = _children(proc.pid)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "Terminated; finished work is kept and a rerun resumes." in err
+    assert "leaked" not in err and "Traceback" not in err, err
+    assert not [p for p in workers if _alive(p)]
+    with MaskCache(cache, readonly=True) as c:
+        assert c.integrity_ok()
+        before = c.stats()["tiles"]
+    assert 4 <= before < 256
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    assert f"{before} already cached" in out.stdout
+
+
 def test_sixteen_bit_single_band_and_nodata(tmp_path: Path) -> None:
     scene = generate_scene(
         SceneSpec(height=512, width=512, gsd=0.15, seed=3, dtype="uint16", bands=1, nodata=0)

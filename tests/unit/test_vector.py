@@ -293,7 +293,7 @@ def test_read_geometries_errors_are_clear(tmp_path):
 
     garbage = tmp_path / "garbage.geojson"
     garbage.write_text("this is not json")
-    with pytest.raises(AOIError, match="cannot be read.*Give a polygon file") as ei:
+    with pytest.raises(AOIError, match=r"cannot be read.*Give a polygon file") as ei:
         read_geometries(garbage)
     assert "flags=" not in str(ei.value)  # GDAL's internals stay out of the message
 
