@@ -200,6 +200,9 @@ def test_sigterm_stops_like_ctrl_c(tmp_path: Path) -> None:
     assert proc.returncode == 143, err
     assert "Terminated; finished work is kept and a rerun resumes." in err
     assert "leaked" not in err and "Traceback" not in err, err
+    deadline = time.time() + 10  # (a worker may still be on its way out)
+    while time.time() < deadline and any(_alive(p) for p in workers):
+        time.sleep(0.2)
     assert not [p for p in workers if _alive(p)]
     with MaskCache(cache, readonly=True) as c:
         assert c.integrity_ok()
