@@ -35,7 +35,12 @@ class ResolutionError(SolarDeskError, ValueError):
 
 
 class TilesFailedError(SolarDeskError, OSError):
-    """Some tiles of a run could not be computed (a damaged block); the others were stored."""
+    """Some tiles of a run could not be computed (a damaged block); the others were stored.
+
+    ``summary``: the run's summary (set by the pre-compute that raises it), so a caller can go
+    on with the tiles that were stored."""
+
+    summary = None
 
 
 class NotGeoreferencedWarning(SolarDeskWarning):

@@ -59,12 +59,16 @@ def write_damaged_inside(tmp_path: Path, dtype=np.uint8) -> Path:
     return bad
 
 
-def write_damaged_block(path: Path, block: tuple[int, int] = (2, 2)) -> Path:
-    """A 1024² three-band GeoTIFF of 128² deflated blocks at 0.15 m whose block ``(row, col)``
-    is overwritten: it opens, fingerprints and reads everywhere but in that block (the
-    fingerprint's windows and the last block are elsewhere)."""
+def write_damaged_block(
+    path: Path, block: tuple[int, int] = (2, 2), data: np.ndarray | None = None
+) -> Path:
+    """A 1024² three-band GeoTIFF of 128² deflated blocks at 0.15 m (of ``data``, default
+    noise) whose block ``(row, col)`` is overwritten: it opens, fingerprints and reads
+    everywhere but in that block (the fingerprint's windows and the last block are
+    elsewhere)."""
     rng = np.random.default_rng(3)
-    data = rng.integers(60, 200, (3, 1024, 1024)).astype(np.uint8)
+    if data is None:
+        data = rng.integers(60, 200, (3, 1024, 1024)).astype(np.uint8)
     write_raster(
         path,
         data,

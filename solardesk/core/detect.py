@@ -24,6 +24,7 @@ import numpy as np
 from solardesk import __version__
 from solardesk.config import RasterSettings, TilingSettings
 from solardesk.core.jobs import Clock, Progress, counted
+from solardesk.errors import TilesFailedError
 
 #: Douglas-Peucker tolerance of traced outlines, in pixels (removes the 45° stair steps).
 SIMPLIFY_PX = 1.0
@@ -123,11 +124,15 @@ def detect(
         workers=workers,
         plugin_manager=pm,
     )
+    left_out: TilesFailedError | None = None
     while True:
         try:
             p = next(job)
         except StopIteration as stop:
             pre = stop.value
+            break
+        except TilesFailedError as e:  # a damaged block: the other tiles still give panels
+            pre, left_out = e.summary, e
             break
         yield Progress(p.done, p.total, clock(), f"detect: {p.message}", p.skipped, p.item)
 
@@ -158,6 +163,10 @@ def detect(
             panels += writer.write([_feature(pc, crs0, meta) for pc in _merge_held(held)])
             # the panels on seams are written last: the final count includes them
             yield Progress(done, n_tiles, clock(), f"vectorise: {counted(panels, 'panel')}")
+    if left_out is not None:
+        raise TilesFailedError(
+            f"{left_out} The panels of every other tile ({counted(panels, 'panel')}) are in {out}."
+        ) from left_out
     return DetectSummary(out, len(plans), n_tiles, panels, clock(), pre.computed, pre.skipped)
 
 

@@ -459,13 +459,16 @@ def precompute(
         finally:
             stream.close()
             flush()
+    summary = PrecomputeSummary(
+        len(plans), total, done - skipped, skipped, n_instances, clock(), tuple(plans)
+    )
     if failed:
         rasters_hit = sorted({Path(f.raster).name for f in failed})
-        raise TilesFailedError(
+        err = TilesFailedError(
             f"{len(failed)} of {total} tiles could not be computed ({', '.join(rasters_hit)}); "
             f"the other {done} are in {cache_path}, and a rerun computes only what is missing. "
             f"First reason, tile {failed[0].tile_id}: {failed[0].error}"
         )
-    return PrecomputeSummary(
-        len(plans), total, done - skipped, skipped, n_instances, clock(), tuple(plans)
-    )
+        err.summary = summary  # what was done: a caller may go on with the stored tiles
+        raise err
+    return summary

@@ -16,8 +16,9 @@ from affine import Affine
 from solardesk.config import TilingSettings
 from solardesk.core.cache import Instance, MaskCache
 from solardesk.core.detect import detect
+from solardesk.errors import TilesFailedError
 from solardesk.plugin_api import PluginManager, PrecomputeStage, hookimpl
-from tests.conftest import write_raster
+from tests.conftest import write_damaged_block, write_raster
 
 SAMPLE = Path(__file__).resolve().parents[2] / "resources" / "sample" / "sample_scene.tif"
 
@@ -88,6 +89,28 @@ def test_panel_on_a_seam_is_one_polygon(tmp_path: Path) -> None:
     assert len(feats) == 1
     area = feats[0]["properties"]["area_m2"]
     assert area == pytest.approx(190 * 60 * 0.04, rel=0.02)
+
+
+def test_a_damaged_tile_leaves_the_panels_of_every_other_tile(tmp_path: Path) -> None:
+    """`detect` on a raster with one damaged block: the panels of the other tiles are written
+    (a complete, readable file), and then the run ends with the error naming the tile left
+    out and where the panels are."""
+    data = np.full((3, 1024, 1024), 100, np.uint8)
+    data[0, 600:640, 600:660] = 250  # a panel in tile c512_r512
+    data[0, 40:80, 700:760] = 250  # and one in tile c512_r0; the damage is in c256_r256
+    raster = write_damaged_block(tmp_path / "bad.tif", block=(2, 2), data=data)
+    pm = PluginManager()
+    pm.register(SquarePlugin(), "square")
+    out = tmp_path / "p.gpkg"
+    tiling = TilingSettings(tile_size=256, overlap=0)
+    with pytest.raises(TilesFailedError) as ei:
+        run(detect([raster], out, stage_id="square", plugin_manager=pm, tiling=tiling))
+    message = str(ei.value)
+    assert "1 of 16 tiles could not be computed (bad.tif)" in message
+    assert "c256_r256" in message and f"every other tile (2 panels) are in {out}" in message
+    with fiona.open(out) as src:
+        areas = sorted(f["properties"]["area_m2"] for f in src)
+    assert areas == pytest.approx([40 * 60 * 0.0225, 40 * 60 * 0.0225], rel=0.02)
 
 
 @pytest.mark.parametrize("ext", [".gpkg", ".shp", ".geojson"])
