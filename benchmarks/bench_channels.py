@@ -62,7 +62,7 @@ def stages(rgb: np.ndarray, gsd: float) -> dict[str, float]:
     t0 = clock()
     t = ch._Tile(rgb, gsd, None, None)
     p = t.p
-    for target in (p.texture_grid_m, *(q / p.gabor_px_per_period for q in p.gabor_periods_m)):
+    for target in (ch._texture_grid(t), *(q / p.gabor_px_per_period for q in p.gabor_periods_m)):
         t.level(target)
     times["grey + levels"] = clock() - t0
     t0 = clock()

@@ -17,8 +17,9 @@ from solardesk.plugin_api import Detector, PrecomputeStage, hookimpl
 # 13: a replaced candidate keeps the rest, a ragged one takes its convex hull (ADR 0042);
 # 14: a candidate mostly clipped white is at most 0.4 confident (ADR 0045);
 # 15: stored boxes are their masks' tight boxes; the module-grid map has no NaN on flat patches;
-#     the Gabor coherence and edge maps the same bits on every run
-STAGE_VERSION = 15
+#     the Gabor coherence and edge maps the same bits on every run;
+# 16: the FFT and edge statistics never on a grid finer than two tile pixels (ADR 0049)
+STAGE_VERSION = 16
 
 
 @hookimpl

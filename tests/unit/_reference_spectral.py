@@ -101,7 +101,7 @@ def _ramp(x, lo, hi):
 # 1. FFT periodicity: one window at a time, full complex spectrum
 # --------------------------------------------------------------------------------------------
 def _ref_fft(grey, gsd, p):
-    level, g = _level(grey, gsd, p.texture_grid_m)
+    level, g = _level(grey, gsd, max(p.texture_grid_m, p.texture_grid_min_px * gsd))
     lh, lw = level.shape
     win, step = p.fft_window_px, p.fft_window_px // 2
     ny, nx = math.ceil(lh / step), math.ceil(lw / step)
@@ -290,7 +290,7 @@ def ref_photometric_index(rgb, gsd, valid=None, params=None):
 # 6. Edges and morphology: ndimage Sobel, complex arithmetic, skimage top-hats
 # --------------------------------------------------------------------------------------------
 def _ref_edges(grey, gsd, p):
-    level, g = _level(grey, gsd, p.texture_grid_m)
+    level, g = _level(grey, gsd, max(p.texture_grid_m, p.texture_grid_min_px * gsd))
     level64 = level.astype(np.float64)
     z = ndi.sobel(level64, axis=1, mode="reflect") / 8.0
     z = z + 1j * ndi.sobel(level64, axis=0, mode="reflect") / 8.0
