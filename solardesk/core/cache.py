@@ -597,6 +597,7 @@ class MaskCache:
         self.path = Path(path)
         self.readonly = readonly
         self._conn: sqlite3.Connection | None = None
+        created = not readonly and not self.path.exists()
         conn = self._connect(timeout)
         try:
             self._db = sqlite_utils.Database(conn, recursive_triggers=False, execute_plugins=False)
@@ -605,7 +606,25 @@ class MaskCache:
         except BaseException:
             conn.close()
             self._conn = None
+            if created:
+                self._remove_unfinished()
             raise
+
+    def _remove_unfinished(self) -> None:
+        """Remove the file this call created when it holds no table yet (creating the schema
+        failed, e.g. on a full disk): no empty cache is left behind. A file that holds tables
+        (another writer made it meanwhile) or cannot be read is left alone."""
+        try:
+            probe = sqlite3.connect(self.path.resolve().as_uri() + "?mode=ro", uri=True)
+            try:
+                n = probe.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+            finally:
+                probe.close()
+        except (sqlite3.Error, OSError):
+            return
+        if n == 0:
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{self.path}{suffix}").unlink(missing_ok=True)
 
     # ----------------------------------------------------------------------------- opening
     def _connect(self, timeout: float) -> sqlite3.Connection:
@@ -684,7 +703,7 @@ class MaskCache:
         except sqlite3.Error as e:
             raise self._error(e, "open the cache") from e
         if not self.readonly and version < SCHEMA_VERSION:
-            self._migrate()
+            self._migrate("create the cache" if version == 0 else "upgrade the cache schema")
         self.schema_version = SCHEMA_VERSION
 
     def _header(self, conn: sqlite3.Connection) -> tuple[int, int, list[str]]:
@@ -729,8 +748,8 @@ class MaskCache:
             return ""
         return f" (written by SolarDesk {row[0]})" if row else ""
 
-    def _migrate(self) -> None:
-        with self._transaction("upgrade the cache schema") as conn:
+    def _migrate(self, action: str = "upgrade the cache schema") -> None:
+        with self._transaction(action) as conn:
             # Re-read inside the write lock: another writer may have migrated meanwhile.
             app_id, version, tables = self._header(conn)
             self._check_header(app_id, version, tables)
@@ -789,10 +808,14 @@ class MaskCache:
         primary = code & 0xFF if isinstance(code, int) else None
         p = self.path
         if primary == _SQLITE_FULL or code == _SQLITE_IOERR_SHMSIZE:
+            kept = (
+                "nothing was written"
+                if action == "create the cache"
+                else "the transaction was rolled back and finished tiles are kept"
+            )
             return CacheError(
-                f"Disk full while writing cache {p}: could not {action}; the transaction was "
-                "rolled back and finished tiles are kept. Free disk space (or move the cache "
-                "to a larger disk) and rerun."
+                f"Disk full while writing cache {p}: could not {action}; {kept}. Free disk "
+                "space (or move the cache to a larger disk) and rerun."
             )
         if primary == _SQLITE_READONLY:
             if self.readonly:

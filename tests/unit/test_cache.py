@@ -518,6 +518,31 @@ def test_a_full_disk_rolls_the_tile_back(cache: MaskCache) -> None:
     assert len(cache.read_tile("fp", "t1")) == 60
 
 
+def test_a_full_disk_at_creation_leaves_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    migrate = MaskCache._migrate
+
+    def on_a_full_disk(self: MaskCache, *args: object) -> None:
+        self._conn.execute("PRAGMA max_page_count = 1")  # no room for the first table
+        migrate(self, *args)
+
+    monkeypatch.setattr(MaskCache, "_migrate", on_a_full_disk)
+    path = tmp_path / "new.sqlite"
+    with pytest.raises(CacheError, match="could not create the cache; nothing was written"):
+        MaskCache(path)
+    assert list(tmp_path.iterdir()) == []  # no empty cache (nor -wal, -shm) left behind
+    empty = tmp_path / "mine.sqlite"
+    empty.touch()  # a file the user made: kept as it was
+    with pytest.raises(CacheError, match="Disk full"):
+        MaskCache(empty)
+    assert empty.exists()
+    monkeypatch.setattr(MaskCache, "_migrate", migrate)  # space freed: the rerun creates it
+    with MaskCache(path) as c:
+        c.write_tile(key("t0"), TILE, [inst()])
+        assert c.integrity_ok()
+
+
 def test_one_writer_at_a_time(tmp_path: Path) -> None:
     path = tmp_path / "c.sqlite"
     MaskCache(path).close()
