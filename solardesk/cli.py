@@ -397,12 +397,23 @@ def precompute(
     )
     thr = settings.get("threshold", 0.85)
     with MaskCache(cache_path, readonly=True) as cache:
-        st = cache.stats(threshold=thr)
+        st = cache.stats(threshold=thr, objects=True)
     click.echo(
         f"cache {cache_path}: {counted(st['tiles'], 'tile')}, "
         f"{counted(st['instances'], 'candidate')}, "
-        f"{counted(st['instances_above_threshold'], 'pseudo-label')} at confidence >= {thr}"
+        f"{counted(st['instances_above_threshold'], 'pseudo-label')} at confidence >= {thr} "
+        f"({_objects(st)})"
     )
+
+
+def _objects(st: dict) -> str:
+    """What the pseudo-labels of ``stats(objects=True)`` are as objects, in words."""
+    from solardesk.core.jobs import counted
+
+    n = st["objects_above_threshold"]
+    if n == st["instances_above_threshold"]:
+        return f"{counted(n, 'object')}"
+    return f"{counted(n, 'object')}: one in the overlap of tiles is stored in each"
 
 
 # --------------------------------------------------------------------------------------------
@@ -547,14 +558,14 @@ def cache_stats(cache_path: Path, threshold: float, as_json: bool) -> None:
 
     _require_file(cache_path, "cache")
     with MaskCache(cache_path, readonly=True) as c:
-        st = c.stats(threshold=threshold)
+        st = c.stats(threshold=threshold, objects=True)
     if as_json:
         click.echo(json.dumps(st, indent=2, default=str))
         return
     rows = [
         ("tiles", st["tiles"]),
         ("candidates", st["instances"]),
-        (f"pseudo-labels (>= {threshold})", st["instances_above_threshold"]),
+        (f"pseudo-labels (>= {threshold})", f"{st['instances_above_threshold']} ({_objects(st)})"),
         ("tiles with a pseudo-label", f"{st['share_tiles_above_threshold']:.1%}"),
         ("rasters", st["rasters"]),
         ("review", ", ".join(f"{k} {v}" for k, v in st["by_review"].items()) or "-"),

@@ -1872,12 +1872,16 @@ class MaskCache:
                 total += os.path.getsize(f"{self.path}{suffix}")
         return total
 
-    def stats(self, threshold: float = 0.85) -> dict[str, Any]:
+    def stats(self, threshold: float = 0.85, *, objects: bool = False) -> dict[str, Any]:
         """Figures for ``solardesk cache stats``, over the current rows of each tile.
 
         Keys: ``path``, ``schema_version``, ``threshold``, ``rasters``, ``tiles`` (physical
         tiles), ``tile_rows`` (all rows, every stage and parameter set), ``instances``,
-        ``instances_above_threshold`` (confidence ≥ threshold), ``tiles_above_threshold`` and
+        ``instances_above_threshold`` (confidence ≥ threshold; an object in the overlap of
+        tiles is stored, and counted, once per tile), ``objects_above_threshold`` (with
+        ``objects``: the same instances with the copies of one object in overlapping tiles,
+        :data:`COPY_IOU`, counted once; it decodes their masks, so it costs a pass over them;
+        else None), ``tiles_above_threshold`` and
         ``share_tiles_above_threshold`` (tiles with at least one such instance, and their share
         of ``tiles``), ``by_review``, ``by_provenance`` (all of these over what readers see:
         current rows, hidden instances left out), ``stages`` (an inventory of every stored row,
@@ -1917,6 +1921,7 @@ class MaskCache:
                         params,
                     ).fetchall()
                 )
+            n_objects = self._count_objects(conn, thr, cond, params) if objects else None
             stages = [
                 {
                     "stage_id": s,
@@ -1939,6 +1944,7 @@ class MaskCache:
             "tile_rows": tile_rows,
             "instances": n,
             "instances_above_threshold": above,
+            "objects_above_threshold": n_objects,
             "tiles_above_threshold": tiles_above,
             "share_tiles_above_threshold": tiles_above / tiles if tiles else 0.0,
             "by_review": {s: by["review"].get(s, 0) for s in REVIEW_STATES},
@@ -1946,6 +1952,56 @@ class MaskCache:
             "stages": stages,
             "size_bytes": self.size_bytes(),
         }
+
+    @staticmethod
+    def _count_objects(conn: sqlite3.Connection, thr: float, cond: str, params: list) -> int:
+        """How many objects the current instances at confidence >= ``thr`` are, the copies of
+        one object in overlapping tiles (as :meth:`set_review` finds them: masks cut to the
+        pixels both tiles hold match at IoU >= COPY_IOU; a person's instance is nobody's copy;
+        copies of copies join too) counted once."""
+        rows = conn.execute(
+            "SELECT t.raster_fp, t.tile_id, t.col_off, t.row_off, t.width, t.height, "
+            "i.provenance, i.x0, i.y0, i.x1, i.y1, i.mask FROM instances i "
+            f"JOIN tiles t ON t.id = i.tile_pk WHERE {cond} AND i.superseded_by IS NULL "
+            "AND i.confidence >= ? ORDER BY t.raster_fp",
+            [*params, thr],
+        )
+        parent: list[int] = []  # union-find over the instances, in row order
+
+        def root(k: int) -> int:
+            while parent[k] != k:
+                parent[k] = parent[parent[k]]
+                k = parent[k]
+            return k
+
+        cell = 256  # raster pixels: instances are compared only within the cells they meet
+        grid: dict[tuple[int, int], list[tuple]] = {}
+        raster = None
+        for fp, tid, col, row, width, height, provenance, *box, blob in rows:
+            k = len(parent)
+            parent.append(k)
+            if provenance == "human":
+                continue
+            if fp != raster:  # rows come raster by raster
+                raster, grid = fp, {}
+            gbox = _shifted(box, col, row)
+            item = (k, tid, _window_box((col, row, width, height)), gbox, blob, box)
+            near: dict[int, tuple] = {}
+            for cy in range(gbox[1] // cell, (gbox[3] - 1) // cell + 1):
+                for cx in range(gbox[0] // cell, (gbox[2] - 1) // cell + 1):
+                    bucket = grid.setdefault((cx, cy), [])
+                    near.update((o[0], o) for o in bucket)
+                    bucket.append(item)
+            mine = None
+            for j, otid, owindow, obox, oblob, olocal in near.values():
+                if otid == tid or not _boxes_meet(gbox, obox) or root(j) == root(k):
+                    continue
+                if mine is None:
+                    mine = (gbox, decode_mask(blob, *_box_shape(box)))
+                theirs = (obox, decode_mask(oblob, *_box_shape(olocal)))
+                if _are_copies(mine, theirs, _intersection(item[2], owindow)):
+                    parent[root(k)] = root(j)
+        return sum(1 for k in range(len(parent)) if parent[k] == k)
 
     def export_coco(
         self,

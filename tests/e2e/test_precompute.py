@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -299,6 +300,13 @@ def test_cache_commands(tmp_path: Path, scene_tif: Path) -> None:
     run_job([scene_tif], cache)
     out = _cli("cache", "stats", str(cache), "--threshold", "0.5")
     assert out.returncode == 0 and "candidates" in out.stdout and "size on disk" in out.stdout
+    with MaskCache(cache, readonly=True) as c:
+        st = c.stats(threshold=0.5, objects=True)
+    n, objects = st["instances_above_threshold"], st["objects_above_threshold"]
+    assert 0 < objects < n  # the tiles overlap: some objects are stored in two
+    assert re.search(rf"pseudo-labels \(>= 0.5\) +{n} \({objects} objects: ", out.stdout), (
+        out.stdout
+    )
     coco = tmp_path / "coco.json"
     out = _cli("cache", "export-coco", str(cache), str(coco), "--threshold", "0.3")
     assert out.returncode == 0, out.stderr

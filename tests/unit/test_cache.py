@@ -882,6 +882,32 @@ def test_what_is_not_the_same_object_keeps_its_own_state(cache: MaskCache) -> No
     assert [i.review for i in cache.read_tile("fp", "left") if i.bbox[1] == 40] == ["pending"]
 
 
+def test_stats_count_the_copies_of_an_object_once(cache: MaskCache) -> None:
+    """An object in the overlap of two tiles is a pseudo-label of each; as objects it counts
+    once (also when one tile sees only part of it), a person's drawn instance beside a
+    computed one is its own, and another raster's objects are others."""
+    # left: A in the overlap, B cut by the tile's edge, C and D of its own (D under the
+    # person's drawing of the right tile)
+    cache.write_tile(key("left"), LEFT, [at(50, 10), at(56, 8, y0=20), at(0, 10, 0.95)])
+    cache.add_instance("fp", "left", at(20, 10, 1.0, y0=40, h=4))  # drawn: nobody's copy
+    # right: A again, B whole, E of its own, a weak candidate under the threshold
+    cache.write_tile(
+        key("right"), RIGHT, [at(2, 10), at(8, 16, y0=20), at(30, 10), at(40, 6, 0.5, y0=30)]
+    )
+    cache.write_tile(key("t0", raster="fp2"), LEFT, [at(50, 10)])  # same window, other raster
+    st = cache.stats(threshold=0.85, objects=True)
+    assert st["instances_above_threshold"] == 8
+    assert st["objects_above_threshold"] == 6  # A, B, C, drawn, E and fp2's
+    assert cache.stats(threshold=0.85)["objects_above_threshold"] is None  # not asked for
+    assert cache.stats(threshold=0.3, objects=True)["objects_above_threshold"] == 7
+    assert cache.stats(threshold=0.99, objects=True)["objects_above_threshold"] == 1
+    # a person's drawing over the right tile's copy of A hides that copy, and is no copy of
+    # the left tile's A: two objects there now
+    cache.add_instance("fp", "right", at(2, 10, 1.0))
+    st = cache.stats(threshold=0.85, objects=True)
+    assert (st["instances_above_threshold"], st["objects_above_threshold"]) == (8, 7)
+
+
 def test_copies_computed_after_the_decision_take_it(cache: MaskCache) -> None:
     """A tile computed (or recomputed with other parameters) after a person decided on an
     object of the tile beside it shows that decision on its copy of the object."""
