@@ -1963,7 +1963,7 @@ class MaskCache:
             "SELECT t.raster_fp, t.tile_id, t.col_off, t.row_off, t.width, t.height, "
             "i.provenance, i.x0, i.y0, i.x1, i.y1, i.mask FROM instances i "
             f"JOIN tiles t ON t.id = i.tile_pk WHERE {cond} AND i.superseded_by IS NULL "
-            "AND i.confidence >= ? ORDER BY t.raster_fp",
+            "AND i.confidence >= ? ORDER BY t.raster_fp, t.row_off + i.y0",
             [*params, thr],
         )
         parent: list[int] = []  # union-find over the instances, in row order
@@ -1974,17 +1974,23 @@ class MaskCache:
                 k = parent[k]
             return k
 
-        cell = 256  # raster pixels: instances are compared only within the cells they meet
+        # Instances are compared only within the cells of 256 raster pixels they meet. Rows
+        # come raster by raster, from the top down: the cells above the current row of cells
+        # can meet no later instance and are let go, so memory holds one band of a raster.
+        cell = 256
         grid: dict[tuple[int, int], list[tuple]] = {}
-        raster = None
+        raster, band = None, 0
         for fp, tid, col, row, width, height, provenance, *box, blob in rows:
             k = len(parent)
             parent.append(k)
             if provenance == "human":
                 continue
-            if fp != raster:  # rows come raster by raster
-                raster, grid = fp, {}
             gbox = _shifted(box, col, row)
+            if fp != raster:
+                raster, band, grid = fp, gbox[1] // cell, {}
+            elif gbox[1] // cell > band:
+                band = gbox[1] // cell
+                grid = {c: items for c, items in grid.items() if c[1] >= band}
             item = (k, tid, _window_box((col, row, width, height)), gbox, blob, box)
             near: dict[int, tuple] = {}
             for cy in range(gbox[1] // cell, (gbox[3] - 1) // cell + 1):

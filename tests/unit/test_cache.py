@@ -901,11 +901,18 @@ def test_stats_count_the_copies_of_an_object_once(cache: MaskCache) -> None:
     assert cache.stats(threshold=0.85)["objects_above_threshold"] is None  # not asked for
     assert cache.stats(threshold=0.3, objects=True)["objects_above_threshold"] == 7
     assert cache.stats(threshold=0.99, objects=True)["objects_above_threshold"] == 1
+    # tiles one above the other, past the first 256 rows of the raster: an object that
+    # starts above row 256 in the upper tile is still found beside its copy in the lower one
+    up, down = (0, 230, 64, 48), (0, 262, 64, 48)
+    cache.write_tile(TileKey("fp3", "up", "spectral", 1, P1), up, [at(0, 8, y0=20, h=25)])
+    cache.write_tile(TileKey("fp3", "down", "spectral", 1, P1), down, [at(0, 8, y0=0, h=13)])
+    st = cache.stats(threshold=0.85, objects=True)
+    assert (st["instances_above_threshold"], st["objects_above_threshold"]) == (10, 7)
     # a person's drawing over the right tile's copy of A hides that copy, and is no copy of
     # the left tile's A: two objects there now
     cache.add_instance("fp", "right", at(2, 10, 1.0))
     st = cache.stats(threshold=0.85, objects=True)
-    assert (st["instances_above_threshold"], st["objects_above_threshold"]) == (8, 7)
+    assert (st["instances_above_threshold"], st["objects_above_threshold"]) == (10, 8)
 
 
 def test_copies_computed_after_the_decision_take_it(cache: MaskCache) -> None:
