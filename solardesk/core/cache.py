@@ -1390,12 +1390,15 @@ class MaskCache:
         *,
         min_confidence: float = 0.0,
         include_edits: bool = True,
+        accepted_below: bool = False,
     ) -> list[Instance]:
         """One tile's instances, masks decoded, ordered by id; ``[]`` for an unknown tile.
 
         Reads the tile's newest computed row that matches the given stage id / version /
         parameter hash (any stage when none is given) plus, with ``include_edits``, the
-        instances people added or redrew on that tile.
+        instances people added or redrew on that tile. Only instances of ``min_confidence``
+        or more are read (and decoded), with ``accepted_below`` also the accepted ones below
+        it.
         """
         with self._reading(f"read tile {tile_id}", snapshot=True) as conn:
             pks = [self._current_pk(conn, raster_fp, tile_id, stage_id, stage_version, params_hash)]
@@ -1404,9 +1407,10 @@ class MaskCache:
             pks = [pk for pk in pks if pk is not None]
             if not pks:
                 return []
+            accepted = " OR i.review = 'accepted'" if accepted_below else ""
             rows = conn.execute(
                 f"SELECT {_INSTANCE_COLS} FROM instances i WHERE i.tile_pk IN "
-                f"({', '.join('?' * len(pks))}) AND i.confidence >= ? "
+                f"({', '.join('?' * len(pks))}) AND (i.confidence >= ?{accepted}) "
                 "AND i.superseded_by IS NULL ORDER BY i.id",
                 (*pks, float(min_confidence)),
             ).fetchall()  # one tile: small

@@ -182,13 +182,16 @@ def _pieces_of(
     for tile in plan.grid:
         # People outrank the stage: an accepted instance is a panel at any confidence (and
         # hides the stage's look-alikes of it), a rejected one never is.
-        instances = [
-            i
-            for i in cache.read_tile(
-                info.fingerprint, tile.id, stage_id, str(stage_version), plan.params_hash
-            )
-            if i.confidence >= threshold or i.review == "accepted"
-        ]
+        # (Only those are read and decoded: most stored candidates lie below the threshold.)
+        instances = cache.read_tile(
+            info.fingerprint,
+            tile.id,
+            stage_id,
+            str(stage_version),
+            plan.params_hash,
+            min_confidence=threshold,
+            accepted_below=True,
+        )
         core = tile.core
         cx0 = int(core.col_off) - tile.col_off
         cy0 = int(core.row_off) - tile.row_off

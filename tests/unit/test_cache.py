@@ -114,6 +114,11 @@ def test_round_trip_of_odd_shapes_empty_and_full_tiles(cache: MaskCache) -> None
     assert cache.read_tile("fp", "t1") == [] and cache.is_done(key("t1"))
     assert cache.read_tile("fp", "nope") == []
     assert [i.confidence for i in cache.read_tile("fp", "t0", min_confidence=0.5)] == [0.5, 0.6, 1]
+    weak = got[-1]  # 0.4: accepted, it is read below the cut when asked for
+    cache.set_review(weak.id, "accepted")
+    assert [i.confidence for i in cache.read_tile("fp", "t0", min_confidence=0.5)] == [0.5, 0.6, 1]
+    both = cache.read_tile("fp", "t0", min_confidence=0.5, accepted_below=True)
+    assert sorted(i.confidence for i in both) == [0.4, 0.5, 0.6, 1]
     with pytest.raises(ValueError, match="outside"):
         cache.write_tile(key("t2"), (0, 0, 8, 8), [inst(5, 5, 5, 5)])
 
