@@ -597,7 +597,6 @@ class MaskCache:
         self.path = Path(path)
         self.readonly = readonly
         self._conn: sqlite3.Connection | None = None
-        created = not readonly and not self.path.exists()
         conn = self._connect(timeout)
         try:
             self._db = sqlite_utils.Database(conn, recursive_triggers=False, execute_plugins=False)
@@ -606,25 +605,7 @@ class MaskCache:
         except BaseException:
             conn.close()
             self._conn = None
-            if created:
-                self._remove_unfinished()
             raise
-
-    def _remove_unfinished(self) -> None:
-        """Remove the file this call created when it holds no table yet (creating the schema
-        failed, e.g. on a full disk): no empty cache is left behind. A file that holds tables
-        (another writer made it meanwhile) or cannot be read is left alone."""
-        try:
-            probe = sqlite3.connect(self.path.resolve().as_uri() + "?mode=ro", uri=True)
-            try:
-                n = probe.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-            finally:
-                probe.close()
-        except (sqlite3.Error, OSError):
-            return
-        if n == 0:
-            for suffix in ("", "-wal", "-shm"):
-                Path(f"{self.path}{suffix}").unlink(missing_ok=True)
 
     # ----------------------------------------------------------------------------- opening
     def _connect(self, timeout: float) -> sqlite3.Connection:
@@ -690,21 +671,27 @@ class MaskCache:
     def _open_schema(self) -> None:
         conn = self._conn
         assert conn is not None
+        new = False  # an empty file: this call creates the cache
         try:
             app_id, version, tables = self._header(conn)
             self._check_header(app_id, version, tables)
+            new = version == 0 and not tables
             if not self.readonly:
                 # Only now that the file is known to be ours (or empty) may it be changed.
-                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-                if mode != "wal":  # e.g. some network file systems: still safe, less concurrent
-                    _log.warning("cache %s: WAL unavailable, journal mode %s", self.path, mode)
-                conn.execute("PRAGMA synchronous = NORMAL")
+                self._use_wal(conn)
             conn.execute("PRAGMA foreign_keys = ON")
         except sqlite3.Error as e:
-            raise self._error(e, "open the cache") from e
+            raise self._error(e, "create the cache" if new else "open the cache") from e
         if not self.readonly and version < SCHEMA_VERSION:
-            self._migrate("create the cache" if version == 0 else "upgrade the cache schema")
+            self._migrate("create the cache" if new else "upgrade the cache schema")
         self.schema_version = SCHEMA_VERSION
+
+    def _use_wal(self, conn: sqlite3.Connection) -> None:
+        """WAL and ``synchronous = NORMAL``: the first write to a new file (its header)."""
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode != "wal":  # e.g. some network file systems: still safe, less concurrent
+            _log.warning("cache %s: WAL unavailable, journal mode %s", self.path, mode)
+        conn.execute("PRAGMA synchronous = NORMAL")
 
     def _header(self, conn: sqlite3.Connection) -> tuple[int, int, list[str]]:
         app_id = conn.execute("PRAGMA application_id").fetchone()[0]
@@ -809,7 +796,7 @@ class MaskCache:
         p = self.path
         if primary == _SQLITE_FULL or code == _SQLITE_IOERR_SHMSIZE:
             kept = (
-                "nothing was written"
+                "no tile was written (the empty file it leaves is used as it is when you rerun)"
                 if action == "create the cache"
                 else "the transaction was rolled back and finished tiles are kept"
             )
@@ -1959,18 +1946,21 @@ class MaskCache:
 
     @staticmethod
     def _count_objects(conn: sqlite3.Connection, thr: float, cond: str, params: list) -> int:
-        """How many objects the current instances at confidence >= ``thr`` are, the copies of
-        one object in overlapping tiles (as :meth:`set_review` finds them: masks cut to the
-        pixels both tiles hold match at IoU >= COPY_IOU; a person's instance is nobody's copy;
-        copies of copies join too) counted once."""
+        """How many objects the current instances at confidence >= ``thr`` are: the copies of
+        one object in overlapping tiles counted once. Copies are found as :meth:`set_review`
+        finds them (masks cut to the pixels both tiles hold match at IoU >= COPY_IOU; a
+        person's instance is nobody's copy), and copies of copies join too, also through a
+        copy under the threshold (tiles score one object each on their own): an object
+        counts when one of its copies reaches ``thr``."""
         rows = conn.execute(
             "SELECT t.raster_fp, t.tile_id, t.col_off, t.row_off, t.width, t.height, "
-            "i.provenance, i.x0, i.y0, i.x1, i.y1, i.mask FROM instances i "
+            "i.provenance, i.x0, i.y0, i.x1, i.y1, i.mask, i.confidence >= ? FROM instances i "
             f"JOIN tiles t ON t.id = i.tile_pk WHERE {cond} AND i.superseded_by IS NULL "
-            "AND i.confidence >= ? ORDER BY t.raster_fp, t.row_off + i.y0",
-            [*params, thr],
+            "ORDER BY t.raster_fp, t.row_off + i.y0",
+            [thr, *params],
         )
         parent: list[int] = []  # union-find over the instances, in row order
+        above: list[bool] = []
 
         def root(k: int) -> int:
             while parent[k] != k:
@@ -1984,9 +1974,10 @@ class MaskCache:
         cell = 256
         grid: dict[tuple[int, int], list[tuple]] = {}
         raster, band = None, 0
-        for fp, tid, col, row, width, height, provenance, *box, blob in rows:
+        for fp, tid, col, row, width, height, provenance, *box, blob, is_above in rows:
             k = len(parent)
             parent.append(k)
+            above.append(bool(is_above))
             if provenance == "human":
                 continue
             gbox = _shifted(box, col, row)
@@ -2011,7 +2002,7 @@ class MaskCache:
                 theirs = (obox, decode_mask(oblob, *_box_shape(olocal)))
                 if _are_copies(mine, theirs, _intersection(item[2], owindow)):
                     parent[root(k)] = root(j)
-        return sum(1 for k in range(len(parent)) if parent[k] == k)
+        return len({root(k) for k in range(len(parent)) if above[k]})
 
     def export_coco(
         self,
