@@ -1871,8 +1871,9 @@ class MaskCache:
         ``instances_above_threshold`` (confidence ≥ threshold; an object in the overlap of
         tiles is stored, and counted, once per tile), ``objects_above_threshold`` (with
         ``objects``: the same instances with the copies of one object in overlapping tiles,
-        :data:`COPY_IOU`, counted once; it decodes their masks, so it costs a pass over them;
-        else None), ``tiles_above_threshold`` and
+        :data:`COPY_IOU`, counted once, see :meth:`_count_objects`; it decodes the masks of the
+        candidates whose boxes meet another tile's, so it costs a pass over them; else None),
+        ``tiles_above_threshold`` and
         ``share_tiles_above_threshold`` (tiles with at least one such instance, and their share
         of ``tiles``), ``by_review``, ``by_provenance`` (all of these over what readers see:
         current rows, hidden instances left out), ``stages`` (an inventory of every stored row,
