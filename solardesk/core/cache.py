@@ -551,6 +551,14 @@ def _are_copies(
     return overlap > 0 and overlap >= COPY_IOU * (area_a + area_b - overlap)
 
 
+def _decoded(item: list) -> np.ndarray:
+    """The mask of a ``_count_objects`` item, decoded once: the blob is replaced by it."""
+    if isinstance(item[4], tuple):
+        blob, box = item[4]
+        item[4] = decode_mask(blob, *_box_shape(box))
+    return item[4]
+
+
 def _box_shape(box: Sequence[int]) -> tuple[int, int]:
     x0, y0, x1, y1 = box
     return int(y1) - int(y0), int(x1) - int(x0)
@@ -1987,21 +1995,20 @@ class MaskCache:
             elif gbox[1] // cell > band:
                 band = gbox[1] // cell
                 grid = {c: items for c, items in grid.items() if c[1] >= band}
-            item = (k, tid, _window_box((col, row, width, height)), gbox, blob, box)
-            near: dict[int, tuple] = {}
+            # [k, tile, window, box in the raster, mask: the blob until first decoded]
+            item = [k, tid, _window_box((col, row, width, height)), gbox, (blob, box)]
+            near: dict[int, list] = {}
             for cy in range(gbox[1] // cell, (gbox[3] - 1) // cell + 1):
                 for cx in range(gbox[0] // cell, (gbox[2] - 1) // cell + 1):
                     bucket = grid.setdefault((cx, cy), [])
                     near.update((o[0], o) for o in bucket)
                     bucket.append(item)
-            mine = None
-            for j, otid, owindow, obox, oblob, olocal in near.values():
-                if otid == tid or not _boxes_meet(gbox, obox) or root(j) == root(k):
+            for other in near.values():
+                j = other[0]
+                if other[1] == tid or not _boxes_meet(gbox, other[3]) or root(j) == root(k):
                     continue
-                if mine is None:
-                    mine = (gbox, decode_mask(blob, *_box_shape(box)))
-                theirs = (obox, decode_mask(oblob, *_box_shape(olocal)))
-                if _are_copies(mine, theirs, _intersection(item[2], owindow)):
+                mine, theirs = (gbox, _decoded(item)), (other[3], _decoded(other))
+                if _are_copies(mine, theirs, _intersection(item[2], other[2])):
                     parent[root(k)] = root(j)
         return len({root(k) for k in range(len(parent)) if above[k]})
 
