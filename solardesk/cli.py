@@ -412,7 +412,7 @@ def _objects(st: dict) -> str:
 
     n = st["objects_above_threshold"]
     if n == st["instances_above_threshold"]:
-        return f"{counted(n, 'object')}"
+        return counted(n, "object")
     return f"{counted(n, 'object')}: one in the overlap of tiles is stored in each"
 
 

@@ -743,7 +743,7 @@ class MaskCache:
             return ""
         return f" (written by SolarDesk {row[0]})" if row else ""
 
-    def _migrate(self, action: str = "upgrade the cache schema") -> None:
+    def _migrate(self, action: str) -> None:
         with self._transaction(action) as conn:
             # Re-read inside the write lock: another writer may have migrated meanwhile.
             app_id, version, tables = self._header(conn)
