@@ -18,8 +18,10 @@ from solardesk.plugin_api import Detector, PrecomputeStage, hookimpl
 # 14: a candidate mostly clipped white is at most 0.4 confident (ADR 0045);
 # 15: stored boxes are their masks' tight boxes; the module-grid map has no NaN on flat patches;
 #     the Gabor coherence and edge maps the same bits on every run;
-# 16: the FFT and edge statistics never on a grid finer than two tile pixels (ADR 0049)
-STAGE_VERSION = 16
+# 16: the FFT and edge statistics never on a grid finer than two tile pixels (ADR 0049);
+# 17: the rectangle and hull computed exactly from the hull's vertices, whatever their order
+#     (ADR 0050: the last digits of rectangularity and elongation, and the rectangle at ties)
+STAGE_VERSION = 17
 
 
 @hookimpl

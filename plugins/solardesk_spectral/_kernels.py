@@ -57,6 +57,39 @@ def _label_sums_py(labels, n, maps):
     return area, sums, boxes
 
 
+def _label_sums_in_boxes_py(labels, boxes, maps):
+    """:func:`_label_sums_py` of labels ``1..len(boxes)``, each looked for only inside its box
+    ``boxes[i]`` (x0, y0, x1, y1; it must hold all of the label's pixels, and may be loose):
+    the same figures, each label's sums added in raster order as there, for the pixels of the
+    boxes rather than of the whole image (a few small candidates in a 512² tile)."""
+    n = len(boxes)
+    k = len(maps)
+    area = np.zeros(n, np.float64)
+    sums = np.zeros((n, k), np.float64)
+    found = np.zeros((n, 4), np.int64)
+    for i in range(n):
+        lab = i + 1
+        x0, y0, x1, y1 = boxes[i, 0], boxes[i, 1], boxes[i, 2], boxes[i, 3]
+        bx0, by0, bx1, by1 = x1, y1, 0, 0
+        for y in range(y0, y1):
+            for x in range(x0, x1):
+                if labels[y, x] != lab:
+                    continue
+                area[i] += 1.0
+                for c in range(k):
+                    sums[i, c] += maps[c][y, x]
+                if x < bx0:
+                    bx0 = x
+                if x + 1 > bx1:
+                    bx1 = x + 1
+                if y < by0:
+                    by0 = y
+                by1 = y + 1
+        if area[i] > 0:
+            found[i, 0], found[i, 1], found[i, 2], found[i, 3] = bx0, by0, bx1, by1
+    return area, sums, found
+
+
 def _suppress_py(labels, order_h, order_i, boxes, overlap, min_pixels):
     """The greedy suppression of ``analyser.suppress`` over candidates already in order.
 
@@ -165,6 +198,147 @@ def _suppress_py(labels, order_h, order_i, boxes, overlap, min_pixels):
     return out, taken[:n_taken]
 
 
+def _shape_stats_py(labels, boxes, traced):
+    """``(n, 4)`` float64: minimum-area rectangle area, convex hull area, and the rectangle's
+    long and short sides of each label ``i + 1`` with ``traced[i]`` (NaN rows elsewhere) — of
+    the union of its pixel squares, found in its box ``boxes[i]`` (x0, y0, x1, y1).
+
+    The hull of the squares is the hull of the outer corners of each row's outermost pixels,
+    found by one monotone chain over them in doubled (integer) coordinates. Everything after
+    is exact integer arithmetic but for one rounding per figure, so the figures are the same
+    whatever order the hull's vertices come in (:func:`hull_measures` gives them for a hull
+    from elsewhere; ADR 0050): the hull area from the shoelace sum; the rectangle from each
+    hull edge direction, reduced by its gcd and turned into the quadrant ``dx > 0, dy ≥ 0``
+    (the rectangle rests on a hull edge), its extents along that direction and across it; of
+    equal areas the one with the shorter long side, then the smaller ``(dx, dy)``.
+    """
+    n = len(traced)
+    out = np.full((n, 4), np.nan)
+    for i in range(n):
+        if not traced[i]:
+            continue
+        x0, y0, x1, y1 = boxes[i, 0], boxes[i, 1], boxes[i, 2], boxes[i, 3]
+        lab = i + 1
+        rows = y1 - y0
+        left = np.full(rows + 1, -1, np.int64)  # per corner row k (y = y0 + k - 1/2)
+        right = np.full(rows + 1, -1, np.int64)
+        for k in range(rows):
+            y = y0 + k
+            lo = -1
+            for x in range(x0, x1):
+                if labels[y, x] == lab:
+                    lo = x
+                    break
+            if lo < 0:
+                continue
+            hi = lo
+            for x in range(x1 - 1, lo, -1):
+                if labels[y, x] == lab:
+                    hi = x
+                    break
+            for c in range(k, k + 2):  # the pixel row's top and bottom corner rows
+                if left[c] < 0 or lo < left[c]:
+                    left[c] = lo
+                if hi > right[c]:
+                    right[c] = hi
+        # the corners in (row, column) order, doubled: (2y - 1, 2x - 1) and (2y - 1, 2x + 1)
+        pa = np.empty(2 * (rows + 1), np.int64)
+        pb = np.empty(2 * (rows + 1), np.int64)
+        m = 0
+        for c in range(rows + 1):
+            if left[c] < 0:
+                continue
+            pa[m] = 2 * (y0 + c) - 1
+            pb[m] = 2 * left[c] - 1
+            m += 1
+            pa[m] = 2 * (y0 + c) - 1
+            pb[m] = 2 * right[c] + 1
+            m += 1
+        if m == 0:
+            continue
+        # Andrew's monotone chain (the points are sorted by (row, column)), no collinear ones
+        ha = np.empty(2 * m + 1, np.int64)
+        hb = np.empty(2 * m + 1, np.int64)
+        t = 0
+        for j in range(m):
+            while (
+                t >= 2
+                and (ha[t - 1] - ha[t - 2]) * (pb[j] - hb[t - 2])
+                - (hb[t - 1] - hb[t - 2]) * (pa[j] - ha[t - 2])
+                <= 0
+            ):
+                t -= 1
+            ha[t] = pa[j]
+            hb[t] = pb[j]
+            t += 1
+        lower = t + 1
+        for j in range(m - 2, -1, -1):
+            while (
+                t >= lower
+                and (ha[t - 1] - ha[t - 2]) * (pb[j] - hb[t - 2])
+                - (hb[t - 1] - hb[t - 2]) * (pa[j] - ha[t - 2])
+                <= 0
+            ):
+                t -= 1
+            ha[t] = pa[j]
+            hb[t] = pb[j]
+            t += 1
+        t -= 1  # the first point closes the chain
+        out[i] = _hull_measures(hb[:t], ha[:t])
+    return out
+
+
+def _hull_measures_py(hx, hy):
+    """``(rect_area, hull_area, long_side, short_side)`` of a convex polygon given by its
+    vertices ``hx, hy`` (int64, doubled coordinates: the true ones times two), in either
+    orientation, from any vertex, collinear vertices allowed. See :func:`_shape_stats_py`."""
+    m = len(hx)
+    s = 0
+    for k in range(m):
+        j = k + 1 if k + 1 < m else 0
+        s += hx[k] * hy[j] - hx[j] * hy[k]
+    hull_area = abs(s) / 8.0
+    best_area = best_long = best_short = np.inf
+    best_dx = best_dy = 0
+    for k in range(m):
+        j = k + 1 if k + 1 < m else 0
+        dx = hx[j] - hx[k]
+        dy = hy[j] - hy[k]
+        if dx == 0 and dy == 0:
+            continue
+        a, b = abs(dx), abs(dy)
+        while b:
+            a, b = b, a % b
+        dx //= a
+        dy //= a
+        while not (dx > 0 and dy >= 0):  # the same rectangle every quarter turn
+            dx, dy = dy, -dx
+        umin = umax = hx[0] * dx + hy[0] * dy
+        vmin = vmax = hy[0] * dx - hx[0] * dy
+        for q in range(1, m):
+            u = hx[q] * dx + hy[q] * dy
+            v = hy[q] * dx - hx[q] * dy
+            umin = min(umin, u)
+            umax = max(umax, u)
+            vmin = min(vmin, v)
+            vmax = max(vmax, v)
+        eu, ev = umax - umin, vmax - vmin
+        dd = dx * dx + dy * dy
+        area = float(eu * ev) / float(4 * dd)
+        root = 2.0 * np.sqrt(float(dd))
+        long_side = float(max(eu, ev)) / root
+        if area < best_area or (
+            area == best_area
+            and (
+                long_side < best_long
+                or (long_side == best_long and (dx < best_dx or (dx == best_dx and dy < best_dy)))
+            )
+        ):
+            best_area, best_long, best_dx, best_dy = area, long_side, dx, dy
+            best_short = float(min(eu, ev)) / root
+    return np.array([best_area, hull_area, best_long, best_short])
+
+
 def _compile(fn: Callable) -> Callable | None:
     try:
         import numba
@@ -174,4 +348,8 @@ def _compile(fn: Callable) -> Callable | None:
 
 
 label_sums: Callable | None = _compile(_label_sums_py)
+label_sums_in_boxes: Callable | None = _compile(_label_sums_in_boxes_py)
 suppress: Callable | None = _compile(_suppress_py)
+hull_measures: Callable | None = _compile(_hull_measures_py)
+_hull_measures = hull_measures or _hull_measures_py  # (what _shape_stats_py calls)
+shape_stats: Callable | None = _compile(_shape_stats_py)

@@ -408,14 +408,14 @@ def segment(
     if edges is None:
         n, labels = cv2.connectedComponents(binary, connectivity=8, ltype=cv2.CV_32S)
         return labels, n - 1
-    cut = binary.copy()
-    cut[edges] = 0
+    # (OpenCV's masked passes: NumPy's boolean indexing is several times slower here)
+    back = cv2.bitwise_and(binary, edges.view(np.uint8))
+    cut = cv2.subtract(binary, back)
     n, labels = cv2.connectedComponents(cut, connectivity=4, ltype=cv2.CV_32S)
-    back = (binary > 0) & (cut == 0)
-    if n > 1 and back.any():
+    if n > 1 and cv2.countNonZero(back):
         # float32 holds every label exactly (a tile has far fewer than 2**24 of them)
         grown = cv2.dilate(labels.astype(np.float32), np.ones((3, 3), np.uint8))
-        labels[back] = grown[back].astype(np.int32)
+        np.copyto(labels, grown, casting="unsafe", where=back.view(bool))
     return labels, n - 1
 
 
@@ -619,7 +619,7 @@ def instance_stats(
     wanted = sorted(range(1 + len(features)) if means is None else means)
     stack = (score, *features)
     maps = [stack[k] for k in wanted] + [context.redness, context.cyan]
-    area, sums, found = _label_sums(labels, n, maps)
+    area, sums, found = _label_sums(labels, n, maps, boxes=boxes)
     if boxes is None:
         boxes = found
     cols = [np.full(n, np.nan) for _ in stack]
@@ -647,15 +647,30 @@ def instance_stats(
 
 
 def _label_sums(
-    labels: np.ndarray, n: int, maps: list[np.ndarray], *, compiled: bool = True
+    labels: np.ndarray,
+    n: int,
+    maps: list[np.ndarray],
+    *,
+    compiled: bool = True,
+    boxes: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(area, sums, boxes)`` of labels ``1..n``: pixel count, the sum over each of ``maps``
     (columns, float64, added in raster order) and the box (x0, y0, x1, y1; zeros for a label
     with no pixel); other label values are ignored. One compiled pass over the image where
     numba is installed (ADR 0037), else one gather and ``bincount`` per map and a
     ``find_objects`` pass (``compiled=False`` takes this path too; the results are the
-    same)."""
+    same). ``boxes``: boxes (x0, y0, x1, y1) that hold each label's pixels, when the caller
+    knows them; the compiled pass then looks inside them only, where they cover less than the
+    image (the same figures)."""
     kernel = _kernel() if compiled else None
+    if kernel is not None and boxes is not None and n == len(boxes):
+        b = np.ascontiguousarray(boxes, np.int64)
+        if int(np.sum((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]))) < labels.size:
+            return _boxes_kernel()(
+                np.ascontiguousarray(labels, np.int32),
+                b,
+                tuple(np.ascontiguousarray(m, np.float32) for m in maps),
+            )
     if kernel is not None:
         return kernel(
             np.ascontiguousarray(labels, np.int32),
@@ -686,6 +701,22 @@ def _kernel():
 
 
 @lru_cache(maxsize=1)
+def _boxes_kernel():
+    """The compiled :func:`~solardesk_spectral._kernels.label_sums_in_boxes` (with numba)."""
+    from solardesk_spectral._kernels import label_sums_in_boxes
+
+    return label_sums_in_boxes
+
+
+@lru_cache(maxsize=1)
+def _shape_kernel():
+    """The compiled :func:`~solardesk_spectral._kernels.shape_stats`, or None without numba."""
+    from solardesk_spectral._kernels import shape_stats
+
+    return shape_stats
+
+
+@lru_cache(maxsize=1)
 def _suppress_kernel():
     """The compiled :func:`~solardesk_spectral._kernels.suppress`, or None without numba."""
     from solardesk_spectral._kernels import suppress
@@ -712,37 +743,81 @@ def _frame_means(boxes: np.ndarray, r: int, context: FrameContext) -> list[np.nd
         return [np.where(n_px > 0, frame(ii) / n_px, np.nan) for ii in context.sums]
 
 
-def _shape_stats(labels: np.ndarray, n: int, traced: np.ndarray, boxes: np.ndarray):
+def _shape_stats(
+    labels: np.ndarray, n: int, traced: np.ndarray, boxes: np.ndarray, *, compiled: bool = True
+):
     """Minimum-rotated-rectangle area and sides and convex hull area of each ``traced`` label
     (NaN for the others; a traced label must have pixels).
 
-    Components may touch (after an edge cut), so each one's outer contour is traced in its own
-    bounding box (``boxes``: x0, y0, x1, y1). Rectangles and hulls use the pixel *corner*
-    outline (contour points grown by half a pixel), so an ``a × b`` pixel rectangle has
-    rectangle area ``a·b``, matching the pixel-count area.
+    Of the union of the label's pixel squares (pixel centres at integer coordinates), so an
+    ``a × b`` pixel rectangle has rectangle area ``a·b``, matching the pixel-count area; the
+    pixels are found in the label's bounding box (``boxes``: x0, y0, x1, y1; components may
+    touch). The hull rests on the outer corners of each row's outermost pixels; the figures
+    are computed exactly from its vertices, whatever their order (ADR 0050): of rectangles of
+    equal area the one with the shorter long side is taken. One compiled pass
+    (:func:`~solardesk_spectral._kernels.shape_stats`) where numba is installed, else NumPy
+    and ``cv2.convexHull`` (``compiled=False`` takes this path too; the figures are the same
+    to the last bit).
     """
-    rect_area = np.full(n, np.nan)
-    hull_area = np.full(n, np.nan)
-    long_side = np.full(n, np.nan)
-    short_side = np.full(n, np.nan)
-    for i, sl in enumerate(_box_slices(labels, n, boxes)):
+    kernel = _shape_kernel() if compiled else None
+    if kernel is not None:
+        out = kernel(
+            np.ascontiguousarray(labels, np.int32),
+            np.ascontiguousarray(boxes, np.int64),
+            np.ascontiguousarray(traced, np.bool_),
+        )
+        return out[:, 0], out[:, 1], out[:, 2], out[:, 3]
+    out = np.full((n, 4), np.nan)
+    for i, (ys, xs) in enumerate(_box_slices(labels, n, boxes)):
         if not traced[i]:
             continue
-        ys, xs = sl
-        crop = (labels[sl] == i + 1).view(np.uint8)
-        contours, _ = cv2.findContours(crop, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-        pts = np.concatenate([c.reshape(-1, 2) for c in contours])
-        # The hull of the pixels' corners is the hull of the corners of the pixels on the
-        # centres' hull (a Minkowski sum with the pixel square): four times fewer points.
-        centres = cv2.convexHull(pts).reshape(-1, 2).astype(np.float32)
-        corners = _pixel_corners(centres)
-        corners += (xs.start, ys.start)
-        hull = cv2.convexHull(corners)  # the rectangle's too: it rests on the hull
-        (_, _), (rw, rh), _ = cv2.minAreaRect(hull)
-        rect_area[i] = rw * rh
-        long_side[i], short_side[i] = max(rw, rh), min(rw, rh)
-        hull_area[i] = cv2.contourArea(hull)
-    return rect_area, hull_area, long_side, short_side
+        crop = labels[ys, xs] == i + 1
+        rows = np.flatnonzero(crop.any(axis=1))
+        inside = crop[rows]
+        left = inside.argmax(axis=1) + xs.start
+        right = xs.stop - 1 - inside[:, ::-1].argmax(axis=1)
+        y = rows + ys.start
+        # the outer corners of each row's outermost pixels, in doubled coordinates
+        cx = np.concatenate([2 * left - 1, 2 * left - 1, 2 * right + 1, 2 * right + 1])
+        cy = np.concatenate([2 * y - 1, 2 * y + 1, 2 * y - 1, 2 * y + 1])
+        hull = cv2.convexHull(np.stack([cx, cy], axis=1).astype(np.int32)).reshape(-1, 2)
+        out[i] = hull_measures(hull[:, 0].astype(np.int64), hull[:, 1].astype(np.int64))
+    return out[:, 0], out[:, 1], out[:, 2], out[:, 3]
+
+
+def hull_measures(hx: np.ndarray, hy: np.ndarray) -> np.ndarray:
+    """``[rect_area, hull_area, long_side, short_side]`` of the convex polygon with vertices
+    ``hx, hy`` (int64, doubled coordinates: twice the true ones), in either orientation, from
+    any vertex, collinear vertices allowed: the same figures, to the last bit, as the compiled
+    :func:`~solardesk_spectral._kernels._hull_measures_py` (the same integer arithmetic and
+    the same roundings, for all edges at once).
+
+    The hull area is the shoelace sum (exact). The minimum-area rectangle rests on a hull
+    edge: each edge's direction, reduced by its gcd and turned into the quadrant ``dx > 0,
+    dy ≥ 0``, gives the extents along and across it (exact integers) and from them the area
+    and sides (one rounding each); the smallest area wins, then the shorter long side, then
+    the smaller ``(dx, dy)``."""
+    nx, ny = np.roll(hx, -1), np.roll(hy, -1)
+    hull_area = abs(int(np.sum(hx * ny - nx * hy))) / 8.0
+    dx, dy = nx - hx, ny - hy
+    edge = (dx != 0) | (dy != 0)
+    dx, dy = dx[edge], dy[edge]
+    g = np.gcd(dx, dy)
+    dx, dy = dx // g, dy // g
+    for _ in range(3):  # the same rectangle every quarter turn
+        turn = ~((dx > 0) & (dy >= 0))
+        dx, dy = np.where(turn, dy, dx), np.where(turn, -dx, dy)
+    u = hx[None, :] * dx[:, None] + hy[None, :] * dy[:, None]
+    v = hy[None, :] * dx[:, None] - hx[None, :] * dy[:, None]
+    eu = u.max(axis=1) - u.min(axis=1)
+    ev = v.max(axis=1) - v.min(axis=1)
+    dd = dx * dx + dy * dy
+    area = (eu * ev).astype(np.float64) / (4 * dd).astype(np.float64)
+    root = 2.0 * np.sqrt(dd.astype(np.float64))
+    long_side = np.maximum(eu, ev).astype(np.float64) / root
+    short_side = np.minimum(eu, ev).astype(np.float64) / root
+    k = np.lexsort((dy, dx, long_side, area))[0]
+    return np.array([area[k], hull_area, long_side[k], short_side[k]])
 
 
 def _box_slices(labels: np.ndarray, n: int, boxes: np.ndarray | None = None) -> list:
@@ -759,12 +834,6 @@ def _within_area_limits(X: np.ndarray, settings: Any) -> np.ndarray:
     """Which instance rows lie inside the settings' panel area limits (m²)."""
     area_m2 = 10 ** X[:, INSTANCE_FEATURES.index("log_area_m2")]
     return (area_m2 >= settings.min_area_m2) & (area_m2 <= settings.max_area_m2)
-
-
-def _pixel_corners(pts: np.ndarray) -> np.ndarray:
-    """The four corners of every contour pixel (pixel centres at integer coordinates)."""
-    offs = np.array([[-0.5, -0.5], [0.5, -0.5], [0.5, 0.5], [-0.5, 0.5]], np.float32)
-    return (pts[:, None, :] + offs[None]).reshape(-1, 2)
 
 
 @lru_cache(maxsize=512)
@@ -1046,6 +1115,8 @@ def analyse(
     mean statistic of every candidate, not only those the confidence weighs).
     """
     fusion = fusion or default_fusion()
+    if valid is not None and valid.all():
+        valid = None  # the same figures; every pass that masks invalid pixels is skipped
     feats = pixel_features(rgb, valid, gsd)
     score = score_map(feats, fusion)
     edges = strong_edges(rgb, gsd) if settings.edge_cut else None
@@ -1109,7 +1180,7 @@ def analyse(
             )
     conf = cap_white(rgb, labels, boxes, conf, kept)
     stored = kept if measure_all else kept & (conf >= settings.floor)
-    _fill_means(X, labels, stored, feats, score)
+    _fill_means(X, labels, stored, feats, score, boxes)
     return Analysis(feats, score, labels, X, boxes, conf, kept)
 
 
@@ -1174,15 +1245,15 @@ def outline_confidence(
     return cap_white(rgb, labels, boxes, conf, kept)
 
 
-def _fill_means(X, labels, which, feats: np.ndarray, score: np.ndarray) -> None:
+def _fill_means(X, labels, which, feats: np.ndarray, score: np.ndarray, boxes=None) -> None:
     """Fill the mean columns of ``X`` still NaN (those the confidence does not weigh) of the
     rows ``which`` with the means over each label's final pixels (after suppression: the pixels
-    it keeps), in one pass over the label image (:func:`_label_sums`)."""
+    it keeps), in one pass over the label image or its labels' ``boxes`` (:func:`_label_sums`)."""
     todo = [k for k in range(1 + len(feats)) if len(X) and np.isnan(X[:, k]).all()]
     if not todo or not np.any(which):
         return
     stack = (score, *feats)
-    area, sums, _ = _label_sums(labels, len(X), [stack[k] for k in todo])
+    area, sums, _ = _label_sums(labels, len(X), [stack[k] for k in todo], boxes=boxes)
     rows = np.flatnonzero(which & (area > 0))
     X[np.ix_(rows, todo)] = sums[rows] / area[rows, None]
 

@@ -1403,6 +1403,116 @@ def test_the_compiled_label_sums_equal_the_numpy_path() -> None:
     np.testing.assert_allclose(s_fast[0], [m[10:40, 5:50].sum(dtype=np.float64) for m in maps])
 
 
+def _random_labels(rng: np.random.Generator, shape=None) -> tuple[np.ndarray, int, np.ndarray]:
+    """Random ragged labels (some of several pieces: two components share a label) with their
+    tight boxes (x0, y0, x1, y1)."""
+    shape = shape or (int(rng.integers(2, 60)), int(rng.integers(2, 60)))
+    raw = (rng.random(shape) < rng.uniform(0.2, 0.8)).astype(np.uint8)
+    if rng.random() < 0.5:
+        raw = cv2.morphologyEx(raw, cv2.MORPH_OPEN, np.ones((2, 2), np.uint8))
+    n, labels = cv2.connectedComponents(raw, connectivity=8, ltype=cv2.CV_32S)
+    n -= 1
+    if n > 1 and rng.random() < 0.4:  # labels of several pieces, as a cut or a merge leaves
+        half = n // 2
+        labels = np.where(labels > 0, (labels - 1) % half + 1, 0).astype(np.int32)
+        n = half
+    boxes = np.zeros((n, 4), np.int64)
+    for i, sl in enumerate(find_objects(labels, max_label=n)):
+        boxes[i] = (sl[1].start, sl[0].start, sl[1].stop, sl[0].stop)
+    return labels, n, boxes
+
+
+def test_shape_statistics_compiled_and_numpy_are_the_same_bits_and_the_oracles() -> None:
+    """ADR 0050: the compiled hull and rectangle give the NumPy path's figures to the last bit
+    (they are computed from the hull's vertices whatever their order), and those of the
+    oracle's shapely polygons (union of pixel squares, ``minimum_rotated_rectangle``) to
+    rounding; where two rectangles of equal area fit, the less elongated one is taken."""
+    from shapely import box, union_all
+
+    assert fast._shape_kernel() is not None
+    rng = np.random.default_rng(11)
+    checked = 0
+    for trial in range(400):
+        labels, n, boxes = _random_labels(rng)
+        if n == 0:
+            continue
+        traced = rng.random(n) < 0.8
+        got = np.stack(fast._shape_stats(labels, n, traced, boxes))
+        numpy_path = np.stack(fast._shape_stats(labels, n, traced, boxes, compiled=False))
+        np.testing.assert_array_equal(got, numpy_path)
+        assert np.isnan(got[:, ~traced]).all() and not np.isnan(got[:, traced]).any()
+        if trial % 20 == 0:  # the oracle is slow: a few labels of every twentieth trial
+            for i in np.flatnonzero(traced)[:3]:
+                ys, xs = np.nonzero(labels == i + 1)
+                pixels = union_all(
+                    [box(x - 0.5, y - 0.5, x + 0.5, y + 0.5) for y, x in zip(ys, xs, strict=True)]
+                )
+                assert got[0, i] == pytest.approx(pixels.minimum_rotated_rectangle.area, rel=1e-9)
+                assert got[1, i] == pytest.approx(pixels.convex_hull.area, rel=1e-12)
+                checked += 1
+    assert checked > 30
+    # A 40 × 10 rectangle, and the same turned by 45° (its pixels' staircase).
+    labels = np.zeros((70, 70), np.int32)
+    labels[2:12, 5:45] = 1
+    for k in range(20):
+        labels[30 + k : 40 + k, 20 + k] = 2
+    boxes = np.array([[5, 2, 45, 12], [20, 30, 40, 59]])
+    rect, hull, long_side, short_side = fast._shape_stats(labels, 2, np.ones(2, bool), boxes)
+    assert (rect[0], hull[0], long_side[0], short_side[0]) == (400.0, 400.0, 40.0, 10.0)
+    # the staircase's hull: (19.5, 29.5), (20.5, 29.5), (39.5, 48.5), (39.5, 58.5), (38.5,
+    # 58.5), (19.5, 39.5); its smallest rectangle lies along the 45° edges
+    assert hull[1] == 219.0
+    # (24.5 × 5.5 half-diagonals: 34.65 × 7.78 px, as shapely's minimum_rotated_rectangle)
+    assert rect[1] == 269.5
+    assert (long_side[1], short_side[1]) == pytest.approx((24.5 * 2**0.5, 5.5 * 2**0.5))
+    # Equal-area rectangles: two pixels touching at a corner fit a 2 × 2 square and a 2.83 ×
+    # 1.41 rectangle along their diagonal (both 4 px²): the square, the less elongated, wins.
+    pair = np.zeros((4, 4), np.int32)
+    pair[1, 1] = pair[2, 2] = 1
+    r, h, lo, sh = fast._shape_stats(pair, 1, np.ones(1, bool), np.array([[1, 1, 3, 3]]))
+    assert (r[0], h[0], lo[0], sh[0]) == (4.0, 3.0, 2.0, 2.0)
+
+
+def test_label_sums_inside_boxes_are_the_whole_passes() -> None:
+    """Looking for each label inside its (possibly loose) box gives the whole-image pass's
+    counts, sums (added in the same order: the same bits) and tight boxes."""
+    from solardesk_spectral._kernels import label_sums, label_sums_in_boxes
+
+    rng = np.random.default_rng(5)
+    for _ in range(200):
+        labels, n, boxes = _random_labels(rng)
+        if n == 0:
+            continue
+        h, w = labels.shape
+        loose = boxes.copy()
+        loose[:, :2] = np.maximum(loose[:, :2] - rng.integers(0, 3, (n, 2)), 0)
+        loose[:, 2] = np.minimum(loose[:, 2] + rng.integers(0, 3, n), w)
+        loose[:, 3] = np.minimum(loose[:, 3] + rng.integers(0, 3, n), h)
+        maps = tuple(rng.normal(0, 30, labels.shape).astype(np.float32) for _ in range(3))
+        whole = label_sums(labels, n, maps)
+        for b in (boxes, loose):
+            inside = label_sums_in_boxes(labels, b, maps)
+            for x, y in zip(whole, inside, strict=True):
+                np.testing.assert_array_equal(x, y)
+        # and the analyser's front door takes the box pass where the boxes are small
+        got = fast._label_sums(labels, n, list(maps), boxes=loose)
+        for x, y in zip(whole, got, strict=True):
+            np.testing.assert_array_equal(x, y)
+
+
+def test_an_all_valid_mask_is_no_mask() -> None:
+    """A tile whose pixels are all valid (what the reader hands over for most tiles) gives
+    the very figures of one passed without a mask: the analyser drops the mask and skips its
+    masking passes."""
+    scene = generate_scene(SceneSpec(height=256, width=256, gsd=0.3, seed=4))
+    rgb = np.ascontiguousarray(np.moveaxis(scene.image, 0, -1))
+    a = fast.analyse(rgb, np.ones(rgb.shape[:2], bool), 0.3, SpectralSettings())
+    b = fast.analyse(rgb, None, 0.3, SpectralSettings())
+    assert len(a.X) > 0
+    for name in a.__dataclass_fields__:
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+
+
 def _random_parts(rng: np.random.Generator) -> list:
     """Two to four segmentations of one random mask each: many overlapping, ragged candidates,
     confidences rounded to tenths (ties), some outside the area limits (not ``kept``)."""
