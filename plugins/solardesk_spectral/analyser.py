@@ -664,7 +664,7 @@ def _label_sums(
     image (the same figures)."""
     kernel = _kernel() if compiled else None
     if kernel is not None and boxes is not None and n == len(boxes):
-        b = np.ascontiguousarray(boxes, np.int64)
+        b = _inside(boxes, labels.shape)  # (numba does not check bounds)
         if int(np.sum((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]))) < labels.size:
             return _boxes_kernel()(
                 np.ascontiguousarray(labels, np.int32),
@@ -763,7 +763,7 @@ def _shape_stats(
     if kernel is not None:
         out = kernel(
             np.ascontiguousarray(labels, np.int32),
-            np.ascontiguousarray(boxes, np.int64),
+            _inside(boxes, labels.shape),  # (numba does not check bounds)
             np.ascontiguousarray(traced, np.bool_),
         )
         return out[:, 0], out[:, 1], out[:, 2], out[:, 3]
@@ -783,6 +783,12 @@ def _shape_stats(
         hull = cv2.convexHull(np.stack([cx, cy], axis=1).astype(np.int32)).reshape(-1, 2)
         out[i] = hull_measures(hull[:, 0].astype(np.int64), hull[:, 1].astype(np.int64))
     return out[:, 0], out[:, 1], out[:, 2], out[:, 3]
+
+
+def _inside(boxes: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """``boxes`` (x0, y0, x1, y1) as int64, clipped to an image of ``shape`` (H, W)."""
+    h, w = shape[:2]
+    return np.clip(np.asarray(boxes, np.int64).reshape(-1, 4), 0, np.array([w, h, w, h]))
 
 
 def hull_measures(hx: np.ndarray, hy: np.ndarray) -> np.ndarray:
