@@ -256,25 +256,18 @@ def _shape_stats_py(labels, boxes, traced):
             m += 1
         if m == 0:
             continue
-        # Andrew's monotone chain (the points are sorted by (row, column)), no collinear ones
+        # Andrew's monotone chain (the points are sorted by (row, column)), no collinear ones:
+        # forward over the points for one side, then back for the other
         ha = np.empty(2 * m + 1, np.int64)
         hb = np.empty(2 * m + 1, np.int64)
         t = 0
-        for j in range(m):
+        floor = 2
+        for step in range(2 * m - 1):
+            j = step if step < m else 2 * m - 2 - step
+            if step == m:
+                floor = t + 1  # the way back keeps the first side
             while (
-                t >= 2
-                and (ha[t - 1] - ha[t - 2]) * (pb[j] - hb[t - 2])
-                - (hb[t - 1] - hb[t - 2]) * (pa[j] - ha[t - 2])
-                <= 0
-            ):
-                t -= 1
-            ha[t] = pa[j]
-            hb[t] = pb[j]
-            t += 1
-        lower = t + 1
-        for j in range(m - 2, -1, -1):
-            while (
-                t >= lower
+                t >= floor
                 and (ha[t - 1] - ha[t - 2]) * (pb[j] - hb[t - 2])
                 - (hb[t - 1] - hb[t - 2]) * (pa[j] - ha[t - 2])
                 <= 0
