@@ -1354,12 +1354,14 @@ def merge_fragments(labels, X, boxes, conf, kept, tile: TileData, fusion, settin
         return unchanged
     lut = np.zeros(n + 1, np.uint8)
     lut[1:][member] = 1
-    cand = lut[labels]
+    lut[1:][kept & ~member] = 2
+    kind = lut[labels]  # 1: a member, 2: another kept candidate (one gather for both)
+    on = kind == 1
+    cand = on.view(np.uint8)
     closed = cv2.morphologyEx(cand, cv2.MORPH_CLOSE, _disk(max(1, round(MERGE_GAP_M / 2 / gsd))))
     if tile.valid is not None:
         closed[~tile.valid] = 0
     nc, comp = cv2.connectedComponents(closed, connectivity=8, ltype=cv2.CV_32S)
-    on = cand > 0
     pairs = np.unique(comp[on].astype(np.int64) * (n + 1) + labels[on])
     group, who = np.divmod(pairs, n + 1)
     multi = np.flatnonzero(np.bincount(group, minlength=nc) >= 2)
@@ -1368,8 +1370,7 @@ def merge_fragments(labels, X, boxes, conf, kept, tile: TileData, fusion, settin
     glut = np.zeros(nc, np.int32)
     glut[multi] = np.arange(1, len(multi) + 1)
     mlab = glut[comp]
-    lut[1:][kept & ~member] = 2
-    others = (lut[labels] == 2).view(np.uint8)
+    others = (kind == 2).view(np.uint8)
     ring = cv2.dilate(others, np.ones((3, 3), np.uint8)) > 0
     mlab[ring & ~on] = 0
     g = len(multi)
