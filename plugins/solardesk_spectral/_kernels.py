@@ -11,6 +11,11 @@ Sums run in float64 in raster order, as ``bincount`` adds them, so the results a
 loop of NumPy and OpenCV calls, which a 0.3 m tile, with four times the ground of a 0.15 m one,
 runs for several hundred candidates (ADR 0048). It gives the very figures of the loop.
 
+:func:`shape_stats` (ADR 0050) gives each candidate's minimum-area rectangle and hull area,
+computed exactly from the hull's vertices so that the NumPy path (``cv2.convexHull`` and
+``analyser.hull_measures``) gives the same bits, and :func:`label_sums_in_boxes` the label sums
+of candidates whose boxes are known, looking inside those boxes only.
+
 numba is optional: each kernel is None where it does not import (the analyser then takes the
 NumPy and OpenCV paths, which the tests check against these).
 """
@@ -206,8 +211,8 @@ def _shape_stats_py(labels, boxes, traced):
     The hull of the squares is the hull of the outer corners of each row's outermost pixels,
     found by one monotone chain over them in doubled (integer) coordinates. Everything after
     is exact integer arithmetic but for one rounding per figure, so the figures are the same
-    whatever order the hull's vertices come in (:func:`hull_measures` gives them for a hull
-    from elsewhere; ADR 0050): the hull area from the shoelace sum; the rectangle from each
+    whatever order the hull's vertices come in (``analyser.hull_measures`` gives them for a
+    hull from elsewhere; ADR 0050): the hull area from the shoelace sum; the rectangle from each
     hull edge direction, reduced by its gcd and turned into the quadrant ``dx > 0, dy ≥ 0``
     (the rectangle rests on a hull edge), its extents along that direction and across it; of
     equal areas the one with the shorter long side, then the smaller ``(dx, dy)``.
@@ -241,7 +246,8 @@ def _shape_stats_py(labels, boxes, traced):
                     left[c] = lo
                 if hi > right[c]:
                     right[c] = hi
-        # the corners in (row, column) order, doubled: (2y - 1, 2x - 1) and (2y - 1, 2x + 1)
+        # corner row c in (row, column) order, doubled: (2y - 1, 2 left - 1) and
+        # (2y - 1, 2 right + 1) with y = y0 + c
         pa = np.empty(2 * (rows + 1), np.int64)
         pb = np.empty(2 * (rows + 1), np.int64)
         m = 0

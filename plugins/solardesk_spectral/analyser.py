@@ -45,7 +45,7 @@ Per tile:
    own where they share no pixel with a more confident one (:func:`analyse_tile`).
 
 Every weighed per-instance mean is computed for all components at once (one ``bincount`` per
-statistic); shapes come from one contour trace per component's bounding box;
+statistic); shapes from each component's hull, computed exactly (ADR 0050);
 ``tests/plugins/_reference_analyser.py`` computes the same maths with a Python loop per
 component, scikit-image ``regionprops`` and shapely, as the oracle.
 """
