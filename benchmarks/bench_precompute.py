@@ -1,7 +1,7 @@
 """Speed of the whole pre-compute per 512² tile, against the reference, and two-worker scaling.
 
     python benchmarks/bench_precompute.py [--size 6144] [--gsd 0.15] [--reference-tiles 2]
-        [--repeats 3] [--stages 16] [--set NAME=VALUE ...]
+        [--repeats 3] [--stages 16] [--set NAME=VALUE ...] [--baseline REV]
 
 Writes a synthetic GeoTIFF (solardesk.synthetic) and runs `solardesk.core.pipeline.precompute`
 on it (read, six channels, fusion, segmentation, scoring, cache write) with one worker
@@ -16,11 +16,17 @@ It also prints the one-worker rate as ground covered (km² per hour per core).
 ``--set`` changes a stage setting for the timed runs and the stage times (e.g. ``--set
 coarse_pass=true``: what ADR 0044's option costs); the reference comparison always runs the
 defaults, which is what the oracle implements.
+``--baseline REV`` also times another version of the code (a git revision, checked out into a
+temporary worktree) on the same raster, one worker, alternating with this tree run for run,
+each in a fresh process, and prints both rates and their ratio per round: this VM's speed
+drifts by 10-20 % within an hour, so only alternated runs compare two versions.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -29,7 +35,10 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+#: The sources to time: this tree, or (in a ``--baseline`` run's child process) the worktree
+#: named by SOLARDESK_BENCH_SOURCES, whose solardesk and plugins then come first on the path.
+SOURCES = Path(os.environ.get("SOLARDESK_BENCH_SOURCES", ROOT))
+sys.path.insert(0, str(SOURCES))
 
 
 def run(
@@ -77,6 +86,58 @@ def ground_km2_per_hour(tiles_per_second: float, tile: int, gsd: float) -> float
     return tiles_per_second * (tile * gsd) ** 2 * 3600 / 1e6
 
 
+def _rate_in_child(raster: Path, tile: int, sources: Path) -> float:
+    """One one-worker run of the code in ``sources`` (a checkout) in a fresh process."""
+    env = dict(os.environ, SOLARDESK_BENCH_SOURCES=str(sources))
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(sources), str(sources / "plugins"), env.get("PYTHONPATH", "")]
+    )
+    script = str(Path(__file__).resolve())
+    command = [sys.executable, script, "--tile", str(tile), "--time-one-worker", str(raster)]
+    out = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise SystemExit(f"the run of {sources} failed:\n{out.stderr[-2000:]}")
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def compare_with(rev: str, raster: Path, tile: int, rounds: int, tmp: Path) -> list[float]:
+    """Time git revision ``rev`` against this tree, alternated, one worker, ``rounds`` rounds
+    (each run in its own process, after one untimed run of each); print the rates and the
+    ratios, and return the ratios (this tree over the baseline)."""
+    base = tmp / "baseline"
+    add = subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(base), rev],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if add.returncode != 0:
+        raise SystemExit(f"--baseline {rev}: git could not check it out: {add.stderr.strip()}")
+    try:
+        _rate_in_child(raster, tile, base)  # imports, file cache, numba's cache
+        _rate_in_child(raster, tile, ROOT)
+        ratios = []
+        for k in range(rounds):
+            old = _rate_in_child(raster, tile, base)
+            new = _rate_in_child(raster, tile, ROOT)
+            ratios.append(new / old)
+            print(
+                f"against {rev}, round {k + 1}: {old:.1f} → {new:.1f} tiles/s per core "
+                f"({new / old:.3f}×)"
+            )
+        print(
+            f"against {rev}: this tree {float(np.median(ratios)):.3f}× as fast (median of "
+            f"{rounds} alternated rounds, {min(ratios):.3f}–{max(ratios):.3f})"
+        )
+        return ratios
+    finally:
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)],
+            capture_output=True,
+            check=False,
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", type=int, default=6144)
@@ -100,9 +161,20 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME=VALUE",
         help="A stage setting for the timed runs, e.g. coarse_pass=true (repeatable).",
     )
+    ap.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="Also time this git revision (one worker), alternated with this tree.",
+    )
+    ap.add_argument("--time-one-worker", metavar="RASTER", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.repeats < 1:
         ap.error("--repeats must be at least 1")
+    if args.time_one_worker:  # a --baseline round's child: one timed run, the rate on stdout
+        with tempfile.TemporaryDirectory() as tmp:
+            t, n = run(Path(args.time_one_worker), Path(tmp) / "c.sqlite", 1, args.tile, None)
+        print(f"{n / t:.3f}")
+        return 0
     from solardesk.config import ConfigError, parse
     from solardesk_spectral.settings import SpectralSettings
 
@@ -148,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
             f"ground      : {ground_km2_per_hour(rate1, args.tile, args.gsd):6.0f} km² per hour "
             f"per core (a tile covers {args.tile * args.gsd:.1f} m square at {args.gsd} m)"
         )
+        if args.baseline:
+            compare_with(args.baseline, raster, args.tile, args.repeats, Path(tmp))
 
         # The reference on a few tiles, compared mask for mask.
         from solardesk_spectral import analyser

@@ -63,3 +63,25 @@ def test_ground_rate_in_km2_per_hour(monkeypatch) -> None:
     at_15 = bench_precompute.ground_km2_per_hour(26.8, 512, 0.15)
     assert bench_precompute.ground_km2_per_hour(26.8, 512, 0.3) == pytest.approx(4 * at_15)
     assert at_15 == pytest.approx(26.8 * 76.8**2 * 3600 / 1e6)
+
+
+def test_a_baseline_child_run_prints_its_rate_and_a_bad_revision_is_a_clear_error(
+    monkeypatch, capsys, tmp_path
+) -> None:
+    """``--baseline REV``'s pieces: the child mode times one one-worker run of the code on the
+    path and prints the rate alone (what the parent reads back), and a revision git cannot
+    check out stops the benchmark with a message naming it, leaving no worktree behind."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import bench_precompute
+
+    from solardesk.synthetic import write_scene
+
+    raster = tmp_path / "scene.tif"
+    write_scene(generate_scene(SceneSpec(height=384, width=384, gsd=0.15, seed=5)), raster)
+    assert bench_precompute.main(["--tile", "128", "--time-one-worker", str(raster)]) == 0
+    rate = float(capsys.readouterr().out.strip())
+    assert rate > 0
+    with pytest.raises(SystemExit) as exc:
+        bench_precompute.compare_with("no-such-revision", raster, 128, 1, tmp_path)
+    assert "--baseline no-such-revision" in str(exc.value)
+    assert not (tmp_path / "baseline").exists()
