@@ -105,12 +105,15 @@ def compare_with(rev: str, raster: Path, tile: int, rounds: int, tmp: Path) -> l
     (each run in its own process, after one untimed run of each); print the rates and the
     ratios, and return the ratios (this tree over the baseline)."""
     base = tmp / "baseline"
-    add = subprocess.run(
-        ["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(base), rev],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    try:
+        add = subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(base), rev],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    except FileNotFoundError:
+        raise SystemExit(f"--baseline {rev}: needs git, which is not installed") from None
     if add.returncode != 0:
         raise SystemExit(f"--baseline {rev}: git could not check it out: {add.stderr.strip()}")
     try:
