@@ -18,8 +18,9 @@ coarse_pass=true``: what ADR 0044's option costs); the reference comparison alwa
 defaults, which is what the oracle implements.
 ``--baseline REV`` also times another version of the code (a git revision, checked out into a
 temporary worktree) on the same raster, one worker, alternating with this tree run for run,
-each in a fresh process, and prints both rates and their ratio per round: this VM's speed
-drifts by 10-20 % within an hour, so only alternated runs compare two versions.
+each in a fresh process, with the stage's default settings (``--set`` is not passed on: the
+other version may not have the setting), and prints both rates and their ratio per round: this
+VM's speed drifts by 10-20 % within an hour, so only alternated runs compare two versions.
 """
 
 from __future__ import annotations
