@@ -1953,6 +1953,16 @@ class MaskCache:
             "size_bytes": self.size_bytes(),
         }
 
+    def count_objects(self, threshold: float = 0.85, raster_fp: str | None = None) -> int:
+        """``stats(threshold, objects=True)["objects_above_threshold"]`` alone, of one raster
+        when ``raster_fp`` is given: the instances at confidence >= ``threshold`` with the
+        copies of one object in overlapping tiles counted once (:meth:`_count_objects`)."""
+        cond, params = self._current_sql("t", None, None, None)
+        if raster_fp is not None:
+            cond, params = f"({cond}) AND t.raster_fp = ?", [*params, raster_fp]
+        with self._reading("count objects", snapshot=True) as conn:
+            return self._count_objects(conn, float(threshold), cond, params)
+
     @staticmethod
     def _count_objects(conn: sqlite3.Connection, thr: float, cond: str, params: list) -> int:
         """How many objects the current instances at confidence >= ``thr`` are: the copies of

@@ -333,6 +333,19 @@ def placement_of(source: RasterSource) -> Placement:
     return Placement(tuple(source.info.transform), _crs_wkt(source.info), source.map_crs_wkt)
 
 
+def count_objects(cache_path: str | Path, raster_fp: str, threshold: float) -> int:
+    """How many objects of ``raster_fp`` the cache holds at confidence >= ``threshold``, the
+    copies of one object in overlapping tiles counted once (``MaskCache.count_objects``); 0
+    for a cache that does not exist yet. Its own read-only connection (a worker thread)."""
+    from solardesk.core.cache import MaskCache
+
+    path = Path(cache_path)
+    if not path.is_file() or path.stat().st_size == 0:
+        return 0
+    with MaskCache(path, readonly=True) as cache:
+        return cache.count_objects(threshold, raster_fp)
+
+
 def load_tiles(
     cache_path: str | Path,
     raster_fp: str,

@@ -146,6 +146,7 @@ class PseudoLabelLayer(Layer):
     instanceRemoved = Signal(int)
     thresholdChanged = Signal(float)
     styleChanged = Signal()
+    objectsCounted = Signal()  #: :attr:`objects` is new
 
     def __init__(
         self,
@@ -168,6 +169,11 @@ class PseudoLabelLayer(Layer):
         self._job = None
         self._again: set[str] | bool | None = False
         self._order_cache: dict[bool, list[int]] = {}
+        #: ``(threshold, n)``: the objects at that threshold, the copies of one object in
+        #: overlapping tiles counted once (:meth:`count_objects`); None until counted
+        self.objects: tuple[float, int] | None = None
+        self._count_job = None
+        self._count_again = False
         if raster.source is not None:
             self.refresh()
         else:
@@ -205,6 +211,37 @@ class PseudoLabelLayer(Layer):
         self._job.finished.connect(self._on_update)
         self._job.errored.connect(self._on_error)
         self._job.ended.connect(self._on_job_ended)
+
+    def count_objects(self) -> None:
+        """Count the objects at the current threshold on a worker (the records hold one
+        instance per tile, so an object in the overlap of tiles is there once per tile);
+        :attr:`objects` then holds the count and :attr:`objectsCounted` is emitted. One count
+        at a time; asked again meanwhile, it counts once more when that one ends."""
+        source = self.raster.source
+        if source is None:
+            return
+        if self._count_job is not None:
+            self._count_again = True
+            return
+        path, fp, thr = self.cache_path, source.info.fingerprint, self.threshold
+        self._count_job = self.runner.submit(
+            lambda: call(_io.count_objects, path, fp, thr),
+            f"Count the objects of {self.raster.path.name}",
+            notify=False,  # a figure for the panel; the layer's own reads report errors
+        )
+        self._count_job.finished.connect(lambda n, thr=thr: self._on_counted(thr, n))
+        self._count_job.ended.connect(self._on_count_ended)
+
+    def _on_counted(self, threshold: float, n: int) -> None:
+        self.objects = (threshold, int(n))
+        self.objectsCounted.emit()
+
+    @Slot()
+    def _on_count_ended(self) -> None:
+        self._count_job = None
+        if self._count_again:
+            self._count_again = False
+            self.count_objects()
 
     @Slot()
     def _on_job_ended(self) -> None:

@@ -3,7 +3,7 @@ threshold of pseudo-label layers. A view of :class:`~solardesk.gui.layers.LayerL
 
 from __future__ import annotations
 
-from PySide6.QtCore import QPointF, QRectF, QSize, Qt, Signal, Slot
+from PySide6.QtCore import QPointF, QRectF, QSize, Qt, QTimer, Signal, Slot
 from PySide6.QtGui import QColor, QLinearGradient, QPainter, QPen
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -159,6 +159,17 @@ class LayersPanel(QWidget):
         self.counts = QLabel()
         self.counts.setObjectName("pseudoCounts")
         self.counts.setWordWrap(False)
+        self.counts.setToolTip(
+            "An object in the overlap of two tiles is stored once per tile, so it is a "
+            "candidate, and a pseudo-label, of each; the objects count it once."
+        )
+        # The objects (copies in overlapping tiles once) are counted by the cache on a worker,
+        # a moment after the records or the threshold last changed.
+        self._counts_stale = False
+        self._count_timer = QTimer(self)
+        self._count_timer.setSingleShot(True)
+        self._count_timer.setInterval(300)
+        self._count_timer.timeout.connect(self._count_objects)
         form = QFormLayout(self.pseudo_box)
         form.addRow("Threshold", th_row)
         form.addRow(self.legend)
@@ -212,10 +223,11 @@ class LayersPanel(QWidget):
                 layer.loadingChanged.connect(self._on_layer_changed)
                 layer.failed.connect(self._on_layer_changed)
                 if isinstance(layer, PseudoLabelLayer):
-                    layer.tilesUpdated.connect(self._update_counts)
-                    layer.instanceChanged.connect(self._update_counts)
-                    layer.instanceAdded.connect(self._update_counts)
-                    layer.instanceRemoved.connect(self._update_counts)
+                    layer.tilesUpdated.connect(self._on_records_changed)
+                    layer.instanceChanged.connect(self._on_records_changed)
+                    layer.instanceAdded.connect(self._on_records_changed)
+                    layer.instanceRemoved.connect(self._on_records_changed)
+                    layer.objectsCounted.connect(self._update_counts)
                     layer.thresholdChanged.connect(self._on_layer_threshold)
                 layer.destroyed.connect(lambda _=None, lay=layer: self._watched.discard(lay))
         self._syncing = False
@@ -372,16 +384,45 @@ class LayersPanel(QWidget):
             self._show_layer(layer)
 
     @Slot()
+    def _on_records_changed(self, *_args) -> None:
+        if self.sender() is self.current_layer():
+            self._counts_stale = True
+        self._update_counts()
+
+    @Slot()
+    def _count_objects(self) -> None:
+        layer = self.current_layer()
+        if isinstance(layer, PseudoLabelLayer):
+            layer.count_objects()
+
+    @Slot()
     def _update_counts(self, *_args) -> None:
         layer = self.current_layer()
         if not isinstance(layer, PseudoLabelLayer):
             return
         c = layer.counts()
+        counted = layer.objects
+        current = counted is not None and counted[0] == layer.threshold
+        if c["above_threshold"] == 0:
+            objects = ""
+        elif current:
+            # an object in the overlap of tiles is a record, and a pseudo-label, of each
+            objects = f" · {_n(counted[1], 'object')}"
+        else:
+            objects = " · counting objects…"
         self.counts.setText(
-            f"{c['total']} candidates in {len(layer.tiles)} tiles\n"
-            f"{c['above_threshold']} pseudo-labels (≥ {layer.threshold:.2f})\n"
+            f"{_n(c['total'], 'candidate')} in {_n(len(layer.tiles), 'tile')}\n"
+            f"{_n(c['above_threshold'], 'pseudo-label')} (≥ {layer.threshold:.2f}){objects}\n"
             f"{c['accepted']} accepted · {c['rejected']} rejected · {c['pending']} pending"
         )
+        if c["above_threshold"] and (not current or self._counts_stale):
+            self._counts_stale = False
+            self._count_timer.start()
+
+
+def _n(count: int, noun: str) -> str:
+    """``count`` and ``noun``, plural unless one."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def _swatch(colour: QColor):

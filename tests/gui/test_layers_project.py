@@ -123,3 +123,47 @@ def test_raster_in_another_crs_is_warped_into_the_map_crs(qtbot, window, scene_t
     assert abs((a[0] + a[2]) / 2 - (b[0] + b[2]) / 2) < 0.5
     assert abs((a[1] + a[3]) / 2 - (b[1] + b[3]) / 2) < 0.5
     assert abs((a[2] - a[0]) - (b[2] - b[0])) < 0.1 * (a[2] - a[0])
+
+
+def test_the_panel_counts_an_object_in_the_overlap_of_tiles_once(
+    qtbot, window, scene_tif, tmp_path
+):
+    """The records hold one instance per tile, so an object in the overlap of two tiles is a
+    pseudo-label of each; the panel also shows the objects, counted by the cache on a worker,
+    and counts again when the threshold moves."""
+    import numpy as np
+
+    from solardesk.core.cache import Instance, MaskCache, TileKey, hash_params
+
+    window.open_path(scene_tif)
+    wait_raster(qtbot, window)
+    fp = window.ctx.layers.of_kind("raster")[0].source.info.fingerprint
+
+    def square(x0: int, conf: float) -> Instance:
+        return Instance(bbox=(x0, 10, x0 + 10, 20), mask=np.ones((10, 10), bool), confidence=conf)
+
+    params = hash_params({"threshold": 0.5})
+    with MaskCache(tmp_path / "c.sqlite") as cache:
+        # left (0-64) and right (48-112) share columns 48-64: the square at 50 is one object
+        cache.write_tile(
+            TileKey(fp, "left", "spectral", 1, params),
+            (0, 0, 64, 48),
+            [square(50, 0.9), square(10, 0.95)],
+        )
+        cache.write_tile(
+            TileKey(fp, "right", "spectral", 1, params),
+            (48, 0, 64, 48),
+            [square(2, 0.9), square(30, 0.6)],
+        )
+    window.ctx.project.set_cache(tmp_path / "c.sqlite")
+    (pseudo,) = window.open_cache(tmp_path / "c.sqlite")
+    panel = window.layers_panel
+    panel.select(pseudo)
+    until(lambda: "3 pseudo-labels (≥ 0.85) · 2 objects" in panel.counts.text(), timeout=10000)
+    assert "4 candidates in 2 tiles" in panel.counts.text()
+    pseudo.set_threshold(0.5)
+    until(lambda: "4 pseudo-labels (≥ 0.50) · 3 objects" in panel.counts.text(), timeout=10000)
+    pseudo.set_threshold(0.95)
+    until(lambda: "1 pseudo-label (≥ 0.95) · 1 object\n" in panel.counts.text(), timeout=10000)
+    pseudo.set_threshold(0.99)
+    until(lambda: "0 pseudo-labels (≥ 0.99)\n" in panel.counts.text(), timeout=10000)

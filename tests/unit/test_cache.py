@@ -911,6 +911,10 @@ def test_stats_count_the_copies_of_an_object_once(cache: MaskCache) -> None:
     st = cache.stats(threshold=0.85, objects=True)
     assert st["instances_above_threshold"] == 8
     assert st["objects_above_threshold"] == 6  # A, B, C, drawn, E and fp2's
+    # the same count alone, and one raster's (the GUI's layer panel shows it)
+    assert cache.count_objects(0.85) == 6
+    assert (cache.count_objects(0.85, "fp"), cache.count_objects(0.85, "fp2")) == (5, 1)
+    assert cache.count_objects(0.85, "no such raster") == 0
     assert cache.stats(threshold=0.85)["objects_above_threshold"] is None  # not asked for
     assert cache.stats(threshold=0.3, objects=True)["objects_above_threshold"] == 7
     assert cache.stats(threshold=0.99, objects=True)["objects_above_threshold"] == 1
