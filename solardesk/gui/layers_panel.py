@@ -163,12 +163,13 @@ class LayersPanel(QWidget):
             "An object in the overlap of two tiles is stored once per tile, so it is a "
             "candidate, and a pseudo-label, of each; the objects count it once."
         )
-        # The objects (copies in overlapping tiles once) are counted by the cache on a worker,
-        # a moment after the records or the threshold last changed.
+        # The objects (copies in overlapping tiles once) are counted by the cache on a worker
+        # once the records and the threshold have rested for a second and a half: while a
+        # pre-compute adds tiles, the count (a pass over the masks near tile edges) waits.
         self._counts_stale = False
         self._count_timer = QTimer(self)
         self._count_timer.setSingleShot(True)
-        self._count_timer.setInterval(300)
+        self._count_timer.setInterval(1500)
         self._count_timer.timeout.connect(self._count_objects)
         form = QFormLayout(self.pseudo_box)
         form.addRow("Threshold", th_row)
