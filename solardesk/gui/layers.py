@@ -171,8 +171,9 @@ class PseudoLabelLayer(Layer):
         self._order_cache: dict[bool, list[int]] = {}
         #: ``(threshold, n)``: the objects at that threshold, the copies of one object in
         #: overlapping tiles counted once (:meth:`count_objects`); None until counted
-        self.objects: tuple[float, int] | None = None
+        self.objects: tuple[float, int | None] | None = None
         self._count_job = None
+        self._count_threshold = self.threshold
         self._count_again = False
         if raster.source is not None:
             self.refresh()
@@ -224,16 +225,25 @@ class PseudoLabelLayer(Layer):
             self._count_again = True
             return
         path, fp, thr = self.cache_path, source.info.fingerprint, self.threshold
+        self._count_threshold = thr
         self._count_job = self.runner.submit(
             lambda: call(_io.count_objects, path, fp, thr),
             f"Count the objects of {self.raster.path.name}",
             notify=False,  # a figure for the panel; the layer's own reads report errors
         )
-        self._count_job.finished.connect(lambda n, thr=thr: self._on_counted(thr, n))
+        self._count_job.finished.connect(self._on_counted)
+        self._count_job.errored.connect(self._on_count_failed)
         self._count_job.ended.connect(self._on_count_ended)
 
-    def _on_counted(self, threshold: float, n: int) -> None:
-        self.objects = (threshold, int(n))
+    @Slot(object)
+    def _on_counted(self, n: int) -> None:
+        self.objects = (self._count_threshold, int(n))
+        self.objectsCounted.emit()
+
+    @Slot(object)
+    def _on_count_failed(self, _error: JobError) -> None:
+        # (None: not counted at this threshold; the panel shows no figure rather than retry)
+        self.objects = (self._count_threshold, None)
         self.objectsCounted.emit()
 
     @Slot()

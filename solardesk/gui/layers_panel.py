@@ -404,8 +404,8 @@ class LayersPanel(QWidget):
         c = layer.counts()
         counted = layer.objects
         current = counted is not None and counted[0] == layer.threshold
-        if c["above_threshold"] == 0:
-            objects = ""
+        if c["above_threshold"] == 0 or (current and counted[1] is None):
+            objects = ""  # none to count, or the count failed
         elif current:
             # an object in the overlap of tiles is a record, and a pseudo-label, of each
             objects = f" · {_n(counted[1], 'object')}"

@@ -10,7 +10,7 @@ from PySide6.QtCore import Qt
 
 from solardesk.gui.layers import PseudoLabelLayer, RasterLayer, VectorLayer
 from solardesk.gui.map_view import VectorRenderer
-from tests.gui.conftest import until, wait_raster
+from tests.gui.conftest import pause, until, wait_raster
 
 
 def _add_all(qtbot, window, scene_dir, tmp_path):
@@ -126,11 +126,12 @@ def test_raster_in_another_crs_is_warped_into_the_map_crs(qtbot, window, scene_t
 
 
 def test_the_panel_counts_an_object_in_the_overlap_of_tiles_once(
-    qtbot, window, scene_tif, tmp_path
+    qtbot, window, scene_tif, tmp_path, monkeypatch
 ):
     """The records hold one instance per tile, so an object in the overlap of two tiles is a
     pseudo-label of each; the panel also shows the objects, counted by the cache on a worker,
-    and counts again when the threshold moves."""
+    and counts again when the threshold moves. A count that fails shows no figure (and is not
+    retried in a loop)."""
     import numpy as np
 
     from solardesk.core.cache import Instance, MaskCache, TileKey, hash_params
@@ -167,3 +168,18 @@ def test_the_panel_counts_an_object_in_the_overlap_of_tiles_once(
     until(lambda: "1 pseudo-label (≥ 0.95) · 1 object\n" in panel.counts.text(), timeout=10000)
     pseudo.set_threshold(0.99)
     until(lambda: "0 pseudo-labels (≥ 0.99)\n" in panel.counts.text(), timeout=10000)
+
+    from solardesk.errors import CacheError
+    from solardesk.gui import _io
+
+    calls = []
+
+    def broken(*args):
+        calls.append(args)
+        raise CacheError("the cache is locked")
+
+    monkeypatch.setattr(_io, "count_objects", broken)
+    pseudo.set_threshold(0.5)
+    until(lambda: calls and "4 pseudo-labels (≥ 0.50)\n" in panel.counts.text(), timeout=10000)
+    pause(2000)  # longer than the count's wait: no second try
+    assert len(calls) == 1 and "object" not in panel.counts.text()
