@@ -333,6 +333,11 @@ def placement_of(source: RasterSource) -> Placement:
     return Placement(tuple(source.info.transform), _crs_wkt(source.info), source.map_crs_wkt)
 
 
+def _cache_exists(path: Path) -> bool:
+    """Whether a pre-compute has created the cache at ``path`` yet (a file, not empty)."""
+    return path.is_file() and path.stat().st_size > 0
+
+
 def count_objects(cache_path: str | Path, raster_fp: str, threshold: float) -> int:
     """How many objects of ``raster_fp`` the cache holds at confidence >= ``threshold``, the
     copies of one object in overlapping tiles counted once (``MaskCache.count_objects``); 0
@@ -340,7 +345,7 @@ def count_objects(cache_path: str | Path, raster_fp: str, threshold: float) -> i
     from solardesk.core.cache import MaskCache
 
     path = Path(cache_path)
-    if not path.is_file() or path.stat().st_size == 0:
+    if not _cache_exists(path):
         return 0
     with MaskCache(path, readonly=True) as cache:
         return cache.count_objects(threshold, raster_fp)
@@ -363,7 +368,7 @@ def load_tiles(
     from solardesk.core.cache import MaskCache
 
     path = Path(cache_path)
-    if not path.is_file() or path.stat().st_size == 0:
+    if not _cache_exists(path):
         return TilesUpdate(raster_fp, max_pk=since_pk)
     wanted = set(tile_ids) if tile_ids is not None else None
     tiles: list[TileRecord] = []

@@ -22,6 +22,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from solardesk.core.jobs import counted
 from solardesk.gui.layers import Layer, LayerList, PseudoLabelLayer
 from solardesk.gui.map_view import (
     _CMAP_STOPS,
@@ -402,28 +403,23 @@ class LayersPanel(QWidget):
         if not isinstance(layer, PseudoLabelLayer):
             return
         c = layer.counts()
-        counted = layer.objects
-        current = counted is not None and counted[0] == layer.threshold
-        if c["above_threshold"] == 0 or (current and counted[1] is None):
+        known = layer.objects  # (threshold, objects) of the last count
+        current = known is not None and known[0] == layer.threshold
+        if c["above_threshold"] == 0 or (current and known[1] is None):
             objects = ""  # none to count, or the count failed
         elif current:
             # an object in the overlap of tiles is a record, and a pseudo-label, of each
-            objects = f" · {_n(counted[1], 'object')}"
+            objects = f" · {counted(known[1], 'object')}"
         else:
             objects = " · counting objects…"
         self.counts.setText(
-            f"{_n(c['total'], 'candidate')} in {_n(len(layer.tiles), 'tile')}\n"
-            f"{_n(c['above_threshold'], 'pseudo-label')} (≥ {layer.threshold:.2f}){objects}\n"
+            f"{counted(c['total'], 'candidate')} in {counted(len(layer.tiles), 'tile')}\n"
+            f"{counted(c['above_threshold'], 'pseudo-label')} (≥ {layer.threshold:.2f}){objects}\n"
             f"{c['accepted']} accepted · {c['rejected']} rejected · {c['pending']} pending"
         )
         if c["above_threshold"] and (not current or self._counts_stale):
             self._counts_stale = False
             self._count_timer.start()
-
-
-def _n(count: int, noun: str) -> str:
-    """``count`` and ``noun``, plural unless one."""
-    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def _swatch(colour: QColor):
