@@ -21,7 +21,9 @@ from solardesk.plugin_api import Detector, PrecomputeStage, hookimpl
 # 16: the FFT and edge statistics never on a grid finer than two tile pixels (ADR 0049);
 # 17: the rectangle and hull computed exactly from the hull's vertices, whatever their order
 #     (ADR 0050: the last digits of rectangularity and elongation, and the rectangle at ties)
-STAGE_VERSION = 17
+# 18: an LBP radius or a smoothing grid within 1 % of whole pixels taken as whole (ADR 0051:
+#     the same figures at round ground resolutions, faster LBP on real rasters' others)
+STAGE_VERSION = 18
 
 
 @hookimpl

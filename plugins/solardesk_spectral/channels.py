@@ -65,7 +65,9 @@ __all__ = [
 ]
 
 #: Bumped whenever the maths of a channel changes, so cached results are recomputed.
-CHANNELS_VERSION = 2  # 2: the FFT and edge grid at least texture_grid_min_px tile pixels
+#: 2: the FFT and edge grid at least texture_grid_min_px tile pixels; 3: scales within
+#: SNAP_TOLERANCE of whole pixels taken as whole (ADR 0051).
+CHANNELS_VERSION = 3
 
 #: Order of the channels in :func:`compute_channels`.
 CHANNEL_NAMES = (
@@ -78,6 +80,14 @@ CHANNEL_NAMES = (
 )
 
 _BORDER = cv2.BORDER_REFLECT  # = scipy.ndimage / skimage mode "reflect" (d c b a | a b c d)
+
+#: A scale in pixels within this share of a whole number of pixels is taken as that number
+#: (ADR 0051): the LBP radius, and the factor of a coarse smoothing grid. A real raster's ground
+#: resolution is never round (a 0.3 m UTM orthophoto measures 0.2999-0.3001 m on the ground);
+#: an LBP radius of 1.9992 pixels instead of 2 interpolates all eight neighbours and meets
+#: near-ties on every flat patch, and a smoothing σ of 3.998 pixels instead of 4 smooths on the
+#: full grid instead of one twice coarser, for no difference in what is measured.
+SNAP_TOLERANCE = 0.01
 
 
 # --------------------------------------------------------------------------------------------
@@ -224,10 +234,11 @@ def _smooth(img: np.ndarray, sigma: float) -> np.ndarray:
 def _coarse_smooth(maps: list[np.ndarray], sigma: float) -> list[np.ndarray]:
     """Gaussian smoothing of ``sigma`` pixels done on a grid ``⌊σ/2⌋`` times coarser.
 
-    The maps are area-averaged by ``d = max(1, ⌊σ/2⌋)`` and smoothed there with σ scaled to
-    the coarse grid; the coarse maps are returned (callers upsample them once, at the end).
+    The maps are area-averaged by ``d = max(1, ⌊σ/2⌋)`` (σ within :data:`SNAP_TOLERANCE` under
+    an even number counts as it) and smoothed there with σ scaled to the coarse grid; the
+    coarse maps are returned (callers upsample them once, at the end).
     """
-    d = max(1, int(sigma // 2))
+    d = max(1, int(sigma / 2 * (1 + SNAP_TOLERANCE)))
     h, w = maps[0].shape
     if d > 1:
         size = (max(1, round(w / d)), max(1, round(h / d)))
@@ -247,6 +258,12 @@ def _resize_to(img: np.ndarray, shape: tuple[int, int], out: np.ndarray | None =
         return cv2.resize(img, shape[::-1], interpolation=cv2.INTER_LINEAR)
     cv2.resize(img, shape[::-1], dst=out, interpolation=cv2.INTER_LINEAR)
     return out
+
+
+def _snapped(px: float) -> float:
+    """``px``, or the whole number within :data:`SNAP_TOLERANCE` of it."""
+    whole = round(px)
+    return float(whole) if whole and abs(px - whole) <= SNAP_TOLERANCE * px else px
 
 
 def _level_shape(h: int, w: int, gsd: float, target_gsd: float) -> tuple[int, int]:
@@ -607,7 +624,7 @@ def _lbp_uniformity(t: _Tile) -> np.ndarray:
     acc: np.ndarray | None = None
     for radius_m in p.lbp_radii_m:
         level, g = t.level(radius_m / p.lbp_radius_px)
-        radius = max(1.0, radius_m / g)
+        radius = _snapped(max(1.0, radius_m / g))
         half = max(1, round(p.lbp_window_radii * radius))
         side = 2 * half + 1
         codes = _lbp_codes(level, n, radius)

@@ -82,7 +82,7 @@ def _gauss(img, sigma):
 
 def _coarse_gauss(maps, sigma):
     """Gaussian σ done on the maps area-averaged by ⌊σ/2⌋ (σ scaled to that grid)."""
-    d = max(1, int(sigma // 2))
+    d = max(1, int(sigma / 2 * 1.01))  # (within 1 % under an even σ counts as it)
     h, w = maps[0].shape
     if d > 1:
         size = (max(1, round(w / d)), max(1, round(h / d)))
@@ -156,6 +156,8 @@ def _ref_lbp(grey, gsd, p):
     for radius_m in p.lbp_radii_m:
         level, g = _level(grey, gsd, radius_m / p.lbp_radius_px)
         radius = max(1.0, radius_m / g)
+        if abs(radius - round(radius)) <= 0.01 * radius:  # within 1 % of whole pixels: whole
+            radius = float(round(radius))
         pad = math.ceil(float(np.float32(radius))) + 1
         padded = np.pad(level.astype(np.float64), pad, mode="symmetric")
         with warnings.catch_warnings():

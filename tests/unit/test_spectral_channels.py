@@ -316,6 +316,8 @@ def scenes():
     cases = {
         "0.15 m": (rgb, 0.15, None),
         "0.3 m": (module_scene(gsd=0.3, seed=4), 0.3, None),
+        # a real raster's: a 0.3 m UTM orthophoto measured on the ground (ADR 0051)
+        "0.30012 m": (module_scene(gsd=0.3, seed=4), 0.30012, None),
         "0.47 m, 160x208": (module_scene(size=208, gsd=0.47, seed=5)[:160], 0.47, None),
         "0.15 m with nodata": (rgb, 0.15, valid),
     }
@@ -325,7 +327,10 @@ def scenes():
     return out
 
 
-@pytest.mark.parametrize("case", ["0.15 m", "0.3 m", "0.47 m, 160x208", "0.15 m with nodata"])
+CASES = ["0.15 m", "0.3 m", "0.30012 m", "0.47 m, 160x208", "0.15 m with nodata"]
+
+
+@pytest.mark.parametrize("case", CASES)
 def test_each_channel_matches_the_reference(scenes, case):
     fast, ref, _ = scenes[case]
     for i, name in enumerate(CHANNEL_NAMES):
@@ -355,7 +360,7 @@ def test_the_8_bit_lab_grid_is_cie_lab_to_a_level():
     assert (diff == 0).mean() > 0.85  # each coordinate mostly exact, not merely close
 
 
-@pytest.mark.parametrize("case", ["0.15 m", "0.3 m", "0.47 m, 160x208", "0.15 m with nodata"])
+@pytest.mark.parametrize("case", CASES)
 def test_fused_masks_match_the_reference(scenes, case):
     fast, ref, _ = scenes[case]
     for threshold in (0.25, 0.3, 0.35):
@@ -363,6 +368,27 @@ def test_fused_masks_match_the_reference(scenes, case):
         union = (a | b).sum()
         assert union > 200, "the threshold should select something in this scene"
         assert (a & b).sum() / union >= 0.99, threshold
+
+
+def test_scales_within_a_percent_of_whole_pixels_are_taken_as_whole():
+    """ADR 0051: a real raster's ground resolution is never round. At 0.30012 m the LBP radius
+    of 0.6 m is 1.9992 pixels, taken as 2, so its map is the very one of 0.3 m; a smoothing σ
+    of 3.998 pixels runs on the grid twice coarser, as σ = 4 does. Further from whole pixels
+    nothing is snapped."""
+    from solardesk_spectral.channels import SNAP_TOLERANCE, _coarse_smooth, _snapped
+
+    assert _snapped(1.9992) == 2.0 and _snapped(2.004) == 2.0 and _snapped(3.0) == 3.0
+    assert _snapped(1.97) == 1.97 and _snapped(2.5) == 2.5 and _snapped(0.004) == 0.004
+    assert SNAP_TOLERANCE == 0.01
+    rgb = module_scene(gsd=0.3, seed=4)
+    np.testing.assert_array_equal(lbp_uniformity(rgb, 0.30012), lbp_uniformity(rgb, 0.3))
+    assert not np.array_equal(lbp_uniformity(rgb, 0.306), lbp_uniformity(rgb, 0.3))
+    maps = [np.random.default_rng(0).random((64, 64), dtype=np.float32)]
+    assert _coarse_smooth(maps, 3.998)[0].shape == _coarse_smooth(maps, 4.0)[0].shape == (32, 32)
+    assert _coarse_smooth(maps, 3.9)[0].shape == (64, 64)
+    # the Gabor maps at 0.30012 m: the 0.3 m ones, but for σ 3.998 / 2 instead of 4 / 2
+    near = gabor_energy(rgb, 0.30012) - gabor_energy(rgb, 0.3)
+    assert np.abs(near).max() < 0.01
 
 
 def test_lbp_codes_are_skimage_codes_exactly():
