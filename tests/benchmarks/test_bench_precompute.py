@@ -85,3 +85,53 @@ def test_a_baseline_child_run_prints_its_rate_and_a_bad_revision_is_a_clear_erro
         bench_precompute.compare_with("no-such-revision", raster, 128, 1, tmp_path)
     assert "--baseline no-such-revision" in str(exc.value)
     assert not (tmp_path / "baseline").exists()
+
+
+def test_real_imagery_a_folder_of_chips_becomes_one_georeferenced_mosaic(
+    monkeypatch, capsys, tmp_path
+) -> None:
+    """``--raster FOLDER --gsd G``: the chips, in file-name order, fill a ``--size``² GeoTIFF
+    row by row at G m (measured on the ground within the projection's scale), which the
+    benchmark then times like the synthetic scene; a folder without --gsd, with too few chips
+    or with a file that is no image is a clear error, not a traceback."""
+    import cv2
+    import rasterio
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import bench_precompute
+
+    from solardesk.core.raster import describe
+
+    chips = tmp_path / "chips"
+    chips.mkdir()
+    scene = generate_scene(SceneSpec(height=400, width=400, gsd=0.3, seed=7))
+    rgb = np.ascontiguousarray(np.moveaxis(scene.image[:3], 0, -1))
+    for k in range(16):  # 100² chips, named so that name order is not creation order
+        r, c = divmod(k, 4)
+        chip = rgb[r * 100 : (r + 1) * 100, c * 100 : (c + 1) * 100]
+        cv2.imwrite(str(chips / f"chip_{k:02d}.png"), cv2.cvtColor(chip, cv2.COLOR_RGB2BGR))
+    (chips / "notes.txt").write_text("not a chip")
+    out, used = bench_precompute.mosaic(chips, 384, 0.3, tmp_path / "m.tif")
+    assert used == 16  # 4 × 4 chips cover 384² (the last row and column cut off)
+    with rasterio.open(out) as ds:
+        assert (ds.width, ds.height, ds.count) == (384, 384, 3)
+        back = np.moveaxis(ds.read(), 0, -1)
+    np.testing.assert_array_equal(back, rgb[:384, :384])
+    assert describe(out).ground_resolution_m == pytest.approx(0.3, rel=2e-3)
+
+    args = ["--raster", str(chips), "--size", "384", "--tile", "128", "--repeats", "1"]
+    assert bench_precompute.main([*args, "--gsd", "0.3", "--reference-tiles", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "mosaic of 16 chips" in printed and "9 tiles of 128²" in printed
+    assert "IoU 1.0000" in printed and "where the analysis goes (9 tiles" in printed
+    for bad, why in (
+        ([*args], "needs --gsd"),
+        ([*args[:3], "1024", *args[4:], "--gsd", "0.3"], "do not fill 1024²"),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            bench_precompute.main(bad)
+        assert why in str(exc.value)
+    (chips / "chip_00.png").write_text("broken")
+    with pytest.raises(SystemExit) as exc:
+        bench_precompute.mosaic(chips, 384, 0.3, tmp_path / "m2.tif")
+    assert "chip_00.png is not an image" in str(exc.value)
