@@ -23,7 +23,9 @@ from solardesk.plugin_api import Detector, PrecomputeStage, hookimpl
 #     (ADR 0050: the last digits of rectangularity and elongation, and the rectangle at ties)
 # 18: an LBP radius or a smoothing grid within 1 % of whole pixels taken as whole (ADR 0051:
 #     the same figures at round ground resolutions, faster LBP on real rasters' others)
-STAGE_VERSION = 18
+# 19: the spectral measure's local mean on a grid where σ = 1 m spans ≥ 3 pixels (ADR 0052:
+#     at 0.14-0.17 m a grid twice as coarse; coarser imagery bit for bit as before)
+STAGE_VERSION = 19
 
 
 @hookimpl

@@ -21,6 +21,7 @@ from solardesk_spectral.analyser import (
     CUE_CLOSE_M,
     CUE_THRESHOLDS,
     CUE_WEIGHTS,
+    DETAIL_GRID_SIGMA_PX,
     DETAIL_SIGMA_M,
     FINE_MIN_DETAIL,
     FINE_MIN_PIXELS,
@@ -70,6 +71,7 @@ from solardesk_spectral.analyser import (
     _disk,
     _pairs,
 )
+from solardesk_spectral.channels import SNAP_TOLERANCE
 
 
 def score_map(features: np.ndarray, fusion) -> np.ndarray:
@@ -255,6 +257,36 @@ def _optimal_dft_size(n: int) -> int:
         m += 1
 
 
+def _masked_mean(weighted: np.ndarray, weight: np.ndarray, sigma: float) -> np.ndarray:
+    """G(weighted) / G(weight) on a grid f times coarser (ADR 0052): zero-padded to whole
+    f × f blocks, block means, the Gaussian of σ / f there (zeros outside), the ratio
+    interpolated bilinearly back with pixel centres aligned and edges held."""
+    f = max(1, int(sigma / DETAIL_GRID_SIGMA_PX * (1 + SNAP_TOLERANCE)))
+    h, w = weighted.shape
+    hh, ww = -(-h // f) * f, -(-w // f) * f
+
+    def coarse(x: np.ndarray) -> np.ndarray:
+        padded = np.zeros((hh, ww))
+        padded[:h, :w] = x
+        blocks = padded.reshape(hh // f, f, ww // f, f).mean(axis=(1, 3))
+        return ndimage.gaussian_filter(blocks, sigma / f, mode="constant", truncate=4.0)
+
+    ratio = coarse(weighted) / np.maximum(coarse(weight), 1e-6)
+    if f == 1:
+        return ratio
+
+    def taps(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        src = (np.arange(n_out) + 0.5) / f - 0.5
+        lo = np.floor(src).astype(int)
+        t = src - lo
+        return np.clip(lo, 0, n_in - 1), np.clip(lo + 1, 0, n_in - 1), t
+
+    y0, y1, ty = taps(h, hh // f)
+    x0, x1, tx = taps(w, ww // f)
+    rows = ratio[y0] * (1 - ty)[:, None] + ratio[y1] * ty[:, None]
+    return rows[:, x0] * (1 - tx) + rows[:, x1] * tx
+
+
 def fine_power_stats(grey: np.ndarray, mask: np.ndarray, gsd: float) -> tuple[float, float]:
     """The eroded interior's detail power: its share at periods under FINE_PERIOD_M, and the
     share of that fine power in its strongest FINE_PEAK_TOP of bins (sorted, not partitioned;
@@ -266,9 +298,7 @@ def fine_power_stats(grey: np.ndarray, mask: np.ndarray, gsd: float) -> tuple[fl
         return nan, nan
     weight = inner.astype(np.float64)
     sigma = max(DETAIL_SIGMA_M / gsd, 2.0)
-    num = ndimage.gaussian_filter(grey * weight, sigma, mode="constant", truncate=4.0)
-    den = ndimage.gaussian_filter(weight, sigma, mode="constant", truncate=4.0)
-    detail = (grey - num / np.maximum(den, 1e-6)) * weight
+    detail = (grey - _masked_mean(grey * weight, weight, sigma)) * weight
     if np.sqrt((detail**2).sum() / inner.sum()) < FINE_MIN_DETAIL:
         return nan, nan
     h, w = detail.shape
