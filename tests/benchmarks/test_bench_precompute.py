@@ -124,6 +124,7 @@ def test_real_imagery_a_folder_of_chips_becomes_one_georeferenced_mosaic(
     printed = capsys.readouterr().out
     assert "mosaic of 16 chips" in printed and "9 tiles of 128²" in printed
     assert "IoU 1.0000" in printed and "where the analysis goes (9 tiles" in printed
+    assert "only 9 tiles" in printed and "scaling reads low" in printed  # a caveat, not a figure
     for bad, why in (
         ([*args], "needs --gsd"),
         ([*args[:3], "1024", *args[4:], "--gsd", "0.3"], "do not fill 1024²"),
