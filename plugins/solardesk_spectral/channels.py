@@ -26,7 +26,8 @@ Where the speed comes from (one thread):
 * the local FFT is one batched ``rfft2`` over every window, the window mean removed in the
   frequency domain (the Hann window's spectrum has 3 × 3 bins);
 * LBP compares shifted views; an interpolated neighbour is one 2 × 2 ``filter2D``, and the
-  rare near-ties are re-decided with skimage's own float64 arithmetic so codes are identical;
+  near-ties are re-decided with skimage's own float64 arithmetic so codes are identical (a
+  compiled loop where numba is installed: real 8-bit imagery has tens of thousands per tile);
   local code histograms are box counts;
 * the colour terms are separable in 8-bit Lab, hence 256-entry lookup tables per tile;
 * float32 throughout, in-place arithmetic, OpenCV for every filter.
@@ -579,7 +580,10 @@ def _lbp_codes(level: np.ndarray, points: int, radius: float) -> np.ndarray:
             neighbour = cv2.filter2D(img, cv2.CV_32F, k.astype(np.float32), anchor=(0, 0))[view]
             ge = cv2.compare(neighbour, centre, cv2.CMP_GE)
             near = cv2.compare(cv2.absdiff(neighbour, centre), 1e-5, cv2.CMP_LT)
-            if cv2.countNonZero(near):
+            settle = _ties_kernel()
+            if settle is not None:
+                settle(img, near, ge, pad, float(rp[i]), float(cp[i]))
+            elif cv2.countNonZero(near):
                 xy = cv2.findNonZero(near).reshape(-1, 2)
                 xs, ys = xy[:, 0].astype(np.intp), xy[:, 1].astype(np.intp)
                 exact = _skimage_bits(img, ys + pad, xs + pad, rp[i], cp[i])
@@ -587,6 +591,15 @@ def _lbp_codes(level: np.ndarray, points: int, radius: float) -> np.ndarray:
         cv2.bitwise_and(ge, 1 << i, dst=tmp)
         cv2.bitwise_or(pattern, tmp, dst=pattern)
     return cv2.LUT(pattern, _code_lut(points))
+
+
+@functools.lru_cache(maxsize=1)
+def _ties_kernel():
+    """``_kernels.settle_ties`` (the near-ties of :func:`_lbp_codes` re-decided as
+    :func:`_skimage_bits` decides them, in one compiled pass), or None without numba."""
+    from solardesk_spectral._kernels import settle_ties
+
+    return settle_ties
 
 
 def _skimage_bits(img: np.ndarray, ys: np.ndarray, xs: np.ndarray, rp: float, cp: float):

@@ -391,13 +391,23 @@ def test_scales_within_a_percent_of_whole_pixels_are_taken_as_whole():
     assert np.abs(near).max() < 0.01
 
 
-def test_lbp_codes_are_skimage_codes_exactly():
-    """Including ties (flat and 3-level images) and fractional radii."""
+@pytest.mark.parametrize("compiled", [True, False])
+def test_lbp_codes_are_skimage_codes_exactly(compiled: bool, monkeypatch: pytest.MonkeyPatch):
+    """Including ties (flat, 3-level and smooth 8-bit images, where an interpolated neighbour
+    meets the centre on every flat patch) and fractional radii; the near-ties settled by the
+    compiled pass (numba) and by NumPy alike."""
+    if compiled:
+        assert ch._ties_kernel() is not None  # numba is a dependency: the compiled pass runs
+    else:
+        monkeypatch.setattr(ch, "_ties_kernel", lambda: None)
     rng = np.random.default_rng(7)
+    yy, xx = np.mgrid[0:64, 0:80]
+    smooth = np.round(120 + 3 * np.sin(xx / 9.0) + 2 * np.cos(yy / 13.0)) / 255.0
     images = [
         ch._Tile(module_scene(seed=1), GSD, None, None).level(0.3)[0],
         np.full((40, 50), 0.3, np.float32),
         (rng.integers(0, 3, (60, 70)) / 255.0).astype(np.float32),
+        smooth.astype(np.float32),
         rng.random((33, 47), dtype=np.float32),
         rng.random((3, 5), dtype=np.float32),  # the tiny-level path
     ]
