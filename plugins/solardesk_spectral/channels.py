@@ -580,14 +580,15 @@ def _lbp_codes(level: np.ndarray, points: int, radius: float) -> np.ndarray:
             neighbour = cv2.filter2D(img, cv2.CV_32F, k.astype(np.float32), anchor=(0, 0))[view]
             ge = cv2.compare(neighbour, centre, cv2.CMP_GE)
             near = cv2.compare(cv2.absdiff(neighbour, centre), 1e-5, cv2.CMP_LT)
-            settle = _ties_kernel()
-            if settle is not None:
-                settle(img, near, ge, pad, float(rp[i]), float(cp[i]))
-            elif cv2.countNonZero(near):
-                xy = cv2.findNonZero(near).reshape(-1, 2)
-                xs, ys = xy[:, 0].astype(np.intp), xy[:, 1].astype(np.intp)
-                exact = _skimage_bits(img, ys + pad, xs + pad, rp[i], cp[i])
-                ge[ys, xs] = np.where(exact, 255, 0)
+            if cv2.countNonZero(near):
+                settle = _ties_kernel()
+                if settle is not None:
+                    settle(img, near, ge, pad, float(rp[i]), float(cp[i]))
+                else:
+                    xy = cv2.findNonZero(near).reshape(-1, 2)
+                    xs, ys = xy[:, 0].astype(np.intp), xy[:, 1].astype(np.intp)
+                    exact = _skimage_bits(img, ys + pad, xs + pad, rp[i], cp[i])
+                    ge[ys, xs] = np.where(exact, 255, 0)
         cv2.bitwise_and(ge, 1 << i, dst=tmp)
         cv2.bitwise_or(pattern, tmp, dst=pattern)
     return cv2.LUT(pattern, _code_lut(points))
