@@ -418,7 +418,7 @@ def test_the_detail_mean_on_a_coarser_grid_is_the_oracles_and_close_to_the_full_
         want = ref._masked_mean(grey.astype(np.float64) * weight, weight.astype(np.float64), sigma)
         assert got.shape == (h, w)
         inside = weight > 0
-        assert np.abs(got - want)[inside].max() < 0.05  # grey levels, float32 against float64
+        assert np.abs(got - want)[inside].max() < 0.01  # grey levels (float32 vs float64: 6e-4)
     weighted, weight = grey * weight, weight  # σ = 3.33 px (0.3 m): no coarser grid
     blur = cv2.GaussianBlur(weighted, (0, 0), 3.33, borderType=cv2.BORDER_CONSTANT)
     den = np.maximum(cv2.GaussianBlur(weight, (0, 0), 3.33, borderType=cv2.BORDER_CONSTANT), 1e-6)
