@@ -25,7 +25,10 @@ from solardesk.plugin_api import Detector, PrecomputeStage, hookimpl
 #     the same figures at round ground resolutions, faster LBP on real rasters' others)
 # 19: the spectral measure's local mean on a grid where σ = 1 m spans ≥ 3 pixels (ADR 0052:
 #     at 0.14-0.17 m a grid twice as coarse; coarser imagery bit for bit as before)
-STAGE_VERSION = 19
+# 20: a candidate whose mean colour leans to magenta (CIE a*: blue cars, tarpaulins, pool
+#     covers) loses confidence; the Otsu split's gate reads the confidence without the colour
+#     rejection cues (ADR 0053)
+STAGE_VERSION = 20
 
 
 @hookimpl

@@ -17,13 +17,14 @@ Per tile:
 4. **Confidence**: the logistic of a unit-weighted, signed sum of each instance's size in m²,
    rectangularity (area over its minimum rotated rectangle), solidity, its mean vegetation,
    shadow, Gabor energy and Gabor coherence, and two cues of the frame around it (its excess
-   green; how much redder it is than the candidate) and how cyan it is (water, a hinge with a
-   fixed scale; ADR 0027), each standardised by its spread over synthetic candidates, plus a
-   tuned offset (:data:`CONFIDENCE_OFFSET`); the signs are those real imagery shows
-   (``learn.CONFIDENCE_CUES``), and texture only counts against a candidate
-   (:data:`PENALTY_ONLY_CUES`, ADR 0028). The other appearance means are left out (they
-   do not rank panels the same way on real imagery, ADRs 0008, 0017) and computed only for the
-   stored candidates, over the pixels each keeps. With
+   green; how much redder it is than the candidate), how cyan it is (water, a hinge with a
+   fixed scale; ADR 0027) and how far its mean colour leans to magenta (CIE a*: blue cars,
+   tarpaulins, pool covers, courts; a hinge with a fixed scale, ADR 0053), each standardised
+   by its spread over synthetic candidates, plus a tuned offset (:data:`CONFIDENCE_OFFSET`);
+   the signs are those real imagery shows (``learn.CONFIDENCE_CUES``), and texture only
+   counts against a candidate (:data:`PENALTY_ONLY_CUES`, ADR 0028). The other appearance
+   means are left out (they do not rank panels the same way on real imagery, ADRs 0008,
+   0017) and computed only for the stored candidates, over the pixels each keeps. With
    ``cue_segmentation`` a second segmentation of a unit-weighted cue sum adds candidates, and
    overlapping ones are suppressed by confidence (ADR 0009).
 5. **Verification**: each candidate that survives suppression gets two more cues from its
@@ -55,7 +56,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,7 @@ INSTANCE_FEATURES = (
     "fine_power_share",
     "water_excess",
     "fine_peak_share",
+    "magenta_excess",
 )
 
 #: Width of the frame around a candidate's bounding box whose colour is its context.
@@ -93,6 +95,20 @@ FRAME_M = 1.0
 #: hinge (median 10-16 levels on the shared data). Chosen on the even half (ADR 0027).
 WATER_LEVELS = 20.0
 WATER_SCALE = 20.0
+
+#: Blue cars, tarpaulins, pool covers, painted courts and red roofs lean to magenta: CIE a*
+#: above 0. Crystalline panels reflect the sky blue-grey to cyan-grey, with a* at or below 0
+#: (95 % of the matched candidates on the shared data at a* ≤ 0.6-1.0). ``magenta_excess`` is
+#: how far the a* of a candidate's mean colour (sRGB, D65, :func:`mean_colour_a`) lies above
+#: MAGENTA_LEVELS, 0 below it; the confidence takes one log-odds off per MAGENTA_SCALE units
+#: of it (a fixed scale: the synthetic scenes hold no such look-alikes). A small array on a
+#: red tiled roof takes some of the roof's colour at its edges: MAGENTA_FRAME_RELIEF times the
+#: a* of the frame around the candidate (:data:`FRAME_M`), where that is positive, is taken
+#: off first. Chosen on the even half of the shared data among hinges 0-4, scales 0.5-4 and
+#: reliefs 0-1 (ADR 0053).
+MAGENTA_LEVELS = 1.0
+MAGENTA_SCALE = 1.0
+MAGENTA_FRAME_RELIEF = 0.5
 
 #: The interior detail of a candidate is its grey level less its local mean inside the
 #: candidate (a Gaussian of DETAIL_SIGMA_M metres, normalised by the mask); ``fine_power_share``
@@ -152,6 +168,12 @@ class Fusion:
             "meta": self.meta,
         }
 
+    def without(self, *cues: str) -> Fusion:
+        """This fusion with the instance weights of ``cues`` set to 0 (they count for nothing)."""
+        weights = self.instance_weights.copy()
+        weights[[INSTANCE_FEATURES.index(c) for c in cues]] = 0.0
+        return replace(self, instance_weights=weights)
+
     @classmethod
     def from_json(cls, d: dict) -> Fusion:
         if (
@@ -178,6 +200,15 @@ def init_worker() -> None:
 
     cv2.setNumThreads(1)
     tune_allocator()
+
+
+def _fusion_for(fusion: Fusion | None, settings: Any) -> Fusion:
+    """``fusion`` (the shipped one when None) as ``settings`` use it: without the magenta cue
+    where ``magenta_cue`` is off."""
+    fusion = fusion or default_fusion()
+    if not getattr(settings, "magenta_cue", True):
+        fusion = fusion.without("magenta_excess")
+    return fusion
 
 
 @lru_cache(maxsize=1)
@@ -557,32 +588,71 @@ def _relabel(labels: np.ndarray) -> tuple[np.ndarray, int]:
 @dataclass(frozen=True)
 class FrameContext:
     """What the colour statistics need of a tile, computed once for all its segmentations:
-    the red-minus-blue map, the cyan map ``min(G, B) - R`` (8-bit levels) and integral images
-    of (valid) excess green, redness and count (float64)."""
+    the red-minus-blue map, the cyan map ``min(G, B) - R``, the green and blue bands (8-bit
+    levels, float32) and integral images of (valid) excess green, redness, green, blue and
+    count (float64)."""
 
     redness: np.ndarray
     sums: tuple[np.ndarray, ...]
     count: np.ndarray
     cyan: np.ndarray
+    green: np.ndarray
+    blue: np.ndarray
 
     @classmethod
     def of(cls, rgb: np.ndarray, features: np.ndarray, valid: np.ndarray | None) -> FrameContext:
         red, green_, blue = cv2.split(rgb)
         cyan = cv2.min(green_, blue).astype(np.float32) - red
         red, blue = red.astype(np.float32), blue.astype(np.float32)
+        green_ = green_.astype(np.float32)
         red -= blue
         green = features[PIXEL_FEATURES.index("excess_green")]
+        maps = (green, red, green_, blue)
         if valid is None:
             count = cv2.integral(np.ones(red.shape, np.uint8), sdepth=cv2.CV_64F)
-            sums = (cv2.integral(green, sdepth=cv2.CV_64F), cv2.integral(red, sdepth=cv2.CV_64F))
         else:
             v = valid.astype(np.float32)
             count = cv2.integral(valid.astype(np.uint8), sdepth=cv2.CV_64F)
-            sums = (
-                cv2.integral(green * v, sdepth=cv2.CV_64F),
-                cv2.integral(red * v, sdepth=cv2.CV_64F),
-            )
-        return cls(red, sums, count, cyan)
+            maps = tuple(m * v for m in maps)
+        sums = tuple(cv2.integral(m, sdepth=cv2.CV_64F) for m in maps)
+        return cls(red, sums, count, cyan, green_, blue)
+
+
+def magenta_excess(red_in, green_in, blue_in, red_frame, g_frame, b_frame, seen) -> np.ndarray:
+    """``magenta_excess`` of candidates from the means over their pixels of red less blue,
+    green and blue and the same over their frames (NaN: no frame), where ``seen`` (a label
+    with no pixel: NaN). The a* of the candidate's mean colour, less MAGENTA_FRAME_RELIEF
+    times the frame's a* where that is positive, above MAGENTA_LEVELS."""
+    out = np.full(len(seen), np.nan)
+    a_in = mean_colour_a(red_in[seen] + blue_in[seen], green_in[seen], blue_in[seen])
+    has_frame = ~np.isnan(red_frame[seen])
+    a_frame = np.zeros_like(a_in)
+    framed = np.flatnonzero(seen)[has_frame]
+    a_frame[has_frame] = mean_colour_a(
+        red_frame[framed] + b_frame[framed], g_frame[framed], b_frame[framed]
+    )
+    relief = MAGENTA_FRAME_RELIEF * np.maximum(a_frame, 0.0)
+    out[seen] = np.maximum(a_in - relief - MAGENTA_LEVELS, 0.0)
+    return out
+
+
+def mean_colour_a(red: np.ndarray, green: np.ndarray, blue: np.ndarray) -> np.ndarray:
+    """CIE a* of the sRGB colours ``(red, green, blue)`` in 8-bit levels (float arrays of one
+    shape), in float64 by the formulas OpenCV documents for ``COLOR_RGB2Lab`` (sRGB gamma,
+    D65 white); OpenCV's own float conversion interpolates tables and is off by up to 0.4."""
+    rgb = np.clip(np.stack([red, green, blue], axis=-1) / 255.0, 0.0, 1.0)
+    linear = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    x = linear @ _RGB_TO_X / 0.950456
+    y = linear @ _RGB_TO_Y
+    return 500.0 * (_lab_f(x) - _lab_f(y))
+
+
+_RGB_TO_X = np.array([0.412453, 0.357580, 0.180423])
+_RGB_TO_Y = np.array([0.212671, 0.715160, 0.072169])
+
+
+def _lab_f(t: np.ndarray) -> np.ndarray:
+    return np.where(t > 0.008856, np.cbrt(t), 7.787 * t + 16.0 / 116.0)
 
 
 def instance_stats(
@@ -623,15 +693,18 @@ def instance_stats(
     context = context or FrameContext.of(rgb, features, valid)
     wanted = sorted(range(1 + len(features)) if means is None else means)
     stack = (score, *features)
-    maps = [stack[k] for k in wanted] + [context.redness, context.cyan]
+    maps = [stack[k] for k in wanted] + [context.redness, context.cyan, context.green, context.blue]
     area, sums, found = _label_sums(labels, n, maps, boxes=boxes)
     if boxes is None:
         boxes = found
     cols = [np.full(n, np.nan) for _ in stack]
     for j, k in enumerate(wanted):
         cols[k] = sums[:, j] / area
-    red_in, cyan = sums[:, -2] / area, sums[:, -1]
-    green_frame, red_frame = _frame_means(boxes, max(1, round(FRAME_M / gsd)), context)
+    red_in, cyan = sums[:, -4] / area, sums[:, -3]
+    green_in, blue_in = sums[:, -2] / area, sums[:, -1] / area
+    green_frame, red_frame, g_frame, b_frame = _frame_means(
+        boxes, max(1, round(FRAME_M / gsd)), context
+    )
     # No frame: the box holds the whole (valid) tile, so the tile's edges are the candidate's
     # outline on every side and its shape is the tile's: not traced, not measured (NaN,
     # neutral; ADR 0039), like its context.
@@ -648,6 +721,7 @@ def instance_stats(
     cols.append(np.full(n, np.nan))  # fine_power_share: measured on the survivors (analyse)
     cols.append(np.maximum(cyan / area - WATER_LEVELS, 0.0))
     cols.append(np.full(n, np.nan))  # fine_peak_share: with the fine power share
+    cols.append(magenta_excess(red_in, green_in, blue_in, red_frame, g_frame, b_frame, area > 0))
     return np.stack(cols, axis=1), boxes
 
 
@@ -1157,7 +1231,7 @@ def analyse(
     grid could waive) are measured, unless ``measure_all`` (which also computes every
     mean statistic of every candidate, not only those the confidence weighs).
     """
-    fusion = fusion or default_fusion()
+    fusion = _fusion_for(fusion, settings)
     if valid is not None and valid.all():
         valid = None  # the same figures; every pass that masks invalid pixels is skipped
     feats = pixel_features(rgb, valid, gsd)
@@ -1277,7 +1351,7 @@ def outline_confidence(
     """
     if n == 0:
         return np.zeros(0)
-    fusion = fusion or default_fusion()
+    fusion = _fusion_for(fusion, settings)
     feats = pixel_features(rgb, valid, gsd)
     score = score_map(feats, fusion)
     grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32)
@@ -1455,6 +1529,11 @@ def merge_fragments(labels, X, boxes, conf, kept, tile: TileData, fusion, settin
 #: fine texture (:func:`shows_fine_texture`). All chosen on the even half of the shared data
 #: (docs/spectral_quality.md); the texture gate has no constant of its own.
 SPLIT_MIN_CONFIDENCE = 0.05
+#: The colour rejection cues (water, magenta) weigh what a candidate's pixels are on average:
+#: one that holds an array and the pool or flowering bush beside it pays for its neighbour.
+#: The split's gate (SPLIT_MIN_CONFIDENCE) reads the confidence without them, so that such a
+#: candidate is still tried for a part; the part must beat the whole as it is (ADR 0053).
+SPLIT_GATE_IGNORES = ("water_excess", "magenta_excess")
 SPLIT_MIN_STEP = 30.0
 SPLIT_MIN_SEPARATION = 0.7
 SPLIT_OPEN_M = 0.15
@@ -1520,7 +1599,8 @@ def split_candidates(labels, X, boxes, conf, kept, tile: TileData, fusion, setti
     """
     gsd = tile.gsd
     unchanged = labels, X, boxes, conf, kept
-    parents = np.flatnonzero(kept & (conf >= max(settings.floor, SPLIT_MIN_CONFIDENCE)))
+    gate = _without_colour(conf, X, fusion)
+    parents = np.flatnonzero(kept & (gate >= max(settings.floor, SPLIT_MIN_CONFIDENCE)))
     if len(parents) == 0:
         return unchanged
     r = max(1, round(SPLIT_OPEN_M / gsd))
@@ -1540,6 +1620,18 @@ def split_candidates(labels, X, boxes, conf, kept, tile: TileData, fusion, setti
     return _replace_by_parts(
         (labels, X, boxes, conf, kept), plab, owner, pboxes, tile, fusion, settings, stats
     )
+
+
+def _without_colour(conf: np.ndarray, X: np.ndarray, fusion: Fusion) -> np.ndarray:
+    """The confidences ``conf`` of the rows of ``X`` less the (non-positive) terms of
+    :data:`SPLIT_GATE_IGNORES`; ``conf`` itself where those are 0."""
+    cols = [INSTANCE_FEATURES.index(c) for c in SPLIT_GATE_IGNORES]
+    penalty = _terms(X, fusion)[:, cols].sum(axis=1) if len(X) else np.zeros(0)
+    out = np.asarray(conf, np.float64).copy()
+    paid = penalty < 0
+    if paid.any():
+        out[paid] = 1.0 / (1.0 + np.exp(-(_log_odds(out[paid]) - penalty[paid])))
+    return out
 
 
 def _parent_crops(labels, boxes, parents, grey):

@@ -30,6 +30,7 @@ from solardesk_spectral.analyser import (
     FINE_PEAK_SCALE,
     FUSION_FILE,
     INSTANCE_FEATURES,
+    MAGENTA_SCALE,
     N_PIXEL_TERMS,
     PIXEL_FEATURES,
     WATER_SCALE,
@@ -72,14 +73,17 @@ CONFIDENCE_CUES: dict[str, int] = {
     "fine_power_share": 1,
     "water_excess": -1,
     "fine_peak_share": 1,
+    "magenta_excess": -1,
 }
 
 #: Cues whose scale is fixed rather than measured on the synthetic candidates, as (mean, spread):
-#: the scenes hold no water, so the spread of ``water_excess`` there says nothing, and their
-#: module grids are cleaner than real ones (``fine_peak_share``, ADR 0032).
+#: the scenes hold no water and no blue cars or tarpaulins, so the spreads of ``water_excess``
+#: and ``magenta_excess`` there say nothing (ADRs 0027, 0053), and their module grids are
+#: cleaner than real ones (``fine_peak_share``, ADR 0032).
 FIXED_SCALES: dict[str, tuple[float, float]] = {
     "water_excess": (0.0, WATER_SCALE),
     "fine_peak_share": (FINE_PEAK_MEAN, FINE_PEAK_SCALE),
+    "magenta_excess": (0.0, MAGENTA_SCALE),
 }
 
 

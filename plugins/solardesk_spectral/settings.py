@@ -102,6 +102,18 @@ class SpectralSettings(Settings):
             "its own (ADR 0042).",
         ),
     ] = True
+    magenta_cue: Annotated[
+        bool,
+        Field(
+            title="Count a magenta tint against a candidate",
+            description="Lower the confidence of a candidate whose mean colour leans to magenta "
+            "(CIE a* above 1: blue cars, tarpaulins, pool covers, painted courts), one log-odds "
+            "per unit of a*, less half the a* of a red roof around it. Panels in aerial imagery "
+            "reflect the sky blue-grey or cyan-grey (a* ≤ 1 for 95 % of the labelled ones in "
+            "California and South Tyrol); turn it off where the panels look deep or violet "
+            "blue (ADR 0053).",
+        ),
+    ] = True
     cue_segmentation: Annotated[
         bool,
         Field(

@@ -44,6 +44,8 @@ from solardesk_spectral.analyser import (
     GRID_SMOOTH,
     GRID_WINDOW,
     INSTANCE_FEATURES,
+    MAGENTA_FRAME_RELIEF,
+    MAGENTA_LEVELS,
     MERGE_GAP_M,
     MERGE_MIN_CONFIDENCE,
     ORIENT_FLOOR,
@@ -58,6 +60,7 @@ from solardesk_spectral.analyser import (
     PIXEL_FEATURES,
     SMALL_PENALTY,
     SMALL_PIXELS,
+    SPLIT_GATE_IGNORES,
     SPLIT_MARGIN,
     SPLIT_MIN_CONFIDENCE,
     SPLIT_MIN_SEPARATION,
@@ -195,6 +198,23 @@ def split_by_orientation(labels, n, field, gsd: float, min_pixels: float):
     return relabelled, len(order)
 
 
+def _cie_a(colour) -> float:
+    """CIE a* of one sRGB colour in 8-bit levels: sRGB gamma, XYZ, D65 white (OpenCV's
+    documented constants), one channel at a time."""
+
+    def linear(v: float) -> float:
+        v = min(max(v / 255.0, 0.0), 1.0)
+        return v / 12.92 if v <= 0.04045 else ((v + 0.055) / 1.055) ** 2.4
+
+    def f(t: float) -> float:
+        return t ** (1.0 / 3.0) if t > 0.008856 else 7.787 * t + 16.0 / 116.0
+
+    r, g, b = (linear(float(v)) for v in colour)
+    x = (0.412453 * r + 0.357580 * g + 0.180423 * b) / 0.950456
+    y = 0.212671 * r + 0.715160 * g + 0.072169 * b
+    return 500.0 * (f(x) - f(y))
+
+
 def instance_stats(labels, n, features, score, gsd, rgb, valid=None):
     rows, boxes = [], []
     h, w = labels.shape
@@ -224,10 +244,12 @@ def instance_stats(labels, n, features, score, gsd, rgb, valid=None):
             for x in range(max(c0 - r, 0), min(c1 + r, w))
             if not (r0 <= y < r1 and c0 <= x < c1) and (valid is None or valid[y, x])
         ]
+        frame_a = None
         if frame:
             ys, xs = np.array(frame).T
             row.append(green[ys, xs].mean())
             row.append(redness[ys, xs].mean() - redness[rr, cc].mean())
+            frame_a = _cie_a(rgb[ys, xs].astype(np.float64).mean(axis=0))
         else:  # no frame: the outline is the tile's; shape and context not measured (ADR 0039)
             row[-3:] = [np.nan] * 3
             row += [np.nan, np.nan]
@@ -238,6 +260,9 @@ def instance_stats(labels, n, features, score, gsd, rgb, valid=None):
         ]
         row.append(max(float(np.mean(cyan)) - WATER_LEVELS, 0.0))
         row.append(np.nan)  # fine_peak_share: with the fine power share
+        relief = 0.0 if frame_a is None else MAGENTA_FRAME_RELIEF * max(frame_a, 0.0)
+        a_in = _cie_a(rgb[rr, cc].astype(np.float64).mean(axis=0))
+        row.append(max(a_in - relief - MAGENTA_LEVELS, 0.0))
         rows.append(row)
         boxes.append((c0, r0, c1, r1))
     X = np.array(rows).reshape(-1, len(INSTANCE_FEATURES))
@@ -517,6 +542,20 @@ def merge_fragments(survivors, grey, feats, score, gsd, rgb, valid, settings, fu
     return [s for k, s in enumerate(survivors) if k not in replaced] + added
 
 
+def _without_colour(c: float, x: np.ndarray, fusion) -> float:
+    """The confidence ``c`` of a candidate with statistics ``x`` less the terms of the cues
+    the split's gate ignores (each its weight times its standardised value)."""
+    paid = 0.0
+    for name in SPLIT_GATE_IGNORES:
+        k = INSTANCE_FEATURES.index(name)
+        if not np.isnan(x[k]):
+            z = (x[k] - fusion.instance_mean[k]) / fusion.instance_std[k]
+            paid += fusion.instance_weights[k] * z
+    if paid >= 0 or c >= 1.0:
+        return c
+    return 1.0 / (1.0 + math.exp(-(math.log(c / (1.0 - c)) - paid))) if c > 0 else 0.0
+
+
 def split_candidates(survivors, grey, feats, score, gsd, rgb, valid, settings, fusion) -> list:
     """Each survivor cut at skimage's Otsu level of its grey values; the parts more confident
     than it by the margin and with a fine power share at least its mean replace it (whole-tile
@@ -527,7 +566,8 @@ def split_candidates(survivors, grey, feats, score, gsd, rgb, valid, settings, f
     out = []
     for c, m, x in survivors:
         values = grey[m]
-        if c < max(settings.floor, SPLIT_MIN_CONFIDENCE) or values.min() == values.max():
+        gate = _without_colour(c, x, fusion)
+        if gate < max(settings.floor, SPLIT_MIN_CONFIDENCE) or values.min() == values.max():
             out.append((c, m, x))
             continue
         lo, hi = int(values.min()), int(values.max())
