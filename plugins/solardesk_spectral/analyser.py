@@ -57,7 +57,7 @@ import json
 import math
 from collections.abc import Collection
 from dataclasses import dataclass, replace
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -589,8 +589,8 @@ def _relabel(labels: np.ndarray) -> tuple[np.ndarray, int]:
 class FrameContext:
     """What the colour statistics need of a tile, computed once for all its segmentations:
     the red-minus-blue map, the cyan map ``min(G, B) - R``, the green and blue bands (8-bit
-    levels, float32) and integral images of (valid) excess green, redness, green, blue and
-    count (float64)."""
+    levels, float32), integral images of (valid) excess green, redness and count (float64)
+    and the valid mask (None: all valid)."""
 
     redness: np.ndarray
     sums: tuple[np.ndarray, ...]
@@ -598,6 +598,7 @@ class FrameContext:
     cyan: np.ndarray
     green: np.ndarray
     blue: np.ndarray
+    valid: np.ndarray | None = None
 
     @classmethod
     def of(cls, rgb: np.ndarray, features: np.ndarray, valid: np.ndarray | None) -> FrameContext:
@@ -607,32 +608,54 @@ class FrameContext:
         green_ = green_.astype(np.float32)
         red -= blue
         green = features[PIXEL_FEATURES.index("excess_green")]
-        maps = (green, red, green_, blue)
         if valid is None:
             count = cv2.integral(np.ones(red.shape, np.uint8), sdepth=cv2.CV_64F)
+            sums = (cv2.integral(green, sdepth=cv2.CV_64F), cv2.integral(red, sdepth=cv2.CV_64F))
         else:
             v = valid.astype(np.float32)
             count = cv2.integral(valid.astype(np.uint8), sdepth=cv2.CV_64F)
+            sums = (
+                cv2.integral(green * v, sdepth=cv2.CV_64F),
+                cv2.integral(red * v, sdepth=cv2.CV_64F),
+            )
+        return cls(red, sums, count, cyan, green_, blue, valid)
+
+    @cached_property
+    def colour_sums(self) -> tuple[np.ndarray, np.ndarray]:
+        """Integral images (float64) of the valid green and blue bands, built when first
+        asked for (the magenta cue's frame colour)."""
+        maps = (self.green, self.blue)
+        if self.valid is not None:
+            v = self.valid.astype(np.float32)
             maps = tuple(m * v for m in maps)
-        sums = tuple(cv2.integral(m, sdepth=cv2.CV_64F) for m in maps)
-        return cls(red, sums, count, cyan, green_, blue)
+        return tuple(cv2.integral(m, sdepth=cv2.CV_64F) for m in maps)
 
 
-def magenta_excess(red_in, green_in, blue_in, red_frame, g_frame, b_frame, seen) -> np.ndarray:
-    """``magenta_excess`` of candidates from the means over their pixels of red less blue,
-    green and blue and the same over their frames (NaN: no frame), where ``seen`` (a label
-    with no pixel: NaN). The a* of the candidate's mean colour, less MAGENTA_FRAME_RELIEF
-    times the frame's a* where that is positive, above MAGENTA_LEVELS."""
-    out = np.full(len(seen), np.nan)
-    a_in = mean_colour_a(red_in[seen] + blue_in[seen], green_in[seen], blue_in[seen])
-    has_frame = ~np.isnan(red_frame[seen])
-    a_frame = np.zeros_like(a_in)
-    framed = np.flatnonzero(seen)[has_frame]
-    a_frame[has_frame] = mean_colour_a(
-        red_frame[framed] + b_frame[framed], g_frame[framed], b_frame[framed]
-    )
-    relief = MAGENTA_FRAME_RELIEF * np.maximum(a_frame, 0.0)
-    out[seen] = np.maximum(a_in - relief - MAGENTA_LEVELS, 0.0)
+def magenta_excess(
+    mean_rgb: np.ndarray, boxes: np.ndarray, r: int, context: FrameContext, measure: np.ndarray
+) -> np.ndarray:
+    """``magenta_excess`` of the candidates with mean colours ``mean_rgb`` (``(n, 3)``, 8-bit
+    levels) and boxes ``boxes``, where ``measure`` (NaN elsewhere): the a* of the mean colour,
+    less MAGENTA_FRAME_RELIEF times the a* of the mean colour of the valid pixels in the frame
+    ``r`` pixels wide around the box where that is positive, above MAGENTA_LEVELS. The frame is
+    read only for the candidates whose own a* lies above MAGENTA_LEVELS (the rest are 0)."""
+    out = np.full(len(measure), np.nan)
+    idx = np.flatnonzero(measure)
+    a_in = mean_colour_a(*mean_rgb[idx].T)
+    out[idx] = 0.0
+    tinted = a_in > MAGENTA_LEVELS
+    if tinted.any():
+        at = idx[tinted]
+        red_minus_blue, green, blue = _frame_means(
+            boxes[at], r, context, (context.sums[1], *context.colour_sums)
+        )
+        framed = ~np.isnan(blue)
+        a_frame = np.zeros(len(at))
+        a_frame[framed] = mean_colour_a(
+            red_minus_blue[framed] + blue[framed], green[framed], blue[framed]
+        )
+        relief = MAGENTA_FRAME_RELIEF * np.maximum(a_frame, 0.0)
+        out[at] = np.maximum(a_in[tinted] - relief - MAGENTA_LEVELS, 0.0)
     return out
 
 
@@ -702,9 +725,7 @@ def instance_stats(
         cols[k] = sums[:, j] / area
     red_in, cyan = sums[:, -4] / area, sums[:, -3]
     green_in, blue_in = sums[:, -2] / area, sums[:, -1] / area
-    green_frame, red_frame, g_frame, b_frame = _frame_means(
-        boxes, max(1, round(FRAME_M / gsd)), context
-    )
+    green_frame, red_frame = _frame_means(boxes, max(1, round(FRAME_M / gsd)), context)
     # No frame: the box holds the whole (valid) tile, so the tile's edges are the candidate's
     # outline on every side and its shape is the tile's: not traced, not measured (NaN,
     # neutral; ADR 0039), like its context.
@@ -721,7 +742,9 @@ def instance_stats(
     cols.append(np.full(n, np.nan))  # fine_power_share: measured on the survivors (analyse)
     cols.append(np.maximum(cyan / area - WATER_LEVELS, 0.0))
     cols.append(np.full(n, np.nan))  # fine_peak_share: with the fine power share
-    cols.append(magenta_excess(red_in, green_in, blue_in, red_frame, g_frame, b_frame, area > 0))
+    within = (area > 0) & (area >= shape_area_px[0]) & (area <= shape_area_px[1])
+    mean_rgb = np.stack([red_in + blue_in, green_in, blue_in], axis=1)
+    cols.append(magenta_excess(mean_rgb, boxes, max(1, round(FRAME_M / gsd)), context, within))
     return np.stack(cols, axis=1), boxes
 
 
@@ -803,10 +826,13 @@ def _suppress_kernel():
     return suppress
 
 
-def _frame_means(boxes: np.ndarray, r: int, context: FrameContext) -> list[np.ndarray]:
-    """Mean of each of the context's maps over the valid pixels of the frame ``r`` pixels wide
-    around each box (the box grown by ``r`` and clipped to the tile, less the box); NaN where
-    the frame is empty. O(1) per box."""
+def _frame_means(
+    boxes: np.ndarray, r: int, context: FrameContext, sums: tuple[np.ndarray, ...] | None = None
+) -> list[np.ndarray]:
+    """Mean of each of the context's maps (``sums``, integral images: by default its excess
+    green and redness) over the valid pixels of the frame ``r`` pixels wide around each box
+    (the box grown by ``r`` and clipped to the tile, less the box); NaN where the frame is
+    empty. O(1) per box."""
     h, w = context.redness.shape
     x0, y0, x1, y1 = (boxes[:, k] for k in range(4))
     gx0, gy0 = np.maximum(x0 - r, 0), np.maximum(y0 - r, 0)
@@ -819,7 +845,10 @@ def _frame_means(boxes: np.ndarray, r: int, context: FrameContext) -> list[np.nd
 
     n_px = frame(context.count)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return [np.where(n_px > 0, frame(ii) / n_px, np.nan) for ii in context.sums]
+        return [
+            np.where(n_px > 0, frame(ii) / n_px, np.nan)
+            for ii in (context.sums if sums is None else sums)
+        ]
 
 
 def _shape_stats(
