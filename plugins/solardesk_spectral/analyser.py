@@ -705,8 +705,10 @@ def instance_stats(
     whose pixel count lies within ``shape_area_px``; the others get NaN there (the analyser
     drops them by area anyway), and so does a component with no frame (its box holds the whole
     valid tile: its outline is the tile's; ADR 0039), whose two context statistics are NaN
-    too. ``fine_power_share`` is NaN here: the analyser measures it only on the candidates
-    that survive suppression (:func:`fine_power_share`). ``means``: which of
+    too. ``magenta_excess`` (:func:`magenta_excess`) is measured for the components within
+    ``shape_area_px``, with or without a frame (NaN for the others). ``fine_power_share`` is
+    NaN here: the analyser measures it only on the candidates that survive suppression
+    (:func:`fine_power_share`). ``means``: which of
     the mean columns (0: the score, ``1 + k``: pixel feature ``k``) to compute (default all);
     the others are NaN. ``boxes``: each label's
     bounding box when the caller knows them (else found in one pass over ``labels``).
