@@ -698,6 +698,13 @@ def test_magenta_is_less_confident_than_a_panel_of_the_same_shape() -> None:
     assert fast._fusion_for(fusion, SpectralSettings()) is fusion
     assert np.diff(fast._logit(both, off, gsd))[0] == 0.0
     assert fusion.instance_weights[col] == -1  # the shipped fusion is untouched
+    # outside the area limits it is not measured (NaN, as the shape), inside it is
+    rgb[labels == 1] = (40, 45, 120)
+    feats = fast.pixel_features(rgb, None, gsd)
+    score = fast.score_map(feats, fusion)
+    for limits, measured in (((0.0, 100.0), False), ((100.0, 1e6), True)):
+        X, _ = fast.instance_stats(labels, 1, feats, score, gsd, rgb, shape_area_px=limits)
+        assert np.isnan(X[0, col]) != measured
 
 
 def test_the_split_gate_reads_the_confidence_without_the_colour_cues() -> None:
