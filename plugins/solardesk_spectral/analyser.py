@@ -632,13 +632,20 @@ class FrameContext:
 
 
 def magenta_excess(
-    mean_rgb: np.ndarray, boxes: np.ndarray, r: int, context: FrameContext, measure: np.ndarray
+    mean_rgb: np.ndarray,
+    red_frame: np.ndarray,
+    boxes: np.ndarray,
+    r: int,
+    context: FrameContext,
+    measure: np.ndarray,
 ) -> np.ndarray:
     """``magenta_excess`` of the candidates with mean colours ``mean_rgb`` (``(n, 3)``, 8-bit
-    levels) and boxes ``boxes``, where ``measure`` (NaN elsewhere): the a* of the mean colour,
+    levels), frame redness ``red_frame`` (mean red less blue, :func:`_frame_means`; NaN: no
+    frame) and boxes ``boxes``, where ``measure`` (NaN elsewhere): the a* of the mean colour,
     less MAGENTA_FRAME_RELIEF times the a* of the mean colour of the valid pixels in the frame
-    ``r`` pixels wide around the box where that is positive, above MAGENTA_LEVELS. The frame is
-    read only for the candidates whose own a* lies above MAGENTA_LEVELS (the rest are 0)."""
+    ``r`` pixels wide around the box where that is positive, above MAGENTA_LEVELS. The frame's
+    green and blue are read only for the candidates whose own a* lies above MAGENTA_LEVELS
+    (the rest are 0)."""
     out = np.full(len(measure), np.nan)
     idx = np.flatnonzero(measure)
     a_in = mean_colour_a(*mean_rgb[idx].T)
@@ -646,9 +653,8 @@ def magenta_excess(
     tinted = a_in > MAGENTA_LEVELS
     if tinted.any():
         at = idx[tinted]
-        red_minus_blue, green, blue = _frame_means(
-            boxes[at], r, context, (context.sums[1], *context.colour_sums)
-        )
+        green, blue = _frame_means(boxes[at], r, context, context.colour_sums)
+        red_minus_blue = red_frame[at]
         framed = ~np.isnan(blue)
         a_frame = np.zeros(len(at))
         a_frame[framed] = mean_colour_a(
@@ -727,12 +733,14 @@ def instance_stats(
         cols[k] = sums[:, j] / area
     red_in, cyan = sums[:, -4] / area, sums[:, -3]
     green_in, blue_in = sums[:, -2] / area, sums[:, -1] / area
-    green_frame, red_frame = _frame_means(boxes, max(1, round(FRAME_M / gsd)), context)
+    r = max(1, round(FRAME_M / gsd))
+    green_frame, red_frame = _frame_means(boxes, r, context)
     # No frame: the box holds the whole (valid) tile, so the tile's edges are the candidate's
     # outline on every side and its shape is the tile's: not traced, not measured (NaN,
     # neutral; ADR 0039), like its context.
     no_frame = np.isnan(green_frame)
-    traced = (area > 0) & (area >= shape_area_px[0]) & (area <= shape_area_px[1]) & ~no_frame
+    within = (area > 0) & (area >= shape_area_px[0]) & (area <= shape_area_px[1])
+    traced = within & ~no_frame
     rect_area, hull_area, long_side, short_side = _shape_stats(labels, n, traced, boxes)
     area_m2 = area * gsd * gsd
     cols.append(np.log10(np.maximum(area_m2, 1e-3)))
@@ -744,9 +752,8 @@ def instance_stats(
     cols.append(np.full(n, np.nan))  # fine_power_share: measured on the survivors (analyse)
     cols.append(np.maximum(cyan / area - WATER_LEVELS, 0.0))
     cols.append(np.full(n, np.nan))  # fine_peak_share: with the fine power share
-    within = (area > 0) & (area >= shape_area_px[0]) & (area <= shape_area_px[1])
     mean_rgb = np.stack([red_in + blue_in, green_in, blue_in], axis=1)
-    cols.append(magenta_excess(mean_rgb, boxes, max(1, round(FRAME_M / gsd)), context, within))
+    cols.append(magenta_excess(mean_rgb, red_frame, boxes, r, context, within))
     return np.stack(cols, axis=1), boxes
 
 
