@@ -828,6 +828,14 @@ def _shape_kernel():
 
 
 @lru_cache(maxsize=1)
+def _frame_kernel():
+    """The compiled :func:`~solardesk_spectral._kernels.frame_means`, or None without numba."""
+    from solardesk_spectral._kernels import frame_means
+
+    return frame_means
+
+
+@lru_cache(maxsize=1)
 def _suppress_kernel():
     """The compiled :func:`~solardesk_spectral._kernels.suppress`, or None without numba."""
     from solardesk_spectral._kernels import suppress
@@ -836,12 +844,23 @@ def _suppress_kernel():
 
 
 def _frame_means(
-    boxes: np.ndarray, r: int, context: FrameContext, sums: tuple[np.ndarray, ...] | None = None
+    boxes: np.ndarray,
+    r: int,
+    context: FrameContext,
+    sums: tuple[np.ndarray, ...] | None = None,
+    *,
+    compiled: bool = True,
 ) -> list[np.ndarray]:
     """Mean of each of the context's maps (``sums``, integral images: by default its excess
     green and redness) over the valid pixels of the frame ``r`` pixels wide around each box
     (the box grown by ``r`` and clipped to the tile, less the box); NaN where the frame is
-    empty. O(1) per box."""
+    empty. O(1) per box: one compiled pass over the boxes where numba is installed, else
+    eight gathers per map (``compiled=False`` takes this path too; the same bits)."""
+    sums = context.sums if sums is None else sums
+    kernel = _frame_kernel() if compiled else None
+    if kernel is not None:
+        out = kernel(_inside(boxes, context.redness.shape), int(r), context.count, tuple(sums))
+        return list(out.T)
     h, w = context.redness.shape
     x0, y0, x1, y1 = (boxes[:, k] for k in range(4))
     gx0, gy0 = np.maximum(x0 - r, 0), np.maximum(y0 - r, 0)
@@ -854,10 +873,7 @@ def _frame_means(
 
     n_px = frame(context.count)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return [
-            np.where(n_px > 0, frame(ii) / n_px, np.nan)
-            for ii in (context.sums if sums is None else sums)
-        ]
+        return [np.where(n_px > 0, frame(ii) / n_px, np.nan) for ii in sums]
 
 
 def _shape_stats(

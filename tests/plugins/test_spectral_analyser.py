@@ -1532,6 +1532,34 @@ def test_the_compiled_label_sums_equal_the_numpy_path() -> None:
     np.testing.assert_allclose(s_fast[0], [m[10:40, 5:50].sum(dtype=np.float64) for m in maps])
 
 
+def test_the_compiled_frame_means_are_the_numpy_paths_bits() -> None:
+    """The frame means in one compiled pass over the boxes give the eight gathers' bits: boxes
+    inside the tile, at its edges, holding it whole (no frame: NaN) and with invalid pixels
+    around them (a frame of invalid pixels only: NaN)."""
+    assert fast._frame_kernel() is not None
+    rng = np.random.default_rng(11)
+    rgb = rng.integers(0, 256, (70, 90, 3), dtype=np.uint8)
+    valid = np.ones((70, 90), bool)
+    valid[:, 75:] = False
+    feats = rng.random((len(fast.PIXEL_FEATURES), 70, 90)).astype(np.float32)
+    boxes = [(10, 10, 30, 25), (0, 0, 5, 70), (0, 0, 90, 70), (80, 20, 83, 30), (40, 60, 75, 70)]
+    boxes = np.array(boxes + [(x, y, x + 7, y + 4) for x, y in rng.integers(0, 60, (40, 2))])
+    for v in (None, valid):
+        context = fast.FrameContext.of(rgb, feats, v)
+        for sums in (None, context.colour_sums):
+            for r in (1, 3):
+                got = fast._frame_means(boxes, r, context, sums)
+                want = fast._frame_means(boxes, r, context, sums, compiled=False)
+                assert len(got) == len(want) == 2
+                for g, w in zip(got, want, strict=True):
+                    np.testing.assert_array_equal(g, w)  # NaN where NaN, else the same bits
+                assert np.isnan(got[0][2])  # the whole tile: no frame
+                assert np.isnan(got[0][3]) == (v is not None)  # invalid all around
+                assert np.isfinite(got[0][0]) and np.isfinite(got[1][1])
+    empty = fast._frame_means(np.zeros((0, 4), np.int64), 2, context)
+    assert [e.shape for e in empty] == [(0,), (0,)]
+
+
 def _random_labels(rng: np.random.Generator, shape=None) -> tuple[np.ndarray, int, np.ndarray]:
     """Random ragged labels (some of several pieces: two components share a label) with their
     tight boxes (x0, y0, x1, y1)."""
