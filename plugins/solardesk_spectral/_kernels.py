@@ -385,6 +385,57 @@ def _frame_means_py(boxes, r, count, sums):
     return out
 
 
+def _photometric_py(lab, rgb, grey, blur_mean, blur_square, luts, c, index, veg, dark):
+    """``channels._photometric``'s per-pixel arithmetic in one pass, in float32 with the same
+    operations in the same order as its NumPy path (so the same bits).
+
+    ``lab``: OpenCV's 8-bit Lab of ``rgb``; ``grey``: the uint8 grey tile; ``blur_mean`` and
+    ``blur_square``: the box means of the centred grey and of its square (the flatness test's
+    local standard deviation, ``channels._local_std_box``); ``luts`` (float32, 7 × 256): the
+    tables of the near-L*, near-a*, near-b*, low-saturation a* and b*, blue-violet b* and
+    darkness factors; ``c`` (float32): the excess green's denominator offset, ramp start and
+    slope, the flatness ramp's start and slope, ``-shadow_weight`` and whether it is applied
+    (not 0). Writes the index, the excess green and the shadow map into ``index``, ``veg`` and
+    ``dark``."""
+    h, w = grey.shape
+    one = np.float32(1.0)
+    zero = np.float32(0.0)
+    for y in range(h):
+        for x in range(w):
+            ell, a, b = lab[y, x, 0], lab[y, x, 1], lab[y, x, 2]
+            near = luts[0, ell] * luts[1, a]
+            near = near * luts[2, b]
+            value = one - near
+            low = luts[3, a] * luts[4, b]
+            blue = luts[5, b]
+            if blue > low:
+                low = blue
+            value = value * low
+            r, g, bb = np.float32(rgb[y, x, 0]), np.float32(rgb[y, x, 1]), np.float32(rgb[y, x, 2])
+            s = r + g
+            s = s + bb
+            s = s + c[0]
+            e = g + g
+            e = e - r
+            e = e - bb
+            e = e / s
+            e = (e - c[1]) * c[2]
+            e = min(max(e, zero), one)
+            veg[y, x] = e
+            value = value * (one - e)
+            m = blur_mean[y, x]
+            v = blur_square[y, x] - m * m
+            if not v > zero:  # (np.maximum)
+                v = zero
+            f = (np.sqrt(v) - c[3]) * c[4]
+            f = min(max(f, zero), one)
+            d = luts[6, grey[y, x]] * f
+            dark[y, x] = d
+            if c[6] != zero:
+                value = value * (d * c[5] + one)
+            index[y, x] = value
+
+
 def _compile(fn: Callable) -> Callable | None:
     try:
         import numba
@@ -401,3 +452,4 @@ _hull_measures = hull_measures or _hull_measures_py  # (what _shape_stats_py cal
 shape_stats: Callable | None = _compile(_shape_stats_py)
 settle_ties: Callable | None = _compile(_settle_ties_py)
 frame_means: Callable | None = _compile(_frame_means_py)
+photometric: Callable | None = _compile(_photometric_py)

@@ -888,38 +888,48 @@ def _flatness(t: _Tile) -> np.ndarray:
 
 
 def _shadow(t: _Tile) -> np.ndarray:
-    p = t.p
-    lit = _quantile_u8(t.grey_u8, t.mask_u8, p.shadow_reference_quantile) / 255.0
-    ratio = np.arange(256) / 255.0 / max(lit, 1.0 / 255.0)
-    lut = _ramp_lut(ratio, p.shadow_ratio_range[1], p.shadow_ratio_range[0])
-    dark = cv2.LUT(t.grey_u8, lut.astype(np.float32).reshape(1, 256))
+    dark = cv2.LUT(t.grey_u8, _shadow_lut(t).astype(np.float32).reshape(1, 256))
     dark *= _flatness(t)
     return dark
 
 
-def _photometric(t: _Tile, masks: np.ndarray | None = None) -> np.ndarray:
+def _photometric(t: _Tile, masks: np.ndarray | None = None, *, compiled: bool = True):
     """The photometric index on the tile's grid; ``masks`` (``(2, H, W)`` float32), when
     given, receives the excess green and shadow maps it computes on the way, finished like
-    :func:`excess_green` and :func:`shadow_mask` return them."""
+    :func:`excess_green` and :func:`shadow_mask` return them. Its per-pixel arithmetic runs in
+    one compiled pass where numba is installed (``_kernels.photometric``), else as NumPy and
+    OpenCV passes over whole maps (``compiled=False`` takes this path too; the same bits)."""
     p = t.p
-    l8, a8, b8 = cv2.split(cv2.cvtColor(t.rgb, cv2.COLOR_RGB2Lab))
+    lab = cv2.cvtColor(t.rgb, cv2.COLOR_RGB2Lab)
+    l8, a8, b8 = cv2.split(lab)
     levels = np.arange(256, dtype=np.float64)
     ell, ab = levels * (100.0 / 255.0), levels - 128.0
     lm = _lower_median_u8(l8, t.mask_u8) * 100.0 / 255.0
     am = _lower_median_u8(a8, t.mask_u8) - 128.0
     bm = _lower_median_u8(b8, t.mask_u8) - 128.0
+    # exp(-d²/2) and exp(-C²/C0²) factor over L*, a*, b*: one table per channel.
+    tables = [
+        np.exp(-0.5 * ((ell - lm) / p.colour_scale_l) ** 2),
+        np.exp(-0.5 * ((ab - am) / p.colour_scale_ab) ** 2),
+        np.exp(-0.5 * ((ab - bm) / p.colour_scale_ab) ** 2),
+        np.exp(-((ab / p.chroma_ref) ** 2)),
+        np.exp(-((ab / p.chroma_ref) ** 2)),
+        np.clip(-ab / p.blue_ref, 0.0, 1.0),
+    ]
+    kernel = _photometric_kernel() if compiled else None
+    if kernel is not None:
+        return _photometric_compiled(kernel, t, lab, tables, masks)
 
     def lut(values: np.ndarray, image: np.ndarray) -> np.ndarray:
         return cv2.LUT(image, values.astype(np.float32).reshape(1, 256))
 
-    # exp(-d²/2) and exp(-C²/C0²) factor over L*, a*, b*: one table per channel.
-    near = lut(np.exp(-0.5 * ((ell - lm) / p.colour_scale_l) ** 2), l8)
-    near *= lut(np.exp(-0.5 * ((ab - am) / p.colour_scale_ab) ** 2), a8)
-    near *= lut(np.exp(-0.5 * ((ab - bm) / p.colour_scale_ab) ** 2), b8)
+    near = lut(tables[0], l8)
+    near *= lut(tables[1], a8)
+    near *= lut(tables[2], b8)
     index = np.subtract(np.float32(1.0), near, out=near)  # distance from the dominant surface
-    lowsat = lut(np.exp(-((ab / p.chroma_ref) ** 2)), a8)
-    lowsat *= lut(np.exp(-((ab / p.chroma_ref) ** 2)), b8)
-    np.maximum(lowsat, lut(np.clip(-ab / p.blue_ref, 0.0, 1.0), b8), out=lowsat)
+    lowsat = lut(tables[3], a8)
+    lowsat *= lut(tables[4], b8)
+    np.maximum(lowsat, lut(tables[5], b8), out=lowsat)
     index *= lowsat
     veg = _excess_green(t)
     if masks is not None:
@@ -933,6 +943,57 @@ def _photometric(t: _Tile, masks: np.ndarray | None = None) -> np.ndarray:
         sh *= np.float32(-p.shadow_weight)
         sh += np.float32(1.0)
         index *= sh
+    return index
+
+
+@functools.lru_cache(maxsize=1)
+def _photometric_kernel():
+    """``_kernels.photometric`` (the photometric index's per-pixel arithmetic in one
+    compiled pass), or None without numba."""
+    from solardesk_spectral._kernels import photometric
+
+    return photometric
+
+
+def _shadow_lut(t: _Tile) -> np.ndarray:
+    """The darkness factor of each grey level relative to the tile's lit surfaces."""
+    p = t.p
+    lit = _quantile_u8(t.grey_u8, t.mask_u8, p.shadow_reference_quantile) / 255.0
+    ratio = np.arange(256) / 255.0 / max(lit, 1.0 / 255.0)
+    return _ramp_lut(ratio, p.shadow_ratio_range[1], p.shadow_ratio_range[0])
+
+
+def _photometric_compiled(kernel, t: _Tile, lab, tables: list, masks: np.ndarray | None):
+    """:func:`_photometric` by ``kernel``: the tables, the flatness test's two box means
+    (``_local_std_box``'s) and the constants of its ramps are prepared here."""
+    p = t.p
+    luts = np.stack([*tables, _shadow_lut(t)]).astype(np.float32)
+    img = t.grey
+    side = (2 * max(1, round(p.shadow_scale_m / t.gsd)) + 1,) * 2
+    centred = img - np.float32(img.mean())
+    blur_mean = cv2.blur(centred, side, borderType=_BORDER)
+    blur_square = cv2.blur(centred * centred, side, borderType=_BORDER)
+    (exg_lo, exg_hi), (flat_hi, flat_lo) = p.exg_range, p.shadow_std_range
+    consts = np.array(
+        [
+            np.float32(3.0 * p.exg_offset),
+            np.float32(exg_lo),
+            np.float32(1.0 / (exg_hi - exg_lo)),
+            np.float32(flat_lo),
+            np.float32(1.0 / (flat_hi - flat_lo)),
+            np.float32(-p.shadow_weight),
+            np.float32(p.shadow_weight > 0),
+        ],
+        np.float32,
+    )
+    index = np.empty(t.shape, np.float32)
+    if masks is not None:
+        veg, dark = masks[0], masks[1]
+    else:
+        veg, dark = np.empty_like(index), np.empty_like(index)
+    kernel(lab, t.rgb, t.grey_u8, blur_mean, blur_square, luts, consts, index, veg, dark)
+    if masks is not None and t.valid is not None:
+        masks[:, ~t.valid] = 0.0
     return index
 
 

@@ -238,6 +238,32 @@ def test_photometric_index_finds_bright_panels_on_a_red_roof():
     assert photometric_index(roof_only, GSD).max() < 0.1
 
 
+def test_the_compiled_photometric_pass_gives_the_numpy_paths_bits():
+    """The photometric index, excess green and shadow maps from the one compiled pass
+    (numba) equal those of the NumPy and OpenCV passes bit for bit: on a module scene, noise,
+    a tile with invalid pixels, and without the shadow term."""
+    assert ch._photometric_kernel() is not None  # numba is a dependency: the compiled pass runs
+    rng = np.random.default_rng(3)
+    valid = rng.random((SIZE, SIZE)) > 0.2
+    noise = rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+    cases = [
+        (module_scene(seed=2), None, None),
+        (noise, None, None),
+        (module_scene(seed=3), valid, None),
+        (noise, None, ChannelParams(shadow_weight=0.0)),
+    ]
+    for rgb, v, params in cases:
+        t = ch._Tile(rgb, GSD, v, params)
+        fast, slow = np.full((2, SIZE, SIZE), 7.0, np.float32), np.zeros((2, SIZE, SIZE))
+        slow = slow.astype(np.float32)
+        index = ch._photometric(t, fast)
+        want = ch._photometric(t, slow, compiled=False)
+        np.testing.assert_array_equal(index, want)
+        np.testing.assert_array_equal(fast, slow)
+        np.testing.assert_array_equal(ch._photometric(t), want)
+        assert 0.05 < float(want.mean()) < 0.95 and slow[0].max() <= 1.0
+
+
 def test_photometric_index_is_two_sided():
     """Dark panels on a pale roof score as well as bright panels on a dark roof."""
     dark, inner, outer = patch_on_roof(lambda x, y: modules(x, y, 0.0), roof=(185, 180, 170))
