@@ -436,6 +436,57 @@ def _photometric_py(lab, rgb, grey, blur_mean, blur_square, luts, c, index, veg,
             index[y, x] = value
 
 
+def _code_uniformity_py(padded, side, scale, offset, out):
+    """The LBP channel's ``Σ_k count_k²`` (``count_k``: how many pixels of the ``side`` ×
+    ``side`` window hold code ``k``), times ``scale``, plus ``offset``, at most 0, in float32
+    as ``channels._lbp_uniformity``'s OpenCV passes compute it (one box count and one
+    ``accumulateSquare`` per code, then the two in-place operations and ``np.minimum``): the
+    sum is an exact integer below 2**24, so the same bits.
+
+    ``padded``: the uint8 codes (below 16) mirrored by ``side // 2`` on every side (as the box
+    filter's border reads them); ``side * side`` must be below 256. The sixteen counts of a
+    window ride in two 64-bit words, one byte each (a count never carries into the next),
+    summed down each column as the window moves down and across it by prefix sums (which may
+    wrap: the difference of two of them does not)."""
+    hp, wp = padded.shape
+    h, w = hp - side + 1, wp - side + 1
+    col = np.zeros((2, wp), np.uint64)
+    pre = np.zeros((2, wp + 1), np.uint64)
+    one, eight, seven, three = np.uint64(1), np.uint64(8), np.uint64(7), np.uint64(3)
+    byte = np.uint64(255)
+    zero = np.float32(0.0)
+    for y in range(side):
+        for x in range(wp):
+            c = np.uint64(padded[y, x])
+            col[c >> three, x] += one << (eight * (c & seven))
+    for y in range(h):
+        a0 = np.uint64(0)
+        a1 = np.uint64(0)
+        for x in range(wp):
+            a0 += col[0, x]
+            a1 += col[1, x]
+            pre[0, x + 1] = a0
+            pre[1, x + 1] = a1
+        for x in range(w):
+            v = pre[0, x + side] - pre[0, x]
+            u = pre[1, x + side] - pre[1, x]
+            acc = np.uint64(0)
+            for k in range(8):
+                b = (v >> np.uint64(8 * k)) & byte
+                acc += b * b
+                b = (u >> np.uint64(8 * k)) & byte
+                acc += b * b
+            value = np.float32(acc) * scale
+            value = value + offset
+            out[y, x] = min(value, zero)
+        if y + 1 < h:
+            for x in range(wp):
+                c = np.uint64(padded[y, x])
+                col[c >> three, x] -= one << (eight * (c & seven))
+                c = np.uint64(padded[y + side, x])
+                col[c >> three, x] += one << (eight * (c & seven))
+
+
 def _compile(fn: Callable) -> Callable | None:
     try:
         import numba
@@ -453,3 +504,4 @@ shape_stats: Callable | None = _compile(_shape_stats_py)
 settle_ties: Callable | None = _compile(_settle_ties_py)
 frame_means: Callable | None = _compile(_frame_means_py)
 photometric: Callable | None = _compile(_photometric_py)
+code_uniformity: Callable | None = _compile(_code_uniformity_py)

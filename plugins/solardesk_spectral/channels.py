@@ -631,7 +631,46 @@ def _local_std_box(img: np.ndarray, half: int) -> np.ndarray:
     return np.sqrt(var, out=var)
 
 
-def _lbp_uniformity(t: _Tile) -> np.ndarray:
+def _code_uniformity(codes, n_codes: int, side: int, scale, offset, *, compiled: bool = True):
+    """``min(Σ_k count_k² · scale + offset, 0)`` in float32, ``count_k`` the number of pixels
+    holding code ``k`` in the ``side`` × ``side`` window (mirrored at the border): one
+    compiled pass (``_kernels.code_uniformity``) where numba is installed and the window's
+    counts fit a byte, else one box count and ``accumulateSquare`` per code present
+    (``compiled=False`` takes this path too; the same bits)."""
+    kernel = _uniformity_kernel() if compiled else None
+    if kernel is not None and side * side <= 255 and n_codes <= 16:
+        half = side // 2
+        padded = cv2.copyMakeBorder(codes, half, half, half, half, _BORDER)
+        asm = np.empty(codes.shape, np.float32)
+        kernel(padded, side, scale, offset, asm)
+        return asm
+    asm = np.zeros(codes.shape, np.float32)
+    small = side * side <= 255
+    hist = cv2.calcHist([codes], [0], None, [n_codes], [0, n_codes]).ravel()
+    for k in np.flatnonzero(hist):
+        count = cv2.boxFilter(
+            np.equal(codes, k).view(np.uint8),
+            cv2.CV_8U if small else cv2.CV_32F,
+            (side, side),
+            normalize=False,
+            borderType=_BORDER,
+        )
+        cv2.accumulateSquare(count, asm)
+    asm *= scale
+    asm += offset
+    return np.minimum(asm, 0.0, out=asm)
+
+
+@functools.lru_cache(maxsize=1)
+def _uniformity_kernel():
+    """``_kernels.code_uniformity`` (the LBP code histograms' uniformity in one compiled
+    pass), or None without numba."""
+    from solardesk_spectral._kernels import code_uniformity
+
+    return code_uniformity
+
+
+def _lbp_uniformity(t: _Tile, *, compiled: bool = True) -> np.ndarray:
     p = t.p
     n = p.lbp_points
     floor = 1.0 / (n + 2)  # uniformity of a histogram spread evenly over the P + 2 codes
@@ -642,22 +681,10 @@ def _lbp_uniformity(t: _Tile) -> np.ndarray:
         half = max(1, round(p.lbp_window_radii * radius))
         side = 2 * half + 1
         codes = _lbp_codes(level, n, radius)
-        asm = np.zeros(level.shape, np.float32)
-        small = side * side <= 255
-        hist = cv2.calcHist([codes], [0], None, [n + 2], [0, n + 2]).ravel()
-        for k in np.flatnonzero(hist):
-            count = cv2.boxFilter(
-                np.equal(codes, k).view(np.uint8),
-                cv2.CV_8U if small else cv2.CV_32F,
-                (side, side),
-                normalize=False,
-                borderType=_BORDER,
-            )
-            cv2.accumulateSquare(count, asm)
         # 1 - exp(-(Σp² - 1/(P+2)) / ref): real textures sit in the low tenths of Σp².
-        asm *= np.float32(-1.0 / (side**4 * p.lbp_uniformity_ref))
-        asm += np.float32(floor / p.lbp_uniformity_ref)
-        np.minimum(asm, 0.0, out=asm)
+        scale = np.float32(-1.0 / (side**4 * p.lbp_uniformity_ref))
+        offset = np.float32(floor / p.lbp_uniformity_ref)
+        asm = _code_uniformity(codes, n + 2, side, scale, offset, compiled=compiled)
         cv2.exp(asm, asm)
         np.subtract(np.float32(1.0), asm, out=asm)
         gate = _local_std_box(level, half)

@@ -417,6 +417,30 @@ def test_scales_within_a_percent_of_whole_pixels_are_taken_as_whole():
     assert np.abs(near).max() < 0.01
 
 
+def test_the_compiled_code_uniformity_gives_the_box_counts_bits():
+    """The LBP histograms' uniformity from one compiled pass (sixteen byte-wide counts in two
+    words) equals the box count and ``accumulateSquare`` per code bit for bit: windows of 3
+    to 15 pixels, levels smaller than the window (the mirrored border read many times), a
+    single code, and the whole LBP channel of a module scene."""
+    assert ch._uniformity_kernel() is not None  # numba is a dependency: the compiled pass runs
+    rng = np.random.default_rng(5)
+    scale, offset = np.float32(-1.0 / 9000.0), np.float32(0.3)
+    shapes = [(1, 1), (2, 3), (5, 7), (12, 40), (64, 80)]
+    for shape in shapes:
+        for n_codes in (10, 16):
+            codes = rng.integers(0, n_codes, shape).astype(np.uint8)
+            for side in (3, 7, 13, 15):
+                got = ch._code_uniformity(codes, n_codes, side, scale, offset)
+                want = ch._code_uniformity(codes, n_codes, side, scale, offset, compiled=False)
+                np.testing.assert_array_equal(got, want)
+    one_code = np.full((20, 30), 4, np.uint8)
+    got = ch._code_uniformity(one_code, 10, 5, np.float32(1.0), np.float32(-700.0))
+    np.testing.assert_array_equal(got, np.full((20, 30), -75.0, np.float32))  # 25² - 700
+    for seed in (1, 4):
+        t = ch._Tile(module_scene(seed=seed), GSD, None, None)
+        np.testing.assert_array_equal(ch._lbp_uniformity(t), ch._lbp_uniformity(t, compiled=False))
+
+
 @pytest.mark.parametrize("compiled", [True, False])
 def test_lbp_codes_are_skimage_codes_exactly(compiled: bool, monkeypatch: pytest.MonkeyPatch):
     """Including ties (flat, 3-level and smooth 8-bit images, where an interpolated neighbour
