@@ -487,6 +487,24 @@ def _code_uniformity_py(padded, side, scale, offset, out):
                 col[c >> three, x] += one << (eight * (c & seven))
 
 
+def _gated_complement_py(values, blur_mean, blur_square, lo, slope):
+    """``values = (1 - values) · clip((σ - lo) · slope, 0, 1)`` in place, σ the local standard
+    deviation ``sqrt(max(blur_square - blur_mean², 0))`` (``channels._local_std_box``), in
+    float32 with the same operations in the same order as the NumPy passes (the same bits)."""
+    h, w = values.shape
+    one = np.float32(1.0)
+    zero = np.float32(0.0)
+    for y in range(h):
+        for x in range(w):
+            m = blur_mean[y, x]
+            v = blur_square[y, x] - m * m
+            if not v > zero:  # (np.maximum)
+                v = zero
+            g = (np.sqrt(v) - lo) * slope
+            g = min(max(g, zero), one)
+            values[y, x] = (one - values[y, x]) * g
+
+
 def _compile(fn: Callable) -> Callable | None:
     try:
         import numba
@@ -505,3 +523,4 @@ settle_ties: Callable | None = _compile(_settle_ties_py)
 frame_means: Callable | None = _compile(_frame_means_py)
 photometric: Callable | None = _compile(_photometric_py)
 code_uniformity: Callable | None = _compile(_code_uniformity_py)
+gated_complement: Callable | None = _compile(_gated_complement_py)

@@ -621,11 +621,16 @@ def _skimage_bits(img: np.ndarray, ys: np.ndarray, xs: np.ndarray, rp: float, cp
     return value - f(ys, xs) >= 0
 
 
-def _local_std_box(img: np.ndarray, half: int) -> np.ndarray:
+def _box_moments(img: np.ndarray, half: int) -> tuple[np.ndarray, np.ndarray]:
+    """The means of the centred image and of its square over a square of half side ``half``."""
     side = (2 * half + 1,) * 2
     centred = img - np.float32(img.mean())  # less cancellation in E[x²] - E[x]²
     mean = cv2.blur(centred, side, borderType=_BORDER)
-    var = cv2.blur(centred * centred, side, borderType=_BORDER)
+    return mean, cv2.blur(centred * centred, side, borderType=_BORDER)
+
+
+def _local_std_box(img: np.ndarray, half: int) -> np.ndarray:
+    mean, var = _box_moments(img, half)
     var -= mean * mean
     np.maximum(var, 0.0, out=var)
     return np.sqrt(var, out=var)
@@ -670,6 +675,15 @@ def _uniformity_kernel():
     return code_uniformity
 
 
+@functools.lru_cache(maxsize=1)
+def _gated_kernel():
+    """``_kernels.gated_complement`` (the LBP map's contrast gate in one compiled pass), or
+    None without numba."""
+    from solardesk_spectral._kernels import gated_complement
+
+    return gated_complement
+
+
 def _lbp_uniformity(t: _Tile, *, compiled: bool = True) -> np.ndarray:
     p = t.p
     n = p.lbp_points
@@ -686,9 +700,13 @@ def _lbp_uniformity(t: _Tile, *, compiled: bool = True) -> np.ndarray:
         offset = np.float32(floor / p.lbp_uniformity_ref)
         asm = _code_uniformity(codes, n + 2, side, scale, offset, compiled=compiled)
         cv2.exp(asm, asm)
-        np.subtract(np.float32(1.0), asm, out=asm)
-        gate = _local_std_box(level, half)
-        asm *= _ramp_inplace(gate, p.lbp_contrast_floor, 2 * p.lbp_contrast_floor)
+        lo = p.lbp_contrast_floor
+        gated = _gated_kernel() if compiled else None
+        if gated is not None:  # the rest in one compiled pass (the same bits)
+            gated(asm, *_box_moments(level, half), np.float32(lo), np.float32(1.0 / lo))
+        else:
+            np.subtract(np.float32(1.0), asm, out=asm)
+            asm *= _ramp_inplace(_local_std_box(level, half), lo, 2 * lo)
         if acc is None:
             acc = asm
         else:
@@ -995,11 +1013,7 @@ def _photometric_compiled(kernel, t: _Tile, lab, tables: list, masks: np.ndarray
     (``_local_std_box``'s) and the constants of its ramps are prepared here."""
     p = t.p
     luts = np.stack([*tables, _shadow_lut(t)]).astype(np.float32)
-    img = t.grey
-    side = (2 * max(1, round(p.shadow_scale_m / t.gsd)) + 1,) * 2
-    centred = img - np.float32(img.mean())
-    blur_mean = cv2.blur(centred, side, borderType=_BORDER)
-    blur_square = cv2.blur(centred * centred, side, borderType=_BORDER)
+    blur_mean, blur_square = _box_moments(t.grey, max(1, round(p.shadow_scale_m / t.gsd)))
     (exg_lo, exg_hi), (flat_hi, flat_lo) = p.exg_range, p.shadow_std_range
     consts = np.array(
         [
