@@ -16,10 +16,9 @@ computed exactly from the hull's vertices so that the NumPy path (``cv2.convexHu
 ``analyser.hull_measures``) gives the same bits, and :func:`label_sums_in_boxes` the label sums
 of candidates whose boxes are known, looking inside those boxes only.
 
-:func:`settle_ties` settles the LBP's near-ties (``channels._lbp_codes``) with skimage's float64
-bilinear arithmetic, one pixel at a time: real 8-bit imagery has tens of thousands of them on
-a 0.3 m tile (flat patches, where an interpolated neighbour equals the centre), which NumPy's
-fancy indexing took ≈ 3 ms for. The same operations in the same order give the same bits.
+:func:`lbp_patterns` gives the LBP bit patterns of ``channels._lbp_codes`` (float32 neighbours,
+near-ties decided again with skimage's float64 arithmetic: skimage's codes) one row at a time,
+in place of four ``filter2D`` and a dozen compare and mask passes per radius.
 
 numba is optional: each kernel is None where it does not import (the analyser then takes the
 NumPy and OpenCV paths, which the tests check against these).
@@ -333,29 +332,70 @@ def _hull_measures_py(hx, hy):
     return np.array([best_area, hull_area, best_long, best_short])
 
 
-def _settle_ties_py(img, near, ge, pad, rp, cp):
-    """Re-decide ``ge`` (uint8, 255 where the interpolated neighbour >= the centre) at the
-    pixels where ``near`` is not 0, with skimage's float64 bilinear arithmetic
-    (``channels._skimage_bits``: the same operations in the same order, so the same bits).
-    Pixel ``(y, x)`` of ``ge`` is pixel ``(y + pad, x + pad)`` of the float32 image ``img``
-    and its neighbour lies ``(rp, cp)`` away; the caller keeps every neighbour inside ``img``
-    (numba does not check)."""
-    h, w = near.shape
-    for y in range(h):
-        for x in range(w):
-            if near[y, x] == 0:
+def _skimage_bit(img, yy, xx, rp, cp):
+    """Whether the neighbour ``(rp, cp)`` away from pixel ``(yy, xx)`` of the float32 image
+    ``img``, interpolated with skimage's float64 bilinear arithmetic (``channels._skimage_bits``:
+    the same operations in the same order, so the same bits), is at least the pixel."""
+    r = yy + rp
+    c = xx + cp
+    minr, minc = np.floor(r), np.floor(c)
+    maxr, maxc = np.ceil(r), np.ceil(c)
+    dr, dc = r - minr, c - minc
+    i0, j0, i1, j1 = int(minr), int(minc), int(maxr), int(maxc)
+    top = (1 - dc) * np.float64(img[i0, j0]) + dc * np.float64(img[i0, j1])
+    bottom = (1 - dc) * np.float64(img[i1, j0]) + dc * np.float64(img[i1, j1])
+    value = (1 - dr) * top + dr * bottom
+    return value - np.float64(img[yy, xx]) >= 0
+
+
+def _lbp_patterns_py(img, pad, rp, cp, out):
+    """The LBP bit patterns (bit ``i``: neighbour ``i`` at ``(rp[i], cp[i])`` is at least the
+    centre) of the float32 image ``img`` inside its border of ``pad`` pixels, into ``out``
+    (uint8, the image less its border), as ``channels._lbp_codes`` decides them: a neighbour
+    between pixels is interpolated in float32 (the four weights of its 2 × 2 cell), and
+    where it lies within 1e-5 of the centre (ties in flat areas, where float32 and float64
+    rounding could disagree) the bit is decided again with skimage's float64 arithmetic, so
+    the bits are skimage's. One row at a time, one neighbour at a time along it (which the
+    compiler vectorises); real 8-bit imagery has tens of thousands of near-ties on a 0.3 m
+    tile (flat patches, where an interpolated neighbour equals the centre). The caller keeps
+    every neighbour inside ``img`` (numba does not check)."""
+    lh, lw = out.shape
+    near = np.zeros(lw, np.uint8)
+    tol = np.float32(1e-5)
+    for y in range(lh):
+        yc = y + pad
+        row = out[y]
+        row[:] = 0
+        centre = img[yc, pad : pad + lw]
+        for i in range(len(rp)):
+            r0, c0 = int(np.floor(rp[i])), int(np.floor(cp[i]))
+            fr, fc = rp[i] - r0, cp[i] - c0
+            shift = np.uint8(i)
+            yy, xo = yc + r0, pad + c0
+            if fr == 0 and fc == 0:
+                other = img[yy, xo : xo + lw]
+                for x in range(lw):
+                    row[x] |= np.uint8(other[x] >= centre[x]) << shift
                 continue
-            yy, xx = y + pad, x + pad
-            r = yy + rp
-            c = xx + cp
-            minr, minc = np.floor(r), np.floor(c)
-            maxr, maxc = np.ceil(r), np.ceil(c)
-            dr, dc = r - minr, c - minc
-            i0, j0, i1, j1 = int(minr), int(minc), int(maxr), int(maxc)
-            top = (1 - dc) * np.float64(img[i0, j0]) + dc * np.float64(img[i0, j1])
-            bottom = (1 - dc) * np.float64(img[i1, j0]) + dc * np.float64(img[i1, j1])
-            value = (1 - dr) * top + dr * bottom
-            ge[y, x] = 255 if value - np.float64(img[yy, xx]) >= 0 else 0
+            w00, w01 = np.float32((1 - fr) * (1 - fc)), np.float32((1 - fr) * fc)
+            w10, w11 = np.float32(fr * (1 - fc)), np.float32(fr * fc)
+            a0, a1 = img[yy, xo : xo + lw], img[yy, xo + 1 : xo + 1 + lw]
+            b0, b1 = img[yy + 1, xo : xo + lw], img[yy + 1, xo + 1 : xo + 1 + lw]
+            ties = 0
+            for x in range(lw):
+                d = w00 * a0[x] + w01 * a1[x] + w10 * b0[x] + w11 * b1[x] - centre[x]
+                row[x] |= np.uint8(d >= 0) << shift
+                t = np.uint8(abs(d) < tol)
+                near[x] = t
+                ties += t
+            if ties:
+                bit = np.uint8(1) << shift
+                for x in range(lw):
+                    if near[x]:
+                        if _skimage_bit(img, yc, x + pad, rp[i], cp[i]):
+                            row[x] |= bit
+                        else:
+                            row[x] &= ~bit
 
 
 def _frame_means_py(boxes, r, count, sums):
@@ -519,7 +559,8 @@ suppress: Callable | None = _compile(_suppress_py)
 hull_measures: Callable | None = _compile(_hull_measures_py)
 _hull_measures = hull_measures or _hull_measures_py  # (what _shape_stats_py calls)
 shape_stats: Callable | None = _compile(_shape_stats_py)
-settle_ties: Callable | None = _compile(_settle_ties_py)
+_skimage_bit = _compile(_skimage_bit) or _skimage_bit  # (what _lbp_patterns_py calls)
+lbp_patterns: Callable | None = _compile(_lbp_patterns_py)
 frame_means: Callable | None = _compile(_frame_means_py)
 photometric: Callable | None = _compile(_photometric_py)
 code_uniformity: Callable | None = _compile(_code_uniformity_py)

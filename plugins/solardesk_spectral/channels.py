@@ -544,14 +544,16 @@ def _code_lut(points: int) -> np.ndarray:
     return lut
 
 
-def _lbp_codes(level: np.ndarray, points: int, radius: float) -> np.ndarray:
+def _lbp_codes(level: np.ndarray, points: int, radius: float, *, compiled: bool = True):
     """``skimage.feature.local_binary_pattern(padded, P, R, "uniform")`` on the level
     reflect-padded so that no neighbour falls outside, as uint8 codes.
 
     A neighbour between pixels is one 2 × 2 correlation in float32. Where it lies within
     1e-5 of the centre (ties in flat areas, where float32 and float64 rounding could
     disagree) the bit is recomputed with skimage's float64 bilinear arithmetic, so the codes
-    are skimage's exactly.
+    are skimage's exactly. One compiled pass where numba is installed
+    (``_kernels.lbp_patterns``), else a ``filter2D`` and compare passes per neighbour
+    (``compiled=False`` takes this path too; the same codes).
     """
     r32 = float(np.float32(radius))  # skimage receives R as a C float
     pad = math.ceil(r32) + 1
@@ -562,6 +564,10 @@ def _lbp_codes(level: np.ndarray, points: int, radius: float) -> np.ndarray:
     rp = np.round(-r32 * np.sin(angles), 5)
     cp = np.round(r32 * np.cos(angles), 5)
     pattern = np.zeros((lh, lw), np.uint8)
+    kernel = _patterns_kernel() if compiled else None
+    if kernel is not None:
+        kernel(np.ascontiguousarray(img, np.float32), pad, rp, cp, pattern)
+        return cv2.LUT(pattern, _code_lut(points))
     if lh < 4 or lw < 4:  # OpenCV mistakes tiny arrays for scalars: do it all in float64
         ys, xs = np.mgrid[pad : pad + lh, pad : pad + lw]
         for i in range(points):
@@ -581,26 +587,22 @@ def _lbp_codes(level: np.ndarray, points: int, radius: float) -> np.ndarray:
             ge = cv2.compare(neighbour, centre, cv2.CMP_GE)
             near = cv2.compare(cv2.absdiff(neighbour, centre), 1e-5, cv2.CMP_LT)
             if cv2.countNonZero(near):
-                settle = _ties_kernel()
-                if settle is not None:
-                    settle(img, near, ge, pad, float(rp[i]), float(cp[i]))
-                else:
-                    xy = cv2.findNonZero(near).reshape(-1, 2)
-                    xs, ys = xy[:, 0].astype(np.intp), xy[:, 1].astype(np.intp)
-                    exact = _skimage_bits(img, ys + pad, xs + pad, rp[i], cp[i])
-                    ge[ys, xs] = np.where(exact, 255, 0)
+                xy = cv2.findNonZero(near).reshape(-1, 2)
+                xs, ys = xy[:, 0].astype(np.intp), xy[:, 1].astype(np.intp)
+                exact = _skimage_bits(img, ys + pad, xs + pad, rp[i], cp[i])
+                ge[ys, xs] = np.where(exact, 255, 0)
         cv2.bitwise_and(ge, 1 << i, dst=tmp)
         cv2.bitwise_or(pattern, tmp, dst=pattern)
     return cv2.LUT(pattern, _code_lut(points))
 
 
 @functools.lru_cache(maxsize=1)
-def _ties_kernel():
-    """``_kernels.settle_ties`` (the near-ties of :func:`_lbp_codes` re-decided as
+def _patterns_kernel():
+    """``_kernels.lbp_patterns`` (the LBP bit patterns, near-ties decided as
     :func:`_skimage_bits` decides them, in one compiled pass), or None without numba."""
-    from solardesk_spectral._kernels import settle_ties
+    from solardesk_spectral._kernels import lbp_patterns
 
-    return settle_ties
+    return lbp_patterns
 
 
 def _skimage_bits(img: np.ndarray, ys: np.ndarray, xs: np.ndarray, rp: float, cp: float):
@@ -694,7 +696,7 @@ def _lbp_uniformity(t: _Tile, *, compiled: bool = True) -> np.ndarray:
         radius = _snapped(max(1.0, radius_m / g))
         half = max(1, round(p.lbp_window_radii * radius))
         side = 2 * half + 1
-        codes = _lbp_codes(level, n, radius)
+        codes = _lbp_codes(level, n, radius, compiled=compiled)
         # 1 - exp(-(Σp² - 1/(P+2)) / ref): real textures sit in the low tenths of Σp².
         scale = np.float32(-1.0 / (side**4 * p.lbp_uniformity_ref))
         offset = np.float32(floor / p.lbp_uniformity_ref)

@@ -447,9 +447,9 @@ def test_lbp_codes_are_skimage_codes_exactly(compiled: bool, monkeypatch: pytest
     meets the centre on every flat patch) and fractional radii; the near-ties settled by the
     compiled pass (numba) and by NumPy alike."""
     if compiled:
-        assert ch._ties_kernel() is not None  # numba is a dependency: the compiled pass runs
+        assert ch._patterns_kernel() is not None  # numba is a dependency: the compiled pass runs
     else:
-        monkeypatch.setattr(ch, "_ties_kernel", lambda: None)
+        monkeypatch.setattr(ch, "_patterns_kernel", lambda: None)
     rng = np.random.default_rng(7)
     yy, xx = np.mgrid[0:64, 0:80]
     smooth = np.round(120 + 3 * np.sin(xx / 9.0) + 2 * np.cos(yy / 13.0)) / 255.0
