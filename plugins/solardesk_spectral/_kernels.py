@@ -30,6 +30,32 @@ from collections.abc import Callable
 
 import numpy as np
 
+try:  # a fused multiply-add with one rounding, as OpenCV's SIMD paths compute it
+    from llvmlite import ir
+    from numba import types
+    from numba.extending import intrinsic
+
+    @intrinsic
+    def _fma32(typingctx, a, b, c):
+        """``a · b + c`` in float32 with one rounding (LLVM's ``fma``): the arithmetic of
+        OpenCV's ``accumulateSquare`` and ``scaleAdd`` on float32 maps, where the processor
+        fuses them (every x86-64 processor with AVX2, and ARM64)."""
+        sig = types.float32(types.float32, types.float32, types.float32)
+
+        def codegen(context, builder, signature, args):
+            f32 = ir.FloatType()
+            fn = builder.module.declare_intrinsic(
+                "llvm.fma", [f32], ir.FunctionType(f32, [f32, f32, f32])
+            )
+            return builder.call(fn, args)
+
+        return sig, codegen
+
+except ImportError:  # numba is optional: nothing below is then compiled or called
+
+    def _fma32(a, b, c):
+        return np.float32(np.float64(a) * np.float64(b) + np.float64(c))
+
 
 def _label_sums_py(labels, n, maps):
     """``(area, sums, boxes)`` of labels ``1..n``: pixel count (float64), sums over each map in
@@ -545,6 +571,54 @@ def _gated_complement_py(values, blur_mean, blur_square, lo, slope):
             values[y, x] = (one - values[y, x]) * g
 
 
+def _gabor_pair_py(p1, p2, p3, p4, total, cx, cy, coef, use):
+    """Add the energies of a Gabor orientation θ and its mate π - θ (``channels._gabor_level``:
+    ``re = p1 ∓ p2``, ``im = p3 + p4`` and ``p4 - p3``, ``E = re² + im²``) to ``total`` and
+    ``E cos 2θ``, ``E sin 2θ`` of each to ``cx``, ``cy`` (coefficients ``coef``: θ's cosine and
+    sine, then the mate's, in float32; ``use``: which of the four are added at all), in one
+    pass with the operations and roundings of the NumPy and OpenCV passes (``accumulateSquare``
+    and ``scaleAdd`` fuse their multiply-add: :func:`_fma32`), so the same bits."""
+    h, w = total.shape
+    for y in range(h):
+        for x in range(w):
+            a1, a2, a3, a4 = p1[y, x], p2[y, x], p3[y, x], p4[y, x]
+            c, s = cx[y, x], cy[y, x]
+            re = a1 - a2
+            im = a3 + a4
+            e = _fma32(im, im, re * re)
+            t = total[y, x] + e
+            if use[0]:
+                c = _fma32(e, coef[0], c)
+            if use[1]:
+                s = _fma32(e, coef[1], s)
+            re = a1 + a2
+            im = a4 - a3
+            e = _fma32(im, im, re * re)
+            t = t + e
+            if use[2]:
+                c = _fma32(e, coef[2], c)
+            if use[3]:
+                s = _fma32(e, coef[3], s)
+            total[y, x] = t
+            cx[y, x] = c
+            cy[y, x] = s
+
+
+def _gabor_single_py(re, im, total, cx, cy, coef, use):
+    """:func:`_gabor_pair_py` for one orientation whose response is ``(re, im)`` (θ = 0 and
+    θ = π/2), ``coef`` and ``use`` its two."""
+    h, w = total.shape
+    for y in range(h):
+        for x in range(w):
+            r, i = re[y, x], im[y, x]
+            e = _fma32(i, i, r * r)
+            total[y, x] = total[y, x] + e
+            if use[0]:
+                cx[y, x] = _fma32(e, coef[0], cx[y, x])
+            if use[1]:
+                cy[y, x] = _fma32(e, coef[1], cy[y, x])
+
+
 def _compile(fn: Callable) -> Callable | None:
     try:
         import numba
@@ -565,3 +639,5 @@ frame_means: Callable | None = _compile(_frame_means_py)
 photometric: Callable | None = _compile(_photometric_py)
 code_uniformity: Callable | None = _compile(_code_uniformity_py)
 gated_complement: Callable | None = _compile(_gated_complement_py)
+gabor_pair: Callable | None = _compile(_gabor_pair_py)
+gabor_single: Callable | None = _compile(_gabor_single_py)

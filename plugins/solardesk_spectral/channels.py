@@ -800,17 +800,28 @@ def _energy(re: np.ndarray, im: np.ndarray) -> np.ndarray:
 
 
 def _gabor_level(
-    img: np.ndarray, frequency: float, n_orient: int, bandwidth: float
+    img: np.ndarray, frequency: float, n_orient: int, bandwidth: float, *, compiled: bool = True
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``Σ_θ E_θ``, ``Σ_θ E_θ cos 2θ``, ``Σ_θ E_θ sin 2θ`` of one frequency on one level,
     ``E_θ = |r_θ|²`` the squared complex response.
 
     Correlating with the separable kernel gives the complex conjugate of skimage's
-    convolution (the real part is even, the imaginary part odd): the same energy.
+    convolution (the real part is even, the imaginary part odd): the same energy. The
+    energies are added up in one compiled pass per orientation pair where numba is installed
+    (``_kernels.gabor_pair``), else by NumPy and OpenCV passes (``compiled=False`` takes this
+    path too; the same bits).
     """
     total = np.zeros(img.shape, np.float32)
     cx = np.zeros_like(total)
     cy = np.zeros_like(total)
+    pair = _gabor_kernel("gabor_pair") if compiled else None
+    single = _gabor_kernel("gabor_single") if compiled else None
+
+    def coefficients(*js: int) -> tuple[np.ndarray, np.ndarray]:
+        values = []
+        for j in js:
+            values += [math.cos(2 * math.pi * j / n_orient), math.sin(2 * math.pi * j / n_orient)]
+        return np.array(values, np.float32), np.array([abs(v) > 1e-9 for v in values])
 
     def add(energy: np.ndarray, j: int) -> None:
         total.__iadd__(energy)
@@ -820,25 +831,43 @@ def _gabor_level(
         if abs(s2) > 1e-9:
             cv2.scaleAdd(energy, s2, cy, dst=cy)
 
+    def add_single(re: np.ndarray, im: np.ndarray, j: int) -> None:
+        if single is not None:
+            single(re, im, total, cx, cy, *coefficients(j))
+        else:
+            add(_energy(re, im), j)
+
     for j in range(n_orient // 2 + 1):
         theta = j * math.pi / n_orient
         mate = n_orient - j  # θ' = π - θ: same row passes, sin_x negated
         kcx, ksx, kcy, ksy = _gabor_kernels(frequency, theta, bandwidth)
         if j == 0:
-            add(_energy(_cols(_rows(img, kcx), kcy), _cols(_rows(img, ksx), kcy)), j)
+            add_single(_cols(_rows(img, kcx), kcy), _cols(_rows(img, ksx), kcy), j)
         elif 2 * j == n_orient:  # θ = π/2: the row factor is the bare envelope
             a = _rows(img, kcx)
-            add(_energy(_cols(a, kcy), _cols(a, ksy)), j)
+            add_single(_cols(a, kcy), _cols(a, ksy), j)
         elif j < mate:
             ac, as_ = _rows(img, kcx), _rows(img, ksx)
             p1, p2 = _cols(ac, kcy), _cols(as_, ksy)
             p3, p4 = _cols(as_, kcy), _cols(ac, ksy)
             # θ: re = p1 - p2, im = p3 + p4;   π - θ: re = p1 + p2, im = p4 - p3
+            if pair is not None:
+                pair(p1, p2, p3, p4, total, cx, cy, *coefficients(j, mate))
+                continue
             add(_energy(p1 - p2, p3 + p4), j)
             p1 += p2
             p4 -= p3
             add(_energy(p1, p4), mate)
     return total, cx, cy
+
+
+@functools.lru_cache(maxsize=2)
+def _gabor_kernel(name: str):
+    """``_kernels.gabor_pair`` or ``gabor_single`` (the Gabor energies added up in one
+    compiled pass), or None without numba."""
+    from solardesk_spectral import _kernels
+
+    return getattr(_kernels, name)
 
 
 def _gabor(t: _Tile) -> tuple[np.ndarray, np.ndarray]:

@@ -441,6 +441,24 @@ def test_the_compiled_code_uniformity_gives_the_box_counts_bits():
         np.testing.assert_array_equal(ch._lbp_uniformity(t), ch._lbp_uniformity(t, compiled=False))
 
 
+def test_the_compiled_gabor_sums_give_the_numpy_paths_bits():
+    """The Gabor energies and their orientation sums added up in one compiled pass per
+    orientation pair equal the NumPy and OpenCV passes bit for bit (OpenCV's
+    ``accumulateSquare`` and ``scaleAdd`` fuse a multiply-add; the compiled pass does the
+    same), for even and odd numbers of orientations and on each level of the bank."""
+    assert ch._gabor_kernel("gabor_pair") is not None  # numba is a dependency
+    t = ch._Tile(module_scene(seed=3), GSD, None, None)
+    for target, period in ((0.3, 1.2), (0.6, 2.4)):
+        level, g = t.level(target)
+        level = level - np.float32(level.mean())
+        for n_orient in (2, 5, 6):
+            fast = ch._gabor_level(level, g / period, n_orient, 1.0)
+            slow = ch._gabor_level(level, g / period, n_orient, 1.0, compiled=False)
+            for a, b in zip(fast, slow, strict=True):
+                np.testing.assert_array_equal(a, b)
+            assert float(fast[0].max()) > 0 and np.abs(fast[1]).max() > 0
+
+
 @pytest.mark.parametrize("compiled", [True, False])
 def test_lbp_codes_are_skimage_codes_exactly(compiled: bool, monkeypatch: pytest.MonkeyPatch):
     """Including ties (flat, 3-level and smooth 8-bit images, where an interpolated neighbour
