@@ -28,7 +28,10 @@ from solardesk.plugin_api import Detector, PrecomputeStage, hookimpl
 # 20: a candidate whose mean colour leans to magenta (CIE a*: blue cars, tarpaulins, pool
 #     covers) loses confidence; the Otsu split's gate reads the confidence without the colour
 #     rejection cues (ADR 0053)
-STAGE_VERSION = 20
+# 21: the spectral measure's power spectrum from OpenCV's packed real DFT, its sums in float64
+#     in a fixed order (ADR 0054: the statistics move by ~1e-8, the candidates not at all on
+#     34 real tiles; recomputed rather than mixed with version 20's)
+STAGE_VERSION = 21
 
 
 @hookimpl

@@ -619,6 +619,65 @@ def _gabor_single_py(re, im, total, cx, cy, coef, use):
                 cy[y, x] = _fma32(e, coef[1], cy[y, x])
 
 
+def _spectrum_sums_py(packed, re, im, mult, fine, k):
+    """``(total, fine_power, top)`` of a power spectrum given as OpenCV's packed real DFT
+    (``packed``, float32, flattened) and its bins (``analyser._packed_bins``: the positions of
+    each bin's real and imaginary part, -1 for none, and how many bins of the whole spectrum
+    it stands for, 1 or 2; DC first): the power ``re² + im²`` (float32) of every bin but DC
+    summed in float64 in the bins' order, times its multiplicity; the same over the ``fine``
+    bins; and the sum, from the largest down, of the ``k`` largest fine powers of the whole
+    spectrum (each mirrored bin counted twice; 0 when ``k`` is 0). ``analyser._spectrum_sums``
+    does the same with NumPy, to the same bits."""
+    n = len(re)
+    power = np.empty(n, np.float32)
+    for b in range(n):
+        v = packed[re[b]]
+        p = v * v
+        if im[b] >= 0:
+            w = packed[im[b]]
+            p = p + w * w
+        power[b] = p
+    total = 0.0
+    fine_sum = 0.0
+    n_once = 0
+    n_twice = 0
+    for b in range(1, n):
+        q = np.float64(power[b]) * mult[b]
+        total += q
+        if fine[b]:
+            fine_sum += q
+            if mult[b] == 1.0:
+                n_once += 1
+            else:
+                n_twice += 1
+    if k <= 0:
+        return total, fine_sum, 0.0
+    once = np.empty(n_once, np.float32)
+    twice = np.empty(n_twice, np.float32)
+    i1 = 0
+    i2 = 0
+    for b in range(1, n):
+        if fine[b]:
+            if mult[b] == 1.0:
+                once[i1] = power[b]
+                i1 += 1
+            else:
+                twice[i2] = power[b]
+                i2 += 1
+    # the k largest of the whole spectrum's fine bins: among the largest ceil(k / 2) of the
+    # mirrored ones (each twice) and the largest k of the others
+    k2 = min((k + 1) // 2, n_twice)
+    k1 = min(k, n_once)
+    top2 = np.partition(twice, n_twice - k2)[n_twice - k2 :] if k2 > 0 else twice[:0]
+    top1 = np.partition(once, n_once - k1)[n_once - k1 :] if k1 > 0 else once[:0]
+    pool = np.concatenate((top2, top2, top1))
+    pool = np.sort(pool)[::-1][:k]
+    top = 0.0
+    for v in pool:
+        top += np.float64(v)
+    return total, fine_sum, top
+
+
 def _compile(fn: Callable) -> Callable | None:
     try:
         import numba
@@ -641,3 +700,4 @@ code_uniformity: Callable | None = _compile(_code_uniformity_py)
 gated_complement: Callable | None = _compile(_gated_complement_py)
 gabor_pair: Callable | None = _compile(_gabor_pair_py)
 gabor_single: Callable | None = _compile(_gabor_single_py)
+spectrum_sums: Callable | None = _compile(_spectrum_sums_py)

@@ -984,30 +984,74 @@ def _coarse_frequencies(ny: int, nx: int, cutoff: float) -> np.ndarray:
 
 
 @lru_cache(maxsize=512)
-def _half_spectrum(ny: int, nx: int, cutoff: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """How the real DFT's half spectrum (columns 0 .. nx // 2) stands for the whole one:
-    ``(count, fine1, fine2)``, the number of whole-spectrum bins each column stands for, and
-    the flat indices of the half's bins at or above ``cutoff`` cycles per pixel that stand for
-    one bin and for two. A column stands for itself and its mirror (-ky, -kx), except column
-    0 and, for an even width, column nx / 2, which hold both members of each pair themselves.
-    """
-    half = nx // 2 + 1
-    single = np.zeros(half, bool)
-    single[0] = True
-    if nx % 2 == 0:
-        single[-1] = True
-    fine = ~_coarse_frequencies(ny, nx, cutoff)[:, :half]
-    fine1 = np.flatnonzero(fine & single[None, :]).astype(np.int32)
-    fine2 = np.flatnonzero(fine & ~single[None, :]).astype(np.int32)
-    return np.where(single, 1.0, 2.0), fine1, fine2
+def _packed_bins(ny: int, nx: int, cutoff: float) -> tuple[np.ndarray, ...]:
+    """The bins of OpenCV's packed real DFT (CCS) of a ``ny × nx`` image: ``(re, im, mult,
+    fine, n_fine)``, for each bin of the half spectrum the flat position of its real part and of its
+    imaginary part (-1: a real bin), how many bins of the whole spectrum it stands for (a bin
+    and its mirror (-ky, -kx), except the self-mirrored DC, (ny/2, 0), (0, nx/2) and (ny/2,
+    nx/2)) and whether it lies at or above ``cutoff`` cycles per pixel (DC comes first), and
+    the number of the whole spectrum's bins at or above it.
+
+    The packing: columns 0 and, for an even width, nx - 1 hold the real DFTs along y of the
+    spectrum's columns kx = 0 and nx / 2 (row 0 the real DC term, then real and imaginary
+    parts of ky = 1, 2, ... in pairs of rows, then for an even height the real ky = ny / 2);
+    columns 2 kx - 1 and 2 kx hold the real and imaginary parts of every row ky of column kx
+    in between."""
+    coarse = _coarse_frequencies(ny, nx, cutoff)
+    re, im, mult, fine = [], [], [], []
+
+    def add(r: int, i: int, m: float, ky: int, kx: int) -> None:
+        re.append(r)
+        im.append(i)
+        mult.append(m)
+        fine.append(not coarse[ky, kx])
+
+    edges = [(0, 0)] + ([(nx // 2, nx - 1)] if nx % 2 == 0 and nx > 1 else [])
+    for kx, col in edges:
+        add(col, -1, 1.0, 0, kx)
+        for ky in range(1, (ny - 1) // 2 + 1):
+            add((2 * ky - 1) * nx + col, 2 * ky * nx + col, 2.0, ky, kx)
+        if ny % 2 == 0 and ny > 1:
+            add((ny - 1) * nx + col, -1, 1.0, ny // 2, kx)
+    for kx in range(1, (nx - 1) // 2 + 1):
+        for ky in range(ny):
+            add(ky * nx + 2 * kx - 1, ky * nx + 2 * kx, 2.0, ky, kx)
+    mult_, fine_ = np.array(mult, np.float64), np.array(fine, np.bool_)
+    n_fine = int(mult_[fine_].sum())
+    return np.array(re, np.int64), np.array(im, np.int64), mult_, fine_, n_fine
 
 
-def _largest(values: np.ndarray, k: int) -> np.ndarray:
-    """The ``min(k, len(values))`` largest of ``values``, in no order."""
-    k = min(k, values.size)
-    if k == 0:
-        return values[:0]
-    return np.partition(values, values.size - k)[values.size - k :]
+def _spectrum_sums(packed, re, im, mult, fine, k, *, compiled: bool = True):
+    """``_kernels.spectrum_sums`` (one compiled pass) where numba is installed, else the same
+    figures, to the last bit, by NumPy: every sum runs in float64 in the bins' order, the top
+    ones from the largest down (``compiled=False`` takes this path too)."""
+    kernel = _spectrum_kernel() if compiled else None
+    if kernel is not None:
+        return kernel(packed, re, im, mult, fine, int(k))
+    power = packed[re] * packed[re]
+    real = im < 0
+    power += np.where(real, np.float32(0.0), packed[np.where(real, 0, im)] ** 2)
+    weighted = power[1:].astype(np.float64) * mult[1:]
+    total = float(np.cumsum(weighted)[-1]) if len(weighted) else 0.0
+    sel = fine[1:]
+    fine_sum = float(np.cumsum(weighted[sel])[-1]) if sel.any() else 0.0
+    if k <= 0:
+        return total, fine_sum, 0.0
+    values, twice = power[1:][sel], mult[1:][sel] == 2.0
+    once, twice = values[~twice], values[twice]
+    k2, k1 = min((k + 1) // 2, len(twice)), min(k, len(once))
+    top2 = np.partition(twice, len(twice) - k2)[len(twice) - k2 :] if k2 else twice[:0]
+    top1 = np.partition(once, len(once) - k1)[len(once) - k1 :] if k1 else once[:0]
+    pool = np.sort(np.concatenate([top2, top2, top1]))[::-1][:k]
+    return total, fine_sum, float(np.cumsum(pool.astype(np.float64))[-1])
+
+
+@lru_cache(maxsize=1)
+def _spectrum_kernel():
+    """The compiled :func:`~solardesk_spectral._kernels.spectrum_sums`, or None without numba."""
+    from solardesk_spectral._kernels import spectrum_sums
+
+    return spectrum_sums
 
 
 def fine_power_stats(grey: np.ndarray, mask: np.ndarray, gsd: float) -> tuple[float, float]:
@@ -1080,34 +1124,30 @@ def _masked_mean(weighted: np.ndarray, weight: np.ndarray, sigma: float) -> np.n
     return num
 
 
-def detail_spectrum_stats(detail: np.ndarray, gsd: float) -> tuple[float, float]:
+def detail_spectrum_stats(
+    detail: np.ndarray, gsd: float, *, compiled: bool = True
+) -> tuple[float, float]:
     """The two shares of :func:`fine_power_stats` from the masked detail itself: its power
     spectrum (DFT zero-padded to OpenCV's optimal sizes, DC left out) split below and above
     FINE_PERIOD_M, and the share of the fine power in its strongest FINE_PEAK_TOP of bins (NaN
-    above FINE_PEAK_MAX_GSD). Computed from the real DFT's half spectrum; the same figures as
-    the whole spectrum's."""
+    above FINE_PEAK_MAX_GSD). Computed from OpenCV's packed real DFT (float32) and its half
+    spectrum's bins (:func:`_packed_bins`, each mirrored bin counted twice): the same figures
+    as the whole spectrum's. The sums: :func:`_spectrum_sums`."""
     nan = float("nan")
     h, w = detail.shape
     ny, nx = cv2.getOptimalDFTSize(h), cv2.getOptimalDFTSize(w)
-    spectrum = sp_fft.rfft2(detail, s=(ny, nx))  # the half spectrum, zero-padded
-    power = spectrum.real * spectrum.real
-    power += spectrum.imag * spectrum.imag
-    count, fine1, fine2 = _half_spectrum(ny, nx, gsd / FINE_PERIOD_M)
-    flat = power.ravel()
-    total = float(power.sum(axis=0, dtype=np.float64) @ count) - float(flat[0])  # less DC
+    padded = cv2.copyMakeBorder(detail, 0, ny - h, 0, nx - w, cv2.BORDER_CONSTANT)
+    packed = cv2.dft(padded).ravel()
+    re, im, mult, fine, n_fine = _packed_bins(ny, nx, gsd / FINE_PERIOD_M)
+    peak = gsd <= FINE_PEAK_MAX_GSD
+    k = max(1, int(FINE_PEAK_TOP * n_fine)) if peak else 0
+    total, fine_power, top = _spectrum_sums(packed, re, im, mult, fine, k, compiled=compiled)
     if total <= 0:
         return nan, nan
-    once, twice = flat[fine1], flat[fine2]
-    fine = float(once.sum(dtype=np.float64)) + 2.0 * float(twice.sum(dtype=np.float64))
-    share = fine / total
-    if gsd > FINE_PEAK_MAX_GSD or fine <= 0:
+    share = fine_power / total
+    if not peak or fine_power <= 0:
         return share, nan
-    k = max(1, int(FINE_PEAK_TOP * (once.size + 2 * twice.size)))
-    # the strongest k of the whole spectrum's fine bins: among the strongest ceil(k / 2) of
-    # the mirrored ones (each twice) and the strongest k of the others
-    top2 = _largest(twice, (k + 1) // 2)
-    top = _largest(np.concatenate([top2, top2, _largest(once, k)]), k)
-    return share, float(top.sum(dtype=np.float64)) / fine
+    return share, top / fine_power
 
 
 def fine_power_share(grey: np.ndarray, mask: np.ndarray, gsd: float) -> float:

@@ -373,20 +373,23 @@ def test_fine_power_share_sees_a_module_grid_not_a_surface_that_varies_coarsely(
     assert np.isnan(fast.fine_power_share(np.full_like(grid, 100.0), mask, 0.15))
 
 
-@pytest.mark.parametrize("shape", [(37, 50), (40, 45), (33, 33), (64, 64), (6, 31)])
+@pytest.mark.parametrize("shape", [(37, 50), (40, 45), (33, 33), (64, 64), (6, 31), (3, 40)])
 @pytest.mark.parametrize("gsd", [0.1, 0.15, 0.3])
 def test_the_half_spectrum_gives_the_whole_spectrum_shares(shape, gsd) -> None:
-    """``detail_spectrum_stats`` works on the real DFT's half spectrum, counting each mirrored
-    bin twice: its fine power share and peak share equal those of the whole spectrum summed
-    bin by bin (numpy's complex FFT in float64, DC left out, the top 1 % by a full sort), for
-    odd and even padded sizes, with a module-like periodic pattern (peaks, ties of mirrored
-    bins) over noise."""
+    """``detail_spectrum_stats`` works on OpenCV's packed real DFT, counting each mirrored bin
+    twice: its fine power share and peak share equal those of the whole spectrum summed bin by
+    bin (numpy's complex FFT in float64, DC left out, the top 1 % by a full sort), for odd and
+    even padded sizes, with a module-like periodic pattern (peaks, ties of mirrored bins) over
+    noise; the compiled sums and NumPy's give the same bits."""
     rng = np.random.default_rng(shape[0] * 100 + shape[1])
     yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]] * gsd
     detail = (
         rng.normal(0, 3, shape) + 20 * np.sin(2 * np.pi * xx / 1.1) + 8 * (np.mod(yy, 1.7) < gsd)
     ).astype(np.float32)
     share, peak = fast.detail_spectrum_stats(detail, gsd)
+    assert fast._spectrum_kernel() is not None  # numba is a dependency: the compiled sums run
+    slow = fast.detail_spectrum_stats(detail, gsd, compiled=False)
+    np.testing.assert_array_equal([share, peak], slow)  # NaN where NaN, else the same bits
     ny, nx = fast.cv2.getOptimalDFTSize(shape[0]), fast.cv2.getOptimalDFTSize(shape[1])
     power = np.abs(np.fft.fft2(detail.astype(np.float64), s=(ny, nx))) ** 2
     fy = np.fft.fftfreq(ny)[:, None]
@@ -400,6 +403,25 @@ def test_the_half_spectrum_gives_the_whole_spectrum_shares(shape, gsd) -> None:
     else:
         k = max(1, int(fast.FINE_PEAK_TOP * fine.size))
         assert peak == pytest.approx(np.sort(fine)[-k:].sum() / fine.sum(), rel=1e-5)
+
+
+@pytest.mark.parametrize("ny", [1, 2, 3, 4, 5, 8, 9])
+@pytest.mark.parametrize("nx", [1, 2, 3, 6, 7])
+def test_the_packed_bins_are_the_half_spectrum_of_opencvs_packed_dft(ny: int, nx: int) -> None:
+    """:func:`_packed_bins` reads OpenCV's packed real DFT (CCS) right: for every size, odd
+    and even, down to one row or column, its bins' powers, each counted once or twice, add up
+    to the whole spectrum's (numpy's complex FFT), bin by bin after sorting."""
+    rng = np.random.default_rng(ny * 10 + nx)
+    img = rng.normal(0, 1, (ny, nx)).astype(np.float32)
+    packed = fast.cv2.dft(img).ravel().astype(np.float64)
+    re, im, mult, fine, n_fine = fast._packed_bins(ny, nx, 0.3)
+    power = packed[re] ** 2 + np.where(im >= 0, packed[np.maximum(im, 0)], 0.0) ** 2
+    ours = np.sort(np.repeat(power, mult.astype(int)))
+    whole = np.sort(np.abs(np.fft.fft2(img.astype(np.float64))).ravel() ** 2)
+    np.testing.assert_allclose(ours, whole, rtol=1e-4, atol=1e-4)
+    fy, fx = np.fft.fftfreq(ny)[:, None], np.fft.fftfreq(nx)[None, :]
+    assert n_fine == int(np.sum(fy**2 + fx**2 >= 0.09 - 1e-7))
+    assert re[0] == 0 and im[0] == -1 and mult[0] == 1 and not fine[0]  # DC first
 
 
 def test_the_detail_mean_on_a_coarser_grid_is_the_oracles_and_close_to_the_full_grids(
