@@ -63,7 +63,6 @@ from typing import Any
 
 import cv2
 import numpy as np
-from scipy import fft as sp_fft
 
 from solardesk_spectral.channels import CHANNEL_NAMES, SNAP_TOLERANCE, compute_channels
 
@@ -1942,9 +1941,7 @@ def module_grid(grey: np.ndarray, mask: np.ndarray, gsd: float) -> tuple[float, 
     pitches = grid_pitches(gsd)
     pad = math.ceil(pitches[-1]) + 2  # lags up to the largest pitch are not wrapped
     shape = (cv2.getOptimalDFTSize(h + pad), cv2.getOptimalDFTSize(w + pad))
-    fd, fm = sp_fft.rfft2(d, shape), sp_fft.rfft2(m, shape)
-    R = sp_fft.irfft2(fd.real**2 + fd.imag**2, shape)
-    pairs = sp_fft.irfft2(fm.real**2 + fm.imag**2, shape)
+    R, pairs = _autocorrelation(d, shape), _autocorrelation(m, shape)
     n = float(m.sum())
     R /= np.maximum(pairs, 1.0) * max(float((d * d).sum()) / n, 1e-6)
     R[pairs < GRID_MIN_PAIRS * n] = 0.0
@@ -1958,6 +1955,16 @@ def module_grid(grey: np.ndarray, mask: np.ndarray, gsd: float) -> tuple[float, 
         if strength[k] > best[0]:
             best = (float(strength[k]), direction, float(pitches[k]))
     return best
+
+
+def _autocorrelation(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """The circular autocorrelation of float32 ``a`` zero-padded to ``shape`` (the inverse DFT
+    of its power spectrum, scaled by the number of pixels), by OpenCV's packed real DFT."""
+    h, w = a.shape
+    padded = cv2.copyMakeBorder(a, 0, shape[0] - h, 0, shape[1] - w, cv2.BORDER_CONSTANT)
+    spectrum = cv2.dft(padded)
+    power = cv2.mulSpectrums(spectrum, spectrum, 0, conjB=True)
+    return cv2.idft(power, flags=cv2.DFT_REAL_OUTPUT | cv2.DFT_SCALE)
 
 
 def _shifted(a: np.ndarray, dx: float, dy: float) -> np.ndarray:
