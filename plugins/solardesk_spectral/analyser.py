@@ -997,27 +997,29 @@ def _packed_bins(ny: int, nx: int, cutoff: float) -> tuple[np.ndarray, ...]:
     columns 2 kx - 1 and 2 kx hold the real and imaginary parts of every row ky of column kx
     in between."""
     coarse = _coarse_frequencies(ny, nx, cutoff)
-    re, im, mult, fine = [], [], [], []
-
-    def add(r: int, i: int, m: float, ky: int, kx: int) -> None:
-        re.append(r)
-        im.append(i)
-        mult.append(m)
-        fine.append(not coarse[ky, kx])
-
+    res, ims, mults, kys, kxs = [], [], [], [], []
     edges = [(0, 0)] + ([(nx // 2, nx - 1)] if nx % 2 == 0 and nx > 1 else [])
+    pairs = np.arange(1, (ny - 1) // 2 + 1)  # ky of the rows packed as (real, imaginary)
     for kx, col in edges:
-        add(col, -1, 1.0, 0, kx)
-        for ky in range(1, (ny - 1) // 2 + 1):
-            add((2 * ky - 1) * nx + col, 2 * ky * nx + col, 2.0, ky, kx)
-        if ny % 2 == 0 and ny > 1:
-            add((ny - 1) * nx + col, -1, 1.0, ny // 2, kx)
-    for kx in range(1, (nx - 1) // 2 + 1):
-        for ky in range(ny):
-            add(ky * nx + 2 * kx - 1, ky * nx + 2 * kx, 2.0, ky, kx)
-    mult_, fine_ = np.array(mult, np.float64), np.array(fine, np.bool_)
-    n_fine = int(mult_[fine_].sum())
-    return np.array(re, np.int64), np.array(im, np.int64), mult_, fine_, n_fine
+        top = [0] + ([ny // 2] if ny % 2 == 0 and ny > 1 else [])  # real bins
+        res += [np.array([0] + [(ny - 1) * nx] * (len(top) - 1)) + col, (2 * pairs - 1) * nx + col]
+        ims += [np.full(len(top), -1), 2 * pairs * nx + col]
+        mults += [np.ones(len(top)), np.full(len(pairs), 2.0)]
+        kys += [np.array(top), pairs]
+        kxs += [np.full(len(top) + len(pairs), kx)]
+    # the columns in between, row by row (the packed array's order)
+    inner = np.arange(1, (nx - 1) // 2 + 1)
+    rows = np.arange(ny)[:, None] * nx
+    res.append((rows + 2 * inner - 1).ravel())
+    ims.append((rows + 2 * inner).ravel())
+    mults.append(np.full(ny * len(inner), 2.0))
+    fine_inner = ~coarse[:, inner].ravel()
+    re = np.concatenate(res).astype(np.int64)  # DC first
+    im = np.concatenate(ims).astype(np.int64)
+    mult = np.concatenate(mults)
+    fine_edges = ~coarse[np.concatenate(kys).astype(np.int64), np.concatenate(kxs).astype(np.int64)]
+    fine = np.concatenate([fine_edges, fine_inner])
+    return re, im, mult, fine, int(mult[fine].sum())
 
 
 def _spectrum_sums(packed, re, im, mult, fine, k, *, compiled: bool = True):
