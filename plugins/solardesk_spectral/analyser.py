@@ -1412,18 +1412,14 @@ WHITE_CAP = 0.4
 def cap_white(rgb: np.ndarray, labels: np.ndarray, boxes: np.ndarray, conf: np.ndarray, kept):
     """``conf`` with each kept candidate above :data:`WHITE_CAP` capped there when more than
     :data:`WHITE_MAX_SHARE` of its pixels are clipped white (see :data:`WHITE_LEVEL`)."""
-    which = np.flatnonzero(kept & (conf > WHITE_CAP))
-    if len(which) == 0:
+    which = kept & (conf > WHITE_CAP)
+    if not which.any():
         return conf
-    conf = conf.copy()
-    for i in which:
-        x0, y0, x1, y1 = (int(v) for v in boxes[i])
-        mask = labels[y0:y1, x0:x1] == i + 1
-        crop = rgb[y0:y1, x0:x1][mask]
-        white = np.count_nonzero(crop.min(axis=1) >= WHITE_LEVEL)
-        if white > WHITE_MAX_SHARE * len(crop):
-            conf[i] = WHITE_CAP
-    return conf
+    r, g, b = cv2.split(rgb)
+    white = (cv2.min(cv2.min(r, g), b) >= WHITE_LEVEL).astype(np.float32)
+    area, sums, _ = _label_sums(labels, len(conf), [white], boxes=boxes)
+    capped = which & (sums[:, 0] > WHITE_MAX_SHARE * area)
+    return np.where(capped, WHITE_CAP, conf)
 
 
 def outline_confidence(
