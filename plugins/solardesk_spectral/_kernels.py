@@ -619,50 +619,86 @@ def _gabor_single_py(re, im, total, cx, cy, coef, use):
                 cy[y, x] = _fma32(e, coef[1], cy[y, x])
 
 
-def _spectrum_sums_py(packed, re, im, mult, fine, k):
-    """``(total, fine_power, top)`` of a power spectrum given as OpenCV's packed real DFT
-    (``packed``, float32, flattened) and its bins (``analyser._packed_bins``: the positions of
-    each bin's real and imaginary part, -1 for none, and how many bins of the whole spectrum
-    it stands for, 1 or 2; DC first): the power ``re² + im²`` (float32) of every bin but DC
-    summed in float64 in the bins' order, times its multiplicity; the same over the ``fine``
-    bins; and the sum, from the largest down, of the ``k`` largest fine powers of the whole
-    spectrum (each mirrored bin counted twice; 0 when ``k`` is 0). ``analyser._spectrum_sums``
+def _frequency(k, n):
+    """``numpy.fft.fftfreq(n)[k]`` as float32 (``analyser._coarse_frequencies``'s)."""
+    signed = k if k < (n - 1) // 2 + 1 else k - n
+    return np.float32(signed * (1.0 / n))
+
+
+def _spectrum_sums_py(packed, cutoff2, top_share):
+    """``(total, fine_power, top)`` of the power spectrum of OpenCV's packed real DFT
+    ``packed`` (float32, ``ny × nx``), bin by bin in the order of ``analyser._packed_bins``
+    (the bins of the half spectrum, DC first): the power ``re² + im²`` (float32) of every bin
+    but DC, times the number of the whole spectrum's bins it stands for (1 or 2), summed in
+    float64; the same over the fine bins (``fy² + fx² ≥ cutoff2`` in float32, as
+    ``analyser._coarse_frequencies`` decides); and, when ``top_share`` > 0, the sum from the
+    largest down of the ``k = max(1, int(top_share · n))`` largest fine powers of the whole
+    spectrum (``n`` its fine bins; each mirrored bin counted twice). ``analyser._spectrum_sums``
     does the same with NumPy, to the same bits."""
-    n = len(re)
+    ny, nx = packed.shape
+    n = ny * nx
     power = np.empty(n, np.float32)
-    for b in range(n):
-        v = packed[re[b]]
-        p = v * v
-        if im[b] >= 0:
-            w = packed[im[b]]
-            p = p + w * w
-        power[b] = p
+    mult = np.empty(n, np.float64)
+    fine = np.empty(n, np.bool_)
+    b = 0
+    n_edges = 2 if nx % 2 == 0 and nx > 1 else 1
+    for e in range(n_edges):
+        kx, col = (0, 0) if e == 0 else (nx // 2, nx - 1)
+        fx = _frequency(kx, nx)
+        tops = 2 if ny % 2 == 0 and ny > 1 else 1
+        for t in range(tops):
+            row, ky = (0, 0) if t == 0 else (ny - 1, ny // 2)
+            v = packed[row, col]
+            power[b] = v * v
+            mult[b] = 1.0
+            fy = _frequency(ky, ny)
+            fine[b] = not (fy * fy + fx * fx < cutoff2)
+            b += 1
+        for ky in range(1, (ny - 1) // 2 + 1):
+            v = packed[2 * ky - 1, col]
+            w = packed[2 * ky, col]
+            power[b] = v * v + w * w
+            mult[b] = 2.0
+            fy = _frequency(ky, ny)
+            fine[b] = not (fy * fy + fx * fx < cutoff2)
+            b += 1
+    for ky in range(ny):
+        fy = _frequency(ky, ny)
+        for kx in range(1, (nx - 1) // 2 + 1):
+            v = packed[ky, 2 * kx - 1]
+            w = packed[ky, 2 * kx]
+            power[b] = v * v + w * w
+            mult[b] = 2.0
+            fx = _frequency(kx, nx)
+            fine[b] = not (fy * fy + fx * fx < cutoff2)
+            b += 1
     total = 0.0
     fine_sum = 0.0
     n_once = 0
     n_twice = 0
-    for b in range(1, n):
-        q = np.float64(power[b]) * mult[b]
+    for i in range(1, b):
+        q = np.float64(power[i]) * mult[i]
         total += q
-        if fine[b]:
+        if fine[i]:
             fine_sum += q
-            if mult[b] == 1.0:
+            if mult[i] == 1.0:
                 n_once += 1
             else:
                 n_twice += 1
-    if k <= 0:
+    if top_share <= 0:
         return total, fine_sum, 0.0
+    k = max(1, int(top_share * (n_once + 2 * n_twice)))
     once = np.empty(n_once, np.float32)
     twice = np.empty(n_twice, np.float32)
     i1 = 0
     i2 = 0
-    for b in range(1, n):
-        if fine[b]:
-            if mult[b] == 1.0:
-                once[i1] = power[b]
+    for i in range(1, b):
+        if fine[i]:
+            if mult[i] == 1.0:
+                once[i1] = power[i]
                 i1 += 1
             else:
-                twice[i2] = power[b]
+                twice[i2] = power[i]
                 i2 += 1
     # the k largest of the whole spectrum's fine bins: among the largest ceil(k / 2) of the
     # mirrored ones (each twice) and the largest k of the others
@@ -670,8 +706,7 @@ def _spectrum_sums_py(packed, re, im, mult, fine, k):
     k1 = min(k, n_once)
     top2 = np.partition(twice, n_twice - k2)[n_twice - k2 :] if k2 > 0 else twice[:0]
     top1 = np.partition(once, n_once - k1)[n_once - k1 :] if k1 > 0 else once[:0]
-    pool = np.concatenate((top2, top2, top1))
-    pool = np.sort(pool)[::-1][:k]
+    pool = np.sort(np.concatenate((top2, top2, top1)))[::-1][:k]
     top = 0.0
     for v in pool:
         top += np.float64(v)
@@ -700,4 +735,5 @@ code_uniformity: Callable | None = _compile(_code_uniformity_py)
 gated_complement: Callable | None = _compile(_gated_complement_py)
 gabor_pair: Callable | None = _compile(_gabor_pair_py)
 gabor_single: Callable | None = _compile(_gabor_single_py)
+_frequency = _compile(_frequency) or _frequency  # (what _spectrum_sums_py calls)
 spectrum_sums: Callable | None = _compile(_spectrum_sums_py)

@@ -1022,22 +1022,28 @@ def _packed_bins(ny: int, nx: int, cutoff: float) -> tuple[np.ndarray, ...]:
     return re, im, mult, fine, int(mult[fine].sum())
 
 
-def _spectrum_sums(packed, re, im, mult, fine, k, *, compiled: bool = True):
-    """``_kernels.spectrum_sums`` (one compiled pass) where numba is installed, else the same
-    figures, to the last bit, by NumPy: every sum runs in float64 in the bins' order, the top
-    ones from the largest down (``compiled=False`` takes this path too)."""
+def _spectrum_sums(packed: np.ndarray, cutoff: float, top_share: float, *, compiled: bool = True):
+    """``(total, fine_power, top)`` of the packed real DFT ``packed`` (``ny × nx`` float32; see
+    ``_kernels.spectrum_sums``, one compiled pass where numba is installed), else the same
+    figures, to the last bit, by NumPy over :func:`_packed_bins`: every sum in float64 in the
+    bins' order, the top ones from the largest down (``compiled=False`` takes this path too).
+    ``top_share`` 0: no top sum (0)."""
+    cutoff2 = np.float32(cutoff * cutoff)
     kernel = _spectrum_kernel() if compiled else None
     if kernel is not None:
-        return kernel(packed, re, im, mult, fine, int(k))
-    power = packed[re] * packed[re]
+        return kernel(packed, cutoff2, float(top_share))
+    re, im, mult, fine, n_fine = _packed_bins(*packed.shape, cutoff)
+    flat = packed.ravel()
+    power = flat[re] * flat[re]
     real = im < 0
-    power += np.where(real, np.float32(0.0), packed[np.where(real, 0, im)] ** 2)
+    power += np.where(real, np.float32(0.0), flat[np.where(real, 0, im)] ** 2)
     weighted = power[1:].astype(np.float64) * mult[1:]
     total = float(np.cumsum(weighted)[-1]) if len(weighted) else 0.0
     sel = fine[1:]
     fine_sum = float(np.cumsum(weighted[sel])[-1]) if sel.any() else 0.0
-    if k <= 0:
+    if top_share <= 0:
         return total, fine_sum, 0.0
+    k = max(1, int(top_share * n_fine))
     values, twice = power[1:][sel], mult[1:][sel] == 2.0
     once, twice = values[~twice], values[twice]
     k2, k1 = min((k + 1) // 2, len(twice)), min(k, len(once))
@@ -1138,11 +1144,10 @@ def detail_spectrum_stats(
     h, w = detail.shape
     ny, nx = cv2.getOptimalDFTSize(h), cv2.getOptimalDFTSize(w)
     padded = cv2.copyMakeBorder(detail, 0, ny - h, 0, nx - w, cv2.BORDER_CONSTANT)
-    packed = cv2.dft(padded).ravel()
-    re, im, mult, fine, n_fine = _packed_bins(ny, nx, gsd / FINE_PERIOD_M)
     peak = gsd <= FINE_PEAK_MAX_GSD
-    k = max(1, int(FINE_PEAK_TOP * n_fine)) if peak else 0
-    total, fine_power, top = _spectrum_sums(packed, re, im, mult, fine, k, compiled=compiled)
+    total, fine_power, top = _spectrum_sums(
+        cv2.dft(padded), gsd / FINE_PERIOD_M, FINE_PEAK_TOP if peak else 0.0, compiled=compiled
+    )
     if total <= 0:
         return nan, nan
     share = fine_power / total
