@@ -20,6 +20,17 @@ of candidates whose boxes are known, looking inside those boxes only.
 near-ties decided again with skimage's float64 arithmetic: skimage's codes) one row at a time,
 in place of four ``filter2D`` and a dozen compare and mask passes per radius.
 
+ADR 0054 adds fused per-pixel passes for the channels. Each does, in one pass, what a chain of
+whole-tile NumPy and OpenCV operations did, with the same float32 operations in the same order
+(where OpenCV fuses a multiply-add, :func:`_fma32` does too), so the same bits:
+- :func:`photometric`, the photometric index;
+- :func:`code_uniformity` and :func:`gated_complement`, the LBP histograms and contrast gate;
+- :func:`gabor_pair` and :func:`gabor_single`, the Gabor energies;
+- :func:`frame_means`, the context statistics' frame means.
+
+:func:`spectrum_sums` gives the spectral measure's sums from OpenCV's packed DFT. It works in
+a fixed order, as ``analyser._spectrum_sums`` does with NumPy.
+
 numba is optional: each kernel is None where it does not import (the analyser then takes the
 NumPy and OpenCV paths, which the tests check against these).
 """
