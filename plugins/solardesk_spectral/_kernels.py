@@ -462,6 +462,19 @@ def _frame_means_py(boxes, r, count, sums):
     return out
 
 
+def _std_ramp(mean, square, lo, slope):
+    """``clip((σ - lo) · slope, 0, 1)`` in float32, σ the local standard deviation
+    ``sqrt(max(square - mean², 0))`` from the box means of a centred image and of its square
+    (``channels._local_std_box`` then ``channels._ramp_inplace``: the same operations in the
+    same order, so the same bits)."""
+    zero = np.float32(0.0)
+    v = square - mean * mean
+    if not v > zero:  # (np.maximum)
+        v = zero
+    g = (np.sqrt(v) - lo) * slope
+    return min(max(g, zero), np.float32(1.0))
+
+
 def _photometric_py(lab, rgb, grey, blur_mean, blur_square, luts, c, index, veg, dark):
     """``channels._photometric``'s per-pixel arithmetic in one pass, in float32 with the same
     operations in the same order as its NumPy path (so the same bits).
@@ -500,13 +513,7 @@ def _photometric_py(lab, rgb, grey, blur_mean, blur_square, luts, c, index, veg,
             e = min(max(e, zero), one)
             veg[y, x] = e
             value = value * (one - e)
-            m = blur_mean[y, x]
-            v = blur_square[y, x] - m * m
-            if not v > zero:  # (np.maximum)
-                v = zero
-            f = (np.sqrt(v) - c[3]) * c[4]
-            f = min(max(f, zero), one)
-            d = luts[6, grey[y, x]] * f
+            d = luts[6, grey[y, x]] * _std_ramp(blur_mean[y, x], blur_square[y, x], c[3], c[4])
             dark[y, x] = d
             if c[6] != zero:
                 value = value * (d * c[5] + one)
@@ -570,15 +577,9 @@ def _gated_complement_py(values, blur_mean, blur_square, lo, slope):
     float32 with the same operations in the same order as the NumPy passes (the same bits)."""
     h, w = values.shape
     one = np.float32(1.0)
-    zero = np.float32(0.0)
     for y in range(h):
         for x in range(w):
-            m = blur_mean[y, x]
-            v = blur_square[y, x] - m * m
-            if not v > zero:  # (np.maximum)
-                v = zero
-            g = (np.sqrt(v) - lo) * slope
-            g = min(max(g, zero), one)
+            g = _std_ramp(blur_mean[y, x], blur_square[y, x], lo, slope)
             values[y, x] = (one - values[y, x]) * g
 
 
@@ -741,6 +742,7 @@ shape_stats: Callable | None = _compile(_shape_stats_py)
 _skimage_bit = _compile(_skimage_bit) or _skimage_bit  # (what _lbp_patterns_py calls)
 lbp_patterns: Callable | None = _compile(_lbp_patterns_py)
 frame_means: Callable | None = _compile(_frame_means_py)
+_std_ramp = _compile(_std_ramp) or _std_ramp  # (what the two passes below call)
 photometric: Callable | None = _compile(_photometric_py)
 code_uniformity: Callable | None = _compile(_code_uniformity_py)
 gated_complement: Callable | None = _compile(_gated_complement_py)

@@ -64,7 +64,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from solardesk_spectral.channels import CHANNEL_NAMES, SNAP_TOLERANCE, compute_channels
+from solardesk_spectral.channels import CHANNEL_NAMES, SNAP_TOLERANCE, _compiled, compute_channels
 
 FUSION_FILE = Path(__file__).with_name("fusion.json")
 
@@ -827,14 +827,6 @@ def _shape_kernel():
 
 
 @lru_cache(maxsize=1)
-def _frame_kernel():
-    """The compiled :func:`~solardesk_spectral._kernels.frame_means`, or None without numba."""
-    from solardesk_spectral._kernels import frame_means
-
-    return frame_means
-
-
-@lru_cache(maxsize=1)
 def _suppress_kernel():
     """The compiled :func:`~solardesk_spectral._kernels.suppress`, or None without numba."""
     from solardesk_spectral._kernels import suppress
@@ -856,7 +848,7 @@ def _frame_means(
     empty. O(1) per box: one compiled pass over the boxes where numba is installed, else
     eight gathers per map (``compiled=False`` takes this path too; the same bits)."""
     sums = context.sums if sums is None else sums
-    kernel = _frame_kernel() if compiled else None
+    kernel = _compiled("frame_means") if compiled else None
     if kernel is not None:
         out = kernel(_inside(boxes, context.redness.shape), int(r), context.count, tuple(sums))
         return list(out.T)
@@ -1029,7 +1021,7 @@ def _spectrum_sums(packed: np.ndarray, cutoff: float, top_share: float, *, compi
     bins' order, the top ones from the largest down (``compiled=False`` takes this path too).
     ``top_share`` 0: no top sum (0)."""
     cutoff2 = np.float32(cutoff * cutoff)
-    kernel = _spectrum_kernel() if compiled else None
+    kernel = _compiled("spectrum_sums") if compiled else None
     if kernel is not None:
         return kernel(packed, cutoff2, float(top_share))
     re, im, mult, fine, n_fine = _packed_bins(*packed.shape, cutoff)
@@ -1051,14 +1043,6 @@ def _spectrum_sums(packed: np.ndarray, cutoff: float, top_share: float, *, compi
     top1 = np.partition(once, len(once) - k1)[len(once) - k1 :] if k1 else once[:0]
     pool = np.sort(np.concatenate([top2, top2, top1]))[::-1][:k]
     return total, fine_sum, float(np.cumsum(pool.astype(np.float64))[-1])
-
-
-@lru_cache(maxsize=1)
-def _spectrum_kernel():
-    """The compiled :func:`~solardesk_spectral._kernels.spectrum_sums`, or None without numba."""
-    from solardesk_spectral._kernels import spectrum_sums
-
-    return spectrum_sums
 
 
 def fine_power_stats(grey: np.ndarray, mask: np.ndarray, gsd: float) -> tuple[float, float]:

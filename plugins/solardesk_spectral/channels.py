@@ -261,6 +261,16 @@ def _resize_to(img: np.ndarray, shape: tuple[int, int], out: np.ndarray | None =
     return out
 
 
+@functools.cache
+def _compiled(name: str):
+    """The compiled pass ``_kernels.<name>`` (numba), or None where numba does not import.
+    Imported when first asked for: numba is slow to import, and the channels never need it
+    to work."""
+    from solardesk_spectral import _kernels
+
+    return getattr(_kernels, name)
+
+
 def _snapped(px: float) -> float:
     """``px``, or the whole number within :data:`SNAP_TOLERANCE` of it."""
     whole = round(px)
@@ -564,7 +574,7 @@ def _lbp_codes(level: np.ndarray, points: int, radius: float, *, compiled: bool 
     rp = np.round(-r32 * np.sin(angles), 5)
     cp = np.round(r32 * np.cos(angles), 5)
     pattern = np.zeros((lh, lw), np.uint8)
-    kernel = _patterns_kernel() if compiled else None
+    kernel = _compiled("lbp_patterns") if compiled else None
     if kernel is not None:
         kernel(np.ascontiguousarray(img, np.float32), pad, rp, cp, pattern)
         return cv2.LUT(pattern, _code_lut(points))
@@ -594,15 +604,6 @@ def _lbp_codes(level: np.ndarray, points: int, radius: float, *, compiled: bool 
         cv2.bitwise_and(ge, 1 << i, dst=tmp)
         cv2.bitwise_or(pattern, tmp, dst=pattern)
     return cv2.LUT(pattern, _code_lut(points))
-
-
-@functools.lru_cache(maxsize=1)
-def _patterns_kernel():
-    """``_kernels.lbp_patterns`` (the LBP bit patterns, near-ties decided as
-    :func:`_skimage_bits` decides them, in one compiled pass), or None without numba."""
-    from solardesk_spectral._kernels import lbp_patterns
-
-    return lbp_patterns
 
 
 def _skimage_bits(img: np.ndarray, ys: np.ndarray, xs: np.ndarray, rp: float, cp: float):
@@ -644,7 +645,7 @@ def _code_uniformity(codes, n_codes: int, side: int, scale, offset, *, compiled:
     compiled pass (``_kernels.code_uniformity``) where numba is installed and the window's
     counts fit a byte, else one box count and ``accumulateSquare`` per code present
     (``compiled=False`` takes this path too; the same bits)."""
-    kernel = _uniformity_kernel() if compiled else None
+    kernel = _compiled("code_uniformity") if compiled else None
     if kernel is not None and side * side <= 255 and n_codes <= 16:
         half = side // 2
         padded = cv2.copyMakeBorder(codes, half, half, half, half, _BORDER)
@@ -668,24 +669,6 @@ def _code_uniformity(codes, n_codes: int, side: int, scale, offset, *, compiled:
     return np.minimum(asm, 0.0, out=asm)
 
 
-@functools.lru_cache(maxsize=1)
-def _uniformity_kernel():
-    """``_kernels.code_uniformity`` (the LBP code histograms' uniformity in one compiled
-    pass), or None without numba."""
-    from solardesk_spectral._kernels import code_uniformity
-
-    return code_uniformity
-
-
-@functools.lru_cache(maxsize=1)
-def _gated_kernel():
-    """``_kernels.gated_complement`` (the LBP map's contrast gate in one compiled pass), or
-    None without numba."""
-    from solardesk_spectral._kernels import gated_complement
-
-    return gated_complement
-
-
 def _lbp_uniformity(t: _Tile, *, compiled: bool = True) -> np.ndarray:
     p = t.p
     n = p.lbp_points
@@ -703,7 +686,7 @@ def _lbp_uniformity(t: _Tile, *, compiled: bool = True) -> np.ndarray:
         asm = _code_uniformity(codes, n + 2, side, scale, offset, compiled=compiled)
         cv2.exp(asm, asm)
         lo = p.lbp_contrast_floor
-        gated = _gated_kernel() if compiled else None
+        gated = _compiled("gated_complement") if compiled else None
         if gated is not None:  # the rest in one compiled pass (the same bits)
             gated(asm, *_box_moments(level, half), np.float32(lo), np.float32(1.0 / lo))
         else:
@@ -814,8 +797,8 @@ def _gabor_level(
     total = np.zeros(img.shape, np.float32)
     cx = np.zeros_like(total)
     cy = np.zeros_like(total)
-    pair = _gabor_kernel("gabor_pair") if compiled else None
-    single = _gabor_kernel("gabor_single") if compiled else None
+    pair = _compiled("gabor_pair") if compiled else None
+    single = _compiled("gabor_single") if compiled else None
 
     def coefficients(*js: int) -> tuple[np.ndarray, np.ndarray]:
         values = []
@@ -859,15 +842,6 @@ def _gabor_level(
             p4 -= p3
             add(_energy(p1, p4), mate)
     return total, cx, cy
-
-
-@functools.lru_cache(maxsize=2)
-def _gabor_kernel(name: str):
-    """``_kernels.gabor_pair`` or ``gabor_single`` (the Gabor energies added up in one
-    compiled pass), or None without numba."""
-    from solardesk_spectral import _kernels
-
-    return getattr(_kernels, name)
 
 
 def _gabor(t: _Tile) -> tuple[np.ndarray, np.ndarray]:
@@ -992,7 +966,7 @@ def _photometric(t: _Tile, masks: np.ndarray | None = None, *, compiled: bool = 
         np.exp(-((ab / p.chroma_ref) ** 2)),
         np.clip(-ab / p.blue_ref, 0.0, 1.0),
     ]
-    kernel = _photometric_kernel() if compiled else None
+    kernel = _compiled("photometric") if compiled else None
     if kernel is not None:
         return _photometric_compiled(kernel, t, lab, tables, masks)
 
@@ -1020,15 +994,6 @@ def _photometric(t: _Tile, masks: np.ndarray | None = None, *, compiled: bool = 
         sh += np.float32(1.0)
         index *= sh
     return index
-
-
-@functools.lru_cache(maxsize=1)
-def _photometric_kernel():
-    """``_kernels.photometric`` (the photometric index's per-pixel arithmetic in one
-    compiled pass), or None without numba."""
-    from solardesk_spectral._kernels import photometric
-
-    return photometric
 
 
 def _shadow_lut(t: _Tile) -> np.ndarray:

@@ -387,7 +387,9 @@ def test_the_half_spectrum_gives_the_whole_spectrum_shares(shape, gsd) -> None:
         rng.normal(0, 3, shape) + 20 * np.sin(2 * np.pi * xx / 1.1) + 8 * (np.mod(yy, 1.7) < gsd)
     ).astype(np.float32)
     share, peak = fast.detail_spectrum_stats(detail, gsd)
-    assert fast._spectrum_kernel() is not None  # numba is a dependency: the compiled sums run
+    assert (
+        fast._compiled("spectrum_sums") is not None
+    )  # numba is a dependency: the compiled sums run
     slow = fast.detail_spectrum_stats(detail, gsd, compiled=False)
     np.testing.assert_array_equal([share, peak], slow)  # NaN where NaN, else the same bits
     ny, nx = fast.cv2.getOptimalDFTSize(shape[0]), fast.cv2.getOptimalDFTSize(shape[1])
@@ -1558,7 +1560,7 @@ def test_the_compiled_frame_means_are_the_numpy_paths_bits() -> None:
     """The frame means in one compiled pass over the boxes give the eight gathers' bits: boxes
     inside the tile, at its edges, holding it whole (no frame: NaN) and with invalid pixels
     around them (a frame of invalid pixels only: NaN)."""
-    assert fast._frame_kernel() is not None
+    assert fast._compiled("frame_means") is not None
     rng = np.random.default_rng(11)
     rgb = rng.integers(0, 256, (70, 90, 3), dtype=np.uint8)
     valid = np.ones((70, 90), bool)

@@ -242,7 +242,7 @@ def test_the_compiled_photometric_pass_gives_the_numpy_paths_bits():
     """The photometric index, excess green and shadow maps from the one compiled pass
     (numba) equal those of the NumPy and OpenCV passes bit for bit: on a module scene, noise,
     a tile with invalid pixels, and without the shadow term."""
-    assert ch._photometric_kernel() is not None  # numba is a dependency: the compiled pass runs
+    assert ch._compiled("photometric") is not None  # numba is a dependency: the compiled pass runs
     rng = np.random.default_rng(3)
     valid = rng.random((SIZE, SIZE)) > 0.2
     noise = rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
@@ -422,7 +422,9 @@ def test_the_compiled_code_uniformity_gives_the_box_counts_bits():
     words) equals the box count and ``accumulateSquare`` per code bit for bit: windows of 3
     to 15 pixels, levels smaller than the window (the mirrored border read many times), a
     single code, and the whole LBP channel of a module scene."""
-    assert ch._uniformity_kernel() is not None  # numba is a dependency: the compiled pass runs
+    assert (
+        ch._compiled("code_uniformity") is not None
+    )  # numba is a dependency: the compiled pass runs
     rng = np.random.default_rng(5)
     scale, offset = np.float32(-1.0 / 9000.0), np.float32(0.3)
     shapes = [(1, 1), (2, 3), (5, 7), (12, 40), (64, 80)]
@@ -446,7 +448,7 @@ def test_the_compiled_gabor_sums_give_the_numpy_paths_bits():
     orientation pair equal the NumPy and OpenCV passes bit for bit (OpenCV's
     ``accumulateSquare`` and ``scaleAdd`` fuse a multiply-add; the compiled pass does the
     same), for even and odd numbers of orientations and on each level of the bank."""
-    assert ch._gabor_kernel("gabor_pair") is not None  # numba is a dependency
+    assert ch._compiled("gabor_pair") is not None  # numba is a dependency
     t = ch._Tile(module_scene(seed=3), GSD, None, None)
     for target, period in ((0.3, 1.2), (0.6, 2.4)):
         level, g = t.level(target)
@@ -460,14 +462,11 @@ def test_the_compiled_gabor_sums_give_the_numpy_paths_bits():
 
 
 @pytest.mark.parametrize("compiled", [True, False])
-def test_lbp_codes_are_skimage_codes_exactly(compiled: bool, monkeypatch: pytest.MonkeyPatch):
+def test_lbp_codes_are_skimage_codes_exactly(compiled: bool):
     """Including ties (flat, 3-level and smooth 8-bit images, where an interpolated neighbour
     meets the centre on every flat patch) and fractional radii; the near-ties settled by the
     compiled pass (numba) and by NumPy alike."""
-    if compiled:
-        assert ch._patterns_kernel() is not None  # numba is a dependency: the compiled pass runs
-    else:
-        monkeypatch.setattr(ch, "_patterns_kernel", lambda: None)
+    assert ch._compiled("lbp_patterns") is not None  # numba is a dependency: the compiled pass runs
     rng = np.random.default_rng(7)
     yy, xx = np.mgrid[0:64, 0:80]
     smooth = np.round(120 + 3 * np.sin(xx / 9.0) + 2 * np.cos(yy / 13.0)) / 255.0
@@ -486,7 +485,8 @@ def test_lbp_codes_are_skimage_codes_exactly(compiled: bool, monkeypatch: pytest
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
                 expected = local_binary_pattern(padded, 8, radius, "uniform")[pad:-pad, pad:-pad]
-            np.testing.assert_array_equal(ch._lbp_codes(img, 8, radius), expected)
+            got = ch._lbp_codes(img, 8, radius, compiled=compiled)
+            np.testing.assert_array_equal(got, expected)
 
 
 def test_helpers_match_the_reference():
