@@ -31,7 +31,9 @@ from solardesk.plugin_api import Detector, PrecomputeStage, hookimpl
 # 21: the spectral measure's power spectrum from OpenCV's packed real DFT, its sums in float64
 #     in a fixed order (ADR 0054: the statistics move by ~1e-8, the candidates not at all on
 #     34 real tiles; recomputed rather than mixed with version 20's)
-STAGE_VERSION = 21
+# 22: the score map's quadratic form added up per feature in float32 (ADR 0055), not by a
+#     BLAS product: the statistics move by ~4e-8, the candidates not at all on 34 real tiles
+STAGE_VERSION = 22
 
 
 @hookimpl

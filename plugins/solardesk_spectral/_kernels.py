@@ -26,7 +26,9 @@ whole-tile NumPy and OpenCV operations did, with the same float32 operations in 
 - :func:`photometric`, the photometric index;
 - :func:`code_uniformity` and :func:`gated_complement`, the LBP histograms and contrast gate;
 - :func:`gabor_pair` and :func:`gabor_single`, the Gabor energies;
-- :func:`frame_means`, the context statistics' frame means.
+- :func:`frame_means`, the context statistics' frame means;
+- :func:`quadratic_form`, the fused score map's weighted features and pairwise products
+  (ADR 0055: the same float32 operations as the NumPy path, in blocks that stay in the cache).
 
 :func:`spectrum_sums` gives the spectral measure's sums from OpenCV's packed DFT. It works in
 a fixed order, as ``analyser._spectrum_sums`` does with NumPy.
@@ -435,6 +437,49 @@ def _lbp_patterns_py(img, pad, rp, cp, out):
                             row[x] &= ~bit
 
 
+def _quadratic_form_py(features, upper, linear, bias, out):
+    """``out[p] = bias + Σ_i f_i (linear_i + Σ_{j ≥ i} upper_ij f_j)`` at each pixel ``p`` of
+    ``features`` (``(n, P)`` float32; ``upper`` ``(n, n)`` float32, read on and above its
+    diagonal; ``linear`` ``(n,)`` float32; ``bias`` float32), all in float32 in this order:
+    ``t = linear_i + upper_ii f_i``, then ``t += upper_ij f_j`` for ``j = i + 1, …`` (a
+    multiply, then an add: never fused), then ``out += f_i t``. ``analyser._quadratic_form``
+    does the same operations on whole maps (the same bits). Blocks of pixels stay in the cache
+    while the 55 products of ten features are added up; four at a time per pass."""
+    n, size = features.shape
+    block = 512
+    t = np.empty(block, np.float32)
+    for s in range(0, size, block):
+        m = min(block, size - s)
+        o = out[s : s + m]
+        for k in range(m):
+            o[k] = bias
+        for i in range(n):
+            fi = features[i, s : s + m]
+            a = linear[i]
+            b = upper[i, i]
+            for k in range(m):
+                t[k] = a + b * fi[k]
+            j = i + 1
+            while j + 3 < n:
+                c0, c1, c2, c3 = upper[i, j], upper[i, j + 1], upper[i, j + 2], upper[i, j + 3]
+                f0 = features[j, s : s + m]
+                f1 = features[j + 1, s : s + m]
+                f2 = features[j + 2, s : s + m]
+                f3 = features[j + 3, s : s + m]
+                for k in range(m):
+                    t[k] = (((t[k] + c0 * f0[k]) + c1 * f1[k]) + c2 * f2[k]) + c3 * f3[k]
+                j += 4
+            while j < n:
+                c = upper[i, j]
+                fj = features[j, s : s + m]
+                for k in range(m):
+                    t[k] += c * fj[k]
+                j += 1
+            for k in range(m):
+                o[k] += fi[k] * t[k]
+    return out
+
+
 def _frame_means_py(boxes, r, count, sums):
     """``analyser._frame_means`` in one pass: the mean of each integral image in ``sums`` (a
     tuple of float64 ``(H + 1, W + 1)`` arrays) over the frame ``r`` pixels wide around each box
@@ -742,6 +787,7 @@ shape_stats: Callable | None = _compile(_shape_stats_py)
 _skimage_bit = _compile(_skimage_bit) or _skimage_bit  # (what _lbp_patterns_py calls)
 lbp_patterns: Callable | None = _compile(_lbp_patterns_py)
 frame_means: Callable | None = _compile(_frame_means_py)
+quadratic_form: Callable | None = _compile(_quadratic_form_py)
 _std_ramp = _compile(_std_ramp) or _std_ramp  # (what the two passes below call)
 photometric: Callable | None = _compile(_photometric_py)
 code_uniformity: Callable | None = _compile(_code_uniformity_py)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import cv2
 import numpy as np
 import pytest
@@ -1582,6 +1584,31 @@ def test_the_compiled_frame_means_are_the_numpy_paths_bits() -> None:
                 assert np.isfinite(got[0][0]) and np.isfinite(got[1][1])
     empty = fast._frame_means(np.zeros((0, 4), np.int64), 2, context)
     assert [e.shape for e in empty] == [(0,), (0,)]
+
+
+def test_the_compiled_score_map_is_the_numpy_paths_bits(tile) -> None:
+    """The fused score map's quadratic form in one compiled pass gives the bits of the same
+    float32 operations on whole maps: on a scene's features and on random ones whose pixel
+    count is not a multiple of the kernel's block (a last, short block), with the shipped
+    fusion and a random one; both are the float64 formula to float32 precision."""
+    assert fast._compiled("quadratic_form") is not None
+    rng = np.random.default_rng(5)
+    rgb, _ = tile
+    shipped = fast.default_fusion()
+    weights = rng.normal(0, 2, fast.N_PIXEL_TERMS).astype(np.float32)
+    other = dataclasses.replace(shipped, pixel_weights=weights, pixel_bias=-0.7)
+    n = len(fast.PIXEL_FEATURES)
+    for feats in (
+        fast.pixel_features(rgb, None, 0.15),
+        rng.random((n, 37, 29)).astype(np.float32),
+    ):
+        for fusion in (shipped, other):
+            got = fast.score_map(feats, fusion)
+            want = fast.score_map(feats, fusion, compiled=False)
+            assert got.dtype == np.float32 and got.shape == feats.shape[1:]
+            np.testing.assert_array_equal(got.view(np.int32), want.view(np.int32))
+            np.testing.assert_allclose(got, ref.score_map(feats, fusion), atol=2e-6)
+            assert 0.0 < got.min() < got.max() < 1.0
 
 
 def _random_labels(rng: np.random.Generator, shape=None) -> tuple[np.ndarray, int, np.ndarray]:
