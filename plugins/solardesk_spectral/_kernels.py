@@ -165,27 +165,38 @@ def _suppress_py(labels, order_h, order_i, boxes, overlap, min_pixels):
         bw_max = max(bw_max, boxes[j, 2] - boxes[j, 0])
     part = np.zeros((bh_max, bw_max), np.int32)  # 1: free; then -k: in part k
     stack = np.empty(2 * bh_max * bw_max, np.int64)
+    kept_row = np.zeros(w + 4, np.uint8)  # one row of a taken part, a zero either side
     for j in range(m):
         lab = labels[order_h[j]]
-        v = order_i[j] + 1
+        v = np.int32(order_i[j] + 1)
         x0, y0, x1, y1 = boxes[j, 0], boxes[j, 1], boxes[j, 2], boxes[j, 3]
+        bh, bw = y1 - y0, x1 - x0
         area = 0
         over = 0
         n_free = 0
-        for y in range(y0, y1):
-            for x in range(x0, x1):
-                f = 0
-                if lab[y, x] == v:
-                    area += 1
-                    if out[y, x] > 0:
-                        over += 1
-                    if blocked[y, x] == 0:
-                        f = 1
-                        n_free += 1
-                part[y - y0, x - x0] = f
+        # (branch-free over row views, so that the loops vectorise)
+        for y in range(bh):
+            lr = lab[y0 + y, x0:x1]
+            orow = out[y0 + y, x0:x1]
+            brow = blocked[y0 + y, x0:x1]
+            prow = part[y, :bw]
+            a_ = 0
+            o_ = 0
+            f_ = 0
+            for k in range(bw):
+                mine = np.int32(lr[k] == v)
+                free = mine & np.int32(brow[k] == 0)
+                a_ += mine
+                o_ += mine & np.int32(orow[k] > 0)
+                f_ += free
+                prow[k] = free
+            area += a_
+            over += o_
+            n_free += f_
         if over > overlap * area:
             continue
-        bh, bw = y1 - y0, x1 - x0
+        if n_free < (1 - overlap) * area or n_free < min_pixels:
+            continue  # (its largest free part would be smaller still)
         best = 0
         if n_free < area:
             n_parts = 0
@@ -199,7 +210,6 @@ def _suppress_py(labels, order_h, order_i, boxes, overlap, min_pixels):
                             n_parts += 1
                             part[py, px] = -n_parts
                             size = 0
-                            top = 0
                             stack[0] = py * bw + px
                             top = 1
                             while top > 0:
@@ -223,15 +233,32 @@ def _suppress_py(labels, order_h, order_i, boxes, overlap, min_pixels):
         if n_free < (1 - overlap) * area or n_free < min_pixels:
             continue
         n_taken += 1
+        # the kept pixels: every free one (no part search, or a single part), else part best
+        allfree = np.int32(best == 0)
+        want = np.int32(-best) if best != 0 else np.int32(2)  # (no part is 2)
+        nt = np.int32(n_taken)
+        gx0 = max(x0 - 1, 0)
+        gx1 = min(x1 + 1, w)
+        span = gx1 - gx0
+        off = x0 - gx0
         for y in range(bh):
-            for x in range(bw):
-                p = part[y, x]
-                if (best == 0 and p != 0) or (best != 0 and p == -best):
-                    yy, xx = y0 + y, x0 + x
-                    out[yy, xx] = n_taken
-                    for ny in range(max(yy - 1, 0), min(yy + 2, h)):
-                        for nx in range(max(xx - 1, 0), min(xx + 2, w)):
-                            blocked[ny, nx] = 1
+            prow = part[y, :bw]
+            orow = out[y0 + y, x0:x1]
+            kr = kept_row[: span + 2]
+            for k in range(span + 2):
+                kr[k] = 0
+            any_ = 0
+            for k in range(bw):
+                p = prow[k]
+                keep = np.int32(p == want) | (allfree & np.int32(p != 0))
+                orow[k] += keep * nt  # (a free pixel is not taken: 0 before)
+                kr[off + k + 1] = keep
+                any_ |= keep
+            if any_:  # blocked: the row's kept pixels grown by one each way, on three rows
+                for yy in range(max(y0 + y - 1, 0), min(y0 + y + 2, h)):
+                    brow = blocked[yy, gx0:gx1]
+                    for k in range(span):
+                        brow[k] |= kr[k] | kr[k + 1] | kr[k + 2]
         taken[n_taken - 1] = j
     return out, taken[:n_taken]
 
