@@ -2382,22 +2382,24 @@ def _instances(rgb: np.ndarray, valid: np.ndarray | None, gsd: float, settings: 
     a = analyse(rgb, valid, gsd, settings)
     out = []
     means = [INSTANCE_FEATURES.index(f"mean_{c}") for c in CHANNEL_NAMES]
-    for i in np.flatnonzero(a.kept & (a.confidence >= settings.floor)):
-        x0, y0, x1, y1 = (int(v) for v in a.boxes[i])
+    stored = np.flatnonzero(a.kept & (a.confidence >= settings.floor))
+    # (per candidate only what must be: Python floats and boxes taken out in one go)
+    scores = a.X[np.ix_(stored, means)].tolist()
+    confidences = np.clip(a.confidence[stored], 0.0, 1.0).tolist()
+    boxes = a.boxes[stored].tolist()
+    for i, (x0, y0, x1, y1), conf, row in zip(stored, boxes, confidences, scores, strict=True):
         mask = a.labels[y0:y1, x0:x1] == i + 1
         # The analysis keeps a candidate's box from before its outline was trimmed (a
         # superset); the stored box is the mask's tight one (COCO's bbox, the map's extent).
-        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-        if not rows.size:
+        left, top, width, height = cv2.boundingRect(mask.view(np.uint8))
+        if not width:
             continue
-        mask = mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-        x0, y0, x1, y1 = x0 + cols[0], y0 + rows[0], x0 + cols[-1] + 1, y0 + rows[-1] + 1
         out.append(
             Instance(
-                bbox=(int(x0), int(y0), int(x1), int(y1)),
-                mask=mask,
-                confidence=float(np.clip(a.confidence[i], 0.0, 1.0)),
-                scores=tuple(float(a.X[i, k]) for k in means),
+                bbox=(x0 + left, y0 + top, x0 + left + width, y0 + top + height),
+                mask=mask[top : top + height, left : left + width],
+                confidence=conf,
+                scores=tuple(row),
                 provenance="spectral",
             )
         )
