@@ -226,16 +226,28 @@ N_PIXEL_TERMS = len(PIXEL_FEATURES) + len(_pairs(len(PIXEL_FEATURES)))
 # --------------------------------------------------------------------------------------------
 # Per-pixel features and score map
 # --------------------------------------------------------------------------------------------
-def pixel_features(rgb: np.ndarray, valid: np.ndarray | None, gsd: float) -> np.ndarray:
-    """``(10, H, W)`` float32: the six channels, excess green, shadow, blue tint, fine texture."""
+def pixel_features(
+    rgb: np.ndarray, valid: np.ndarray | None, gsd: float, grey_u8: np.ndarray | None = None
+) -> np.ndarray:
+    """``(10, H, W)`` float32: the six channels, excess green, shadow, blue tint, fine texture.
+    ``grey_u8``: the tile's grey (:func:`grey_of`) when the caller has it already."""
     h, w = rgb.shape[:2]
     out = np.empty((len(PIXEL_FEATURES), h, w), np.float32)
-    compute_channels(rgb, gsd, valid, masks=out[6:8], out=out[:6])  # + excess green, shadow
+    if grey_u8 is None:
+        grey_u8 = grey_of(rgb)
+    # + excess green, shadow
+    compute_channels(rgb, gsd, valid, masks=out[6:8], out=out[:6], grey_u8=grey_u8)
     out[8] = blue_tint(rgb)
-    out[9] = fine_texture(rgb, gsd)
+    out[9] = fine_texture(rgb, gsd, grey_u8)
     if valid is not None:
         out[8:, ~valid] = 0
     return out
+
+
+def grey_of(rgb: np.ndarray) -> np.ndarray:
+    """The 8-bit grey of an RGB tile (OpenCV's ``COLOR_RGB2GRAY``), which the channels, the
+    fine texture, the strong edges and the statistics all start from: computed once."""
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
 
 
 def blue_tint(rgb: np.ndarray) -> np.ndarray:
@@ -255,13 +267,13 @@ def blue_tint(rgb: np.ndarray) -> np.ndarray:
     return np.clip(excess, 0.0, 1.0, out=excess)
 
 
-def fine_texture(rgb: np.ndarray, gsd: float) -> np.ndarray:
+def fine_texture(rgb: np.ndarray, gsd: float, grey_u8: np.ndarray | None = None) -> np.ndarray:
     """Energy of detail finer than ≈ 0.5 m (module frames and gaps), smoothed over ≈ 1 m.
 
     Mean absolute difference between the grey tile and its Gaussian blur at σ = 0.2 m,
     averaged with σ = 0.6 m, relative to 12 grey levels and ramped to [0, 1].
     """
-    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    grey = (grey_of(rgb) if grey_u8 is None else grey_u8).astype(np.float32)
     blur = cv2.GaussianBlur(grey, (0, 0), max(0.2 / gsd, 0.5))
     diff = np.abs(grey - blur, out=grey)
     energy = cv2.GaussianBlur(diff, (0, 0), max(0.6 / gsd, 1.0))
@@ -425,14 +437,14 @@ EDGE_SIGMA_M = 0.15
 EDGE_LOW, EDGE_HIGH = 80, 200
 
 
-def strong_edges(rgb: np.ndarray, gsd: float) -> np.ndarray:
+def strong_edges(rgb: np.ndarray, gsd: float, grey_u8: np.ndarray | None = None) -> np.ndarray:
     """Boolean map of the tile's strong edges: where an array meets its roof or the ground.
 
     An array's outline is a long, high-contrast step (dark or blue modules against a red,
     brown or grey roof); its module frames and the texture of trees and gravel are weaker or
     shorter and mostly fall below the hysteresis thresholds.
     """
-    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    grey = grey_of(rgb) if grey_u8 is None else grey_u8
     grey = cv2.GaussianBlur(grey, (0, 0), max(EDGE_SIGMA_M / gsd, 0.7))
     return cv2.Canny(grey, EDGE_LOW, EDGE_HIGH, L2gradient=True) > 0
 
@@ -1337,9 +1349,10 @@ def analyse(
     fusion = _fusion_for(fusion, settings)
     if valid is not None and valid.all():
         valid = None  # the same figures; every pass that masks invalid pixels is skipped
-    feats = pixel_features(rgb, valid, gsd)
+    grey_u8 = grey_of(rgb)
+    feats = pixel_features(rgb, valid, gsd, grey_u8)
     score = score_map(feats, fusion)
-    edges = strong_edges(rgb, gsd) if settings.edge_cut else None
+    edges = strong_edges(rgb, gsd, grey_u8) if settings.edge_cut else None
     hypotheses = segmentation_maps(feats, score, settings)
     context = FrameContext.of(rgb, feats, valid)
     # Shapes are traced only where the area limits may keep a component; of the means, those
@@ -1350,7 +1363,7 @@ def analyse(
     weighed = {k for k in range(1 + len(PIXEL_FEATURES)) if fusion.instance_weights[k] != 0}
     if measure_all:
         weighed = None
-    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    grey = grey_u8.astype(np.float32)
     field = orientation_field(grey, gsd) if settings.orientation_split else None
     parts = []
     for hyp_score, threshold, close_m in hypotheses:
@@ -1451,9 +1464,10 @@ def outline_confidence(
     if n == 0:
         return np.zeros(0)
     fusion = _fusion_for(fusion, settings)
-    feats = pixel_features(rgb, valid, gsd)
+    grey_u8 = grey_of(rgb)
+    feats = pixel_features(rgb, valid, gsd, grey_u8)
     score = score_map(feats, fusion)
-    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    grey = grey_u8.astype(np.float32)
     tile = TileData(rgb, valid, gsd, grey, feats, score, FrameContext.of(rgb, feats, valid))
     stats = {"shape_area_px": _traced_px(settings, gsd)}
     X, boxes, kept = _measure_new(labels, n, tile, fusion, settings, stats)

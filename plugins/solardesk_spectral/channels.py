@@ -344,6 +344,7 @@ class _Tile:
         gsd: float,
         valid: np.ndarray | None,
         params: ChannelParams | None,
+        grey_u8: np.ndarray | None = None,
     ) -> None:
         _check_inputs(rgb, gsd, valid)
         self.rgb = np.ascontiguousarray(rgb)
@@ -358,7 +359,10 @@ class _Tile:
         self.valid = valid
         self.mask_u8 = None if valid is None else valid.view(np.uint8)
         self.n_valid = self.h * self.w if valid is None else int(np.count_nonzero(valid))
-        grey_u8 = cv2.cvtColor(self.rgb, cv2.COLOR_RGB2GRAY)
+        if grey_u8 is None:
+            grey_u8 = cv2.cvtColor(self.rgb, cv2.COLOR_RGB2GRAY)
+        elif valid is not None:
+            grey_u8 = grey_u8.copy()  # (the caller's stays as it is)
         if valid is not None:
             # Invalid pixels take the mean grey of the valid ones: no texture, no edges there.
             fill = float(grey_u8[valid].mean()) if self.n_valid else 0.0
@@ -1178,6 +1182,7 @@ def compute_channels(
     *,
     masks: np.ndarray | None = None,
     out: np.ndarray | None = None,
+    grey_u8: np.ndarray | None = None,
 ) -> np.ndarray:
     """The six channels of one tile as ``(6, H, W)`` float32 in ``[0, 1]``, in the order of
     :data:`CHANNEL_NAMES`, sharing the grey conversion, the levels and one Gabor bank pass.
@@ -1185,7 +1190,8 @@ def compute_channels(
     W)`` float32 array that receives :func:`excess_green` and :func:`shadow_mask` of the tile
     (the photometric index computes both; this saves computing them again). ``out``: an
     optional ``(6, H, W)`` float32 array to write the channels into (and return), instead of a
-    new one.
+    new one. ``grey_u8``: the tile's grey (``cv2.COLOR_RGB2GRAY`` of ``rgb``) when the caller
+    has it already.
 
     Args:
         rgb: ``(H, W, 3)`` uint8 tile.
@@ -1196,7 +1202,7 @@ def compute_channels(
     Raises:
         NotGeoreferencedError: ``gsd`` is not a positive number of metres.
     """
-    t = _Tile(rgb, gsd, valid, params)
+    t = _Tile(rgb, gsd, valid, params, grey_u8)
     if out is None:
         out = np.empty((6, t.h, t.w), np.float32)
     elif out.shape != (6, t.h, t.w) or out.dtype != np.float32:

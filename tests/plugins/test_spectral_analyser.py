@@ -1611,6 +1611,25 @@ def test_the_compiled_score_map_is_the_numpy_paths_bits(tile) -> None:
             assert 0.0 < got.min() < got.max() < 1.0
 
 
+def test_the_shared_grey_gives_the_same_features_and_stays_the_callers(tile) -> None:
+    """The analysis converts the tile to grey once and hands it to the channels, the fine
+    texture and the strong edges: the same maps as each converting for itself, and the
+    caller's grey is left as it was where the channels fill nodata pixels in their own."""
+    rgb, _ = tile
+    valid = np.ones(rgb.shape[:2], bool)
+    valid[:40, :] = False
+    for v in (None, valid):
+        grey = fast.grey_of(rgb)
+        before = grey.copy()
+        np.testing.assert_array_equal(
+            fast.pixel_features(rgb, v, 0.15, grey), fast.pixel_features(rgb, v, 0.15)
+        )
+        np.testing.assert_array_equal(grey, before)
+    np.testing.assert_array_equal(
+        fast.strong_edges(rgb, 0.15, fast.grey_of(rgb)), fast.strong_edges(rgb, 0.15)
+    )
+
+
 def _random_labels(rng: np.random.Generator, shape=None) -> tuple[np.ndarray, int, np.ndarray]:
     """Random ragged labels (some of several pieces: two components share a label) with their
     tight boxes (x0, y0, x1, y1)."""
