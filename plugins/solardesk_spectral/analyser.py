@@ -430,6 +430,56 @@ def _disk(radius_px: int) -> np.ndarray:
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
 
 
+#: From this radius on, :func:`disk_morphology` works with the disk's rectangles: OpenCV's
+#: separable rectangle passes then beat its general element pass (measured: 0.63 → 0.40 ms
+#: for a closing of radius 7 on a 512² tile; even or slower below 4).
+DISK_RECTS_FROM = 4
+
+
+@lru_cache(maxsize=16)
+def _disk_rects(radius_px: int) -> tuple[np.ndarray, ...]:
+    """The rectangles whose union is :func:`_disk` (each row of OpenCV's ellipse is a centred
+    run): one per distinct half-width, as tall as the rows at least that wide."""
+    disk = _disk(radius_px)
+    r = disk.shape[0] // 2
+    half = [(int(row.sum()) - 1) // 2 for row in disk]
+    rects = []
+    for w in sorted(set(half)):
+        dy = max(abs(k - r) for k, hw in enumerate(half) if hw >= w)
+        rects.append(cv2.getStructuringElement(cv2.MORPH_RECT, (2 * w + 1, 2 * dy + 1)))
+    return tuple(rects)
+
+
+def disk_morphology(binary: np.ndarray, op: int, radius_px: int, **border) -> np.ndarray:
+    """``cv2.morphologyEx(binary, op, _disk(radius_px), **border)`` for ``op`` MORPH_OPEN or
+    MORPH_CLOSE, the same pixels. From DISK_RECTS_FROM on, as the disk's rectangles
+    (:func:`_disk_rects`): a dilation by a union is the largest of the dilations by its parts,
+    an erosion the smallest of the erosions, borders included (OpenCV's default border is
+    left out of either; a constant one is seen by every part alike)."""
+    r = max(1, int(radius_px))
+    if r < DISK_RECTS_FROM:
+        return cv2.morphologyEx(binary, op, _disk(r), **border)
+    rects = _disk_rects(r)
+
+    def by_rects(image: np.ndarray, one, combine) -> np.ndarray:
+        out = one(image, rects[0], **border)
+        for rect in rects[1:]:
+            combine(out, one(image, rect, **border), dst=out)
+        return out
+
+    def grow(image: np.ndarray) -> np.ndarray:
+        return by_rects(image, cv2.dilate, cv2.max)
+
+    def shrink(image: np.ndarray) -> np.ndarray:
+        return by_rects(image, cv2.erode, cv2.min)
+
+    if op == cv2.MORPH_CLOSE:
+        return shrink(grow(binary))
+    if op == cv2.MORPH_OPEN:
+        return grow(shrink(binary))
+    raise ValueError(f"disk_morphology opens or closes, not operation {op}")
+
+
 #: Strong edges: Canny hysteresis thresholds on the 8-bit grey tile (L2 gradient) after a
 #: Gaussian of σ = EDGE_SIGMA_M metres. Chosen on the even half of the shared data, measured
 #: on the odd half (docs/spectral_quality.md).
@@ -467,8 +517,8 @@ def segment(
     binary = (score > threshold).astype(np.uint8)
     if valid is not None:
         binary[~valid] = 0
-    binary = cv2.morphologyEx(binary, cv2.MORPH_OPEN, _disk(max(1, round(0.25 / gsd))))
-    binary = cv2.morphologyEx(binary, cv2.MORPH_CLOSE, _disk(max(1, round(close_m / gsd))))
+    binary = disk_morphology(binary, cv2.MORPH_OPEN, round(0.25 / gsd))
+    binary = disk_morphology(binary, cv2.MORPH_CLOSE, round(close_m / gsd))
     if valid is not None:
         binary[~valid] = 0
     if edges is None:
@@ -1582,7 +1632,7 @@ def merge_fragments(labels, X, boxes, conf, kept, tile: TileData, fusion, settin
     kind = lut[labels]  # 1: a member, 2: another kept candidate (one gather for both)
     on = kind == 1
     cand = on.view(np.uint8)
-    closed = cv2.morphologyEx(cand, cv2.MORPH_CLOSE, _disk(max(1, round(MERGE_GAP_M / 2 / gsd))))
+    closed = disk_morphology(cand, cv2.MORPH_CLOSE, round(MERGE_GAP_M / 2 / gsd))
     if tile.valid is not None:
         closed[~tile.valid] = 0
     nc, comp = cv2.connectedComponents(closed, connectivity=8, ltype=cv2.CV_32S)
@@ -1717,7 +1767,6 @@ def split_candidates(labels, X, boxes, conf, kept, tile: TileData, fusion, setti
     if len(parents) == 0:
         return unchanged
     r = max(1, round(SPLIT_OPEN_M / gsd))
-    disk = _disk(r)
     min_px = settings.min_area_m2 / (gsd * gsd)
     plab = np.zeros_like(labels)
     owner, pboxes = [], []
@@ -1727,7 +1776,7 @@ def split_candidates(labels, X, boxes, conf, kept, tile: TileData, fusion, setti
             continue
         level = otsu[0]
         for side in (mine & (grey > level), mine & (grey <= level)):
-            _add_parts(plab, owner, pboxes, i, (x0, y0), side, disk, r, min_px)
+            _add_parts(plab, owner, pboxes, i, (x0, y0), side, r, min_px)
     if not owner:
         return unchanged
     return _replace_by_parts(
@@ -1754,17 +1803,17 @@ def _parent_crops(labels, boxes, parents, grey):
         yield i, (x0, y0), labels[y0:y1, x0:x1] == i + 1, grey[y0:y1, x0:x1]
 
 
-def _add_parts(plab, owner, pboxes, i, origin, side, disk, r, min_px, max_px=np.inf) -> None:
+def _add_parts(plab, owner, pboxes, i, origin, side, r, min_px, max_px=np.inf) -> None:
     """The 8-connected parts of ``side`` (a boolean mask over candidate ``i``'s box, whose
-    top-left corner is ``origin``) after an opening with ``disk`` of radius ``r`` that sees
+    top-left corner is ``origin``) after an opening with a disk of radius ``r`` that sees
     zeros outside the box, those of ``min_px`` to ``max_px`` pixels, appended to a split's
     parts: ``plab`` (part ``j`` labelled ``j + 1``), ``owner`` and ``pboxes`` (tight boxes)."""
     x0, y0 = origin
     h, w = side.shape
     padded = np.zeros((h + 2 * r, w + 2 * r), np.uint8)
     padded[r:-r, r:-r] = side
-    opened = cv2.morphologyEx(
-        padded, cv2.MORPH_OPEN, disk, borderType=cv2.BORDER_CONSTANT, borderValue=0
+    opened = disk_morphology(
+        padded, cv2.MORPH_OPEN, r, borderType=cv2.BORDER_CONSTANT, borderValue=0
     )[r:-r, r:-r]
     _, comp, cstats, _ = cv2.connectedComponentsWithStats(opened, connectivity=8)
     areas = cstats[1:, cv2.CC_STAT_AREA]
@@ -2050,7 +2099,6 @@ def split_by_module_grid(labels, X, boxes, conf, kept, tile: TileData, fusion, s
     if len(parents) == 0:
         return unchanged
     r = max(1, round(GRID_OPEN_M / gsd))
-    disk = _disk(r)
     min_px = settings.min_area_m2 / (gsd * gsd)
     plab = np.zeros_like(labels)
     owner, pboxes = [], []
@@ -2065,7 +2113,7 @@ def split_by_module_grid(labels, X, boxes, conf, kept, tile: TileData, fusion, s
             continue
         side = mine & (q > otsu[0])
         max_px = GRID_MAX_PART * mine.sum()
-        _add_parts(plab, owner, pboxes, i, (x0, y0), side, disk, r, min_px, max_px)
+        _add_parts(plab, owner, pboxes, i, (x0, y0), side, r, min_px, max_px)
     if not owner:
         return unchanged
     return _replace_by_parts(

@@ -1630,6 +1630,32 @@ def test_the_shared_grey_gives_the_same_features_and_stays_the_callers(tile) -> 
     )
 
 
+def test_disk_morphology_is_opencvs_disk_pass() -> None:
+    """Opening and closing with a disk through its rectangles give the pixels of OpenCV's
+    pass with the ellipse element: on random blobs of several sizes (some smaller than the
+    disk), radii below and from DISK_RECTS_FROM, with OpenCV's default border and a
+    constant zero one."""
+    rng = np.random.default_rng(3)
+    assert len(fast._disk_rects(7)) > 2
+    zero = {"borderType": cv2.BORDER_CONSTANT, "borderValue": 0}
+    changed = 0
+    for _ in range(24):
+        shape = (int(rng.integers(3, 90)), int(rng.integers(3, 90)))
+        noise = rng.random(shape).astype(np.float32)
+        blobs = cv2.GaussianBlur(noise, (0, 0), float(rng.uniform(0.5, 4)))
+        binary = (blobs > np.median(blobs)).astype(np.uint8)
+        for r in (1, 3, fast.DISK_RECTS_FROM, 5, 7, 9):
+            for op in (cv2.MORPH_OPEN, cv2.MORPH_CLOSE):
+                for border in ({}, zero):
+                    got = fast.disk_morphology(binary, op, r, **border)
+                    want = cv2.morphologyEx(binary, op, fast._disk(r), **border)
+                    np.testing.assert_array_equal(got, want)
+                    changed += int(not np.array_equal(got, binary))
+    assert changed > 200
+    with pytest.raises(ValueError, match="opens or closes"):
+        fast.disk_morphology(binary, cv2.MORPH_GRADIENT, 5)
+
+
 def _random_labels(rng: np.random.Generator, shape=None) -> tuple[np.ndarray, int, np.ndarray]:
     """Random ragged labels (some of several pieces: two components share a label) with their
     tight boxes (x0, y0, x1, y1)."""
