@@ -86,9 +86,9 @@ def run(
 
 def _kernel_path() -> str:
     """Which path the analyser's per-label statistics take here (ADR 0037)."""
-    from solardesk_spectral.analyser import _kernel
+    from solardesk_spectral.channels import _compiled
 
-    if _kernel() is None:
+    if _compiled("label_sums") is None:
         return "NumPy (numba not installed)"
     import numba
 

@@ -853,11 +853,11 @@ def _label_sums(
     same). ``boxes``: boxes (x0, y0, x1, y1) that hold each label's pixels, when the caller
     knows them; the compiled pass then looks inside them only, where they cover less than the
     image (the same figures)."""
-    kernel = _kernel() if compiled else None
+    kernel = _compiled("label_sums") if compiled else None
     if kernel is not None and boxes is not None and n == len(boxes):
         b = _inside(boxes, labels.shape)  # (numba does not check bounds)
         if int(np.sum((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]))) < labels.size:
-            return _boxes_kernel()(
+            return _compiled("label_sums_in_boxes")(
                 np.ascontiguousarray(labels, np.int32),
                 b,
                 tuple(np.ascontiguousarray(m, np.float32) for m in maps),
@@ -881,38 +881,6 @@ def _label_sums(
         if sl is not None:
             boxes[i] = (sl[1].start, sl[0].start, sl[1].stop, sl[0].stop)
     return area, sums, boxes
-
-
-@lru_cache(maxsize=1)
-def _kernel():
-    """The compiled :func:`~solardesk_spectral._kernels.label_sums`, or None without numba."""
-    from solardesk_spectral._kernels import label_sums
-
-    return label_sums
-
-
-@lru_cache(maxsize=1)
-def _boxes_kernel():
-    """The compiled :func:`~solardesk_spectral._kernels.label_sums_in_boxes` (with numba)."""
-    from solardesk_spectral._kernels import label_sums_in_boxes
-
-    return label_sums_in_boxes
-
-
-@lru_cache(maxsize=1)
-def _shape_kernel():
-    """The compiled :func:`~solardesk_spectral._kernels.shape_stats`, or None without numba."""
-    from solardesk_spectral._kernels import shape_stats
-
-    return shape_stats
-
-
-@lru_cache(maxsize=1)
-def _suppress_kernel():
-    """The compiled :func:`~solardesk_spectral._kernels.suppress`, or None without numba."""
-    from solardesk_spectral._kernels import suppress
-
-    return suppress
 
 
 def _frame_means(
@@ -964,7 +932,7 @@ def _shape_stats(
     and ``cv2.convexHull`` (``compiled=False`` takes this path too; the figures are the same
     to the last bit).
     """
-    kernel = _shape_kernel() if compiled else None
+    kernel = _compiled("shape_stats") if compiled else None
     if kernel is not None:
         out = kernel(
             np.ascontiguousarray(labels, np.int32),
@@ -2263,7 +2231,7 @@ def suppress(
     """
     shape = parts[0][0].shape
     n_feat = parts[0][1].shape[1] if parts[0][1].ndim == 2 else len(INSTANCE_FEATURES)
-    kernel = _suppress_kernel() if compiled else None
+    kernel = _compiled("suppress") if compiled else None
     if kernel is not None:
         # the same order as the loop's: falling confidence, then segmentation, then label
         idx = [np.flatnonzero(p[4]) for p in parts]

@@ -1539,7 +1539,7 @@ def test_the_compiled_label_sums_equal_the_numpy_path() -> None:
     not occur (zero box), a single-pixel label and a label above ``n`` (ignored). numba is a
     dependency: the compiled path
     must exist here, or this test would compare the NumPy path with itself."""
-    assert fast._kernel() is not None
+    assert fast._compiled("label_sums") is not None
     rng = np.random.default_rng(4)
     labels = np.zeros((90, 120), np.int32)
     labels[10:40, 5:50] = 1
@@ -1682,7 +1682,7 @@ def test_shape_statistics_compiled_and_numpy_are_the_same_bits_and_the_oracles()
     rounding; where two rectangles of equal area fit, the less elongated one is taken."""
     from shapely import box, union_all
 
-    assert fast._shape_kernel() is not None
+    assert fast._compiled("shape_stats") is not None
     rng = np.random.default_rng(11)
     checked = 0
     for trial in range(400):
@@ -1790,7 +1790,7 @@ def test_the_compiled_suppression_equals_the_numpy_path() -> None:
     same pixels, as the loop of NumPy and OpenCV steps, on 300 random stacks of ragged,
     overlapping segmentations (with ties of confidence, candidates trimmed and falling apart,
     candidates dropped)."""
-    assert fast._suppress_kernel() is not None
+    assert fast._compiled("suppress") is not None
     trimmed = dropped = 0
     for seed in range(300):
         rng = np.random.default_rng(seed)
@@ -1816,15 +1816,20 @@ def test_the_compiled_suppression_equals_the_numpy_path() -> None:
 
 
 def test_the_analyser_gives_the_same_candidates_without_numba(tile, monkeypatch) -> None:
-    """Where numba does not import, the analyser takes the NumPy paths (ADRs 0037, 0048) and finds the
-    same candidates with the same statistics and confidences (to the channels' float32
-    last-bit noise between two runs, ≈ 1e-8)."""
+    """Where numba does not import, the analyser and the channels take the NumPy paths (ADRs
+    0037, 0048, 0054, 0055: every compiled pass is None) and find the same candidates with
+    the same statistics and confidences (to the channels' float32 last-bit noise between two
+    runs, ≈ 1e-8)."""
+    from solardesk_spectral import channels
+
     rgb, _ = tile
     settings = SpectralSettings()
     compiled = fast.analyse(rgb, None, 0.15, settings)
-    monkeypatch.setattr(fast, "_kernel", lambda: None)
-    monkeypatch.setattr(fast, "_suppress_kernel", lambda: None)
+    asked = []
+    monkeypatch.setattr(fast, "_compiled", lambda name: asked.append(name))
+    monkeypatch.setattr(channels, "_compiled", lambda name: asked.append(name))
     plain = fast.analyse(rgb, None, 0.15, settings)
+    assert {"label_sums", "suppress", "quadratic_form", "photometric", "gabor_pair"} <= set(asked)
     assert len(compiled.confidence) >= 3
     np.testing.assert_array_equal(compiled.labels, plain.labels)
     np.testing.assert_array_equal(compiled.boxes, plain.boxes)
