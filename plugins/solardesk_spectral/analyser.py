@@ -1778,11 +1778,9 @@ def _add_parts(plab, owner, pboxes, i, origin, side, r, min_px, max_px=np.inf) -
     parts: ``plab`` (part ``j`` labelled ``j + 1``), ``owner`` and ``pboxes`` (tight boxes)."""
     x0, y0 = origin
     h, w = side.shape
-    padded = np.zeros((h + 2 * r, w + 2 * r), np.uint8)
-    padded[r:-r, r:-r] = side
     opened = disk_morphology(
-        padded, cv2.MORPH_OPEN, r, borderType=cv2.BORDER_CONSTANT, borderValue=0
-    )[r:-r, r:-r]
+        side.astype(np.uint8), cv2.MORPH_OPEN, r, borderType=cv2.BORDER_CONSTANT, borderValue=0
+    )
     _, comp, cstats, _ = cv2.connectedComponentsWithStats(opened, connectivity=8)
     areas = cstats[1:, cv2.CC_STAT_AREA]
     for j in np.flatnonzero((areas >= min_px) & (areas <= max_px)) + 1:
