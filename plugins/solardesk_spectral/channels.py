@@ -961,13 +961,15 @@ def _photometric(t: _Tile, masks: np.ndarray | None = None, *, compiled: bool = 
     lm = _lower_median_u8(l8, t.mask_u8) * 100.0 / 255.0
     am = _lower_median_u8(a8, t.mask_u8) - 128.0
     bm = _lower_median_u8(b8, t.mask_u8) - 128.0
-    # exp(-d²/2) and exp(-C²/C0²) factor over L*, a*, b*: one table per channel.
+    # exp(-d²/2) and exp(-C²/C0²) factor over L*, a*, b*: one table per channel (the
+    # low-saturation factor is the same table for a* and b*).
+    low_chroma = np.exp(-((ab / p.chroma_ref) ** 2))
     tables = [
         np.exp(-0.5 * ((ell - lm) / p.colour_scale_l) ** 2),
         np.exp(-0.5 * ((ab - am) / p.colour_scale_ab) ** 2),
         np.exp(-0.5 * ((ab - bm) / p.colour_scale_ab) ** 2),
-        np.exp(-((ab / p.chroma_ref) ** 2)),
-        np.exp(-((ab / p.chroma_ref) ** 2)),
+        low_chroma,
+        low_chroma,
         np.clip(-ab / p.blue_ref, 0.0, 1.0),
     ]
     kernel = _compiled("photometric") if compiled else None
