@@ -165,7 +165,7 @@ def _suppress_py(labels, order_h, order_i, boxes, overlap, min_pixels):
         bw_max = max(bw_max, boxes[j, 2] - boxes[j, 0])
     part = np.zeros((bh_max, bw_max), np.int32)  # 1: free; then -k: in part k
     stack = np.empty(2 * bh_max * bw_max, np.int64)
-    kept_row = np.zeros(w + 4, np.uint8)  # one row of a taken part, a zero either side
+    kept_row = np.zeros(w + 2, np.uint8)  # one row of a taken part, a zero either side
     for j in range(m):
         lab = labels[order_h[j]]
         v = np.int32(order_i[j] + 1)
