@@ -760,41 +760,68 @@ def _spectrum_sums_py(packed, cutoff2, top_share):
     fine_sum = 0.0
     n_once = 0
     n_twice = 0
+    want_top = top_share > 0
+    # the fine bins by power bucket (_top_sum)
+    counts = np.zeros(_TOP_BUCKETS if want_top else 1, np.int64)
+    bits = power.view(np.int32)
     for i in range(1, b):
         q = np.float64(power[i]) * mult[i]
         total += q
         if fine[i]:
             fine_sum += q
-            if mult[i] == 1.0:
-                n_once += 1
-            else:
+            twice = mult[i] == 2.0
+            if twice:
                 n_twice += 1
-    if top_share <= 0:
+            else:
+                n_once += 1
+            if want_top:
+                counts[_bucket(bits[i])] += 2 if twice else 1
+    if not want_top:
         return total, fine_sum, 0.0
     k = max(1, int(top_share * (n_once + 2 * n_twice)))
-    once = np.empty(n_once, np.float32)
-    twice = np.empty(n_twice, np.float32)
-    i1 = 0
-    i2 = 0
+    return total, fine_sum, _top_sum(power, bits, mult, fine, b, k, counts)
+
+
+#: Power buckets of :func:`_top_sum`: a non-negative float32's bit pattern shifted right by
+#: 19 (its exponent and three mantissa bits: buckets 1/8 of an octave wide), plus one; bucket
+#: 0 holds zeros.
+_TOP_BUCKETS = 4097
+
+
+def _bucket(bits):
+    """The :data:`_TOP_BUCKETS` bucket of a non-negative float32 by its bit pattern (as int32;
+    monotonic in the value)."""
+    return (bits >> 19) + 1 if bits > 0 else 0
+
+
+def _top_sum(power, bits, mult, fine, b, k, counts):
+    """The sum from the largest down (float64) of the ``k`` largest fine powers among bins
+    ``1..b-1`` of :func:`_spectrum_sums_py` (a mirrored bin counted twice), ``counts`` the
+    number of them in each :func:`_bucket`: only the values of the buckets that hold the ``k``
+    largest are gathered and sorted (a radix select), where ``numpy.partition`` over all the
+    fine bins took three quarters of the call. The same values in the same order as the
+    NumPy path's: the same bits."""
+    seen = 0
+    cut = _TOP_BUCKETS - 1
+    while True:
+        seen += counts[cut]
+        if seen >= k or cut == 0:
+            break
+        cut -= 1
+    pool = np.empty(seen, np.float32)
+    m = 0
     for i in range(1, b):
-        if fine[i]:
-            if mult[i] == 1.0:
-                once[i1] = power[i]
-                i1 += 1
-            else:
-                twice[i2] = power[i]
-                i2 += 1
-    # the k largest of the whole spectrum's fine bins: among the largest ceil(k / 2) of the
-    # mirrored ones (each twice) and the largest k of the others
-    k2 = min((k + 1) // 2, n_twice)
-    k1 = min(k, n_once)
-    top2 = np.partition(twice, n_twice - k2)[n_twice - k2 :] if k2 > 0 else twice[:0]
-    top1 = np.partition(once, n_once - k1)[n_once - k1 :] if k1 > 0 else once[:0]
-    pool = np.sort(np.concatenate((top2, top2, top1)))[::-1][:k]
+        if fine[i] and _bucket(bits[i]) >= cut:
+            pool[m] = power[i]
+            m += 1
+            if mult[i] == 2.0:
+                pool[m] = power[i]
+                m += 1
+    pool.sort()
     top = 0.0
-    for v in pool:
-        top += np.float64(v)
-    return total, fine_sum, top
+    for j in range(m - 1, m - 1 - min(k, m), -1):
+        top += np.float64(pool[j])
+    return top
 
 
 def _compile(fn: Callable) -> Callable | None:
@@ -822,4 +849,6 @@ gated_complement: Callable | None = _compile(_gated_complement_py)
 gabor_pair: Callable | None = _compile(_gabor_pair_py)
 gabor_single: Callable | None = _compile(_gabor_single_py)
 _frequency = _compile(_frequency) or _frequency  # (what _spectrum_sums_py calls)
+_bucket = _compile(_bucket) or _bucket  # (what _spectrum_sums_py and _top_sum call)
+_top_sum = _compile(_top_sum) or _top_sum  # (what _spectrum_sums_py calls)
 spectrum_sums: Callable | None = _compile(_spectrum_sums_py)

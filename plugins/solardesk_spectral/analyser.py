@@ -1030,7 +1030,8 @@ def _packed_bins(ny: int, nx: int, cutoff: float) -> tuple[np.ndarray, ...]:
     imaginary part (-1: a real bin), how many bins of the whole spectrum it stands for (a bin
     and its mirror (-ky, -kx), except the self-mirrored DC, (ny/2, 0), (0, nx/2) and (ny/2,
     nx/2)) and whether it lies at or above ``cutoff`` cycles per pixel (DC comes first), and
-    the number of the whole spectrum's bins at or above it.
+    the number of the whole spectrum's bins at or above it, DC left out (it is fine only
+    where ``cutoff`` is 0).
 
     The packing: columns 0 and, for an even width, nx - 1 hold the real DFTs along y of the
     spectrum's columns kx = 0 and nx / 2 (row 0 the real DC term, then real and imaginary
@@ -1060,7 +1061,7 @@ def _packed_bins(ny: int, nx: int, cutoff: float) -> tuple[np.ndarray, ...]:
     mult = np.concatenate(mults)
     fine_edges = ~coarse[np.concatenate(kys).astype(np.int64), np.concatenate(kxs).astype(np.int64)]
     fine = np.concatenate([fine_edges, fine_inner])
-    return re, im, mult, fine, int(mult[fine].sum())
+    return re, im, mult, fine, int(mult[1:][fine[1:]].sum())
 
 
 def _spectrum_sums(packed: np.ndarray, cutoff: float, top_share: float, *, compiled: bool = True):
@@ -1091,7 +1092,7 @@ def _spectrum_sums(packed: np.ndarray, cutoff: float, top_share: float, *, compi
     top2 = np.partition(twice, len(twice) - k2)[len(twice) - k2 :] if k2 else twice[:0]
     top1 = np.partition(once, len(once) - k1)[len(once) - k1 :] if k1 else once[:0]
     pool = np.sort(np.concatenate([top2, top2, top1]))[::-1][:k]
-    return total, fine_sum, float(np.cumsum(pool.astype(np.float64))[-1])
+    return total, fine_sum, float(np.cumsum(pool.astype(np.float64))[-1]) if len(pool) else 0.0
 
 
 def fine_power_stats(grey: np.ndarray, mask: np.ndarray, gsd: float) -> tuple[float, float]:

@@ -409,6 +409,29 @@ def test_the_half_spectrum_gives_the_whole_spectrum_shares(shape, gsd) -> None:
         assert peak == pytest.approx(np.sort(fine)[-k:].sum() / fine.sum(), rel=1e-5)
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_the_compiled_top_sum_picks_the_same_bins_as_a_partition(seed: int) -> None:
+    """The compiled spectral sums pick the largest fine bins by a radix select over the
+    powers' bit patterns (``_kernels._top_sum``): for any share of the bins, from one bin to
+    all of them, with ties, zeros (and negative zeros) and powers spread over many octaves or
+    packed into one bucket, the three sums are those of NumPy's partition, to the bit."""
+    rng = np.random.default_rng(seed)
+    ny, nx = [(1, 1), (2, 7), (9, 6), (16, 15), (33, 40), (64, 81)][seed]
+    kind = seed % 3
+    if kind == 0:  # over many octaves
+        packed = rng.standard_normal((ny, nx)) * np.exp(rng.uniform(-8, 8, (ny, nx)))
+    elif kind == 1:  # a few values: ties everywhere, zeros and negative zeros
+        packed = rng.choice([0.0, -0.0, 1.0, -1.0, 2.0, 1.0 + 2**-20], (ny, nx))
+    else:  # all within one bucket (an eighth of an octave)
+        packed = 1.0 + rng.uniform(0, 0.01, (ny, nx))
+    packed = packed.astype(np.float32)
+    assert fast._compiled("spectrum_sums") is not None
+    for cutoff in (0.0, 0.05, 0.3):
+        for share in (0.0, 1e-4, 0.01, 0.1, 0.5, 1.0):
+            compiled = fast._spectrum_sums(packed, cutoff, share)
+            assert compiled == fast._spectrum_sums(packed, cutoff, share, compiled=False)
+
+
 @pytest.mark.parametrize("ny", [1, 2, 3, 4, 5, 8, 9])
 @pytest.mark.parametrize("nx", [1, 2, 3, 6, 7])
 def test_the_packed_bins_are_the_half_spectrum_of_opencvs_packed_dft(ny: int, nx: int) -> None:
