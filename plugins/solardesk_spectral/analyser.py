@@ -514,7 +514,7 @@ def segment(
     edge line separates them), and each mask pixel under an edge goes back to the largest
     label among its 3×3 neighbours (none: it stays background). Parts may then touch.
     """
-    binary = (score > threshold).astype(np.uint8)
+    binary = np.greater(score, threshold).view(np.uint8)  # 0 / 1
     if valid is not None:
         binary[~valid] = 0
     binary = disk_morphology(binary, cv2.MORPH_OPEN, round(0.25 / gsd))
@@ -1455,9 +1455,11 @@ def cap_white(rgb: np.ndarray, labels: np.ndarray, boxes: np.ndarray, conf: np.n
     which = kept & (conf > WHITE_CAP)
     if not which.any():
         return conf
-    r, g, b = cv2.split(rgb)
-    white = (cv2.min(cv2.min(r, g), b) >= WHITE_LEVEL).astype(np.float32)
-    area, sums, _ = _label_sums(labels, len(conf), [white], boxes=boxes)
+    white = cv2.inRange(rgb, (WHITE_LEVEL,) * 3, (255,) * 3)  # 255: all three at the level
+    white = np.minimum(white, 1, out=white).astype(np.float32)
+    # (only the candidates that could be capped are looked for: empty boxes for the others)
+    looked = np.where(which[:, None], boxes, 0)
+    area, sums, _ = _label_sums(labels, len(conf), [white], boxes=looked)
     capped = which & (sums[:, 0] > WHITE_MAX_SHARE * area)
     return np.where(capped, WHITE_CAP, conf)
 
