@@ -1504,6 +1504,8 @@ def _fill_means(X, labels, which, feats: np.ndarray, score: np.ndarray, boxes=No
     if not todo or not np.any(which):
         return
     stack = (score, *feats)
+    if boxes is not None:  # (the other rows get empty boxes: not looked for)
+        boxes = np.where(which[:, None], boxes, 0)
     area, sums, _ = _label_sums(labels, len(X), [stack[k] for k in todo], boxes=boxes)
     rows = np.flatnonzero(which & (area > 0))
     X[np.ix_(rows, todo)] = sums[rows] / area[rows, None]
