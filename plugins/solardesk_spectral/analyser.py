@@ -944,7 +944,7 @@ def _shape_stats(
     for i, (ys, xs) in enumerate(_box_slices(labels, n, boxes)):
         if not traced[i]:
             continue
-        crop = labels[ys, xs] == i + 1
+        crop = labels[ys, xs] == int(i) + 1
         rows = np.flatnonzero(crop.any(axis=1))
         inside = crop[rows]
         left = inside.argmax(axis=1) + xs.start
@@ -1217,7 +1217,7 @@ def measure_fine_power(
         ys, xs = slices[i]
         y0, y1 = max(ys.start - 1, 0), min(ys.stop + 1, h)
         x0, x1 = max(xs.start - 1, 0), min(xs.stop + 1, w)
-        mask = (labels[y0:y1, x0:x1] == i + 1).view(np.uint8)
+        mask = (labels[y0:y1, x0:x1] == int(i) + 1).view(np.uint8)
         out[i] = fine_power_stats(grey[y0:y1, x0:x1], mask, gsd)
     return out
 
@@ -1773,7 +1773,7 @@ def _parent_crops(labels, boxes, parents, grey):
     """``(i, (x0, y0), mask, grey)`` over the box of each candidate ``i`` in ``parents``."""
     for i in parents:
         x0, y0, x1, y1 = (int(v) for v in boxes[i])
-        yield i, (x0, y0), labels[y0:y1, x0:x1] == i + 1, grey[y0:y1, x0:x1]
+        yield i, (x0, y0), labels[y0:y1, x0:x1] == int(i) + 1, grey[y0:y1, x0:x1]
 
 
 def _add_parts(plab, owner, pboxes, i, origin, side, r, min_px, max_px=np.inf) -> None:
@@ -1792,7 +1792,7 @@ def _add_parts(plab, owner, pboxes, i, origin, side, r, min_px, max_px=np.inf) -
         owner.append(i)
         left, top, width, height = cstats[j, :4]
         pboxes.append((x0 + left, y0 + top, x0 + left + width, y0 + top + height))
-        plab[y0 : y0 + h, x0 : x0 + w][comp == j] = len(owner)
+        plab[y0 : y0 + h, x0 : x0 + w][comp == int(j)] = len(owner)
 
 
 def _replace_by_parts(
@@ -1864,7 +1864,7 @@ def _replace_by_parts(
     for i in np.unique(owner[ok]):
         x0, y0, x1, y1 = (int(v) for v in boxes[i])
         crop, parts = out[y0:y1, x0:x1], plab[y0:y1, x0:x1]
-        crop[crop == i + 1] = 0
+        crop[crop == int(i) + 1] = 0
         taken = np.zeros((y1 - y0, x1 - x0), np.uint8)
         by_confidence = [
             j
@@ -1872,7 +1872,7 @@ def _replace_by_parts(
             for j in sorted(np.flatnonzero(among & (owner == i)), key=lambda j: (-cp[j], j))
         ]
         for j in by_confidence:
-            part = parts == j + 1
+            part = parts == int(j) + 1
             if not taken.any():
                 crop[part] = i + 1
                 X[i], boxes[i], conf[i] = Xp[j], bp[j], cp[j]
@@ -2161,7 +2161,7 @@ def fill_outlines(labels, X, boxes, conf, kept, tile: TileData, fusion, settings
     hulls, reach = {}, np.zeros(labels.shape, np.uint8)  # reach: how many hulls hold a pixel
     for i in parents:
         x0, y0, x1, y1 = (int(v) for v in boxes[i])
-        hull = convex_hull_mask(labels[y0:y1, x0:x1] == i + 1)
+        hull = convex_hull_mask(labels[y0:y1, x0:x1] == int(i) + 1)
         if hull is not None:
             hulls[i] = hull
             reach[y0:y1, x0:x1] += hull
@@ -2173,7 +2173,7 @@ def fill_outlines(labels, X, boxes, conf, kept, tile: TileData, fusion, settings
         # the others' reach over the box grown by a pixel, then its one-pixel ring
         a0, b0, a1, b1 = max(x0 - 1, 0), max(y0 - 1, 0), min(x1 + 1, w_), min(y1 + 1, h_)
         grown = labels[b0:b1, a0:a1]
-        mine = grown == i + 1
+        mine = grown == int(i) + 1
         held = reach[b0:b1, a0:a1].copy()
         held[y0 - b0 : y1 - b0, x0 - a0 : x1 - a0] -= hull
         others = ((grown > 0) & ~mine) | (held > 0)
@@ -2203,8 +2203,8 @@ def fill_outlines(labels, X, boxes, conf, kept, tile: TileData, fusion, settings
         i = owner[j]
         x0, y0, x1, y1 = (int(v) for v in boxes[i])
         crop = out[y0:y1, x0:x1]
-        crop[crop == i + 1] = 0
-        crop[plab[y0:y1, x0:x1] == j + 1] = i + 1
+        crop[crop == int(i) + 1] = 0
+        crop[plab[y0:y1, x0:x1] == int(j) + 1] = i + 1
         X[i], boxes[i] = Xp[j], bp[j]
     return out, X, boxes, conf, kept
 
@@ -2274,7 +2274,7 @@ def suppress(
     for neg_conf, h, i in order:
         labels, X, bxs, _, _ = parts[h]
         x0, y0, x1, y1 = (int(v) for v in bxs[i])
-        mine = labels[y0:y1, x0:x1] == i + 1
+        mine = labels[y0:y1, x0:x1] == int(i) + 1
         taken = out[y0:y1, x0:x1]
         area = int(np.count_nonzero(mine))
         if np.count_nonzero(mine & (taken > 0)) > SUPPRESS_OVERLAP * area:
@@ -2421,7 +2421,7 @@ def _instances(rgb: np.ndarray, valid: np.ndarray | None, gsd: float, settings: 
     confidences = np.clip(a.confidence[stored], 0.0, 1.0).tolist()
     boxes = a.boxes[stored].tolist()
     for i, (x0, y0, x1, y1), conf, row in zip(stored, boxes, confidences, scores, strict=True):
-        mask = a.labels[y0:y1, x0:x1] == i + 1
+        mask = a.labels[y0:y1, x0:x1] == int(i) + 1
         # The analysis keeps a candidate's box from before its outline was trimmed (a
         # superset); the stored box is the mask's tight one (COCO's bbox, the map's extent).
         left, top, width, height = cv2.boundingRect(mask.view(np.uint8))
