@@ -749,7 +749,7 @@ def mean_colour_a(red: np.ndarray, green: np.ndarray, blue: np.ndarray) -> np.nd
     """CIE a* of the sRGB colours ``(red, green, blue)`` in 8-bit levels (float arrays of one
     shape), in float64 by the formulas OpenCV documents for ``COLOR_RGB2Lab`` (sRGB gamma,
     D65 white); OpenCV's own float conversion interpolates tables and is off by up to 0.4."""
-    rgb = np.clip(np.stack([red, green, blue], axis=-1) / 255.0, 0.0, 1.0)
+    rgb = np.minimum(np.maximum(np.stack([red, green, blue], axis=-1) / 255.0, 0.0), 1.0)
     linear = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
     x = linear @ _RGB_TO_X / 0.950456
     y = linear @ _RGB_TO_Y
@@ -961,7 +961,8 @@ def _shape_stats(
 def _inside(boxes: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """``boxes`` (x0, y0, x1, y1) as int64, clipped to an image of ``shape`` (H, W)."""
     h, w = shape[:2]
-    return np.clip(np.asarray(boxes, np.int64).reshape(-1, 4), 0, np.array([w, h, w, h]))
+    # (np.minimum of np.maximum: the values of np.clip without its Python wrappers' cost)
+    return np.minimum(np.maximum(np.asarray(boxes, np.int64).reshape(-1, 4), 0), [w, h, w, h])
 
 
 def hull_measures(hx: np.ndarray, hy: np.ndarray) -> np.ndarray:
@@ -1242,8 +1243,10 @@ def gabor_waiver(peak: np.ndarray) -> np.ndarray:
     """The share of the Gabor energy penalty a candidate keeps, from its fine peak share: 1 up
     to GABOR_WAIVE_FROM (and where the share is not measured), 0 from GABOR_WAIVE_TO, linear
     between (ADR 0035)."""
-    ramp = (np.nan_to_num(peak, nan=0.0) - GABOR_WAIVE_FROM) / (GABOR_WAIVE_TO - GABOR_WAIVE_FROM)
-    return 1.0 - np.clip(ramp, 0.0, 1.0)
+    ramp = (_nan_to_zero(np.array(peak, np.float64)) - GABOR_WAIVE_FROM) / (
+        GABOR_WAIVE_TO - GABOR_WAIVE_FROM
+    )
+    return 1.0 - np.minimum(np.maximum(ramp, 0.0), 1.0)
 
 
 #: Added to the instance score (a sum of standardised cues, ``fusion.json``) before the
@@ -1316,10 +1319,20 @@ def _log_odds(p: np.ndarray) -> np.ndarray:
         return np.log(p) - np.log1p(-p)
 
 
+def _nan_to_zero(x: np.ndarray) -> np.ndarray:
+    """``np.nan_to_num(x, nan=0.0)`` in place (NaN → 0, ±inf → the largest finite float),
+    without its Python-level cost where every value is finite or NaN (the confidence's
+    statistics, many calls per tile)."""
+    if np.isinf(x).any():
+        return np.nan_to_num(x, copy=False, nan=0.0)
+    np.copyto(x, 0.0, where=np.isnan(x))
+    return x
+
+
 def _terms(X: np.ndarray, fusion: Fusion) -> np.ndarray:
     """Each statistic's signed, standardised term before a module grid's waiver: 0 where it
     is NaN (not measured), at most 0 for :data:`PENALTY_ONLY_CUES`."""
-    terms = np.nan_to_num((X - fusion.instance_mean) / fusion.instance_std, nan=0.0)
+    terms = _nan_to_zero((X - fusion.instance_mean) / fusion.instance_std)
     terms *= fusion.instance_weights
     terms[..., _PENALTY_ONLY] = np.minimum(terms[..., _PENALTY_ONLY], 0.0)
     return terms
