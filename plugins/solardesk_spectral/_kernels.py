@@ -782,15 +782,15 @@ def _spectrum_sums_py(packed, cutoff2, top_share):
     return total, fine_sum, _top_sum(power, bits, mult, fine, b, k, counts)
 
 
-#: Power buckets of :func:`_top_sum`: a non-negative float32's bit pattern shifted right by
-#: 19 (its exponent and three mantissa bits: buckets 1/8 of an octave wide), plus one; bucket
-#: 0 holds zeros.
+#: Power buckets of :func:`_top_sum`: a positive float32's bit pattern shifted right by 19
+#: (its exponent and top four mantissa bits: buckets 1/16 of an octave wide), plus one;
+#: bucket 0 holds zeros (and anything with the sign bit set).
 _TOP_BUCKETS = 4097
 
 
 def _bucket(bits):
-    """The :data:`_TOP_BUCKETS` bucket of a non-negative float32 by its bit pattern (as int32;
-    monotonic in the value)."""
+    """The :data:`_TOP_BUCKETS` bucket of a float32 power by its bit pattern (as int32;
+    monotonic in the value for the non-negative ones)."""
     return (bits >> 19) + 1 if bits > 0 else 0
 
 

@@ -422,7 +422,7 @@ def test_the_compiled_top_sum_picks_the_same_bins_as_a_partition(seed: int) -> N
         packed = rng.standard_normal((ny, nx)) * np.exp(rng.uniform(-8, 8, (ny, nx)))
     elif kind == 1:  # a few values: ties everywhere, zeros and negative zeros
         packed = rng.choice([0.0, -0.0, 1.0, -1.0, 2.0, 1.0 + 2**-20], (ny, nx))
-    else:  # all within one bucket (an eighth of an octave)
+    else:  # all within one bucket (a sixteenth of an octave)
         packed = 1.0 + rng.uniform(0, 0.01, (ny, nx))
     packed = packed.astype(np.float32)
     assert fast._compiled("spectrum_sums") is not None
