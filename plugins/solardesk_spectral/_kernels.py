@@ -824,6 +824,22 @@ def _top_sum(power, bits, mult, fine, b, k, counts):
     return top
 
 
+def _frame_maps_py(rgb, redness, cyan, green, blue):
+    """The colour maps of ``analyser.FrameContext`` from ``rgb`` (uint8, ``H × W × 3``) in one
+    pass, as float32: ``R - B``, ``min(G, B) - R``, ``G`` and ``B`` (8-bit levels; whole numbers,
+    exact in any order)."""
+    h, w = redness.shape
+    for y in range(h):
+        for x in range(w):
+            r = np.float32(rgb[y, x, 0])
+            g = np.float32(rgb[y, x, 1])
+            b = np.float32(rgb[y, x, 2])
+            redness[y, x] = r - b
+            cyan[y, x] = min(g, b) - r
+            green[y, x] = g
+            blue[y, x] = b
+
+
 def _compile(fn: Callable) -> Callable | None:
     try:
         import numba
@@ -852,3 +868,4 @@ _frequency = _compile(_frequency) or _frequency  # (what _spectrum_sums_py calls
 _bucket = _compile(_bucket) or _bucket  # (what _spectrum_sums_py and _top_sum call)
 _top_sum = _compile(_top_sum) or _top_sum  # (what _spectrum_sums_py calls)
 spectrum_sums: Callable | None = _compile(_spectrum_sums_py)
+frame_maps: Callable | None = _compile(_frame_maps_py)

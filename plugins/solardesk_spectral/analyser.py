@@ -681,12 +681,27 @@ class FrameContext:
     valid: np.ndarray | None = None
 
     @classmethod
-    def of(cls, rgb: np.ndarray, features: np.ndarray, valid: np.ndarray | None) -> FrameContext:
-        red, green_, blue = cv2.split(rgb)
-        cyan = cv2.min(green_, blue).astype(np.float32) - red
-        red, blue = red.astype(np.float32), blue.astype(np.float32)
-        green_ = green_.astype(np.float32)
-        red -= blue
+    def of(
+        cls,
+        rgb: np.ndarray,
+        features: np.ndarray,
+        valid: np.ndarray | None,
+        *,
+        compiled: bool = True,
+    ) -> FrameContext:
+        """The context of one tile. Its four colour maps in one compiled pass where numba is
+        installed (``_kernels.frame_maps``), else OpenCV and NumPy passes (``compiled=False``
+        takes them too; whole numbers either way, the same maps)."""
+        kernel = _compiled("frame_maps") if compiled else None
+        if kernel is not None:
+            red, cyan, green_, blue = (np.empty(rgb.shape[:2], np.float32) for _ in range(4))
+            kernel(np.ascontiguousarray(rgb), red, cyan, green_, blue)
+        else:
+            red, green_, blue = cv2.split(rgb)
+            cyan = cv2.min(green_, blue).astype(np.float32) - red
+            red, blue = red.astype(np.float32), blue.astype(np.float32)
+            green_ = green_.astype(np.float32)
+            red -= blue
         green = features[PIXEL_FEATURES.index("excess_green")]
         if valid is None:
             count = cv2.integral(np.ones(red.shape, np.uint8), sdepth=cv2.CV_64F)

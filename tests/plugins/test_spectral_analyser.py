@@ -1838,6 +1838,28 @@ def test_the_compiled_suppression_equals_the_numpy_path() -> None:
     assert trimmed > 100 and dropped > 1000
 
 
+def test_the_frame_context_maps_are_the_same_compiled_or_not() -> None:
+    """``FrameContext.of`` makes its four colour maps (R − B, min(G, B) − R, G, B) in one
+    compiled pass or by OpenCV and NumPy passes: the same maps and integral images, with and
+    without a valid mask."""
+    rng = np.random.default_rng(7)
+    rgb = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    feats = rng.random((len(fast.PIXEL_FEATURES), 37, 53)).astype(np.float32)
+    valid = rng.random((37, 53)) > 0.2
+    assert fast._compiled("frame_maps") is not None
+    for v in (None, valid):
+        a = fast.FrameContext.of(rgb, feats, v)
+        b = fast.FrameContext.of(rgb, feats, v, compiled=False)
+        for name in ("redness", "cyan", "green", "blue", "count"):
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+            assert getattr(a, name).dtype == getattr(b, name).dtype
+        for x, y in zip(a.sums, b.sums, strict=True):
+            np.testing.assert_array_equal(x, y)
+    r, g, b_ = (rgb[..., k].astype(np.float32) for k in range(3))
+    np.testing.assert_array_equal(a.redness, r - b_)
+    np.testing.assert_array_equal(a.cyan, np.minimum(g, b_) - r)
+
+
 def test_the_analyser_gives_the_same_candidates_without_numba(tile, monkeypatch) -> None:
     """Where numba does not import, the analyser and the channels take the NumPy paths (ADRs
     0037, 0048, 0054, 0055: every compiled pass is None) and find the same candidates with
