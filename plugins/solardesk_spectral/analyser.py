@@ -529,10 +529,19 @@ def segment(
     cut = cv2.subtract(binary, back)
     n, labels = cv2.connectedComponents(cut, connectivity=4, ltype=cv2.CV_32S)
     if n > 1 and cv2.countNonZero(back):
-        # float32 holds every label exactly (a tile has far fewer than 2**24 of them)
-        grown = cv2.dilate(labels.astype(np.float32), np.ones((3, 3), np.uint8))
-        np.copyto(labels, grown, casting="unsafe", where=back.view(bool))
+        _take_largest_neighbour(labels, back, n - 1)
     return labels, n - 1
+
+
+def _take_largest_neighbour(labels: np.ndarray, back: np.ndarray, n: int) -> None:
+    """Each pixel of ``back`` (uint8, non-zero) takes the largest of ``labels`` (int32, values
+    0..``n``, in place) among its 3×3 neighbours, as they were before: a 3×3 dilation in a type
+    that holds every label exactly. uint16 up to 65535 labels (a tile holds a few thousand at
+    most), which OpenCV dilates several times faster than float32; float32 (exact to 2**24)
+    past that."""
+    exact = np.uint16 if n <= np.iinfo(np.uint16).max else np.float32
+    grown = cv2.dilate(labels.astype(exact), np.ones((3, 3), np.uint8))
+    np.copyto(labels, grown, casting="unsafe", where=back.view(bool))
 
 
 #: The orientation of a surface's texture: the structure tensor of the grey tile's Sobel
@@ -1630,7 +1639,9 @@ def merge_fragments(labels, X, boxes, conf, kept, tile: TileData, fusion, settin
     lut = np.zeros(n + 1, np.uint8)
     lut[1:][member] = 1
     lut[1:][kept & ~member] = 2
-    kind = lut[labels]  # 1: a member, 2: another kept candidate (one gather for both)
+    # 1: a member, 2: another kept candidate (one gather for both; np.take: the same values
+    # as indexing, in about half the time on a tile)
+    kind = np.take(lut, labels)
     on = kind == 1
     cand = on.view(np.uint8)
     closed = disk_morphology(cand, cv2.MORPH_CLOSE, round(MERGE_GAP_M / 2 / gsd))
@@ -1644,7 +1655,7 @@ def merge_fragments(labels, X, boxes, conf, kept, tile: TileData, fusion, settin
         return unchanged
     glut = np.zeros(nc, np.int32)
     glut[multi] = np.arange(1, len(multi) + 1)
-    mlab = glut[comp]
+    mlab = np.take(glut, comp)
     others = (kind == 2).view(np.uint8)
     ring = cv2.dilate(others, np.ones((3, 3), np.uint8)) > 0
     mlab[ring & ~on] = 0
@@ -1667,11 +1678,11 @@ def merge_fragments(labels, X, boxes, conf, kept, tile: TileData, fusion, settin
     rows = np.flatnonzero(~drop[1:])
     new = np.zeros(n + 1, np.int32)
     new[1 + rows] = np.arange(1, len(rows) + 1)
-    out = new[labels]
+    out = np.take(new, labels)
     acc = np.flatnonzero(ok)
     mnew = np.zeros(g + 1, np.int32)
     mnew[1 + acc] = len(rows) + 1 + np.arange(len(acc))
-    sel = mnew[mlab]
+    sel = np.take(mnew, mlab)
     out = np.where(sel > 0, sel, out)
     return (
         out,

@@ -1838,6 +1838,25 @@ def test_the_compiled_suppression_equals_the_numpy_path() -> None:
     assert trimmed > 100 and dropped > 1000
 
 
+@pytest.mark.parametrize("n", [3, 65535, 65536, 3_000_000])
+def test_a_pixel_under_an_edge_takes_its_largest_neighbouring_label(n: int) -> None:
+    """The edge cut's back-fill: each pixel under an edge takes the largest label among its
+    3×3 neighbours as they were before any is filled (0: none), whatever the number of labels
+    (uint16 holds them up to 65535, float32 past that)."""
+    rng = np.random.default_rng(n)
+    labels = rng.integers(0, n + 1, (40, 50)).astype(np.int32)
+    labels[rng.random(labels.shape) < 0.5] = 0
+    labels[0, 0] = n  # the largest label occurs
+    back = (rng.random(labels.shape) < 0.3).view(np.uint8)
+    labels[back.view(bool)] = 0  # pixels under an edge are background in the labels
+    expected = labels.copy()
+    padded = np.pad(labels, 1)
+    for y, x in zip(*np.nonzero(back), strict=True):
+        expected[y, x] = padded[y : y + 3, x : x + 3].max()
+    fast._take_largest_neighbour(labels, back, n)
+    np.testing.assert_array_equal(labels, expected)
+
+
 def test_the_frame_context_maps_are_the_same_compiled_or_not() -> None:
     """``FrameContext.of`` makes its four colour maps (R − B, min(G, B) − R, G, B) in one
     compiled pass or by OpenCV and NumPy passes: the same maps and integral images, with and
