@@ -2,6 +2,7 @@
 
     python benchmarks/eval_pseudolabels.py DATA_DIR [--overlays OUT_DIR] [--limit N]
         [--split all|even|odd] [--set NAME=VALUE ...] [--coarsen K] [--compare NAME=VALUE ...]
+        [--explain]
 
 DATA_DIR holds ``southtyrol-bz2023-roof-solar/`` (JPEG + world file, class 2 of
 ``derived/masks/*.png`` is solar) and/or ``bradbury-usgs-ca-tiles/`` (PNG at 0.3 m, masks 0/255).
@@ -22,6 +23,13 @@ same draws of images for both, so what the images have in common cancels): a var
 than the baseline beyond the noise of these images only where the interval excludes 0.
 Labels are not exhaustive: some "false positives" are unlabelled panels — look at the overlays
 before concluding.
+
+``--explain`` also says, per source, what the false pseudo-labels at 0.85 are (each with its
+image, confidence, size, best IoU with a labelled panel and share of its pixels on panels: a
+fragment or loose outline of a panel when most of its pixels are on panels, else something
+off the panels) and where the panels
+missed at 0.85 stand among all stored candidates (one at IoU ≥ 0.5 under the cut, by
+confidence; one at IoU 0.3–0.5 only; none), with how many of them are small (:func:`explain`).
 
 ``--coarsen K`` measures the same scenes at K times coarser ground resolution (South Tyrol's
 0.14 m as 0.55 m with K = 4, Bradbury's 0.3 m as 0.6 m with K = 2): each image is area-averaged
@@ -85,6 +93,12 @@ class Tally:
     per_image: list = field(default_factory=list)
     #: the analyser settings this tally measures (None: those of ``--set``)
     settings: dict | None = None
+    #: ``--explain``: gather the false pseudo-labels and the missed panels at 0.85
+    explain: bool = False
+    #: per false pseudo-label at 0.85: (image, confidence, pixels, best IoU, share on panels)
+    false_ones: list = field(default_factory=list)
+    #: per panel missed at 0.85: (image, area m², best IoU of a stored candidate, its confidence)
+    missed: list = field(default_factory=list)
 
 
 def bootstrap_interval(
@@ -173,7 +187,9 @@ def greedy_matches(pred_masks: list[np.ndarray], truth_labels: np.ndarray, n_tru
     return used_p, used_t
 
 
-def evaluate_image(rgb, valid, gsd, truth_mask, roof_mask, tally: Tally, overlay_path=None):
+def evaluate_image(
+    rgb, valid, gsd, truth_mask, roof_mask, tally: Tally, overlay_path=None, stem: str = ""
+):
     from solardesk_spectral.analyser import analyse_tile
     from solardesk_spectral.settings import SpectralSettings
 
@@ -207,6 +223,8 @@ def evaluate_image(rgb, valid, gsd, truth_mask, roof_mask, tally: Tally, overlay
                 if k not in hp:
                     tally.fp_total += 1
                     tally.fp_on_roof += int((m & roof_mask).sum() > 0.5 * m.sum())
+        if thr == 0.85 and tally.explain:
+            explain(stem, gsd, inst, conf >= thr, hp, ht, truth_labels, n_truth, tally)
     tally.per_image.append(counts)
     if overlay_path is not None:
         ov = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
@@ -217,6 +235,71 @@ def evaluate_image(rgb, valid, gsd, truth_mask, roof_mask, tally: Tally, overlay
             colour = (0, 0, 255) if c >= 0.85 else (255, 0, 255) if c >= 0.5 else (255, 128, 0)
             cv2.drawContours(ov, cnts, -1, colour, 1)
         cv2.imwrite(str(overlay_path), ov)
+
+
+def _ious(inst, truth_labels: np.ndarray, n_truth: int, area_t: np.ndarray) -> np.ndarray:
+    """IoU of one stored instance with each labelled panel (index 0: background, 0)."""
+    x0, y0, x1, y1 = inst.bbox
+    inter = np.bincount(truth_labels[y0:y1, x0:x1][inst.mask], minlength=n_truth + 1)
+    iou = inter / np.maximum(int(inst.mask.sum()) + area_t - inter, 1)
+    iou[0] = 0.0
+    return iou
+
+
+def explain(stem, gsd, inst, kept, hp, ht, truth_labels, n_truth, tally: Tally) -> None:
+    """Note, for ``--explain``, each false pseudo-label of one image (the instances ``kept``
+    at the cut whose index among them is not in ``hp``) and each labelled panel not in ``ht``
+    (the panels matched at the cut), with the best IoU any stored instance reaches on it."""
+    area_t = np.bincount(truth_labels.ravel(), minlength=n_truth + 1)
+    ious = [_ious(i, truth_labels, n_truth, area_t) for i in inst]
+    kept_idx = np.flatnonzero(kept)
+    for k, j in enumerate(kept_idx):
+        if k in hp:
+            continue
+        m = inst[j].mask
+        x0, y0, x1, y1 = inst[j].bbox
+        on = float((truth_labels[y0:y1, x0:x1][m] > 0).mean())
+        best = float(ious[j].max()) if n_truth else 0.0
+        tally.false_ones.append((stem, inst[j].confidence, int(m.sum()), best, on))
+    for t in range(1, n_truth + 1):
+        if t in ht:
+            continue
+        best, conf = 0.0, float("nan")
+        for j, iou in enumerate(ious):
+            if iou[t] > best:
+                best, conf = float(iou[t]), inst[j].confidence
+        tally.missed.append((stem, float(area_t[t]) * gsd * gsd, best, conf))
+
+
+#: ``--explain``: a false pseudo-label with at least half its pixels on labelled panels is a
+#: fragment or loose outline of one (its IoU with a panel under 0.5), the others lie off the
+#: panels (look-alikes, or panels nobody labelled); a missed panel is small under
+#: SMALL_PANEL_M2.
+SMALL_PANEL_M2 = 10.0
+
+
+def report_explained(t: Tally) -> None:
+    """What ``--explain`` gathered (see the module text)."""
+    cut = THRESHOLDS[-1]
+    fragments = [f for f in t.false_ones if f[4] >= 0.5]
+    print(
+        f"false pseudo-labels at {cut}: {len(t.false_ones)}; {len(fragments)} fragments or "
+        f"loose outlines of labelled panels (most of their pixels on panels), "
+        f"{len(t.false_ones) - len(fragments)} off the panels"
+    )
+    for stem, conf, px, best, on in sorted(t.false_ones, key=lambda f: -f[1]):
+        print(f"  {stem}: confidence {conf:.3f}, {px} px, best IoU {best:.2f}, {on:.0%} on panels")
+    m = np.array([(a, b, c) for _, a, b, c in t.missed], np.float64).reshape(-1, 3)
+    ranked = m[:, 1] >= 0.5
+    conf = np.nan_to_num(m[:, 2], nan=0.0)
+    print(
+        f"panels missed at {cut}: {len(m)}; a stored candidate at IoU ≥ 0.5 under the cut for "
+        f"{int(ranked.sum())} (confidence 0.7–{cut}: {int((ranked & (conf >= 0.7)).sum())}, "
+        f"0.5–0.7: {int((ranked & (conf >= 0.5) & (conf < 0.7)).sum())}, under 0.5: "
+        f"{int((ranked & (conf < 0.5)).sum())}), at IoU 0.3–0.5 only for "
+        f"{int(((m[:, 1] >= 0.3) & ~ranked).sum())}, none for {int((m[:, 1] < 0.3).sum())}; "
+        f"{int((m[:, 0] < SMALL_PANEL_M2).sum())} of them under {SMALL_PANEL_M2:g} m²"
+    )
 
 
 def _split(items: list, split: str) -> list:
@@ -282,7 +365,7 @@ def southtyrol(root: Path, tallies, overlays: Path | None, limit: int | None, sp
         ov = overlays / f"st_{stem}.png" if overlays and (lab == 2).any() else None
         scene = coarsen(rgb, valid, gsd, lab == 2, lab >= 1)
         for k, tally in enumerate(tallies):
-            evaluate_image(*scene, tally, ov if k == 0 else None)
+            evaluate_image(*scene, tally, ov if k == 0 else None, stem=stem)
 
 
 def bradbury(root: Path, tallies, overlays: Path | None, limit: int | None, split: str):
@@ -292,7 +375,7 @@ def bradbury(root: Path, tallies, overlays: Path | None, limit: int | None, spli
         ov = overlays / f"bb_{stem}.png" if overlays and k % 10 == 0 else None
         rgb, valid, gsd, panels = coarsen(rgb, valid, gsd, panels)
         for j, tally in enumerate(tallies):
-            evaluate_image(rgb, valid, gsd, panels, None, tally, ov if j == 0 else None)
+            evaluate_image(rgb, valid, gsd, panels, None, tally, ov if j == 0 else None, stem=stem)
 
 
 #: How this script evaluates each data set (South Tyrol also reports what its false positives
@@ -371,6 +454,11 @@ def main(argv: list[str] | None = None) -> int:
         metavar="K",
         help="Measure at K times coarser ground resolution (K x K block averages).",
     )
+    ap.add_argument(
+        "--explain",
+        action="store_true",
+        help="Also list the false pseudo-labels at 0.85 and where the missed panels stand.",
+    )
     args = ap.parse_args(argv)
     if args.coarsen < 1:
         print("eval_pseudolabels: --coarsen must be 1 or more", file=sys.stderr)
@@ -393,10 +481,12 @@ def main(argv: list[str] | None = None) -> int:
         args.overlays.mkdir(parents=True, exist_ok=True)
     found = data_sets(args.data_dir)
     for name, root, _ in found:
-        t = Tally()
+        t = Tally(explain=args.explain)
         tallies = [t, Tally(settings=variant)] if args.compare else [t]
         EVALUATE[name](root, tallies, args.overlays, args.limit, args.split)
         report(f"{name} ({t.gsd:.3g} m)", t)
+        if args.explain:
+            report_explained(t)
         if args.compare:
             changed = ", ".join(args.compare)
             report(f"{name} ({t.gsd:.3g} m), variant {changed}", tallies[1])

@@ -70,6 +70,86 @@ def test_eval_pseudolabels_prints_the_table(data_dir, capsys) -> None:
         assert np.isnan(precision) or float(p_lo) <= precision <= float(p_hi)
 
 
+def test_eval_pseudolabels_explains_its_false_positives_and_misses(data_dir, capsys) -> None:
+    """``--explain`` lists one line per false pseudo-label at 0.85 and accounts for every
+    panel missed there: the counts agree with the table's."""
+    import eval_pseudolabels
+
+    assert eval_pseudolabels.main([str(data_dir), "--explain"]) == 0
+    out = capsys.readouterr().out
+    n_cand, precision, recall = (
+        float(v)
+        for v in re.search(r"^\| 0\.85 \| (\d+) \| ([\d.na]+) \| ([\d.na]+) \|", out, re.M).groups()
+    )
+    panels = int(re.search(r"(\d+) labelled panels", out).group(1))
+    false = re.search(
+        r"^false pseudo-labels at 0\.85: (\d+); (\d+) fragments .*?, (\d+) off the panels$",
+        out,
+        re.M,
+    )
+    n_false, fragments, off = (int(v) for v in false.groups())
+    hits = 0 if n_cand == 0 else round(precision * n_cand)
+    assert n_false == n_cand - hits and fragments + off == n_false
+    listed = re.findall(
+        r"^  \S+: confidence (0\.\d+|1\.000), (\d+) px, best IoU ([\d.]+), ", out, re.M
+    )
+    assert len(listed) == n_false
+    assert all(float(c) >= 0.85 and float(iou) < 0.5 for c, _, iou in listed)
+    missed = re.search(
+        r"^panels missed at 0\.85: (\d+); a stored candidate at IoU ≥ 0\.5 under the cut for "
+        r"(\d+) \(confidence 0\.7–0\.85: (\d+), 0\.5–0\.7: (\d+), under 0\.5: (\d+)\), at IoU "
+        r"0\.3–0\.5 only for (\d+), none for (\d+); (\d+) of them under 10 m²$",
+        out,
+        re.M,
+    )
+    m = [int(v) for v in missed.groups()]
+    assert m[0] == panels - round(recall * panels)
+    assert m[1] == m[2] + m[3] + m[4] and m[0] == m[1] + m[5] + m[6] and m[7] <= m[0]
+
+
+def test_explain_tells_a_fragment_from_a_look_alike_and_finds_a_misseds_best_candidate(
+    capsys,
+) -> None:
+    """``explain`` notes each false pseudo-label with its best IoU and share on panels, and
+    each missed panel with the best IoU a stored candidate reaches on it and that candidate's
+    confidence; ``report_explained`` sorts them into fragments and look-alikes."""
+    from eval_pseudolabels import Tally, explain, greedy_matches, report_explained
+
+    from solardesk.core.cache import Instance
+
+    truth = np.zeros((40, 60), np.int32)
+    truth[5:15, 5:25] = 1  # panel 1: 200 px
+    truth[20:30, 5:45] = 2  # panel 2: 400 px
+    full = truth == 1
+    part = np.zeros_like(full)
+    part[20:30, 5:15] = True  # a quarter of panel 2
+    away = np.zeros_like(full)
+    away[32:38, 50:58] = True  # off the panels
+    weak = np.zeros_like(full)
+    weak[20:30, 5:35] = True  # IoU 0.75 with panel 2, under the cut
+
+    def instance(mask: np.ndarray, conf: float) -> Instance:
+        ys, xs = np.nonzero(mask)
+        x0, y0, x1, y1 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+        return Instance(bbox=(x0, y0, x1, y1), mask=mask[y0:y1, x0:x1], confidence=conf)
+
+    inst = [instance(full, 0.95), instance(part, 0.9), instance(away, 0.88), instance(weak, 0.6)]
+    kept = np.array([i.confidence >= 0.85 for i in inst])
+    hp, ht = greedy_matches([full, part, away], truth, 2)
+    assert hp == {0} and ht == {1}
+    t = Tally(explain=True)
+    explain("img", 0.5, inst, kept, hp, ht, truth, 2, t)
+    (_, c1, px1, iou1, on1), (_, c2, px2, iou2, on2) = t.false_ones
+    assert (c1, px1, iou1, on1) == (0.9, 100, pytest.approx(0.25), 1.0)
+    assert (c2, px2, iou2, on2) == (0.88, 48, 0.0, 0.0)
+    assert t.missed == [("img", pytest.approx(100.0), pytest.approx(0.75), 0.6)]  # 400 px × 0.25 m²
+    report_explained(t)
+    out = capsys.readouterr().out
+    assert "false pseudo-labels at 0.85: 2; 1 fragments" in out and ", 1 off the panels" in out
+    assert "under the cut for 1 (confidence 0.7–0.85: 0, 0.5–0.7: 1, under 0.5: 0)" in out
+    assert "none for 0; 0 of them under 10 m²" in out
+
+
 def test_bootstrap_interval_over_images() -> None:
     """Images drawn with replacement, precision and recall from the summed counts: identical
     images give no spread, the interval holds the pooled figure, and it is seeded."""
