@@ -165,6 +165,15 @@ def paired_difference(
     return out[0], out[1]
 
 
+def _iou_row(under: np.ndarray, size: int, area_t: np.ndarray) -> np.ndarray:
+    """IoU of a mask of ``size`` pixels with each labelled panel, ``under`` the panel labels
+    under its pixels and ``area_t`` each label's pixel count (index 0, background: 0)."""
+    inter = np.bincount(under, minlength=len(area_t))
+    iou = inter / np.maximum(size + area_t - inter, 1)
+    iou[0] = 0.0
+    return iou
+
+
 def greedy_matches(pred_masks: list[np.ndarray], truth_labels: np.ndarray, n_truth: int):
     """Indices of predictions and truths matched one to one at IoU ≥ 0.5."""
     if not pred_masks or n_truth == 0:
@@ -173,10 +182,7 @@ def greedy_matches(pred_masks: list[np.ndarray], truth_labels: np.ndarray, n_tru
     area_t = np.bincount(t, minlength=n_truth + 1)
     pairs = []
     for i, m in enumerate(pred_masks):
-        inter = np.bincount(t[m.ravel()], minlength=n_truth + 1)
-        union = m.sum() + area_t - inter
-        iou = inter / np.maximum(union, 1)
-        iou[0] = 0
+        iou = _iou_row(t[m.ravel()], int(m.sum()), area_t)
         for j in np.flatnonzero(iou >= 0.5):
             pairs.append((iou[j], i, j))
     used_p, used_t = set(), set()
@@ -237,37 +243,28 @@ def evaluate_image(
         cv2.imwrite(str(overlay_path), ov)
 
 
-def _ious(inst, truth_labels: np.ndarray, n_truth: int, area_t: np.ndarray) -> np.ndarray:
-    """IoU of one stored instance with each labelled panel (index 0: background, 0)."""
-    x0, y0, x1, y1 = inst.bbox
-    inter = np.bincount(truth_labels[y0:y1, x0:x1][inst.mask], minlength=n_truth + 1)
-    iou = inter / np.maximum(int(inst.mask.sum()) + area_t - inter, 1)
-    iou[0] = 0.0
-    return iou
-
-
 def explain(stem, gsd, inst, kept, hp, ht, truth_labels, n_truth, tally: Tally) -> None:
     """Note, for ``--explain``, each false pseudo-label of one image (the instances ``kept``
     at the cut whose index among them is not in ``hp``) and each labelled panel not in ``ht``
     (the panels matched at the cut), with the best IoU any stored instance reaches on it."""
     area_t = np.bincount(truth_labels.ravel(), minlength=n_truth + 1)
-    ious = [_ious(i, truth_labels, n_truth, area_t) for i in inst]
+    under = [truth_labels[i.bbox[1] : i.bbox[3], i.bbox[0] : i.bbox[2]][i.mask] for i in inst]
+    ious = np.array([_iou_row(u, len(u), area_t) for u in under], np.float64).reshape(
+        len(inst), n_truth + 1
+    )
     kept_idx = np.flatnonzero(kept)
     for k, j in enumerate(kept_idx):
         if k in hp:
             continue
-        m = inst[j].mask
-        x0, y0, x1, y1 = inst[j].bbox
-        on = float((truth_labels[y0:y1, x0:x1][m] > 0).mean())
-        best = float(ious[j].max()) if n_truth else 0.0
-        tally.false_ones.append((stem, inst[j].confidence, int(m.sum()), best, on))
+        on = float((under[j] > 0).mean())
+        best = float(ious[j].max())
+        tally.false_ones.append((stem, inst[j].confidence, len(under[j]), best, on))
     for t in range(1, n_truth + 1):
         if t in ht:
             continue
-        best, conf = 0.0, float("nan")
-        for j, iou in enumerate(ious):
-            if iou[t] > best:
-                best, conf = float(iou[t]), inst[j].confidence
+        j = int(np.argmax(ious[:, t])) if len(inst) else 0
+        best = float(ious[j, t]) if len(inst) else 0.0
+        conf = inst[j].confidence if best > 0 else float("nan")
         tally.missed.append((stem, float(area_t[t]) * gsd * gsd, best, conf))
 
 
