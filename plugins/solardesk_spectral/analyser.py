@@ -773,7 +773,7 @@ def mean_colour_a(red: np.ndarray, green: np.ndarray, blue: np.ndarray) -> np.nd
     """CIE a* of the sRGB colours ``(red, green, blue)`` in 8-bit levels (float arrays of one
     shape), in float64 by the formulas OpenCV documents for ``COLOR_RGB2Lab`` (sRGB gamma,
     D65 white); OpenCV's own float conversion interpolates tables and is off by up to 0.4."""
-    rgb = np.minimum(np.maximum(np.stack([red, green, blue], axis=-1) / 255.0, 0.0), 1.0)
+    rgb = np.clip(np.stack([red, green, blue], axis=-1) / 255.0, 0.0, 1.0)
     linear = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
     x = linear @ _RGB_TO_X / 0.950456
     y = linear @ _RGB_TO_Y
@@ -868,6 +868,7 @@ def _label_sums(
     *,
     compiled: bool = True,
     boxes: np.ndarray | None = None,
+    only: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(area, sums, boxes)`` of labels ``1..n``: pixel count, the sum over each of ``maps``
     (columns, float64, added in raster order) and the box (x0, y0, x1, y1; zeros for a label
@@ -876,7 +877,10 @@ def _label_sums(
     ``find_objects`` pass (``compiled=False`` takes this path too; the results are the
     same). ``boxes``: boxes (x0, y0, x1, y1) that hold each label's pixels, when the caller
     knows them; the compiled pass then looks inside them only, where they cover less than the
-    image (the same figures)."""
+    image (the same figures). ``only`` (with ``boxes``): which labels the caller needs; the
+    others get empty boxes, are not looked for and may come back as zeros."""
+    if only is not None and boxes is not None:
+        boxes = np.where(only[:, None], boxes, 0)
     kernel = _compiled("label_sums") if compiled else None
     if kernel is not None and boxes is not None and n == len(boxes):
         b = _inside(boxes, labels.shape)  # (numba does not check bounds)
@@ -1494,9 +1498,7 @@ def cap_white(rgb: np.ndarray, labels: np.ndarray, boxes: np.ndarray, conf: np.n
         return conf
     white = cv2.inRange(rgb, (WHITE_LEVEL,) * 3, (255,) * 3)  # 255: all three at the level
     white = np.minimum(white, 1, out=white).astype(np.float32)
-    # (only the candidates that could be capped are looked for: empty boxes for the others)
-    looked = np.where(which[:, None], boxes, 0)
-    area, sums, _ = _label_sums(labels, len(conf), [white], boxes=looked)
+    area, sums, _ = _label_sums(labels, len(conf), [white], boxes=boxes, only=which)
     capped = which & (sums[:, 0] > WHITE_MAX_SHARE * area)
     return np.where(capped, WHITE_CAP, conf)
 
@@ -1541,9 +1543,7 @@ def _fill_means(X, labels, which, feats: np.ndarray, score: np.ndarray, boxes=No
     if not todo or not np.any(which):
         return
     stack = (score, *feats)
-    if boxes is not None:  # (the other rows get empty boxes: not looked for)
-        boxes = np.where(which[:, None], boxes, 0)
-    area, sums, _ = _label_sums(labels, len(X), [stack[k] for k in todo], boxes=boxes)
+    area, sums, _ = _label_sums(labels, len(X), [stack[k] for k in todo], boxes=boxes, only=which)
     rows = np.flatnonzero(which & (area > 0))
     X[np.ix_(rows, todo)] = sums[rows] / area[rows, None]
 
