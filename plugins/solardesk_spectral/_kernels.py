@@ -840,6 +840,65 @@ def _frame_maps_py(rgb, redness, cyan, green, blue):
             blue[y, x] = b
 
 
+def _otsu_masked_py(image, mask, counts):
+    """Otsu's split of the whole-number values of ``image`` (0-255, any real dtype) where
+    ``mask`` is set, as ``analyser.otsu_level`` computes it from ``image[mask]``: the values
+    counted into ``counts`` (int64, 256 bins) in one pass, then its cumulative sums in float64
+    in the same order as NumPy's ``cumsum`` (left to right for the lower class, right to left
+    for the upper one) and its first largest between-class term. Returns ``(lo, n, k, between,
+    step, mean, weight)``: the least value and the number of bins from it to the largest, the
+    chosen bin, its between-class term and step, and the whole mean and weight (the variance's
+    dot product is left to NumPy, whose order it must keep); ``n`` < 2 when there is no split
+    (``k`` and the rest then 0), -1 when a value under the mask lies outside 0-255 (nothing is
+    counted past ``counts``: the caller takes the NumPy path)."""
+    h, w = mask.shape
+    for y in range(h):
+        for x in range(w):
+            if mask[y, x]:
+                v = image[y, x]
+                if not (v >= 0 and v < 256):
+                    return 0, -1, 0, 0.0, 0.0, 0.0, 0.0
+                counts[int(v)] += 1
+    lo = 0
+    while lo < 256 and counts[lo] == 0:
+        lo += 1
+    hi = 255
+    while hi > lo and counts[hi] == 0:
+        hi -= 1
+    n = hi - lo + 1 if lo < 256 else 0
+    if n < 2:
+        return lo, n, 0, 0.0, 0.0, 0.0, 0.0
+    w1 = np.empty(n, np.float64)
+    m1 = np.empty(n, np.float64)
+    m2 = np.empty(n, np.float64)
+    w2 = np.empty(n, np.float64)
+    s = 0.0
+    sc = 0.0
+    for j in range(n):
+        c = np.float64(counts[lo + j])
+        s += c
+        sc += c * np.float64(lo + j)
+        w1[j] = s
+        m1[j] = sc / s
+    s = 0.0
+    sc = 0.0
+    for j in range(n - 1, -1, -1):
+        c = np.float64(counts[lo + j])
+        s += c
+        sc += c * np.float64(lo + j)
+        w2[j] = s
+        m2[j] = sc / s
+    best = -1.0
+    k = 0
+    for j in range(n - 1):
+        d = m1[j] - m2[j + 1]
+        term = w1[j] * w2[j + 1] * (d * d)
+        if term > best:
+            best = term
+            k = j
+    return lo, n, k, best, m2[k + 1] - m1[k], m1[n - 1], w1[n - 1]
+
+
 def _compile(fn: Callable) -> Callable | None:
     try:
         import numba
@@ -869,3 +928,4 @@ _bucket = _compile(_bucket) or _bucket  # (what _spectrum_sums_py and _top_sum c
 _top_sum = _compile(_top_sum) or _top_sum  # (what _spectrum_sums_py calls)
 spectrum_sums: Callable | None = _compile(_spectrum_sums_py)
 frame_maps: Callable | None = _compile(_frame_maps_py)
+otsu_masked: Callable | None = _compile(_otsu_masked_py)

@@ -2100,3 +2100,58 @@ def test_outline_confidence_scores_an_outline_as_the_analyser_scores_its_own(mon
     monkeypatch.setattr(fast, "WHITE_CAP", 0.1)  # under what it scores unclipped
     capped = fast.outline_confidence(white, None, 0.15, labels, len(out) + 1, settings)
     assert capped[best] == 0.1
+
+
+def test_otsu_level_counts_uint8_values_as_their_integers() -> None:
+    """uint8 values are counted by OpenCV's histogram, others by ``bincount``: the same level,
+    effectiveness and step to the last bit (one value, two, gaps at either end, the full range),
+    skimage's level, and ``None`` for no values or all equal."""
+    from skimage.filters import threshold_otsu
+
+    rng = np.random.default_rng(5)
+    cases = [
+        np.array([7, 7, 200], np.uint8),
+        np.array([0, 255], np.uint8),
+        rng.integers(0, 256, 5000).astype(np.uint8),
+        np.concatenate([rng.normal(60, 8, 3000), rng.normal(170, 15, 2000)])
+        .clip(3, 250)
+        .astype(np.uint8),
+        rng.integers(90, 101, 777).astype(np.uint8),
+    ]
+    for values in cases:
+        fast_u8 = fast.otsu_level(values)
+        assert fast_u8 == fast.otsu_level(values.astype(np.int64))
+        assert fast_u8 == fast.otsu_level(values.astype(np.float32))
+        assert fast_u8[0] == threshold_otsu(hist=np.bincount(values)[values.min() :]) + values.min()
+    assert fast.otsu_level(np.full(40, 9, np.uint8)) is None
+    assert fast.otsu_level(np.zeros(0, np.uint8)) is None
+    assert fast.otsu_level(np.zeros(0, np.float32)) is None
+
+
+def test_the_compiled_otsu_of_a_masked_crop_gives_the_numpy_paths_figures() -> None:
+    """``otsu_level_in`` (one compiled pass over the crop and its mask) gives
+    ``otsu_level(image[mask])`` to the last bit, on uint8 and whole-number float32 crops, a
+    strided view, one value or none under the mask, and falls back to NumPy for a value
+    outside 0-255 (the compiled counts have 256 bins)."""
+    assert fast._compiled("otsu_masked") is not None  # numba is a dependency
+    rng = np.random.default_rng(11)
+    grey = np.concatenate([rng.normal(70, 9, (40, 90)), rng.normal(160, 20, (50, 90))]).clip(0, 255)
+    grey = np.rint(grey).astype(np.float32)
+    mask = rng.random(grey.shape) < 0.7
+    crops = [
+        (grey, mask),
+        (grey.astype(np.uint8), mask),
+        (grey[5:80, 3:70], mask[5:80, 3:70]),
+        (grey[::2, ::3], mask[::2, ::3]),
+        (grey, np.zeros_like(mask)),
+        (np.full((9, 9), 33, np.uint8), np.ones((9, 9), bool)),
+        (rng.integers(0, 256, (64, 64)).astype(np.uint8), rng.random((64, 64)) < 0.5),
+    ]
+    for image, m in crops:
+        want = fast.otsu_level(image[m])
+        assert fast.otsu_level_in(image, m) == want
+        assert fast.otsu_level_in(image, m, compiled=False) == want
+    assert fast.otsu_level_in(grey, mask) is not None
+    wide = grey * 2  # values up to 510: the compiled pass hands them to NumPy
+    assert fast.otsu_level_in(wide, mask) == fast.otsu_level(wide[mask])
+    assert fast._compiled("otsu_masked")(wide, mask, np.zeros(256, np.int64))[1] == -1
