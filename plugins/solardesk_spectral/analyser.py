@@ -1450,7 +1450,7 @@ def analyse(
     else:
         labels, X, boxes, conf = suppress(parts, settings.min_area_m2 / (gsd * gsd))
         kept = np.ones(len(conf), bool)
-    conf = _with_fine_power(grey, labels, X, kept, gsd, fusion, settings, measure_all)
+    conf = _with_fine_power(grey, labels, X, kept, gsd, fusion, settings, measure_all, boxes)
     tile = TileData(rgb, valid, gsd, grey, feats, score, context)
     for step, on in (
         (merge_fragments, settings.merge_fragments),
@@ -1548,9 +1548,13 @@ def _fill_means(X, labels, which, feats: np.ndarray, score: np.ndarray, boxes=No
     X[np.ix_(rows, todo)] = sums[rows] / area[rows, None]
 
 
-def _with_fine_power(grey, labels, X, kept, gsd, fusion, settings, measure_all) -> np.ndarray:
+def _with_fine_power(
+    grey, labels, X, kept, gsd, fusion, settings, measure_all, boxes=None
+) -> np.ndarray:
     """Measure ``fine_power_share`` and ``fine_peak_share`` (into ``X``) on the kept candidates
-    that need them and return every candidate's final confidence (0 where not kept)."""
+    that need them and return every candidate's final confidence (0 where not kept).
+    ``boxes``: boxes that hold each candidate's pixels (they may be loose): the tight ones of
+    the measured candidates are then found inside them, not by a pass over the whole tile."""
     weighed = any(fusion.instance_weights[c] != 0 for c in _FINE_COLS)
     if measure_all or (weighed and settings.floor <= 0):
         which = kept.copy()
@@ -1560,7 +1564,11 @@ def _with_fine_power(grey, labels, X, kept, gsd, fusion, settings, measure_all) 
         floor = np.log(settings.floor / (1.0 - settings.floor))
         which = kept & (_logit(X, fusion, gsd) + _best_fine_gain(X, fusion, gsd) >= floor)
     if which.any():
-        X[np.ix_(which, _FINE_COLS)] = measure_fine_power(grey, labels, gsd, which)[which]
+        tight = None
+        if boxes is not None:
+            # (one map: the compiled pass wants at least one; its sums are not used)
+            _, _, tight = _label_sums(labels, len(which), [grey], boxes=boxes, only=which)
+        X[np.ix_(which, _FINE_COLS)] = measure_fine_power(grey, labels, gsd, which, tight)[which]
     return np.where(kept, confidence(X, fusion, gsd), 0.0)
 
 
