@@ -29,7 +29,9 @@ image, confidence, size, best IoU with a labelled panel and share of its pixels 
 fragment or loose outline of a panel when most of its pixels are on panels, else something
 off the panels) and where the panels
 missed at 0.85 stand among all stored candidates (one at IoU ≥ 0.5 under the cut, by
-confidence; one at IoU 0.3–0.5 only; none), with how many of them are small (:func:`explain`).
+confidence; one at IoU 0.3–0.5 only; none), with how many of them are small, and, of those
+no candidate matches at IoU ≥ 0.5, how many lie inside a larger candidate, in pieces, or
+touched by none (:func:`explain`).
 
 ``--coarsen K`` measures the same scenes at K times coarser ground resolution (South Tyrol's
 0.14 m as 0.55 m with K = 4, Bradbury's 0.3 m as 0.6 m with K = 2): each image is area-averaged
@@ -97,7 +99,9 @@ class Tally:
     explain: bool = False
     #: per false pseudo-label at 0.85: (image, confidence, pixels, best IoU, share on panels)
     false_ones: list = field(default_factory=list)
-    #: per panel missed at 0.85: (image, area m², best IoU of a stored candidate, its confidence)
+    #: per panel missed at 0.85: (image, area m², best IoU of a stored candidate, its
+    #: confidence, its share on the panel, the largest share of the panel one candidate
+    #: covers, that candidate's size over the panel's)
     missed: list = field(default_factory=list)
 
 
@@ -246,12 +250,18 @@ def evaluate_image(
 def explain(stem, gsd, inst, kept, hp, ht, truth_labels, n_truth, tally: Tally) -> None:
     """Note, for ``--explain``, each false pseudo-label of one image (the instances ``kept``
     at the cut whose index among them is not in ``hp``) and each labelled panel not in ``ht``
-    (the panels matched at the cut), with the best IoU any stored instance reaches on it."""
+    (the panels matched at the cut), with the best IoU any stored instance reaches on it, that
+    instance's confidence and the share of it on the panel, and the largest share of the panel
+    one instance covers with that instance's size over the panel's."""
     area_t = np.bincount(truth_labels.ravel(), minlength=n_truth + 1)
     under = [truth_labels[i.bbox[1] : i.bbox[3], i.bbox[0] : i.bbox[2]][i.mask] for i in inst]
     ious = np.array([_iou_row(u, len(u), area_t) for u in under], np.float64).reshape(
         len(inst), n_truth + 1
     )
+    inter = np.array([np.bincount(u, minlength=n_truth + 1) for u in under], np.float64).reshape(
+        len(inst), n_truth + 1
+    )
+    sizes = np.array([len(u) for u in under], np.float64)
     kept_idx = np.flatnonzero(kept)
     for k, j in enumerate(kept_idx):
         if k in hp:
@@ -265,7 +275,11 @@ def explain(stem, gsd, inst, kept, hp, ht, truth_labels, n_truth, tally: Tally) 
         j = int(np.argmax(ious[:, t])) if len(inst) else 0
         best = float(ious[j, t]) if len(inst) else 0.0
         conf = inst[j].confidence if best > 0 else float("nan")
-        tally.missed.append((stem, float(area_t[t]) * gsd * gsd, best, conf))
+        on = float(inter[j, t] / sizes[j]) if best > 0 else 0.0
+        c = int(np.argmax(inter[:, t])) if len(inst) else 0
+        cover = float(inter[c, t] / area_t[t]) if len(inst) else 0.0
+        ratio = float(sizes[c] / area_t[t]) if cover > 0 else 0.0
+        tally.missed.append((stem, float(area_t[t]) * gsd * gsd, best, conf, on, cover, ratio))
 
 
 #: ``--explain``: a false pseudo-label with at least half its pixels on labelled panels is a
@@ -273,6 +287,13 @@ def explain(stem, gsd, inst, kept, hp, ht, truth_labels, n_truth, tally: Tally) 
 #: panels (look-alikes, or panels nobody labelled); a missed panel is small under
 #: SMALL_PANEL_M2.
 SMALL_PANEL_M2 = 10.0
+#: ``--explain``: a missed panel with no stored candidate at IoU ≥ 0.5 lies inside a larger
+#: candidate when one covers at least MERGED_COVER of it and is at least MERGED_RATIO times its
+#: size; it is in pieces when its best candidate lies at least PIECE_ON on it and covers under
+#: half of it; no candidate touches it when none covers NONE_COVER of it.
+MERGED_COVER, MERGED_RATIO = 0.7, 2.0
+PIECE_ON = 0.9
+NONE_COVER = 0.1
 
 
 def report_explained(t: Tally) -> None:
@@ -286,7 +307,7 @@ def report_explained(t: Tally) -> None:
     )
     for stem, conf, px, best, on in sorted(t.false_ones, key=lambda f: -f[1]):
         print(f"  {stem}: confidence {conf:.3f}, {px} px, best IoU {best:.2f}, {on:.0%} on panels")
-    m = np.array([(a, b, c) for _, a, b, c in t.missed], np.float64).reshape(-1, 3)
+    m = np.array([row[1:] for row in t.missed], np.float64).reshape(-1, 6)
     ranked = m[:, 1] >= 0.5
     conf = np.nan_to_num(m[:, 2], nan=0.0)
     print(
@@ -296,6 +317,20 @@ def report_explained(t: Tally) -> None:
         f"{int((ranked & (conf < 0.5)).sum())}), at IoU 0.3–0.5 only for "
         f"{int(((m[:, 1] >= 0.3) & ~ranked).sum())}, none for {int((m[:, 1] < 0.3).sum())}; "
         f"{int((m[:, 0] < SMALL_PANEL_M2).sum())} of them under {SMALL_PANEL_M2:g} m²"
+    )
+    best, on, cover, ratio = m[:, 1], m[:, 3], m[:, 4], m[:, 5]
+    unmatched = best < 0.5
+    merged = unmatched & (cover >= MERGED_COVER) & (ratio >= MERGED_RATIO)
+    pieces = unmatched & ~merged & (on >= PIECE_ON) & (best > 0) & (cover < 0.5)
+    untouched = unmatched & ~merged & ~pieces & (cover < NONE_COVER)
+    rest = unmatched & ~merged & ~pieces & ~untouched
+    print(
+        f"  of the {int(unmatched.sum())} with no stored candidate at IoU ≥ 0.5: "
+        f"{int(merged.sum())} inside a larger candidate (one covers ≥ {MERGED_COVER:.0%} of the "
+        f"panel and is ≥ {MERGED_RATIO:g}× its size), {int(pieces.sum())} in pieces (their best "
+        f"candidate lies ≥ {PIECE_ON:.0%} on them and covers under half), "
+        f"{int(untouched.sum())} touched by none (no candidate covers {NONE_COVER:.0%} of them), "
+        f"{int(rest.sum())} otherwise"
     )
 
 

@@ -105,6 +105,14 @@ def test_eval_pseudolabels_explains_its_false_positives_and_misses(data_dir, cap
     m = [int(v) for v in missed.groups()]
     assert m[0] == panels - round(recall * panels)
     assert m[1] == m[2] + m[3] + m[4] and m[0] == m[1] + m[5] + m[6] and m[7] <= m[0]
+    kinds = re.search(
+        r"^  of the (\d+) with no stored candidate at IoU ≥ 0\.5: (\d+) inside a larger "
+        r"candidate .*?, (\d+) in pieces .*?, (\d+) touched by none .*?, (\d+) otherwise$",
+        out,
+        re.M,
+    )
+    k = [int(v) for v in kinds.groups()]
+    assert k[0] == m[5] + m[6] and k[0] == sum(k[1:])
 
 
 def test_explain_tells_a_fragment_from_a_look_alike_and_finds_a_misseds_best_candidate(
@@ -142,12 +150,46 @@ def test_explain_tells_a_fragment_from_a_look_alike_and_finds_a_misseds_best_can
     (_, c1, px1, iou1, on1), (_, c2, px2, iou2, on2) = t.false_ones
     assert (c1, px1, iou1, on1) == (0.9, 100, pytest.approx(0.25), 1.0)
     assert (c2, px2, iou2, on2) == (0.88, 48, 0.0, 0.0)
-    assert t.missed == [("img", pytest.approx(100.0), pytest.approx(0.75), 0.6)]  # 400 px × 0.25 m²
+    # 400 px × 0.25 m²; the weak candidate lies wholly on panel 2 and covers 3/4 of it
+    assert t.missed == [("img", pytest.approx(100.0), pytest.approx(0.75), 0.6, 1.0, 0.75, 0.75)]
     report_explained(t)
     out = capsys.readouterr().out
     assert "false pseudo-labels at 0.85: 2; 1 fragments" in out and ", 1 off the panels" in out
     assert "under the cut for 1 (confidence 0.7–0.85: 0, 0.5–0.7: 1, under 0.5: 0)" in out
     assert "none for 0; 0 of them under 10 m²" in out
+    assert "of the 0 with no stored candidate at IoU ≥ 0.5: 0 inside" in out
+
+
+def test_explain_sorts_unmatched_panels_into_merged_pieces_and_untouched(capsys) -> None:
+    """A missed panel that no stored candidate matches at IoU ≥ 0.5 is counted inside a
+    larger candidate (one covers ≥ 70 % of it and is ≥ 2× its size), in pieces (its best
+    candidate lies on it and covers under half), or touched by none."""
+    from eval_pseudolabels import Tally, explain, report_explained
+
+    from solardesk.core.cache import Instance
+
+    truth = np.zeros((60, 80), np.int32)
+    truth[5:15, 5:15] = 1  # 100 px, inside the big candidate below
+    truth[30:40, 5:25] = 2  # 200 px, one small piece on it
+    truth[45:55, 60:70] = 3  # 100 px, nothing near it
+    big = np.zeros(truth.shape, bool)
+    big[0:25, 0:25] = True  # 625 px, covers all of panel 1
+    piece = np.zeros(truth.shape, bool)
+    piece[30:40, 5:10] = True  # 50 px, all on panel 2
+
+    def instance(mask: np.ndarray, conf: float) -> Instance:
+        ys, xs = np.nonzero(mask)
+        x0, y0, x1, y1 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+        return Instance(bbox=(x0, y0, x1, y1), mask=mask[y0:y1, x0:x1], confidence=conf)
+
+    inst = [instance(big, 0.4), instance(piece, 0.3)]
+    t = Tally(explain=True)
+    explain("img", 1.0, inst, np.zeros(2, bool), set(), set(), truth, 3, t)
+    assert [round(row[5], 2) for row in t.missed] == [1.0, 0.25, 0.0]  # the share covered
+    report_explained(t)
+    out = capsys.readouterr().out
+    assert "of the 3 with no stored candidate at IoU ≥ 0.5: 1 inside a larger candidate" in out
+    assert ", 1 in pieces " in out and ", 1 touched by none " in out and ", 0 otherwise" in out
 
 
 def test_bootstrap_interval_over_images() -> None:
