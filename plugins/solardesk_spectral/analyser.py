@@ -1747,20 +1747,13 @@ def otsu_level(values: np.ndarray) -> tuple[int, float, float] | None:
     :func:`skimage.filters.threshold_otsu` finds it on that histogram; the effectiveness is the
     share of the values' variance that lies between the two classes (1 for two spikes, 0.75
     for a uniform spread, about 0.64 for a normal one); the step is the upper class's mean less
-    the lower's. ``None`` when all values are equal (or there are none). uint8 values are
-    counted by OpenCV's histogram (several times faster than a cast and ``bincount``; the same
-    counts).
+    the lower's. ``None`` when all values are equal (or there are none). The analyser's splits
+    count a crop under a mask with :func:`otsu_level_in` (compiled, the same figures).
     """
     if values.size == 0:
         return None
-    if values.dtype == np.uint8 and values.size < 1 << 24:
-        hist = cv2.calcHist([values.reshape(1, -1)], [0], None, [256], [0, 256]).ravel()
-        present = np.flatnonzero(hist)
-        lo = int(present[0])
-        counts = hist[lo : int(present[-1]) + 1].astype(np.float64)  # (exact below 2**24)
-    else:
-        lo = int(values.min())
-        counts = np.bincount(values.astype(np.int64) - lo).astype(np.float64)
+    lo = int(values.min())
+    counts = np.bincount(values.astype(np.int64) - lo).astype(np.float64)
     if len(counts) < 2:
         return None
     centres = np.arange(lo, lo + len(counts), dtype=np.float64)

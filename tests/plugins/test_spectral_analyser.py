@@ -2103,9 +2103,9 @@ def test_outline_confidence_scores_an_outline_as_the_analyser_scores_its_own(mon
 
 
 def test_otsu_level_counts_uint8_values_as_their_integers() -> None:
-    """uint8 values are counted by OpenCV's histogram, others by ``bincount``: the same level,
-    effectiveness and step to the last bit (one value, two, gaps at either end, the full range),
-    skimage's level, and ``None`` for no values or all equal."""
+    """The same whole numbers as uint8, int64 or float32 give the same level, effectiveness
+    and step to the last bit (one value, two, gaps at either end, the full range), skimage's
+    level, and ``None`` for no values or all equal."""
     from skimage.filters import threshold_otsu
 
     rng = np.random.default_rng(5)
