@@ -169,12 +169,13 @@ def paired_difference(
     return out[0], out[1]
 
 
-def _iou_row(under: np.ndarray, size: int, area_t: np.ndarray) -> np.ndarray:
-    """IoU of a mask of ``size`` pixels with each labelled panel, ``under`` the panel labels
-    under its pixels and ``area_t`` each label's pixel count (index 0, background: 0)."""
-    inter = np.bincount(under, minlength=len(area_t))
+def _iou_row(inter: np.ndarray, size, area_t: np.ndarray) -> np.ndarray:
+    """IoU of a mask of ``size`` pixels with each labelled panel, ``inter`` the pixels it
+    shares with each label (``bincount`` of the labels under it) and ``area_t`` each label's
+    pixel count (index 0, background: 0). Rows of several masks at once broadcast (``inter``
+    ``(n, labels)``, ``size`` ``(n, 1)``)."""
     iou = inter / np.maximum(size + area_t - inter, 1)
-    iou[0] = 0.0
+    iou[..., 0] = 0.0
     return iou
 
 
@@ -186,7 +187,7 @@ def greedy_matches(pred_masks: list[np.ndarray], truth_labels: np.ndarray, n_tru
     area_t = np.bincount(t, minlength=n_truth + 1)
     pairs = []
     for i, m in enumerate(pred_masks):
-        iou = _iou_row(t[m.ravel()], int(m.sum()), area_t)
+        iou = _iou_row(np.bincount(t[m.ravel()], minlength=n_truth + 1), int(m.sum()), area_t)
         for j in np.flatnonzero(iou >= 0.5):
             pairs.append((iou[j], i, j))
     used_p, used_t = set(), set()
@@ -255,13 +256,11 @@ def explain(stem, gsd, inst, kept, hp, ht, truth_labels, n_truth, tally: Tally) 
     one instance covers with that instance's size over the panel's."""
     area_t = np.bincount(truth_labels.ravel(), minlength=n_truth + 1)
     under = [truth_labels[i.bbox[1] : i.bbox[3], i.bbox[0] : i.bbox[2]][i.mask] for i in inst]
-    ious = np.array([_iou_row(u, len(u), area_t) for u in under], np.float64).reshape(
-        len(inst), n_truth + 1
-    )
     inter = np.array([np.bincount(u, minlength=n_truth + 1) for u in under], np.float64).reshape(
         len(inst), n_truth + 1
     )
     sizes = np.array([len(u) for u in under], np.float64)
+    ious = _iou_row(inter, sizes[:, None], area_t)
     kept_idx = np.flatnonzero(kept)
     for k, j in enumerate(kept_idx):
         if k in hp:
