@@ -2296,13 +2296,16 @@ def suppress(
     that part keeps at least ``1 - SUPPRESS_OVERLAP`` of the candidate and ``min_pixels``.
     Returns ``(labels, X, boxes, confidence)`` of the taken candidates, label ``i + 1`` for row
     ``i`` (statistics and box are the candidate's own, computed before it was trimmed).
-    Confidences are numbers (never NaN: their order would be undefined). One compiled pass
-    where numba is installed (:func:`~solardesk_spectral._kernels.suppress`),
+    Confidences must be numbers (a NaN's order would be undefined: ``ValueError``). One
+    compiled pass where numba is installed (:func:`~solardesk_spectral._kernels.suppress`),
     else a loop of NumPy and OpenCV steps per candidate (``compiled=False`` takes it too; the
     results are the same).
     """
     shape = parts[0][0].shape
     n_feat = parts[0][1].shape[1] if parts[0][1].ndim == 2 else len(INSTANCE_FEATURES)
+    for _, _, _, conf, kept in parts:
+        if np.isnan(np.asarray(conf, np.float64)[kept]).any():
+            raise ValueError("suppress: a kept candidate's confidence is NaN")
     kernel = _compiled("suppress") if compiled else None
     if kernel is not None:
         # the same order as the loop's: falling confidence, then segmentation, then label

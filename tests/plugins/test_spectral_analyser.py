@@ -223,6 +223,13 @@ def test_suppress_keeps_the_more_confident_of_overlapping_candidates() -> None:
     # A smallest area (in pixels) drops D's 25.
     _, _, _, conf = fast.suppress(parts, min_pixels=30)
     np.testing.assert_array_equal(conf, [0.9, 0.5])
+    # A NaN confidence has no place in the order: refused on both paths, unless not kept.
+    parts[1][3][1] = np.nan
+    assert len(fast.suppress(parts)[3]) == 3
+    parts[0][3][2] = np.nan
+    for compiled in (True, False):
+        with pytest.raises(ValueError, match="NaN"):
+            fast.suppress(parts, compiled=compiled)
 
 
 def test_edge_cut_separates_an_array_from_the_roof_it_scores_like() -> None:
