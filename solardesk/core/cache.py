@@ -15,6 +15,10 @@ What it guarantees
   in any thread or process, open their own ``MaskCache(path, readonly=True)``; connections are
   never shared between threads (``check_same_thread`` stays on and says so if one is). A
   reader also opens a cache on read-only media (opened immutable once its WAL is merged).
+  Where the cache's place is writable a reader's connection is a query-only read-write one:
+  no statement can write through it, and as the last connection to close it removes the
+  ``-wal`` and ``-shm`` files, which a ``mode=ro`` connection would leave beside the cache
+  (merging first what a killed writer committed to the WAL, as the next writer would).
 * **Lazy reads.** :meth:`MaskCache.read_tile` decodes one tile's masks (well under a millisecond
   for a typical tile); :meth:`MaskCache.iter_instances` and :meth:`MaskCache.export_coco` stream
   rows, so memory does not grow with the cache.
@@ -628,7 +632,11 @@ class MaskCache:
                     f"Cache {p} does not exist; run `solardesk precompute` with --cache {p} "
                     "first, or choose another path."
                 )
-            target, uri = p.resolve().as_uri() + "?mode=ro", True
+            # Query-only read-write where the place allows it: read-only SQL, yet the last
+            # connection to close may remove the -wal and -shm files (mode=ro cannot).
+            writable = os.access(p, os.W_OK) and os.access(p.resolve().parent, os.W_OK)
+            mode = "rw" if writable else "ro"
+            target, uri = p.resolve().as_uri() + f"?mode={mode}", True
         else:
             folder = p.parent if str(p.parent) else Path(".")
             if not folder.is_dir():
@@ -644,6 +652,7 @@ class MaskCache:
         try:
             conn = sqlite3.connect(target, uri=uri, timeout=timeout, isolation_level=None)
             if self.readonly:
+                conn.execute("PRAGMA query_only = ON")
                 conn = self._readable(conn, target, timeout)
         except sqlite3.Error as e:
             raise self._error(e, "open the cache") from e
@@ -672,9 +681,14 @@ class MaskCache:
                     f"merged into it ({wal.name}); open it once for writing where it is "
                     "writable (a writer merges them on close), then read it here."
                 ) from e
-            return sqlite3.connect(
-                uri + "&immutable=1", uri=True, timeout=timeout, isolation_level=None
+            conn = sqlite3.connect(
+                uri.replace("?mode=rw", "?mode=ro") + "&immutable=1",
+                uri=True,
+                timeout=timeout,
+                isolation_level=None,
             )
+            conn.execute("PRAGMA query_only = ON")
+            return conn
 
     def _open_schema(self) -> None:
         conn = self._conn

@@ -496,6 +496,35 @@ def test_writing_through_a_read_only_cache_fails_clearly(tmp_path: Path) -> None
     assert digest(path) == before
 
 
+def test_a_reader_leaves_no_wal_files_behind(tmp_path: Path) -> None:
+    """A reader in a writable place is a query-only read-write connection: the last one to
+    close removes the -wal and -shm files (a mode=ro one leaves them beside the cache), and
+    the cache's bytes are those the writer left."""
+    path = tmp_path / "c.sqlite"
+    side = [Path(f"{path}-wal"), Path(f"{path}-shm")]
+    with MaskCache(path) as writer:
+        writer.write_tile(key("t0"), TILE, [inst()])
+    before = digest(path)
+    assert not any(f.exists() for f in side)
+    with MaskCache(path, readonly=True) as reader:
+        assert all(f.exists() for f in side)  # WAL mode: a reader needs its index
+        assert len(reader.read_tile("fp", "t0")) == 1
+        with pytest.raises(CacheError, match="read-only") as exc:
+            reader.set_review(1, "accepted")
+        assert exc.value.__cause__.sqlite_errorname == "SQLITE_READONLY"
+    assert not any(f.exists() for f in side) and digest(path) == before
+    # beside a writer, a reader's close leaves the writer's files; the writer's close removes
+    # them, and what it wrote meanwhile is there
+    with MaskCache(path) as writer:
+        with MaskCache(path, readonly=True) as reader:
+            writer.write_tile(key("t1"), TILE, [inst()])
+            assert len(reader.read_tile("fp", "t1")) == 1
+        assert all(f.exists() for f in side)
+    assert not any(f.exists() for f in side)
+    with MaskCache(path, readonly=True) as reader:
+        assert len(reader.read_tile("fp", "t1")) == 1 and reader.integrity_ok()
+
+
 def test_a_damaged_mask_is_reported_as_a_damaged_cache(cache: MaskCache) -> None:
     cache.write_tile(key("t0"), TILE, [inst()])
     cache._conn.execute("UPDATE instances SET mask = x'00ff'")
