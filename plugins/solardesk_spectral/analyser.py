@@ -44,6 +44,9 @@ Per tile:
 6. **Coarser pass** (setting ``coarse_pass``, off by default; ADR 0044): on imagery of 0.2 m or
    finer the tile is also analysed three times coarser, and those candidates join the tile's
    own where they share no pixel with a more confident one (:func:`analyse_tile`).
+7. **Relative-colour segmentation** (setting ``contrast_segmentation``, off by default; ADR
+   0056): on imagery coarser than 0.2 m a further segmentation of where the tile is darker
+   and bluer than the roof around it (:func:`contrast_map`) adds candidates to the others.
 
 Every weighed per-instance mean is computed for all components at once (one ``bincount`` per
 statistic); shapes from each component's hull, computed exactly (ADR 0050);
@@ -402,11 +405,58 @@ def cue_score(
     return z
 
 
+#: The relative-colour map (setting ``contrast_segmentation``, off by default; ADR 0056): where
+#: the module grid is not resolved (ground resolution coarser than CONTRAST_MIN_GSD), an array
+#: that none of the maps above lights is still a patch darker and bluer than the roof around
+#: it. The map adds its blue less red above the mean of a CONTRAST_WINDOW_M square around it,
+#: in units of CONTRAST_BLUE_LEVELS 8-bit levels, to its darkness below that square's mean grey,
+#: in units of CONTRAST_DARK_LEVELS. It is cut at CONTRAST_THRESHOLD and closed over
+#: CONTRAST_CLOSE_M like the learned score map. The window is a roof's size; the two units
+#: were set from the contrasts of Bradbury's panels that no other map lights (medians about 10
+#: and 24 levels), the threshold chosen on its even half (1.0–3.0) and measured on its odd half
+#: (docs/spectral_quality.md). Off by default: on South Tyrol's scenes coarsened to 0.28 m, grey
+#: roof planes and skylights on red tiles pass it too, and precision falls.
+CONTRAST_MIN_GSD = FINE_PEAK_MAX_GSD
+CONTRAST_WINDOW_M = 12.0
+CONTRAST_BLUE_LEVELS = 8.0
+CONTRAST_DARK_LEVELS = 20.0
+CONTRAST_THRESHOLD = 2.0
+CONTRAST_CLOSE_M = 0.25
+
+
+def contrast_map(
+    rgb: np.ndarray, grey: np.ndarray, gsd: float, valid: np.ndarray | None = None
+) -> np.ndarray:
+    """Darker and bluer than the roof around: the relative-colour map (float32).
+
+    Responds to a patch whose blue less red is above, and whose grey is below, the means of
+    the square of :data:`CONTRAST_WINDOW_M` around each pixel (an odd number of pixels,
+    mirrored at the tile's edge): ``(B − R − mean) / CONTRAST_BLUE_LEVELS + (mean grey − grey)
+    / CONTRAST_DARK_LEVELS``. About 0 on a uniform surface; high on a dark grey-blue array on a
+    beige or light grey roof. Low on a dark patch that is redder than its surroundings (a
+    brown roof, soil). With ``valid``, the means are taken over valid pixels only.
+    """
+    w = round(float(CONTRAST_WINDOW_M / gsd)) | 1
+    f = rgb.astype(np.float32)
+    bmr = f[..., 2] - f[..., 0]
+    g = grey.astype(np.float32)
+    if valid is None:
+        mean_bmr, mean_g = cv2.blur(bmr, (w, w)), cv2.blur(g, (w, w))
+    else:
+        v = valid.astype(np.float32)
+        n = np.maximum(cv2.blur(v, (w, w)), np.float32(1e-6))
+        mean_bmr, mean_g = cv2.blur(bmr * v, (w, w)) / n, cv2.blur(g * v, (w, w)) / n
+    return (bmr - mean_bmr) / np.float32(CONTRAST_BLUE_LEVELS) + (mean_g - g) / np.float32(
+        CONTRAST_DARK_LEVELS
+    )
+
+
 def segmentation_maps(
-    features: np.ndarray, score: np.ndarray, settings: Any
+    features: np.ndarray, score: np.ndarray, settings: Any, contrast: np.ndarray | None = None
 ) -> list[tuple[np.ndarray, float, float]]:
     """``(map, threshold, closing in metres)`` of each segmentation the settings ask for: the
-    learned score map, the cue sum at each of CUE_THRESHOLDS, the texture cue sum."""
+    learned score map, the cue sum at each of CUE_THRESHOLDS, the texture cue sum, and
+    ``contrast`` (:func:`contrast_map`) when given."""
     maps = [(score, settings.score_threshold, 0.25)]
     cues = None
     if settings.cue_segmentation:
@@ -419,6 +469,8 @@ def segmentation_maps(
             else cue_score(features, _TEXTURE_LESS_CUE, start=cues)
         )
         maps.append((textured, TEXTURE_CUE_THRESHOLD, TEXTURE_CUE_CLOSE_M))
+    if contrast is not None:
+        maps.append((contrast, CONTRAST_THRESHOLD, CONTRAST_CLOSE_M))
     return maps
 
 
@@ -1413,7 +1465,10 @@ def analyse(
     feats = pixel_features(rgb, valid, gsd, grey_u8)
     score = score_map(feats, fusion)
     edges = strong_edges(rgb, gsd, grey_u8) if settings.edge_cut else None
-    hypotheses = segmentation_maps(feats, score, settings)
+    contrast = None
+    if settings.contrast_segmentation and gsd > CONTRAST_MIN_GSD:
+        contrast = contrast_map(rgb, grey_u8, gsd, valid)
+    hypotheses = segmentation_maps(feats, score, settings, contrast)
     context = FrameContext.of(rgb, feats, valid)
     # Shapes are traced only where the area limits may keep a component; of the means, those
     # the confidence weighs (the others: for the survivors, below).

@@ -18,6 +18,12 @@ from skimage.measure import label, regionprops
 
 from solardesk_spectral.analyser import (
     CONFIDENCE_OFFSET,
+    CONTRAST_BLUE_LEVELS,
+    CONTRAST_CLOSE_M,
+    CONTRAST_DARK_LEVELS,
+    CONTRAST_MIN_GSD,
+    CONTRAST_THRESHOLD,
+    CONTRAST_WINDOW_M,
     CUE_CLOSE_M,
     CUE_THRESHOLDS,
     CUE_WEIGHTS,
@@ -399,6 +405,26 @@ def cue_score(features: np.ndarray, weights=CUE_WEIGHTS) -> np.ndarray:
     return z
 
 
+def contrast_map(rgb: np.ndarray, gsd: float, valid=None) -> np.ndarray:
+    """ADR 0056: blue less red above, and grey below, their means over the (valid pixels of
+    the) odd square of about CONTRAST_WINDOW_M around each pixel, mirrored at the edge; in
+    float64 with SciPy's uniform filter."""
+    import cv2
+
+    w = round(float(CONTRAST_WINDOW_M / gsd)) | 1
+    f = rgb.astype(np.float64)
+    bmr = f[..., 2] - f[..., 0]
+    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float64)
+    v = np.ones(bmr.shape) if valid is None else valid.astype(np.float64)
+
+    def mean(x):
+        return ndimage.uniform_filter(x * v, w, mode="mirror") / np.maximum(
+            ndimage.uniform_filter(v, w, mode="mirror"), 1e-6
+        )
+
+    return (bmr - mean(bmr)) / CONTRAST_BLUE_LEVELS + (mean(grey) - grey) / CONTRAST_DARK_LEVELS
+
+
 def analyse_masks(rgb: np.ndarray, valid, gsd: float, settings, fusion) -> list:
     """(confidence, full mask) of every candidate the reference keeps, as the fast stage."""
     feats = pixel_features(rgb, valid, gsd)
@@ -411,6 +437,8 @@ def analyse_masks(rgb: np.ndarray, valid, gsd: float, settings, fusion) -> list:
     if settings.texture_segmentation:
         textured = cue_score(feats, TEXTURE_CUE_WEIGHTS)
         hypotheses.append((textured, TEXTURE_CUE_THRESHOLD, TEXTURE_CUE_CLOSE_M))
+    if settings.contrast_segmentation and gsd > CONTRAST_MIN_GSD:
+        hypotheses.append((contrast_map(rgb, gsd, valid), CONTRAST_THRESHOLD, CONTRAST_CLOSE_M))
     candidates = []  # (-confidence, hypothesis, label, mask, statistics)
     field = None
     if settings.orientation_split:

@@ -131,11 +131,13 @@ def _oracle_step(step, survivors, data, settings, fusion) -> list:
     )
 
 
-def _stage_matches_the_oracle(rgb: np.ndarray, settings: SpectralSettings) -> int:
+def _stage_matches_the_oracle(
+    rgb: np.ndarray, settings: SpectralSettings, gsd: float = 0.15
+) -> int:
     """Every stored candidate of the fast stage has a reference twin (mask IoU ≥ 0.99, same
     confidence), and as many of them; returns how many."""
-    got = fast.analyse_tile(rgb, None, 0.15, settings.model_dump())
-    want = ref.analyse_masks(rgb, None, 0.15, settings, fast.default_fusion())
+    got = fast.analyse_tile(rgb, None, gsd, settings.model_dump())
+    want = ref.analyse_masks(rgb, None, gsd, settings, fast.default_fusion())
     assert len(got) == len(want)
     for inst in got:
         m = inst.full_mask(*rgb.shape[:2])
@@ -2162,3 +2164,74 @@ def test_the_compiled_otsu_of_a_masked_crop_gives_the_numpy_paths_figures() -> N
     wide = grey * 2  # values up to 510: the compiled pass hands them to NumPy
     assert fast.otsu_level_in(wide, mask) == fast.otsu_level(wide[mask])
     assert fast._compiled("otsu_masked")(wide, mask, np.zeros(256, np.int64))[1] == -1
+
+
+def test_contrast_map_lights_a_darker_bluer_patch_not_its_roof_nor_a_brown_one() -> None:
+    """ADR 0056: on a beige roof at 0.3 m a dark grey-blue array passes the threshold and the
+    roof around it does not; a dark brown patch (darker, but redder than the roof) stays under
+    it; a uniform tile reads 0. Nodata beside an array does not hide it: the means skip
+    invalid pixels (black nodata counted as roof pulls the array's contrast down). The oracle
+    (SciPy's uniform filter in float64) agrees."""
+    gsd = 0.3
+    rgb = np.empty((160, 160, 3), np.uint8)
+    rgb[:] = (133, 131, 122)  # a beige roof
+    array = np.zeros((160, 160), bool)
+    array[40:55, 40:70] = True  # 4.5 m × 9 m
+    brown = np.zeros((160, 160), bool)
+    brown[110:125, 100:130] = True
+    rgb[array] = (100, 110, 112)
+    rgb[brown] = (100, 85, 70)
+    c = fast.contrast_map(rgb, fast.grey_of(rgb), gsd)
+    inner = fast.cv2.erode(array.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+    assert c[inner].min() > fast.CONTRAST_THRESHOLD
+    assert c[brown].max() < fast.CONTRAST_THRESHOLD - 1.0
+    roof = ~fast.cv2.dilate((array | brown).astype(np.uint8), np.ones((3, 3), np.uint8)).astype(
+        bool
+    )
+    assert c[roof].max() < 0.2  # the roof never reads darker or bluer than itself
+    np.testing.assert_allclose(c, ref.contrast_map(rgb, gsd), atol=1e-4)
+    flat = np.full((64, 64, 3), 120, np.uint8)
+    assert np.abs(fast.contrast_map(flat, fast.grey_of(flat), gsd)).max() < 1e-5
+    # nodata (black) in a band beside the array
+    valid = np.ones((160, 160), bool)
+    valid[:, :36] = False
+    rgb[~valid] = 0
+    with_valid = fast.contrast_map(rgb, fast.grey_of(rgb), gsd, valid)
+    without = fast.contrast_map(rgb, fast.grey_of(rgb), gsd)
+    assert with_valid[inner].min() > fast.CONTRAST_THRESHOLD
+    assert without[inner].mean() < with_valid[inner].mean() - 0.3
+    np.testing.assert_allclose(
+        with_valid[valid], ref.contrast_map(rgb, gsd, valid)[valid], atol=1e-4
+    )
+
+
+def test_contrast_segmentation_is_off_by_default_and_runs_where_modules_are_not_resolved(
+    monkeypatch,
+) -> None:
+    """ADR 0056: off by default; when on, a fifth segmentation (of :func:`contrast_map` at its
+    threshold) runs on imagery coarser than CONTRAST_MIN_GSD only; at 0.3 m it adds a
+    candidate on a synthetic scene, and the stage with it matches the oracle."""
+    assert SpectralSettings().contrast_segmentation is False
+    scene = generate_scene(SceneSpec(height=256, width=256, gsd=0.3, seed=6, n_roofs=3))
+    rgb = np.ascontiguousarray(np.moveaxis(scene.image[:3], 0, -1))
+    thresholds = []
+    segment = fast.segment
+
+    def spy(hyp, valid, gsd, threshold, *args, **kwargs):
+        thresholds.append(threshold)
+        return segment(hyp, valid, gsd, threshold, *args, **kwargs)
+
+    monkeypatch.setattr(fast, "segment", spy)
+    off = SpectralSettings(floor=0.003)
+    on = off.model_copy(update={"contrast_segmentation": True})
+    for gsd, settings, n in ((0.3, off, 4), (0.3, on, 5), (fast.CONTRAST_MIN_GSD, on, 4)):
+        thresholds.clear()
+        fast.analyse(rgb, None, gsd, settings)
+        assert len(thresholds) == n
+        if n == 5:
+            assert thresholds[-1] == fast.CONTRAST_THRESHOLD
+    monkeypatch.setattr(fast, "segment", segment)
+    plain = {round(i.confidence, 6) for i in fast.analyse_tile(rgb, None, 0.3, off.model_dump())}
+    more = {round(i.confidence, 6) for i in fast.analyse_tile(rgb, None, 0.3, on.model_dump())}
+    assert more - plain  # a candidate of the fifth segmentation is stored
+    assert _stage_matches_the_oracle(rgb, on, gsd=0.3) >= 3
