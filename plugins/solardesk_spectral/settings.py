@@ -9,6 +9,9 @@ from pydantic import Field
 from solardesk.config import Settings
 
 _READ_TIME = {"recompute": False}
+#: An opt-in setting whose default computes what the stage version computed before it existed:
+#: in the cache key only when set (solardesk.core.pipeline.KEYED_WHEN_SET).
+_KEYED_WHEN_SET = {"keyed": "when set"}
 
 
 class SpectralSettings(Settings):
@@ -153,6 +156,7 @@ class SpectralSettings(Settings):
             "0.836 / 0.120 → 0.862 / 0.146 on the held-out half). Off by default: on red-tiled "
             "roofs it adds grey roof planes and skylights (South Tyrol at 0.28 m loses "
             "precision), and it costs one more segmentation per tile (ADR 0056).",
+            json_schema_extra=_KEYED_WHEN_SET,
         ),
     ] = False
     min_area_m2: Annotated[

@@ -33,6 +33,11 @@ from solardesk.errors import (
 #: Read-time settings (confidence threshold...) never change what is computed: they are
 #: marked ``json_schema_extra={"recompute": False}`` and left out of the cache key.
 RECOMPUTE_FLAG = "recompute"
+#: An opt-in setting added to a stage after its version was fixed, whose default computes what
+#: that version computed, is marked ``json_schema_extra={"keyed": "when set"}``: it enters the
+#: cache key only at another value, so adding it recomputes nothing that is cached (ADR 0004).
+#: Changing such a setting's default means bumping the stage's version.
+KEYED_FLAG, KEYED_WHEN_SET = "keyed", "when set"
 
 
 @dataclass(frozen=True)
@@ -198,13 +203,20 @@ def _single_threaded_children() -> Iterator[None]:
 # Parent side
 # --------------------------------------------------------------------------------------------
 def stage_params(settings_model: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(all settings, the part that changes what is computed)`` of a settings model."""
+    """``(all settings, the part that changes what is computed)`` of a settings model: every
+    setting but the read-time ones (:data:`RECOMPUTE_FLAG`), and but those marked
+    :data:`KEYED_WHEN_SET` while they hold their default."""
     data = settings_model.model_dump(mode="json")
-    keyed = {
-        name: data[name]
-        for name, f in type(settings_model).model_fields.items()
-        if (f.json_schema_extra or {}).get(RECOMPUTE_FLAG, True)
-    }
+    keyed = {}
+    for name, f in type(settings_model).model_fields.items():
+        extra = f.json_schema_extra if isinstance(f.json_schema_extra, dict) else {}
+        if not extra.get(RECOMPUTE_FLAG, True):
+            continue
+        if extra.get(KEYED_FLAG) == KEYED_WHEN_SET and data[name] == f.get_default(
+            call_default_factory=True
+        ):
+            continue
+        keyed[name] = data[name]
     return data, keyed
 
 

@@ -60,6 +60,9 @@ def test_precompute_fills_cache_and_rerun_computes_nothing(tmp_path: Path, scene
     # The threshold is read-time: changing it recomputes nothing.
     thr, _ = run_job([scene_tif], cache, settings={"threshold": 0.5})
     assert thr.computed == 0
+    # An opt-in setting left at its default is not part of the key: nothing recomputes.
+    same, _ = run_job([scene_tif], cache, settings={"contrast_segmentation": False})
+    assert same.computed == 0
     # A parameter that changes what is computed recomputes every tile of this stage.
     changed, _ = run_job([scene_tif], cache, settings={"min_area_m2": 6.0})
     assert changed.computed == 16

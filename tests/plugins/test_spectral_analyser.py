@@ -2235,3 +2235,22 @@ def test_contrast_segmentation_is_off_by_default_and_runs_where_modules_are_not_
     more = {round(i.confidence, 6) for i in fast.analyse_tile(rgb, None, 0.3, on.model_dump())}
     assert more - plain  # a candidate of the fifth segmentation is stored
     assert _stage_matches_the_oracle(rgb, on, gsd=0.3) >= 3
+
+
+def test_an_opt_in_setting_at_its_default_is_not_part_of_the_cache_key() -> None:
+    """ADR 0004 and 0056: ``contrast_segmentation`` is marked keyed-when-set. Off, it leaves
+    the key as it was before the setting existed, so caches made before it stay valid; on,
+    it is part of the key. The default key is pinned: if it changes, either the defaults
+    compute something else (bump STAGE_VERSION) or a new opt-in setting was left unmarked."""
+    from solardesk.core.cache import hash_params
+    from solardesk.core.pipeline import stage_params
+
+    _, keyed = stage_params(SpectralSettings())
+    assert "contrast_segmentation" not in keyed and "threshold" not in keyed
+    _, on = stage_params(SpectralSettings(contrast_segmentation=True))
+    assert on.pop("contrast_segmentation") is True and on == keyed
+    assert hash_params(keyed) == "9fdc7fb942056688", (
+        "the default spectral settings' cache key changed: bump the stage version if the "
+        "defaults compute something else, or mark a new opt-in setting keyed-when-set; then "
+        "pin the new key here"
+    )
