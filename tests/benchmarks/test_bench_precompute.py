@@ -37,7 +37,8 @@ def test_the_benchmark_times_a_stage_setting_and_refuses_an_unknown_one(
     monkeypatch, capsys
 ) -> None:
     """``--set coarse_pass=true`` reaches the timed runs (ADR 0044's cost is measured, not
-    guessed); a setting the stage does not have is a clear error."""
+    guessed); ``--set contrast_segmentation=true`` reaches the reference comparison as well
+    (ADR 0056); a setting the stage does not have is a clear error."""
     import pytest
 
     monkeypatch.syspath_prepend(str(BENCHMARKS))
@@ -47,6 +48,13 @@ def test_the_benchmark_times_a_stage_setting_and_refuses_an_unknown_one(
     assert bench_precompute.main([*args, "--set", "coarse_pass=true"]) == 0
     out = capsys.readouterr().out
     assert "stage settings: coarse_pass=True" in out and "one worker :" in out
+    # the reference runs the timed settings too (all but the coarser pass, which it lacks)
+    small = ["--size", "512", "--tile", "256", "--gsd", "0.3", "--repeats", "1"]
+    on = ["--set", "contrast_segmentation=true", "--reference-tiles", "1", "--stages", "0"]
+    assert bench_precompute.main([*small, *on]) == 0
+    out = capsys.readouterr().out
+    assert "stage settings: contrast_segmentation=True" in out
+    assert "fast vs reference (contrast_segmentation=True): IoU 1.0000" in out
     with pytest.raises(SystemExit) as exc:
         bench_precompute.main([*args, "--set", "no_such=1"])
     err = capsys.readouterr().err
