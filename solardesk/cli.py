@@ -583,13 +583,14 @@ def cache_stats(cache_path: Path, threshold: float, as_json: bool) -> None:
 @click.option(
     "--threshold", default=0.85, show_default=True, type=CONFIDENCE, help="Pseudo-label confidence."
 )
-def cache_export_coco(cache_path: Path, out: Path, threshold: float) -> None:
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists (never the cache).")
+def cache_export_coco(cache_path: Path, out: Path, threshold: float, overwrite: bool) -> None:
     """Write the pseudo-labels of CACHE_PATH as a COCO instances JSON file OUT."""
     from solardesk.core.cache import MaskCache
 
     _require_file(cache_path, "cache")
     with MaskCache(cache_path, readonly=True) as c:
-        res = c.export_coco(out, threshold=threshold)
+        res = c.export_coco(out, threshold=threshold, overwrite=overwrite)
     click.echo(f"{out}: {res['images']} images, {res['annotations']} annotations")
 
 

@@ -2045,6 +2045,7 @@ class MaskCache:
         stage_id: str | None = None,
         stage_version: str | int | None = None,
         params_hash: str | None = None,
+        overwrite: bool = False,
     ) -> dict[str, int]:
         """Write the current instances as a COCO instances JSON; return image/annotation counts.
 
@@ -2055,8 +2056,18 @@ class MaskCache:
         ones: uncompressed RLE segmentation in tile pixels, ``bbox`` [x, y, w, h], ``area``,
         ``score`` (the confidence), ``category_id`` 1 (``solar_panel``), ``iscrowd`` 0, plus
         ``provenance`` and ``review``. Rows are streamed; the file appears only when complete.
+        ``out_path`` must not be the cache itself or one of its -wal, -shm or -journal files,
+        nor an existing file unless ``overwrite`` (:class:`~solardesk.errors.CacheError`).
         """
         out = Path(out_path)
+        self._refuse_own_file(out, "the COCO export")
+        if out.is_dir():
+            raise CacheError(f"{out} is a folder; give a file name such as {out / 'coco.json'}.")
+        if out.exists() and not overwrite:
+            raise CacheError(
+                f"{out} already exists; pass --overwrite (overwrite=True) to replace it, or "
+                "choose another name."
+            )
         tmp = out.with_name(out.name + ".part")
         cond, params = self._current_sql("t", stage_id, stage_version, params_hash)
         if raster_fp is not None:
@@ -2142,6 +2153,22 @@ class MaskCache:
                 tmp.unlink(missing_ok=True)
             raise
         return {"images": n_images, "annotations": n_ann}
+
+    def _refuse_own_file(self, out: Path, what: str) -> None:
+        """Raise :class:`CacheError` when ``out`` is this cache's file or a companion of it
+        (the same file by another name, a link or a relative path included)."""
+        own = [self.path, *(Path(f"{self.path}{s}") for s in ("-wal", "-shm", "-journal"))]
+        for p in own:
+            same = out.resolve() == p.resolve()
+            if not same and out.exists() and p.exists():
+                with suppress(OSError):
+                    same = os.path.samefile(out, p)
+            if same:
+                raise CacheError(
+                    f"{out} is {'the cache' if p == self.path else 'a file of the cache'} "
+                    f"{self.path}; writing {what} there would destroy it. Choose another "
+                    "output path."
+                )
 
     # ----------------------------------------------------------------------------- health
     def integrity_ok(self) -> bool:

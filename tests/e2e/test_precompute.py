@@ -317,6 +317,14 @@ def test_cache_commands(tmp_path: Path, scene_tif: Path) -> None:
 
     data = json.loads(coco.read_text())
     assert len(data["images"]) == 16 and data["annotations"]
+    # an existing OUT is replaced only when asked; the cache itself never
+    again = _cli("cache", "export-coco", str(cache), str(coco))
+    assert again.returncode == 2 and "already exists; pass --overwrite" in again.stderr
+    assert _cli("cache", "export-coco", str(cache), str(coco), "--overwrite").returncode == 0
+    onto = _cli("cache", "export-coco", str(cache), str(cache), "--overwrite")
+    assert onto.returncode == 2, onto.stderr
+    assert f"{cache} is the cache" in onto.stderr and "Traceback" not in onto.stderr
+    assert _cli("cache", "stats", str(cache)).returncode == 0
 
 
 def test_a_raster_without_georeferencing_is_reported_once_with_two_workers(tmp_path: Path) -> None:

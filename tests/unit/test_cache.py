@@ -1251,6 +1251,38 @@ def test_export_coco(cache: MaskCache, tmp_path: Path) -> None:
         assert list(mask_utils.toBbox(rle)) == ann["bbox"]
 
 
+def test_an_export_never_replaces_the_cache_nor_an_existing_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite"
+    with MaskCache(path) as writer:
+        writer.write_tile(key("t0"), TILE, [inst(conf=0.9)])
+        before = writer.stats()["instances"]
+        (tmp_path / "alias.sqlite").symlink_to(path)
+        names = [
+            path,  # the cache itself
+            Path(f"{path}-wal"),  # its write-ahead log, open right now
+            tmp_path / "sub" / ".." / "c.sqlite",  # the same file by another path
+            tmp_path / "alias.sqlite",  # a link to it
+        ]
+        for out in names:
+            with pytest.raises(CacheError, match="would destroy it"):
+                writer.export_coco(out, overwrite=True)
+        (tmp_path / "sub").mkdir()
+        with pytest.raises(CacheError, match="would destroy it"):
+            writer.export_coco(tmp_path / "sub" / ".." / "c.sqlite", overwrite=True)
+        # an existing file is kept unless the caller asks to replace it
+        other = tmp_path / "coco.json"
+        other.write_text("my notes")
+        with pytest.raises(CacheError, match="already exists; pass --overwrite"):
+            writer.export_coco(other)
+        assert other.read_text() == "my notes"
+        assert writer.export_coco(other, overwrite=True)["annotations"] == 1
+        assert json.loads(other.read_text())["annotations"]
+        with pytest.raises(CacheError, match="is a folder"):
+            writer.export_coco(tmp_path / "sub", overwrite=True)
+    with MaskCache(path, readonly=True) as reader:
+        assert reader.stats()["instances"] == before and reader.integrity_ok()
+
+
 def test_splits(cache: MaskCache) -> None:
     cache.set_splits({("fp", "t0"): "train", ("fp", "t1"): "val"})
     cache.set_splits([("fp", "t1", "train")])
