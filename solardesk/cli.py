@@ -395,7 +395,7 @@ def precompute(
         f"{counted(summary.instances, 'candidate')} in {summary.seconds:.1f} s "
         f"({summary.tiles_per_second:.1f} tiles/s)"
     )
-    thr = settings.get("threshold", 0.85)
+    thr = 0.85 if summary.threshold is None else summary.threshold
     with MaskCache(cache_path, readonly=True) as cache:
         st = cache.stats(threshold=thr, objects=True)
     click.echo(

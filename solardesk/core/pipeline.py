@@ -98,6 +98,9 @@ class PrecomputeSummary:
     seconds: float
     #: The run's plans, one per distinct raster (``detect`` vectorises with them).
     plans: tuple[RasterPlan, ...] = field(default=(), repr=False, compare=False)
+    #: The stage's pseudo-label threshold as the run's settings gave it (its default when not
+    #: set; None for a stage without one).
+    threshold: float | None = None
 
     @property
     def tiles_per_second(self) -> float:
@@ -471,8 +474,16 @@ def precompute(
         finally:
             stream.close()
             flush()
+    threshold = getattr(settings_model, "threshold", None)
     summary = PrecomputeSummary(
-        len(plans), total, done - skipped, skipped, n_instances, clock(), tuple(plans)
+        len(plans),
+        total,
+        done - skipped,
+        skipped,
+        n_instances,
+        clock(),
+        tuple(plans),
+        None if threshold is None else float(threshold),
     )
     if failed:
         rasters_hit = sorted({Path(f.raster).name for f in failed})

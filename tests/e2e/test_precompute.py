@@ -60,6 +60,8 @@ def test_precompute_fills_cache_and_rerun_computes_nothing(tmp_path: Path, scene
     # The threshold is read-time: changing it recomputes nothing.
     thr, _ = run_job([scene_tif], cache, settings={"threshold": 0.5})
     assert thr.computed == 0
+    # the summary says which cut the run's settings chose (the CLI reports with it)
+    assert (summary.threshold, thr.threshold) == (0.85, 0.5)
     # An opt-in setting left at its default is not part of the key: nothing recomputes.
     same, _ = run_job([scene_tif], cache, settings={"contrast_segmentation": False})
     assert same.computed == 0
@@ -354,6 +356,62 @@ def test_summary_counts_read_as_english(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert "1 tile computed, 0 already cached, 0 candidates in" in out.stdout, out.stdout
     assert ": 1 tile, 0 candidates, 0 pseudo-labels at confidence" in out.stdout, out.stdout
+
+
+def test_the_threshold_is_read_time_and_the_aoi_limits_the_tiles(
+    tmp_path: Path, scene_tif: Path
+) -> None:
+    import json
+
+    import rasterio
+
+    cache = tmp_path / "t.sqlite"
+    common = ("--tile", "256", "--overlap", "32", "--quiet")
+    with rasterio.open(scene_tif) as ds:
+        t, crs = ds.transform, ds.crs
+    # a square over the raster's top-left 100 px: only the tiles that touch it
+    (x0, y0), (x1, y1) = t * (10, 10), t * (100, 100)
+    aoi = tmp_path / "aoi.geojson"
+    square = {
+        "type": "Polygon",
+        "coordinates": [[[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]],
+    }
+    aoi.write_text(
+        json.dumps(
+            {
+                "type": "FeatureCollection",
+                "crs": {"type": "name", "properties": {"name": crs.to_string()}},
+                "features": [{"type": "Feature", "properties": {}, "geometry": square}],
+            }
+        )
+    )
+    out = _cli("precompute", str(scene_tif), "--cache", str(cache), "--aoi", str(aoi), *common)
+    assert out.returncode == 0, out.stderr
+    assert "1 tile computed, 0 already cached" in out.stdout, out.stdout
+    with MaskCache(cache, readonly=True) as c:
+        assert c.stats()["tiles"] == 1
+
+    def summary(*args: str) -> tuple[str, float, int]:
+        out = _cli("precompute", str(scene_tif), "--cache", str(cache), *args, *common)
+        assert out.returncode == 0, out.stderr
+        m = re.search(r"(\d+) pseudo-labels? at confidence >= ([\d.]+)", out.stdout)
+        assert m, out.stdout
+        return out.stdout, float(m.group(2)), int(m.group(1))
+
+    text, thr, n = summary("--threshold", "0.3")  # the whole raster: 15 more tiles
+    assert "15 tiles computed, 1 already cached" in text, text
+    with MaskCache(cache, readonly=True) as c:
+        low = c.stats(threshold=0.3)["instances_above_threshold"]
+        high = c.stats(threshold=0.95)["instances_above_threshold"]
+        floor = min(i.confidence for _t, i in c.iter_instances())
+    assert (thr, n) == (0.3, low) and low > high
+    assert floor < 0.85  # candidates under the default cut are stored: the cut is a query
+    # another threshold, by the option or as a stage setting, recomputes nothing
+    again = ((("--threshold", "0.95"), (0.95, high)), (("--set", "threshold=0.3"), (0.3, low)))
+    for args, expected in again:
+        text, thr, n = summary(*args)
+        assert "0 tiles computed, 16 already cached" in text, text
+        assert (thr, n) == expected
 
 
 def test_going_back_to_earlier_parameters_shows_their_results(
