@@ -21,7 +21,8 @@ What it guarantees
   (merging first what a killed writer committed to the WAL, as the next writer would).
 * **Lazy reads.** :meth:`MaskCache.read_tile` decodes one tile's masks (well under a millisecond
   for a typical tile); :meth:`MaskCache.iter_instances` and :meth:`MaskCache.export_coco` stream
-  rows, so memory does not grow with the cache.
+  rows, and :meth:`MaskCache.stats` with ``objects`` holds one band of a raster at a time, so
+  memory does not grow with the cache.
 * **Versioned schema.** ``PRAGMA application_id`` marks SolarDesk caches and ``PRAGMA
   user_version`` holds the schema version; :data:`MIGRATIONS` are applied in order, each run in
   the transaction that records the new version. A newer schema, a file that is not SQLite or
@@ -1992,8 +1993,19 @@ class MaskCache:
             "ORDER BY t.raster_fp, t.row_off + i.y0",
             [thr, *params],
         )
-        parent: list[int] = []  # union-find over the instances, in row order
-        above: list[bool] = []
+        # Union-find over the instances that may still meet a later one. Instances are compared
+        # only within the cells of 256 raster pixels they meet; rows come raster by raster,
+        # from the top down, so the cells above the current row of cells can meet no later
+        # instance and are let go, and so are their instances: an object whose copies have
+        # all been let go is counted and forgotten. Memory holds one band of a raster, however
+        # large the cache.
+        cell = 256
+        parent: dict[int, int] = {}
+        members: dict[int, list[int]] = {}  # root: its instances
+        live: dict[int, int] = {}  # root: how many of them are still in the grid
+        hit: dict[int, bool] = {}  # root: one of them reaches the threshold
+        last_row: dict[int, list[int]] = {}  # last row of cells an instance meets: instances
+        n_objects = 0
 
         def root(k: int) -> int:
             while parent[k] != k:
@@ -2001,24 +2013,45 @@ class MaskCache:
                 k = parent[k]
             return k
 
-        # Instances are compared only within the cells of 256 raster pixels they meet. Rows
-        # come raster by raster, from the top down: the cells above the current row of cells
-        # can meet no later instance and are let go, so memory holds one band of a raster.
-        cell = 256
+        def join(a: int, b: int) -> None:
+            a, b = root(a), root(b)
+            if len(members[a]) < len(members[b]):
+                a, b = b, a
+            parent[b] = a
+            members[a] += members.pop(b)
+            live[a] += live.pop(b)
+            hit[a] |= hit.pop(b)
+
+        def let_go(rows: list[int]) -> None:
+            nonlocal n_objects
+            for r in rows:
+                for k in last_row.pop(r):
+                    top = root(k)
+                    live[top] -= 1
+                    if live[top] == 0:  # no later instance can join it: one object
+                        n_objects += hit.pop(top)
+                        del live[top]
+                        for m in members.pop(top):
+                            del parent[m]
+
         grid: dict[tuple[int, int], list[tuple]] = {}
         raster, band = None, 0
-        for fp, tid, col, row, width, height, provenance, *box, blob, is_above in rows:
-            k = len(parent)
-            parent.append(k)
-            above.append(bool(is_above))
-            if provenance == "human":
+        for k, (fp, tid, col, row, width, height, provenance, *box, blob, is_above) in enumerate(
+            rows
+        ):
+            if provenance == "human":  # nobody's copy: an object of its own
+                n_objects += bool(is_above)
                 continue
             gbox = _shifted(box, col, row)
             if fp != raster:
+                let_go(list(last_row))
                 raster, band, grid = fp, gbox[1] // cell, {}
             elif gbox[1] // cell > band:
                 band = gbox[1] // cell
                 grid = {c: items for c, items in grid.items() if c[1] >= band}
+                let_go([r for r in last_row if r < band])
+            parent[k], members[k], live[k], hit[k] = k, [k], 1, bool(is_above)
+            last_row.setdefault((gbox[3] - 1) // cell, []).append(k)
             # [k, tile, window, box in the raster, mask: the blob until first decoded]
             item = [k, tid, _window_box((col, row, width, height)), gbox, (blob, box)]
             near: dict[int, list] = {}
@@ -2033,8 +2066,9 @@ class MaskCache:
                     continue
                 mine, theirs = (gbox, _decoded(item)), (other[3], _decoded(other))
                 if _are_copies(mine, theirs, _intersection(item[2], other[2])):
-                    parent[root(k)] = root(j)
-        return len({root(k) for k in range(len(parent)) if above[k]})
+                    join(k, j)
+        let_go(list(last_row))
+        return n_objects
 
     def export_coco(
         self,

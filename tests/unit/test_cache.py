@@ -967,6 +967,39 @@ def test_stats_count_the_copies_of_an_object_once(cache: MaskCache) -> None:
     assert (st["instances_above_threshold"], st["objects_above_threshold"]) == (12, 9)
 
 
+def test_counting_objects_holds_one_band_of_a_raster_however_large_the_cache(
+    tmp_path: Path,
+) -> None:
+    """``cache stats`` counts objects (copies in overlapping tiles once) in memory that does
+    not grow with the cache: the same count per tile and the same peak for 4× the tiles."""
+    import tracemalloc
+
+    def count(n_tiles: int) -> tuple[int, int]:
+        # one column of overlapping tiles down a tall raster, an object in each overlap
+        path = tmp_path / f"c{n_tiles}.sqlite"
+        with MaskCache(path) as c:
+            c.write_tiles(
+                TileResult(
+                    key(f"t{i}"),
+                    (0, 40 * i, 64, 48),
+                    [at(0, 8), at(0, 8, y0=40), at(20, 8, y0=16), at(40, 8, 0.5, y0=16)],
+                )
+                for i in range(n_tiles)
+            )
+        with MaskCache(path, readonly=True) as c:
+            tracemalloc.start()
+            n = c.count_objects(0.85)
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+        return n, peak
+
+    (small, small_peak), (large, large_peak) = count(500), count(2000)
+    # rows 40-48 of tile i are rows 0-8 of tile i + 1: one object, stored in both; the top of
+    # the first tile and the bottom of the last are seen once; each tile has one of its own
+    assert (small, large) == (2 * 500 + 1, 2 * 2000 + 1)
+    assert large_peak < 1.25 * small_peak, (small_peak, large_peak)
+
+
 def test_copies_computed_after_the_decision_take_it(cache: MaskCache) -> None:
     """A tile computed (or recomputed with other parameters) after a person decided on an
     object of the tile beside it shows that decision on its copy of the object."""
