@@ -292,6 +292,25 @@ def test_stage_contract(tile) -> None:
         assert inst.area_px * 0.15**2 >= PARAMS["min_area_m2"]
 
 
+def test_the_threshold_is_not_applied_when_storing() -> None:
+    """What is stored does not depend on the pseudo-label threshold: every candidate down to
+    the floor, with its confidence, so the cut is a query at read time."""
+    scene = generate_scene(SceneSpec(height=768, width=768, gsd=0.15, seed=24, n_roofs=12))
+    rgb = np.ascontiguousarray(np.moveaxis(scene.image, 0, -1))
+
+    def stored(**change):
+        out = fast.analyse_tile(rgb, None, 0.15, {**PARAMS, **change})
+        return [(i.bbox, i.confidence, i.mask.tobytes()) for i in out]
+
+    default = stored()
+    assert stored(threshold=0.1) == default == stored(threshold=0.99)
+    confidences = [c for _, c, _ in default]
+    assert any(PARAMS["floor"] <= c < PARAMS["threshold"] for c in confidences)
+    assert any(c >= PARAMS["threshold"] for c in confidences)
+    # the floor is what decides what is kept
+    assert [t for t in stored(floor=0.6)] == [t for t in default if t[1] >= 0.6]
+
+
 def test_finds_synthetic_panels() -> None:
     """On synthetic imagery (the kind the fusion was learned on) most arrays are found."""
     scene = generate_scene(SceneSpec(height=768, width=768, gsd=0.15, seed=24, n_roofs=12))

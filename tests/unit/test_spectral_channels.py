@@ -276,6 +276,27 @@ def test_photometric_index_is_two_sided():
         assert np.median(index[i]) > np.median(index[o]) + 0.5
 
 
+def test_photometric_index_wants_low_saturation_or_blue_violet_not_any_colour():
+    """Of patches unlike a grey roof, the neutral and the blue-violet ones score; saturated
+    warm colours (a red car, an orange awning, a yellow marking) differ as much from the roof
+    and score nothing."""
+    roof = (150, 150, 150)
+    scores = {}
+    for name, colour in {
+        "blue-violet": (70, 60, 160),
+        "dark grey": (60, 60, 65),
+        "orange": (230, 140, 30),
+        "red": (200, 40, 40),
+        "yellow": (220, 210, 40),
+    }.items():
+        rgb, inner, outer = patch_on_roof(colour, roof=roof)
+        index = photometric_index(rgb, GSD)
+        scores[name] = np.median(index[inner])
+        assert np.median(index[outer]) < 0.05, name
+    assert min(scores["blue-violet"], scores["dark grey"]) > 0.4, scores
+    assert max(scores["orange"], scores["red"], scores["yellow"]) < 0.05, scores
+
+
 def test_vegetation_is_rejected():
     rgb, inner, outer = patch_on_roof((60, 120, 45), roof=(165, 80, 60))  # a green patch
     veg = excess_green(rgb)
@@ -669,6 +690,37 @@ def test_gabor_energy_does_not_depend_on_row_orientation():
 # --------------------------------------------------------------------------------------------
 # Parameters
 # --------------------------------------------------------------------------------------------
+def test_the_default_bank_is_18_gabor_filters_and_lbp_at_three_radii(monkeypatch):
+    """The issue's bank: 6 orientations (0°, 30°, … 150°) × 3 frequencies, and LBP at three
+    radii, counted as the reference (which the fast channels match) runs them. Each period is
+    filtered on its own level: the frequency per metre is the kernel's per level pixel over
+    the level's pixel size."""
+    from . import _reference_spectral as ref
+
+    gabors, lbps = [], []
+    real_gabor, real_lbp = ref.gabor, ref.local_binary_pattern
+
+    def gabor(image, frequency, theta, **kw):
+        level_gsd = 96 * GSD / image.shape[1]
+        gabors.append((round(frequency / level_gsd, 6), round(math.degrees(theta), 6)))
+        return real_gabor(image, frequency, theta=theta, **kw)
+
+    def lbp(image, points, radius, **kw):  # (the image is padded by radius + 1 a side)
+        level_gsd = 96 * GSD / (image.shape[1] - 2 * (math.ceil(radius) + 1))
+        lbps.append((points, round(radius * level_gsd, 6)))
+        return real_lbp(image, points, radius, **kw)
+
+    monkeypatch.setattr(ref, "gabor", gabor)
+    monkeypatch.setattr(ref, "local_binary_pattern", lbp)
+    rgb = render(rows, size=96)
+    ref.ref_gabor_energy(rgb, GSD)
+    ref.ref_lbp_uniformity(rgb, GSD)
+    assert len(gabors) == len(set(gabors)) == 18
+    assert sorted({t for _, t in gabors}) == [0, 30, 60, 90, 120, 150]
+    assert sorted({round(1 / f, 3) for f, _ in gabors}) == [1.2, 2.4, 4.8]  # periods in m
+    assert sorted(r for _, r in lbps) == [0.6, 1.2, 2.4]  # radii in m
+
+
 def test_params_key_is_stable_short_and_sensitive():
     a, b = ChannelParams(), ChannelParams()
     assert a.key() == b.key() and len(a.key()) == 16 and int(a.key(), 16) >= 0
