@@ -178,10 +178,15 @@ def test_kill_minus_nine_resumes(tmp_path: Path, workers: int) -> None:
         assert c.stats()["tiles"] == 256 and c.integrity_ok()
 
 
-def test_sigterm_stops_like_ctrl_c(tmp_path: Path) -> None:
-    """`kill PID` (SIGTERM) of a run with two workers: it commits what has finished, shuts its
-    workers down and exits 143 saying so — before, the default action ended it at once and the
-    resource tracker printed a warning about leaked semaphores. The rerun resumes."""
+@pytest.mark.parametrize(
+    ("how", "code", "said"),
+    [("kill", 143, "Terminated"), ("ctrl-c", 130, "Interrupted")],
+)
+def test_sigterm_and_ctrl_c_stop_cleanly(tmp_path: Path, how: str, code: int, said: str) -> None:
+    """`kill PID` (SIGTERM) or Ctrl-C in a terminal (SIGINT to the whole process group, the
+    workers too) of a run with two workers: it commits what has finished, shuts its workers
+    down and exits 143 or 130 saying so — before, SIGTERM's default action ended it at once
+    and the resource tracker printed a warning about leaked semaphores. The rerun resumes."""
     big = tmp_path / "big.tif"
     write_large_raster(big, 2048, 2048, seed=1)
     cache = tmp_path / "t.sqlite"
@@ -189,7 +194,9 @@ def test_sigterm_stops_like_ctrl_c(tmp_path: Path) -> None:
         sys.executable, "-m", "solardesk", "precompute", str(big), "--cache", str(cache),
         "--tile", "128", "--overlap", "0", "--quiet", "--workers", "2",
     ]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     deadline = time.time() + 60
     while time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
@@ -201,10 +208,13 @@ def test_sigterm_stops_like_ctrl_c(tmp_path: Path) -> None:
             pass
     assert proc.poll() is None, "the run finished before it could be stopped"
     workers = _children(proc.pid)
-    proc.send_signal(signal.SIGTERM)
+    if how == "kill":
+        proc.send_signal(signal.SIGTERM)
+    else:  # a terminal's Ctrl-C reaches every process of the foreground group
+        os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 143, err
-    assert "Terminated; finished work is kept and a rerun resumes." in err
+    assert proc.returncode == code, err
+    assert f"{said}; finished work is kept and a rerun resumes." in err
     assert "leaked" not in err and "Traceback" not in err, err
     deadline = time.time() + 10  # (a worker may still be on its way out)
     while time.time() < deadline and any(_alive(p) for p in workers):
