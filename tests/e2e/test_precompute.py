@@ -368,6 +368,47 @@ def test_summary_counts_read_as_english(tmp_path: Path) -> None:
     assert ": 1 tile, 0 candidates, 0 pseudo-labels at confidence" in out.stdout, out.stdout
 
 
+def test_a_disk_that_fills_during_a_run_keeps_what_was_stored(
+    tmp_path: Path, scene_tif: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk fills up after a few tiles of `solardesk precompute`: it stops with a clear
+    message naming the cache and the remedy (exit 2, no traceback), the tiles stored before
+    stay, the file is sound, and once there is space the rerun computes only the rest."""
+    from click.testing import CliRunner
+
+    from solardesk import cli as cli_module
+    from solardesk.core import pipeline
+
+    write_batch = MaskCache._write_batch
+    batches = []
+
+    def filling_up(self: MaskCache, batch):
+        if len(batches) >= 3:  # no room left: the next page cannot be had
+            pages = self._conn.execute("PRAGMA page_count").fetchone()[0]
+            self._conn.execute(f"PRAGMA max_page_count = {pages}")
+        out = write_batch(self, batch)
+        batches.append(len(batch))  # stored
+        return out
+
+    monkeypatch.setattr(MaskCache, "_write_batch", filling_up)
+    real = pipeline.precompute
+    monkeypatch.setattr(pipeline, "precompute", lambda *a, **kw: real(*a, flush_every_s=0, **kw))
+    cache = tmp_path / "full.sqlite"
+    args = ["precompute", str(scene_tif), "--cache", str(cache), "--tile", "256", "--quiet"]
+    result = CliRunner().invoke(cli_module.cli, args)
+    assert result.exit_code == 2, result.output
+    assert f"Disk full while writing cache {cache}" in result.output
+    assert "Free disk space" in result.output and "Traceback" not in result.output
+    monkeypatch.setattr(MaskCache, "_write_batch", write_batch)  # space freed
+    with MaskCache(cache, readonly=True) as c:
+        assert c.integrity_ok()
+        kept = c.stats()["tiles"]
+    assert kept == sum(batches) and 3 <= kept < 16
+    result = CliRunner().invoke(cli_module.cli, args)
+    assert result.exit_code == 0, result.output
+    assert f"{16 - kept} tiles computed, {kept} already cached" in result.output
+
+
 def test_the_threshold_is_read_time_and_the_aoi_limits_the_tiles(
     tmp_path: Path, scene_tif: Path
 ) -> None:
