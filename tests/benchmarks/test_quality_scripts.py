@@ -70,6 +70,73 @@ def test_eval_pseudolabels_prints_the_table(data_dir, capsys) -> None:
         assert np.isnan(precision) or float(p_lo) <= precision <= float(p_hi)
 
 
+def _southtyrol_like(root: Path, truth) -> Path:
+    """A South Tyrol-style folder in ``root``: georeferenced JPEGs (world file and CRS) and
+    ``derived/masks`` with class 1 (roof) and 2 (solar), the solar class from ``truth(stem,
+    rgb as read back, gsd)``; the roofs of the scene are class 1."""
+    import rasterio
+    from affine import Affine
+    from rasterio.windows import Window
+
+    from solardesk.core.raster import RasterReader
+
+    folder = root / "southtyrol-bz2023-roof-solar"
+    (folder / "images").mkdir(parents=True)
+    (folder / "derived" / "masks").mkdir(parents=True)
+    for k, seed in enumerate((20, 22, 23)):  # scenes with pseudo-labels at 0.85
+        scene = generate_scene(SceneSpec(height=512, width=512, gsd=0.15, seed=seed, n_roofs=8))
+        path = folder / "images" / f"s{k}.jpg"
+        with rasterio.open(
+            path, "w", driver="JPEG", width=512, height=512, count=3, dtype="uint8",
+            crs="EPSG:25832", transform=Affine(0.15, 0, 680000.0, 0, -0.15, 5150000.0),
+            worldfile="YES", quality=95,
+        ) as ds:  # fmt: skip
+            ds.write(scene.image[:3])
+        with RasterReader(path) as r:  # the analysis sees the decoded JPEG
+            rgb, _ = r.read_rgb(Window(0, 0, 512, 512))
+        labels = (scene.classes == 1).astype(np.uint8)  # roofs
+        labels[truth(rgb, 0.15)] = 2
+        cv2.imwrite(str(folder / "derived" / "masks" / f"s{k}.png"), labels)
+    return folder
+
+
+def test_eval_pseudolabels_is_exact_where_the_labels_are_the_pseudo_labels(
+    tmp_path, capsys
+) -> None:
+    """South Tyrol's layout (JPEG + world file, class 2 of ``derived/masks``) read end to end,
+    with the labels drawn as the analyser's own pseudo-labels at 0.85: precision and recall
+    1 at 0.85, and every stored candidate under the cut is a false positive."""
+    import eval_pseudolabels
+
+    from solardesk_spectral.analyser import analyse_tile
+    from solardesk_spectral.settings import SpectralSettings
+
+    params = SpectralSettings(**eval_pseudolabels.SETTINGS).model_dump()
+    kept = []
+
+    def own_pseudo_labels(rgb, gsd):
+        mask = np.zeros(rgb.shape[:2], bool)
+        for inst in analyse_tile(rgb, None, gsd, params):
+            if inst.confidence >= 0.85:
+                full = inst.full_mask(*rgb.shape[:2])
+                # (touching pseudo-labels would be one labelled panel: keep them apart)
+                if not (cv2.dilate(full.view(np.uint8), np.ones((3, 3), np.uint8)) & mask).any():
+                    mask |= full
+                    kept.append(inst)
+        return mask
+
+    _southtyrol_like(tmp_path, own_pseudo_labels)
+    assert eval_pseudolabels.main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"## South Tyrol (0.15 m): 3 images, {len(kept)} labelled panels" in out, out
+    rows = dict(re.findall(r"^\| (all stored|0\.5|0\.7|0\.85) \| (\d+ \|.*)\|$", out, re.M))
+    n, precision, recall, *_ = rows["0.85"].split("|")
+    assert len(kept) >= 3 and int(n) == len(kept)
+    assert (float(precision), float(recall)) == (1.0, 1.0)
+    n_all, p_all, r_all, *_ = rows["all stored"].split("|")
+    assert float(r_all) == 1.0 and float(p_all) == pytest.approx(len(kept) / int(n_all), abs=5e-4)
+
+
 def test_eval_pseudolabels_explains_its_false_positives_and_misses(data_dir, capsys) -> None:
     """``--explain`` lists one line per false pseudo-label at 0.85 and accounts for every
     panel missed there: the counts agree with the table's."""
