@@ -187,7 +187,7 @@ def main() -> None:
             tracemalloc.stop()
             print(
                 f"baseline, holding {len(kept)} instances in a list: peak {peak / 2**20:.1f} MiB "
-                f"(~{peak / 2**20 * n_masks / len(kept):.0f} MiB for all {n_masks}); "
+                f"(~{peak / 2**20 * n2 / len(kept):.0f} MiB for all {n2}); "
                 f"streaming peak ratio {p_all / (peak / 2**20):.3f}"
             )
             del kept
