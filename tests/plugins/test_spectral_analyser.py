@@ -275,6 +275,28 @@ def test_rectangle_statistics_are_exact() -> None:
     assert tuple(boxes[0]) == (5, 10, 45, 20)
 
 
+#: The learned fusion each stage version computes with (sha-256 of fusion.json's content,
+#: keys sorted, first 16 hex digits). Caches are keyed by the stage version, not by this file:
+#: a relearned fusion (``python -m solardesk_spectral.learn`` writes the shipped file by
+#: default) computes other candidates, so it needs a new STAGE_VERSION, else every cache made
+#: before would be reused as if nothing had changed. Record the new version's digest here.
+FUSION_DIGEST = {22: "69f203a0274fe8d2"}
+
+
+def test_a_relearned_fusion_comes_with_a_new_stage_version() -> None:
+    import hashlib
+    import json
+
+    from solardesk_spectral import STAGE_VERSION
+
+    content = json.loads(fast.FUSION_FILE.read_text(encoding="utf-8"))
+    digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+    assert FUSION_DIGEST.get(STAGE_VERSION) == digest, (
+        f"fusion.json ({digest}) is not the one stage version {STAGE_VERSION} shipped: bump "
+        "STAGE_VERSION in plugins/solardesk_spectral/__init__.py and record the digest"
+    )
+
+
 def test_stage_contract(tile) -> None:
     rgb, _ = tile
     out = fast.analyse_tile(rgb, None, 0.15, PARAMS)
