@@ -322,6 +322,12 @@ def test_cache_commands(tmp_path: Path, scene_tif: Path) -> None:
     assert re.search(rf"pseudo-labels \(>= 0.5\) +{n} \({objects} objects: ", out.stdout), (
         out.stdout
     )
+    assert re.search(r"^tiles +16$", out.stdout, re.M), out.stdout
+    share = f"{st['share_tiles_above_threshold']:.1%}"
+    assert re.search(rf"^tiles with a pseudo-label +{re.escape(share)}$", out.stdout, re.M)
+    assert 0 < st["share_tiles_above_threshold"] <= 1
+    size = re.search(r"^size on disk +([\d.]+) MB$", out.stdout, re.M)
+    assert size and float(size.group(1)) == round(st["size_bytes"] / 1e6, 2) > 0
     coco = tmp_path / "coco.json"
     out = _cli("cache", "export-coco", str(cache), str(coco), "--threshold", "0.3")
     assert out.returncode == 0, out.stderr
