@@ -2054,15 +2054,18 @@ class MaskCache:
             last_row.setdefault((gbox[3] - 1) // cell, []).append(k)
             # [k, tile, window, box in the raster, mask: the blob until first decoded]
             item = [k, tid, _window_box((col, row, width, height)), gbox, (blob, box)]
-            near: dict[int, list] = {}
-            for cy in range(gbox[1] // cell, (gbox[3] - 1) // cell + 1):
-                for cx in range(gbox[0] // cell, (gbox[2] - 1) // cell + 1):
+            near: dict[int, list] = {}  # other tiles' instances whose boxes meet this one's
+            x0, y0, x1, y1 = gbox
+            for cy in range(y0 // cell, (y1 - 1) // cell + 1):
+                for cx in range(x0 // cell, (x1 - 1) // cell + 1):
                     bucket = grid.setdefault((cx, cy), [])
-                    near.update((o[0], o) for o in bucket)
+                    for o in bucket:
+                        b = o[3]
+                        if o[1] != tid and x0 < b[2] and b[0] < x1 and y0 < b[3] and b[1] < y1:
+                            near[o[0]] = o
                     bucket.append(item)
-            for other in near.values():
-                j = other[0]
-                if other[1] == tid or not _boxes_meet(gbox, other[3]) or root(j) == root(k):
+            for j, other in near.items():
+                if root(j) == root(k):
                     continue
                 mine, theirs = (gbox, _decoded(item)), (other[3], _decoded(other))
                 if _are_copies(mine, theirs, _intersection(item[2], other[2])):
