@@ -57,6 +57,7 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import sqlite3
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
@@ -2105,7 +2106,9 @@ class MaskCache:
                 f"{out} already exists; pass --overwrite (overwrite=True) to replace it, or "
                 "choose another name."
             )
-        tmp = out.with_name(out.name + ".part")
+        # A new file of its own (never one that exists: not even a cache named like it),
+        # renamed over ``out`` when complete.
+        tmp = out.with_name(f".{out.name}.{os.getpid()}-{secrets.token_hex(4)}.part")
         cond, params = self._current_sql("t", stage_id, stage_version, params_hash)
         if raster_fp is not None:
             cond += " AND t.raster_fp = ?"
@@ -2139,8 +2142,9 @@ class MaskCache:
         }
         n_images = n_ann = 0
         try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
             with (
-                open(tmp, "w", encoding="utf-8") as f,
+                open(fd, "w", encoding="utf-8") as f,
                 self._reading("export COCO", snapshot=True) as conn,
             ):
                 f.write(json.dumps(header)[:-1] + ', "images": [')
@@ -2194,18 +2198,20 @@ class MaskCache:
     def _refuse_own_file(self, out: Path, what: str) -> None:
         """Raise :class:`CacheError` when ``out`` is this cache's file or a companion of it
         (the same file by another name, a link or a relative path included)."""
-        own = [self.path, *(Path(f"{self.path}{s}") for s in ("-wal", "-shm", "-journal"))]
-        for p in own:
-            same = out.resolve() == p.resolve()
-            if not same and out.exists() and p.exists():
-                with suppress(OSError):
-                    same = os.path.samefile(out, p)
-            if same:
-                raise CacheError(
-                    f"{out} is {'the cache' if p == self.path else 'a file of the cache'} "
-                    f"{self.path}; writing {what} there would destroy it. Choose another "
-                    "output path."
-                )
+        bases = dict.fromkeys((self.path, self.path.resolve()))  # a link's target too
+        for base in bases:
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                p = Path(f"{base}{suffix}")
+                same = out.resolve() == p.resolve()
+                if not same and out.exists() and p.exists():
+                    with suppress(OSError):
+                        same = os.path.samefile(out, p)
+                if same:
+                    which = "a file of the cache" if suffix else "the cache"
+                    raise CacheError(
+                        f"{out} is {which} {self.path}; writing {what} there would destroy it. "
+                        "Choose another output path."
+                    )
 
     # ----------------------------------------------------------------------------- health
     def integrity_ok(self) -> bool:

@@ -1252,7 +1252,7 @@ def test_export_coco(cache: MaskCache, tmp_path: Path) -> None:
     cache.set_review(rejected.id, "rejected")  # rejected above threshold: not exported
     out = tmp_path / "coco.json"
     assert cache.export_coco(out, threshold=0.85) == {"images": 2, "annotations": 3}
-    assert not Path(f"{out}.part").exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if "coco" in p.name) == ["coco.json"]
     coco = json.loads(out.read_text())
     assert coco["categories"] == [{"id": 1, "name": "solar_panel", "supercategory": "solar"}]
     images = {im["tile_id"]: im for im in coco["images"]}
@@ -1312,8 +1312,24 @@ def test_an_export_never_replaces_the_cache_nor_an_existing_file(tmp_path: Path)
         assert json.loads(other.read_text())["annotations"]
         with pytest.raises(CacheError, match="is a folder"):
             writer.export_coco(tmp_path / "sub", overwrite=True)
+    # opened through a link, the files SQLite writes beside the link's target are the cache's
+    with MaskCache(tmp_path / "alias.sqlite", readonly=True) as reader:
+        assert Path(f"{path}-wal").exists()
+        with pytest.raises(CacheError, match="is a file of the cache"):
+            reader.export_coco(Path(f"{path}-wal"), overwrite=True)
     with MaskCache(path, readonly=True) as reader:
         assert reader.stats()["instances"] == before and reader.integrity_ok()
+    # the export writes a new file of its own before renaming it: a cache named as a
+    # temporary file once was ("x.part") is not touched, and nothing is left behind
+    MaskCache(path).close()
+    os.replace(path, tmp_path / "x.part")
+    with MaskCache(tmp_path / "x.part") as cache:
+        cache.export_coco(tmp_path / "x")
+        assert cache.integrity_ok() and cache.stats()["instances"] == before
+    assert {p.name for p in tmp_path.iterdir() if p.name.startswith((".x", "x"))} == {
+        "x",
+        "x.part",
+    }
 
 
 def test_splits(cache: MaskCache) -> None:
