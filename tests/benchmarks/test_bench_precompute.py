@@ -61,6 +61,26 @@ def test_the_benchmark_times_a_stage_setting_and_refuses_an_unknown_one(
     assert exc.value.code == 2 and "--set: invalid settings: unknown field 'no_such'" in err
 
 
+def test_the_clock_runs_from_each_worker_s_first_chunk_to_the_last_tile(monkeypatch) -> None:
+    """Start-up (until every worker has returned its first chunk) and the pool's shut-down
+    after the last tile are a run's one-off costs: neither is timed, and the first chunks'
+    tiles, computed before the clock started, are not counted."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from bench_precompute import steady_span
+
+    # two workers, chunks of 2: both first chunks back at 1.0 and 1.1, then one chunk per
+    # worker every second
+    stamps = [1.0, 1.0, 1.1, 1.1, 2.0, 2.0, 2.1, 2.1, 3.0, 3.0, 3.1, 3.1]
+    seconds, tiles = steady_span(stamps, workers=2, chunk=2)
+    assert (seconds, tiles) == (pytest.approx(2.0), 8)  # 4 tiles a second: 2 per worker
+    # in process: from the first tile on
+    assert steady_span([0.5, 0.75, 1.0], workers=1, chunk=1) == (pytest.approx(0.5), 2)
+    # fewer tiles than the first chunks: the last one is still timed
+    assert steady_span([1.0, 1.0, 1.2], workers=2, chunk=2) == (pytest.approx(0.2), 1)
+    with pytest.raises(SystemExit, match="fewer than two tiles"):
+        steady_span([1.0], workers=1, chunk=1)
+
+
 def test_ground_rate_in_km2_per_hour(monkeypatch) -> None:
     """A rate in tiles per second as ground covered: 1 tile/s of 1000 px at 1 m is 3600 km²/h,
     and the same tile rate at twice the ground resolution covers four times the ground."""
@@ -132,7 +152,7 @@ def test_real_imagery_a_folder_of_chips_becomes_one_georeferenced_mosaic(
     printed = capsys.readouterr().out
     assert "mosaic of 16 chips" in printed and "9 tiles of 128²" in printed
     assert "IoU 1.0000" in printed and "where the analysis goes (9 tiles" in printed
-    assert "only 9 tiles" in printed and "scaling reads low" in printed  # a caveat, not a figure
+    assert "only 9 tiles" in printed and "scaling is rough" in printed  # a caveat, not a figure
     for bad, why in (
         ([*args], "needs --gsd"),
         ([*args[:3], "1024", *args[4:], "--gsd", "0.3"], "do not fill 1024²"),
