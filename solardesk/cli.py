@@ -308,6 +308,37 @@ _WORKERS = click.option(
 )
 
 
+class _Workers(click.ParamType):
+    """``auto`` (None: one per core, at least 32 tiles each) or a number of workers ≥ 1."""
+
+    name = "auto|N"
+
+    def convert(self, value, param, ctx):
+        if value is None or value == "auto":
+            return None
+        if isinstance(value, int) and not isinstance(value, bool):
+            number = value
+        else:
+            try:
+                number = int(str(value), 10)
+            except ValueError:
+                self.fail(f"{value!r} is not 'auto' nor a whole number of workers", param, ctx)
+        if number < 1:
+            self.fail(f"{number} is not in the range x>=1 (or 'auto')", param, ctx)
+        return number
+
+
+#: ``precompute --workers``: by default as many as the job can use on this machine.
+_AUTO_WORKERS = click.option(
+    "--workers",
+    type=_Workers(),
+    default="auto",
+    show_default=True,
+    help="Worker processes: a number (1: in this process), or auto: one per core, but at "
+    "least 32 tiles each (a small job runs in this process).",
+)
+
+
 @cli.command()
 @click.argument("rasters", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option(
@@ -317,7 +348,7 @@ _WORKERS = click.option(
     type=click.Path(path_type=Path),
     help="The project's SQLite mask cache (created if missing).",
 )
-@_WORKERS
+@_AUTO_WORKERS
 @click.option(
     "--threshold",
     type=CONFIDENCE,
@@ -343,7 +374,7 @@ _WORKERS = click.option(
 def precompute(
     rasters: tuple[Path, ...],
     cache_path: Path,
-    workers: int,
+    workers: int | None,
     threshold: float | None,
     tile_size: int,
     overlap: int,
@@ -390,10 +421,11 @@ def precompute(
     )
     from solardesk.core.jobs import counted
 
+    where = "in process" if summary.workers == 1 else f"{summary.workers} workers"
     click.echo(
         f"{counted(summary.computed, 'tile')} computed, {summary.skipped} already cached, "
         f"{counted(summary.instances, 'candidate')} in {summary.seconds:.1f} s "
-        f"({summary.tiles_per_second:.1f} tiles/s)"
+        f"({summary.tiles_per_second:.1f} tiles/s, {where})"
     )
     thr = 0.85 if summary.threshold is None else summary.threshold
     with MaskCache(cache_path, readonly=True) as cache:

@@ -101,6 +101,8 @@ class PrecomputeSummary:
     #: The stage's pseudo-label threshold as the run's settings gave it (its default when not
     #: set; None for a stage without one).
     threshold: float | None = None
+    #: Worker processes the run used (1: in process).
+    workers: int = 1
 
     @property
     def tiles_per_second(self) -> float:
@@ -170,6 +172,21 @@ def run_tiles(tasks: Sequence[TileTask]) -> list[TileOutcome]:
         except SolarDeskError as e:
             out.append(TileOutcome(t.raster, t.tile_id, t.window, [], 0.0, error=e))
     return out
+
+
+#: A worker process takes about a second to start (imports, the stage's set-up), the time of
+#: 25-35 tiles of 512² at 0.15-0.3 m: a job gives a worker at least this many tiles.
+MIN_TILES_PER_WORKER = 32
+
+
+def auto_workers(n_tasks: int, cores: int | None = None) -> int:
+    """Workers for a job of ``n_tasks`` tiles when the user does not say: one per available
+    core (``cores``, default :func:`~solardesk.core.jobs.default_workers`), but no more than
+    give each :data:`MIN_TILES_PER_WORKER` tiles; 1 (in process) for a small job."""
+    from solardesk.core.jobs import default_workers
+
+    cores = default_workers() if cores is None else cores
+    return max(1, min(cores, n_tasks // MIN_TILES_PER_WORKER))
 
 
 def auto_chunk_size(n_tasks: int, workers: int, most: int = 8) -> int:
@@ -334,7 +351,7 @@ def precompute(
     raster_settings: RasterSettings | None = None,
     aoi: str | Path | None = None,
     gsd: float | None = None,
-    workers: int = 1,
+    workers: int | None = 1,
     plugin_manager=None,
     flush_every_s: float = 0.5,
     chunk_size: int | None = None,
@@ -352,6 +369,8 @@ def precompute(
     With ``workers > 1`` each worker task is a chunk of ``chunk_size`` tiles (default
     :func:`auto_chunk_size`): one round trip to the pool per chunk instead of per tile took
     two-worker scaling from 1.77× to 1.84–2.0× one worker (benchmarks/bench_precompute.py).
+    ``workers=None`` chooses by the tiles left to compute (:func:`auto_workers`); the summary
+    says how many ran.
     """
     from solardesk.config import parse
     from solardesk.core.cache import MaskCache, TileKey, TileResult
@@ -402,6 +421,8 @@ def precompute(
             for plan in plans
             for t in plan.todo
         ]
+        if workers is None:
+            workers = auto_workers(len(tasks))
         done = skipped
         n_instances = 0
         yield Progress(done, total, clock(), "starting", skipped=skipped)
@@ -484,6 +505,7 @@ def precompute(
         clock(),
         tuple(plans),
         None if threshold is None else float(threshold),
+        max(1, workers or 1),
     )
     if failed:
         rasters_hit = sorted({Path(f.raster).name for f in failed})

@@ -108,6 +108,10 @@ def _bad_inputs(tmp: Path) -> list[tuple[list[str], str]]:
             ["precompute", str(good), "--cache", str(tmp / "c.sqlite"), "--workers", "0"],
             "Invalid value for '--workers': 0 is not in the range x>=1",
         ),
+        (
+            ["precompute", str(good), "--cache", str(tmp / "c.sqlite"), "--workers", "many"],
+            "Invalid value for '--workers': 'many' is not 'auto' nor a whole number",
+        ),
     ]
 
 

@@ -98,6 +98,26 @@ def test_auto_chunk_size_keeps_four_chunks_per_worker() -> None:
     assert auto_chunk_size(100, 1) == 8 and auto_chunk_size(100, 4) == 6
 
 
+def test_auto_workers_use_the_cores_a_job_can_keep_busy(tmp_path: Path) -> None:
+    """Unless told, a job runs one worker per core, but gives each at least 32 tiles (a
+    worker takes about a second to start): a small job runs in process."""
+    from solardesk.core.jobs import default_workers
+    from solardesk.core.pipeline import MIN_TILES_PER_WORKER, auto_workers
+
+    assert MIN_TILES_PER_WORKER == 32
+    assert [auto_workers(n, cores=4) for n in (0, 31, 63, 64, 100, 10_000)] == [1, 1, 1, 2, 3, 4]
+    assert auto_workers(10_000, cores=1) == 1
+    big = tmp_path / "big.tif"
+    write_large_raster(big, 1024, 1024, seed=2)  # 64 tiles of 128 px
+    tiling = TilingSettings(tile_size=128, overlap=0)
+    summary, _ = run_job([big], tmp_path / "auto.sqlite", tiling=tiling, workers=None)
+    assert summary.computed == 64 and summary.workers == min(default_workers(), 2)
+    one, _ = run_job([big], tmp_path / "one.sqlite", tiling=tiling)
+    assert one.workers == 1  # the API's default stays in process
+    again, _ = run_job([big], tmp_path / "auto.sqlite", tiling=tiling, workers=None)
+    assert again.computed == 0 and again.workers == 1  # nothing left to compute
+
+
 def test_cancel_keeps_finished_tiles(tmp_path: Path, scene_tif: Path) -> None:
     cache = tmp_path / "c.sqlite"
     job = precompute([scene_tif], cache, tiling=TILING)
@@ -358,6 +378,7 @@ def test_a_raster_without_georeferencing_is_reported_once_with_two_workers(tmp_p
         "--workers", "2", "--tile", "128", "--overlap", "0", "--quiet",
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
+    assert "tiles/s, 2 workers)" in out.stdout, out.stdout
     for png in pngs:
         lines = [line for line in out.stderr.splitlines() if png.name in line]
         assert len(lines) == 1 and lines[0].startswith("Warning: "), out.stderr
@@ -371,6 +392,7 @@ def test_summary_counts_read_as_english(tmp_path: Path) -> None:
     out = _cli("precompute", str(black), "--cache", str(cache), "--tile", "256", "--quiet")
     assert out.returncode == 0, out.stderr
     assert "1 tile computed, 0 already cached, 0 candidates in" in out.stdout, out.stdout
+    assert "tiles/s, in process)" in out.stdout  # --workers auto: one tile needs no pool
     assert ": 1 tile, 0 candidates, 0 pseudo-labels at confidence" in out.stdout, out.stdout
 
 
