@@ -6,7 +6,9 @@
 Writes a synthetic GeoTIFF (solardesk.synthetic) and runs `solardesk.core.pipeline.precompute`
 on it (read, six channels, fusion, segmentation, scoring, cache write) with one worker
 process and then two, each into a fresh cache, ``--repeats`` times alternately, and prints
-the median tiles per second per core (and the range of the runs). On a few
+the median tiles per second per core (and the range of the runs), timed in steady state: from
+the moment every worker has returned its first chunk to the last tile (start-up and the pool's
+shut-down are one-off costs of a job; ``steady_span``). On a few
 tiles it also runs the straightforward reference implementation of the same maths
 (tests/unit/_reference_spectral.py + tests/plugins/_reference_analyser.py) and prints its
 time per tile, the speed-up, and the IoU between the fast and reference candidate masks.
