@@ -165,11 +165,13 @@ def tiles(
         f"{', AOI applied' if aoi else ''})"
     )
     if out:
-        _write_footprints(grid, facts, out, overwrite)
+        from solardesk.core.vector import job_inputs
+
+        _write_footprints(grid, facts, out, overwrite, job_inputs([raster], [aoi]))
         click.echo(f"footprints written to {out}")
 
 
-def _write_footprints(grid, facts, out: Path, overwrite: bool) -> None:
+def _write_footprints(grid, facts, out: Path, overwrite: bool, inputs: list[Path]) -> None:
     from solardesk.core.tiling import tile_footprint
     from solardesk.core.vector import VectorWriter
 
@@ -185,7 +187,9 @@ def _write_footprints(grid, facts, out: Path, overwrite: bool) -> None:
     crs = facts.crs
     if crs is None:
         facts.require_georeferenced("writing tile footprints")
-    with VectorWriter(out, crs, schema_fields=fields, overwrite=overwrite, layer="tiles") as w:
+    with VectorWriter(
+        out, crs, schema_fields=fields, overwrite=overwrite, layer="tiles", inputs=inputs
+    ) as w:
         w.write(
             [
                 (

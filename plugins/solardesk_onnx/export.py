@@ -21,6 +21,8 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
+import secrets
 import warnings
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -186,14 +188,21 @@ def export_model(
     data = proto.SerializeToString()
     if out is not None:
         p = Path(out)
-        tmp = p.with_name(p.name + ".part")
+        tmp = _temporary_beside(p)
         try:
-            tmp.write_bytes(data)
+            with open(tmp, "xb") as f:  # a new file of its own, never one that exists
+                f.write(data)
             tmp.replace(p)
         except OSError as e:
             tmp.unlink(missing_ok=True)
             raise ModelError(f"cannot write {p}: {e}. Choose another --out.") from e
     return data
+
+
+def _temporary_beside(p: Path) -> Path:
+    """A name for a temporary file beside ``p`` that no other file has (not ``p.part``: a
+    browser's partial download, or a link to a user's file, may be there)."""
+    return p.with_name(f".{p.name}.{os.getpid()}-{secrets.token_hex(4)}.part")
 
 
 # --------------------------------------------------------------------------------------------
@@ -219,7 +228,7 @@ def quantize_model(path: str | Path, mode: str) -> None:
     if mode not in QUANTIZE_OPS:
         raise ModelError(f"unknown quantisation {mode!r}; choose one of {sorted(QUANTIZE_OPS)}")
     p = Path(path)
-    tmp = p.with_name(p.name + ".int8.part")
+    tmp = _temporary_beside(p)
     meta = {e.key: e.value for e in onnx.load(p, load_external_data=False).metadata_props}
     root = logging.getLogger()
     level = root.level
@@ -305,6 +314,11 @@ def export_checkpoint(
     config = checkpoint_config(data, ckpt)
     meta = data["model_meta"]
     tile = int(meta.get("tile_size") or config.model.tile_size or 512)
+    if not 0 <= int(overlap) <= tile // 2:
+        raise ModelError(
+            f"--overlap {overlap}: the model's tiles are {tile} px; choose an overlap from 0 "
+            f"to {tile // 2} px (64 is the default)."
+        )
     gsd = gsd_m if gsd_m is not None else training_gsd(data, config)
     if gsd is None:
         raise ModelError(

@@ -169,4 +169,6 @@ def recommended_tiling(settings: OnnxSettings) -> tuple[int, int] | None:
     spec = inspect_model(settings.model)
     if not spec.tile_size:
         return None
-    return int(spec.tile_size), int(min(spec.overlap, spec.tile_size - 1))
+    # (another tool's model may record any overlap: at most half a tile, else the tiles
+    # would step by a pixel or two)
+    return int(spec.tile_size), int(min(max(spec.overlap, 0), spec.tile_size // 2))

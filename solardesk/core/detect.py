@@ -95,7 +95,8 @@ def detect(
     """
     from solardesk.config import parse
     from solardesk.core.pipeline import precompute
-    from solardesk.core.vector import PANEL_FIELDS, VectorWriter
+    from solardesk.core.raster import describe
+    from solardesk.core.vector import PANEL_FIELDS, VectorWriter, job_inputs
     from solardesk.plugin_api import get_plugin_manager, resolve
 
     out = Path(out)
@@ -106,11 +107,24 @@ def detect(
     thr = threshold if threshold is not None else getattr(settings_model, "threshold", 0.5)
     tiling = tiling or recommended_tiling(stage, settings_model) or TilingSettings()
     raster_settings = raster_settings or RasterSettings()
-    cache_path = Path(cache_path) if cache_path else default_cache_path(out)
 
     # Creating (not opening) a writer checks the output before any work: a missing folder,
-    # an existing file without --overwrite, an unknown extension.
-    VectorWriter(out, "EPSG:4326", schema_fields=PANEL_FIELDS, overwrite=overwrite)
+    # an existing file without --overwrite, an unknown extension, an input of the job (a
+    # raster or what georeferences it, the AOI, the cache), which is never replaced. Once
+    # for the name (the default cache is named after it), once with the cache.
+    def check(inputs: list[Path]) -> None:
+        VectorWriter(
+            out, "EPSG:4326", schema_fields=PANEL_FIELDS, overwrite=overwrite, inputs=inputs
+        )
+
+    check(job_inputs(rasters, [aoi]))
+    cache_path = Path(cache_path) if cache_path else default_cache_path(out)
+    inputs = job_inputs(rasters, [aoi], cache_path)
+    check(inputs)
+    # Polygons need map coordinates: every raster is georeferenced, checked before any tile
+    # is computed (a raster without a CRS beside georeferenced ones was written in pixels).
+    for r in rasters:
+        describe(r).require_georeferenced("writing polygons")
 
     job = precompute(
         rasters,
@@ -151,7 +165,9 @@ def detect(
         n_tiles = sum(len(p.grid) for p in plans)
         done = 0
         panels = 0
-        with VectorWriter(out, crs0, schema_fields=PANEL_FIELDS, overwrite=overwrite) as writer:
+        with VectorWriter(
+            out, crs0, schema_fields=PANEL_FIELDS, overwrite=overwrite, inputs=inputs
+        ) as writer:
             held: list[_Piece] = []
             for plan in plans:
                 for batch in _pieces_of(cache, plan, stage_id, stage.version, thr):

@@ -302,7 +302,25 @@ def ground_resolution(ds: rasterio.DatasetReader) -> tuple[float, float]:
     t = ds.transform
     cx, cy = ds.width / 2, ds.height / 2
     pts = [t @ (cx, cy), t @ (cx + 1, cy), t @ (cx, cy + 1)]
-    tr = _to_lonlat(crs.to_wkt())
+    try:
+        tr = _to_lonlat(crs.to_wkt())
+    except Exception as e:  # an engineering (local) CRS has no way to the globe
+        try:
+            from pyproj import CRS as ProjCRS
+
+            axis = ProjCRS.from_wkt(crs.to_wkt()).axis_info[0]
+            angular = axis.unit_name in ("degree", "radian", "grad", "arc-second")
+            factor = None if angular else axis.unit_conversion_factor
+        except Exception:
+            factor = None
+        if not factor:
+            raise NotGeoreferencedError(
+                f"{ds.name}: its CRS ({crs.to_string() or 'a local one'}) cannot be placed on "
+                "the Earth and has no linear unit, so its ground resolution is unknown. Assign "
+                "a map CRS, or give the ground resolution (--gsd METRES)."
+            ) from e
+        # a local CRS in metres (or feet...): the pixel's size in its units is the ground's
+        return float(math.hypot(t.a, t.d) * factor), float(math.hypot(t.b, t.e) * factor)
     lon, lat = tr.transform([p[0] for p in pts], [p[1] for p in pts])
     geod = Geod(ellps="WGS84")
     _, _, dx = geod.inv(lon[0], lat[0], lon[1], lat[1])

@@ -231,9 +231,15 @@ class VectorWriter:
         overwrite: bool = False,
         layer: str = "panels",
         geometry_type: str = "Polygon",
+        inputs: Iterable[str | os.PathLike[str]] = (),
     ) -> None:
         self.path = Path(path)
         self.driver = vector_format(self.path)
+        if self.driver == "ESRI Shapefile" and self.path.suffix != ".shp":
+            # GDAL writes a shapefile's main file as .shp whatever the case asked: name it so,
+            # else the .SHP asked for and the .shp written would be two files.
+            self.path = self.path.with_suffix(".shp")
+        self.inputs = [Path(p) for p in inputs]
         self.crs = crs
         self.overwrite = overwrite
         self.layer = layer
@@ -275,11 +281,27 @@ class VectorWriter:
                 f"{self.path}: the output folder {folder} is not writable; choose another "
                 "output path (--out)."
             )
-        if self.path.exists() and not self.overwrite:
+        for target in self.files():
+            for source in self.inputs:
+                if _same_file(target, source):
+                    raise VectorWriteError(
+                        f"{target} is an input of this job ({source}); writing the output "
+                        "there would destroy it. Choose another output path (--out)."
+                    )
+        existing = [p for p in self.files() if p.exists()]
+        if existing and not self.overwrite:
             raise VectorWriteError(
-                f"{self.path} already exists; pass --overwrite (overwrite=True) to replace it, "
+                f"{existing[0]} already exists; pass --overwrite (overwrite=True) to replace "
+                f"{'it' if existing[0] == self.path else 'the shapefile ' + str(self.path)}, "
                 "or choose another name."
             )
+
+    def files(self) -> list[Path]:
+        """The files the output is: the path, and a shapefile's sidecars beside it (a
+        ``.dbf`` or ``.prj`` of that name belongs to whatever shapefile is there)."""
+        if self.driver != "ESRI Shapefile":
+            return [self.path]
+        return [self.path, *(self.path.with_name(self.path.stem + e) for e in _SHAPEFILE_SIDECARS)]
 
     # -- opening --
     def __enter__(self) -> VectorWriter:
@@ -416,7 +438,7 @@ class VectorWriter:
             raise VectorWriteError(f"{self.path}: finishing the file failed: {e}") from e
         finally:
             self._closed = True
-        if self.path.exists() and not self.overwrite:
+        if any(p.exists() for p in self.files()) and not self.overwrite:
             kept = self._tmp_path
             raise VectorWriteError(
                 f"{self.path} appeared while the job ran; the results are in {kept}. Pass "
@@ -450,6 +472,40 @@ class VectorWriter:
                 if old.name not in new_names and old.exists():
                     old.unlink()
         os.replace(self._tmp_path, self.path)
+
+
+#: Files beside a raster that belong to it: its georeferencing (world files, a .prj beside a
+#: JPEG or PNG) and GDAL's auxiliary files.
+_RASTER_COMPANION_SUFFIXES = (".prj", ".wld", ".tfw", ".tifw", ".jgw", ".jpgw", ".pgw", ".pngw")
+
+
+def job_inputs(
+    rasters: Iterable[str | os.PathLike[str]] = (),
+    others: Iterable[str | os.PathLike[str] | None] = (),
+    cache: str | os.PathLike[str] | None = None,
+) -> list[Path]:
+    """The files a job reads, which its output must never replace: each raster with the
+    files that georeference it, the ``others`` (an AOI), and a cache with its -wal, -shm
+    and -journal files."""
+    files: list[Path] = []
+    for r in map(Path, rasters):
+        files += [r, Path(f"{r}.aux.xml"), Path(f"{r}.ovr")]
+        files += [r.with_suffix(e) for e in _RASTER_COMPANION_SUFFIXES]
+    files += [Path(o) for o in others if o is not None]
+    if cache is not None:
+        files += [Path(f"{cache}{s}") for s in ("", "-wal", "-shm", "-journal")]
+    return files
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """``a`` and ``b`` name one file: the same path once resolved (links followed), or the
+    same existing file by another name (a hard link)."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def _pyproj_wkt(crs: Any) -> str:

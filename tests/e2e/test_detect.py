@@ -186,11 +186,29 @@ def test_output_errors(tmp_path: Path) -> None:
             "choose one detector",
         ),
     ]
+    aoi = tmp_path / "aoi.geojson"
+    aoi.write_text("my area")
+    cache = tmp_path / "project.gpkg"
+    cache.write_text("my cache")
+    nocrs = write_raster(tmp_path / "nocrs.tif", np.zeros((3, 256, 256), np.uint8), crs=None)
+    cases += [
+        (["--out", "."], "unsupported vector format"),  # (not a traceback from the cache name)
+        # an input of the job is never the output, even with --overwrite
+        (["--out", str(aoi), "--aoi", str(aoi), "--overwrite"], "is an input of this job"),
+        (["--out", str(cache), "--cache", str(cache), "--overwrite"], "is an input of this job"),
+        # a cache not made yet at the output's path: refused before the job makes it
+        (["--out", str(tmp_path / "x.gpkg"), "--cache", str(tmp_path / "x.gpkg")], "an input"),
+        # a raster without a CRS beside a georeferenced one: refused before any tile
+        ([str(nocrs), "--gsd", "0.15", "--out", str(tmp_path / "mix.gpkg")], "has no CRS"),
+    ]
     for extra, expected in cases:
         res = cli("detect", str(SAMPLE), "--spectral", *extra, "--quiet")
         assert res.returncode == 2, (extra, res.stderr)
         assert expected in res.stderr and "Traceback" not in res.stderr, res.stderr
     assert existing.read_bytes() == b"x"
+    assert (aoi.read_text(), cache.read_text()) == ("my area", "my cache")
+    assert not (tmp_path / ".mix.gpkg.solardesk-cache.sqlite").exists()  # nothing computed
+    assert not (tmp_path / "x.gpkg").exists()
 
 
 def test_rejected_instances_are_not_written_accepted_ones_are(tmp_path: Path) -> None:

@@ -249,6 +249,27 @@ def test_export_onnx_command(checkpoint: Path, tmp_path: Path) -> None:
     assert again.exit_code == 2 and "--overwrite" in again.stderr
 
 
+def test_export_writes_a_temporary_file_of_its_own_and_checks_the_overlap(
+    checkpoint: Path, tmp_path: Path
+) -> None:
+    """A file (or a link to one) named like the old temporary file is left alone; an overlap
+    the model's tiles cannot take is refused before the export (it made a 128 px model tile
+    a raster by the pixel)."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes")
+    out = tmp_path / "m.onnx"
+    (tmp_path / "m.onnx.part").symlink_to(notes)
+    for overlap in ("500", "-5"):
+        res = _cli("export-onnx", str(checkpoint), "--out", str(out), "--gsd", "0.15",
+                   "--overlap", overlap)  # fmt: skip
+        assert res.exit_code == 2 and "choose an overlap from 0 to 64 px" in res.stderr
+        assert not out.exists()
+    res = _cli("export-onnx", str(checkpoint), "--out", str(out), "--gsd", "0.15")
+    assert res.exit_code == 0, res.output
+    assert notes.read_text() == "my notes" and inspect_model(out).overlap == 64
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.part", "notes.txt"]
+
+
 def test_export_refuses_what_is_not_a_checkpoint(tmp_path: Path) -> None:
     bogus = tmp_path / "model.pt"
     bogus.write_bytes(b"not a checkpoint")

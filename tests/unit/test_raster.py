@@ -299,3 +299,21 @@ def test_cog_and_vrt_open_like_geotiff(tmp_path: Path, rgb_tif: Path) -> None:
         with RasterReader(path) as r:
             rgb, _ = r.read_rgb(Window(100, 50, 60, 30))
         assert (rgb == 230).all()
+
+
+def test_a_local_engineering_crs_in_metres_has_its_pixel_size_as_ground_resolution(
+    tmp_path,
+) -> None:
+    """A LOCAL_CS cannot be placed on the Earth (no way to longitude and latitude): its
+    ground resolution is the pixel size in its linear unit, not a ProjError traceback."""
+    from rasterio.crs import CRS
+
+    from solardesk.core.raster import describe
+
+    local = CRS.from_wkt(
+        'LOCAL_CS["arbitrary",UNIT["metre",1,AUTHORITY["EPSG","9001"]],'
+        'AXIS["Easting",EAST],AXIS["Northing",NORTH]]'
+    )
+    path = write_raster(tmp_path / "local.tif", np.zeros((3, 64, 64), np.uint8), crs=local)
+    info = describe(path)
+    assert info.georeferenced and info.ground_resolution_m == pytest.approx(0.2)

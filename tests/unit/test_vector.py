@@ -237,6 +237,46 @@ def test_an_existing_output_is_refused_without_overwrite(tmp_path):
     assert not (tmp_path / "panels.qix").exists()
 
 
+def test_a_shapefile_is_its_sidecars_too(tmp_path):
+    """Another dataset's ``.prj`` or ``.dbf`` of the output's name (a JPEG's own ``.prj``, a
+    shapefile without its ``.shp``) is an existing output: refused without --overwrite. An
+    upper-case ``.SHP`` is written as GDAL writes it, ``.shp``, not as a second file."""
+    path = tmp_path / "scene.shp"
+    (tmp_path / "scene.prj").write_text("the JPEG's CRS")
+    with pytest.raises(VectorWriteError, match=r"scene\.prj already exists; pass --overwrite"):
+        VectorWriter(path, UTM, schema_fields=FIELDS)
+    assert (tmp_path / "scene.prj").read_text() == "the JPEG's CRS"
+    upper = VectorWriter(tmp_path / "Q.SHP", UTM, schema_fields=FIELDS)
+    assert upper.path == tmp_path / "Q.shp"
+    write(tmp_path / "Q.shp", panels(1))
+    with pytest.raises(VectorWriteError, match="already exists"):
+        VectorWriter(tmp_path / "Q.SHP", UTM, schema_fields=FIELDS)
+    with VectorWriter(tmp_path / "Q.SHP", UTM, schema_fields=FIELDS, overwrite=True) as w:
+        w.write(panels(2))
+    assert ogrinfo(tmp_path / "Q.shp")["count"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir() if p.stem == "Q")[0] == "Q.cpg"
+
+
+def test_an_input_of_the_job_is_never_replaced(tmp_path):
+    """Even with overwrite: the job's raster, what georeferences it, its AOI, its cache."""
+    from solardesk.core.vector import job_inputs
+
+    raster, aoi, cache = tmp_path / "ortho.gpkg", tmp_path / "aoi.geojson", tmp_path / "c.gpkg"
+    for p in (raster, aoi, cache, tmp_path / "photo.jpg", tmp_path / "photo.prj"):
+        p.write_text("input")
+    inputs = job_inputs([raster, tmp_path / "photo.jpg"], [aoi], cache)
+    for out in (raster, aoi, cache, tmp_path / "photo.shp"):  # (photo.shp: its .prj)
+        with pytest.raises(VectorWriteError, match="is an input of this job"):
+            VectorWriter(out, UTM, schema_fields=FIELDS, overwrite=True, inputs=inputs)
+    (tmp_path / "link.gpkg").symlink_to(raster)
+    with pytest.raises(VectorWriteError, match="is an input of this job"):
+        VectorWriter(
+            tmp_path / "link.gpkg", UTM, schema_fields=FIELDS, overwrite=True, inputs=inputs
+        )
+    assert all(p.read_text() == "input" for p in (raster, aoi, cache, tmp_path / "photo.prj"))
+    VectorWriter(tmp_path / "panels.gpkg", UTM, schema_fields=FIELDS, inputs=inputs)  # fine
+
+
 def test_a_missing_output_folder_is_named(tmp_path):
     folder = tmp_path / "no" / "such"
     with pytest.raises(VectorWriteError, match="create it") as err:
