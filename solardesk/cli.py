@@ -529,9 +529,17 @@ def detect(
     if spectral == (model is not None):
         raise ConfigError("choose one detector: --spectral, or --model MODEL.onnx.")
     settings = _parse_set(overrides)
+    model_name = model_version = None
     if model is not None:
         stage_id = "onnx"
         settings["model"] = str(model)
+        if model.is_file():  # (a missing or bad file is the stage's to report, clearly)
+            from solardesk.plugin_api import resolve
+
+            with contextlib.suppress(SolarDeskError, OSError):
+                # the polygons name their model: its file's stem, its content hash and epoch
+                identity = resolve("solardesk_onnx.metadata:model_identity")
+                model_name, model_version = identity(model)
     else:
         stage_id = "spectral"
     tiling = None  # the detector's own tiling (a model's), else the defaults
@@ -560,6 +568,8 @@ def detect(
             threshold=threshold,
             overwrite=overwrite,
             orthogonal=orthogonal,
+            model_name=model_name,
+            model_version=model_version,
         ),
         show=not quiet,
         label="detect",

@@ -83,6 +83,9 @@ def test_detect_with_a_model_writes_valid_polygons(model: Path, tmp_path: Path) 
         assert geom.is_valid and not geom.is_empty and geom.geom_type == "Polygon"
         assert f["properties"]["score"] >= 0.5  # the model's threshold
         assert f["properties"]["area_m2"] > 0
+        # the polygons name their model: its file's stem and content hash (ADR 0031)
+        assert f["properties"]["model_name"] == model.stem
+        assert f["properties"]["model_version"].startswith("sha256:")
 
     # Moved, the same model recomputes nothing; another threshold is read-time too.
     moved = tmp_path / "moved" / "renamed.onnx"
