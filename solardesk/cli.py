@@ -39,6 +39,10 @@ class SolarDeskGroup(click.Group):
             ctx.exit(EXIT_USER_ERROR)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
+        except BrokenPipeError:  # its reader stopped reading (`... | head`): quietly, as Unix
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            ctx.exit(141)
         except KeyboardInterrupt as e:
             from solardesk.core.jobs import Terminated
 

@@ -392,6 +392,15 @@ def test_a_listing_cut_short_by_its_reader_ends_quietly(tmp_path: Path) -> None:
     proc.stdout.close()
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 141 and "Error" not in err, err
+    # any command: its reader gone before it writes a line (`solardesk info X | head -0`)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "solardesk", "info", str(SAMPLE)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141 and "Error" not in err, err
 
 
 def test_detect_plans_each_raster_once(tmp_path: Path) -> None:
