@@ -346,21 +346,30 @@ def export_checkpoint(
     }
     if data.get("metrics"):
         extra["validation_metrics"] = json.loads(json.dumps(data["metrics"], default=str))
-    export_model(
-        model,
-        out,
-        tile_size=tile,
-        channels=full_meta["channels"],
-        classes=full_meta["classes"],
-        gsd_m=gsd,
-        overlap=overlap,
-        score_threshold=thr,
-        mask_threshold=mask_threshold,
-        fixed_shape=fixed_shape,
-        extra_metadata=extra,
-    )
-    if quantize:
-        quantize_model(out, quantize)
+    # The model appears at ``out`` only when complete: quantised too, when asked (a failed
+    # quantisation leaves whatever was at ``out`` before, not an fp32 model in its place).
+    target = Path(out)
+    staged = _temporary_beside(target).with_suffix(".onnx") if quantize else target
+    try:
+        export_model(
+            model,
+            staged,
+            tile_size=tile,
+            channels=full_meta["channels"],
+            classes=full_meta["classes"],
+            gsd_m=gsd,
+            overlap=overlap,
+            score_threshold=thr,
+            mask_threshold=mask_threshold,
+            fixed_shape=fixed_shape,
+            extra_metadata=extra,
+        )
+        if quantize:
+            quantize_model(staged, quantize)
+            staged.replace(target)
+    finally:
+        if staged != target:
+            staged.unlink(missing_ok=True)
     return {
         "out": str(out),
         "tile_size": tile,

@@ -270,6 +270,27 @@ def test_export_writes_a_temporary_file_of_its_own_and_checks_the_overlap(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.part", "notes.txt"]
 
 
+def test_a_failed_quantisation_leaves_the_previous_model(
+    checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--quantize`` with ``--overwrite``: the model at --out is replaced only by the finished
+    quantised one (it was replaced by the fp32 export before quantising, and stayed so)."""
+    import onnxruntime.quantization as q
+
+    out = tmp_path / "m.onnx"
+    out.write_bytes(b"yesterday's model")
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(q, "quantize_dynamic", full_disk)
+    res = _cli("export-onnx", str(checkpoint), "--out", str(out), "--gsd", "0.15",
+               "--quantize", "int8", "--overwrite")  # fmt: skip
+    assert res.exit_code == 2 and "No space left on device" in res.stderr, res.output
+    assert out.read_bytes() == b"yesterday's model"
+    assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]  # no temporary file left
+
+
 def test_export_refuses_what_is_not_a_checkpoint(tmp_path: Path) -> None:
     bogus = tmp_path / "model.pt"
     bogus.write_bytes(b"not a checkpoint")
