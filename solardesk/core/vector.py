@@ -489,8 +489,10 @@ def job_inputs(
     and -journal files."""
     files: list[Path] = []
     for r in map(Path, rasters):
-        files += [r, Path(f"{r}.aux.xml"), Path(f"{r}.ovr")]
-        files += [r.with_suffix(e) for e in _RASTER_COMPANION_SUFFIXES]
+        companions = [Path(f"{r}.aux.xml"), Path(f"{r}.ovr")]
+        companions += [r.with_suffix(e) for e in _RASTER_COMPANION_SUFFIXES]
+        # (only those there: `detect scene.tif --out scene.shp` may write scene.prj)
+        files += [r, *(c for c in companions if c.exists())]
     files += [Path(o) for o in others if o is not None]
     if cache is not None:
         files += [Path(f"{cache}{s}") for s in ("", "-wal", "-shm", "-journal")]

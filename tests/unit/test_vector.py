@@ -275,6 +275,10 @@ def test_an_input_of_the_job_is_never_replaced(tmp_path):
         )
     assert all(p.read_text() == "input" for p in (raster, aoi, cache, tmp_path / "photo.prj"))
     VectorWriter(tmp_path / "panels.gpkg", UTM, schema_fields=FIELDS, inputs=inputs)  # fine
+    # a GeoTIFF has no .prj: a shapefile named after it may write one
+    (tmp_path / "scene.tif").write_text("input")
+    named = job_inputs([tmp_path / "scene.tif"])
+    VectorWriter(tmp_path / "scene.shp", UTM, schema_fields=FIELDS, inputs=named)
 
 
 def test_a_missing_output_folder_is_named(tmp_path):
