@@ -12,6 +12,7 @@ leaves a half-written checkpoint under the real name.
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,7 +42,6 @@ ARCHITECTURE_FIELDS = ("backbone", "channels")
 def save_checkpoint(path: str | os.PathLike, payload: Mapping[str, Any]) -> Path:
     """Write ``payload`` (plus format, version and date) atomically to ``path``."""
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
     data = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -49,11 +49,15 @@ def save_checkpoint(path: str | os.PathLike, payload: Mapping[str, Any]) -> Path
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         **payload,
     }
-    tmp = p.with_name(p.name + ".part")
+    # A new file of its own: never one that exists (a name left by a killed run may be a hard
+    # link to an epoch's checkpoint, which writing through it would damage).
+    tmp = p.with_name(f".{p.name}.{os.getpid()}-{secrets.token_hex(4)}.part")
     try:
-        torch.save(data, tmp)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "xb") as f:
+            torch.save(data, f)
         os.replace(tmp, p)
-    except OSError as e:
+    except (OSError, RuntimeError) as e:  # (torch.save reports a full disk as RuntimeError)
         tmp.unlink(missing_ok=True)
         raise ModelError(
             f"cannot write checkpoint {p}: {e}. Free disk space or choose another output_dir."

@@ -18,6 +18,7 @@ The shape of torchvision's detection reference script, for pseudo-labels on a de
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import statistics
@@ -295,6 +296,7 @@ class MaskRCNNTrainer:
         if self.resume is not None:
             resume_data = load_checkpoint(self.resume)
             check_compatible(resume_data, cfg.model, self.resume)
+        _check_output_dir(Path(cfg.output_dir))  # before any work, not after an epoch
 
         plan = plan_data(cfg)
         tile_size = plan.tile_size
@@ -384,6 +386,16 @@ class MaskRCNNTrainer:
         )
         meta = model_meta(cfg.model, tile_size, plan.gsd_m)
         out_dir = Path(cfg.output_dir)
+        if resume_data is None:
+            # A new run into a folder that holds an earlier run's checkpoints keeps them (they
+            # were replaced, and pruned with this run's). Moved only now: the initial weights
+            # may be one of them (self-training's next round), and they are loaded.
+            kept = _set_aside_earlier_run(out_dir)
+            if kept is not None:
+                self.warn(
+                    f"{out_dir} held the checkpoints of an earlier run: they are kept in {kept} "
+                    "(to continue a run, pass --resume)."
+                )
         self.emit(
             "started",
             device=str(device),
@@ -552,8 +564,8 @@ class MaskRCNNTrainer:
             os.replace(tmp, last)
         except OSError:
             save_checkpoint(last, payload)
-        kept = sorted(out_dir.glob("epoch-*.pt"))
-        for old in kept[: -self.config.run.keep_checkpoints]:
+        kept = sorted(_epoch_checkpoints(out_dir))  # by epoch: epoch-1000 after epoch-999
+        for _, old in kept[: -self.config.run.keep_checkpoints]:
             old.unlink(missing_ok=True)
         return path
 
@@ -584,3 +596,52 @@ def train(
 ) -> TrainResult:
     """Train a Mask R-CNN on the cache's pseudo-labels (the ``maskrcnn`` Trainer contribution)."""
     return MaskRCNNTrainer(config, emit=emit, stop=stop, resume=resume).run()
+
+
+def _epoch_checkpoints(out_dir: Path) -> list[tuple[int, Path]]:
+    """``(epoch, path)`` of the epoch checkpoints in ``out_dir`` (``epoch-NNN.pt``)."""
+    found = []
+    for path in out_dir.glob("epoch-*.pt"):
+        number = path.stem.removeprefix("epoch-")
+        if number.isdigit():
+            found.append((int(number), path))
+    return found
+
+
+def _check_output_dir(out_dir: Path) -> None:
+    """Make ``out_dir`` and write a file there, or raise :class:`TrainingError` saying why:
+    a read-only place, a full disk or a file in the way found before the first epoch, not
+    after it."""
+    probe = out_dir / f".write-test-{os.getpid()}"
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with open(probe, "xb") as f:
+            f.write(b"\0" * 4096)
+    except OSError as e:
+        raise TrainingError(
+            f"cannot write checkpoints to output_dir {out_dir}: {e}. Choose a writable folder "
+            "with free space (output_dir in the config, or --set output_dir=...)."
+        ) from e
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink(missing_ok=True)
+
+
+def _set_aside_earlier_run(out_dir: Path) -> Path | None:
+    """Move an earlier run's ``last.pt`` and epoch checkpoints from ``out_dir`` into
+    ``out_dir/earlier-runs/<time of its last checkpoint>/``; returns that folder (None when
+    there were none)."""
+    found = [p for p in (out_dir / "last.pt",) if p.is_file()]
+    found += [p for _, p in _epoch_checkpoints(out_dir)]
+    if not found:
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(max(p.stat().st_mtime for p in found)))
+    dest = out_dir / "earlier-runs" / stamp
+    k = 1
+    while dest.exists():
+        k += 1
+        dest = out_dir / "earlier-runs" / f"{stamp}-{k}"
+    dest.mkdir(parents=True)
+    for p in found:
+        os.replace(p, dest / p.name)
+    return dest

@@ -260,3 +260,58 @@ def test_cuda_asked_but_absent_falls_back_with_a_warning(project) -> None:
     warning = next(e for e in events if e["event"] == "warning")
     assert "training on the CPU" in warning["message"]
     assert next(e for e in events if e["event"] == "started")["device"] == "cpu"
+
+
+def test_a_new_run_into_a_used_folder_keeps_the_earlier_checkpoints(project) -> None:
+    """A second run (not --resume) into the same output folder replaced the first one's
+    last.pt and pruned its epochs with its own: they are moved to earlier-runs/ instead."""
+    root, cache = project
+    cfg = config_for(root, cache, "twice", run={"max_steps_per_epoch": 1})
+    first, _ = run(cfg)
+    out = Path(cfg.output_dir)
+    before = {p.name: p.read_bytes() for p in out.glob("*.pt")}
+    assert "last.pt" in before and first.reason == "completed"
+    with pytest.warns(UserWarning, match="held the checkpoints of an earlier run"):
+        second, events = run(cfg)
+    assert second.reason == "completed"
+    assert any("earlier-runs" in e.get("message", "") for e in events if e["event"] == "warning")
+    (kept,) = (out / "earlier-runs").iterdir()
+    assert {p.name: p.read_bytes() for p in kept.glob("*.pt")} == before
+    assert (out / "last.pt").is_file()
+
+
+def test_epoch_checkpoints_are_pruned_by_epoch_not_by_name(tmp_path: Path) -> None:
+    from solardesk_maskrcnn.train import _epoch_checkpoints
+
+    for e in (998, 999, 1000, 1001):
+        (tmp_path / f"epoch-{e:03d}.pt").write_bytes(b"")
+    (tmp_path / "epoch-best.pt").write_bytes(b"")  # not an epoch's
+    assert [e for e, _ in sorted(_epoch_checkpoints(tmp_path))] == [998, 999, 1000, 1001]
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused_before_training(
+    project, monkeypatch
+) -> None:
+    root, cache = project
+    cfg = config_for(root, cache, "blocked", run={"max_steps_per_epoch": 1})
+    blocker = Path(cfg.output_dir)
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.write_text("a file where the folder should be")
+    result = None
+    with pytest.raises(TrainingError, match="cannot write checkpoints to output_dir"):
+        result, _ = run(cfg)
+    assert result is None and blocker.read_text() == "a file where the folder should be"
+
+
+def test_a_checkpoint_that_cannot_be_written_is_a_clear_error(tmp_path, monkeypatch) -> None:
+    """torch.save reports a full disk as a RuntimeError: it is a ModelError too, and neither
+    the checkpoint nor a temporary file is left."""
+    import torch as torch_
+
+    def full(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc] unexpected pos 4096")
+
+    monkeypatch.setattr(torch_, "save", full)
+    with pytest.raises(ModelError, match=r"cannot write checkpoint .*unexpected pos"):
+        save_checkpoint(tmp_path / "last.pt", {"epoch": 1})
+    assert list(tmp_path.iterdir()) == []
