@@ -339,6 +339,14 @@ class MaskRCNNTrainer:
         last_metrics = None
         if resume_data is not None:
             load_model_state(model, resume_data, self.resume)
+            saved = ((resume_data.get("config") or {}).get("optim") or {}).get("optimizer")
+            if saved is not None and saved != cfg.optim.optimizer:
+                raise TrainingError(
+                    f"{self.resume}: it was trained with optim.optimizer {saved!r}, this config "
+                    f"says {cfg.optim.optimizer!r}; the optimiser changed. Resume with the same "
+                    "optim.optimizer, or train anew (model.weights can start from this "
+                    "checkpoint)."
+                )
             try:
                 optimizer.load_state_dict(resume_data["optimizer"])
                 scheduler.load_state_dict(resume_data["scheduler"])
@@ -349,6 +357,16 @@ class MaskRCNNTrainer:
                     f"{self.resume}: its optimiser state does not fit this config ({e}); the "
                     "optimiser changed. Resume with the same optim.optimizer, or train anew."
                 ) from e
+            # The config's hyper-parameters win over the saved ones (the optimiser's moments
+            # and the step are kept): a lower learning rate is the usual change on resume.
+            scheduler.base_lrs = [o.lr for _ in optimizer.param_groups]
+            factor = scheduler.lr_lambdas[0](scheduler.last_epoch)
+            for g in optimizer.param_groups:
+                g["initial_lr"], g["weight_decay"] = o.lr, o.weight_decay
+                g["lr"] = o.lr * factor  # (LambdaLR's own expression: the same bits)
+                if o.optimizer == "sgd":
+                    g["momentum"] = o.momentum
+            scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
             epoch = int(resume_data["epoch"])
             step_in_epoch = int(resume_data.get("step_in_epoch", 0))
             step = int(resume_data["step"])

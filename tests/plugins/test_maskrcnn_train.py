@@ -315,3 +315,30 @@ def test_a_checkpoint_that_cannot_be_written_is_a_clear_error(tmp_path, monkeypa
     with pytest.raises(ModelError, match=r"cannot write checkpoint .*unexpected pos"):
         save_checkpoint(tmp_path / "last.pt", {"epoch": 1})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_resuming_with_another_optimiser_is_refused_before_a_step(project) -> None:
+    """adamw → sgd went on to an internal KeyError ('momentum') at the first step."""
+    root, cache = project
+    cfg = config_for(root, cache, "optimiser", run={"max_steps_per_epoch": 1})
+    result, _ = run(cfg)
+    other = cfg.model_copy(update={"optim": cfg.optim.model_copy(update={"optimizer": "sgd"})})
+    events = []
+    with pytest.raises(TrainingError, match="the optimiser changed"):
+        MaskRCNNTrainer(other, emit=events.append, resume=result.checkpoint).run()
+    assert not [e for e in events if e["event"] == "progress"]
+
+
+def test_resuming_with_a_lower_learning_rate_uses_it(project) -> None:
+    """The saved optimiser and schedule brought the old rate back: --set optim.lr on resume
+    was silently ignored."""
+    root, cache = project
+    cfg = config_for(root, cache, "lower-lr", optim={"lr": 1e-3, "epochs": 2})
+    cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"max_steps_per_epoch": 2})})
+    first, events = run(cfg, stop_at_step=1)
+    assert first.reason == "stopped"
+    before = [e["lr"] for e in events if e["event"] == "progress"]
+    lower = cfg.model_copy(update={"optim": cfg.optim.model_copy(update={"lr": 1e-5})})
+    _, events = run(lower, resume=first.checkpoint)
+    after = [e["lr"] for e in events if e["event"] == "progress"]
+    assert after and max(after) <= 1e-5 < min(before) / 10, (before, after)
