@@ -166,16 +166,24 @@ def _parse_where(value: str | None) -> tuple[str, str] | None:
 )
 @click.option(
     "--threshold",
-    type=float,
+    type=click.FloatRange(0, 1),
     help="Confidence of pseudo-labels used as truth (default: the checkpoint's).",
 )
 @click.option(
-    "--score-threshold", default=0.5, show_default=True, help="Detections counted from this score."
+    "--score-threshold",
+    default=0.5,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="Detections counted from this score.",
 )
 @click.option(
-    "--iou-threshold", default=0.5, show_default=True, help="Mask IoU for a detection to match."
+    "--iou-threshold",
+    default=0.5,
+    show_default=True,
+    type=click.FloatRange(0, 1, min_open=True),
+    help="Mask IoU for a detection to match.",
 )
-@click.option("--max-tiles", type=int, help="Evaluate at most this many tiles.")
+@click.option("--max-tiles", type=click.IntRange(min=1), help="Evaluate at most this many tiles.")
 @click.option(
     "--device",
     type=click.Choice(["auto", "cuda", "cpu"]),

@@ -207,6 +207,10 @@ def test_evaluate_without_truth_or_cache_says_what_to_do(stopped_run, project) -
     _add_plugin_commands()  # (alone, no earlier test has added them)
     result = CliRunner().invoke(cli, ["evaluate", checkpoint, str(root / "scene0.tif")])
     assert result.exit_code == 2 and "--truth" in result.output
+    # out-of-range numbers are refused, not quietly used (-1 tiles left the last one out)
+    for bad in (["--max-tiles", "-1"], ["--threshold", "5"], ["--score-threshold", "2"]):
+        result = CliRunner().invoke(cli, ["evaluate", checkpoint, "--cache", "x", *bad])
+        assert result.exit_code == 2 and "Invalid value for" in result.output, bad
 
 
 def test_a_signal_while_an_event_is_written_does_not_deadlock() -> None:
