@@ -399,10 +399,18 @@ def _read_state_dict(path: Path) -> Mapping[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
+        import pickle
+
+        # (torch's own text for a pickle advises weights_only=False: never ours to give)
+        if isinstance(e, pickle.UnpicklingError):
+            why = "it is not a torch file, or it needs pickled code"
+        else:
+            lines = str(e).strip().splitlines()
+            why = f"{type(e).__name__}: {(lines[0] if lines else '')[:200]}"
         raise ModelError(
-            f"{path}: cannot be read as torch weights ({type(e).__name__}: {e}). Use a "
-            "torchvision state dict saved with torch.save; files that need pickled code are "
-            "refused (weights_only=True)."
+            f"{path}: cannot be read as torch weights ({why}). Use a torchvision state dict "
+            "saved with torch.save; files that need pickled code are refused "
+            "(weights_only=True)."
         ) from e
     if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
         obj = obj["model"]  # a training checkpoint (torchvision references, SolarDesk)

@@ -199,6 +199,20 @@ def test_bad_weights_files_are_clear_errors(tmp_path: Path, content, match) -> N
     with pytest.raises(ModelError, match=match) as e:
         load_initial_weights(model, path)
     assert str(path) in str(e.value)
+    assert "weights_only=False" not in str(e.value)
+
+
+def test_a_pickle_as_weights_is_refused_without_torch_s_advice(tmp_path: Path) -> None:
+    """torch's message for a pickle tells the user to load it with weights_only=False: the
+    error says it is refused instead."""
+    import pickle
+
+    path = tmp_path / "w.pth"
+    path.write_bytes(pickle.dumps({"model": object()}))
+    model = build_model(ModelSettings(**LIGHT_MODEL), SIZE)
+    with pytest.raises(ModelError, match="needs pickled code") as e:
+        load_initial_weights(model, path)
+    assert "weights_only=False" not in str(e.value)
 
 
 def test_weights_of_another_architecture_are_refused(tmp_path: Path) -> None:
