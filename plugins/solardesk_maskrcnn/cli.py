@@ -297,7 +297,11 @@ def self_train(
     try:
         config = _load_config(config_path, overrides)
         stop = threading.Event()
-        with StopListener(stop, listen_stdin=not no_stdin):
+
+        def requested(why: str) -> None:
+            emit({"event": "stop_requested", "by": why})
+
+        with StopListener(stop, listen_stdin=not no_stdin, on_request=requested):
             result = run_self_train(
                 config,
                 checkpoint=checkpoint,
@@ -308,6 +312,7 @@ def self_train(
                 stop=stop,
             )
     except SolarDeskError as e:
-        emit({"event": "error", "type": type(e).__name__, "message": str(e)})
+        if not getattr(e, "_emitted", False):  # (the trainer may have sent it already)
+            emit({"event": "error", "type": type(e).__name__, "message": str(e)})
         raise
     click.echo(f"self-training {result['reason']}: {result['rounds']} round(s)", err=True)

@@ -55,8 +55,10 @@ def relabel_tiles(
     tag: str,
     iou_threshold: float = 0.5,
     on_tile: Callable[[int, int], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> dict[str, int]:
-    """Relabel ``samples`` with ``model`` (see the module docstring); returns the counts."""
+    """Relabel ``samples`` with ``model`` (see the module docstring); returns the counts.
+    ``stop``, once set, ends it before the next tile (each tile's row is written whole)."""
     from solardesk_maskrcnn.dataset import to_tensors
     from solardesk_maskrcnn.predict import predict
 
@@ -64,6 +66,8 @@ def relabel_tiles(
     params = hash_params({"tag": tag, "min_score": min_score, "threshold": threshold})
     with MaskCache(cache_path) as cache:
         for n, s in enumerate(samples, start=1):
+            if stop is not None and stop.is_set():
+                break
             tile = source.read(s)
             image, *_ = to_tensors(
                 tile, spectral=spectral, threshold=threshold, weight_floor=1.0, noise_aware=False
@@ -149,6 +153,9 @@ def self_train(
     history = []
     reason = "completed"
     for r in range(1, rounds + 1):
+        if stop.is_set():
+            reason = "stopped"
+            break
         model, data, _ = model_from_checkpoint(ckpt, device)
         check_compatible(data, config.model, ckpt)
         plan = plan_data(config)
@@ -170,6 +177,7 @@ def self_train(
                 if n % 20 == 0 or n == total
                 else None
             ),
+            stop=stop,
         )
         send(
             {
@@ -181,6 +189,9 @@ def self_train(
             }
         )
         del model
+        if stop.is_set():  # asked while relabelling: no training round on half the tiles
+            reason = "stopped"
+            break
         out = Path(config.output_dir) / f"selftrain-{r}"
         cfg_r = config.model_copy(
             update={

@@ -136,6 +136,24 @@ def test_a_self_training_round(tmp_path: Path) -> None:
     with MaskCache(cache, readonly=True) as c:
         for k, before in val_before.items():  # validation tiles are never relabelled
             assert [i.bbox for i in c.read_tile(*k)] == [i.bbox for i in before]
+    # a stop asked while relabelling ends it before the next tile, with no training round
+    # (it relabelled every tile, trained a step and replaced selftrain-1/last.pt)
+    import threading
+
+    stop = threading.Event()
+    events = []
+
+    def emit(e: dict) -> None:
+        events.append(e)
+        if e["event"] == "relabel":
+            stop.set()
+
+    ckpt = Path(result["checkpoint"])
+    before = ckpt.read_bytes()
+    stopped = self_train(cfg, checkpoint=ckpt, min_score=0.0, emit=emit, stop=stop)
+    assert stopped["reason"] == "stopped" and stopped["rounds"] == 0
+    assert not [e for e in events if e["event"] in ("started", "progress")]
+    assert ckpt.read_bytes() == before
 
 
 def test_rasters_whose_tiles_hold_no_target_are_located_too(tmp_path: Path) -> None:
