@@ -483,6 +483,8 @@ class MaskRCNNTrainer:
                         eta_s=(total_steps - step) / rate if rate > 0 else None,
                     )
                 if self.stop.is_set():
+                    if step_in_epoch >= steps_per_epoch:
+                        break  # the epoch's last step: its validation and checkpoint, then stop
                     checkpoint = save_checkpoint(out_dir / "last.pt", payload(epoch, step_in_epoch))
                     self.emit(
                         "checkpoint",

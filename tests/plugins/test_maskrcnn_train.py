@@ -342,3 +342,15 @@ def test_resuming_with_a_lower_learning_rate_uses_it(project) -> None:
     _, events = run(lower, resume=first.checkpoint)
     after = [e["lr"] for e in events if e["event"] == "progress"]
     assert after and max(after) <= 1e-5 < min(before) / 10, (before, after)
+
+
+def test_a_stop_on_an_epoch_s_last_step_still_ends_the_epoch(project) -> None:
+    """Its validation and epoch checkpoint were skipped (and the stop reported epoch 0)."""
+    root, cache = project
+    cfg = config_for(root, cache, "stop-at-end", optim={"epochs": 2})
+    cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"max_steps_per_epoch": 2})})
+    result, events = run(cfg, stop_at_step=2)
+    assert result.reason == "stopped" and result.epoch == 1
+    assert (Path(cfg.output_dir) / "epoch-001.pt").is_file()
+    assert [e["epoch"] for e in events if e["event"] == "metrics"] == [1]
+    assert not [e for e in events if e["event"] == "progress" and e["global_step"] > 2]
