@@ -343,7 +343,7 @@ _AUTO_WORKERS = click.option(
     default="auto",
     show_default=True,
     help="Worker processes: a number (1: in this process), or auto: one per core, but at "
-    "least 32 tiles each (a small job runs in this process).",
+    "least 32 tiles each (a small job, or a stage that holds a model, runs in this process).",
 )
 
 

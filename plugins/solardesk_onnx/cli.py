@@ -30,9 +30,9 @@ __all__ = ["export_onnx", "onnx_info"]
 )
 @click.option(
     "--overlap",
-    default=64,
-    show_default=True,
-    help="Tile overlap in pixels recommended with the model (stored in its metadata).",
+    type=int,
+    help="Tile overlap in pixels recommended with the model (stored in its metadata). "
+    "Default: 64, at most half the model's tile.",
 )
 @click.option(
     "--score-threshold",
@@ -73,7 +73,7 @@ def export_onnx(
     checkpoint: Path,
     out: Path,
     gsd: float | None,
-    overlap: int,
+    overlap: int | None,
     score_threshold: float | None,
     mask_threshold: float,
     min_score: float,

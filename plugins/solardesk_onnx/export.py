@@ -294,7 +294,7 @@ def export_checkpoint(
     out: str | Path,
     *,
     gsd_m: float | None = None,
-    overlap: int = 64,
+    overlap: int | None = None,
     score_threshold: float | None = None,
     mask_threshold: float = 0.5,
     min_score: float = 0.05,
@@ -314,6 +314,8 @@ def export_checkpoint(
     config = checkpoint_config(data, ckpt)
     meta = data["model_meta"]
     tile = int(meta.get("tile_size") or config.model.tile_size or 512)
+    if overlap is None:
+        overlap = min(64, tile // 2)
     if not 0 <= int(overlap) <= tile // 2:
         raise ModelError(
             f"--overlap {overlap}: the model's tiles are {tile} px; choose an overlap from 0 "

@@ -46,6 +46,7 @@ def solardesk_precompute_stages() -> list[PrecomputeStage]:
             version=STAGE_VERSION,
             settings="solardesk_spectral.settings:SpectralSettings",
             initializer="solardesk_spectral.analyser:init_worker",
+            parallel=True,  # single-threaded per tile: --workers auto uses the cores
             # Its scales are set in metres for rooftop arrays (modules ≈ 1 × 1.7 m, arrays
             # from ≈ 4 m²): coarser than 1 m per pixel an array is a few pixels at best, and a
             # Landsat scene (30 m) gave hundreds of "pseudo-labels" of nothing.

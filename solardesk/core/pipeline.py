@@ -369,8 +369,8 @@ def precompute(
     With ``workers > 1`` each worker task is a chunk of ``chunk_size`` tiles (default
     :func:`auto_chunk_size`): one round trip to the pool per chunk instead of per tile took
     two-worker scaling from 1.77× to 1.84–2.0× one worker (benchmarks/bench_precompute.py).
-    ``workers=None`` chooses by the tiles left to compute (:func:`auto_workers`); the summary
-    says how many ran.
+    ``workers=None`` chooses by the tiles left to compute (:func:`auto_workers`) for a stage
+    marked ``parallel``, else runs in process; the summary says how many ran.
     """
     from solardesk.config import parse
     from solardesk.core.cache import MaskCache, TileKey, TileResult
@@ -421,8 +421,8 @@ def precompute(
             for plan in plans
             for t in plan.todo
         ]
-        if workers is None:
-            workers = auto_workers(len(tasks))
+        if workers is None:  # (one process per core only for a stage that wants it)
+            workers = auto_workers(len(tasks)) if stage.parallel else 1
         done = skipped
         n_instances = 0
         yield Progress(done, total, clock(), "starting", skipped=skipped)

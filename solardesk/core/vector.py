@@ -491,8 +491,11 @@ def job_inputs(
     for r in map(Path, rasters):
         companions = [Path(f"{r}.aux.xml"), Path(f"{r}.ovr")]
         companions += [r.with_suffix(e) for e in _RASTER_COMPANION_SUFFIXES]
-        # (only those there: `detect scene.tif --out scene.shp` may write scene.prj)
-        files += [r, *(c for c in companions if c.exists())]
+        # Only those there (`detect scene.tif --out scene.shp` may write scene.prj), and a
+        # .prj beside a shapefile of that name is the shapefile's (an earlier run's output).
+        shapefile = r.with_suffix(".shp").exists()
+        files += [r]
+        files += [c for c in companions if c.exists() and not (c.suffix == ".prj" and shapefile)]
     files += [Path(o) for o in others if o is not None]
     if cache is not None:
         files += [Path(f"{cache}{s}") for s in ("", "-wal", "-shm", "-journal")]

@@ -58,6 +58,9 @@ class PrecomputeStage(Contribution):
     the stage recommends for those settings (a model's own tile size), used when the user
     names none. ``max_gsd_m``: the coarsest ground resolution (metres per pixel) the stage
     works at; a raster coarser than that is refused before any tile is computed (0: no limit).
+    ``parallel``: a job that is not told how many workers to use may run it in one process
+    per core (its tiles are single-threaded CPU work); a stage that holds a model or threads
+    itself leaves it False, and runs in process unless the user asks for workers.
     """
 
     version: int = 1
@@ -65,6 +68,7 @@ class PrecomputeStage(Contribution):
     initializer: str = ""
     tiling: str = ""
     max_gsd_m: float = 0.0
+    parallel: bool = False
 
 
 @dataclass(frozen=True)

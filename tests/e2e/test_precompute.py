@@ -116,6 +116,18 @@ def test_auto_workers_use_the_cores_a_job_can_keep_busy(tmp_path: Path) -> None:
     assert one.workers == 1  # the API's default stays in process
     again, _ = run_job([big], tmp_path / "auto.sqlite", tiling=tiling, workers=None)
     assert again.computed == 0 and again.workers == 1  # nothing left to compute
+    # a stage that does not say it is parallel (a model's: N copies in memory) stays in
+    # process unless told
+    from solardesk.plugin_api import PluginManager
+    from tests.e2e.test_detect import SquarePlugin
+
+    pm = PluginManager()
+    pm.register(SquarePlugin(), "square")
+    square, _ = run_job(
+        [big], tmp_path / "square.sqlite", tiling=tiling, workers=None, stage_id="square",
+        plugin_manager=pm,
+    )  # fmt: skip
+    assert square.computed == 64 and square.workers == 1
 
 
 def test_cancel_keeps_finished_tiles(tmp_path: Path, scene_tif: Path) -> None:

@@ -275,10 +275,14 @@ def test_an_input_of_the_job_is_never_replaced(tmp_path):
         )
     assert all(p.read_text() == "input" for p in (raster, aoi, cache, tmp_path / "photo.prj"))
     VectorWriter(tmp_path / "panels.gpkg", UTM, schema_fields=FIELDS, inputs=inputs)  # fine
-    # a GeoTIFF has no .prj: a shapefile named after it may write one
+    # a GeoTIFF has no .prj: a shapefile named after it may write one, and replace it later
     (tmp_path / "scene.tif").write_text("input")
     named = job_inputs([tmp_path / "scene.tif"])
-    VectorWriter(tmp_path / "scene.shp", UTM, schema_fields=FIELDS, inputs=named)
+    write(tmp_path / "scene.shp", panels(1), inputs=named)
+    assert (tmp_path / "scene.prj").is_file()
+    again = job_inputs([tmp_path / "scene.tif"])
+    write(tmp_path / "scene.shp", panels(2), inputs=again, overwrite=True)
+    assert ogrinfo(tmp_path / "scene.shp")["count"] == 2
 
 
 def test_a_missing_output_folder_is_named(tmp_path):
