@@ -179,6 +179,7 @@ def detect(
             panels += writer.write([_feature(pc, crs0, meta) for pc in _merge_held(held)])
             # the panels on seams are written last: the final count includes them
             yield Progress(done, n_tiles, clock(), f"vectorise: {counted(panels, 'panel')}")
+    out = writer.path  # (as written: a shapefile's main file is .shp whatever case was asked)
     if left_out is not None:
         raise TilesFailedError(
             f"{left_out} The panels of every other tile ({counted(panels, 'panel')}) are in {out}."

@@ -113,13 +113,19 @@ def test_a_damaged_tile_leaves_the_panels_of_every_other_tile(tmp_path: Path) ->
     assert areas == pytest.approx([40 * 60 * 0.0225, 40 * 60 * 0.0225], rel=0.02)
 
 
-@pytest.mark.parametrize("ext", [".gpkg", ".shp", ".geojson"])
+@pytest.mark.parametrize("ext", [".gpkg", ".shp", ".geojson", ".SHP"])
 def test_detect_sample_in_every_format(tmp_path: Path, ext: str) -> None:
     out = tmp_path / f"panels{ext}"
     res = cli(
         "detect", str(SAMPLE), "--spectral", "--out", str(out), "--quiet", "--threshold", "0.5"
     )
     assert res.returncode == 0, res.stderr
+    if ext == ".SHP":  # written as GDAL writes a shapefile, and said so
+        out, ext = out.with_suffix(".shp"), ".shp"
+        assert f"written to {out} in" in res.stdout, res.stdout
+        assert sorted(p.suffix for p in tmp_path.glob("panels.*")) == [
+            ".cpg", ".dbf", ".prj", ".shp", ".shx"
+        ]  # fmt: skip
     n = int(re.match(r"(\d+) panels? from \d+ tiles? of \d+ rasters? ", res.stdout).group(1))
     assert n > 0
     info = ogrinfo(out)
