@@ -95,8 +95,7 @@ def detect(
     """
     from solardesk.config import parse
     from solardesk.core.pipeline import precompute
-    from solardesk.core.raster import describe
-    from solardesk.core.vector import PANEL_FIELDS, VectorWriter, job_inputs
+    from solardesk.core.vector import PANEL_FIELDS, VectorWriter, job_inputs, vector_format
     from solardesk.plugin_api import get_plugin_manager, resolve
 
     out = Path(out)
@@ -110,21 +109,12 @@ def detect(
 
     # Creating (not opening) a writer checks the output before any work: a missing folder,
     # an existing file without --overwrite, an unknown extension, an input of the job (a
-    # raster or what georeferences it, the AOI, the cache), which is never replaced. Once
-    # for the name (the default cache is named after it), once with the cache.
-    def check(inputs: list[Path]) -> None:
-        VectorWriter(
-            out, "EPSG:4326", schema_fields=PANEL_FIELDS, overwrite=overwrite, inputs=inputs
-        )
-
-    check(job_inputs(rasters, [aoi]))
+    # raster or what georeferences it, the AOI, the cache), which is never replaced. The
+    # extension first: the default cache is named after the output.
+    vector_format(out)
     cache_path = Path(cache_path) if cache_path else default_cache_path(out)
     inputs = job_inputs(rasters, [aoi], cache_path)
-    check(inputs)
-    # Polygons need map coordinates: every raster is georeferenced, checked before any tile
-    # is computed (a raster without a CRS beside georeferenced ones was written in pixels).
-    for r in rasters:
-        describe(r).require_georeferenced("writing polygons")
+    VectorWriter(out, "EPSG:4326", schema_fields=PANEL_FIELDS, overwrite=overwrite, inputs=inputs)
 
     job = precompute(
         rasters,
@@ -137,6 +127,10 @@ def detect(
         gsd=gsd,
         workers=workers,
         plugin_manager=pm,
+        # Polygons need map coordinates: every raster is georeferenced, checked as it is
+        # planned, before any tile is computed (a raster without a CRS beside georeferenced
+        # ones was written in pixels).
+        georeferenced_for="writing polygons",
     )
     left_out: TilesFailedError | None = None
     while True:
@@ -160,8 +154,6 @@ def detect(
             "model_version": model_version or f"{__version__}/{stage.version}",
             "orthogonal": orthogonal,
         }
-        if crs0 is None:
-            plans[0].info.require_georeferenced("writing polygons")
         n_tiles = sum(len(p.grid) for p in plans)
         done = 0
         panels = 0

@@ -250,12 +250,15 @@ def plan_raster(
     aoi_path: str | Path | None = None,
     gsd: float | None = None,
     max_gsd_m: float = 0.0,
+    georeferenced_for: str | None = None,
 ) -> RasterPlan:
     """Describe, tile and key one raster (:meth:`RasterPlan.mark_done` then lists the tiles
     still to compute).
 
     ``max_gsd_m``: the stage's coarsest ground resolution (0: none); a coarser raster raises
-    :class:`ResolutionError` before anything is computed."""
+    :class:`ResolutionError` before anything is computed. ``georeferenced_for``: what the
+    caller needs map coordinates for (``"writing polygons"``); a raster without a CRS then
+    raises :class:`NotGeoreferencedError` before anything is computed, ``--gsd`` or not."""
     from solardesk.core.aoi import load_aoi
     from solardesk.core.cache import hash_params
     from solardesk.core.raster import describe_dataset, estimate_normalisation, open_raster
@@ -266,6 +269,8 @@ def plan_raster(
         norm = estimate_normalisation(
             ds, raster_settings.bands, (raster_settings.stretch_low, raster_settings.stretch_high)
         )
+    if georeferenced_for:
+        info.require_georeferenced(georeferenced_for)
     ground = gsd if gsd is not None else info.ground_resolution_m
     own = info.ground_resolution_m
     if gsd is not None and own is not None and abs(gsd / own - 1) > 0.05:
@@ -311,6 +316,7 @@ def plan_rasters(
     raster_settings: RasterSettings,
     aoi: str | Path | None,
     gsd: float | None,
+    georeferenced_for: str | None = None,
 ) -> list[RasterPlan]:
     """:func:`plan_raster` for each raster of a run, each raster once: a second path with the
     same fingerprint (the same file twice, or a copy) is skipped, with a warning."""
@@ -326,6 +332,7 @@ def plan_rasters(
             aoi_path=aoi,
             gsd=gsd,
             max_gsd_m=stage.max_gsd_m,
+            georeferenced_for=georeferenced_for,
         )
         fp = plan.info.fingerprint
         if fp in seen:
@@ -355,6 +362,7 @@ def precompute(
     plugin_manager=None,
     flush_every_s: float = 0.5,
     chunk_size: int | None = None,
+    georeferenced_for: str | None = None,
 ) -> Generator[Progress, None, PrecomputeSummary]:
     """Run the pre-compute stage ``stage_id`` over ``rasters`` into the cache at ``cache_path``.
 
@@ -371,6 +379,7 @@ def precompute(
     two-worker scaling from 1.77× to 1.84–2.0× one worker (benchmarks/bench_precompute.py).
     ``workers=None`` chooses by the tiles left to compute (:func:`auto_workers`) for a stage
     marked ``parallel``, else runs in process; the summary says how many ran.
+    ``georeferenced_for``: see :func:`plan_raster` (``detect`` writes polygons).
     """
     from solardesk.config import parse
     from solardesk.core.cache import MaskCache, TileKey, TileResult
@@ -394,6 +403,7 @@ def precompute(
         raster_settings=raster_settings,
         aoi=aoi,
         gsd=gsd,
+        georeferenced_for=georeferenced_for,
     )
 
     with MaskCache(cache_path) as cache:
