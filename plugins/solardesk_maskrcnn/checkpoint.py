@@ -12,7 +12,6 @@ leaves a half-written checkpoint under the real name.
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 import torch
 
 from solardesk import __version__
+from solardesk.core.files import temporary_beside
 from solardesk.errors import ConfigError, ModelError
 from solardesk_maskrcnn.config import ModelSettings, TrainConfig, parse_train_config
 
@@ -51,7 +51,7 @@ def save_checkpoint(path: str | os.PathLike, payload: Mapping[str, Any]) -> Path
     }
     # A new file of its own: never one that exists (a name left by a killed run may be a hard
     # link to an epoch's checkpoint, which writing through it would damage).
-    tmp = p.with_name(f".{p.name}.{os.getpid()}-{secrets.token_hex(4)}.part")
+    tmp = temporary_beside(p)
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "xb") as f:

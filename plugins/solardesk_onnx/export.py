@@ -21,8 +21,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
-import secrets
 import warnings
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -36,6 +34,7 @@ from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.image_list import ImageList
 
 from solardesk import __version__
+from solardesk.core.files import temporary_beside
 from solardesk.errors import ModelError
 from solardesk_onnx.metadata import OUTPUTS, metadata_props
 
@@ -188,7 +187,7 @@ def export_model(
     data = proto.SerializeToString()
     if out is not None:
         p = Path(out)
-        tmp = _temporary_beside(p)
+        tmp = temporary_beside(p)
         try:
             with open(tmp, "xb") as f:  # a new file of its own, never one that exists
                 f.write(data)
@@ -197,12 +196,6 @@ def export_model(
             tmp.unlink(missing_ok=True)
             raise ModelError(f"cannot write {p}: {e}. Choose another --out.") from e
     return data
-
-
-def _temporary_beside(p: Path) -> Path:
-    """A name for a temporary file beside ``p`` that no other file has (not ``p.part``: a
-    browser's partial download, or a link to a user's file, may be there)."""
-    return p.with_name(f".{p.name}.{os.getpid()}-{secrets.token_hex(4)}.part")
 
 
 # --------------------------------------------------------------------------------------------
@@ -228,7 +221,7 @@ def quantize_model(path: str | Path, mode: str) -> None:
     if mode not in QUANTIZE_OPS:
         raise ModelError(f"unknown quantisation {mode!r}; choose one of {sorted(QUANTIZE_OPS)}")
     p = Path(path)
-    tmp = _temporary_beside(p)
+    tmp = temporary_beside(p)
     meta = {e.key: e.value for e in onnx.load(p, load_external_data=False).metadata_props}
     root = logging.getLogger()
     level = root.level
@@ -351,7 +344,7 @@ def export_checkpoint(
     # The model appears at ``out`` only when complete: quantised too, when asked (a failed
     # quantisation leaves whatever was at ``out`` before, not an fp32 model in its place).
     target = Path(out)
-    staged = _temporary_beside(target).with_suffix(".onnx") if quantize else target
+    staged = temporary_beside(target, ".onnx") if quantize else target
     try:
         export_model(
             model,

@@ -57,7 +57,6 @@ import hashlib
 import json
 import logging
 import os
-import secrets
 import sqlite3
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
@@ -70,6 +69,7 @@ import numpy as np
 import sqlite_utils
 
 from solardesk import __version__
+from solardesk.core.files import same_file, temporary_beside
 from solardesk.core.masks import crop_to_coco_rle, cropped_mask_overlap, decode_mask, encode_mask
 from solardesk.errors import CacheError, CacheSchemaError
 
@@ -2108,7 +2108,7 @@ class MaskCache:
             )
         # A new file of its own (never one that exists: not even a cache named like it),
         # renamed over ``out`` when complete.
-        tmp = out.with_name(f".{out.name}.{os.getpid()}-{secrets.token_hex(4)}.part")
+        tmp = temporary_beside(out)
         cond, params = self._current_sql("t", stage_id, stage_version, params_hash)
         if raster_fp is not None:
             cond += " AND t.raster_fp = ?"
@@ -2201,12 +2201,7 @@ class MaskCache:
         bases = dict.fromkeys((self.path, self.path.resolve()))  # a link's target too
         for base in bases:
             for suffix in ("", "-wal", "-shm", "-journal"):
-                p = Path(f"{base}{suffix}")
-                same = out.resolve() == p.resolve()
-                if not same and out.exists() and p.exists():
-                    with suppress(OSError):
-                        same = os.path.samefile(out, p)
-                if same:
+                if same_file(out, f"{base}{suffix}"):
                     which = "a file of the cache" if suffix else "the cache"
                     raise CacheError(
                         f"{out} is {which} {self.path}; writing {what} there would destroy it. "

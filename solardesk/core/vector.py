@@ -52,6 +52,7 @@ from rasterio.crs import CRS
 from shapely.geometry import MultiPolygon, Polygon, mapping, shape
 from shapely.geometry.base import BaseGeometry
 
+from solardesk.core.files import same_file
 from solardesk.core.geometry import as_pyproj_crs, orient_ccw, reproject_geometry
 from solardesk.errors import AOIError, VectorWriteError
 
@@ -283,7 +284,7 @@ class VectorWriter:
             )
         for target in self.files():
             for source in self.inputs:
-                if _same_file(target, source):
+                if same_file(target, source):
                     raise VectorWriteError(
                         f"{target} is an input of this job ({source}); writing the output "
                         "there would destroy it. Choose another output path (--out)."
@@ -500,17 +501,6 @@ def job_inputs(
     if cache is not None:
         files += [Path(f"{cache}{s}") for s in ("", "-wal", "-shm", "-journal")]
     return files
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    """``a`` and ``b`` name one file: the same path once resolved (links followed), or the
-    same existing file by another name (a hard link)."""
-    if a.resolve() == b.resolve():
-        return True
-    try:
-        return a.exists() and b.exists() and os.path.samefile(a, b)
-    except OSError:
-        return False
 
 
 def _pyproj_wkt(crs: Any) -> str:
