@@ -399,14 +399,14 @@ def _read_state_dict(path: Path) -> Mapping[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        import pickle
+        from solardesk_maskrcnn.checkpoint import _short
 
-        # (torch's own text for a pickle advises weights_only=False: never ours to give)
-        if isinstance(e, pickle.UnpicklingError):
+        # torch's own text for what weights_only refuses (an UnpicklingError) advises
+        # weights_only=False: never ours to give. (By its name: no module here imports pickle.)
+        if type(e).__name__ == "UnpicklingError":
             why = "it is not a torch file, or it needs pickled code"
         else:
-            lines = str(e).strip().splitlines()
-            why = f"{type(e).__name__}: {(lines[0] if lines else '')[:200]}"
+            why = f"{type(e).__name__}: {_short(e)}"
         raise ModelError(
             f"{path}: cannot be read as torch weights ({why}). Use a torchvision state dict "
             "saved with torch.save; files that need pickled code are refused "
