@@ -9,9 +9,11 @@ splitting can be tested and used from the core's side of the fence.
 * The train/validation split is spatial: the ground is cut into square blocks of
   ``split_block_m`` metres and each block goes to one side as a whole. Tiles whose split is
   already recorded in the cache keep it; new tiles are assigned and recorded
-  (:meth:`MaskCache.set_splits`), so the split is fixed once made. A train tile that overlaps a
-  validation tile of the same raster (tiles overlap by design) is a *buffer* tile: recorded as
-  train, but not trained on, so that no pixel is both trained on and validated on.
+  (:meth:`MaskCache.set_splits`), so the split is fixed once made. A train tile that shares
+  ground with a validation tile is a *buffer* tile: recorded as train, but not trained on, so
+  that no ground is both trained on and validated on. Within a raster that is a pixel overlap
+  (tiles overlap by design); across rasters (two flights over one town, overlapping scenes) an
+  overlap of the tiles' ground footprints, compared in one frame whatever each raster's CRS.
 * :class:`TileSource` reads one tile (RGB, validity, instances) per call and opens its own cache
   connection and raster datasets on first use in each process, so DataLoader workers never
   share a handle opened by their parent.
@@ -150,8 +152,7 @@ def _block_key(sample: TileSample, record: Any, block_m: float) -> tuple:
             lon = lat = float("nan")
         if math.isfinite(lon) and math.isfinite(lat):
             # Local equirectangular metres: blocks of about block_m on the ground anywhere.
-            ym = lat * 111_320.0
-            xm = lon * 111_320.0 * math.cos(math.radians(lat))
+            xm, ym = _local_metres(lon, lat)
             return ("geo", math.floor(xm / block_m), math.floor(ym / block_m))
     gsd = (record.gsd_m if record is not None else None) or 1.0
     return (
@@ -171,16 +172,85 @@ def _overlaps(a: TileWindow, b: TileWindow) -> bool:
     )
 
 
+#: Ground footprints closer than this (metres) are taken to touch, not to overlap: two
+#: rasters of a mosaic that abut meet on an edge whose reprojected corners differ by rounding.
+_GROUND_TOLERANCE_M = 0.01
+
+
+def _local_metres(lon: float, lat: float) -> tuple[float, float]:
+    """Local equirectangular metres: one frame for every CRS, good to a tile's accuracy."""
+    return lon * 111_320.0 * math.cos(math.radians(lat)), lat * 111_320.0
+
+
+def _ground_box(sample: TileSample, record: Any) -> tuple[float, float, float, float] | None:
+    """The tile's footprint as ``(xmin, ymin, xmax, ymax)`` in local metres, or ``None``.
+
+    ``None`` when the raster is not georeferenced (or pyproj cannot use its CRS): its tiles
+    can then be compared with its own tiles only, in pixels.
+    """
+    if record is None or not record.crs_wkt or not record.transform:
+        return None
+    from affine import Affine
+
+    a = Affine(*record.transform[:6])
+    w = sample.window
+    # Corners and edge midpoints: a footprint's sides bend a little in another CRS.
+    fc = np.array([0, 0.5, 1, 1, 1, 0.5, 0, 0])
+    fr = np.array([0, 0, 0, 0.5, 1, 1, 1, 0.5])
+    cols, rows = w.col_off + fc * w.width, w.row_off + fr * w.height
+    x = a.c + a.a * cols + a.b * rows
+    y = a.f + a.d * cols + a.e * rows
+    try:
+        lon, lat = _to_lonlat(record.crs_wkt).transform(x, y)
+    except Exception:  # an unusual CRS pyproj cannot use
+        return None
+    lon, lat = np.asarray(lon, float), np.asarray(lat, float)
+    if not (np.isfinite(lon).all() and np.isfinite(lat).all()):
+        return None
+    xs = lon * 111_320.0 * np.cos(np.radians(lat))
+    ys = lat * 111_320.0
+    return float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())
+
+
+def _ground_overlap(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    t = _GROUND_TOLERANCE_M
+    return a[0] + t < b[2] and b[0] + t < a[2] and a[1] + t < b[3] and b[1] + t < a[3]
+
+
 def _buffer_tiles(
-    samples: Sequence[TileSample], split: dict[tuple[str, str], str]
+    samples: Sequence[TileSample],
+    split: dict[tuple[str, str], str],
+    records: dict[str, Any] | None = None,
 ) -> set[tuple[str, str]]:
-    """Train tiles that overlap a validation tile of the same raster."""
+    """Train tiles that share ground with a validation tile.
+
+    Within one raster that is a pixel overlap (tiles overlap by design). Across rasters (two
+    flights over one town, overlapping scenes of a mosaic) it is an overlap of their ground
+    footprints, compared in one frame whatever each raster's CRS: a train tile of one scene
+    must not show the ground a validation tile of the other shows.
+    """
+    records = records or {}
     size = max((max(s.window.width, s.window.height) for s in samples), default=1)
     val_cells: dict[tuple[str, int, int], list[TileWindow]] = defaultdict(list)
+    boxes: dict[tuple[str, str], tuple[float, float, float, float]] = {}
     for s in samples:
-        if split.get((s.raster_fp, s.tile_id)) == "val":
-            cell = (s.raster_fp, s.window.col_off // size, s.window.row_off // size)
-            val_cells[cell].append(s.window)
+        box = _ground_box(s, records.get(s.raster_fp))
+        if box is not None:
+            boxes[(s.raster_fp, s.tile_id)] = box
+    ground = max((max(b[2] - b[0], b[3] - b[1]) for b in boxes.values()), default=1.0)
+    ground = max(ground, 1e-6)
+    val_ground: dict[tuple[int, int], list[tuple[str, tuple[float, ...]]]] = defaultdict(list)
+    for s in samples:
+        k = (s.raster_fp, s.tile_id)
+        if split.get(k) != "val":
+            continue
+        cell = (s.raster_fp, s.window.col_off // size, s.window.row_off // size)
+        val_cells[cell].append(s.window)
+        if k in boxes:
+            b = boxes[k]
+            val_ground[(math.floor(b[0] / ground), math.floor(b[1] / ground))].append(
+                (s.raster_fp, b)
+            )
     out = set()
     for s in samples:
         k = (s.raster_fp, s.tile_id)
@@ -194,6 +264,18 @@ def _buffer_tiles(
             for w in val_cells.get((s.raster_fp, c0 + dc, r0 + dr), ())
         )
         if any(_overlaps(s.window, w) for w in near):
+            out.add(k)
+            continue
+        box = boxes.get(k)
+        if box is None or not val_ground:
+            continue
+        gx, gy = math.floor(box[0] / ground), math.floor(box[1] / ground)
+        if any(
+            fp != s.raster_fp and _ground_overlap(box, other)
+            for dx in (-1, 0, 1)
+            for dy in (-1, 0, 1)
+            for fp, other in val_ground.get((gx + dx, gy + dy), ())
+        ):
             out.add(k)
     return out
 
@@ -209,8 +291,8 @@ def assign_splits(
     """The split of every sample: ``"train"``, ``"val"`` or ``"buffer"`` (used by neither).
 
     Recorded splits are kept; unrecorded tiles are assigned by ground block and recorded in the
-    cache (``cache`` must then be writable). Buffer tiles are train tiles overlapping a
-    validation tile; the cache records them as train (it knows only train and val) and they
+    cache (``cache`` must then be writable). Buffer tiles are train tiles that share ground
+    with a validation tile, of their own raster or another (:func:`_buffer_tiles`); the cache records them as train (it knows only train and val) and they
     are derived again, identically, from the recorded split each time.
     """
     recorded = cache.get_splits()
@@ -244,7 +326,7 @@ def assign_splits(
         split[k] = to_record[k] = block_split[keys[k]]
     if to_record:
         cache.set_splits(to_record)
-    for k in _buffer_tiles(samples, split):
+    for k in _buffer_tiles(samples, split, records):
         split[k] = "buffer"
     return split
 

@@ -223,6 +223,94 @@ def test_split_is_spatial_recorded_and_stable(tmp_path: Path) -> None:
         assert again == split
 
 
+def _write_tiles(cache: MaskCache, tif: Path, tile: int, overlap: int) -> None:
+    info = describe(tif)
+    cache.put_raster_info(info)
+    for t in make_grid(info.width, info.height, info.affine, tile, overlap):
+        cache.write_tile(TileKey(info.fingerprint, t.id, "spectral", 1, "p"), t, [])
+
+
+def test_split_keeps_overlapping_rasters_apart_on_the_ground(tmp_path: Path) -> None:
+    """Two rasters of one ground (a second flight, here in another CRS and shifted off the first's
+    grid): no train tile of one shows ground that a validation tile of the other shows."""
+    import rasterio
+    from pyproj import Transformer
+    from rasterio.warp import Resampling, calculate_default_transform, reproject
+    from affine import Affine
+    from shapely.geometry import Polygon
+
+    from solardesk_maskrcnn.samples import _buffer_tiles
+
+    scene = generate_scene(
+        SceneSpec(height=512, width=512, gsd=GSD, seed=3, n_roofs=6, origin=(680000.0, 5152000.0))
+    )
+    a_tif = tmp_path / "a.tif"
+    write_scene(scene, a_tif, tmp_path / "a.geojson")
+    b_tif = tmp_path / "b.tif"
+    with rasterio.open(a_tif) as src:
+        dst_t, w, h = calculate_default_transform(
+            src.crs, "EPSG:3857", src.width, src.height, *src.bounds
+        )
+        dst_t = dst_t * dst_t.translation(42.5, 17.25)  # another flight: shifted, not aligned
+        profile = src.profile | {"crs": "EPSG:3857", "transform": dst_t, "width": w, "height": h}
+        with rasterio.open(b_tif, "w", **profile) as dst:
+            for band in range(1, src.count + 1):
+                reproject(
+                    rasterio.band(src, band),
+                    rasterio.band(dst, band),
+                    resampling=Resampling.nearest,
+                )
+    with MaskCache(tmp_path / "cache.sqlite") as cache:
+        _write_tiles(cache, a_tif, 64, 16)
+        _write_tiles(cache, b_tif, 64, 16)
+        samples = list_samples(cache, 0.85)
+        assert len({s.raster_fp for s in samples}) == 2
+        split = assign_splits(cache, samples, val_fraction=0.4, block_m=48.0, seed=1)
+        records = {fp: cache.get_raster(fp) for fp in {s.raster_fp for s in samples}}
+    assert {"train", "val", "buffer"} <= set(split.values())
+
+    # The footprints as true polygons in raster a's CRS, computed here independently.
+    to_a = {
+        fp: Transformer.from_crs(rec.crs_wkt, "EPSG:32632", always_xy=True)
+        for fp, rec in records.items()
+    }
+
+    def footprint(s):
+        rec = records[s.raster_fp]
+        a = Affine(*rec.transform[:6])
+        w = s.window
+        corners = [
+            a * (w.col_off + dc * w.width, w.row_off + dr * w.height)
+            for dc, dr in ((0, 0), (1, 0), (1, 1), (0, 1))
+        ]
+        return Polygon([to_a[s.raster_fp].transform(x, y) for x, y in corners])
+
+    shapes = {(s.raster_fp, s.tile_id): footprint(s) for s in samples}
+
+    def shared_ground(sp):
+        """Pairs (train of one raster, val of the other) that share more than a sliver."""
+        return [
+            (ka, kb)
+            for ka, va in sp.items()
+            for kb, vb in sp.items()
+            if va == "train" and vb == "val" and ka[0] != kb[0]
+            and shapes[ka].intersection(shapes[kb]).area > 0.5
+        ]
+
+    assert shared_ground(split) == []
+    # The same split with buffers found within each raster only (the earlier rule) leaks.
+    recorded = {k: "train" if v == "buffer" else v for k, v in split.items()}
+    per_raster = dict(recorded)
+    for k in _buffer_tiles(samples, recorded):
+        per_raster[k] = "buffer"
+    assert shared_ground(per_raster), "the scenes share ground across the split"
+    # Within a raster, nothing changed: a tile is a buffer there exactly as before or newly
+    # because of the other raster.
+    assert {k for k, v in per_raster.items() if v == "buffer"} < {
+        k for k, v in split.items() if v == "buffer"
+    }
+
+
 def test_locator_finds_moved_rasters_by_content(tmp_path: Path) -> None:
     cache_path, rasters = make_project(tmp_path / "a", n_scenes=1)
     moved = tmp_path / "moved.tif"
