@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from solardesk import __version__
-from solardesk.core.files import temporary_beside
+from solardesk.core.files import replace_durably, temporary_beside
 from solardesk.errors import ConfigError, ModelError
 from solardesk_maskrcnn.config import ModelSettings, TrainConfig, parse_train_config
 
@@ -56,7 +56,7 @@ def save_checkpoint(path: str | os.PathLike, payload: Mapping[str, Any]) -> Path
         p.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "xb") as f:
             torch.save(data, f)
-        os.replace(tmp, p)
+        replace_durably(tmp, p)
     except (OSError, RuntimeError) as e:  # (torch.save reports a full disk as RuntimeError)
         tmp.unlink(missing_ok=True)
         raise ModelError(

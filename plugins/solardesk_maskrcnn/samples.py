@@ -292,8 +292,9 @@ def assign_splits(
 
     Recorded splits are kept; unrecorded tiles are assigned by ground block and recorded in the
     cache (``cache`` must then be writable). Buffer tiles are train tiles that share ground
-    with a validation tile, of their own raster or another (:func:`_buffer_tiles`); the cache records them as train (it knows only train and val) and they
-    are derived again, identically, from the recorded split each time.
+    with a validation tile, of their own raster or another (:func:`_buffer_tiles`); the cache
+    records them as train (it knows only train and val) and they are derived again,
+    identically, from the recorded split each time.
     """
     recorded = cache.get_splits()
     records: dict[str, Any] = {}

@@ -34,7 +34,7 @@ from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.image_list import ImageList
 
 from solardesk import __version__
-from solardesk.core.files import temporary_beside
+from solardesk.core.files import replace_durably, temporary_beside
 from solardesk.errors import ModelError
 from solardesk_onnx.metadata import OUTPUTS, metadata_props
 
@@ -191,7 +191,7 @@ def export_model(
         try:
             with open(tmp, "xb") as f:  # a new file of its own, never one that exists
                 f.write(data)
-            tmp.replace(p)
+            replace_durably(tmp, p)
         except OSError as e:
             tmp.unlink(missing_ok=True)
             raise ModelError(f"cannot write {p}: {e}. Choose another --out.") from e
@@ -242,7 +242,7 @@ def quantize_model(path: str | Path, mode: str) -> None:
             e = q.metadata_props.add()
             e.key, e.value = k, v
         onnx.save(q, tmp)
-        tmp.replace(p)
+        replace_durably(tmp, p)
     except OSError as e:
         raise ModelError(f"cannot write {p}: {e}. Choose another --out.") from e
     finally:
@@ -361,7 +361,7 @@ def export_checkpoint(
         )
         if quantize:
             quantize_model(staged, quantize)
-            staged.replace(target)
+            replace_durably(staged, target)
     finally:
         if staged != target:
             staged.unlink(missing_ok=True)

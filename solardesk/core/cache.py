@@ -69,7 +69,7 @@ import numpy as np
 import sqlite_utils
 
 from solardesk import __version__
-from solardesk.core.files import same_file, temporary_beside
+from solardesk.core.files import replace_durably, same_file, temporary_beside
 from solardesk.core.masks import crop_to_coco_rle, cropped_mask_overlap, decode_mask, encode_mask
 from solardesk.errors import CacheError, CacheSchemaError
 
@@ -2182,7 +2182,7 @@ class MaskCache:
                     f.write(("," if n_ann else "") + json.dumps(ann))
                     n_ann += 1
                 f.write("]}\n")
-            os.replace(tmp, out)
+            replace_durably(tmp, out)
         except OSError as e:
             with suppress(OSError):  # on a read-only file system even this fails
                 tmp.unlink(missing_ok=True)

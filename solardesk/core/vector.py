@@ -52,7 +52,7 @@ from rasterio.crs import CRS
 from shapely.geometry import MultiPolygon, Polygon, mapping, shape
 from shapely.geometry.base import BaseGeometry
 
-from solardesk.core.files import same_file
+from solardesk.core.files import replace_durably, same_file
 from solardesk.core.geometry import as_pyproj_crs, orient_ccw, reproject_geometry
 from solardesk.errors import AOIError, VectorWriteError
 
@@ -458,13 +458,22 @@ class VectorWriter:
         self._remove_tmp()
 
     def _move_into_place(self) -> None:
+        """Rename the finished temporary file(s) to the output's name, each flushed to disk.
+
+        A shapefile is several files, and no rename moves them together. So an older
+        shapefile's ``.shp`` goes first and the new ``.shp`` comes last: a kill in between
+        leaves sidecars without a ``.shp``, which GDAL refuses to open, never an older
+        ``.shp`` read with the newer ``.dbf`` (a wrong attribute per feature, silently).
+        """
         assert self._tmp_path is not None
         tmp_stem = self._tmp_path.stem
         sidecars = [p for p in self._tmp_files() if p != self._tmp_path]
+        if self.driver == "ESRI Shapefile":
+            self.path.unlink(missing_ok=True)  # only with overwrite: checked at the start
         new_names = set()
         for p in sidecars:
             final = self.path.with_name(self.path.stem + p.name[len(tmp_stem) :])
-            os.replace(p, final)
+            replace_durably(p, final)
             new_names.add(final.name)
         if self.driver == "ESRI Shapefile":
             # Sidecars of an older shapefile (a stale spatial index, say) must not survive.
@@ -472,7 +481,7 @@ class VectorWriter:
                 old = self.path.with_name(self.path.stem + ext)
                 if old.name not in new_names and old.exists():
                     old.unlink()
-        os.replace(self._tmp_path, self.path)
+        replace_durably(self._tmp_path, self.path)
 
 
 #: Files beside a raster that belong to it: its georeferencing (world files, a .prj beside a

@@ -234,9 +234,9 @@ def test_split_keeps_overlapping_rasters_apart_on_the_ground(tmp_path: Path) -> 
     """Two rasters of one ground (a second flight, here in another CRS and shifted off the first's
     grid): no train tile of one shows ground that a validation tile of the other shows."""
     import rasterio
+    from affine import Affine
     from pyproj import Transformer
     from rasterio.warp import Resampling, calculate_default_transform, reproject
-    from affine import Affine
     from shapely.geometry import Polygon
 
     from solardesk_maskrcnn.samples import _buffer_tiles
@@ -293,7 +293,9 @@ def test_split_keeps_overlapping_rasters_apart_on_the_ground(tmp_path: Path) -> 
             (ka, kb)
             for ka, va in sp.items()
             for kb, vb in sp.items()
-            if va == "train" and vb == "val" and ka[0] != kb[0]
+            if va == "train"
+            and vb == "val"
+            and ka[0] != kb[0]
             and shapes[ka].intersection(shapes[kb]).area > 0.5
         ]
 

@@ -237,6 +237,46 @@ def test_an_existing_output_is_refused_without_overwrite(tmp_path):
     assert not (tmp_path / "panels.qix").exists()
 
 
+def test_a_shapefile_replaced_and_killed_midway_is_never_a_mixed_set(tmp_path, monkeypatch):
+    """No rename moves a shapefile's files together. Killed after the new sidecars but before
+    the new ``.shp``, the older ``.shp`` is already gone: a reader gets an error, never the old
+    geometries with the new attributes. Each file is flushed to disk before its rename."""
+    import os
+
+    import solardesk.core.vector as vector
+
+    path = tmp_path / "panels.shp"
+    write(path, panels(1))
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    real_replace = vector.replace_durably
+
+    def killed_before_the_shp(tmp, final):
+        if Path(final).suffix == ".shp":
+            raise KeyboardInterrupt  # the kill
+        real_replace(tmp, final)
+
+    monkeypatch.setattr(vector, "replace_durably", killed_before_the_shp)
+    with pytest.raises(KeyboardInterrupt):
+        write(path, panels(3), overwrite=True)
+    assert not path.exists() and (tmp_path / "panels.dbf").exists()
+    with pytest.raises(Exception):  # noqa: B017 - GDAL's own error for a missing .shp
+        fiona.open(path)
+    assert any(".partial-" in s and s.endswith(".dbf") for s in synced)
+    assert str(tmp_path) in synced  # the folder, after a rename
+    # The rerun writes a whole shapefile again.
+    monkeypatch.setattr(vector, "replace_durably", real_replace)
+    write(path, panels(3), overwrite=True)
+    assert ogrinfo(path)["count"] == 3
+    assert any(".partial-" in s and s.endswith(".shp") for s in synced)
+
+
 def test_a_shapefile_is_its_sidecars_too(tmp_path):
     """Another dataset's ``.prj`` or ``.dbf`` of the output's name (a JPEG's own ``.prj``, a
     shapefile without its ``.shp``) is an existing output: refused without --overwrite. An

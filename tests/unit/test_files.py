@@ -1,0 +1,82 @@
+"""The writers' shared file helpers: an output's temporary file reaches its name durably."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from solardesk.core import files
+from solardesk.core.cache import Instance, MaskCache, TileKey
+
+
+@pytest.fixture
+def journal(monkeypatch):
+    """Every fsync (by the path it syncs) and rename, in order."""
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("rename", f"{src} -> {dst}"))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    return events
+
+
+def test_replace_durably_flushes_the_data_then_the_folder(tmp_path: Path, journal) -> None:
+    """The data reaches the disk before the rename (else a power cut can leave the new name
+    on an empty file, the old file gone), and the folder after it (else the rename itself
+    may be lost)."""
+    final = tmp_path / "model.onnx"
+    final.write_bytes(b"old")
+    tmp = files.temporary_beside(final)
+    tmp.write_bytes(b"new")
+    files.replace_durably(tmp, final)
+    assert final.read_bytes() == b"new" and not tmp.exists()
+    assert journal == [
+        ("fsync", str(tmp)),
+        ("rename", f"{tmp} -> {final}"),
+        ("fsync", str(tmp_path)),
+    ]
+
+
+def test_replace_durably_stands_where_a_folder_cannot_be_synced(tmp_path, monkeypatch) -> None:
+    real_fsync = os.fsync
+
+    def no_dirs(fd):
+        if os.path.isdir(os.readlink(f"/proc/self/fd/{fd}")):
+            raise OSError(22, "Invalid argument")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", no_dirs)
+    tmp, final = tmp_path / ".x.part", tmp_path / "x"
+    tmp.write_text("done")
+    files.replace_durably(tmp, final)
+    assert final.read_text() == "done"
+
+
+def test_the_coco_export_is_synced_before_it_takes_its_name(tmp_path: Path, journal) -> None:
+    out = tmp_path / "coco.json"
+    with MaskCache(tmp_path / "c.sqlite") as cache:
+        cache.put_raster("fp", path="/data/scene.tif")
+        m = np.ones((4, 4), bool)
+        cache.write_tile(
+            TileKey("fp", "t0", "spectral", 1, "p"),
+            (0, 0, 16, 16),
+            [Instance(bbox=(0, 0, 4, 4), mask=m, confidence=0.9)],
+        )
+        journal.clear()
+        cache.export_coco(out, threshold=0.85)
+    renames = [e for e in journal if e[0] == "rename" and e[1].endswith(f"-> {out}")]
+    assert len(renames) == 1
+    i = journal.index(renames[0])
+    tmp = renames[0][1].split(" -> ")[0]
+    assert ("fsync", tmp) in journal[:i] and ("fsync", str(tmp_path)) in journal[i:]
