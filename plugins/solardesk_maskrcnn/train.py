@@ -515,7 +515,9 @@ class MaskRCNNTrainer:
             self.emit(
                 "checkpoint", path=str(checkpoint), epoch=epoch, global_step=step, partial=False
             )
-            if self.stop.is_set():
+            if self.stop.is_set() and epoch < o.epochs:
+                # (A stop heard on the final epoch's last step came after all the work: the
+                # run is complete, and reported so.)
                 return self._finish("stopped", epoch, step, checkpoint, last_metrics)
         return self._finish("completed", epoch, step, checkpoint, last_metrics)
 

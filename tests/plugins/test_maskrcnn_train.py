@@ -376,3 +376,9 @@ def test_a_stop_on_an_epoch_s_last_step_still_ends_the_epoch(project) -> None:
     assert (Path(cfg.output_dir) / "epoch-001.pt").is_file()
     assert [e["epoch"] for e in events if e["event"] == "metrics"] == [1]
     assert not [e for e in events if e["event"] == "progress" and e["global_step"] > 2]
+    # On the final epoch's last step nothing is left to do: the run completed.
+    cfg = config_for(root, cache, "stop-at-the-end", optim={"epochs": 2})
+    cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"max_steps_per_epoch": 2})})
+    done, events = run(cfg, stop_at_step=4)
+    assert done.reason == "completed" and done.epoch == 2
+    assert events[-1]["event"] == "finished" and events[-1]["stopped"] is False
