@@ -494,11 +494,11 @@ def job_inputs(
     others: Iterable[str | os.PathLike[str] | None] = (),
     cache: str | os.PathLike[str] | None = None,
 ) -> list[Path]:
-    """The files a job reads, which its output must never replace: each raster with the
-    files that georeference it, the ``others`` (an AOI), and a cache with its -wal, -shm
-    and -journal files."""
+    """The files a job reads, which its output must never replace: each raster (and, for a
+    VRT, each of its sources) with the files that georeference it, the ``others`` (an AOI),
+    and a cache with its -wal, -shm and -journal files."""
     files: list[Path] = []
-    for r in map(Path, rasters):
+    for r in _with_sources(map(Path, rasters)):
         companions = [Path(f"{r}.aux.xml"), Path(f"{r}.ovr")]
         companions += [r.with_suffix(e) for e in _RASTER_COMPANION_SUFFIXES]
         # Only those there (`detect scene.tif --out scene.shp` may write scene.prj), and a
@@ -510,6 +510,23 @@ def job_inputs(
     if cache is not None:
         files += [Path(f"{cache}{s}") for s in ("", "-wal", "-shm", "-journal")]
     return files
+
+
+def _with_sources(rasters: Iterable[Path]) -> list[Path]:
+    """The rasters and the files GDAL reads for each: a VRT's sources (whose own world files
+    and ``.prj`` must survive as much as the VRT), a GeoTIFF's external overviews."""
+    import rasterio
+
+    out: list[Path] = []
+    for r in rasters:
+        out.append(r)
+        try:
+            with rasterio.open(r) as ds:
+                listed = [Path(f) for f in ds.files]
+        except Exception:  # not readable here: its own name is protected all the same
+            continue
+        out += [f for f in listed if not same_file(f, r)]
+    return out
 
 
 def _pyproj_wkt(crs: Any) -> str:

@@ -237,6 +237,42 @@ def test_an_existing_output_is_refused_without_overwrite(tmp_path):
     assert not (tmp_path / "panels.qix").exists()
 
 
+def test_a_vrt_s_sources_are_inputs_too(tmp_path):
+    """``detect mosaic.vrt --out a.shp --overwrite`` would write a.prj over the CRS of the
+    mosaic's source a.tif (a .prj beside it), and ``--out b.gpkg`` over a GeoPackage source."""
+    import numpy as np
+    import rasterio
+    from rasterio.transform import from_origin
+
+    from solardesk.core.vector import job_inputs
+
+    for name, driver, x0 in (("a.tif", "GTiff", 0), ("b.gpkg", "GPKG", 64)):
+        with rasterio.open(
+            tmp_path / name,
+            "w",
+            driver=driver,
+            width=64,
+            height=64,
+            count=4,
+            dtype="uint8",
+            crs=UTM,
+            transform=from_origin(X0 + x0, Y0, 1, 1),
+        ) as ds:
+            ds.write(np.full((4, 64, 64), 90, np.uint8))
+    (tmp_path / "a.prj").write_text("a.tif's CRS")
+    vrt = tmp_path / "mosaic.vrt"
+    subprocess.run(
+        ["gdalbuildvrt", "-q", str(vrt), str(tmp_path / "a.tif"), str(tmp_path / "b.gpkg")],
+        check=True,
+    )
+    inputs = job_inputs([vrt])
+    for out in (tmp_path / "a.shp", tmp_path / "b.gpkg"):
+        with pytest.raises(VectorWriteError, match="is an input of this job"):
+            VectorWriter(out, UTM, schema_fields=FIELDS, overwrite=True, inputs=inputs)
+    assert (tmp_path / "a.prj").read_text() == "a.tif's CRS"
+    VectorWriter(tmp_path / "panels.shp", UTM, schema_fields=FIELDS, inputs=inputs)  # fine
+
+
 def test_a_shapefile_replaced_and_killed_midway_is_never_a_mixed_set(tmp_path, monkeypatch):
     """No rename moves a shapefile's files together. Killed after the new sidecars but before
     the new ``.shp``, the older ``.shp`` is already gone: a reader gets an error, never the old
