@@ -172,18 +172,19 @@ def _overlaps(a: TileWindow, b: TileWindow) -> bool:
     )
 
 
-#: Ground footprints closer than this (metres) are taken to touch, not to overlap: two
-#: rasters of a mosaic that abut meet on an edge whose reprojected corners differ by rounding.
-_GROUND_TOLERANCE_M = 0.01
+#: Footprints of two rasters that share less than this fraction of the smaller one's area
+#: only touch: the rasters of a mosaic abut on an edge that reprojection draws a hair apart.
+#: (A shared strip one pixel wide is about 1/512 of a tile, twenty times more.)
+_GROUND_TOLERANCE = 1e-4
 
 
-def _local_metres(lon: float, lat: float) -> tuple[float, float]:
+def _local_metres(lon: Any, lat: Any) -> tuple[Any, Any]:
     """Local equirectangular metres: one frame for every CRS, good to a tile's accuracy."""
-    return lon * 111_320.0 * math.cos(math.radians(lat)), lat * 111_320.0
+    return lon * 111_320.0 * np.cos(np.radians(lat)), lat * 111_320.0
 
 
-def _ground_box(sample: TileSample, record: Any) -> tuple[float, float, float, float] | None:
-    """The tile's footprint as ``(xmin, ymin, xmax, ymax)`` in local metres, or ``None``.
+def _ground_footprint(sample: TileSample, record: Any) -> Any:
+    """The tile's footprint as a shapely polygon in local metres, or ``None``.
 
     ``None`` when the raster is not georeferenced (or pyproj cannot use its CRS): its tiles
     can then be compared with its own tiles only, in pixels.
@@ -191,6 +192,7 @@ def _ground_box(sample: TileSample, record: Any) -> tuple[float, float, float, f
     if record is None or not record.crs_wkt or not record.transform:
         return None
     from affine import Affine
+    from shapely.geometry import Polygon
 
     a = Affine(*record.transform[:6])
     w = sample.window
@@ -207,14 +209,15 @@ def _ground_box(sample: TileSample, record: Any) -> tuple[float, float, float, f
     lon, lat = np.asarray(lon, float), np.asarray(lat, float)
     if not (np.isfinite(lon).all() and np.isfinite(lat).all()):
         return None
-    xs = lon * 111_320.0 * np.cos(np.radians(lat))
-    ys = lat * 111_320.0
-    return float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())
+    xs, ys = _local_metres(lon, lat)
+    poly = Polygon(zip(xs.tolist(), ys.tolist(), strict=True))
+    return poly if poly.is_valid and poly.area > 0 else None
 
 
-def _ground_overlap(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
-    t = _GROUND_TOLERANCE_M
-    return a[0] + t < b[2] and b[0] + t < a[2] and a[1] + t < b[3] and b[1] + t < a[3]
+def _share_ground(a: Any, b: Any) -> bool:
+    if not a.intersects(b):
+        return False
+    return a.intersection(b).area > _GROUND_TOLERANCE * min(a.area, b.area)
 
 
 def _buffer_tiles(
@@ -232,24 +235,26 @@ def _buffer_tiles(
     records = records or {}
     size = max((max(s.window.width, s.window.height) for s in samples), default=1)
     val_cells: dict[tuple[str, int, int], list[TileWindow]] = defaultdict(list)
-    boxes: dict[tuple[str, str], tuple[float, float, float, float]] = {}
+    shapes: dict[tuple[str, str], Any] = {}
     for s in samples:
-        box = _ground_box(s, records.get(s.raster_fp))
-        if box is not None:
-            boxes[(s.raster_fp, s.tile_id)] = box
-    ground = max((max(b[2] - b[0], b[3] - b[1]) for b in boxes.values()), default=1.0)
+        shape = _ground_footprint(s, records.get(s.raster_fp))
+        if shape is not None:
+            shapes[(s.raster_fp, s.tile_id)] = shape
+    ground = max(
+        (max(b[2] - b[0], b[3] - b[1]) for b in (g.bounds for g in shapes.values())), default=1.0
+    )
     ground = max(ground, 1e-6)
-    val_ground: dict[tuple[int, int], list[tuple[str, tuple[float, ...]]]] = defaultdict(list)
+    val_ground: dict[tuple[int, int], list[tuple[str, Any]]] = defaultdict(list)
     for s in samples:
         k = (s.raster_fp, s.tile_id)
         if split.get(k) != "val":
             continue
         cell = (s.raster_fp, s.window.col_off // size, s.window.row_off // size)
         val_cells[cell].append(s.window)
-        if k in boxes:
-            b = boxes[k]
-            val_ground[(math.floor(b[0] / ground), math.floor(b[1] / ground))].append(
-                (s.raster_fp, b)
+        if k in shapes:
+            x0, y0 = shapes[k].bounds[:2]
+            val_ground[(math.floor(x0 / ground), math.floor(y0 / ground))].append(
+                (s.raster_fp, shapes[k])
             )
     out = set()
     for s in samples:
@@ -266,12 +271,13 @@ def _buffer_tiles(
         if any(_overlaps(s.window, w) for w in near):
             out.add(k)
             continue
-        box = boxes.get(k)
-        if box is None or not val_ground:
+        shape = shapes.get(k)
+        if shape is None or not val_ground:
             continue
-        gx, gy = math.floor(box[0] / ground), math.floor(box[1] / ground)
+        x0, y0 = shape.bounds[:2]
+        gx, gy = math.floor(x0 / ground), math.floor(y0 / ground)
         if any(
-            fp != s.raster_fp and _ground_overlap(box, other)
+            fp != s.raster_fp and _share_ground(shape, other)
             for dx in (-1, 0, 1)
             for dy in (-1, 0, 1)
             for fp, other in val_ground.get((gx + dx, gy + dy), ())

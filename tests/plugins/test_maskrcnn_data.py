@@ -14,6 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import shapely
 
 from solardesk.core.cache import Instance, MaskCache, TileKey
 from solardesk.core.raster import describe
@@ -311,6 +312,38 @@ def test_split_keeps_overlapping_rasters_apart_on_the_ground(tmp_path: Path) -> 
     assert {k for k, v in per_raster.items() if v == "buffer"} < {
         k for k, v in split.items() if v == "buffer"
     }
+
+
+def test_rasters_of_a_mosaic_that_abut_share_no_ground(tmp_path: Path) -> None:
+    """Scenes side by side (a mosaic's files) only touch: no tile is a buffer because of the
+    next file, even where the UTM grid is turned against north (1.4° here), which a
+    comparison of bounding boxes took for an overlap of most tiles at a scene's edge."""
+    from solardesk_maskrcnn.samples import _buffer_tiles
+
+    cache_path, _ = make_project(tmp_path, n_scenes=4, size=128, tile=64, distractor=False)
+    with MaskCache(cache_path) as cache:
+        samples = list_samples(cache, 0.85)
+        split = assign_splits(cache, samples, val_fraction=0.5, block_m=20.0, seed=2)
+        records = {fp: cache.get_raster(fp) for fp in {s.raster_fp for s in samples}}
+    recorded = {k: "train" if v == "buffer" else v for k, v in split.items()}
+
+    def box(s):  # the footprint in the scenes' own CRS
+        t = records[s.raster_fp].transform
+        w = s.window
+        x0, y1 = t[2] + w.col_off * t[0], t[5] + w.row_off * t[4]
+        return shapely.box(x0, y1 + w.height * t[4], x0 + w.width * t[0], y1)
+
+    touching = [  # a train tile at a scene's edge beside a validation tile of the next scene
+        (a, b)
+        for a in samples
+        for b in samples
+        if a.raster_fp != b.raster_fp
+        and recorded[(a.raster_fp, a.tile_id)] == "train"
+        and recorded[(b.raster_fp, b.tile_id)] == "val"
+        and box(a).touches(box(b))
+    ]
+    assert len(touching) >= 2
+    assert _buffer_tiles(samples, recorded, records) == _buffer_tiles(samples, recorded)
 
 
 def test_locator_finds_moved_rasters_by_content(tmp_path: Path) -> None:
