@@ -65,6 +65,21 @@ def save_checkpoint(path: str | os.PathLike, payload: Mapping[str, Any]) -> Path
     return p
 
 
+def _where_to_resume(missing: Path) -> str:
+    """What to do about a checkpoint that is not there: a new run set the earlier run's aside
+    in ``earlier-runs/`` (and may have stopped before its own first checkpoint)."""
+    aside = sorted(
+        (q for q in missing.parent.glob(f"earlier-runs/*/{missing.name}") if q.is_file()),
+        key=lambda q: q.stat().st_mtime,
+    )
+    if aside:
+        return (
+            f"A later run set the earlier run's checkpoints aside; the newest is {aside[-1]}: "
+            f"resume with --resume-from {aside[-1]}, or train without --resume to start anew."
+        )
+    return "Check the path, or train without --resume to start anew."
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read a checkpoint with ``weights_only=True``; a :class:`ModelError` names what is wrong.
 
@@ -74,9 +89,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """
     p = Path(path)
     if not p.is_file():
-        raise ModelError(
-            f"{p}: no such checkpoint. Check the path, or train without --resume to start anew."
-        )
+        raise ModelError(f"{p}: no such checkpoint. {_where_to_resume(p)}")
     try:
         data = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:

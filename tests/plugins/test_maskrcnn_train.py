@@ -278,6 +278,19 @@ def test_a_new_run_into_a_used_folder_keeps_the_earlier_checkpoints(project) -> 
     (kept,) = (out / "earlier-runs").iterdir()
     assert {p.name: p.read_bytes() for p in kept.glob("*.pt")} == before
     assert (out / "last.pt").is_file()
+    # A third run that stops before its first checkpoint leaves no last.pt (as if it had
+    # written none): --resume then names the newest set aside, the second run's.
+    with pytest.warns(UserWarning, match="held the checkpoints of an earlier run"):
+        run(cfg)
+    (out / "last.pt").unlink()
+    for p in out.glob("epoch-*.pt"):
+        p.unlink()
+    with pytest.raises(ModelError, match="set the earlier run's checkpoints aside") as e:
+        run(cfg, resume=out / "last.pt")
+    newest = max(out.glob("earlier-runs/*/last.pt"), key=lambda q: q.stat().st_mtime)
+    assert f"--resume-from {newest}" in str(e.value) and newest.parent != kept
+    resumed, _ = run(cfg, resume=newest)
+    assert resumed.reason == "completed" and (out / "last.pt").is_file()
 
 
 def test_epoch_checkpoints_are_pruned_by_epoch_not_by_name(tmp_path: Path) -> None:
