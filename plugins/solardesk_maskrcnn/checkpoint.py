@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from solardesk import __version__
-from solardesk.core.files import replace_durably, temporary_beside
+from solardesk.core.files import remove_stale_temporaries, replace_durably, temporary_beside
 from solardesk.errors import ConfigError, ModelError
 from solardesk_maskrcnn.config import ModelSettings, TrainConfig, parse_train_config
 
@@ -54,6 +54,7 @@ def save_checkpoint(path: str | os.PathLike, payload: Mapping[str, Any]) -> Path
     tmp = temporary_beside(p)
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(p)  # what a kill -9 during an earlier save left
         with open(tmp, "xb") as f:
             torch.save(data, f)
         replace_durably(tmp, p)

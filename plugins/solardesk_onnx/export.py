@@ -34,7 +34,7 @@ from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.image_list import ImageList
 
 from solardesk import __version__
-from solardesk.core.files import replace_durably, temporary_beside
+from solardesk.core.files import remove_stale_temporaries, replace_durably, temporary_beside
 from solardesk.errors import ModelError
 from solardesk_onnx.metadata import OUTPUTS, metadata_props
 
@@ -188,6 +188,7 @@ def export_model(
     if out is not None:
         p = Path(out)
         tmp = temporary_beside(p)
+        remove_stale_temporaries(p)  # what a kill -9 during an earlier export left
         try:
             with open(tmp, "xb") as f:  # a new file of its own, never one that exists
                 f.write(data)
@@ -344,6 +345,7 @@ def export_checkpoint(
     # The model appears at ``out`` only when complete: quantised too, when asked (a failed
     # quantisation leaves whatever was at ``out`` before, not an fp32 model in its place).
     target = Path(out)
+    remove_stale_temporaries(target, ".onnx")  # a staged model a kill -9 left
     staged = temporary_beside(target, ".onnx") if quantize else target
     try:
         export_model(

@@ -69,7 +69,12 @@ import numpy as np
 import sqlite_utils
 
 from solardesk import __version__
-from solardesk.core.files import replace_durably, same_file, temporary_beside
+from solardesk.core.files import (
+    remove_stale_temporaries,
+    replace_durably,
+    same_file,
+    temporary_beside,
+)
 from solardesk.core.masks import crop_to_coco_rle, cropped_mask_overlap, decode_mask, encode_mask
 from solardesk.errors import CacheError, CacheSchemaError
 
@@ -2109,6 +2114,7 @@ class MaskCache:
         # A new file of its own (never one that exists: not even a cache named like it),
         # renamed over ``out`` when complete.
         tmp = temporary_beside(out)
+        remove_stale_temporaries(out)  # what a kill -9 during an earlier export left
         cond, params = self._current_sql("t", stage_id, stage_version, params_hash)
         if raster_fp is not None:
             cond += " AND t.raster_fp = ?"

@@ -4,7 +4,9 @@ one's own beside an output, and putting that temporary file in the output's plac
 from __future__ import annotations
 
 import os
+import re
 import secrets
+import time
 from pathlib import Path
 
 
@@ -26,6 +28,53 @@ def temporary_beside(path: str | os.PathLike[str], suffix: str = ".part") -> Pat
     link to a user's file may already be; create it exclusively (``open(..., "xb")``)."""
     p = Path(path)
     return p.with_name(f".{p.name}.{os.getpid()}-{secrets.token_hex(4)}{suffix}")
+
+
+#: A temporary file untouched this long, whose process is gone, was left by a killed writer.
+STALE_AFTER_S = 3600.0
+
+
+def remove_stale_temporaries(path: str | os.PathLike[str], suffix: str = ".part") -> list[Path]:
+    """Delete the temporary files a killed writer left beside ``path`` (names from
+    :func:`temporary_beside`); returns what was deleted.
+
+    Only files whose process no longer runs on this machine and that nothing has written for
+    :data:`STALE_AFTER_S`: a checkpoint or model is hundreds of megabytes, and a kill -9
+    during its save would leave one per kill. The age guards a writer on another machine
+    sharing the folder, whose process number means nothing here.
+    """
+    p = Path(path)
+    pattern = re.compile(rf"\.{re.escape(p.name)}\.(\d+)-[0-9a-f]{{8}}{re.escape(suffix)}")
+    removed = []
+    try:
+        entries = list(p.parent.iterdir())
+    except OSError:
+        return removed
+    now = time.time()
+    for q in entries:
+        m = pattern.fullmatch(q.name)
+        if m is None or _process_runs(int(m.group(1))):
+            continue
+        try:
+            if now - q.lstat().st_mtime < STALE_AFTER_S:
+                continue
+            q.unlink()
+        except OSError:
+            continue
+        removed.append(q)
+    return removed
+
+
+def _process_runs(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except PermissionError:  # another user's process
+        return True
+    except (ProcessLookupError, OverflowError, ValueError):  # gone, or no process's number
+        return False
+    return True
 
 
 def replace_durably(tmp: str | os.PathLike[str], final: str | os.PathLike[str]) -> None:

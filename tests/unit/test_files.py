@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -80,3 +81,46 @@ def test_the_coco_export_is_synced_before_it_takes_its_name(tmp_path: Path, jour
     i = journal.index(renames[0])
     tmp = renames[0][1].split(" -> ")[0]
     assert ("fsync", tmp) in journal[:i] and ("fsync", str(tmp_path)) in journal[i:]
+
+
+def test_a_killed_writer_s_temporary_files_are_cleared_once_stale(tmp_path: Path) -> None:
+    """A kill -9 during a save leaves ``.NAME.<pid>-<hex>.part`` (a checkpoint's: hundreds of
+    MB). The next save clears it once its process is gone and nothing has written it for an
+    hour; a live writer's file, a fresh one and other files stay."""
+    import subprocess
+    import sys
+
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    dead = int(gone.stdout)
+    final = tmp_path / "last.pt"
+    old = time.time() - 2 * files.STALE_AFTER_S
+    stale = tmp_path / f".last.pt.{dead}-0123abcd.part"
+    fresh = tmp_path / f".last.pt.{dead}-4567abcd.part"
+    live = tmp_path / f".last.pt.{os.getppid()}-89abcdef.part"
+    other = tmp_path / f".epoch-001.pt.{dead}-0123abcd.part"
+    unrelated = tmp_path / f".last.pt.{dead}-0123abcd.partial"
+    for p in (stale, fresh, live, other, unrelated):
+        p.write_bytes(b"half a checkpoint")
+    for p in (stale, live, other, unrelated):
+        os.utime(p, (old, old))
+    assert files.remove_stale_temporaries(final) == [stale]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        p.name for p in (fresh, live, other, unrelated)
+    )
+
+
+def test_saving_a_checkpoint_clears_what_a_killed_save_left(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    from solardesk_maskrcnn.checkpoint import save_checkpoint
+
+    left = tmp_path / ".last.pt.999999999-0123abcd.part"  # no process has that number
+    left.write_bytes(b"half")
+    old = time.time() - 2 * files.STALE_AFTER_S
+    os.utime(left, (old, old))
+    save_checkpoint(tmp_path / "last.pt", {"epoch": 1})
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
