@@ -345,7 +345,7 @@ def export_checkpoint(
     # The model appears at ``out`` only when complete: quantised too, when asked (a failed
     # quantisation leaves whatever was at ``out`` before, not an fp32 model in its place).
     target = Path(out)
-    remove_stale_temporaries(target, ".onnx")  # a staged model a kill -9 left
+    remove_stale_temporaries(target)  # a staged model (and its own temporaries) a kill left
     staged = temporary_beside(target, ".onnx") if quantize else target
     try:
         export_model(

@@ -34,17 +34,20 @@ def temporary_beside(path: str | os.PathLike[str], suffix: str = ".part") -> Pat
 STALE_AFTER_S = 3600.0
 
 
-def remove_stale_temporaries(path: str | os.PathLike[str], suffix: str = ".part") -> list[Path]:
-    """Delete the temporary files a killed writer left beside ``path`` (names from
-    :func:`temporary_beside`); returns what was deleted.
+def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporary files a killed writer left beside ``path``; returns what was
+    deleted.
 
-    Only files whose process no longer runs on this machine and that nothing has written for
-    :data:`STALE_AFTER_S`: a checkpoint or model is hundreds of megabytes, and a kill -9
-    during its save would leave one per kill. The age guards a writer on another machine
-    sharing the folder, whose process number means nothing here.
+    Names from :func:`temporary_beside`, whatever their suffix, also when nested (a staged
+    file's own temporary: ``..NAME.<pid>-<hex>.onnx.<pid>-<hex>.part``). Only files that
+    nothing has written for :data:`STALE_AFTER_S` and whose process no longer runs on this
+    machine: a checkpoint or model is hundreds of megabytes, and a kill -9 during its save
+    would leave one per kill. The age guards a writer on another machine sharing the folder,
+    whose process number means nothing here (and on Windows, where a process is not asked
+    after, the age alone decides).
     """
     p = Path(path)
-    pattern = re.compile(rf"\.{re.escape(p.name)}\.(\d+)-[0-9a-f]{{8}}{re.escape(suffix)}")
+    pattern = re.compile(rf"\.+{re.escape(p.name)}\.(\d+)-[0-9a-f]{{8}}(?:\..*)?", re.DOTALL)
     removed = []
     try:
         entries = list(p.parent.iterdir())
@@ -53,10 +56,13 @@ def remove_stale_temporaries(path: str | os.PathLike[str], suffix: str = ".part"
     now = time.time()
     for q in entries:
         m = pattern.fullmatch(q.name)
-        if m is None or _process_runs(int(m.group(1))):
+        if m is None:
             continue
         try:
-            if now - q.lstat().st_mtime < STALE_AFTER_S:
+            st = q.lstat()
+            if not _is_plain_file(st.st_mode) or now - st.st_mtime < STALE_AFTER_S:
+                continue
+            if _process_runs(int(m.group(1))):
                 continue
             q.unlink()
         except OSError:
@@ -65,35 +71,43 @@ def remove_stale_temporaries(path: str | os.PathLike[str], suffix: str = ".part"
     return removed
 
 
+def _is_plain_file(mode: int) -> bool:
+    import stat
+
+    return stat.S_ISREG(mode)
+
+
 def _process_runs(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (False on Windows, where ``os.kill`` with
+    signal 0 would send a Ctrl+C instead of asking)."""
     if pid == os.getpid():
         return True
+    if os.name == "nt":
+        return False
     try:
         os.kill(pid, 0)
     except PermissionError:  # another user's process
         return True
-    except (ProcessLookupError, OverflowError, ValueError):  # gone, or no process's number
+    except (OSError, OverflowError, ValueError):  # gone, or no process's number
         return False
     return True
 
 
-def replace_durably(tmp: str | os.PathLike[str], final: str | os.PathLike[str]) -> None:
-    """Rename the finished ``tmp`` over ``final`` so that a power cut leaves one or the other.
-
-    ``os.replace`` alone is atomic for running programs, but the file's data may still be in
-    the page cache when the rename reaches the disk: after a crash ``final`` can be empty or
-    short while the earlier file is gone. So the data is flushed first (``fsync`` of ``tmp``),
-    and the folder after the rename, so that the new name itself survives. Where a folder
-    cannot be synced (some platforms and file systems refuse it), the rename stands unsynced.
-    """
-    fd = os.open(tmp, os.O_RDONLY)
+def flush_to_disk(path: str | os.PathLike[str]) -> None:
+    """``fsync`` a finished file's data (opened for writing: Windows refuses a read-only
+    handle's flush)."""
+    fd = os.open(path, os.O_RDWR)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(tmp, final)
+
+
+def flush_folder(folder: str | os.PathLike[str]) -> None:
+    """``fsync`` a folder, so that a rename in it survives a crash; a no-op where the
+    platform or file system cannot (Windows cannot open a folder this way)."""
     try:
-        dfd = os.open(Path(final).parent, os.O_RDONLY)
+        dfd = os.open(folder, os.O_RDONLY)
     except OSError:
         return
     try:
@@ -102,3 +116,18 @@ def replace_durably(tmp: str | os.PathLike[str], final: str | os.PathLike[str]) 
         pass
     finally:
         os.close(dfd)
+
+
+def replace_durably(tmp: str | os.PathLike[str], final: str | os.PathLike[str]) -> None:
+    """Rename the finished ``tmp`` over ``final`` so that a crash leaves one or the other.
+
+    ``os.replace`` alone is atomic for running programs, but the file's data may still be in
+    the page cache when the rename reaches the disk: after a power cut ``final`` can be empty
+    or short while the earlier file is gone. So the data is flushed first (:func:`flush_to_disk`),
+    and the folder after the rename (:func:`flush_folder`), so that the new name itself
+    survives. (On macOS ``fsync`` reaches the drive but not its own cache; that would need
+    ``F_FULLFSYNC``, which is not asked for.)
+    """
+    flush_to_disk(tmp)
+    os.replace(tmp, final)
+    flush_folder(Path(final).parent)

@@ -275,10 +275,22 @@ def test_a_failed_quantisation_leaves_the_previous_model(
 ) -> None:
     """``--quantize`` with ``--overwrite``: the model at --out is replaced only by the finished
     quantised one (it was replaced by the fp32 export before quantising, and stayed so)."""
+    import os
+    import time
+
     import onnxruntime.quantization as q
+
+    from solardesk.core.files import STALE_AFTER_S
 
     out = tmp_path / "m.onnx"
     out.write_bytes(b"yesterday's model")
+    # What a kill -9 during an earlier quantised export left (process 999999999 is gone):
+    # the staged fp32 model and its own temporary, cleared once stale.
+    old = time.time() - 2 * STALE_AFTER_S
+    for name in (".m.onnx.999999999-0123abcd.onnx",
+                 "..m.onnx.999999999-0123abcd.onnx.999999999-4567abcd.part"):  # fmt: skip
+        (tmp_path / name).write_bytes(b"a whole fp32 model")
+        os.utime(tmp_path / name, (old, old))
 
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")

@@ -100,17 +100,23 @@ def test_a_killed_writer_s_temporary_files_are_cleared_once_stale(tmp_path: Path
     final = tmp_path / "last.pt"
     old = time.time() - 2 * files.STALE_AFTER_S
     stale = tmp_path / f".last.pt.{dead}-0123abcd.part"
+    nested = tmp_path / f"..last.pt.{dead}-0123abcd.onnx.{dead}-4567abcd.part"  # a staged file's
     fresh = tmp_path / f".last.pt.{dead}-4567abcd.part"
     live = tmp_path / f".last.pt.{os.getppid()}-89abcdef.part"
     other = tmp_path / f".epoch-001.pt.{dead}-0123abcd.part"
-    unrelated = tmp_path / f".last.pt.{dead}-0123abcd.partial"
-    for p in (stale, fresh, live, other, unrelated):
+    unrelated = [
+        tmp_path / f"last.pt.{dead}-0123abcd.part",  # not hidden: not ours
+        tmp_path / f".last.pt.partial-{dead}-0123abcd.part",
+        tmp_path / f".last.pt.{dead}-0123ABCD.part",
+    ]
+    for p in (stale, nested, fresh, live, other, *unrelated):
         p.write_bytes(b"half a checkpoint")
-    for p in (stale, live, other, unrelated):
+    (tmp_path / f".last.pt.{dead}-00000000").mkdir()  # a folder: never
+    for p in (stale, nested, live, other, *unrelated, tmp_path / f".last.pt.{dead}-00000000"):
         os.utime(p, (old, old))
-    assert files.remove_stale_temporaries(final) == [stale]
+    assert sorted(files.remove_stale_temporaries(final)) == sorted([stale, nested])
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        p.name for p in (fresh, live, other, unrelated)
+        p.name for p in (fresh, live, other, *unrelated, tmp_path / f".last.pt.{dead}-00000000")
     )
 
 
