@@ -52,7 +52,7 @@ from rasterio.crs import CRS
 from shapely.geometry import MultiPolygon, Polygon, mapping, shape
 from shapely.geometry.base import BaseGeometry
 
-from solardesk.core.files import replace_durably, same_file
+from solardesk.core.files import flush_folder, flush_to_disk
 from solardesk.core.geometry import as_pyproj_crs, orient_ccw, reproject_geometry
 from solardesk.errors import AOIError, VectorWriteError
 
@@ -282,13 +282,14 @@ class VectorWriter:
                 f"{self.path}: the output folder {folder} is not writable; choose another "
                 "output path (--out)."
             )
+        taken = _InputIndex(self.inputs)
         for target in self.files():
-            for source in self.inputs:
-                if same_file(target, source):
-                    raise VectorWriteError(
-                        f"{target} is an input of this job ({source}); writing the output "
-                        "there would destroy it. Choose another output path (--out)."
-                    )
+            source = taken.holds(target)
+            if source is not None:
+                raise VectorWriteError(
+                    f"{target} is an input of this job ({source}); writing the output "
+                    "there would destroy it. Choose another output path (--out)."
+                )
         existing = [p for p in self.files() if p.exists()]
         if existing and not self.overwrite:
             raise VectorWriteError(
@@ -458,30 +459,42 @@ class VectorWriter:
         self._remove_tmp()
 
     def _move_into_place(self) -> None:
-        """Rename the finished temporary file(s) to the output's name, each flushed to disk.
+        """Rename the finished temporary file(s) to the output's name, flushed to disk first.
 
-        A shapefile is several files, and no rename moves them together. So an older
-        shapefile's ``.shp`` goes first and the new ``.shp`` comes last: a kill in between
-        leaves sidecars without a ``.shp``, which GDAL refuses to open, never an older
-        ``.shp`` read with the newer ``.dbf`` (a wrong attribute per feature, silently).
+        A shapefile is several files, and no rename moves them together. So every new file
+        is flushed before anything of the older shapefile goes; then the older ``.shp`` goes
+        first and the new ``.shp`` comes last: a kill in between leaves sidecars without a
+        ``.shp``, which GDAL refuses to open, never an older ``.shp`` read with the newer
+        ``.dbf`` (a wrong attribute per feature, silently).
         """
         assert self._tmp_path is not None
         tmp_stem = self._tmp_path.stem
         sidecars = [p for p in self._tmp_files() if p != self._tmp_path]
-        if self.driver == "ESRI Shapefile":
-            self.path.unlink(missing_ok=True)  # only with overwrite: checked at the start
-        new_names = set()
-        for p in sidecars:
-            final = self.path.with_name(self.path.stem + p.name[len(tmp_stem) :])
-            replace_durably(p, final)
-            new_names.add(final.name)
-        if self.driver == "ESRI Shapefile":
-            # Sidecars of an older shapefile (a stale spatial index, say) must not survive.
-            for ext in _SHAPEFILE_SIDECARS:
-                old = self.path.with_name(self.path.stem + ext)
-                if old.name not in new_names and old.exists():
-                    old.unlink()
-        replace_durably(self._tmp_path, self.path)
+        try:
+            for p in (*sidecars, self._tmp_path):
+                flush_to_disk(p)
+            if self.driver == "ESRI Shapefile":
+                self.path.unlink(missing_ok=True)  # only with overwrite: checked at the start
+            new_names = set()
+            for p in sidecars:
+                final = self.path.with_name(self.path.stem + p.name[len(tmp_stem) :])
+                os.replace(p, final)
+                new_names.add(final.name)
+            if self.driver == "ESRI Shapefile":
+                # Sidecars of an older shapefile (a stale spatial index, say) must not survive.
+                for ext in _SHAPEFILE_SIDECARS:
+                    old = self.path.with_name(self.path.stem + ext)
+                    if old.name not in new_names and old.exists():
+                        old.unlink()
+            os.replace(self._tmp_path, self.path)
+        except OSError as e:
+            left = [p for p in self._tmp_files() if p.exists()]
+            where = f"; the finished results are in {left[0]}" if left else ""
+            raise VectorWriteError(
+                f"{self.path}: moving the finished file into place failed: {e}{where}. Free "
+                "disk space or check the folder, and run again."
+            ) from e
+        flush_folder(self.path.parent)
 
 
 #: Files beside a raster that belong to it: its georeferencing (world files, a .prj beside a
@@ -514,19 +527,58 @@ def job_inputs(
 
 def _with_sources(rasters: Iterable[Path]) -> list[Path]:
     """The rasters and the files GDAL reads for each: a VRT's sources (whose own world files
-    and ``.prj`` must survive as much as the VRT), a GeoTIFF's external overviews."""
+    and ``.prj`` must survive as much as the VRT), and theirs in turn (a VRT of VRTs), a
+    GeoTIFF's external overviews. GDAL's virtual paths (``/vsizip/...``) are not opened."""
+    import warnings
+
     import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
 
     out: list[Path] = []
-    for r in rasters:
+    seen: set[Path] = set()
+    todo = [(r, True) for r in rasters]
+    while todo:
+        r, given = todo.pop(0)
+        key = Path(os.path.abspath(r))
+        if key in seen:
+            continue
+        seen.add(key)
         out.append(r)
+        if not given and r.suffix.lower() != ".vrt":
+            continue  # a source: only a VRT lists further rasters (companions: job_inputs)
         try:
-            with rasterio.open(r) as ds:
-                listed = [Path(f) for f in ds.files]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                with rasterio.open(r) as ds:
+                    listed = [Path(f) for f in ds.files]
         except Exception:  # not readable here: its own name is protected all the same
             continue
-        out += [f for f in listed if not same_file(f, r)]
+        todo += [(f, False) for f in listed if not str(f).startswith("/vsi")]
     return out
+
+
+class _InputIndex:
+    """The job's inputs, resolved once (a VRT may list thousands): which one a path is."""
+
+    def __init__(self, inputs: Iterable[Path]) -> None:
+        self.by_path: dict[Path, Path] = {}
+        self.by_inode: dict[tuple[int, int], Path] = {}
+        for source in inputs:
+            self.by_path.setdefault(Path(source).resolve(), source)
+            with contextlib.suppress(OSError):
+                st = os.stat(source)
+                self.by_inode.setdefault((st.st_dev, st.st_ino), source)
+
+    def holds(self, target: Path) -> Path | None:
+        """The input ``target`` is (same resolved path, or the same file by a hard link)."""
+        hit = self.by_path.get(Path(target).resolve())
+        if hit is not None:
+            return hit
+        try:
+            st = os.stat(target)
+        except OSError:
+            return None
+        return self.by_inode.get((st.st_dev, st.st_ino))
 
 
 def _pyproj_wkt(crs: Any) -> str:

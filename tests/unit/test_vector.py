@@ -271,46 +271,81 @@ def test_a_vrt_s_sources_are_inputs_too(tmp_path):
             VectorWriter(out, UTM, schema_fields=FIELDS, overwrite=True, inputs=inputs)
     assert (tmp_path / "a.prj").read_text() == "a.tif's CRS"
     VectorWriter(tmp_path / "panels.shp", UTM, schema_fields=FIELDS, inputs=inputs)  # fine
+    # A raster without georeferencing is listed without rasterio's warning on the console.
+    import warnings
+
+    import cv2
+
+    cv2.imwrite(str(tmp_path / "plain.png"), np.zeros((8, 8, 3), np.uint8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert job_inputs([tmp_path / "plain.png"])[0] == tmp_path / "plain.png"
+    # A VRT of VRTs: the sources of its sources count too.
+    outer = tmp_path / "outer.vrt"
+    subprocess.run(["gdalbuildvrt", "-q", str(outer), str(vrt)], check=True)
+    nested = job_inputs([outer])
+    with pytest.raises(VectorWriteError, match=r"is an input of this job \(.*a\.prj\)"):
+        VectorWriter(tmp_path / "a.shp", UTM, schema_fields=FIELDS, overwrite=True, inputs=nested)
 
 
 def test_a_shapefile_replaced_and_killed_midway_is_never_a_mixed_set(tmp_path, monkeypatch):
     """No rename moves a shapefile's files together. Killed after the new sidecars but before
     the new ``.shp``, the older ``.shp`` is already gone: a reader gets an error, never the old
-    geometries with the new attributes. Each file is flushed to disk before its rename."""
+    geometries with the new attributes. Every new file is flushed to disk before the older
+    shapefile is touched, and the folder after the renames."""
     import os
-
-    import solardesk.core.vector as vector
 
     path = tmp_path / "panels.shp"
     write(path, panels(1))
-    synced: list[str] = []
-    real_fsync = os.fsync
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
 
     def fsync(fd):
-        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
         real_fsync(fd)
 
-    monkeypatch.setattr(os, "fsync", fsync)
-    real_replace = vector.replace_durably
-
-    def killed_before_the_shp(tmp, final):
-        if Path(final).suffix == ".shp":
+    def killed_before_the_shp(src, dst):
+        if Path(dst).suffix == ".shp":
             raise KeyboardInterrupt  # the kill
-        real_replace(tmp, final)
+        events.append(("rename", str(dst)))
+        real_replace(src, dst)
 
-    monkeypatch.setattr(vector, "replace_durably", killed_before_the_shp)
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", killed_before_the_shp)
     with pytest.raises(KeyboardInterrupt):
         write(path, panels(3), overwrite=True)
     assert not path.exists() and (tmp_path / "panels.dbf").exists()
     with pytest.raises(Exception):  # noqa: B017 - GDAL's own error for a missing .shp
         fiona.open(path)
-    assert any(".partial-" in s and s.endswith(".dbf") for s in synced)
-    assert str(tmp_path) in synced  # the folder, after a rename
-    # The rerun writes a whole shapefile again.
-    monkeypatch.setattr(vector, "replace_durably", real_replace)
+    first_rename = next(i for i, e in enumerate(events) if e[0] == "rename")
+    flushed = [e[1] for e in events[:first_rename]]
+    assert {Path(f).suffix for f in flushed} >= {".shp", ".dbf", ".shx", ".prj", ".cpg"}
+    assert all(".partial-" in f for f in flushed)
+    # The rerun writes a whole shapefile again, and syncs the folder after its renames.
+    monkeypatch.setattr(os, "replace", real_replace)
+    events.clear()
     write(path, panels(3), overwrite=True)
     assert ogrinfo(path)["count"] == 3
-    assert any(".partial-" in s and s.endswith(".shp") for s in synced)
+    assert events[-1] == ("fsync", str(tmp_path))
+
+
+def test_a_shapefile_that_cannot_be_flushed_leaves_the_older_one_whole(tmp_path, monkeypatch):
+    """A disk error while flushing the new files: a clear error naming where the results
+    are, and the older shapefile untouched (nothing of it goes before the new files are safe)."""
+    import os
+
+    path = tmp_path / "panels.shp"
+    write(path, panels(1))
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def eio(fd):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", eio)
+    with pytest.raises(VectorWriteError, match=r"Input/output error; the finished results are in"):
+        write(path, panels(3), overwrite=True)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name in before} == before
+    assert ogrinfo(path)["count"] == 1
 
 
 def test_a_shapefile_is_its_sidecars_too(tmp_path):
