@@ -183,16 +183,26 @@ def _local_metres(lon: Any, lat: Any) -> tuple[Any, Any]:
     return lon * 111_320.0 * np.cos(np.radians(lat)), lat * 111_320.0
 
 
-def _ground_footprint(sample: TileSample, record: Any) -> Any:
-    """The tile's footprint as a shapely polygon in local metres, or ``None``.
-
-    ``None`` when the raster is not georeferenced (or pyproj cannot use its CRS): its tiles
-    can then be compared with its own tiles only, in pixels.
-    """
+def _georeferenced(record: Any) -> bool:
+    """A CRS and a transform that is not the identity GDAL reports for a raster without one
+    (such rasters would all seem to lie at 0°, 4.5° E, over each other)."""
     if record is None or not record.crs_wkt or not record.transform:
+        return False
+    return tuple(record.transform[:6]) != (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+
+
+def _ground_footprint(sample: TileSample, record: Any) -> Any:
+    """The tile's footprint as a shapely (multi)polygon in local metres, or ``None``.
+
+    ``None`` when the raster is not georeferenced (or pyproj cannot use its CRS, or the tile
+    covers a pole): its tiles can then be compared with its own tiles only, in pixels. A tile
+    across the antimeridian has its longitudes unwrapped around its first corner and a second
+    copy on the other side, so that the same ground given as 179.9° or as −180.1° meets.
+    """
+    if not _georeferenced(record):
         return None
     from affine import Affine
-    from shapely.geometry import Polygon
+    from shapely.geometry import MultiPolygon, Polygon
 
     a = Affine(*record.transform[:6])
     w = sample.window
@@ -209,15 +219,17 @@ def _ground_footprint(sample: TileSample, record: Any) -> Any:
     lon, lat = np.asarray(lon, float), np.asarray(lat, float)
     if not (np.isfinite(lon).all() and np.isfinite(lat).all()):
         return None
-    xs, ys = _local_metres(lon, lat)
-    poly = Polygon(zip(xs.tolist(), ys.tolist(), strict=True))
-    return poly if poly.is_valid and poly.area > 0 else None
-
-
-def _share_ground(a: Any, b: Any) -> bool:
-    if not a.intersects(b):
-        return False
-    return a.intersection(b).area > _GROUND_TOLERANCE * min(a.area, b.area)
+    lon0 = (lon[0] + 180.0) % 360.0 - 180.0
+    lon = lon0 + (lon - lon0 + 180.0) % 360.0 - 180.0  # unwrapped around the first corner
+    parts = []
+    for shift in (0.0, -360.0, 360.0):
+        if shift == 0.0 or (shift < 0 and lon.max() > 180.0) or (shift > 0 and lon.min() < -180):
+            xs, ys = _local_metres(lon + shift, lat)
+            poly = Polygon(zip(xs.tolist(), ys.tolist(), strict=True))
+            if not poly.is_valid or poly.area <= 0:  # (around a pole)
+                return None
+            parts.append(poly)
+    return parts[0] if len(parts) == 1 else MultiPolygon(parts)
 
 
 def _buffer_tiles(
@@ -230,32 +242,16 @@ def _buffer_tiles(
     Within one raster that is a pixel overlap (tiles overlap by design). Across rasters (two
     flights over one town, overlapping scenes of a mosaic) it is an overlap of their ground
     footprints, compared in one frame whatever each raster's CRS: a train tile of one scene
-    must not show the ground a validation tile of the other shows.
+    must not show the ground a validation tile of the other shows. Footprints are looked up
+    in an R-tree, so rasters of very different tile sizes cost no more than alike ones.
     """
     records = records or {}
     size = max((max(s.window.width, s.window.height) for s in samples), default=1)
     val_cells: dict[tuple[str, int, int], list[TileWindow]] = defaultdict(list)
-    shapes: dict[tuple[str, str], Any] = {}
     for s in samples:
-        shape = _ground_footprint(s, records.get(s.raster_fp))
-        if shape is not None:
-            shapes[(s.raster_fp, s.tile_id)] = shape
-    ground = max(
-        (max(b[2] - b[0], b[3] - b[1]) for b in (g.bounds for g in shapes.values())), default=1.0
-    )
-    ground = max(ground, 1e-6)
-    val_ground: dict[tuple[int, int], list[tuple[str, Any]]] = defaultdict(list)
-    for s in samples:
-        k = (s.raster_fp, s.tile_id)
-        if split.get(k) != "val":
-            continue
-        cell = (s.raster_fp, s.window.col_off // size, s.window.row_off // size)
-        val_cells[cell].append(s.window)
-        if k in shapes:
-            x0, y0 = shapes[k].bounds[:2]
-            val_ground[(math.floor(x0 / ground), math.floor(y0 / ground))].append(
-                (s.raster_fp, shapes[k])
-            )
+        if split.get((s.raster_fp, s.tile_id)) == "val":
+            cell = (s.raster_fp, s.window.col_off // size, s.window.row_off // size)
+            val_cells[cell].append(s.window)
     out = set()
     for s in samples:
         k = (s.raster_fp, s.tile_id)
@@ -270,20 +266,39 @@ def _buffer_tiles(
         )
         if any(_overlaps(s.window, w) for w in near):
             out.add(k)
+    georeferenced = {fp for fp, r in records.items() if _georeferenced(r)}
+    if len(georeferenced) < 2:
+        return out  # nothing to compare across rasters
+    return out | _buffer_tiles_across(samples, split, records, georeferenced, out)
+
+
+def _buffer_tiles_across(samples, split, records, georeferenced, already) -> set:
+    """Train tiles (not in ``already``) whose footprint shares ground with a validation tile
+    of another georeferenced raster."""
+    import shapely
+
+    train: list[tuple[tuple[str, str], Any]] = []
+    val: list[tuple[tuple[str, str], Any]] = []
+    for s in samples:
+        k = (s.raster_fp, s.tile_id)
+        side = split.get(k)
+        if s.raster_fp not in georeferenced or side not in ("train", "val") or k in already:
             continue
-        shape = shapes.get(k)
-        if shape is None or not val_ground:
-            continue
-        x0, y0 = shape.bounds[:2]
-        gx, gy = math.floor(x0 / ground), math.floor(y0 / ground)
-        if any(
-            fp != s.raster_fp and _share_ground(shape, other)
-            for dx in (-1, 0, 1)
-            for dy in (-1, 0, 1)
-            for fp, other in val_ground.get((gx + dx, gy + dy), ())
-        ):
-            out.add(k)
-    return out
+        shape = _ground_footprint(s, records[s.raster_fp])
+        if shape is not None:
+            (train if side == "train" else val).append((k, shape))
+    if not train or not val:
+        return set()
+    tg = np.array([g for _, g in train], dtype=object)
+    vg = np.array([g for _, g in val], dtype=object)
+    ti, vi = shapely.STRtree(vg).query(tg, predicate="intersects")
+    across = np.array([train[i][0][0] != val[j][0][0] for i, j in zip(ti, vi, strict=True)], bool)
+    ti, vi = ti[across], vi[across]
+    if not len(ti):
+        return set()
+    shared = shapely.area(shapely.intersection(tg[ti], vg[vi]))
+    smaller = np.minimum(shapely.area(tg[ti]), shapely.area(vg[vi]))
+    return {train[i][0] for i in np.unique(ti[shared > _GROUND_TOLERANCE * smaller])}
 
 
 def assign_splits(

@@ -346,6 +346,39 @@ def test_rasters_of_a_mosaic_that_abut_share_no_ground(tmp_path: Path) -> None:
     assert _buffer_tiles(samples, recorded, records) == _buffer_tiles(samples, recorded)
 
 
+def test_ground_is_compared_across_the_antimeridian_and_not_for_bare_pixel_grids() -> None:
+    """Two flights over one roof on the 180th meridian (Taveuni, Fiji), one in UTM 60S and
+    one in UTM 1S: the same ground, whichever side each CRS puts it. Two rasters with a CRS
+    but no geotransform (GDAL's identity) are not taken to lie over each other at 0°."""
+    from pyproj import Transformer
+
+    from solardesk.core.cache import RasterRecord, TileWindow
+    from solardesk_maskrcnn.samples import _buffer_tiles
+
+    window = TileWindow(0, 0, 512, 512)  # 51 m at 0.1 m: it crosses 180° 21 m from its west
+    split = {("A", "t"): "train", ("B", "t"): "val"}
+    samples = [TileSample("A", "t", window, 1), TileSample("B", "t", window, 1)]
+    for lon in (179.9998, 179.99, -179.9995):
+        records = {}
+        for fp, epsg in (("A", 32760), ("B", 32701)):
+            x, y = Transformer.from_crs("EPSG:4326", f"EPSG:{epsg}", always_xy=True).transform(
+                lon, -16.8
+            )
+            records[fp] = RasterRecord(fp, crs_wkt=f"EPSG:{epsg}",
+                                       transform=(0.1, 0, x, 0, -0.1, y), gsd_m=0.1)  # fmt: skip
+        assert _buffer_tiles(samples, split, records) == {("A", "t")}, lon
+        far = dict(records)  # B 1 km further south: no shared ground
+        t = records["B"].transform
+        far["B"] = RasterRecord("B", crs_wkt=records["B"].crs_wkt,
+                                transform=(*t[:5], t[5] - 1000.0), gsd_m=0.1)  # fmt: skip
+        assert _buffer_tiles(samples, split, far) == set(), lon
+    bare = {
+        fp: RasterRecord(fp, crs_wkt="EPSG:4326", transform=(1.0, 0, 0, 0, 1.0, 0), gsd_m=None)
+        for fp in ("A", "B")
+    }
+    assert _buffer_tiles(samples, split, bare) == set()
+
+
 def test_locator_finds_moved_rasters_by_content(tmp_path: Path) -> None:
     cache_path, rasters = make_project(tmp_path / "a", n_scenes=1)
     moved = tmp_path / "moved.tif"
