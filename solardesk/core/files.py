@@ -34,7 +34,9 @@ def temporary_beside(path: str | os.PathLike[str], suffix: str = ".part") -> Pat
 STALE_AFTER_S = 3600.0
 
 
-def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:
+def remove_stale_temporaries(
+    path: str | os.PathLike[str], *, pattern: str | None = None
+) -> list[Path]:
     """Delete the temporary files a killed writer left beside ``path``; returns what was
     deleted.
 
@@ -44,10 +46,13 @@ def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:
     machine: a checkpoint or model is hundreds of megabytes, and a kill -9 during its save
     would leave one per kill. The age guards a writer on another machine sharing the folder,
     whose process number means nothing here (and on Windows, where a process is not asked
-    after, the age alone decides).
+    after, the age alone decides). ``pattern``: another writer's naming instead, a regular
+    expression of the whole name whose first group is the process number.
     """
     p = Path(path)
-    pattern = re.compile(rf"\.+{re.escape(p.name)}\.(\d+)-[0-9a-f]{{8}}(?:\..*)?", re.DOTALL)
+    regex = re.compile(
+        pattern or rf"\.+{re.escape(p.name)}\.(\d+)-[0-9a-f]{{8}}(?:\..*)?", re.DOTALL
+    )
     removed = []
     try:
         entries = list(p.parent.iterdir())
@@ -55,7 +60,7 @@ def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:
         return removed
     now = time.time()
     for q in entries:
-        m = pattern.fullmatch(q.name)
+        m = regex.fullmatch(q.name)
         if m is None:
             continue
         try:

@@ -52,7 +52,7 @@ from rasterio.crs import CRS
 from shapely.geometry import MultiPolygon, Polygon, mapping, shape
 from shapely.geometry.base import BaseGeometry
 
-from solardesk.core.files import flush_folder, flush_to_disk
+from solardesk.core.files import flush_folder, flush_to_disk, remove_stale_temporaries
 from solardesk.core.geometry import as_pyproj_crs, orient_ccw, reproject_geometry
 from solardesk.errors import AOIError, VectorWriteError
 
@@ -330,6 +330,10 @@ class VectorWriter:
             return
         token = f"{os.getpid()}-{secrets.token_hex(4)}"
         self._tmp_path = self.path.with_name(f".{self.path.stem}.partial-{token}{self.path.suffix}")
+        # What a killed job left (a GeoPackage of a whole run, a shapefile's set of files).
+        remove_stale_temporaries(
+            self.path, pattern=rf"\.{re.escape(self.path.stem)}\.partial-(\d+)-[0-9a-f]{{8}}\..*"
+        )
         out_crs = "EPSG:4326" if self.driver == "GeoJSON" else self.crs
         schema = {
             "geometry": self.geometry_type,

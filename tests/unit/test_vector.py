@@ -348,6 +348,30 @@ def test_a_shapefile_that_cannot_be_flushed_leaves_the_older_one_whole(tmp_path,
     assert ogrinfo(path)["count"] == 1
 
 
+def test_what_a_killed_job_left_is_cleared_once_stale(tmp_path):
+    """A killed detect leaves its hidden partial output (a whole run's GeoPackage, or a
+    shapefile's set). The next write of that name clears it once its process is gone and it
+    has not been written for an hour; a running job's, and another name's, stay."""
+    import os
+    import time
+
+    from solardesk.core.files import STALE_AFTER_S
+
+    old = time.time() - 2 * STALE_AFTER_S
+    dead, live = 999999999, os.getppid()
+    left = [tmp_path / f".panels.partial-{dead}-0123abcd{e}" for e in (".shp", ".dbf", ".shx")]
+    kept = [
+        tmp_path / f".panels.partial-{live}-4567abcd.gpkg",
+        tmp_path / f".roofs.partial-{dead}-0123abcd.gpkg",
+    ]
+    for p in (*left, *kept):
+        p.write_bytes(b"a killed run's features")
+        os.utime(p, (old, old))
+    write(tmp_path / "panels.shp", panels(2))
+    assert not any(p.exists() for p in left) and all(p.exists() for p in kept)
+    assert ogrinfo(tmp_path / "panels.shp")["count"] == 2
+
+
 def test_a_shapefile_is_its_sidecars_too(tmp_path):
     """Another dataset's ``.prj`` or ``.dbf`` of the output's name (a JPEG's own ``.prj``, a
     shapefile without its ``.shp``) is an existing output: refused without --overwrite. An
