@@ -410,9 +410,12 @@ class MaskRCNNTrainer:
             # may be one of them (self-training's next round), and they are loaded.
             kept = _set_aside_earlier_run(out_dir)
             if kept is not None:
+                runs, size = _earlier_runs_held(out_dir)
                 self.warn(
                     f"{out_dir} held the checkpoints of an earlier run: they are kept in {kept} "
-                    "(to continue a run, pass --resume)."
+                    f"(to continue it, pass --resume-from {kept / 'last.pt'}). "
+                    f"{kept.parent} now holds {runs} earlier run{'s' * (runs != 1)}, "
+                    f"{size / 2**20:.0f} MiB: delete those you no longer need."
                 )
         self.emit(
             "started",
@@ -647,6 +650,13 @@ def _check_output_dir(out_dir: Path) -> None:
     finally:
         with contextlib.suppress(OSError):
             probe.unlink(missing_ok=True)
+
+
+def _earlier_runs_held(out_dir: Path) -> tuple[int, int]:
+    """``(runs, bytes)`` kept in ``out_dir/earlier-runs/``: nothing deletes them by itself."""
+    runs = [d for d in (out_dir / "earlier-runs").iterdir() if d.is_dir()]
+    size = sum(f.stat().st_size for d in runs for f in d.iterdir() if f.is_file())
+    return len(runs), size
 
 
 def _set_aside_earlier_run(out_dir: Path) -> Path | None:

@@ -274,8 +274,11 @@ def test_a_new_run_into_a_used_folder_keeps_the_earlier_checkpoints(project) -> 
     with pytest.warns(UserWarning, match="held the checkpoints of an earlier run"):
         second, events = run(cfg)
     assert second.reason == "completed"
-    assert any("earlier-runs" in e.get("message", "") for e in events if e["event"] == "warning")
+    (warning,) = [e["message"] for e in events if e["event"] == "warning"]
     (kept,) = (out / "earlier-runs").iterdir()
+    size = sum(f.stat().st_size for f in kept.iterdir()) / 2**20
+    assert f"--resume-from {kept / 'last.pt'}" in warning
+    assert f"now holds 1 earlier run, {size:.0f} MiB: delete those" in warning
     assert {p.name: p.read_bytes() for p in kept.glob("*.pt")} == before
     assert (out / "last.pt").is_file()
     # A third run that stops before its first checkpoint leaves no last.pt (as if it had
