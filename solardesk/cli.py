@@ -525,7 +525,7 @@ def detect(
     azimuth_deg, centroid lon/lat, source raster, tile id, model name and version. An
     interrupted run resumes: finished tiles are kept in the mask cache.
     """
-    from solardesk.config import RasterSettings, TilingSettings, parse
+    from solardesk.config import RasterSettings, parse
     from solardesk.core.detect import detect as job
     from solardesk.core.jobs import drive
     from solardesk.errors import ConfigError
@@ -546,12 +546,6 @@ def detect(
                 model_name, model_version = identity(model)
     else:
         stage_id = "spectral"
-    tiling = None  # the detector's own tiling (a model's), else the defaults
-    if tile_size is not None or overlap is not None:
-        given = {"tile_size": tile_size, "overlap": overlap}
-        tiling = parse(
-            TilingSettings, {k: v for k, v in given.items() if v is not None}, "--tile/--overlap"
-        )
     raster_settings = parse(
         RasterSettings,
         {"bands": _parse_bands(bands)},
@@ -564,7 +558,10 @@ def detect(
             stage_id=stage_id,
             settings=settings,
             cache_path=cache_path,
-            tiling=tiling,
+            # the detector's own tiling (a model's), else the defaults; either value given
+            # replaces that one
+            tile_size=tile_size,
+            overlap=overlap,
             raster_settings=raster_settings,
             aoi=aoi,
             gsd=gsd,

@@ -14,6 +14,7 @@ only with the number of panels lying on seams, not with the scene.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,7 @@ class _Piece:
     tile_id: str
     raster: str
     crs: Any
+    pixel: float = 0.0  # a pixel's size in map units (for outlines simplified after merging)
 
 
 def default_cache_path(out: Path) -> Path:
@@ -86,12 +88,15 @@ def detect(
     model_name: str | None = None,
     model_version: str | None = None,
     plugin_manager=None,
+    tile_size: int | None = None,
+    overlap: int | None = None,
 ) -> Generator[Progress, None, DetectSummary]:
     """Detect panels on ``rasters`` and write them as polygons to ``out`` (GPKG, SHP, GeoJSON).
 
     A generator like every long job: it yields :class:`Progress` while tiles are computed and
     while they are vectorised, and returns a :class:`DetectSummary`. Without ``tiling``, the
-    stage's recommendation (a model's own tile size and overlap) is used, else the defaults.
+    stage's recommendation (a model's own tile size and overlap) is used, else the defaults;
+    ``tile_size`` or ``overlap`` alone replaces that one value of it (``--tile``/``--overlap``).
     """
     from solardesk.config import parse
     from solardesk.core.pipeline import precompute
@@ -104,7 +109,15 @@ def detect(
     stage = pm.get("solardesk_precompute_stages", stage_id)
     settings_model = parse(resolve(stage.settings), settings or {}, f"{stage_id} settings")
     thr = threshold if threshold is not None else getattr(settings_model, "threshold", 0.5)
-    tiling = tiling or recommended_tiling(stage, settings_model) or TilingSettings()
+    if tiling is None:
+        tiling = recommended_tiling(stage, settings_model) or TilingSettings()
+        if tile_size is not None or overlap is not None:
+            given = {"tile_size": tile_size, "overlap": overlap}
+            tiling = parse(
+                TilingSettings,
+                {**tiling.model_dump(), **{k: v for k, v in given.items() if v is not None}},
+                "--tile/--overlap",
+            )
     raster_settings = raster_settings or RasterSettings()
 
     # Creating (not opening) a writer checks the output before any work: a missing folder,
@@ -218,18 +231,24 @@ def _pieces_of(
             if not mask.any():
                 continue
             transform = tile.transform @ Affine.translation(ix0, iy0)
-            poly = instance_polygon(np.ascontiguousarray(mask), transform, simplify_px=SIMPLIFY_PX)
-            if poly is None:
-                continue
             # On a seam: touches a core edge that is not the raster's edge.
-            on_seam = (
+            on_seam = bool(
                 (ix0 == cx0 and core.col_off > 0 and mask[:, 0].any())
                 or (iy0 == cy0 and core.row_off > 0 and mask[0, :].any())
                 or (ix1 == cx1 and core.col_off + core.width < info.width and mask[:, -1].any())
                 or (iy1 == cy1 and core.row_off + core.height < info.height and mask[-1, :].any())
             )
-            piece = _Piece(poly, inst.confidence, tile.id, str(plan.path), info.crs)
-            out.append((piece, bool(on_seam)))
+            # A seam piece keeps its pixel outline until it is merged with its neighbours:
+            # simplified first, its vertices on the seam moved and the pieces of one panel no
+            # longer met (a rotated panel across a seam came out as two or three polygons).
+            poly = instance_polygon(
+                np.ascontiguousarray(mask), transform, simplify_px=0.0 if on_seam else SIMPLIFY_PX
+            )
+            if poly is None:
+                continue
+            pixel = math.sqrt(abs(transform.a * transform.e - transform.b * transform.d))
+            piece = _Piece(poly, inst.confidence, tile.id, str(plan.path), info.crs, pixel)
+            out.append((piece, on_seam))
         yield out
 
 
@@ -249,10 +268,17 @@ def _merge_held(held: list[_Piece]) -> list[_Piece]:
             members = [pieces[i] for i in group]
             # merge_touching snaps the few-ulp gaps that separate pieces along a seam.
             (geom,) = merge_touching([m.polygon for m in members])
-            if geom.geom_type == "MultiPolygon":  # pieces meeting only at a corner
-                geom = max(geom.geoms, key=lambda g: g.area)
-            best = max(members, key=lambda m: m.score)
-            out.append(_Piece(geom, best.score, best.tile_id, best.raster, best.crs))
+            # Pieces meeting only at a corner are two panels (diagonal neighbours across a
+            # seam's corner): each is written, with the best score of its own pieces.
+            for part in getattr(geom, "geoms", [geom]):
+                own = [m for m in members if m.polygon.intersection(part).area > m.polygon.area / 2]
+                best = max(own or members, key=lambda m: m.score)
+                pixel = max(m.pixel for m in members)
+                # Simplified once whole, as the other panels were traced (stair steps off).
+                simple = part.simplify(SIMPLIFY_PX * pixel, preserve_topology=True)
+                if simple.is_valid and not simple.is_empty:
+                    part = simple
+                out.append(_Piece(part, best.score, best.tile_id, best.raster, best.crs, pixel))
     return out
 
 

@@ -165,7 +165,7 @@ def make_grid(
     row_cores = _axis_cores(rows, tile_size, height)
     prepared = None
     if aoi is not None:
-        from shapely import box
+        from shapely import Polygon
         from shapely import prepared as shp_prepared
 
         prepared = shp_prepared.prep(aoi)
@@ -175,9 +175,10 @@ def make_grid(
             win = Window(col_off, row_off, tile_size, tile_size)
             tr = transform @ Affine.translation(col_off, row_off)
             if prepared is not None:
-                x0, y0 = tr @ (0, 0)
-                x1, y1 = tr @ (tile_size, tile_size)
-                if not prepared.intersects(box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))):
+                # The whole footprint: on a rotated or sheared raster, a box of two opposite
+                # corners misses parts of the tile (a small AOI there found no tile).
+                corners = ((0, 0), (tile_size, 0), (tile_size, tile_size), (0, tile_size))
+                if not prepared.intersects(Polygon([tr @ c for c in corners])):
                     continue
             tiles.append(
                 Tile(

@@ -91,6 +91,122 @@ def test_panel_on_a_seam_is_one_polygon(tmp_path: Path) -> None:
     assert area == pytest.approx(190 * 60 * 0.04, rel=0.02)
 
 
+def component_stage(rgb, valid, gsd, params):
+    """One instance per 4-connected patch of red 250 (several panels per tile)."""
+    import cv2
+
+    n, labels = cv2.connectedComponents((rgb[..., 0] == 250).astype(np.uint8), connectivity=4)
+    return [Instance.from_full_mask(labels == i, confidence=0.95) for i in range(1, n)]
+
+
+class ComponentPlugin:
+    @hookimpl
+    def solardesk_precompute_stages(self):
+        return [
+            PrecomputeStage(
+                id="components",
+                title="test",
+                target="tests.e2e.test_detect:component_stage",
+                settings="solardesk_spectral.settings:SpectralSettings",
+            )
+        ]
+
+
+def test_rotated_panels_across_seams_and_corners_are_one_polygon_each(tmp_path: Path) -> None:
+    """Pieces of a panel on a seam were simplified before they were merged: their vertices on
+    the seam moved apart, and a rotated panel came out as two or three polygons. Two panels
+    meeting only at a corner of the tile cores are two polygons (one was dropped)."""
+    import cv2
+
+    from solardesk.core.tiling import make_grid
+
+    size, tile, overlap = 600, 128, 32
+    seams = sorted(
+        {t.core.col_off for t in make_grid(size, size, Affine.identity(), tile, overlap)} - {0}
+    )  # [112, 208, 304, 400, 492]: cores meet there, on both axes
+    data = np.full((3, size, size), 100, np.uint8)
+    red = np.ascontiguousarray(data[0])
+    rng = np.random.default_rng(4)
+    areas = []
+    for k in range(16):  # rotated rectangles centred on a seam (and, every fourth, a corner)
+        cx = seams[k % 4] + rng.uniform(-3, 3)
+        cy = seams[(k // 4) % 4] + (0 if k % 4 == 0 else rng.uniform(-40, 40))
+        box = ((cx, cy), (rng.uniform(24, 48), rng.uniform(9, 16)), rng.uniform(10, 80))
+        pts = cv2.boxPoints(box)
+        before = int((red == 250).sum())
+        cv2.fillPoly(red, [np.round(pts).astype(np.int32)], 250)
+        areas.append(int((red == 250).sum()) - before)
+    # Two squares meeting only at the corner of four cores.
+    c = seams[4]
+    red[c - 12 : c, c - 12 : c] = 250
+    red[c : c + 12, c : c + 12] = 250
+    areas += [144, 144]
+    data[0] = red
+    raster = write_raster(tmp_path / "rotated.tif", data)
+    pm = PluginManager()
+    pm.register(ComponentPlugin(), "components")
+    out = tmp_path / "p.gpkg"
+    summary = run(
+        detect([raster], out, stage_id="components", plugin_manager=pm,
+               tiling=TilingSettings(tile_size=tile, overlap=overlap))
+    )  # fmt: skip
+    with fiona.open(out) as src:
+        got = sorted(f["properties"]["area_m2"] for f in src)
+    px = 0.2 * 0.2  # write_raster's ground resolution
+    assert summary.panels == len(areas) == len(got)
+    assert got == pytest.approx(sorted(a * px for a in areas), rel=0.06)
+
+
+def model_tiling(settings) -> tuple[int, int]:
+    return 128, 32  # what a model trained on 128 px tiles recommends
+
+
+class ModelLikePlugin:
+    @hookimpl
+    def solardesk_precompute_stages(self):
+        return [
+            PrecomputeStage(
+                id="modellike",
+                title="test",
+                target="tests.e2e.test_detect:square_stage",
+                settings="solardesk_spectral.settings:SpectralSettings",
+                tiling="tests.e2e.test_detect:model_tiling",
+            )
+        ]
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [({}, (128, 32)), ({"overlap": 16}, (128, 16)), ({"tile_size": 200}, (200, 32))],
+)
+def test_tile_or_overlap_alone_keeps_the_model_s_other_value(
+    tmp_path: Path, given: dict, expected: tuple[int, int]
+) -> None:
+    """``--overlap`` alone made the tile 512 (the default), not the model's 128: the model
+    then ran in windows inside each tile, or the raster was refused as too small."""
+    raster = write_raster(tmp_path / "r.tif", np.full((3, 300, 260), 100, np.uint8))
+    pm = PluginManager()
+    pm.register(ModelLikePlugin(), "modellike")
+    out = tmp_path / "p.gpkg"
+    run(detect([raster], out, stage_id="modellike", plugin_manager=pm, **given))
+    with MaskCache(default_cache_path_of(out), readonly=True) as cache:
+        sizes = {(t.window.width, t.window.height) for t in cache.iter_tiles()}
+    assert sizes == {(expected[0], expected[0])}
+    from solardesk.core.tiling import axis_starts
+
+    n = len(axis_starts(260, expected[0], expected[1])) * len(
+        axis_starts(300, expected[0], expected[1])
+    )
+    with MaskCache(default_cache_path_of(out), readonly=True) as cache:
+        assert len(list(cache.iter_tiles())) == n
+
+
+def default_cache_path_of(out: Path) -> Path:
+    from solardesk.core.detect import default_cache_path
+
+    return default_cache_path(out)
+
+
 def test_a_damaged_tile_leaves_the_panels_of_every_other_tile(tmp_path: Path) -> None:
     """`detect` on a raster with one damaged block: the panels of the other tiles are written
     (a complete, readable file), and then the run ends with the error naming the tile left

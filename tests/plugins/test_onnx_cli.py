@@ -122,6 +122,20 @@ def test_detect_with_nothing_to_find_writes_an_empty_layer(model: Path, tmp_path
     assert ogr_feature_count(out) == 0
 
 
+def test_overlap_alone_keeps_the_model_s_tile(model: Path, tmp_path: Path) -> None:
+    """``--overlap`` alone made the tile 512 (the default), not the model's 128, and this
+    300 px raster was refused as smaller than a tile."""
+    from solardesk.core.tiling import axis_starts
+
+    raster = write_raster(tmp_path / "r.tif", np.full((3, 300, 300), 90, np.uint8))
+    out = tmp_path / "p.gpkg"
+    res = cli("detect", str(raster), "--model", str(model), "--out", str(out),
+              "--overlap", "16", "--gsd", "0.15", "--quiet")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    n = len(axis_starts(300, 128, 16)) ** 2
+    assert f"from {n} tiles" in res.stdout, res.stdout
+
+
 def _without_solardesk_keys(src: Path, dst: Path, keep_deepness: bool) -> Path:
     proto = onnx.load(src)
     keep = [

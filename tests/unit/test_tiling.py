@@ -88,3 +88,19 @@ def test_the_smallest_tile_is_the_settings_least_tile_size() -> None:
     TilingSettings(tile_size=MIN_TILE_PX, overlap=0)
     with pytest.raises(ValueError):
         TilingSettings(tile_size=MIN_TILE_PX - 1, overlap=0)
+
+
+def test_aoi_selects_tiles_by_their_whole_footprint_on_a_rotated_raster():
+    """A box of two opposite corners is not a rotated tile's footprint: a small AOI near a
+    tile's edge found no tile at all (an AOIError for an AOI inside the raster)."""
+    from shapely.geometry import Point
+
+    t = Affine.translation(680000, 5150000) * Affine.rotation(30) * Affine.scale(0.1, -0.1)
+    x, y = t * (3, 255)  # inside the raster, near the western edge
+    aoi = Point(x, y).buffer(0.5)
+    grid = make_grid(512, 512, t, 128, 0, aoi=aoi)
+    assert [tl.id for tl in grid] and all(tile_footprint(tl).intersects(aoi) for tl in grid)
+    everything = make_grid(512, 512, t, 128, 0)
+    assert {tl.id for tl in grid} == {
+        tl.id for tl in everything if tile_footprint(tl).intersects(aoi)
+    }
