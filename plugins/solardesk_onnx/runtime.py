@@ -14,7 +14,9 @@ A tile goes through :meth:`OnnxModel.detect_tile`:
 2. for a spectral-fusion model, the six spectral channels computed on the resampled tile by
    :func:`solardesk_spectral.channels.compute_channels`, as in training;
 3. cut into windows of the model's input size when larger (cores partition the tile; a
-   detection is kept by the window whose core holds its box centre), padded when smaller;
+   detection is kept by the window whose core holds its box centre, and the pieces of one
+   object that window borders cut are joined: :func:`_join_window_pieces`), padded when
+   smaller;
 4. run; each detection's 28 × 28 mask is pasted into its box at the tile's own resolution,
    exactly as torchvision's ``paste_masks_in_image`` does (sigmoid, one pixel of zero padding,
    the box expanded to match, bilinear resize, threshold).
@@ -299,8 +301,8 @@ class OnnxModel:
             rh, rw, rgb_in, valid_in, gsd_in = h, w, rgb, valid, gsd
         x = self.prepare(rgb_in, valid_in, gsd_in)
         win = self.input_size(rh, rw)
-        boxes, scores, logits = [], [], []
-        for (x0, y0, ww, wh), core in _windows(rh, rw, win, spec.overlap):
+        boxes, scores, logits, origin, cut = [], [], [], [], []
+        for k, ((x0, y0, ww, wh), core) in enumerate(_windows(rh, rw, win, spec.overlap)):
             image = _pad(x[:, y0 : y0 + wh, x0 : x0 + ww], win, spec.pad_value)
             d = self.run(image[None])
             keep = d.scores >= floor
@@ -310,20 +312,24 @@ class OnnxModel:
                 c0, r0, c1, r1 = core
                 keep &= (cx >= c0) & (cx < c1) & (cy >= r0) & (cy < r1)
             if keep.any():
-                b = d.boxes[keep] + np.array([x0, y0, x0, y0], np.float32)
-                boxes.append(b)
+                b = d.boxes[keep]
+                cut.append(_cut_by_window(b, x0, y0, ww, wh, rw, rh))
+                boxes.append(b + np.array([x0, y0, x0, y0], np.float32))
                 scores.append(d.scores[keep])
                 logits.append(d.mask_logits[keep])
+                origin.append(np.full(int(keep.sum()), k))
         if not boxes:
             return []
         b = np.concatenate(boxes)
         if factor != 1.0:
             b = b * np.array([w / rw, h / rh, w / rw, h / rh], np.float32)
         s = np.concatenate(scores)
-        out = []
-        for (bx0, by0, bx1, by1), crop, score in zip(
+        pieces = []
+        for (bx0, by0, bx1, by1), crop, score, k, at_border in zip(
             *paste_masks(np.concatenate(logits), b, (h, w), mthr, with_boxes=True),
             s,
+            np.concatenate(origin),
+            np.concatenate(cut),
             strict=True,
         ):
             if crop is None:
@@ -333,16 +339,16 @@ class OnnxModel:
             inst = _tight(crop, bx0, by0)
             if inst is None:
                 continue
-            bbox, mask = inst
-            out.append(
-                Instance(
-                    bbox=bbox,
-                    mask=mask,
-                    confidence=float(np.clip(score, 0.0, 1.0)),
-                    provenance="model",
-                )
+            pieces.append((*inst, float(score), int(k), bool(at_border)))
+        return [
+            Instance(
+                bbox=bbox,
+                mask=mask,
+                confidence=float(np.clip(score, 0.0, 1.0)),
+                provenance="model",
             )
-        return out
+            for bbox, mask, score in _join_window_pieces(pieces)
+        ]
 
 
 def resample_factor(gsd: float | None, model_gsd: float | None, tolerance: float) -> float:
@@ -375,6 +381,83 @@ def _windows(h: int, w: int, size: tuple[int, int] | None, overlap: int):
                     (c0 - x0, r0 - y0, c1 - x0, r1 - y0),
                 )
             )
+    return out
+
+
+#: A detection whose box comes this close (model pixels) to a window edge inside the tile was
+#: cut there: the rest of its object lies in the next window.
+WINDOW_EDGE_PX = 2.0
+#: Two cut pieces of neighbouring windows are one object when they share this much of the
+#: smaller one's pixels (the windows overlap, so both see the strip between them).
+WINDOW_JOIN_SHARE = 0.1
+
+
+def _cut_by_window(b: np.ndarray, x0: int, y0: int, ww: int, wh: int, rw: int, rh: int):
+    """Which boxes ``b`` (window pixels) reach an edge of their window that is not the tile's."""
+    e = WINDOW_EDGE_PX
+    return (
+        ((x0 > 0) & (b[:, 0] <= e))
+        | ((y0 > 0) & (b[:, 1] <= e))
+        | ((x0 + ww < rw) & (b[:, 2] >= ww - e))
+        | ((y0 + wh < rh) & (b[:, 3] >= wh - e))
+    )
+
+
+def _join_window_pieces(pieces: list) -> list:
+    """``(bbox, mask, score)`` of the detections, with the pieces of one object that window
+    borders cut joined.
+
+    A tile larger than the model's input runs in windows; each detection belongs to the
+    window whose core holds its box centre. An object longer than the windows' overlap is
+    then seen cut by two windows, each keeping the piece whose centre lies in its core: two
+    overlapping instances of one panel (two polygons, its area counted twice). Pieces from
+    different windows, each reaching an inner edge of its window, whose masks share
+    :data:`WINDOW_JOIN_SHARE` of the smaller one's pixels are one object: the union of the
+    masks, the higher score.
+    """
+    n = len(pieces)
+    parent = list(range(n))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    cut = [i for i in range(n) if pieces[i][4]]
+    for ii, i in enumerate(cut):
+        (ax0, ay0, ax1, ay1), am = pieces[i][0], pieces[i][1]
+        for j in cut[ii + 1 :]:
+            if pieces[j][3] == pieces[i][3]:
+                continue  # one window's detections are the model's own separate objects
+            (bx0, by0, bx1, by1), bm = pieces[j][0], pieces[j][1]
+            x0, y0, x1, y1 = max(ax0, bx0), max(ay0, by0), min(ax1, bx1), min(ay1, by1)
+            if x0 >= x1 or y0 >= y1:
+                continue
+            shared = np.count_nonzero(
+                am[y0 - ay0 : y1 - ay0, x0 - ax0 : x1 - ax0]
+                & bm[y0 - by0 : y1 - by0, x0 - bx0 : x1 - bx0]
+            )
+            if shared >= WINDOW_JOIN_SHARE * min(am.sum(), bm.sum()):
+                parent[find(j)] = find(i)
+    groups: dict[int, list[int]] = {}
+    for i in range(n):
+        groups.setdefault(find(i), []).append(i)
+    out = []
+    for members in groups.values():
+        if len(members) == 1:
+            bbox, mask, score = pieces[members[0]][:3]
+            out.append((bbox, mask, score))
+            continue
+        x0 = min(pieces[i][0][0] for i in members)
+        y0 = min(pieces[i][0][1] for i in members)
+        x1 = max(pieces[i][0][2] for i in members)
+        y1 = max(pieces[i][0][3] for i in members)
+        mask = np.zeros((y1 - y0, x1 - x0), bool)
+        for i in members:
+            (px0, py0, px1, py1), pm = pieces[i][0], pieces[i][1]
+            mask[py0 - y0 : py1 - y0, px0 - x0 : px1 - x0] |= pm
+        out.append(((x0, y0, x1, y1), mask, max(pieces[i][2] for i in members)))
     return out
 
 

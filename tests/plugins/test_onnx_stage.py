@@ -272,6 +272,41 @@ def test_windows_report_a_detection_once(models, monkeypatch) -> None:
     assert out[0].bbox == (110, 100, 130, 120) and out[0].mask.all()
 
 
+def test_an_object_cut_by_window_borders_is_one_detection(models, monkeypatch) -> None:
+    """A panel longer than the windows' overlap is seen cut by each window it crosses; each
+    kept its piece (the one whose centre lies in its core): one panel came out as two or
+    three overlapping instances. The pieces are joined; two parallel rows 3 px apart stay
+    two."""
+    import cv2
+
+    model = get_model(models["rgb"])  # 128 px model: a 256 px tile runs in windows
+    assert len(runtime._windows(256, 256, (128, 128), model.spec.overlap)) > 1
+
+    def fake_run(image):  # one detection per bright blob, its box filled
+        bright = (image[0, 0] > 0.9).astype(np.uint8)
+        _, _, stats, _ = cv2.connectedComponentsWithStats(bright, connectivity=4)
+        boxes = np.array([[x, y, x + w, y + h] for x, y, w, h, _ in stats[1:]], np.float32).reshape(
+            -1, 4
+        )
+        k = len(boxes)
+        return Detections(boxes, np.full(k, 0.9, np.float32), np.ones(k, np.int64),
+                          np.full((k, 28, 28), 5.0, np.float32))  # fmt: skip
+
+    monkeypatch.setattr(model, "run", fake_run)
+    tile = np.zeros((256, 256, 3), np.uint8)
+    tile[60:70, 20:236] = 255  # a row across every window border of its window row
+    tile[73:83, 20:236] = 255  # a second row, 3 px apart
+    tile[150:230, 120:130] = 255  # a column across the border between window rows
+    out = sorted(model.detect_tile(tile, None, 0.15), key=lambda i: (i.bbox[1], i.bbox[0]))
+    blocks = [(20, 60, 236, 70), (20, 73, 236, 83), (120, 150, 130, 230)]
+    assert len(out) == len(blocks)
+    for inst, (x0, y0, x1, y1) in zip(out, blocks, strict=True):
+        # (pasted as torchvision pastes: up to a pixel wider than the box)
+        assert np.allclose(inst.bbox, (x0, y0, x1, y1), atol=1)
+        bx0, by0 = inst.bbox[:2]
+        assert inst.mask[y0 - by0 : y1 - by0, x0 - bx0 : x1 - bx0].all()
+
+
 def test_spectral_fusion_model_gets_the_six_channels(models, monkeypatch) -> None:
     import solardesk_spectral.channels as channels
 
