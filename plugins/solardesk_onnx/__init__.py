@@ -10,7 +10,7 @@ from __future__ import annotations
 from solardesk.plugin_api import CliCommand, Detector, PrecomputeStage, hookimpl
 
 #: Bump when the stage's output changes for the same model and tile: the cache recomputes it.
-STAGE_VERSION = 1
+STAGE_VERSION = 2  # 2: pieces of one object cut by window borders are joined
 
 
 @hookimpl
