@@ -151,6 +151,9 @@ def main() -> int:
     d.add_argument("--overwrite", action="store_true")
     d.add_argument("--tile", type=int, default=512)
     d.add_argument("--overlap", type=int, default=64)
+    d.add_argument("--cache")
+    d.add_argument("--threshold", type=float)
+    d.add_argument("--set", action="append", default=[])
     args = p.parse_args()
     return train(args) if args.cmd == "train" else detect(args)
 

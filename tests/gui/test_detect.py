@@ -42,6 +42,38 @@ def test_detect_writes_and_shows_the_panels(qtbot, window, scene_tif, tmp_path):
     assert dock.progress.value() == dock.progress.maximum()
 
 
+def test_detect_uses_the_project_cache_its_settings_and_the_layer_threshold(
+    qtbot, window, scene_tif, tmp_path
+):
+    """Detect & export ran on a cache of its own beside the output: the review's rejections,
+    acceptances and drawn panels (all in the project's cache) were not in the export, and the
+    layer's threshold slider did nothing. Now it runs on the project's cache, with the
+    stage's settings as pre-computed (the same keys: nothing recomputed) and the layer's
+    threshold; the project's own layer shows the tiles as they come and stays."""
+    from solardesk.gui.layers import PseudoLabelLayer
+
+    out = tmp_path / "panels.gpkg"
+    cache = tmp_path / "project.sqlite"
+    dock = _setup(qtbot, window, scene_tif, out)
+    project = window.ctx.project
+    project.set_cache(cache)
+    project.set_plugin_settings(
+        "solardesk_spectral", {"spectral": {"threshold": 0.9, "split_candidates": False}}
+    )
+    (layer,) = window.open_cache(cache)
+    layer.set_threshold(0.7)
+    args = dock.build_args()
+    i = args.index("--cache")
+    assert args[i + 1] == str(cache)
+    assert args[args.index("--threshold") + 1] == "0.7"  # the map's, not the saved 0.9
+    assert "split_candidates=false" in args and not any(a.startswith("threshold=") for a in args)
+    assert dock.run()
+    until(lambda: not dock.process.running, timeout=20000)
+    until(lambda: "panels written" in dock.status.text(), timeout=10000)
+    pseudo = [lay for lay in window.ctx.layers if isinstance(lay, PseudoLabelLayer)]
+    assert pseudo == [layer] and not layer.name.startswith("Detecting")
+
+
 def test_visible_extent_shapefile_and_model(qtbot, window, scene_tif, tmp_path):
     out = tmp_path / "panels.gpkg"
     dock = _setup(qtbot, window, scene_tif, out)

@@ -14,6 +14,7 @@ way to the output, added to the map as a vector layer.
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +77,8 @@ class DetectDock(QWidget):
         self.output: Path | None = None
         self.results: list[Path] = []
         self.live = None  #: the "Detecting…" pseudo-label layer of the running command's cache
+        #: the project's layer of the cache the command fills, when it has one (refreshed only)
+        self._shared_live = None
         self._live_refreshed = 0.0
 
         self.detector = QComboBox()
@@ -303,6 +306,7 @@ class DetectDock(QWidget):
             # A model is run with its own tile size and overlap (its metadata), as the CLI does.
             tiling = self.ctx.project.config.tiling
             args += ["--tile", str(tiling.tile_size), "--overlap", str(tiling.overlap)]
+            args += self._project_cache_args(det.id if det is not None else "spectral", raster)
         if self.extent_view.isChecked():
             crs = self.ctx.layers.crs_wkt
             view = self.ctx.map_view
@@ -318,6 +322,38 @@ class DetectDock(QWidget):
             args += ["--aoi", aoi]
         if self.overwrite.isChecked():
             args.append("--overwrite")
+        return args
+
+    def _project_cache_args(self, stage_id: str, raster: str) -> list[str]:
+        """The project's cache, with the stage's settings as pre-computed and the layer's
+        threshold: the review's decisions and drawn panels are in that cache, and detect
+        honours them there (a cache of its own beside the output knew none of them)."""
+        from solardesk.gui.project import GUI_SECTION
+
+        cfg = self.ctx.project.config
+        if cfg.cache is None:
+            return []
+        args = ["--cache", str(cfg.cache)]
+        saved: dict = {}
+        for name, section in cfg.plugins.items():
+            if (
+                name != GUI_SECTION
+                and isinstance(section, dict)
+                and isinstance(section.get(stage_id), dict)
+            ):
+                saved = section[stage_id]
+                break
+        for key, value in saved.items():
+            if key != "threshold":  # read-time: --threshold below
+                args += ["--set", f"{key}={json.dumps(value)}"]
+        threshold = saved.get("threshold")
+        for layer in self.ctx.layers.of_kind("pseudo"):
+            same_cache = Path(layer.cache_path) == Path(cfg.cache)
+            if same_cache and str(layer.raster.path) == str(raster):
+                threshold = layer.threshold  # what the user sees on the map
+                break
+        if isinstance(threshold, int | float):
+            args += ["--threshold", f"{threshold:g}"]
         return args
 
     def run(self) -> bool:
@@ -336,13 +372,15 @@ class DetectDock(QWidget):
         self.status.setText(f"Detecting panels → {self.output.name}…")
         self.run_btn.setEnabled(False)
         self.cancel_btn.setEnabled(True)
-        self._show_live(Path(args[1]), self.output)
+        cache = Path(args[args.index("--cache") + 1]) if "--cache" in args else None
+        self._show_live(Path(args[1]), self.output, cache)
         self.process.start(args)
         return True
 
     # -- detections as tiles finish ----------------------------------------------------------------
-    def _show_live(self, raster_path: Path, output: Path) -> None:
-        """A layer of the command's cache (the CLI's default, beside the output) on the map."""
+    def _show_live(self, raster_path: Path, output: Path, cache: Path | None = None) -> None:
+        """A layer of the command's cache (the project's, else the CLI's default beside the
+        output) on the map."""
         from solardesk.core.detect import default_cache_path
         from solardesk.gui.layers import RasterLayer
 
@@ -351,17 +389,28 @@ class DetectDock(QWidget):
         if not isinstance(raster, RasterLayer):
             return
         threshold = 0.5 if self._needs_model() else 0.85
-        self.live = self.ctx.layers.add_pseudo_labels(default_cache_path(output), raster, threshold)
+        cache = cache or default_cache_path(output)
+        if self.ctx.layers.find(f"pseudo:{cache}:{raster.path}") is not None:
+            # The project's own layer of that cache shows the tiles as they come: refreshed,
+            # never renamed or removed (it is the user's review layer).
+            self._shared_live = self.ctx.layers.find(f"pseudo:{cache}:{raster.path}")
+            self._live_refreshed = time.monotonic()
+            return
+        self.live = self.ctx.layers.add_pseudo_labels(cache, raster, threshold)
         self.live.set_name(f"Detecting… → {output.name}")
         self._live_refreshed = time.monotonic()
 
     def _refresh_live(self) -> None:
         now = time.monotonic()
-        if self.live is not None and now - self._live_refreshed >= LIVE_REFRESH_S:
+        shown = self.live if self.live is not None else self._shared_live
+        if shown is not None and now - self._live_refreshed >= LIVE_REFRESH_S:
             self._live_refreshed = now
-            self.live.refresh()
+            shown.refresh()
 
     def _drop_live(self) -> None:
+        if self._shared_live is not None:
+            self._shared_live.refresh(full=True)  # (the command's last tiles)
+            self._shared_live = None
         if self.live is not None:
             self.ctx.layers.remove(self.live)
             self.live = None
