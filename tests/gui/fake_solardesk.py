@@ -2,7 +2,8 @@
 
 ``train CONFIG [--resume]`` follows the JSON-lines event contract of ``solardesk train``
 (started, progress, metrics, checkpoint, finished, error), stops when it reads ``stop`` on
-stdin (finishing the step and saving), and crashes with SIGABRT at ``crash_at`` (a global
+stdin (finishing the step and saving; with ``FAKE_TRAIN_FAIL_ON_STOP`` set it fails there, exit
+1, as on a full disk), and crashes with SIGABRT at ``crash_at`` (a global
 step in the config) like a trainer hit by a native fault. ``detect RASTER ... --out FILE``
 draws a tqdm-style progress bar on stderr and writes two panels around the raster's centre
 with the real vector writer; it records its arguments in ``FILE.args.json``.
@@ -66,6 +67,9 @@ def train(args) -> int:
                 steps=steps,
                 loss=2 * math.exp(-g / 30) + 0.1,
             )
+            if stop.is_set() and os.environ.get("FAKE_TRAIN_FAIL_ON_STOP"):  # its last save fails
+                print("OSError: [Errno 28] No space left on device", file=sys.stderr, flush=True)
+                return 1
             if stop.is_set():
                 ckpt = Path(args.config).with_name(f"ckpt_epoch{epoch}.pt")
                 ckpt.write_text("fake")

@@ -41,6 +41,21 @@ def test_training_runs_plots_and_stays_responsive(qtbot, window, tmp_path):
     assert window.ctx.project.gui("train_config").endswith("train.json")
 
 
+def test_a_trainer_that_fails_while_stopping_is_an_error(qtbot, window, tmp_path, monkeypatch):
+    """Asked to stop, the trainer failed to save (a full disk) and exited 1: that was shown
+    as a clean stop ("Press Resume"), with no message at all."""
+    dock = window.train
+    monkeypatch.setenv("FAKE_TRAIN_FAIL_ON_STOP", "1")
+    dock.config_edit.setText(str(_config(tmp_path, epochs=3, steps=40, sleep=0.01)))
+    dock.start()
+    until(lambda: len(dock.loss_x) >= 5, timeout=20000)
+    dock.stop()
+    until(lambda: not dock.running, timeout=10000)
+    assert dock.status.text().startswith("Training stopped unexpectedly (exited with code 1)")
+    err = window.ctx.notifications.errors()[-1]
+    assert "without finishing" in err.message and "No space left" in err.details
+
+
 def test_stop_then_resume(qtbot, window, tmp_path):
     dock = window.train
     dock.config_edit.setText(str(_config(tmp_path, epochs=3, steps=40, sleep=0.01)))

@@ -575,11 +575,13 @@ class TrainDock(QWidget):
             return
         if info.ok and info.finished_event:
             return  # the finished event said it all
-        if info.stopped and info.code is not None:
+        if info.error_event:
+            return  # already reported by the error event (also after a stop: it failed)
+        if info.stopped and (info.ok or info.crashed):
+            # Asked to stop: it exited cleanly, or was killed for not stopping in time. One
+            # that failed while stopping (a full disk at its last checkpoint) is an error.
             self.status.setText("Trainer stopped. Press Resume to continue from its checkpoint.")
             return
-        if info.error_event:
-            return  # already reported by the error event
         how = "crashed" if info.crashed else f"exited with code {info.code}"
         message = f"the trainer {how} without finishing"
         self.status.setText(
