@@ -57,6 +57,13 @@ class RasterSource:
         return Affine(*self.transform)
 
     @property
+    def map_pixel_size(self) -> float:
+        """A displayed pixel's size in the map's units (degrees on a geographic map): the
+        file's own pixel size is in the file's units, which a warped raster does not share."""
+        a = self.affine
+        return abs(a.a * a.e - a.b * a.d) ** 0.5
+
+    @property
     def thumbnail_factor(self) -> float:
         """Raster pixels per thumbnail pixel."""
         return self.width / self.thumbnail.shape[1]

@@ -882,7 +882,7 @@ class MapView(QGraphicsView):
 
     def _max_pixels_per_unit(self) -> float:
         sizes = [
-            min(layer.source.info.pixel_size)
+            layer.source.map_pixel_size
             for layer in self.layers
             if isinstance(layer, RasterLayer) and layer.source is not None
         ]

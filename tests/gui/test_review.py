@@ -302,3 +302,37 @@ def test_split_needs_a_selection_and_reports_a_miss(qtbot, window, scene_tif, ca
     assert len(layer.records) == 5
     with MaskCache(path, readonly=True) as c:
         assert c.get_instance(ids[4])[1].area_px == 600
+
+
+def test_next_on_a_geographic_map_zooms_to_the_panel(qtbot, window, scene_tif, cache, tmp_path):
+    """With the map in degrees (its first raster in EPSG:4326), Next zoomed out to about 60°:
+    the UTM raster's pixel size (0.2 m) was read as 0.2° of context."""
+    import rasterio
+    from rasterio.warp import calculate_default_transform, reproject
+
+    path, _ids = cache
+    geo = tmp_path / "scene_4326.tif"
+    with rasterio.open(scene_tif) as src:
+        t, w, h = calculate_default_transform(src.crs, "EPSG:4326", src.width, src.height,
+                                              *src.bounds)  # fmt: skip
+        profile = src.profile | {"crs": "EPSG:4326", "transform": t, "width": w, "height": h}
+        with rasterio.open(geo, "w", **profile) as dst:
+            for b in range(1, src.count + 1):
+                reproject(rasterio.band(src, b), rasterio.band(dst, b))
+    window.open_path(geo)  # the map is in degrees
+    wait_raster(qtbot, window)
+    window.add_raster(scene_tif)
+    utm = next(lay for lay in window.ctx.layers.of_kind("raster") if lay.path.name == "scene.tif")
+    until(lambda: utm.source is not None and utm.source.warped, timeout=10000)
+    (layer,) = [lay for lay in window.open_cache(path) if lay.raster is utm]
+    layer.set_threshold(0.6)
+    until(lambda: len(layer.records) == 5, timeout=10000)
+    window.show_dock("review")
+    dock = window.review
+    until(lambda: len(dock.model.ids) == 5, timeout=5000)
+    dock.step(1)
+    pause(300)
+    rec = layer.records[dock.current_id]
+    x0, _y0, x1, _y1 = window.map_view.visible_extent()
+    panel = rec.bounds[2] - rec.bounds[0]  # about 6e-5°
+    assert panel < x1 - x0 < 200 * panel  # about 400 raster pixels of context, not 60°

@@ -438,7 +438,7 @@ class ReviewDock(QWidget):
                     view.clear_selection()
                 if centre:
                     # Enough context to judge a panel: about 400 raster pixels across.
-                    pixel = self.layer.raster.source.info.pixel_size[0]
+                    pixel = self.layer.raster.source.map_pixel_size
                     view.show_bounds(rec.bounds, min_size=400 * pixel)
             self._request_preview(rec)
         self._update_buttons()
@@ -467,7 +467,7 @@ class ReviewDock(QWidget):
             return
         minx, miny, maxx, maxy = rec.bounds
         size = max(maxx - minx, maxy - miny) * 1.8
-        size = max(size, 24 * src.info.pixel_size[0])
+        size = max(size, 24 * src.map_pixel_size)
         cx, cy = (minx + maxx) / 2, (miny + maxy) / 2
         corners = [(cx - size / 2, cy + size / 2), (cx + size / 2, cy - size / 2)]
         corners += [(cx + size / 2, cy + size / 2), (cx - size / 2, cy - size / 2)]
