@@ -167,7 +167,13 @@ class PseudoLabelLayer(Layer):
         self._by_tile: dict[str, set[int]] = {}
         self._since_pk = 0
         self._job = None
-        self._again: set[str] | bool | None = False
+        # Reads asked for while one runs, all kept (each kind would miss what another sees):
+        # everything again, these tiles again (an edit keeps its tile's row id, so only a
+        # read of that tile shows it), and what was written since the last read.
+        self._again_full = False
+        self._again_tiles: set[str] = set()
+        self._again_poll = False
+        self._job_placement: _io.Placement | None = None
         self._order_cache: dict[bool, list[int]] = {}
         #: ``(threshold, n)``: the objects at that threshold, the copies of one object in
         #: overlapping tiles counted once (:meth:`count_objects`); None until counted
@@ -196,14 +202,21 @@ class PseudoLabelLayer(Layer):
         source = self.raster.source
         if source is None:
             return
+        if self._job is not None:
+            # One read at a time; remember to read again when it ends. (A full read resets
+            # the row id only when it starts: the running read would raise it back.)
+            if full:
+                self._again_full = True
+            elif tile_ids:
+                self._again_tiles.update(tile_ids)
+            else:
+                self._again_poll = True
+            return
         if full:
             self._since_pk = 0
-        if self._job is not None:
-            # One read at a time; remember to read again when it ends.
-            self._again = True if (full or self._again is True) else tile_ids or True
-            return
         self._set_loading(True)
         fp, placement, since = source.info.fingerprint, _io.placement_of(source), self._since_pk
+        self._job_placement = placement
         path = self.cache_path
         self._job = self.runner.submit(
             lambda: call(_io.load_tiles, path, fp, placement, since, tile_ids),
@@ -257,12 +270,23 @@ class PseudoLabelLayer(Layer):
     def _on_job_ended(self) -> None:
         self._job = None
         self._set_loading(False)
-        if self._again:
-            again, self._again = self._again, False
-            self.refresh(tile_ids=again if isinstance(again, list) else None)
+        if self._again_full:
+            self._again_full, self._again_tiles, self._again_poll = False, set(), False
+            self.refresh(full=True)
+        elif self._again_tiles:
+            tiles, self._again_tiles = sorted(self._again_tiles), set()
+            self.refresh(tile_ids=tiles)  # (a pending poll stays pending: read after it)
+        elif self._again_poll:
+            self._again_poll = False
+            self.refresh()
 
     @Slot(object)
     def _on_update(self, update: _io.TilesUpdate) -> None:
+        if self._job_placement != self.placement():
+            # Read for the raster's earlier placement (it was re-warped to the map's CRS
+            # meanwhile): drawn there, the outlines would sit hundreds of km away.
+            self._again_full = True
+            return
         self.apply(update)
 
     def apply(self, update: _io.TilesUpdate) -> None:
@@ -445,6 +469,9 @@ class LayerList(QObject):
         self.layers: list[Layer] = []
         self.crs_wkt: str | None = None
         self.crs_known = False  #: set once a raster (or vector) has fixed the map CRS
+        #: the raster whose CRS the map takes: the first added while it was unknown (not the
+        #: first to finish opening: reopening a project gave another CRS each time)
+        self._crs_from: RasterLayer | None = None
         self.active: Layer | None = None
 
     def __iter__(self) -> Iterator[Layer]:
@@ -472,6 +499,8 @@ class LayerList(QObject):
         if self.active is layer:
             self.set_active(None)
         self.removed.emit(layer)
+        if layer is self._crs_from and not self.crs_known:
+            self._next_crs_source()
         # Pseudo-label layers cannot outlive their raster.
         for other in list(self.layers):
             if isinstance(other, PseudoLabelLayer) and other.raster is layer:
@@ -483,6 +512,7 @@ class LayerList(QObject):
             self.remove(layer)
         self.crs_wkt = None
         self.crs_known = False
+        self._crs_from = None
         self.crsChanged.emit()
 
     def move(self, layer: Layer, index: int) -> None:
@@ -506,6 +536,9 @@ class LayerList(QObject):
             return existing
         layer = RasterLayer(path, self.runner, self)
         layer.sourceReady.connect(self._on_raster_ready)
+        layer.failed.connect(self._on_raster_failed)
+        if not self.crs_known and self._crs_from is None:
+            self._crs_from = layer
         # Rasters go below vectors and pseudo-labels: under the lowest non-raster layer.
         rasters = [i for i, existing in enumerate(self.layers) if existing.kind == "raster"]
         self.insert(layer, rasters[0] if rasters else len(self.layers))
@@ -518,6 +551,9 @@ class LayerList(QObject):
         if not isinstance(layer, RasterLayer) or layer.source is None:
             return
         if not self.crs_known:
+            first = self._crs_from
+            if first is not None and first is not layer and self._may_set_crs(first):
+                return  # the first raster sets the CRS; this one is placed again then
             self.crs_wkt = layer.source.map_crs_wkt
             self.crs_known = True
             self.crsChanged.emit()
@@ -532,6 +568,24 @@ class LayerList(QObject):
                     other.load(self.crs_wkt)
         elif not _io._same_crs(layer.source.map_crs_wkt, self.crs_wkt):
             layer.load(self.crs_wkt)  # opened while the CRS was unknown: warp it now
+
+    def _may_set_crs(self, layer: RasterLayer) -> bool:
+        return layer in self.layers and not layer.error
+
+    @Slot(str)
+    def _on_raster_failed(self, _message: str) -> None:
+        if not self.crs_known and self.sender() is self._crs_from:
+            self._next_crs_source()
+
+    def _next_crs_source(self) -> None:
+        """The raster meant to set the map CRS failed to open or was removed: the earliest
+        added of the others sets it instead (when it has opened)."""
+        rasters = [lay for lay in self.layers if isinstance(lay, RasterLayer)]
+        # (rasters are inserted above the earlier ones: the list's last is the first added)
+        candidates = [lay for lay in reversed(rasters) if self._may_set_crs(lay)]
+        self._crs_from = candidates[0] if candidates else None
+        if self._crs_from is not None and self._crs_from.source is not None:
+            self._crs_from.sourceReady.emit()
 
     @Slot()
     def _on_vector_ready(self) -> None:
