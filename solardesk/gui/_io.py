@@ -541,13 +541,28 @@ def rasterise_drawn(
 # --------------------------------------------------------------------------------------------
 # Review edits (each opens its own writing connection on the edits thread)
 # --------------------------------------------------------------------------------------------
+def _edited_cache(cache_path: str | Path) -> Path:
+    """The cache an edit writes to, which must exist: opening a missing one would make a new,
+    empty cache at a moved cache's old path and put the user's review there."""
+    from solardesk.errors import CacheError
+
+    path = Path(cache_path)
+    if not _cache_exists(path):
+        raise CacheError(
+            f"{path}: the mask cache is not there (moved or deleted?), so this edit was not "
+            "saved. Open the cache where it is now (File ▸ Open mask cache), or run the "
+            "pre-compute first."
+        )
+    return path
+
+
 def set_review(cache_path: str | Path, instance_ids: Sequence[int], state: str) -> list[int]:
     """Set the review state of instances; returns the ids set: those given, then the copies of
     their objects in overlapping tiles that got the same state (ADR 0047)."""
     from solardesk.core.cache import MaskCache
 
     done: list[int] = []
-    with MaskCache(cache_path) as cache:
+    with MaskCache(_edited_cache(cache_path)) as cache:
         for iid in instance_ids:
             done += [i for i in cache.set_review(int(iid), state) if i not in done]
     return done
@@ -556,7 +571,7 @@ def set_review(cache_path: str | Path, instance_ids: Sequence[int], state: str) 
 def delete_instances(cache_path: str | Path, instance_ids: Sequence[int]) -> list[int]:
     from solardesk.core.cache import MaskCache
 
-    with MaskCache(cache_path) as cache:
+    with MaskCache(_edited_cache(cache_path)) as cache:
         for iid in instance_ids:
             cache.delete_instance(int(iid))
     return list(instance_ids)
@@ -576,7 +591,7 @@ def add_drawn(
     from solardesk.core.cache import MaskCache
 
     drawn = rasterise_drawn(ring, placement, raster_size, tiles, tile_size, overlap)
-    with MaskCache(cache_path) as cache:
+    with MaskCache(_edited_cache(cache_path)) as cache:
         iid = cache.add_instance(
             raster_fp, drawn.tile_id, drawn.instance, "human", window=drawn.window
         )
@@ -648,7 +663,7 @@ def split_instance(
 
     from solardesk.core.cache import MaskCache
 
-    with MaskCache(cache_path) as cache:
+    with MaskCache(_edited_cache(cache_path)) as cache:
         tile, inst = cache.get_instance(int(instance_id))
         col, row, w, h = tile.window
         geom = placement.to_raster(LineString(list(line)))

@@ -353,10 +353,20 @@ class MainWindow(QMainWindow):
         self.map_view.clear_selection()
         states = project.gui("layers", {}) or {}
         threshold = self._project_threshold()
+        cache = project.config.cache
+        if cache is not None and not Path(cache).exists():
+            # Moved or deleted (or never made): say so. (Review edits refuse a missing cache
+            # rather than make a new, empty one at the old path.)
+            self.ctx.notifications.warning(
+                "Project",
+                f"The project's mask cache {cache} is not there (moved, deleted, or not made "
+                "yet): no pseudo-labels or review to show. Open it where it is now with File ▸ "
+                "Open mask cache, or run the pre-compute to make it.",
+            )
         for path in project.config.rasters:
             raster = layers.add_raster(path)
-            if project.config.cache is not None:
-                layers.add_pseudo_labels(project.config.cache, raster, threshold)
+            if cache is not None:
+                layers.add_pseudo_labels(cache, raster, threshold)
         for path in project.vectors():
             layers.add_vector(path)
         for layer in layers.layers:

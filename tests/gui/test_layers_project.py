@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
 from PySide6.QtCore import Qt
 
 from solardesk.gui.layers import PseudoLabelLayer, RasterLayer, VectorLayer
@@ -95,6 +96,40 @@ def test_project_round_trip_and_recent(qtbot, make_window, app_settings, scene_d
     assert p2.threshold == 0.7 and v2.opacity == 0.5
     assert not other.ctx.project.dirty
     assert other.windowTitle().startswith("my[*]") or "my" in other.windowTitle()
+
+
+def test_a_project_whose_cache_moved_says_so_and_makes_no_new_one(
+    qtbot, make_window, scene_dir, tmp_path
+):
+    """It opened empty without a word ("0 candidates"), and the first drawn panel or decision
+    created a new, empty cache at the old path."""
+    window = make_window()
+    _add_all(qtbot, window, scene_dir, tmp_path)
+    project_file = tmp_path / "proj" / "my.json"
+    project_file.parent.mkdir()
+    assert window._save(project_file)
+    window.close()
+    cache = tmp_path / "c.sqlite"
+    from solardesk.core.cache import MaskCache
+
+    with MaskCache(cache):  # the project's cache, made by a pre-compute
+        pass
+    cache.rename(tmp_path / "moved.sqlite")
+
+    other = make_window()
+    assert other.open_path(project_file)
+    wait_raster(qtbot, other)
+    (warning,) = [n for n in other.ctx.notifications.items if n.source == "Project"]
+    assert str(cache) in warning.message and "Open mask cache" in warning.message
+    # An edit is refused, clearly, rather than written into a new cache at the old path.
+    from solardesk.errors import CacheError
+    from solardesk.gui import _io
+
+    with pytest.raises(CacheError, match="the mask cache is not there"):
+        _io.set_review(cache, [1], "accepted")
+    with pytest.raises(CacheError, match="the mask cache is not there"):
+        _io.delete_instances(cache, [1])
+    assert not cache.exists()
 
 
 def test_raster_in_another_crs_is_warped_into_the_map_crs(qtbot, window, scene_tif, tmp_path):
