@@ -336,3 +336,45 @@ def test_next_on_a_geographic_map_zooms_to_the_panel(qtbot, window, scene_tif, c
     x0, _y0, x1, _y1 = window.map_view.visible_extent()
     panel = rec.bounds[2] - rec.bounds[0]  # about 6e-5°
     assert panel < x1 - x0 < 200 * panel  # about 400 raster pixels of context, not 60°
+
+
+def test_a_panel_drawn_across_a_seam_is_stored_in_every_tile_it_meets(
+    qtbot, window, scene_tif, tmp_path
+):
+    """A drawn panel was stored in one tile only, and detect takes each tile's core: a panel
+    drawn across a seam was exported in part (a third lost). It is now stored, clipped, in
+    each stored tile it meets, so the tiles' cores together hold all of it."""
+    from affine import Affine
+
+    from solardesk.core.tiling import make_grid
+
+    info = describe(scene_tif)
+    path = tmp_path / "two.sqlite"
+    grid = make_grid(info.width, info.height, Affine.identity(), 256, 64)
+    first_row = [t for t in grid if t.row_off == 0][:2]  # two tiles sharing 64 columns
+    with MaskCache(path) as c:
+        c.put_raster_info(info)
+        for t in first_row:
+            c.write_tile(TileKey(info.fingerprint, t.id, "fake", "1", "p"), t.window, [])
+    window.open_path(scene_tif)
+    wait_raster(qtbot, window)
+    (layer,) = window.open_cache(path)
+    until(lambda: len(layer.tiles) == 2, timeout=10000)
+    window.show_dock("review")
+    a, b = first_row
+    seam = b.core.col_off  # where a's core ends and b's begins
+    x0, x1 = seam - 30, seam + 50
+    _draw(window, layer, x0, 50, x1, 80)
+    until(lambda: len(layer.records) == 2, timeout=5000)
+    with MaskCache(path, readonly=True) as c:
+        stored = [(t, i) for t, i in c.iter_instances() if i.provenance == "human"]
+    assert sorted(t.tile_id for t, _ in stored) == sorted([a.id, b.id])
+    in_cores = 0
+    for tile, inst in stored:
+        core = next(t.core for t in first_row if t.id == tile.tile_id)
+        full = np.zeros((tile.window.height, tile.window.width), bool)
+        bx0, by0, bx1, by1 = inst.bbox
+        full[by0:by1, bx0:bx1] = inst.mask
+        c0 = int(core.col_off) - tile.window.col_off
+        in_cores += int(full[:, c0 : c0 + int(core.width)].sum())
+    assert abs(in_cores - (x1 - x0) * 30) <= 2 * (x1 - x0 + 30)  # all of it, to the pixel edges
