@@ -272,8 +272,6 @@ class InstanceRecord:
     area_px: int
     ring: np.ndarray  #: (n, 2) exterior in map coordinates
     bounds: tuple[float, float, float, float]  #: (minx, miny, maxx, maxy) in map coordinates
-    #: a drawn panel's copies: the other tiles it was stored in (:func:`add_drawn`)
-    copies: tuple[str, ...] = ()
 
     def with_review(self, review: str) -> InstanceRecord:
         return InstanceRecord(
@@ -589,69 +587,19 @@ def add_drawn(
     tile_size: int,
     overlap: int,
 ) -> InstanceRecord:
-    """Rasterise a drawn polygon, store it (provenance "human", accepted), return its record.
-
-    It is stored in the tile that holds it (:func:`rasterise_drawn`) and, clipped, in every
-    other stored tile whose window it meets, as a computed object has a copy in each tile
-    that shows it: ``detect`` takes each tile's core only, so a panel drawn across a seam was
-    exported in part (a third of it lost), and one wider than a tile clipped. The copies'
-    tiles are in the record's ``copies``.
-    """
-    from dataclasses import replace
-
+    """Rasterise a drawn polygon, store it (provenance "human", accepted), return its record."""
     from solardesk.core.cache import MaskCache
 
     drawn = rasterise_drawn(ring, placement, raster_size, tiles, tile_size, overlap)
-    copies = [
-        c
-        for c in (
-            _drawn_in(ring, placement, raster_size, t.tile_id, t.window)
-            for t in tiles
-            if t.tile_id != drawn.tile_id
-        )
-        if c is not None
-    ]
     with MaskCache(_edited_cache(cache_path)) as cache:
         iid = cache.add_instance(
             raster_fp, drawn.tile_id, drawn.instance, "human", window=drawn.window
         )
-        for c in copies:
-            cache.add_instance(raster_fp, c.tile_id, c.instance, "human", window=c.window)
         _, stored = cache.get_instance(iid)
     rec = record_of(stored, drawn.tile_id, drawn.window[:2], placement)
     if rec is None:
         raise EditError("the drawn polygon is too small to keep")
-    return replace(rec, copies=tuple(c.tile_id for c in copies))
-
-
-def _drawn_in(
-    ring: Sequence[tuple[float, float]],
-    placement: Placement,
-    raster_size: tuple[int, int],
-    tile_id: str,
-    window: tuple[int, int, int, int],
-) -> DrawnInstance | None:
-    """The drawn polygon clipped to one stored tile's window (``None``: it covers no pixel)."""
-    from rasterio.features import rasterize
-    from shapely.geometry import Polygon, box
-
-    from solardesk.core.cache import Instance
-
-    poly = Polygon(ring)
-    if not poly.is_valid:
-        import shapely
-
-        poly = shapely.make_valid(poly)
-    px = _transform_geom(placement.to_raster(poly), ~placement.affine)
-    col, row, w, h = window
-    local = _transform_geom(px, Affine.translation(-col, -row)).intersection(box(0, 0, w, h))
-    if local.is_empty or local.area <= 0:
-        return None
-    mask = rasterize([(local, 1)], out_shape=(h, w), fill=0, dtype="uint8").astype(bool)
-    if not mask.any():
-        return None
-    inst = Instance.from_full_mask(mask, confidence=1.0, provenance="human", review="accepted")
-    return DrawnInstance(tile_id, tuple(int(v) for v in window), inst)
+    return rec
 
 
 def split_mask(

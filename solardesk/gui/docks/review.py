@@ -660,9 +660,7 @@ class ReviewDock(QWidget):
         layer.add_record(rec)
         # A candidate the drawn panel covers (mask IoU >= 0.5) is now hidden behind it in the
         # cache (ADR 0046): read the tile again so the map drops it too.
-        # Its copies in the other tiles it meets are read with them (they hide those tiles'
-        # candidates of it too).
-        layer.refresh(tile_ids=[rec.tile_id, *rec.copies])
+        layer.refresh(tile_ids=[rec.tile_id])
         self.status.setText(f"Drawn panel stored as instance {rec.id} (human, accepted).")
         if layer is self.layer:
             self.model.reload()
