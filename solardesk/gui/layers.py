@@ -181,10 +181,11 @@ class PseudoLabelLayer(Layer):
         self._count_job = None
         self._count_threshold = self.threshold
         self._count_again = False
+        # Read in full each time the raster is placed (again): once opened, and again when
+        # it is warped to the map's CRS.
+        raster.sourceReady.connect(self._on_raster_ready)
         if raster.source is not None:
             self.refresh()
-        else:
-            raster.sourceReady.connect(self._on_raster_ready)
 
     @property
     def key(self) -> str:
@@ -472,6 +473,7 @@ class LayerList(QObject):
         #: the raster whose CRS the map takes: the first added while it was unknown (not the
         #: first to finish opening: reopening a project gave another CRS each time)
         self._crs_from: RasterLayer | None = None
+        self._waiting: list[RasterLayer] = []  #: rasters to open once the CRS is known
         self.active: Layer | None = None
 
     def __iter__(self) -> Iterator[Layer]:
@@ -513,6 +515,7 @@ class LayerList(QObject):
         self.crs_wkt = None
         self.crs_known = False
         self._crs_from = None
+        self._waiting = []
         self.crsChanged.emit()
 
     def move(self, layer: Layer, index: int) -> None:
@@ -542,7 +545,14 @@ class LayerList(QObject):
         # Rasters go below vectors and pseudo-labels: under the lowest non-raster layer.
         rasters = [i for i, existing in enumerate(self.layers) if existing.kind == "raster"]
         self.insert(layer, rasters[0] if rasters else len(self.layers))
-        layer.load(self.crs_wkt if self.crs_known else None)
+        if self.crs_known:
+            layer.load(self.crs_wkt)
+        elif layer is self._crs_from:
+            layer.load(None)
+        else:
+            # Opened once the first raster has set the map's CRS, straight into it: opened
+            # now, it would be shown (and its labels read) in its own CRS meanwhile.
+            self._waiting.append(layer)
         return layer
 
     @Slot()
@@ -551,12 +561,13 @@ class LayerList(QObject):
         if not isinstance(layer, RasterLayer) or layer.source is None:
             return
         if not self.crs_known:
-            first = self._crs_from
-            if first is not None and first is not layer and self._may_set_crs(first):
-                return  # the first raster sets the CRS; this one is placed again then
             self.crs_wkt = layer.source.map_crs_wkt
             self.crs_known = True
             self.crsChanged.emit()
+            waiting, self._waiting = self._waiting, []
+            for other in waiting:
+                if other in self.layers:
+                    other.load(self.crs_wkt)
             # Rasters and vectors opened before the CRS was known are placed again in it.
             for other in self.layers:
                 if other is layer:
@@ -569,9 +580,6 @@ class LayerList(QObject):
         elif not _io._same_crs(layer.source.map_crs_wkt, self.crs_wkt):
             layer.load(self.crs_wkt)  # opened while the CRS was unknown: warp it now
 
-    def _may_set_crs(self, layer: RasterLayer) -> bool:
-        return layer in self.layers and not layer.error
-
     @Slot(str)
     def _on_raster_failed(self, _message: str) -> None:
         if not self.crs_known and self.sender() is self._crs_from:
@@ -579,13 +587,11 @@ class LayerList(QObject):
 
     def _next_crs_source(self) -> None:
         """The raster meant to set the map CRS failed to open or was removed: the earliest
-        added of the others sets it instead (when it has opened)."""
-        rasters = [lay for lay in self.layers if isinstance(lay, RasterLayer)]
-        # (rasters are inserted above the earlier ones: the list's last is the first added)
-        candidates = [lay for lay in reversed(rasters) if self._may_set_crs(lay)]
-        self._crs_from = candidates[0] if candidates else None
-        if self._crs_from is not None and self._crs_from.source is not None:
-            self._crs_from.sourceReady.emit()
+        added of the waiting ones is opened to set it instead."""
+        self._waiting = [lay for lay in self._waiting if lay in self.layers]
+        self._crs_from = self._waiting.pop(0) if self._waiting else None
+        if self._crs_from is not None:
+            self._crs_from.load(None)
 
     @Slot()
     def _on_vector_ready(self) -> None:

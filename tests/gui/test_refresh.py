@@ -177,3 +177,64 @@ def test_the_map_takes_the_first_raster_s_crs_whichever_opens_first(
     window.ctx.layers.add_raster(other)
     until(lambda: window.ctx.layers.crs_known, timeout=20000)
     assert CRS.from_wkt(window.ctx.layers.crs_wkt).to_epsg() == 32633
+
+
+def test_a_raster_that_opens_before_the_first_is_shown_in_the_first_s_crs(
+    qtbot, window, scene_tif, tmp_path, monkeypatch
+):
+    """The second raster opened first, waited for the first to set the CRS, but the view was
+    framed in its own coordinates meanwhile (degrees here): the map showed nothing."""
+    other = _reprojected(scene_tif, tmp_path / "scene_4326.tif", "EPSG:4326")
+    real = _io.open_source
+
+    def slow_first(path, map_crs_wkt):
+        if str(path) == str(scene_tif) and map_crs_wkt is None:
+            time.sleep(0.8)
+        return real(path, map_crs_wkt)
+
+    monkeypatch.setattr(_io, "open_source", slow_first)
+    window.open_path(scene_tif)
+    window.add_raster(other)
+    rasters = window.ctx.layers.of_kind("raster")
+    until(lambda: window.ctx.layers.crs_known, timeout=20000)
+    b = next(lay for lay in rasters if lay.path.name == "scene_4326.tif")
+    until(lambda: b.source is not None and b.source.warped, timeout=20000)
+    pause(500)
+    a = next(lay for lay in rasters if lay is not b)
+    view = window.map_view
+    ax0, ay0, ax1, ay1 = a.extent()
+    vx0, vy0, vx1, vy1 = view.visible_extent()
+    assert vx0 < ax1 and ax0 < vx1 and vy0 < ay1 and ay0 < vy1, (
+        "the view shows nothing of the rasters"
+    )
+
+
+def test_labels_opened_while_the_first_raster_still_opens_land_on_theirs(
+    qtbot, window, scene_tif, tmp_path, monkeypatch
+):
+    """A layer of labels opened while the first raster was still opening was read with its
+    raster's own placement and never read again once that raster was warped."""
+    other = _reprojected(scene_tif, tmp_path / "scene_32633.tif", "EPSG:32633")
+    cache = _cache_for(other, tmp_path / "c.sqlite", 4)
+    real = _io.open_source
+
+    def slow_first(path, map_crs_wkt):
+        if str(path) == str(scene_tif) and map_crs_wkt is None:
+            time.sleep(3.0)
+        return real(path, map_crs_wkt)
+
+    monkeypatch.setattr(_io, "open_source", slow_first)
+    window.open_path(scene_tif)
+    window.add_raster(other)
+    rasters = window.ctx.layers.of_kind("raster")
+    b = next(lay for lay in rasters if lay.path.name == "scene_32633.tif")
+    pause(300)
+    assert not window.ctx.layers.crs_known  # A is still opening
+    window.open_cache(cache)
+    layer = next(lay for lay in window.ctx.layers.of_kind("pseudo") if lay.raster is b)
+    until(lambda: b.source is not None and b.source.warped, timeout=20000)
+    until(lambda: layer._job is None, timeout=20000)
+    pause(1500)
+    x0, y0, x1, y1 = b.extent()
+    for rec in layer.records.values():
+        assert x0 - 50 <= rec.bounds[0] <= x1 + 2000 and y0 - 100 <= rec.bounds[1] <= y1 + 100
