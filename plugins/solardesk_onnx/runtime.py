@@ -302,7 +302,13 @@ class OnnxModel:
         x = self.prepare(rgb_in, valid_in, gsd_in)
         win = self.input_size(rh, rw)
         boxes, scores, logits, origin, cut = [], [], [], [], []
-        for k, ((x0, y0, ww, wh), core) in enumerate(_windows(rh, rw, win, spec.overlap)):
+        windows = _windows(rh, rw, win, spec.overlap)
+        sx, sy = w / rw, h / rh  # model pixels → tile pixels
+        rects = [  # each window in tile pixels, (x0, y0, x1, y1)
+            (round(x0 * sx), round(y0 * sy), round((x0 + ww) * sx), round((y0 + wh) * sy))
+            for (x0, y0, ww, wh), _ in windows
+        ]
+        for k, ((x0, y0, ww, wh), core) in enumerate(windows):
             image = _pad(x[:, y0 : y0 + wh, x0 : x0 + ww], win, spec.pad_value)
             d = self.run(image[None])
             keep = d.scores >= floor
@@ -347,7 +353,7 @@ class OnnxModel:
                 confidence=float(np.clip(score, 0.0, 1.0)),
                 provenance="model",
             )
-            for bbox, mask, score in _join_window_pieces(pieces)
+            for bbox, mask, score in _join_window_pieces(pieces, rects)
         ]
 
 
@@ -387,9 +393,10 @@ def _windows(h: int, w: int, size: tuple[int, int] | None, overlap: int):
 #: A detection whose box comes this close (model pixels) to a window edge inside the tile was
 #: cut there: the rest of its object lies in the next window.
 WINDOW_EDGE_PX = 2.0
-#: Two cut pieces of neighbouring windows are one object when they share this much of the
-#: smaller one's pixels (the windows overlap, so both see the strip between them).
-WINDOW_JOIN_SHARE = 0.1
+#: Two cut pieces of neighbouring windows are one object when their masks agree this well
+#: (IoU) where both windows see: the same object seen twice agrees almost fully there, two
+#: neighbouring rows share only the pixel that a pasted mask adds around its box.
+WINDOW_JOIN_IOU = 0.5
 
 
 def _cut_by_window(b: np.ndarray, x0: int, y0: int, ww: int, wh: int, rw: int, rh: int):
@@ -403,17 +410,17 @@ def _cut_by_window(b: np.ndarray, x0: int, y0: int, ww: int, wh: int, rw: int, r
     )
 
 
-def _join_window_pieces(pieces: list) -> list:
+def _join_window_pieces(pieces: list, rects: Sequence[tuple[int, int, int, int]]) -> list:
     """``(bbox, mask, score)`` of the detections, with the pieces of one object that window
     borders cut joined.
 
-    A tile larger than the model's input runs in windows; each detection belongs to the
-    window whose core holds its box centre. An object longer than the windows' overlap is
-    then seen cut by two windows, each keeping the piece whose centre lies in its core: two
-    overlapping instances of one panel (two polygons, its area counted twice). Pieces from
-    different windows, each reaching an inner edge of its window, whose masks share
-    :data:`WINDOW_JOIN_SHARE` of the smaller one's pixels are one object: the union of the
-    masks, the higher score.
+    A tile larger than the model's input runs in windows (``rects``: each in tile pixels);
+    each detection belongs to the window whose core holds its box centre. An object longer
+    than the windows' overlap is then seen cut by two windows, each keeping the piece whose
+    centre lies in its core: two overlapping instances of one panel (two polygons, its area
+    counted twice). Pieces ``(bbox, mask, score, window, cut)`` of different windows, each
+    reaching an inner edge of its window, whose masks agree where both windows see (IoU ≥
+    :data:`WINDOW_JOIN_IOU`) are one object: the union of the masks, the higher score.
     """
     n = len(pieces)
     parent = list(range(n))
@@ -424,21 +431,34 @@ def _join_window_pieces(pieces: list) -> list:
             i = parent[i]
         return i
 
+    def seen_by(piece, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+        """The piece's mask over the rectangle (zeros where it has none)."""
+        (px0, py0, px1, py1), pm = piece[0], piece[1]
+        out = np.zeros((y1 - y0, x1 - x0), bool)
+        ix0, iy0, ix1, iy1 = max(x0, px0), max(y0, py0), min(x1, px1), min(y1, py1)
+        if ix0 < ix1 and iy0 < iy1:
+            out[iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0] = pm[
+                iy0 - py0 : iy1 - py0, ix0 - px0 : ix1 - px0
+            ]
+        return out
+
     cut = [i for i in range(n) if pieces[i][4]]
     for ii, i in enumerate(cut):
-        (ax0, ay0, ax1, ay1), am = pieces[i][0], pieces[i][1]
         for j in cut[ii + 1 :]:
-            if pieces[j][3] == pieces[i][3]:
+            ki, kj = pieces[i][3], pieces[j][3]
+            if ki == kj:
                 continue  # one window's detections are the model's own separate objects
-            (bx0, by0, bx1, by1), bm = pieces[j][0], pieces[j][1]
-            x0, y0, x1, y1 = max(ax0, bx0), max(ay0, by0), min(ax1, bx1), min(ay1, by1)
+            (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = pieces[i][0], pieces[j][0]
+            if max(ax0, bx0) >= min(ax1, bx1) or max(ay0, by0) >= min(ay1, by1):
+                continue
+            wa, wb = rects[ki], rects[kj]  # where both windows see
+            x0, y0 = max(wa[0], wb[0]), max(wa[1], wb[1])
+            x1, y1 = min(wa[2], wb[2]), min(wa[3], wb[3])
             if x0 >= x1 or y0 >= y1:
                 continue
-            shared = np.count_nonzero(
-                am[y0 - ay0 : y1 - ay0, x0 - ax0 : x1 - ax0]
-                & bm[y0 - by0 : y1 - by0, x0 - bx0 : x1 - bx0]
-            )
-            if shared >= WINDOW_JOIN_SHARE * min(am.sum(), bm.sum()):
+            a, b = seen_by(pieces[i], x0, y0, x1, y1), seen_by(pieces[j], x0, y0, x1, y1)
+            union = np.count_nonzero(a | b)
+            if union and np.count_nonzero(a & b) >= WINDOW_JOIN_IOU * union:
                 parent[find(j)] = find(i)
     groups: dict[int, list[int]] = {}
     for i in range(n):

@@ -272,11 +272,14 @@ def test_windows_report_a_detection_once(models, monkeypatch) -> None:
     assert out[0].bbox == (110, 100, 130, 120) and out[0].mask.all()
 
 
-def test_an_object_cut_by_window_borders_is_one_detection(models, monkeypatch) -> None:
+@pytest.mark.parametrize(("height", "gap"), [(10, 3), (4, 1), (6, 1), (10, 1)])
+def test_an_object_cut_by_window_borders_is_one_detection(
+    models, monkeypatch, height: int, gap: int
+) -> None:
     """A panel longer than the windows' overlap is seen cut by each window it crosses; each
     kept its piece (the one whose centre lies in its core): one panel came out as two or
-    three overlapping instances. The pieces are joined; two parallel rows 3 px apart stay
-    two."""
+    three overlapping instances. The pieces are joined; parallel rows stay apart, even thin
+    ones a pixel apart (a pasted mask reaches a pixel beyond its box, into the next row)."""
     import cv2
 
     model = get_model(models["rgb"])  # 128 px model: a 256 px tile runs in windows
@@ -294,11 +297,12 @@ def test_an_object_cut_by_window_borders_is_one_detection(models, monkeypatch) -
 
     monkeypatch.setattr(model, "run", fake_run)
     tile = np.zeros((256, 256, 3), np.uint8)
-    tile[60:70, 20:236] = 255  # a row across every window border of its window row
-    tile[73:83, 20:236] = 255  # a second row, 3 px apart
-    tile[150:230, 120:130] = 255  # a column across the border between window rows
+    blocks = [  # rows across every window border of their window row, and a column
+        (20, 60 + k * (height + gap), 236, 60 + k * (height + gap) + height) for k in range(3)
+    ] + [(120, 150, 130, 230)]
+    for x0, y0, x1, y1 in blocks:
+        tile[y0:y1, x0:x1] = 255
     out = sorted(model.detect_tile(tile, None, 0.15), key=lambda i: (i.bbox[1], i.bbox[0]))
-    blocks = [(20, 60, 236, 70), (20, 73, 236, 83), (120, 150, 130, 230)]
     assert len(out) == len(blocks)
     for inst, (x0, y0, x1, y1) in zip(out, blocks, strict=True):
         # (pasted as torchvision pastes: up to a pixel wider than the box)
