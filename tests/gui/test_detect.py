@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from solardesk.gui.layers import VectorLayer
 from tests.gui.conftest import until, wait_raster
 
@@ -62,6 +64,13 @@ def test_detect_uses_the_project_cache_its_settings_and_the_layer_threshold(
     )
     (layer,) = window.open_cache(cache)
     layer.set_threshold(0.7)
+    # A cache that is not there (moved): refused, not made anew at the old path by detect.
+    with pytest.raises(ValueError, match=r"mask cache .* is not there"):
+        dock.build_args()
+    from solardesk.core.cache import MaskCache
+
+    with MaskCache(cache):
+        pass
     args = dock.build_args()
     i = args.index("--cache")
     assert args[i + 1] == str(cache)

@@ -333,6 +333,11 @@ class DetectDock(QWidget):
         cfg = self.ctx.project.config
         if cfg.cache is None:
             return []
+        if not _io._cache_exists(Path(cfg.cache)):
+            raise ValueError(
+                f"the project's mask cache {cfg.cache} is not there (moved, deleted, or not "
+                "made yet): open it where it is (File ▸ Open mask cache) or run the pre-compute"
+            )
         args = ["--cache", str(cfg.cache)]
         saved: dict = {}
         for name, section in cfg.plugins.items():
