@@ -422,14 +422,7 @@ def _join_window_pieces(pieces: list, rects: Sequence[tuple[int, int, int, int]]
     reaching an inner edge of its window, whose masks agree where both windows see (IoU ≥
     :data:`WINDOW_JOIN_IOU`) are one object: the union of the masks, the higher score.
     """
-    n = len(pieces)
-    parent = list(range(n))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
+    from solardesk.core.geometry import linked_groups
 
     def seen_by(piece, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
         """The piece's mask over the rectangle (zeros where it has none)."""
@@ -442,7 +435,8 @@ def _join_window_pieces(pieces: list, rects: Sequence[tuple[int, int, int, int]]
             ]
         return out
 
-    cut = [i for i in range(n) if pieces[i][4]]
+    cut = [i for i in range(len(pieces)) if pieces[i][4]]
+    links = []
     for ii, i in enumerate(cut):
         for j in cut[ii + 1 :]:
             ki, kj = pieces[i][3], pieces[j][3]
@@ -459,12 +453,9 @@ def _join_window_pieces(pieces: list, rects: Sequence[tuple[int, int, int, int]]
             a, b = seen_by(pieces[i], x0, y0, x1, y1), seen_by(pieces[j], x0, y0, x1, y1)
             union = np.count_nonzero(a | b)
             if union and np.count_nonzero(a & b) >= WINDOW_JOIN_IOU * union:
-                parent[find(j)] = find(i)
-    groups: dict[int, list[int]] = {}
-    for i in range(n):
-        groups.setdefault(find(i), []).append(i)
+                links.append((i, j))
     out = []
-    for members in groups.values():
+    for members in linked_groups(len(pieces), links):
         if len(members) == 1:
             bbox, mask, score = pieces[members[0]][:3]
             out.append((bbox, mask, score))

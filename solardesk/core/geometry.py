@@ -28,7 +28,7 @@ polygons that overlap or touch so those pieces become one polygon again.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from typing import Any, TypedDict
 
@@ -448,7 +448,12 @@ def touching_groups(
     arr = np.asarray(polys, dtype=object)
     tree = shapely.STRtree(arr)
     left, right = tree.query(arr, predicate="dwithin", distance=tol)
+    return linked_groups(n, zip(left.tolist(), right.tolist(), strict=True))
 
+
+def linked_groups(n: int, links: Iterable[tuple[int, int]]) -> list[list[int]]:
+    """The groups of ``0 .. n - 1`` that ``links`` (pairs of indices) join, transitively;
+    each sorted, ordered by their smallest index; an index linked to none is a group of one."""
     parent = list(range(n))
 
     def find(i: int) -> int:
@@ -457,7 +462,7 @@ def touching_groups(
             i = parent[i]
         return i
 
-    for a, b in zip(left.tolist(), right.tolist(), strict=True):
+    for a, b in links:
         ra, rb = find(a), find(b)
         if ra != rb:
             parent[max(ra, rb)] = min(ra, rb)
