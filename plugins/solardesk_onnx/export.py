@@ -345,8 +345,9 @@ def export_checkpoint(
     # The model appears at ``out`` only when complete: quantised too, when asked (a failed
     # quantisation leaves whatever was at ``out`` before, not an fp32 model in its place).
     target = Path(out)
-    remove_stale_temporaries(target)  # a staged model (and its own temporaries) a kill left
     staged = temporary_beside(target, ".onnx") if quantize else target
+    if staged != target:  # (export_model clears the target's own, when it writes there)
+        remove_stale_temporaries(target)  # a staged model and its temporaries a kill left
     try:
         export_model(
             model,

@@ -3,23 +3,45 @@ one's own beside an output, and putting that temporary file in the output's plac
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
+import stat
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 
 def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
     """``a`` and ``b`` name one file: the same path once resolved (links followed, relative
     parts and ``..`` too), or the same existing file by another name (a hard link)."""
-    a, b = Path(a), Path(b)
-    if a.resolve() == b.resolve():
-        return True
-    try:
-        return a.exists() and b.exists() and os.path.samefile(a, b)
-    except OSError:
-        return False
+    return SameFiles([b]).holds(a) is not None
+
+
+class SameFiles:
+    """:func:`same_file` against many files at once, each resolved once (a job's inputs: a VRT
+    may list thousands): which of them a path is."""
+
+    def __init__(self, files: Iterable[str | os.PathLike[str]]) -> None:
+        self.by_path: dict[Path, Path] = {}
+        self.by_inode: dict[tuple[int, int], Path] = {}
+        for source in map(Path, files):
+            self.by_path.setdefault(source.resolve(), source)
+            with contextlib.suppress(OSError):
+                st = os.stat(source)
+                self.by_inode.setdefault((st.st_dev, st.st_ino), source)
+
+    def holds(self, target: str | os.PathLike[str]) -> Path | None:
+        """The file ``target`` is (the same resolved path, or the same file by a hard link)."""
+        hit = self.by_path.get(Path(target).resolve())
+        if hit is not None:
+            return hit
+        try:
+            st = os.stat(target)
+        except OSError:
+            return None
+        return self.by_inode.get((st.st_dev, st.st_ino))
 
 
 def temporary_beside(path: str | os.PathLike[str], suffix: str = ".part") -> Path:
@@ -65,7 +87,7 @@ def remove_stale_temporaries(
             continue
         try:
             st = q.lstat()
-            if not _is_plain_file(st.st_mode) or now - st.st_mtime < STALE_AFTER_S:
+            if not stat.S_ISREG(st.st_mode) or now - st.st_mtime < STALE_AFTER_S:
                 continue
             if _process_runs(int(m.group(1))):
                 continue
@@ -74,12 +96,6 @@ def remove_stale_temporaries(
             continue
         removed.append(q)
     return removed
-
-
-def _is_plain_file(mode: int) -> bool:
-    import stat
-
-    return stat.S_ISREG(mode)
 
 
 def _process_runs(pid: int) -> bool:

@@ -52,7 +52,12 @@ from rasterio.crs import CRS
 from shapely.geometry import MultiPolygon, Polygon, mapping, shape
 from shapely.geometry.base import BaseGeometry
 
-from solardesk.core.files import flush_folder, flush_to_disk, remove_stale_temporaries
+from solardesk.core.files import (
+    SameFiles,
+    flush_folder,
+    flush_to_disk,
+    remove_stale_temporaries,
+)
 from solardesk.core.geometry import as_pyproj_crs, orient_ccw, reproject_geometry
 from solardesk.errors import AOIError, VectorWriteError
 
@@ -282,7 +287,7 @@ class VectorWriter:
                 f"{self.path}: the output folder {folder} is not writable; choose another "
                 "output path (--out)."
             )
-        taken = _InputIndex(self.inputs)
+        taken = SameFiles(self.inputs)
         for target in self.files():
             source = taken.holds(target)
             if source is not None:
@@ -559,30 +564,6 @@ def _with_sources(rasters: Iterable[Path]) -> list[Path]:
             continue
         todo += [(f, False) for f in listed if not str(f).startswith("/vsi")]
     return out
-
-
-class _InputIndex:
-    """The job's inputs, resolved once (a VRT may list thousands): which one a path is."""
-
-    def __init__(self, inputs: Iterable[Path]) -> None:
-        self.by_path: dict[Path, Path] = {}
-        self.by_inode: dict[tuple[int, int], Path] = {}
-        for source in inputs:
-            self.by_path.setdefault(Path(source).resolve(), source)
-            with contextlib.suppress(OSError):
-                st = os.stat(source)
-                self.by_inode.setdefault((st.st_dev, st.st_ino), source)
-
-    def holds(self, target: Path) -> Path | None:
-        """The input ``target`` is (same resolved path, or the same file by a hard link)."""
-        hit = self.by_path.get(Path(target).resolve())
-        if hit is not None:
-            return hit
-        try:
-            st = os.stat(target)
-        except OSError:
-            return None
-        return self.by_inode.get((st.st_dev, st.st_ino))
 
 
 def _pyproj_wkt(crs: Any) -> str:
