@@ -121,3 +121,23 @@ def read_only_mount(tmp_path: Path):
         yield where, remount_ro
     finally:
         subprocess.run(["umount", str(where)], check=False)
+
+
+@pytest.fixture
+def journal(monkeypatch):
+    """Every fsync (by the path it syncs) and rename (``"src -> dst"``), in order: what the
+    writers do to put a finished file in its place durably."""
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("rename", f"{src} -> {dst}"))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    return events

@@ -52,17 +52,21 @@ def square_stage(rgb, valid, gsd, params):
     return [Instance.from_full_mask(m, confidence=0.95)] if m.any() else []
 
 
-class SquarePlugin:
+class StagePlugin:
+    """A plugin that contributes one test stage (``target``: a function of this module)."""
+
+    def __init__(self, stage_id: str, target: str, tiling: str = "") -> None:
+        self.stage = PrecomputeStage(
+            id=stage_id,
+            title="test",
+            target=f"tests.e2e.test_detect:{target}",
+            settings="solardesk_spectral.settings:SpectralSettings",
+            tiling=tiling and f"tests.e2e.test_detect:{tiling}",
+        )
+
     @hookimpl
     def solardesk_precompute_stages(self):
-        return [
-            PrecomputeStage(
-                id="square",
-                title="test",
-                target="tests.e2e.test_detect:square_stage",
-                settings="solardesk_spectral.settings:SpectralSettings",
-            )
-        ]
+        return [self.stage]
 
 
 def test_panel_on_a_seam_is_one_polygon(tmp_path: Path) -> None:
@@ -70,7 +74,7 @@ def test_panel_on_a_seam_is_one_polygon(tmp_path: Path) -> None:
     data[0, 200:260, 230:420] = 250  # 190 × 60 px panel straddling the seam near x = 288
     raster = write_raster(tmp_path / "seam.tif", data)
     pm = PluginManager()
-    pm.register(SquarePlugin(), "square")
+    pm.register(StagePlugin("square", "square_stage"), "square")
     out = tmp_path / "p.gpkg"
     tiling = TilingSettings(tile_size=256, overlap=64)
     job = detect([raster], out, stage_id="square", plugin_manager=pm, tiling=tiling)
@@ -97,19 +101,6 @@ def component_stage(rgb, valid, gsd, params):
 
     n, labels = cv2.connectedComponents((rgb[..., 0] == 250).astype(np.uint8), connectivity=4)
     return [Instance.from_full_mask(labels == i, confidence=0.95) for i in range(1, n)]
-
-
-class ComponentPlugin:
-    @hookimpl
-    def solardesk_precompute_stages(self):
-        return [
-            PrecomputeStage(
-                id="components",
-                title="test",
-                target="tests.e2e.test_detect:component_stage",
-                settings="solardesk_spectral.settings:SpectralSettings",
-            )
-        ]
 
 
 def test_rotated_panels_across_seams_and_corners_are_one_polygon_each(tmp_path: Path) -> None:
@@ -144,7 +135,7 @@ def test_rotated_panels_across_seams_and_corners_are_one_polygon_each(tmp_path: 
     data[0] = red
     raster = write_raster(tmp_path / "rotated.tif", data)
     pm = PluginManager()
-    pm.register(ComponentPlugin(), "components")
+    pm.register(StagePlugin("components", "component_stage"), "components")
     out = tmp_path / "p.gpkg"
     summary = run(
         detect([raster], out, stage_id="components", plugin_manager=pm,
@@ -161,20 +152,6 @@ def model_tiling(settings) -> tuple[int, int]:
     return 128, 32  # what a model trained on 128 px tiles recommends
 
 
-class ModelLikePlugin:
-    @hookimpl
-    def solardesk_precompute_stages(self):
-        return [
-            PrecomputeStage(
-                id="modellike",
-                title="test",
-                target="tests.e2e.test_detect:square_stage",
-                settings="solardesk_spectral.settings:SpectralSettings",
-                tiling="tests.e2e.test_detect:model_tiling",
-            )
-        ]
-
-
 @pytest.mark.parametrize(
     ("given", "expected"),
     [({}, (128, 32)), ({"overlap": 16}, (128, 16)), ({"tile_size": 200}, (200, 32))],
@@ -186,7 +163,7 @@ def test_tile_or_overlap_alone_keeps_the_model_s_other_value(
     then ran in windows inside each tile, or the raster was refused as too small."""
     raster = write_raster(tmp_path / "r.tif", np.full((3, 300, 260), 100, np.uint8))
     pm = PluginManager()
-    pm.register(ModelLikePlugin(), "modellike")
+    pm.register(StagePlugin("modellike", "square_stage", "model_tiling"), "modellike")
     out = tmp_path / "p.gpkg"
     run(detect([raster], out, stage_id="modellike", plugin_manager=pm, **given))
     with MaskCache(default_cache_path_of(out), readonly=True) as cache:
@@ -216,7 +193,7 @@ def test_a_damaged_tile_leaves_the_panels_of_every_other_tile(tmp_path: Path) ->
     data[0, 40:80, 700:760] = 250  # and one in tile c512_r0; the damage is in c256_r256
     raster = write_damaged_block(tmp_path / "bad.tif", block=(2, 2), data=data)
     pm = PluginManager()
-    pm.register(SquarePlugin(), "square")
+    pm.register(StagePlugin("square", "square_stage"), "square")
     out = tmp_path / "p.gpkg"
     tiling = TilingSettings(tile_size=256, overlap=0)
     with pytest.raises(TilesFailedError) as ei:
@@ -280,7 +257,7 @@ def test_geographic_raster_gives_areas_in_square_metres(tmp_path: Path) -> None:
     t = Affine(2.7e-6, 0, -115.23, 0, -2.7e-6, 36.14)
     raster = write_raster(tmp_path / "geo.tif", data, crs="EPSG:4326", transform=t)
     pm = PluginManager()
-    pm.register(SquarePlugin(), "square")
+    pm.register(StagePlugin("square", "square_stage"), "square")
     out = tmp_path / "geo.geojson"
     run(detect([raster], out, stage_id="square", plugin_manager=pm))
     with fiona.open(out) as src:

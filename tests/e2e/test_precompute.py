@@ -119,10 +119,10 @@ def test_auto_workers_use_the_cores_a_job_can_keep_busy(tmp_path: Path) -> None:
     # a stage that does not say it is parallel (a model's: N copies in memory) stays in
     # process unless told
     from solardesk.plugin_api import PluginManager
-    from tests.e2e.test_detect import SquarePlugin
+    from tests.e2e.test_detect import StagePlugin
 
     pm = PluginManager()
-    pm.register(SquarePlugin(), "square")
+    pm.register(StagePlugin("square", "square_stage"), "square")
     square, _ = run_job(
         [big], tmp_path / "square.sqlite", tiling=tiling, workers=None, stage_id="square",
         plugin_manager=pm,

@@ -53,6 +53,18 @@ def _slow_reads(monkeypatch, delay):
     monkeypatch.setattr(_io, "load_tiles", slow)
 
 
+def _slow_to_open(monkeypatch, raster, delay):
+    """``raster`` takes ``delay`` s to open in its own CRS (a large raster's thumbnail)."""
+    real = _io.open_source
+
+    def slow(path, map_crs_wkt):
+        if str(path) == str(raster) and map_crs_wkt is None:
+            time.sleep(delay)
+        return real(path, map_crs_wkt)
+
+    monkeypatch.setattr(_io, "open_source", slow)
+
+
 def test_labels_of_a_raster_in_another_crs_land_on_it(qtbot, window, scene_tif, tmp_path):
     """Read with the raster's first (unwarped) placement, then re-read when it was warped to
     the map's CRS: the second read was dropped (a read already ran), and the outlines sat
@@ -140,14 +152,7 @@ def test_the_map_takes_the_first_raster_s_crs_whichever_opens_first(
     from pyproj import CRS
 
     other = _reprojected(scene_tif, tmp_path / "scene_32633.tif", "EPSG:32633")
-    real = _io.open_source
-
-    def slow_first(path, map_crs_wkt):
-        if str(path) == str(scene_tif) and map_crs_wkt is None:
-            time.sleep(0.8)  # a large raster's thumbnail
-        return real(path, map_crs_wkt)
-
-    monkeypatch.setattr(_io, "open_source", slow_first)
+    _slow_to_open(monkeypatch, scene_tif, 0.8)
     window.open_path(scene_tif)
     window.add_raster(other)
     rasters = window.ctx.layers.of_kind("raster")
@@ -172,14 +177,7 @@ def test_a_raster_that_opens_before_the_first_is_shown_in_the_first_s_crs(
     """The second raster opened first, waited for the first to set the CRS, but the view was
     framed in its own coordinates meanwhile (degrees here): the map showed nothing."""
     other = _reprojected(scene_tif, tmp_path / "scene_4326.tif", "EPSG:4326")
-    real = _io.open_source
-
-    def slow_first(path, map_crs_wkt):
-        if str(path) == str(scene_tif) and map_crs_wkt is None:
-            time.sleep(0.8)
-        return real(path, map_crs_wkt)
-
-    monkeypatch.setattr(_io, "open_source", slow_first)
+    _slow_to_open(monkeypatch, scene_tif, 0.8)
     window.open_path(scene_tif)
     window.add_raster(other)
     rasters = window.ctx.layers.of_kind("raster")
@@ -203,14 +201,7 @@ def test_labels_opened_while_the_first_raster_still_opens_land_on_theirs(
     raster's own placement and never read again once that raster was warped."""
     other = _reprojected(scene_tif, tmp_path / "scene_32633.tif", "EPSG:32633")
     cache = _cache_for(other, tmp_path / "c.sqlite", 4)
-    real = _io.open_source
-
-    def slow_first(path, map_crs_wkt):
-        if str(path) == str(scene_tif) and map_crs_wkt is None:
-            time.sleep(3.0)
-        return real(path, map_crs_wkt)
-
-    monkeypatch.setattr(_io, "open_source", slow_first)
+    _slow_to_open(monkeypatch, scene_tif, 3.0)
     window.open_path(scene_tif)
     window.add_raster(other)
     rasters = window.ctx.layers.of_kind("raster")

@@ -333,25 +333,14 @@ def test_a_checkpoint_that_cannot_be_written_is_a_clear_error(tmp_path, monkeypa
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_checkpoint_is_on_disk_before_it_takes_its_name(tmp_path, monkeypatch) -> None:
+def test_a_checkpoint_is_on_disk_before_it_takes_its_name(tmp_path, journal) -> None:
     """A power cut after the rename must not leave last.pt empty with the earlier one gone:
     the temporary file is synced before the rename, the folder after it."""
-    import os
-
-    events = []
-    real_fsync, real_replace = os.fsync, os.replace
-    monkeypatch.setattr(
-        os,
-        "fsync",
-        lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))), real_fsync(fd)),
-    )
-    monkeypatch.setattr(
-        os, "replace", lambda a, b: (events.append(("rename", str(a), str(b))), real_replace(a, b))
-    )
     path = save_checkpoint(tmp_path / "last.pt", {"epoch": 1})
-    (rename,) = [e for e in events if e[0] == "rename"]
-    assert rename[2] == str(path)
-    assert events == [("fsync", rename[1]), rename, ("fsync", str(tmp_path))]
+    (rename,) = [e for e in journal if e[0] == "rename"]
+    tmp, final = rename[1].split(" -> ")
+    assert final == str(path)
+    assert journal == [("fsync", tmp), rename, ("fsync", str(tmp_path))]
     assert path.stat().st_size > 0 and list(tmp_path.iterdir()) == [path]
 
 

@@ -13,25 +13,6 @@ from solardesk.core import files
 from solardesk.core.cache import Instance, MaskCache, TileKey
 
 
-@pytest.fixture
-def journal(monkeypatch):
-    """Every fsync (by the path it syncs) and rename, in order."""
-    events: list[tuple[str, str]] = []
-    real_fsync, real_replace = os.fsync, os.replace
-
-    def fsync(fd):
-        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
-        real_fsync(fd)
-
-    def replace(src, dst):
-        events.append(("rename", f"{src} -> {dst}"))
-        real_replace(src, dst)
-
-    monkeypatch.setattr(os, "fsync", fsync)
-    monkeypatch.setattr(os, "replace", replace)
-    return events
-
-
 def test_replace_durably_flushes_the_data_then_the_folder(tmp_path: Path, journal) -> None:
     """The data reaches the disk before the rename (else a power cut can leave the new name
     on an empty file, the old file gone), and the folder after it (else the rename itself
