@@ -270,10 +270,10 @@ def _merge_held(held: list[_Piece]) -> list[_Piece]:
             (geom,) = merge_touching([m.polygon for m in members])
             # Pieces meeting only at a corner are two panels (diagonal neighbours across a
             # seam's corner): each is written, with the best score of its own pieces.
+            pixel = max(m.pixel for m in members)
             for part in getattr(geom, "geoms", [geom]):
                 own = [m for m in members if m.polygon.intersection(part).area > m.polygon.area / 2]
                 best = max(own or members, key=lambda m: m.score)
-                pixel = max(m.pixel for m in members)
                 # Simplified once whole, as the other panels were traced (stair steps off).
                 simple = part.simplify(SIMPLIFY_PX * pixel, preserve_topology=True)
                 if simple.is_valid and not simple.is_empty:
