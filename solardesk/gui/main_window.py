@@ -7,6 +7,7 @@ logic (the docks call the core and the ``solardesk`` command line, like the CLI 
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from PySide6.QtCore import Qt, QTimer, Slot
@@ -35,6 +36,11 @@ from solardesk.gui.layers_panel import LayersPanel
 from solardesk.gui.map_view import MapView
 from solardesk.gui.notifications import NotificationIndicator, NotificationPanel
 from solardesk.gui.workers import Job
+
+log = logging.getLogger(__name__)
+
+#: How long a closing window waits for the review's queued cache edits to be written.
+EDITS_CLOSE_TIMEOUT_MS = 30000
 
 RASTER_FILTER = "Rasters (*.tif *.tiff *.vrt *.jpg *.jpeg *.png *.jp2 *.img);;All files (*)"
 VECTOR_FILTER = "Vector files (*.gpkg *.shp *.geojson *.json);;All files (*)"
@@ -577,8 +583,19 @@ class MainWindow(QMainWindow):
         self.train.shutdown()
         self.detect.shutdown()
         self.map_view.feeder.tasks.clear()
-        for runner in (self.ctx.jobs, self.ctx.io, self.ctx.edits):
+        for runner in (self.ctx.jobs, self.ctx.io):
             runner.shutdown()
+        # The review's decisions and drawings still queued are written, not dropped.
+        pending = len(self.ctx.edits.active_jobs)
+        if not self.ctx.edits.shutdown(EDITS_CLOSE_TIMEOUT_MS, finish=True):
+            left = len(self.ctx.edits.active_jobs)
+            log.warning(
+                "closing: %d of %d review edits were still being written to the project "
+                "cache after %d s; they may be lost",
+                left,
+                pending,
+                EDITS_CLOSE_TIMEOUT_MS // 1000,
+            )
         # Queued results of the jobs that just ended must not reach half-destroyed widgets.
         QTimer.singleShot(0, lambda: None)
 

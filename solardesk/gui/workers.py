@@ -318,14 +318,25 @@ class JobRunner(QObject):
         for job, _ in list(self._active.values()):
             job.cancel()
 
-    def shutdown(self, timeout_ms: int = 10000) -> bool:
-        """Cancel this runner's jobs, drop those not started and wait for the others."""
+    def shutdown(self, timeout_ms: int = 10000, *, finish: bool = False) -> bool:
+        """Cancel this runner's jobs, drop those not started and wait for the others.
+
+        With ``finish``, nothing is cancelled or dropped: the jobs not started yet are started
+        now, in the order they were submitted, and all are waited for (the cache edits of the
+        review, which a closing window must not lose). False when some did not end in time.
+        """
         self._closed = True
-        self.cancel_all()
+        if finish:
+            for _job, runnable in list(self._active.values()):
+                if not runnable.started:
+                    runnable.started = True
+                    self.pool.start(runnable)
+        else:
+            self.cancel_all()
         deadline = time.monotonic() + timeout_ms / 1000
         ok = True
         for _job, runnable in list(self._active.values()):
-            if not runnable.started or self.pool.tryTake(runnable):
+            if not finish and (not runnable.started or self.pool.tryTake(runnable)):
                 continue  # never started
             ok &= runnable.done.wait(max(0.0, deadline - time.monotonic()))
         return ok

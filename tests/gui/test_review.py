@@ -94,6 +94,34 @@ def test_accept_reject_by_key_and_button_go_to_the_cache(qtbot, window, scene_ti
     assert len(dock.model.ids) == 5
 
 
+def test_closing_the_window_writes_the_queued_decisions(
+    qtbot, window, scene_tif, cache, monkeypatch
+):
+    """Decisions made faster than the cache takes them wait in the edits queue; closing the
+    window writes them all, in order (before, the queue was dropped on close)."""
+    import time
+
+    from solardesk.gui import _io
+
+    path, ids = cache
+    _layer, dock = _open(qtbot, window, scene_tif, path)
+    set_review = _io.set_review
+
+    def slow_set_review(*args, **kwargs):
+        time.sleep(0.3)
+        return set_review(*args, **kwargs)
+
+    monkeypatch.setattr(_io, "set_review", slow_set_review)
+    decisions = {ids[2]: "accepted", ids[1]: "rejected", ids[0]: "accepted", ids[4]: "rejected"}
+    for iid, state in decisions.items():
+        dock.current_id = iid
+        dock.review(state)
+    window.close()
+    for iid, state in decisions.items():
+        assert _review(path, iid).review == state
+    assert _review(path, ids[3]).review == "pending"
+
+
 def test_a_decision_reaches_the_copy_in_the_overlapping_tile(qtbot, window, scene_tif, cache):
     """The tile beside the first overlaps it and holds the most uncertain rectangle again:
     accepting it once accepts both copies, in the cache, on the map and in the queue."""
