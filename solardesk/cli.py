@@ -275,6 +275,39 @@ def _parse_bands(value: str | None) -> list[int] | None:
     return bands
 
 
+def _parse_stretch(value: str | None) -> dict:
+    """``--stretch 1,99`` as the raster settings' stretch percentiles (empty when not given)."""
+    if not value:
+        return {}
+    try:
+        low, high = (float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(
+            f"'{value}' is not two percentiles; give the low and the high percentile of the "
+            "stretch, separated by a comma, e.g. 2,98",
+            param_hint="--stretch",
+        ) from None
+    return {"stretch_low": low, "stretch_high": high}
+
+
+_stretch_option = click.option(
+    "--stretch",
+    metavar="LOW,HIGH",
+    help="Percentiles of the per-band stretch of 16-bit and float rasters (default 2,98).",
+)
+
+
+def _raster_settings(bands: str | None, stretch: str | None):
+    """The raster settings of ``--bands`` and ``--stretch`` (ConfigError names a bad one)."""
+    from solardesk.config import RasterSettings, parse
+
+    return parse(
+        RasterSettings,
+        {"bands": _parse_bands(bands), **_parse_stretch(stretch)},
+        "--bands/--stretch",
+    )
+
+
 def _parse_set(values: tuple[str, ...]) -> dict:
     out = {}
     for item in values:
@@ -369,6 +402,7 @@ _AUTO_WORKERS = click.option(
     "--aoi", type=click.Path(path_type=Path), help="Only tiles touching this polygon file."
 )
 @click.option("--bands", help="1-based bands read as R,G,B, e.g. 4,3,2 (default 1,2,3).")
+@_stretch_option
 @_gsd_option
 @click.option("--stage", "stage_id", default="spectral", show_default=True, help="Stage to run.")
 @click.option(
@@ -388,6 +422,7 @@ def precompute(
     overlap: int,
     aoi: Path | None,
     bands: str | None,
+    stretch: str | None,
     gsd: float | None,
     stage_id: str,
     overrides: tuple[str, ...],
@@ -398,7 +433,7 @@ def precompute(
     Runs the spectral analyser on every tile in worker processes. Tiles already in the cache
     with the same parameters are skipped, so an interrupted run resumes where it stopped.
     """
-    from solardesk.config import RasterSettings, TilingSettings, parse
+    from solardesk.config import TilingSettings, parse
     from solardesk.core.cache import MaskCache
     from solardesk.core.jobs import drive
     from solardesk.core.pipeline import precompute as job
@@ -407,11 +442,7 @@ def precompute(
     if threshold is not None:
         settings["threshold"] = threshold
     tiling = parse(TilingSettings, {"tile_size": tile_size, "overlap": overlap}, "--tile/--overlap")
-    raster_settings = parse(
-        RasterSettings,
-        {"bands": _parse_bands(bands)},
-        "--bands",
-    )
+    raster_settings = _raster_settings(bands, stretch)
     summary = drive(
         job(
             rasters,
@@ -490,6 +521,7 @@ def _objects(st: dict) -> str:
     "--aoi", type=click.Path(path_type=Path), help="Only tiles touching this polygon file."
 )
 @click.option("--bands", help="1-based bands read as R,G,B, e.g. 4,3,2 (default 1,2,3).")
+@_stretch_option
 @_gsd_option
 @click.option("--orthogonal", is_flag=True, help="Square panel outlines into rectangles.")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
@@ -513,6 +545,7 @@ def detect(
     overlap: int | None,
     aoi: Path | None,
     bands: str | None,
+    stretch: str | None,
     gsd: float | None,
     orthogonal: bool,
     overwrite: bool,
@@ -525,7 +558,6 @@ def detect(
     azimuth_deg, centroid lon/lat, source raster, tile id, model name and version. An
     interrupted run resumes: finished tiles are kept in the mask cache.
     """
-    from solardesk.config import RasterSettings, parse
     from solardesk.core.detect import detect as job
     from solardesk.core.jobs import drive
     from solardesk.errors import ConfigError
@@ -546,11 +578,7 @@ def detect(
                 model_name, model_version = identity(model)
     else:
         stage_id = "spectral"
-    raster_settings = parse(
-        RasterSettings,
-        {"bands": _parse_bands(bands)},
-        "--bands",
-    )
+    raster_settings = _raster_settings(bands, stretch)
     summary = drive(
         job(
             rasters,

@@ -44,6 +44,17 @@ class RasterSettings(Settings):
         ),
     ] = 98.0
 
+    def command_args(self) -> list[str]:
+        """The ``solardesk precompute`` / ``detect`` options that give these settings (none
+        for the defaults), so that the GUI runs a command on the project's bands and stretch."""
+        args: list[str] = []
+        if self.bands is not None:
+            args += ["--bands", ",".join(str(b) for b in self.bands)]
+        defaults = type(self)()
+        if (self.stretch_low, self.stretch_high) != (defaults.stretch_low, defaults.stretch_high):
+            args += ["--stretch", f"{self.stretch_low:g},{self.stretch_high:g}"]
+        return args
+
 
 class TilingSettings(Settings):
     tile_size: Annotated[

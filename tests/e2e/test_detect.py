@@ -11,6 +11,7 @@ from pathlib import Path
 import fiona
 import numpy as np
 import pytest
+import rasterio
 from affine import Affine
 
 from solardesk.config import TilingSettings
@@ -248,6 +249,36 @@ def test_rerun_resumes_from_the_cache(tmp_path: Path) -> None:
     assert first.returncode == 0
     again = cli("detect", str(SAMPLE), "--spectral", "--out", str(out), "--quiet", "--overwrite")
     assert "0 tiles computed, 9 reused" in again.stdout, again.stdout
+
+
+def test_bands_and_stretch_of_the_precompute_are_reused_by_detect(tmp_path: Path) -> None:
+    """The GUI pre-computes with the project's band mapping and stretch, and runs ``solardesk
+    detect`` on the project's cache with them (``--bands``, ``--stretch``): the same keys,
+    nothing computed again. Without them detect would analyse other pixels (its defaults)."""
+    from solardesk.config import RasterSettings
+    from solardesk.core.pipeline import precompute
+
+    with rasterio.open(SAMPLE) as src:
+        rgb = src.read()
+        profile = {"transform": src.transform, "crs": src.crs.to_string()}
+    deep = write_raster(tmp_path / "deep.tif", (rgb.astype(np.uint16) * 40 + 500), **profile)
+    cache = tmp_path / "c.sqlite"
+    settings = RasterSettings(bands=(3, 2, 1), stretch_low=1, stretch_high=99)
+    assert settings.command_args() == ["--bands", "3,2,1", "--stretch", "1,99"]
+    assert RasterSettings().command_args() == []
+    run(precompute([deep], cache, raster_settings=settings))
+    out = tmp_path / "p.gpkg"
+    base = ["detect", str(deep), "--spectral", "--cache", str(cache), "--out", str(out)]
+    same = cli(*base, *settings.command_args(), "--quiet")
+    assert same.returncode == 0, same.stderr
+    assert "0 tiles computed, 9 reused" in same.stdout, same.stdout
+    other = cli(*base, "--bands", "3,2,1", "--quiet", "--overwrite")  # stretch 2,98
+    assert "9 tiles computed, 0 reused" in other.stdout, other.stdout
+    bad = cli(*base, "--stretch", "1", "--overwrite")
+    assert bad.returncode == 2 and "two percentiles" in bad.stderr, bad.stderr
+    bad = cli(*base, "--stretch", "60,99", "--overwrite")
+    assert bad.returncode == 2 and "stretch_low" in bad.stderr, bad.stderr
+    assert "Traceback" not in bad.stderr
 
 
 def test_geographic_raster_gives_areas_in_square_metres(tmp_path: Path) -> None:

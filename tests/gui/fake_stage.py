@@ -15,7 +15,7 @@ from typing import Annotated
 import numpy as np
 from pydantic import Field
 
-from solardesk.config import Settings
+from solardesk.config import RasterSettings, Settings
 from solardesk.core.cache import Instance
 from solardesk.plugin_api import Detector, PrecomputeStage, Trainer, hookimpl
 
@@ -82,6 +82,7 @@ class FakeTrainConfig(Settings):
         int | None, Field(title="Crash at step", description="Abort there (tests).")
     ] = None
     data: FakeData = FakeData()
+    raster: RasterSettings = RasterSettings()
 
 
 class FakePlugin:

@@ -76,6 +76,15 @@ def test_detect_uses_the_project_cache_its_settings_and_the_layer_threshold(
     assert args[i + 1] == str(cache)
     assert args[args.index("--threshold") + 1] == "0.7"  # the map's, not the saved 0.9
     assert "split_candidates=false" in args and not any(a.startswith("threshold=") for a in args)
+    assert "--bands" not in args and "--stretch" not in args  # the project's are the defaults
+    # The project's band mapping and stretch, which its pre-compute used, reach detect too.
+    from solardesk.config import RasterSettings
+
+    project.set_raster_settings(RasterSettings(bands=(3, 2, 1), stretch_high=99.5))
+    args = dock.build_args()
+    assert args[args.index("--bands") + 1] == "3,2,1"
+    assert args[args.index("--stretch") + 1] == "2,99.5"
+    project.set_raster_settings(RasterSettings())
     assert dock.run()
     until(lambda: not dock.process.running, timeout=20000)
     until(lambda: "panels written" in dock.status.text(), timeout=10000)

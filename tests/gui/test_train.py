@@ -114,6 +114,9 @@ def test_config_form_from_the_trainer_settings_filled_from_the_project(
     window.ctx.project.set_cache(tmp_path / "cache.sqlite")
     window.open_cache(tmp_path / "cache.sqlite")
     window.ctx.layers.of_kind("pseudo")[0].set_threshold(0.66)
+    from solardesk.config import RasterSettings
+
+    window.ctx.project.set_raster_settings(RasterSettings(bands=(3, 2, 1), stretch_low=1))
     dock = window.train
     assert dock.form is not None and dock.form_area.isVisibleTo(dock)
     dock.config_edit.setText("")
@@ -122,6 +125,8 @@ def test_config_form_from_the_trainer_settings_filled_from_the_project(
     assert values["cache"] == str((tmp_path / "cache.sqlite").resolve())
     assert values["rasters"] == [str(scene_tif.resolve())]
     assert values["data"]["threshold"] == 0.66
+    assert values["raster"]["bands"] in ([3, 2, 1], (3, 2, 1))
+    assert values["raster"]["stretch_low"] == 1
     assert dock.config_edit.text().endswith("train.json")
     dock.form.editors["epochs"].set(2)
     dock.form.editors["steps"].set(5)

@@ -302,6 +302,7 @@ class DetectDock(QWidget):
             out_path = out_path.with_suffix(self.format_combo.currentData())
             self.out_edit.setText(str(out_path))
         args += ["--out", str(out_path)]
+        args += self.ctx.project.config.raster.command_args()
         if not self._needs_model():
             # A model is run with its own tile size and overlap (its metadata), as the CLI does.
             tiling = self.ctx.project.config.tiling

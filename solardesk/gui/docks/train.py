@@ -278,6 +278,9 @@ class TrainDock(QWidget):
             values["rasters"] = [str(p) for p in project.config.rasters]
         if "output_dir" in values:
             values["output_dir"] = str(folder / "training")
+        if isinstance(values.get("raster"), dict):
+            # The band mapping and stretch the project's pseudo-labels were computed on.
+            values["raster"] = project.config.raster.model_dump(mode="json")
         pseudo = self.ctx.layers.of_kind("pseudo")
         data = values.get("data")
         if pseudo and isinstance(data, dict) and "threshold" in data:
