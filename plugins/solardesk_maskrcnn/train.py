@@ -26,7 +26,7 @@ import threading
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -273,7 +273,10 @@ class MaskRCNNTrainer:
     # ------------------------------------------------------------------------- run
     def run(self) -> TrainResult:
         try:
-            return self._run()
+            out_dir = Path(self.config.output_dir)
+            _check_output_dir(out_dir)  # before any work, not after an epoch
+            with _output_dir_held(out_dir):
+                return self._run()
         except BaseException as e:
             if not isinstance(e, (KeyboardInterrupt, GeneratorExit)):
                 self.emit("error", type=type(e).__name__, message=str(e))
@@ -296,7 +299,6 @@ class MaskRCNNTrainer:
         if self.resume is not None:
             resume_data = load_checkpoint(self.resume)
             check_compatible(resume_data, cfg.model, self.resume)
-        _check_output_dir(Path(cfg.output_dir))  # before any work, not after an epoch
 
         plan = plan_data(cfg)
         tile_size = plan.tile_size
@@ -650,6 +652,24 @@ def _check_output_dir(out_dir: Path) -> None:
     finally:
         with contextlib.suppress(OSError):
             probe.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _output_dir_held(out_dir: Path) -> Iterator[None]:
+    """One training run per output folder: a second one would replace the first's
+    ``last.pt`` and epoch checkpoints with its own, and set them aside as an earlier run."""
+    from solardesk.core.files import FolderBusyError, hold_folder
+
+    try:
+        with hold_folder(out_dir):
+            yield
+    except FolderBusyError as e:
+        by = f" (process {e.pid})" if e.pid is not None else ""
+        raise TrainingError(
+            f"output_dir {out_dir} is in use by another training run{by}: its checkpoints "
+            "would be replaced. Wait for that run to end or stop it, or choose another "
+            "output_dir (in the config, or --set output_dir=...)."
+        ) from None
 
 
 def _earlier_runs_held(out_dir: Path) -> tuple[int, int]:

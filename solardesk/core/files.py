@@ -9,7 +9,7 @@ import re
 import secrets
 import stat
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 
@@ -152,3 +152,61 @@ def replace_durably(tmp: str | os.PathLike[str], final: str | os.PathLike[str]) 
     flush_to_disk(tmp)
     os.replace(tmp, final)
     flush_folder(Path(final).parent)
+
+
+class FolderBusyError(OSError):
+    """Another process (``pid``, when it could be read) holds :func:`hold_folder`'s lock."""
+
+    def __init__(self, folder: Path, pid: int | None) -> None:
+        by = f"process {pid}" if pid is not None else "another process"
+        super().__init__(f"{folder} is in use by {by}")
+        self.folder = folder
+        self.pid = pid
+
+
+#: The lock file :func:`hold_folder` keeps in the folder (left there: removing it would race).
+LOCK_NAME = ".solardesk.lock"
+
+
+@contextlib.contextmanager
+def hold_folder(folder: str | os.PathLike[str]) -> Iterator[Path]:
+    """Hold ``folder`` for one process for as long as the block runs, or raise
+    :class:`FolderBusyError` at once if another holds it (two training runs writing their
+    checkpoints into one folder would replace each other's).
+
+    An OS lock on ``folder/.solardesk.lock`` (``flock``; ``msvcrt.locking`` on Windows), so a
+    process that is killed lets go of it with its files: nothing stale to clean up. The file
+    holds the holder's pid, for the message. Within one process a second hold fails as well.
+    """
+    path = Path(folder) / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            _lock(fd)
+        except OSError as e:
+            raise FolderBusyError(Path(folder), _holder(fd)) from e
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield path
+    finally:
+        os.close(fd)  # lets go of the lock
+
+
+def _lock(fd: int) -> None:
+    if os.name == "nt":  # pragma: no cover - Windows
+        import msvcrt
+
+        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+    else:
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def _holder(fd: int) -> int | None:
+    try:
+        text = os.pread(fd, 32, 0) if hasattr(os, "pread") else b""
+    except OSError:
+        return None
+    digits = text.decode("ascii", "replace").strip()
+    return int(digits) if digits.isdigit() else None

@@ -319,6 +319,27 @@ def test_an_output_folder_that_cannot_be_written_is_refused_before_training(
     assert result is None and blocker.read_text() == "a file where the folder should be"
 
 
+def test_a_second_run_into_a_folder_in_use_is_refused(project) -> None:
+    """Two runs into one output_dir (the GUI's and a command line's) would replace each
+    other's checkpoints: the second is refused before it touches them."""
+    import os
+
+    from solardesk.core.files import hold_folder
+
+    root, cache = project
+    cfg = config_for(root, cache, "busy", run={"max_steps_per_epoch": 1})
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True)
+    (out / "last.pt").write_bytes(b"the first run's")
+    refused = pytest.raises(
+        TrainingError, match=rf"in use by another training run \(process {os.getpid()}\)"
+    )
+    with hold_folder(out), refused:  # the first run, still training
+        run(cfg)
+    assert (out / "last.pt").read_bytes() == b"the first run's"
+    assert not (out / "earlier-runs").exists()
+
+
 def test_a_checkpoint_that_cannot_be_written_is_a_clear_error(tmp_path, monkeypatch) -> None:
     """torch.save reports a full disk as a RuntimeError: it is a ModelError too, and neither
     the checkpoint nor a temporary file is left."""

@@ -111,3 +111,41 @@ def test_saving_a_checkpoint_clears_what_a_killed_save_left(tmp_path: Path) -> N
     os.utime(left, (old, old))
     save_checkpoint(tmp_path / "last.pt", {"epoch": 1})
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_a_held_folder_refuses_a_second_holder_until_it_is_let_go(tmp_path: Path) -> None:
+    with files.hold_folder(tmp_path) as lock:
+        assert lock == tmp_path / files.LOCK_NAME
+        assert lock.read_text().strip() == str(os.getpid())
+        with pytest.raises(files.FolderBusyError) as busy, files.hold_folder(tmp_path):
+            pass
+        assert busy.value.pid == os.getpid() and busy.value.folder == tmp_path
+    with files.hold_folder(tmp_path):  # let go at the end of the block
+        pass
+
+
+@pytest.mark.skipif(os.name == "nt", reason="kill -9 of a child: POSIX")
+def test_a_killed_holder_lets_go_of_the_folder(tmp_path: Path) -> None:
+    """The lock is the OS's: a process killed while it holds the folder leaves no stale lock."""
+    import signal
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, time\n"
+        "from solardesk.core.files import hold_folder\n"
+        f"with hold_folder({str(tmp_path)!r}):\n"
+        "    print('held', flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "held"
+        busy = pytest.raises(files.FolderBusyError, match=f"process {child.pid}")
+        with busy, files.hold_folder(tmp_path):
+            pass
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+    with files.hold_folder(tmp_path):
+        pass

@@ -44,6 +44,7 @@ from PySide6.QtWidgets import (
     QProgressBar,
     QPushButton,
     QScrollArea,
+    QSizePolicy,
     QSplitter,
     QVBoxLayout,
     QWidget,
@@ -55,6 +56,8 @@ from solardesk.gui.forms import SettingsForm
 from solardesk.gui.process import CommandProcess, ExitInfo
 
 PLOT_INTERVAL_MS = 200
+#: Pixels of the plots' value axes (tick labels such as "0.0012" or "1500").
+PLOT_AXIS_WIDTH = 52
 _METRIC_COLOURS = ["#ffd740", "#69f0ae", "#40c4ff", "#ff80ab", "#b388ff", "#ff9e80"]
 
 
@@ -83,6 +86,7 @@ class TrainDock(QWidget):
         self.epochs: int | None = None
         self._rate_start: tuple[float, float] | None = None
         self._dirty = False
+        self._progress_shown: tuple | None = None  #: the latest progress, not shown yet
         self._counter = 0
         self.last_checkpoint: str | None = None
 
@@ -152,6 +156,9 @@ class TrainDock(QWidget):
             label = QLabel("–")
             label.setObjectName(f"train_{key}")
             label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+            # A new value never resizes the dock (and the plots under it, repainted for
+            # each resize): a long checkpoint name is cut; its tooltip holds the path.
+            label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
             self.fields[key] = label
             grid.addWidget(QLabel(title), i // 2, (i % 2) * 2)
             grid.addWidget(label, i // 2, (i % 2) * 2 + 1)
@@ -192,6 +199,9 @@ class TrainDock(QWidget):
         self.metric_legend = _legend_below(self.metric_plot, columns=3)
         for plot in (self.loss_plot, self.metric_plot):
             plot.setMinimumHeight(170)
+            # Wider tick labels as the curve grows would relayout the plot, and each layout
+            # pass repaints both plots: a fixed axis width keeps an update to one paint.
+            plot.getAxis("left").setWidth(PLOT_AXIS_WIDTH)
         self.log_view = QPlainTextEdit()
         self.log_view.setObjectName("trainLog")
         self.log_view.setReadOnly(True)
@@ -360,6 +370,7 @@ class TrainDock(QWidget):
         if not resume:
             self._reset_plots()
         self._rate_start = None
+        self._progress_shown = None
         self.events.clear()
         args = ["train", config] + (["--resume"] if resume else [])
         self.process.start(args, cwd=str(Path(config).parent))
@@ -448,6 +459,9 @@ class TrainDock(QWidget):
         return float(self._counter)
 
     def _on_progress(self, ev: dict) -> None:
+        """Take in one step's event. The labels and the bar show the latest with the plots
+        (:meth:`_show_progress`, every ``PLOT_INTERVAL_MS``): a trainer may send hundreds a
+        second, and setting five widgets for each kept the event loop from the map."""
         g = self._global_step(ev)
         steps = _int(ev.get("steps", ev.get("steps_per_epoch")))
         if steps:
@@ -462,15 +476,6 @@ class TrainDock(QWidget):
             self.loss_x.append(g)
             self.loss_y.append(loss)
             self._dirty = True
-            self.fields["loss"].setText(f"{loss:.4f}")
-        epoch = ev.get("epoch")
-        if epoch is not None:
-            self.fields["epoch"].setText(f"{epoch}" + (f" / {self.epochs}" if self.epochs else ""))
-        step = ev.get("step")
-        if step is not None:
-            self.fields["step"].setText(
-                f"{step}" + (f" / {self.steps_per_epoch}" if self.steps_per_epoch else "")
-            )
         now = time.monotonic()
         if self._rate_start is None:
             self._rate_start = (now, g)
@@ -479,6 +484,22 @@ class TrainDock(QWidget):
             t0, g0 = self._rate_start
             if now > t0 and g > g0:
                 eta = (self.total_steps - g) / ((g - g0) / (now - t0))
+        self._progress_shown = (loss, ev.get("epoch"), ev.get("step"), g, eta)
+
+    def _show_progress(self) -> None:
+        """Show the latest progress event's loss, epoch, step, ETA and bar."""
+        latest, self._progress_shown = self._progress_shown, None
+        if latest is None:
+            return
+        loss, epoch, step, g, eta = latest
+        if loss is not None:
+            self.fields["loss"].setText(f"{loss:.4f}")
+        if epoch is not None:
+            self.fields["epoch"].setText(f"{epoch}" + (f" / {self.epochs}" if self.epochs else ""))
+        if step is not None:
+            self.fields["step"].setText(
+                f"{step}" + (f" / {self.steps_per_epoch}" if self.steps_per_epoch else "")
+            )
         self.fields["eta"].setText(format_duration(eta))
         if self.total_steps:
             self.progress.setRange(0, self.total_steps)
@@ -514,6 +535,7 @@ class TrainDock(QWidget):
         self.fields["checkpoint"].setToolTip(path)
 
     def _on_finished(self, ev: dict) -> None:
+        self._show_progress()
         if ev.get("checkpoint"):
             self._on_checkpoint({"path": ev["checkpoint"]})
         stopped = bool(ev.get("stopped"))
@@ -540,6 +562,7 @@ class TrainDock(QWidget):
 
     @Slot()
     def _update_plots(self) -> None:
+        self._show_progress()
         if not self._dirty:
             return
         self._dirty = False
