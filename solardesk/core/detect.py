@@ -10,6 +10,11 @@ piece that does not touch its core's boundary is a whole panel and is written at
 piece that touches a seam is held until the end and united with the pieces it touches in
 neighbouring cores, so a panel cut by seams comes out as one polygon. Memory therefore grows
 only with the number of panels lying on seams, not with the scene.
+
+A panel a person drew (or redrew, or split) lives in one tile only, and is written whole,
+seam or not; a computed instance of any tile that it covers at least half of
+(``SUPERSEDE_SHARE``, the rule that hides its tile's look-alikes, ADR 0046) is left out, so
+the tile beside does not write its own piece of the same panel.
 """
 
 from __future__ import annotations
@@ -201,6 +206,7 @@ def _pieces_of(
     from solardesk.core.geometry import instance_polygon
 
     info = plan.info
+    drawn = _Drawn.of_raster(cache, plan, stage_id, stage_version)
     for tile in plan.grid:
         # People outrank the stage: an accepted instance is a panel at any confidence (and
         # hides the stage's look-alikes of it), a rejected one never is.
@@ -223,8 +229,14 @@ def _pieces_of(
             if inst.review == "rejected":
                 continue
             x0, y0, x1, y1 = inst.bbox
-            # Clip the instance to the core (in tile pixels).
-            ix0, iy0, ix1, iy1 = max(x0, cx0), max(y0, cy0), min(x1, cx1), min(y1, cy1)
+            if inst.provenance == "human":
+                # A person's outline is in this tile only: written whole, not cut to the core.
+                ix0, iy0, ix1, iy1 = x0, y0, x1, y1
+            elif drawn.covers(inst, tile.col_off, tile.row_off):
+                continue  # a person's panel of another tile stands for it
+            else:
+                # Clip the instance to the core (in tile pixels).
+                ix0, iy0, ix1, iy1 = max(x0, cx0), max(y0, cy0), min(x1, cx1), min(y1, cy1)
             if ix0 >= ix1 or iy0 >= iy1:
                 continue
             mask = inst.mask[iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0]
@@ -232,7 +244,7 @@ def _pieces_of(
                 continue
             transform = tile.transform @ Affine.translation(ix0, iy0)
             # On a seam: touches a core edge that is not the raster's edge.
-            on_seam = bool(
+            on_seam = inst.provenance != "human" and bool(
                 (ix0 == cx0 and core.col_off > 0 and mask[:, 0].any())
                 or (iy0 == cy0 and core.row_off > 0 and mask[0, :].any())
                 or (ix1 == cx1 and core.col_off + core.width < info.width and mask[:, -1].any())
@@ -250,6 +262,55 @@ def _pieces_of(
             piece = _Piece(poly, inst.confidence, tile.id, str(plan.path), info.crs, pixel)
             out.append((piece, on_seam))
         yield out
+
+
+class _Drawn:
+    """The panels people drew, redrew or split on one raster (provenance "human", not
+    rejected), in raster pixels: which computed instances they stand for across tiles."""
+
+    def __init__(self, boxes: np.ndarray, masks: list[np.ndarray]) -> None:
+        self.boxes = boxes  # (n, 4) x0, y0, x1, y1 in raster pixels
+        self.masks = masks
+
+    @classmethod
+    def of_raster(cls, cache, plan, stage_id: str, stage_version) -> _Drawn:
+        boxes, masks = [], []
+        for tile, inst in cache.iter_instances(
+            provenance="human",
+            review=("pending", "accepted"),
+            raster_fp=plan.info.fingerprint,
+            stage_id=stage_id,
+            stage_version=str(stage_version),
+            params_hash=plan.params_hash,
+        ):
+            x0, y0, x1, y1 = inst.bbox
+            c, r = tile.window.col_off, tile.window.row_off
+            boxes.append((x0 + c, y0 + r, x1 + c, y1 + r))
+            masks.append(inst.mask)
+        return cls(np.asarray(boxes, dtype=np.int64).reshape(-1, 4), masks)
+
+    def covers(self, inst, col_off: int, row_off: int) -> bool:
+        """Whether the drawn panels together cover at least ``SUPERSEDE_SHARE`` of ``inst``
+        (a computed instance of the tile at ``col_off, row_off``)."""
+        if not self.masks:
+            return False
+        from solardesk.core.cache import SUPERSEDE_SHARE
+
+        x0, y0, x1, y1 = inst.bbox
+        x0, x1, y0, y1 = x0 + col_off, x1 + col_off, y0 + row_off, y1 + row_off
+        b = self.boxes
+        near = np.flatnonzero((b[:, 0] < x1) & (b[:, 2] > x0) & (b[:, 1] < y1) & (b[:, 3] > y0))
+        if near.size == 0:
+            return False
+        covered = np.zeros(inst.mask.shape, dtype=bool)
+        for k in near:
+            bx0, by0, bx1, by1 = (int(v) for v in b[k])
+            ox0, oy0, ox1, oy1 = max(x0, bx0), max(y0, by0), min(x1, bx1), min(y1, by1)
+            covered[oy0 - y0 : oy1 - y0, ox0 - x0 : ox1 - x0] |= self.masks[k][
+                oy0 - by0 : oy1 - by0, ox0 - bx0 : ox1 - bx0
+            ]
+        hidden = np.count_nonzero(covered & inst.mask)
+        return hidden >= SUPERSEDE_SHARE * np.count_nonzero(inst.mask)
 
 
 def _merge_held(held: list[_Piece]) -> list[_Piece]:

@@ -96,6 +96,53 @@ def test_panel_on_a_seam_is_one_polygon(tmp_path: Path) -> None:
     assert area == pytest.approx(190 * 60 * 0.04, rel=0.02)
 
 
+def test_a_drawn_panel_across_a_seam_is_written_whole(tmp_path: Path) -> None:
+    """A panel a person draws lives in one tile; detect cut it to that tile's core, so the
+    part across the seam was lost (and the tile beside wrote its own computed piece of the
+    same panel there). Now it is written whole, and a computed instance of another tile that
+    it covers at least half of is left out."""
+    from solardesk.core.tiling import make_grid
+
+    data = np.full((3, 600, 600), 100, np.uint8)
+    data[0, 100:160, 190:270] = 250  # a computed panel across the first vertical seam
+    raster = write_raster(tmp_path / "seam.tif", data)
+    pm = PluginManager()
+    pm.register(StagePlugin("square", "square_stage"), "square")
+    cache = tmp_path / "c.sqlite"
+    tiling = TilingSettings(tile_size=256, overlap=64)
+
+    def export(name: str) -> list[dict]:
+        out = tmp_path / name
+        job = detect([raster], out, stage_id="square", plugin_manager=pm, tiling=tiling,
+                     cache_path=cache)  # fmt: skip
+        run(job)
+        with fiona.open(out) as src:
+            return sorted((f["properties"]["area_m2"] for f in src), reverse=True)
+
+    assert export("before.gpkg") == [pytest.approx(80 * 60 * 0.04, rel=0.02)]
+    grid = make_grid(600, 600, Affine.identity(), 256, 64)
+    left = next(t for t in grid if t.col_off == 0 and t.row_off == 0)
+    seam = int(left.core.col_off + left.core.width)  # the cut between it and the next tile
+    assert 200 < seam < 226
+    with MaskCache(cache) as c:
+        fp = next(t.raster_fp for t in c.iter_tiles())
+        window = (left.col_off, left.row_off, left.width, left.height)
+        # A panel drawn where nothing was found, 30 px either side of the seam.
+        c.add_instance(fp, left.id, Instance(bbox=(seam - 30, 20, seam + 30, 60),
+                       mask=np.ones((40, 60), bool), confidence=1.0, review="accepted"),
+                       "human", window=window)  # fmt: skip
+        # The computed panel redrawn tighter by a person, in the left tile: its right part
+        # lies in the next tile's core, whose computed copy it covers.
+        c.add_instance(fp, left.id, Instance(bbox=(192, 102, 254, 158),
+                       mask=np.ones((56, 62), bool), confidence=1.0, review="accepted"),
+                       "human", window=window)  # fmt: skip
+    areas = export("after.gpkg")
+    assert areas == [
+        pytest.approx(62 * 56 * 0.04, rel=0.02),  # whole, and no computed piece beside it
+        pytest.approx(60 * 40 * 0.04, rel=0.02),  # both sides of the seam
+    ]
+
+
 def component_stage(rgb, valid, gsd, params):
     """One instance per 4-connected patch of red 250 (several panels per tile)."""
     import cv2
