@@ -351,6 +351,24 @@ class MainWindow(QMainWindow):
             return self.save_project()
         return answer == QMessageBox.StandardButton.Discard
 
+    def _maybe_stop_training(self) -> bool:
+        """A training run in progress when the window closes: stop it cleanly (its current
+        step ends and a checkpoint is saved, however long that takes) or keep the window.
+        Without asking (``confirm_unsaved`` off), :meth:`shutdown` stops it within 3 s."""
+        if not (self.confirm_unsaved and self.train.running):
+            return True
+        answer = QMessageBox.question(
+            self,
+            "Training in progress",
+            "A training run is in progress. Stop it and close? It finishes its current step "
+            "and saves a checkpoint first; Resume continues from there.",
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.Cancel,
+        )
+        if answer != QMessageBox.StandardButton.Yes:
+            return False
+        self.train.stop_and_wait(self)
+        return True
+
     @Slot()
     def _on_project_loaded(self) -> None:
         project = self.ctx.project
@@ -571,7 +589,7 @@ class MainWindow(QMainWindow):
             self.restoreState(state)
 
     def closeEvent(self, event: QCloseEvent) -> None:
-        if not self._maybe_save():
+        if not self._maybe_save() or not self._maybe_stop_training():
             event.ignore()
             return
         self.ctx.settings.save_window(self.saveGeometry(), self.saveState())

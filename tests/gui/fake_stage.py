@@ -77,7 +77,7 @@ class FakeTrainConfig(Settings):
     )
     epochs: Annotated[int, Field(ge=1, le=100, title="Epochs", description="Passes.")] = 3
     steps: Annotated[int, Field(ge=1, le=1000, title="Steps", description="Per epoch.")] = 20
-    sleep: Annotated[float, Field(ge=0, le=1, title="Sleep (s)", description="Per step.")] = 0.01
+    sleep: Annotated[float, Field(ge=0, le=5, title="Sleep (s)", description="Per step.")] = 0.01
     crash_at: Annotated[
         int | None, Field(title="Crash at step", description="Abort there (tests).")
     ] = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from tests.gui.conftest import StallMeter, pause, until
@@ -75,6 +76,42 @@ def test_stop_then_resume(qtbot, window, tmp_path):
     assert dock.status.text() == "Training finished."
     # The loss curve kept the first run's steps and went on from the resumed epoch.
     assert dock.loss_x[-1] == 120
+
+
+def test_closing_during_a_long_step_stops_the_training_cleanly(
+    qtbot, window, tmp_path, monkeypatch
+):
+    """Closing the window while a step runs asks first; "Cancel" keeps the window and the
+    training, "Yes" waits for the step to end and the checkpoint to be saved, however long the
+    step (before, the trainer was killed after 3 s, losing the epoch; a CPU step of Mask R-CNN
+    can take longer)."""
+    from PySide6.QtWidgets import QMessageBox
+
+    asked = []
+    answers = {"Training in progress": [QMessageBox.StandardButton.Cancel,
+                                        QMessageBox.StandardButton.Yes]}  # fmt: skip
+
+    def question(parent, title, text, *args, **kwargs):
+        asked.append(title)
+        return answers[title].pop(0)
+
+    monkeypatch.setattr(QMessageBox, "question", question)
+    dock = window.train
+    dock.config_edit.setText(str(_config(tmp_path, epochs=1, steps=20, sleep=3.5)))
+    assert dock.start()
+    until(lambda: len(dock.loss_x) >= 1, timeout=20000)
+    window.confirm_unsaved = True
+    window.ctx.project.dirty = False  # (no "Save the project?" question first)
+    assert not window.close()  # Cancel
+    assert dock.running and asked == ["Training in progress"]
+    waited = time.monotonic()
+    assert window.close()  # Yes: the step ends (up to 3.5 s here) and a checkpoint is saved
+    waited = time.monotonic() - waited
+    assert not dock.running and asked == ["Training in progress"] * 2
+    finished = [e for e in dock.events if e["event"] == "finished"]
+    assert finished and finished[-1]["stopped"] is True
+    assert any(e["event"] == "checkpoint" for e in dock.events)
+    assert waited < 15
 
 
 def test_trainer_crash_is_reported_and_the_app_lives_on(qtbot, window, tmp_path):

@@ -616,6 +616,46 @@ class TrainDock(QWidget):
         )
         self.ctx.notifications.error("Training", message, info.tail)
 
+    def stop_and_wait(self, parent: QWidget | None = None) -> bool:
+        """Ask the trainer to stop and wait, with a dialog, until it has saved its checkpoint
+        and exited (a CPU step can take minutes); the dialog's button kills it at once. True
+        when it stopped by itself."""
+        if not self.running:
+            return True
+        from PySide6.QtCore import QEventLoop
+        from PySide6.QtWidgets import QProgressDialog
+
+        self.process.request_stop()
+        self.stop_btn.setText("Force stop")
+        self.status.setText("Stopping after the current step (a checkpoint is saved)…")
+        dialog = QProgressDialog(
+            "Training stops after its current step and saves a checkpoint (Resume continues "
+            "from it)…",
+            "Kill it now",
+            0,
+            0,
+            parent or self,
+        )
+        dialog.setWindowTitle("Stopping the training")
+        dialog.setWindowModality(Qt.WindowModality.ApplicationModal)  # no second close meanwhile
+        dialog.setMinimumDuration(0)
+        dialog.setAutoClose(False)
+        dialog.setAutoReset(False)
+        loop = QEventLoop()
+        self.process.exited.connect(loop.quit)
+        dialog.canceled.connect(loop.quit)
+        dialog.show()
+        if self.running:
+            loop.exec()
+        killed = self.running
+        if killed:
+            self.process.kill()
+            self.process.wait(1000)
+        self.process.exited.disconnect(loop.quit)
+        dialog.close()
+        dialog.deleteLater()
+        return not killed
+
     def shutdown(self, timeout_ms: int = 3000) -> None:
         """Ask a running trainer to stop, and kill it if it does not within ``timeout_ms``."""
         if not self.running:
