@@ -149,3 +149,32 @@ def test_a_killed_holder_lets_go_of_the_folder(tmp_path: Path) -> None:
         child.wait(10)
     with files.hold_folder(tmp_path):
         pass
+
+
+def test_on_macos_the_flush_empties_the_drive_s_cache_too(tmp_path: Path, monkeypatch) -> None:
+    """macOS's fsync stops at the drive; F_FULLFSYNC empties its cache too, and where the file
+    system refuses it (some network shares) fsync is used instead."""
+    import fcntl
+
+    calls = []
+    monkeypatch.setattr(files.sys, "platform", "darwin")
+    monkeypatch.setattr(fcntl, "F_FULLFSYNC", 51, raising=False)
+    monkeypatch.setattr(os, "fsync", lambda fd: calls.append("fsync"))
+
+    def full(fd, cmd, *args):
+        calls.append(("fcntl", cmd))
+        if refuse:
+            raise OSError(45, "Operation not supported")
+        return 0
+
+    monkeypatch.setattr(fcntl, "fcntl", full)
+    f = tmp_path / "a.bin"
+    f.write_bytes(b"x")
+    refuse = False
+    files.flush_to_disk(f)
+    files.flush_folder(tmp_path)
+    assert calls == [("fcntl", 51), ("fcntl", 51)]
+    calls.clear()
+    refuse = True
+    files.flush_to_disk(f)
+    assert calls == [("fcntl", 51), "fsync"]
