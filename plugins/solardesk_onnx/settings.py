@@ -158,17 +158,27 @@ def complete(data: Any) -> Any:
     return out
 
 
-def recommended_tiling(settings: OnnxSettings) -> tuple[int, int] | None:
-    """The tile size and overlap recorded in the model's metadata (``None``: none recorded).
+def recommended_tiling(settings: OnnxSettings, gsd: float | None = None) -> tuple[int, int] | None:
+    """The tile size and overlap recorded in the model's metadata (``None``: none recorded),
+    in the pixels of a raster of ground resolution ``gsd``: scaled by the model's resolution
+    over the raster's when they differ by more than 20 % (:func:`metadata.suggested_tiling`),
+    so that each tile, resampled to the model's resolution, is one input of the model.
 
-    ``solardesk detect --model M`` tiles the raster this way unless ``--tile``/``--overlap``
-    say otherwise. Reads the model's header only.
+    ``solardesk detect --model M`` tiles each raster this way unless ``--tile``/``--overlap``
+    say otherwise (before, a 0.075 m raster under a 0.15 m model was cut into tiles of the
+    model's 512 px, each shrunk to 256 px and padded: four times the model runs). Reads the
+    model's header only.
     """
-    from solardesk_onnx.metadata import inspect_model
+    from solardesk_onnx.metadata import inspect_model, suggested_tiling
 
     spec = inspect_model(settings.model)
     if not spec.tile_size:
         return None
+    if gsd:
+        found = suggested_tiling(settings.model, gsd)
+        if found is not None:
+            tile, overlap = found
+            return tile, max(0, min(overlap, tile // 2))
     # (another tool's model may record any overlap: at most half a tile, else the tiles
     # would step by a pixel or two)
     return int(spec.tile_size), int(min(max(spec.overlap, 0), spec.tile_size // 2))

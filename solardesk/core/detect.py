@@ -62,13 +62,23 @@ def default_cache_path(out: Path) -> Path:
     return out.with_name(f".{out.name}.solardesk-cache.sqlite")
 
 
-def recommended_tiling(stage: Any, settings_model: Any) -> TilingSettings | None:
-    """The tiling a pre-compute stage recommends for its settings (``PrecomputeStage.tiling``)."""
+def recommended_tiling(
+    stage: Any, settings_model: Any, gsd: float | None = None
+) -> TilingSettings | None:
+    """The tiling a pre-compute stage recommends for its settings (``PrecomputeStage.tiling``),
+    for a raster of ground resolution ``gsd`` when the stage's callable takes it."""
     if not stage.tiling:
         return None
+    import inspect
+
     from solardesk.plugin_api import resolve
 
-    found = resolve(stage.tiling)(settings_model)
+    hook = resolve(stage.tiling)
+    try:
+        per_raster = len(inspect.signature(hook).parameters) >= 2
+    except (TypeError, ValueError):  # (a callable without a signature: settings only)
+        per_raster = False
+    found = hook(settings_model, gsd) if per_raster else hook(settings_model)
     if not found:
         return None
     tile, overlap = found
@@ -100,8 +110,9 @@ def detect(
 
     A generator like every long job: it yields :class:`Progress` while tiles are computed and
     while they are vectorised, and returns a :class:`DetectSummary`. Without ``tiling``, the
-    stage's recommendation (a model's own tile size and overlap) is used, else the defaults;
-    ``tile_size`` or ``overlap`` alone replaces that one value of it (``--tile``/``--overlap``).
+    stage's recommendation for each raster (a model's own tile size and overlap, scaled to the
+    raster's ground resolution) is used, else the defaults; ``tile_size`` or ``overlap`` alone
+    replaces that one value of it (``--tile``/``--overlap``).
     """
     from solardesk.config import parse
     from solardesk.core.pipeline import precompute
@@ -115,14 +126,18 @@ def detect(
     settings_model = parse(resolve(stage.settings), settings or {}, f"{stage_id} settings")
     thr = threshold if threshold is not None else getattr(settings_model, "threshold", 0.5)
     if tiling is None:
-        tiling = recommended_tiling(stage, settings_model) or TilingSettings()
-        if tile_size is not None or overlap is not None:
-            given = {"tile_size": tile_size, "overlap": overlap}
-            tiling = parse(
-                TilingSettings,
-                {**tiling.model_dump(), **{k: v for k, v in given.items() if v is not None}},
-                "--tile/--overlap",
-            )
+        given = {k: v for k, v in {"tile_size": tile_size, "overlap": overlap}.items()
+                 if v is not None}  # fmt: skip
+
+        def tiling_for(ground_gsd: float | None) -> TilingSettings:
+            # Each raster's: a model's tile is scaled to the raster's ground resolution.
+            found = recommended_tiling(stage, settings_model, ground_gsd) or TilingSettings()
+            if not given:
+                return found
+            return parse(TilingSettings, {**found.model_dump(), **given}, "--tile/--overlap")
+
+        tiling_for(None)  # a bad --tile/--overlap is refused before anything is opened
+        tiling = tiling_for
     raster_settings = raster_settings or RasterSettings()
 
     # Creating (not opening) a writer checks the output before any work: a missing folder,

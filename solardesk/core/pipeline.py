@@ -14,7 +14,7 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -245,7 +245,7 @@ def plan_raster(
     *,
     stage_id: str,
     keyed_params: dict[str, Any],
-    tiling: TilingSettings,
+    tiling: TilingSettings | Callable[[float], TilingSettings],
     raster_settings: RasterSettings,
     aoi_path: str | Path | None = None,
     gsd: float | None = None,
@@ -293,6 +293,8 @@ def plan_raster(
             " (if --gsd was given, check its value)."
         )
     aoi = load_aoi(aoi_path, info) if aoi_path else None
+    if callable(tiling):  # the raster's own (a model's tile at this ground resolution)
+        tiling = tiling(float(ground))
     grid = make_grid(
         info.width,
         info.height,
@@ -312,7 +314,7 @@ def plan_rasters(
     *,
     stage: Any,
     keyed_params: dict[str, Any],
-    tiling: TilingSettings,
+    tiling: TilingSettings | Callable[[float], TilingSettings],
     raster_settings: RasterSettings,
     aoi: str | Path | None,
     gsd: float | None,
@@ -354,7 +356,7 @@ def precompute(
     *,
     stage_id: str = "spectral",
     settings: dict[str, Any] | None = None,
-    tiling: TilingSettings | None = None,
+    tiling: TilingSettings | Callable[[float], TilingSettings] | None = None,
     raster_settings: RasterSettings | None = None,
     aoi: str | Path | None = None,
     gsd: float | None = None,
@@ -380,6 +382,7 @@ def precompute(
     ``workers=None`` chooses by the tiles left to compute (:func:`auto_workers`) for a stage
     marked ``parallel``, else runs in process; the summary says how many ran.
     ``georeferenced_for``: see :func:`plan_raster` (``detect`` writes polygons).
+    ``tiling`` may be a callable of a raster's ground resolution, asked once per raster.
     """
     from solardesk.config import parse
     from solardesk.core.cache import MaskCache, TileKey, TileResult

@@ -54,9 +54,11 @@ class PrecomputeStage(Contribution):
     ``settings`` names the pydantic model of its parameters; ``version`` is part of the
     cache key, so bumping it recomputes this stage only. ``initializer`` optionally names a
     no-argument callable run once in each worker process before its first tile. ``tiling``
-    optionally names a callable ``(settings model) -> (tile_size, overlap) | None``: the tiling
-    the stage recommends for those settings (a model's own tile size), used when the user
-    names none. ``max_gsd_m``: the coarsest ground resolution (metres per pixel) the stage
+    optionally names a callable ``(settings model[, gsd]) -> (tile_size, overlap) | None``: the
+    tiling the stage recommends for those settings (a model's own tile size), used when the
+    user names none; one that takes a second argument is asked per raster, with the raster's
+    ground resolution in metres per pixel (a model's tile scaled to its own resolution).
+    ``max_gsd_m``: the coarsest ground resolution (metres per pixel) the stage
     works at; a raster coarser than that is refused before any tile is computed (0: no limit).
     ``parallel``: a job that is not told how many workers to use may run it in one process
     per core (its tiles are single-threaded CPU work); a stage that holds a model or threads

@@ -226,6 +226,31 @@ def test_tile_or_overlap_alone_keeps_the_model_s_other_value(
         assert len(list(cache.iter_tiles())) == n
 
 
+def scaled_tiling(settings, gsd) -> tuple[int, int]:
+    """A model trained on 128 px tiles at 0.2 m: its tile in a raster's own pixels."""
+    gsd = gsd or 0.2
+    return round(128 * 0.2 / gsd), round(32 * 0.2 / gsd)
+
+
+def test_a_model_s_tile_is_scaled_to_each_raster_s_resolution(tmp_path: Path) -> None:
+    """A stage whose tiling hook takes the ground resolution is asked per raster: a raster
+    twice as fine gets tiles twice as large in pixels (the same ground, one model input once
+    resampled), instead of the model's 128 px shrunk to 64 and padded (4× the model runs)."""
+    coarse = write_raster(tmp_path / "a.tif", np.full((3, 300, 260), 100, np.uint8))
+    fine = write_raster(tmp_path / "b.tif", np.full((3, 600, 520), 100, np.uint8),
+                        transform=Affine(0.1, 0, 680000.0, 0, -0.1, 5150000.0))  # fmt: skip
+    pm = PluginManager()
+    pm.register(StagePlugin("modellike", "square_stage", "scaled_tiling"), "modellike")
+    for given, want in (({}, {0.2: 128, 0.1: 256}), ({"tile_size": 200}, {0.2: 200, 0.1: 200})):
+        out = tmp_path / f"p{len(given)}.gpkg"
+        run(detect([coarse, fine], out, stage_id="modellike", plugin_manager=pm, **given))
+        with MaskCache(default_cache_path_of(out), readonly=True) as cache:
+            gsd_of = {r: round(cache.get_raster(r).transform[0], 3)
+                      for r in {t.raster_fp for t in cache.iter_tiles()}}  # fmt: skip
+            sizes = {(gsd_of[t.raster_fp], t.window.width) for t in cache.iter_tiles()}
+        assert sizes == set(want.items()), given
+
+
 def default_cache_path_of(out: Path) -> Path:
     from solardesk.core.detect import default_cache_path
 

@@ -231,6 +231,13 @@ def test_what_detect_can_ask_of_a_model_tiling_and_identity(models, monkeypatch)
     assert suggested_tiling(models["rgb"]) == (128, 32)
     assert suggested_tiling(models["rgb"], 0.16) == (128, 32)  # within 20 %: no resampling
     assert suggested_tiling(models["rgb"], 0.30) == (64, 16)  # upsampled 2× to 128 px
+    # what `detect --model` tiles each raster with (the stage's tiling hook)
+    from solardesk_onnx.settings import OnnxSettings, recommended_tiling
+
+    settings = OnnxSettings(model=models["rgb"])
+    assert recommended_tiling(settings) == (128, 32)
+    assert recommended_tiling(settings, 0.30) == (64, 16)
+    assert recommended_tiling(settings, 0.075) == (256, 64)  # finer: one input, not four
     model = get_model(models["rgb"])
     seen = []
     real_run = model.run
