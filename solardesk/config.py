@@ -52,8 +52,15 @@ class RasterSettings(Settings):
             args += ["--bands", ",".join(str(b) for b in self.bands)]
         defaults = type(self)()
         if (self.stretch_low, self.stretch_high) != (defaults.stretch_low, defaults.stretch_high):
-            args += ["--stretch", f"{self.stretch_low:g},{self.stretch_high:g}"]
+            args += ["--stretch", f"{_exact(self.stretch_low)},{_exact(self.stretch_high)}"]
         return args
+
+
+def _exact(value: float) -> str:
+    """``value`` as short text that reads back as the same float (2 → "2", 1.2345678 whole:
+    the stretch is part of the cache key, and a rounded one would recompute every tile)."""
+    short = f"{value:g}"
+    return short if float(short) == value else repr(float(value))
 
 
 class TilingSettings(Settings):

@@ -215,13 +215,14 @@ def detect(
 def _pieces_of(
     cache, plan, stage_id: str, stage_version, threshold: float
 ) -> Iterator[list[tuple[_Piece, bool]]]:
-    """Per tile: its instances clipped to the tile core, as polygons, flagged when on a seam."""
+    """Per tile: its instances clipped to the tile core (a person's whole), as polygons,
+    flagged when on a seam."""
     from affine import Affine
 
     from solardesk.core.geometry import instance_polygon
 
     info = plan.info
-    drawn = _Drawn.of_raster(cache, plan, stage_id, stage_version)
+    drawn = _Drawn.of_raster(cache, plan, stage_id, stage_version, threshold)
     for tile in plan.grid:
         # People outrank the stage: an accepted instance is a panel at any confidence (and
         # hides the stage's look-alikes of it), a rejected one never is.
@@ -280,16 +281,20 @@ def _pieces_of(
 
 
 class _Drawn:
-    """The panels people drew, redrew or split on one raster (provenance "human", not
-    rejected), in raster pixels: which computed instances they stand for across tiles."""
+    """The panels people drew, redrew or split on one raster that this export writes
+    (provenance "human", in a tile of this run's grid, accepted or at the threshold), in
+    raster pixels: which computed instances they stand for across tiles. One the export does
+    not write (a split part under the threshold, a tile of another grid or outside the AOI)
+    hides nothing."""
 
     def __init__(self, boxes: np.ndarray, masks: list[np.ndarray]) -> None:
         self.boxes = boxes  # (n, 4) x0, y0, x1, y1 in raster pixels
         self.masks = masks
 
     @classmethod
-    def of_raster(cls, cache, plan, stage_id: str, stage_version) -> _Drawn:
+    def of_raster(cls, cache, plan, stage_id: str, stage_version, threshold: float) -> _Drawn:
         boxes, masks = [], []
+        grid = {t.id for t in plan.grid}
         for tile, inst in cache.iter_instances(
             provenance="human",
             review=("pending", "accepted"),
@@ -298,6 +303,10 @@ class _Drawn:
             stage_version=str(stage_version),
             params_hash=plan.params_hash,
         ):
+            if tile.tile_id not in grid:
+                continue
+            if inst.review != "accepted" and inst.confidence < threshold:
+                continue
             x0, y0, x1, y1 = inst.bbox
             c, r = tile.window.col_off, tile.window.row_off
             boxes.append((x0 + c, y0 + r, x1 + c, y1 + r))

@@ -4,14 +4,18 @@ one's own beside an output, and putting that temporary file in the output's plac
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import secrets
 import stat
 import sys
 import time
+import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+
+from solardesk.errors import SolarDeskWarning
 
 
 def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
@@ -187,33 +191,59 @@ LOCK_NAME = ".solardesk.lock"
 
 
 @contextlib.contextmanager
-def hold_folder(folder: str | os.PathLike[str]) -> Iterator[Path]:
+def hold_folder(folder: str | os.PathLike[str]) -> Iterator[Path | None]:
     """Hold ``folder`` for one process for as long as the block runs, or raise
     :class:`FolderBusyError` at once if another holds it (two training runs writing their
     checkpoints into one folder would replace each other's).
 
-    An OS lock on ``folder/.solardesk.lock`` (``flock``; ``msvcrt.locking`` on Windows), so a
-    process that is killed lets go of it with its files: nothing stale to clean up. The file
-    holds the holder's pid, for the message. Within one process a second hold fails as well.
+    An OS lock on ``folder/.solardesk.lock`` (``flock``; ``msvcrt.locking`` on Windows, on a
+    byte past the pid so that the pid stays readable), so a process that is killed lets go
+    of it with its files: nothing stale to clean up. The file holds the holder's pid, for
+    the message. Within one process a second hold fails as well. Where the file system has
+    no locks (some network shares and container mounts) the folder is not held, with a
+    warning, rather than every run refused; yields None then.
     """
     path = Path(folder) / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o644)
     try:
         try:
             _lock(fd)
+            unsupported = None
         except OSError as e:
-            raise FolderBusyError(Path(folder), _holder(fd)) from e
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        yield path
+            if e.errno in _BUSY:
+                raise FolderBusyError(Path(folder), _holder(fd)) from e
+            unsupported = e.strerror or str(e)
+        if unsupported is not None:
+            warnings.warn(
+                f"{folder}: cannot lock this folder ({unsupported}); two runs writing into it "
+                "at once would not be stopped.",
+                SolarDeskWarning,
+                stacklevel=3,
+            )
+            yield None
+            return
+        try:
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            yield path
+        finally:
+            _unlock(fd)
     finally:
-        os.close(fd)  # lets go of the lock
+        os.close(fd)
+
+
+#: The errors of a lock that another holds (``msvcrt`` says EACCES or EDEADLOCK).
+_BUSY = {errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES, getattr(errno, "EDEADLOCK", errno.EDEADLK)}
+#: Where Windows locks its byte: past the pid, which other processes then can still read.
+_LOCK_OFFSET = 64
 
 
 def _lock(fd: int) -> None:
     if os.name == "nt":  # pragma: no cover - Windows
         import msvcrt
 
+        os.lseek(fd, _LOCK_OFFSET, os.SEEK_SET)
         msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
     else:
         import fcntl
@@ -221,9 +251,24 @@ def _lock(fd: int) -> None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
+def _unlock(fd: int) -> None:
+    """Let go before the close: Windows frees a lock left at close only "after a time"."""
+    with contextlib.suppress(OSError):
+        if os.name == "nt":  # pragma: no cover - Windows
+            import msvcrt
+
+            os.lseek(fd, _LOCK_OFFSET, os.SEEK_SET)
+            msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+        else:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+
 def _holder(fd: int) -> int | None:
     try:
-        text = os.pread(fd, 32, 0) if hasattr(os, "pread") else b""
+        os.lseek(fd, 0, os.SEEK_SET)
+        text = os.read(fd, 32)
     except OSError:
         return None
     digits = text.decode("ascii", "replace").strip()

@@ -604,9 +604,9 @@ class MainWindow(QMainWindow):
         for runner in (self.ctx.jobs, self.ctx.io):
             runner.shutdown()
         # The review's decisions and drawings still queued are written, not dropped.
-        pending = len(self.ctx.edits.active_jobs)
+        pending = self.ctx.edits.unfinished()
         if not self.ctx.edits.shutdown(EDITS_CLOSE_TIMEOUT_MS, finish=True):
-            left = len(self.ctx.edits.active_jobs)
+            left = self.ctx.edits.unfinished()
             log.warning(
                 "closing: %d of %d review edits were still being written to the project "
                 "cache after %d s; they may be lost",

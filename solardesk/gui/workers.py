@@ -314,6 +314,11 @@ class JobRunner(QObject):
     def active_jobs(self) -> list[Job]:
         return [j for j, _ in self._active.values()]
 
+    def unfinished(self) -> int:
+        """How many of this runner's jobs have not ended yet (read off the worker threads, not
+        the GUI thread's queued "ended" signals, so it holds while the GUI thread waits)."""
+        return sum(not runnable.done.is_set() for _job, runnable in self._active.values())
+
     def cancel_all(self) -> None:
         for job, _ in list(self._active.values()):
             job.cancel()

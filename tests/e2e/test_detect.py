@@ -143,6 +143,50 @@ def test_a_drawn_panel_across_a_seam_is_written_whole(tmp_path: Path) -> None:
     ]
 
 
+def test_a_person_s_panel_that_is_not_written_hides_nothing(tmp_path: Path) -> None:
+    """Only the people's panels the export writes stand for computed ones across tiles: a
+    split part under the threshold (pending, at its candidate's confidence), or one stored
+    in a tile of another grid (the review done at 256 px, detect run at a model's 300 px),
+    is not written, and must not take the computed panel out of the output with it."""
+    from solardesk.core.tiling import make_grid
+
+    data = np.full((3, 600, 600), 100, np.uint8)
+    data[0, 100:160, 190:270] = 250  # a computed panel across the first vertical seam
+    raster = write_raster(tmp_path / "seam.tif", data)
+    pm = PluginManager()
+    pm.register(StagePlugin("square", "square_stage"), "square")
+    cache = tmp_path / "c.sqlite"
+    tiling = TilingSettings(tile_size=256, overlap=64)
+
+    def export(name: str) -> list[float]:
+        out = tmp_path / name
+        run(detect([raster], out, stage_id="square", plugin_manager=pm, tiling=tiling,
+                   cache_path=cache))  # fmt: skip
+        with fiona.open(out) as src:
+            return sorted((f["properties"]["area_m2"] for f in src), reverse=True)
+
+    whole = pytest.approx(80 * 60 * 0.04, rel=0.02)
+    assert export("before.gpkg") == [whole]
+    other = next(t for t in make_grid(600, 600, Affine.identity(), 300, 64) if t.col_off == 0
+                 and t.row_off == 0)  # fmt: skip
+    with MaskCache(cache) as c:
+        fp = next(t.raster_fp for t in c.iter_tiles())
+        c.add_instance(fp, other.id, Instance(bbox=(192, 102, 254, 158),
+                       mask=np.ones((56, 62), bool), confidence=1.0, review="accepted"),
+                       "human", window=(0, 0, 300, 300))  # fmt: skip
+    assert export("other_grid.gpkg") == [whole]
+    grid = make_grid(600, 600, Affine.identity(), 256, 64)
+    left = next(t for t in grid if t.col_off == 0 and t.row_off == 0)
+    seam = int(left.core.col_off + left.core.width)
+    with MaskCache(cache) as c:
+        # A part under the threshold, where the left tile's copy was: that copy is hidden in
+        # its own tile (ADR 0046), the right tile's copy still writes its core's piece.
+        c.add_instance(fp, left.id, Instance(bbox=(192, 102, 254, 158),
+                       mask=np.ones((56, 62), bool), confidence=0.3),
+                       "human", window=(0, 0, 256, 256))  # fmt: skip
+    assert export("low_part.gpkg") == [pytest.approx((270 - seam) * 60 * 0.04, rel=0.03)]
+
+
 def component_stage(rgb, valid, gsd, params):
     """One instance per 4-connected patch of red 250 (several panels per tile)."""
     import cv2
@@ -338,6 +382,9 @@ def test_bands_and_stretch_of_the_precompute_are_reused_by_detect(tmp_path: Path
     settings = RasterSettings(bands=(3, 2, 1), stretch_low=1, stretch_high=99)
     assert settings.command_args() == ["--bands", "3,2,1", "--stretch", "1,99"]
     assert RasterSettings().command_args() == []
+    # every digit kept (the stretch is in the cache key: a rounded one recomputes)
+    odd = RasterSettings(stretch_low=1.2345678, stretch_high=98.5)
+    assert odd.command_args() == ["--stretch", "1.2345678,98.5"]
     run(precompute([deep], cache, raster_settings=settings))
     out = tmp_path / "p.gpkg"
     base = ["detect", str(deep), "--spectral", "--cache", str(cache), "--out", str(out)]

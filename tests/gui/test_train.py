@@ -85,6 +85,7 @@ def test_closing_during_a_long_step_stops_the_training_cleanly(
     training, "Yes" waits for the step to end and the checkpoint to be saved, however long the
     step (before, the trainer was killed after 3 s, losing the epoch; a CPU step of Mask R-CNN
     can take longer)."""
+    from PySide6.QtCore import Qt
     from PySide6.QtWidgets import QMessageBox
 
     asked = []
@@ -104,8 +105,23 @@ def test_closing_during_a_long_step_stops_the_training_cleanly(
     window.ctx.project.dirty = False  # (no "Save the project?" question first)
     assert not window.close()  # Cancel
     assert dock.running and asked == ["Training in progress"]
+    from PySide6.QtCore import QTimer
+    from PySide6.QtTest import QTest
+    from PySide6.QtWidgets import QApplication
+
+    dismissed = []
+
+    def dismiss() -> None:  # Esc and the close button: the trainer goes on stopping
+        dialog = QApplication.activeModalWidget()
+        dismissed.append(type(dialog).__name__)
+        QTest.keyClick(dialog, Qt.Key.Key_Escape)
+        dialog.close()
+        dismissed.append(dialog.isVisible())
+
+    QTimer.singleShot(500, dismiss)
     waited = time.monotonic()
     assert window.close()  # Yes: the step ends (up to 3.5 s here) and a checkpoint is saved
+    assert dismissed == ["_StoppingDialog", True]
     waited = time.monotonic() - waited
     assert not dock.running and asked == ["Training in progress"] * 2
     finished = [e for e in dock.events if e["event"] == "finished"]

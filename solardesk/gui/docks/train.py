@@ -34,6 +34,7 @@ import pyqtgraph as pg
 from PySide6.QtCore import Qt, QTimer, Slot
 from PySide6.QtWidgets import (
     QComboBox,
+    QDialog,
     QFileDialog,
     QFormLayout,
     QGridLayout,
@@ -484,7 +485,16 @@ class TrainDock(QWidget):
             t0, g0 = self._rate_start
             if now > t0 and g > g0:
                 eta = (self.total_steps - g) / ((g - g0) / (now - t0))
-        self._progress_shown = (loss, ev.get("epoch"), ev.get("step"), g, eta)
+        prev = self._progress_shown or (None, None, None, None, None)
+        # (an event without a loss, epoch or step keeps the last one not shown yet)
+        epoch, step = ev.get("epoch"), ev.get("step")
+        self._progress_shown = (
+            loss if loss is not None else prev[0],
+            epoch if epoch is not None else prev[1],
+            step if step is not None else prev[2],
+            g,
+            eta,
+        )
 
     def _show_progress(self) -> None:
         """Show the latest progress event's loss, epoch, step, ETA and bar."""
@@ -618,41 +628,30 @@ class TrainDock(QWidget):
 
     def stop_and_wait(self, parent: QWidget | None = None) -> bool:
         """Ask the trainer to stop and wait, with a dialog, until it has saved its checkpoint
-        and exited (a CPU step can take minutes); the dialog's button kills it at once. True
-        when it stopped by itself."""
+        and exited (a CPU step can take minutes). Only the dialog's "Kill it now" kills it:
+        Esc and the window's close button do not (the epoch would be lost). True when it
+        stopped by itself."""
         if not self.running:
             return True
         from PySide6.QtCore import QEventLoop
-        from PySide6.QtWidgets import QProgressDialog
 
         self.process.request_stop()
         self.stop_btn.setText("Force stop")
         self.status.setText("Stopping after the current step (a checkpoint is saved)…")
-        dialog = QProgressDialog(
-            "Training stops after its current step and saves a checkpoint (Resume continues "
-            "from it)…",
-            "Kill it now",
-            0,
-            0,
-            parent or self,
-        )
-        dialog.setWindowTitle("Stopping the training")
-        dialog.setWindowModality(Qt.WindowModality.ApplicationModal)  # no second close meanwhile
-        dialog.setMinimumDuration(0)
-        dialog.setAutoClose(False)
-        dialog.setAutoReset(False)
+        dialog = _StoppingDialog(parent or self)
         loop = QEventLoop()
+        kill = []
+        dialog.kill_btn.clicked.connect(lambda: (kill.append(True), loop.quit()))
         self.process.exited.connect(loop.quit)
-        dialog.canceled.connect(loop.quit)
         dialog.show()
         if self.running:
             loop.exec()
-        killed = self.running
+        self.process.exited.disconnect(loop.quit)
+        killed = bool(kill) and self.running
         if killed:
             self.process.kill()
             self.process.wait(1000)
-        self.process.exited.disconnect(loop.quit)
-        dialog.close()
+        dialog.done(0)
         dialog.deleteLater()
         return not killed
 
@@ -664,6 +663,36 @@ class TrainDock(QWidget):
         if not self.process.wait(timeout_ms):
             self.process.kill()
             self.process.wait(1000)
+
+
+class _StoppingDialog(QDialog):
+    """ "Stopping the training…" while the trainer ends its step: no Esc, no close button;
+    its one button kills the trainer."""
+
+    def __init__(self, parent: QWidget) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Stopping the training")
+        self.setWindowModality(Qt.WindowModality.ApplicationModal)  # no second close meanwhile
+        self.setWindowFlag(Qt.WindowType.WindowCloseButtonHint, False)
+        lay = QVBoxLayout(self)
+        text = QLabel(
+            "Training stops after its current step and saves a checkpoint (Resume continues "
+            "from it)…"
+        )
+        text.setWordWrap(True)
+        busy = QProgressBar()
+        busy.setRange(0, 0)
+        self.kill_btn = QPushButton("Kill it now")
+        self.kill_btn.setAutoDefault(False)
+        lay.addWidget(text)
+        lay.addWidget(busy)
+        lay.addWidget(self.kill_btn, 0, Qt.AlignmentFlag.AlignRight)
+
+    def reject(self) -> None:  # Esc: the trainer is stopping; only the button kills it
+        pass
+
+    def closeEvent(self, event) -> None:
+        event.ignore()
 
 
 def _num(v) -> float | None:
