@@ -57,7 +57,8 @@ class PrecomputeStage(Contribution):
     optionally names a callable ``(settings model[, gsd]) -> (tile_size, overlap) | None``: the
     tiling the stage recommends for those settings (a model's own tile size), used when the
     user names none; one that takes a second argument is asked per raster, with the raster's
-    ground resolution in metres per pixel (a model's tile scaled to its own resolution).
+    ground resolution in metres per pixel (a model's tile scaled to its own resolution), and
+    once with None before any raster is opened.
     ``max_gsd_m``: the coarsest ground resolution (metres per pixel) the stage
     works at; a raster coarser than that is refused before any tile is computed (0: no limit).
     ``parallel``: a job that is not told how many workers to use may run it in one process
