@@ -25,32 +25,6 @@ HERE = Path(__file__).parent
 FAKE_SOLARDESK = HERE / "fake_solardesk.py"
 
 
-def _hold_bools(n: int = 200_000) -> None:
-    """Keep True and False alive through the interpreter's exit.
-
-    Building a main window gives back about 150–450 references to True that were never
-    taken (``sys.getrefcount(True)`` falls by that much per window test and stays down; the
-    loss is in compiled code under PySide6 6.12 with Python 3.11, not located: building a
-    settings form of the spectral stage alone loses 13). Python 3.12
-    makes the bools immortal; on 3.11 the count reached 0 during the exit after the GUI tests
-    alone (about 60 windows in one process): "Fatal Python error: bool_dealloc", exit code
-    134, after every test had passed. The app builds one window (about 10 000 references to
-    True at start), so only a test session reaches 0. This takes references it never gives
-    back (``n`` covers about 400 windows)."""
-    if sys.version_info >= (3, 12):
-        return
-    import ctypes
-
-    incref = ctypes.pythonapi.Py_IncRef
-    incref.argtypes = [ctypes.py_object]
-    for obj in (True, False):
-        for _ in range(n):
-            incref(obj)
-
-
-_hold_bools()
-
-
 @pytest.fixture(scope="session")
 def scene_dir(tmp_path_factory) -> Path:
     """A 640×640 synthetic aerial scene at 0.15 m in UTM 32N, with its truth GeoJSON."""

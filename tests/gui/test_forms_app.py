@@ -141,3 +141,28 @@ def test_solardesk_gui_command_opens_a_raster_and_exits_cleanly(scene_tif, tmp_p
         cwd=Path(__file__).parents[2],
     )
     assert out.returncode == 0, out.stderr
+
+
+def test_emitting_signals_keeps_true_alive():
+    """PySide6 6.12.0's ``SignalInstance.emit()`` returned True and gave back a reference to it
+    that it never took: a GUI session aborted ("Fatal Python error: bool_dealloc") after about
+    as many emits as True had references (some 10 000: a pre-compute's progress at 20 a
+    second, in minutes), and the GUI tests at exit. pyproject.toml keeps that release out;
+    this catches a later one that does the same."""
+    import gc
+
+    from PySide6.QtCore import QObject, Signal
+
+    class Emitter(QObject):
+        changed = Signal()
+        value = Signal(int)
+
+    e = Emitter()
+    e.changed.connect(lambda: None)
+    gc.collect()
+    before = sys.getrefcount(True)
+    for i in range(200):
+        e.changed.emit()
+        e.value.emit(i)
+    gc.collect()
+    assert sys.getrefcount(True) - before > -50, "emit() gives back references to True"
