@@ -96,6 +96,28 @@ def test_panel_on_a_seam_is_one_polygon(tmp_path: Path) -> None:
     assert area == pytest.approx(190 * 60 * 0.04, rel=0.02)
 
 
+def _seam_scene(tmp_path: Path):
+    """A 600 px raster holding one computed panel (80 × 60 px, red 250) across the first
+    vertical seam of a 256/64 grid, and ``export(name)``: detect into that one cache, the
+    areas of the polygons written, largest first."""
+    data = np.full((3, 600, 600), 100, np.uint8)
+    data[0, 100:160, 190:270] = 250
+    raster = write_raster(tmp_path / "seam.tif", data)
+    pm = PluginManager()
+    pm.register(StagePlugin("square", "square_stage"), "square")
+    cache = tmp_path / "c.sqlite"
+    tiling = TilingSettings(tile_size=256, overlap=64)
+
+    def export(name: str) -> list[float]:
+        out = tmp_path / name
+        run(detect([raster], out, stage_id="square", plugin_manager=pm, tiling=tiling,
+                   cache_path=cache))  # fmt: skip
+        with fiona.open(out) as src:
+            return sorted((f["properties"]["area_m2"] for f in src), reverse=True)
+
+    return cache, export
+
+
 def test_a_drawn_panel_across_a_seam_is_written_whole(tmp_path: Path) -> None:
     """A panel a person draws lives in one tile; detect cut it to that tile's core, so the
     part across the seam was lost (and the tile beside wrote its own computed piece of the
@@ -103,22 +125,7 @@ def test_a_drawn_panel_across_a_seam_is_written_whole(tmp_path: Path) -> None:
     it covers at least half of is left out."""
     from solardesk.core.tiling import make_grid
 
-    data = np.full((3, 600, 600), 100, np.uint8)
-    data[0, 100:160, 190:270] = 250  # a computed panel across the first vertical seam
-    raster = write_raster(tmp_path / "seam.tif", data)
-    pm = PluginManager()
-    pm.register(StagePlugin("square", "square_stage"), "square")
-    cache = tmp_path / "c.sqlite"
-    tiling = TilingSettings(tile_size=256, overlap=64)
-
-    def export(name: str) -> list[dict]:
-        out = tmp_path / name
-        job = detect([raster], out, stage_id="square", plugin_manager=pm, tiling=tiling,
-                     cache_path=cache)  # fmt: skip
-        run(job)
-        with fiona.open(out) as src:
-            return sorted((f["properties"]["area_m2"] for f in src), reverse=True)
-
+    cache, export = _seam_scene(tmp_path)
     assert export("before.gpkg") == [pytest.approx(80 * 60 * 0.04, rel=0.02)]
     grid = make_grid(600, 600, Affine.identity(), 256, 64)
     left = next(t for t in grid if t.col_off == 0 and t.row_off == 0)
@@ -150,21 +157,7 @@ def test_a_person_s_panel_that_is_not_written_hides_nothing(tmp_path: Path) -> N
     is not written, and must not take the computed panel out of the output with it."""
     from solardesk.core.tiling import make_grid
 
-    data = np.full((3, 600, 600), 100, np.uint8)
-    data[0, 100:160, 190:270] = 250  # a computed panel across the first vertical seam
-    raster = write_raster(tmp_path / "seam.tif", data)
-    pm = PluginManager()
-    pm.register(StagePlugin("square", "square_stage"), "square")
-    cache = tmp_path / "c.sqlite"
-    tiling = TilingSettings(tile_size=256, overlap=64)
-
-    def export(name: str) -> list[float]:
-        out = tmp_path / name
-        run(detect([raster], out, stage_id="square", plugin_manager=pm, tiling=tiling,
-                   cache_path=cache))  # fmt: skip
-        with fiona.open(out) as src:
-            return sorted((f["properties"]["area_m2"] for f in src), reverse=True)
-
+    cache, export = _seam_scene(tmp_path)
     whole = pytest.approx(80 * 60 * 0.04, rel=0.02)
     assert export("before.gpkg") == [whole]
     other = next(t for t in make_grid(600, 600, Affine.identity(), 300, 64) if t.col_off == 0
