@@ -44,6 +44,7 @@ __all__ = [
     "metadata_props",
     "model_identity",
     "read_header",
+    "scaled_tiling",
     "suggested_tiling",
 ]
 
@@ -609,7 +610,13 @@ def suggested_tiling(
     by more than ``tolerance`` (the stage then resamples each tile to exactly the model's size,
     so no tile is cut into windows). None when the model does not say its tile size.
     """
-    spec = inspect_model(path)
+    return scaled_tiling(inspect_model(path), raster_gsd, tolerance)
+
+
+def scaled_tiling(
+    spec: ModelSpec, raster_gsd: float | None = None, tolerance: float = 0.2
+) -> tuple[int, int] | None:
+    """:func:`suggested_tiling` of a model already inspected."""
     if not spec.tile_size:
         return None
     scale = 1.0

@@ -169,13 +169,13 @@ def recommended_tiling(settings: OnnxSettings, gsd: float | None = None) -> tupl
     model's 512 px, each shrunk to 256 px and padded: four times the model runs). Reads the
     model's header only.
     """
-    from solardesk_onnx.metadata import inspect_model, suggested_tiling
+    from solardesk_onnx.metadata import inspect_model, scaled_tiling
 
-    spec = inspect_model(settings.model)
+    spec = inspect_model(settings.model)  # (its header read once)
     if not spec.tile_size:
         return None
     if gsd:
-        found = suggested_tiling(settings.model, gsd)
+        found = scaled_tiling(spec, gsd)
         if found is not None:
             tile, overlap = found
             return tile, max(0, min(overlap, tile // 2))
