@@ -437,6 +437,15 @@ class MaskRCNNTrainer:
             data=plan.stats,
             pid=os.getpid(),
         )
+        if plan.val and cfg.run.eval_every and not plan.stats.get("val_targets"):
+            self.warn(
+                f"none of the {len(plan.val)} validation tiles holds a pseudo-label at or above "
+                f"confidence {cfg.data.threshold} (or one accepted in review): validation "
+                "precision, recall and AP measure nothing and are reported as n/a, unless the "
+                "model finds something there (every find is then a false positive). Lower "
+                "data.threshold, accept candidates in the review dock, or pre-compute more "
+                "imagery."
+            )
 
         def payload(ep: int, in_epoch: int) -> dict[str, Any]:
             return {

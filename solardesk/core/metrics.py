@@ -13,10 +13,12 @@ false negatives. COCO AP uses every prediction (AP ranks them) and pycocotools' 
 Area error compares the area covered by panels per image (the union of the masks, so
 overlapping instances are not counted twice): what a capacity estimate would be built on.
 
-Conventions for empty cases, so that sums over images stay meaningful: with nothing to find
-and nothing found, precision, recall and F1 are 1; precision with no prediction (but something
-to find) is 0, recall with nothing to find (but predictions) is 0. AP is ``None`` when there is
-no ground truth at all (COCO leaves it undefined).
+Conventions for empty cases (counts are summed over images first, the figures come from the
+sums): with nothing to find and nothing found, precision, recall and F1 are ``None``: there is
+nothing to measure, and a perfect 1.0 there read as a perfect model on a validation set without
+a single panel; precision with no prediction (but something to find) is 0, recall with nothing
+to find (but predictions) is 0. AP is ``None`` when there is no ground truth at all (COCO leaves
+it undefined).
 """
 
 from __future__ import annotations
@@ -129,23 +131,30 @@ class ObjectCounts:
         return ObjectCounts(self.tp + other.tp, self.fp + other.fp, self.fn + other.fn)
 
     @property
-    def precision(self) -> float:
+    def measured(self) -> bool:
+        """Whether there was anything to find or anything found (else every figure is None)."""
+        return bool(self.tp + self.fp + self.fn)
+
+    @property
+    def precision(self) -> float | None:
         if self.tp + self.fp:
             return self.tp / (self.tp + self.fp)
-        return 1.0 if self.fn == 0 else 0.0
+        return 0.0 if self.fn else None
 
     @property
-    def recall(self) -> float:
+    def recall(self) -> float | None:
         if self.tp + self.fn:
             return self.tp / (self.tp + self.fn)
-        return 1.0 if self.fp == 0 else 0.0
+        return 0.0 if self.fp else None
 
     @property
-    def f1(self) -> float:
+    def f1(self) -> float | None:
         p, r = self.precision, self.recall
+        if p is None or r is None:
+            return None
         return 2 * p * r / (p + r) if p + r else 0.0
 
-    def to_dict(self) -> dict[str, float]:
+    def to_dict(self) -> dict[str, float | None]:
         return {
             **asdict(self),
             "precision": self.precision,

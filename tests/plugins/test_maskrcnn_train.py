@@ -408,3 +408,33 @@ def test_a_stop_on_an_epoch_s_last_step_still_ends_the_epoch(project) -> None:
     done, events = run(cfg, stop_at_step=4)
     assert done.reason == "completed" and done.epoch == 2
     assert events[-1]["event"] == "finished" and events[-1]["stopped"] is False
+
+
+def test_validation_without_a_pseudo_label_reports_no_score(tmp_path: Path) -> None:
+    """A validation set with nothing to find measured nothing: its precision and recall are
+    n/a (None), not a perfect 1.0, and the run warns before the first step."""
+    from solardesk_maskrcnn.train import plan_data
+
+    cache, _ = make_project(tmp_path / "p", distractor=False)
+    cfg = config_for(tmp_path, cache, "noval", run={"eval_every": 1, "max_steps_per_epoch": 1})
+    plan = plan_data(cfg)  # fixes the split in the cache
+    assert plan.val and plan.stats["val_targets"] > 0
+    val_tiles = {(s.raster_fp, s.tile_id) for s in plan.val}
+    with MaskCache(cache) as c:
+        ids = [i.id for t, i in c.iter_instances() if (t.raster_fp, t.tile_id) in val_tiles]
+        for iid in ids:
+            c.set_review(iid, "rejected")
+    assert ids
+
+    with pytest.warns(UserWarning, match="validation tiles holds a pseudo-label"):
+        result, events = run(cfg)
+    assert result.reason == "completed"
+    warnings = [e["message"] for e in events if e["event"] == "warning"]
+    assert any("validation tiles holds a pseudo-label" in w for w in warnings), warnings
+    metrics = next(e for e in events if e["event"] == "metrics")
+    assert metrics["val"]["gt_instances"] == 0
+    if metrics["val"]["pred_instances"] == 0:
+        assert metrics["val_precision"] is None and metrics["val_recall"] is None
+        assert metrics["val_f1"] is None
+    else:  # whatever it found there is a false positive
+        assert metrics["val_precision"] == 0.0

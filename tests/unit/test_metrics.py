@@ -123,7 +123,10 @@ def test_empty_images() -> None:
     ev = Evaluation()
     ev.add(stack(), [], stack())
     s = ev.summary()
-    assert s["precision"] == s["recall"] == s["f1"] == 1.0
+    # Nothing to find and nothing found measures nothing: not a perfect score.
+    assert s["precision"] is s["recall"] is s["f1"] is None
+    rows = {line.split("  ")[0]: line.split()[-1] for line in format_table(s).splitlines()}
+    assert rows["precision"] == rows["recall"] == rows["F1"] == "n/a"
     assert s["mask_ap"] is None  # COCO AP is undefined without truth
     assert ObjectCounts(0, 0, 3).precision == 0.0 and ObjectCounts(0, 2, 0).recall == 0.0
     ev.add(stack(), [], stack(A))
