@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from solardesk.config import RasterSettings, TilingSettings
-from solardesk.core.jobs import Clock, Progress, map_unordered
+from solardesk.core.jobs import Clock, Progress, counted, map_unordered
 from solardesk.errors import (
     NotGeoreferencedError,
     NotGeoreferencedWarning,
@@ -479,8 +479,8 @@ def precompute(
                         done,
                         total,
                         clock(),
-                        f"{n_instances} candidates; tile {out.tile_id} of {plan.path.name} left "
-                        f"out: {out.error}",
+                        f"{counted(n_instances, 'candidate')}; tile {out.tile_id} of "
+                        f"{plan.path.name} left out: {out.error}",
                         skipped=skipped,
                     )
                     continue
@@ -500,7 +500,7 @@ def precompute(
                     done,
                     total,
                     clock(),
-                    f"{n_instances} candidates",
+                    counted(n_instances, "candidate"),
                     skipped=skipped,
                     item=out.tile_id,
                     extra={"raster": str(plan.path), "instances": len(out.instances)},
