@@ -432,6 +432,8 @@ def precompute(
 
     Runs the spectral analyser on every tile in worker processes. Tiles already in the cache
     with the same parameters are skipped, so an interrupted run resumes where it stopped.
+    A RASTER may be a folder: the images directly inside it (.tif, .jpg with a world file,
+    .vrt...); world files and other sidecars named among RASTERS are left out.
     """
     from solardesk.config import TilingSettings, parse
     from solardesk.core.cache import MaskCache
@@ -556,7 +558,8 @@ def detect(
 
     Each polygon carries score, area_m2 (true ground area whatever the CRS), perimeter_m,
     azimuth_deg, centroid lon/lat, source raster, tile id, model name and version. An
-    interrupted run resumes: finished tiles are kept in the mask cache.
+    interrupted run resumes: finished tiles are kept in the mask cache. A RASTER may be a
+    folder of images, as for precompute.
     """
     from solardesk.core.detect import detect as job
     from solardesk.core.jobs import drive

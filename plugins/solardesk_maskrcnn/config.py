@@ -402,7 +402,7 @@ class TrainConfig(Settings):
         Field(
             title="Rasters",
             description="Where the cached rasters are now, when they moved since the "
-            "pre-compute (matched by content fingerprint).",
+            "pre-compute (matched by content fingerprint): files, or folders of them.",
         ),
     ] = ()
     raster: RasterSettings = RasterSettings()

@@ -360,8 +360,9 @@ class RasterLocator:
     """Finds the current file of a cached raster by its content fingerprint.
 
     The cache remembers the path each raster had at pre-compute time; a project moved to
-    another folder or machine names the new places in the config's ``rasters`` list, which are
-    fingerprinted (a few milliseconds each) only when a remembered path no longer fits.
+    another folder or machine names the new places in the config's ``rasters`` list (files, or
+    folders of them), which are fingerprinted (a few milliseconds each) only when a remembered
+    path no longer fits.
     """
 
     def __init__(self, cache: MaskCache, extra_paths: Sequence[str | os.PathLike] = ()) -> None:
@@ -372,11 +373,11 @@ class RasterLocator:
         self.found: dict[str, Path] = {}
 
     def _fingerprint_extras(self) -> dict[str, Path]:
-        from solardesk.core.raster import fingerprint
+        from solardesk.core.raster import expand_rasters, fingerprint
 
         if self._extra_fps is None:
             self._extra_fps = {}
-            for p in self._extra:
+            for p in expand_rasters(self._extra):  # (a folder: the images in it)
                 self._extra_fps.setdefault(fingerprint(p), p)
         return self._extra_fps
 

@@ -146,6 +146,9 @@ def detect(
     # extension first: the default cache is named after the output.
     vector_format(out)
     cache_path = Path(cache_path) if cache_path else default_cache_path(out)
+    from solardesk.core.raster import expand_rasters
+
+    rasters = expand_rasters(rasters)  # (folders: the files they hold are inputs too)
     inputs = job_inputs(rasters, [aoi], cache_path)
     VectorWriter(out, "EPSG:4326", schema_fields=PANEL_FIELDS, overwrite=overwrite, inputs=inputs)
 

@@ -321,10 +321,13 @@ def plan_rasters(
     georeferenced_for: str | None = None,
 ) -> list[RasterPlan]:
     """:func:`plan_raster` for each raster of a run, each raster once: a second path with the
-    same fingerprint (the same file twice, or a copy) is skipped, with a warning."""
+    same fingerprint (the same file twice, or a copy) is skipped, with a warning. A folder
+    stands for the images in it (:func:`~solardesk.core.raster.expand_rasters`)."""
+    from solardesk.core.raster import expand_rasters
+
     plans: list[RasterPlan] = []
     seen: dict[str, Path] = {}
-    for path in rasters:
+    for path in expand_rasters(rasters):
         plan = plan_raster(
             path,
             stage_id=stage.id,

@@ -65,6 +65,117 @@ _WORLD_FILE_SUFFIXES = {
 }
 
 
+#: The files a folder named as a raster contributes (case aside): images GDAL reads with their
+#: georeferencing inside or beside them.
+RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jpg", ".jpeg", ".png", ".jp2")
+
+#: Files that only describe an image beside them: never a raster of their own, though GDAL
+#: opens some (an ``.ovr`` or ``.msk`` is a TIFF of the image's overviews or mask).
+_SIDECARS = {
+    ".jgw": "world file",
+    ".jpgw": "world file",
+    ".jpegw": "world file",
+    ".pgw": "world file",
+    ".pngw": "world file",
+    ".tfw": "world file",
+    ".tifw": "world file",
+    ".tiffw": "world file",
+    ".wld": "world file",
+    ".prj": "projection file",
+    ".aux.xml": "GDAL metadata file",
+    ".ovr": "overview file",
+    ".msk": "mask file",
+}
+
+
+def _sidecar_kind(p: Path) -> tuple[str, list[Path]] | None:
+    """``(what it is, the images it may belong to)`` when ``p`` is a sidecar file, else None.
+
+    A world or projection file belongs to the image of its stem (``a.jgw``: ``a.jpg``), an
+    ``.aux.xml``, ``.ovr`` or ``.msk`` to the file it extends (``a.jpg.aux.xml``: ``a.jpg``)."""
+    name = p.name.lower()
+    if name.endswith(".aux.xml"):
+        return _SIDECARS[".aux.xml"], [p.with_name(p.name[: -len(".aux.xml")])]
+    kind = _SIDECARS.get(p.suffix.lower())
+    if kind is None:
+        return None
+    if p.suffix.lower() in (".ovr", ".msk"):
+        return kind, [p.with_suffix("")]
+    return kind, [
+        p.with_suffix(s) for s in RASTER_SUFFIXES + tuple(x.upper() for x in RASTER_SUFFIXES)
+    ]
+
+
+def _sidecar_error(p: Path, kind: str, owners: list[Path]) -> RasterOpenError:
+    there = [o for o in owners if o.is_file()]
+    image = f": name {there[0]}" if there else " (which is not there): name the image itself"
+    return RasterOpenError(
+        f"{p}: is a {kind}, which describes an image beside it, not an image{image}, or the "
+        "folder that holds the images."
+    )
+
+
+def expand_rasters(paths: Sequence[str | Path]) -> list[Path]:
+    """The raster files that ``paths`` (files or folders, as a user names them) stand for.
+
+    - A folder stands for the images directly inside it (:data:`RASTER_SUFFIXES`, hidden files
+      aside), by name. Where one of them is a VRT, the folder's files it mosaics are read
+      through it only, not a second time on their own.
+    - A sidecar of an image also named (``images/*`` names ``a.jgw`` and ``a.jpg.aux.xml``
+      beside ``a.jpg``) is left out; one named without its image is a
+      :class:`RasterOpenError` that names the image to give instead.
+    - A file named twice counts once. Anything else is passed on as it is: opening it reports
+      what is wrong with it.
+    """
+    out: list[Path] = []
+    for raw in paths:
+        p = Path(raw)
+        out += _folder_rasters(p) if p.is_dir() else [p]
+    named = {_same(p) for p in out}
+    kept: list[Path] = []
+    seen: set[Path] = set()
+    for p in out:
+        side = _sidecar_kind(p)
+        if side is not None:
+            kind, owners = side
+            if any(_same(o) in named for o in owners):
+                continue
+            raise _sidecar_error(p, kind, owners)
+        if _same(p) not in seen:
+            seen.add(_same(p))
+            kept.append(p)
+    return kept
+
+
+def _same(p: Path) -> Path:
+    try:
+        return p.resolve()
+    except OSError:  # (a path that cannot be resolved is compared as given)
+        return p.absolute()
+
+
+def _folder_rasters(folder: Path) -> list[Path]:
+    found = sorted(
+        f
+        for f in folder.iterdir()
+        if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in RASTER_SUFFIXES
+    )
+    if not found:
+        raise RasterOpenError(
+            f"{folder}: a folder with no image in it (SolarDesk looks for "
+            f"{', '.join(RASTER_SUFFIXES)} files directly inside it). Name the raster files, "
+            "or a folder that holds them."
+        )
+    mosaicked: set[Path] = set()
+    for vrt in (f for f in found if f.suffix.lower() == ".vrt"):
+        try:
+            with rasterio.open(vrt) as ds:
+                mosaicked |= {_same(Path(f)) for f in ds.files[1:]}
+        except RasterioError:
+            continue  # opening it later says what is wrong with it
+    return [f for f in found if _same(f) not in mosaicked]
+
+
 # --------------------------------------------------------------------------------------------
 # Opening
 # --------------------------------------------------------------------------------------------
@@ -102,6 +213,9 @@ def open_raster(path: str | Path) -> rasterio.DatasetReader:
         raise RasterOpenError(f"{p}: no such file. Check the path, or the project's raster list.")
     if p.is_dir():
         raise RasterOpenError(f"{p}: is a folder, not a raster file. Name an image file inside it.")
+    side = _sidecar_kind(p)
+    if side is not None:
+        raise _sidecar_error(p, *side)
     if p.stat().st_size == 0:
         raise RasterOpenError(
             f"{p}: the file is empty (0 bytes); it was probably not fully copied or downloaded. "

@@ -652,3 +652,35 @@ def test_detect_plans_each_raster_once(tmp_path: Path) -> None:
     res = cli("detect", str(SAMPLE), "--spectral", "--out", str(out), "--gsd", "0.5", "--quiet")
     assert res.returncode == 0, res.stderr
     assert res.stderr.count("overrides the raster's own ground resolution") == 1, res.stderr
+
+
+def test_a_folder_of_images_is_detected_as_its_images(tmp_path: Path) -> None:
+    """`detect FOLDER` reads the images in it; `detect FOLDER/*` (what a shell gives) leaves
+    out their sidecar files instead of failing on the first world file."""
+    folder = tmp_path / "flight"
+    folder.mkdir()
+    for k in range(2):
+        data = np.full((3, 200, 200), 100, np.uint8)
+        data[0, 50:80, 40 + 30 * k : 120] = 250
+        write_raster(
+            folder / f"scene{k}.tif",
+            data,
+            transform=Affine(0.2, 0, 680000.0 + 100 * k, 0, -0.2, 5150000.0),
+        )
+        (folder / f"scene{k}.tfw").write_text(f"0.2\n0\n0\n-0.2\n{680000.1 + 100 * k}\n5149999.9\n")
+    (folder / "flight-log.txt").write_text("two passes")
+    pm = PluginManager()
+    pm.register(StagePlugin("square", "square_stage"), "square")
+    areas = {}
+    for name, given in (("folder", [folder]), ("listing", sorted(folder.iterdir()))):
+        out = tmp_path / f"{name}.gpkg"
+        given = [g for g in given if g.suffix != ".txt"]
+        tiling = TilingSettings(tile_size=128, overlap=16)
+        summary = run(detect(given, out, stage_id="square", plugin_manager=pm, tiling=tiling))
+        assert summary.rasters == 2 and summary.panels == 2
+        with fiona.open(out) as src:
+            areas[name] = sorted(round(f["properties"]["area_m2"], 1) for f in src)
+    assert areas["folder"] == areas["listing"] == [30 * 50 * 0.04, 30 * 80 * 0.04]
+    res = cli("detect", str(folder / "scene0.tfw"), "--spectral", "--out", str(tmp_path / "w.gpkg"))
+    assert res.returncode != 0 and "is a world file" in res.stderr
+    assert f"name {folder / 'scene0.tif'}" in res.stderr and "Traceback" not in res.stderr

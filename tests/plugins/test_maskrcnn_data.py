@@ -388,6 +388,11 @@ def test_locator_finds_moved_rasters_by_content(tmp_path: Path) -> None:
         with pytest.raises(Exception, match="Add its current path to 'rasters'"):
             RasterLocator(cache).locate(fp)
         assert RasterLocator(cache, [moved]).locate(fp) == moved
+        # A folder named in 'rasters' stands for the images in it.
+        folder = tmp_path / "archive"
+        folder.mkdir()
+        moved.rename(folder / "scene.tif")
+        assert RasterLocator(cache, [folder]).locate(fp) == folder / "scene.tif"
 
 
 def _dataset(cache_path: Path, **kw) -> CacheTileDataset:

@@ -16,6 +16,7 @@ from solardesk.core.raster import (
     RasterReader,
     describe,
     estimate_normalisation,
+    expand_rasters,
     fingerprint,
     open_raster,
     resolve_bands,
@@ -317,3 +318,82 @@ def test_a_local_engineering_crs_in_metres_has_its_pixel_size_as_ground_resoluti
     path = write_raster(tmp_path / "local.tif", np.zeros((3, 64, 64), np.uint8), crs=local)
     info = describe(path)
     assert info.georeferenced and info.ground_resolution_m == pytest.approx(0.2)
+
+
+def _jpeg_with_sidecars(folder: Path, name: str) -> Path:
+    folder.mkdir(exist_ok=True)
+    p = write_raster(folder / f"{name}.jpg", np.full((3, 32, 32), 90, np.uint8), driver="JPEG")
+    (folder / f"{name}.jgw").write_text("0.2\n0\n0\n-0.2\n680000\n5150000\n")
+    return p
+
+
+def test_a_folder_stands_for_its_images_and_sidecars_are_left_out(tmp_path: Path) -> None:
+    d = tmp_path / "images"
+    b = _jpeg_with_sidecars(d, "b")
+    a = _jpeg_with_sidecars(d, "a")
+    write_raster(d / "c.TIF", np.zeros((1, 8, 8), np.uint8))
+    (d / "notes.txt").write_text("flight log")
+    write_raster(d / ".hidden.tif", np.zeros((1, 8, 8), np.uint8))
+    assert (d / "a.jpg.aux.xml").exists()  # GDAL wrote the CRS beside the JPEG
+    assert expand_rasters([d]) == [a, b, d / "c.TIF"]
+    # What a shell's images/* names: the world files and .aux.xml of named images drop out.
+    listed = sorted(d.iterdir())
+    assert expand_rasters([str(f) for f in listed if f.suffix != ".txt"]) == [
+        d / ".hidden.tif",
+        a,
+        b,
+        d / "c.TIF",
+    ]
+    # A file named twice (or by another spelling) counts once; order is the user's.
+    assert expand_rasters([b, d / ".." / "images" / "a.jpg", b]) == [
+        b,
+        d / ".." / "images" / "a.jpg",
+    ]
+
+
+def test_a_vrt_in_a_folder_reads_its_sources_once(tmp_path: Path) -> None:
+    d = tmp_path / "flight"
+    d.mkdir()
+    left = write_raster(d / "left.tif", np.zeros((1, 16, 16), np.uint8))
+    right = write_raster(
+        d / "right.tif",
+        np.zeros((1, 16, 16), np.uint8),
+        transform=Affine(0.2, 0, 680003.2, 0, -0.2, 5150000.0),
+    )
+    other = write_raster(d / "other.tif", np.zeros((1, 16, 16), np.uint8))
+    sources = "".join(
+        f'<SimpleSource><SourceFilename relativeToVRT="1">{f.name}</SourceFilename>'
+        f'<SourceBand>1</SourceBand><SrcRect xOff="0" yOff="0" xSize="16" ySize="16"/>'
+        f'<DstRect xOff="{x}" yOff="0" xSize="16" ySize="16"/></SimpleSource>'
+        for f, x in ((left, 0), (right, 16))
+    )
+    with rasterio.open(left) as ds:
+        wkt = ds.crs.to_wkt()
+    (d / "mosaic.vrt").write_text(
+        f'<VRTDataset rasterXSize="32" rasterYSize="16"><SRS>{wkt}</SRS>'
+        "<GeoTransform>680000, 0.2, 0, 5150000, 0, -0.2</GeoTransform>"
+        f'<VRTRasterBand dataType="Byte" band="1">{sources}</VRTRasterBand></VRTDataset>'
+    )
+    with rasterio.open(d / "mosaic.vrt") as ds:
+        assert ds.width == 32  # a valid mosaic of the two
+    # The mosaic stands for left and right: read through it, not again on their own.
+    assert expand_rasters([d]) == [d / "mosaic.vrt", other]
+
+
+def test_a_sidecar_alone_names_its_image(tmp_path: Path) -> None:
+    d = tmp_path / "images"
+    a = _jpeg_with_sidecars(d, "a")
+    for side, kind in ((d / "a.jgw", "world file"), (d / "a.jpg.aux.xml", "GDAL metadata")):
+        for call in (lambda q=side: expand_rasters([q]), lambda q=side: open_raster(q)):
+            with pytest.raises(RasterOpenError, match=kind) as ei:
+                call()
+            assert str(side) in str(ei.value) and f"name {a}" in str(ei.value)
+    # An overview file is a TIFF GDAL opens, but it is never a scene of its own.
+    ovr = write_raster(tmp_path / "b.tif.ovr", np.zeros((1, 8, 8), np.uint8))
+    with pytest.raises(RasterOpenError, match="overview file"):
+        open_raster(ovr)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "readme.txt").write_text("no imagery yet")
+    with pytest.raises(RasterOpenError, match="no image in it") as ei:
+        expand_rasters([tmp_path / "empty"])
+    assert str(tmp_path / "empty") in str(ei.value)
