@@ -337,7 +337,10 @@ def evaluate(
             raise ConfigError(
                 "without a cache there are no pseudo-labels: name the ground truth with --truth."
             )
-        tiles = _grid_tiles([Path(r) for r in rasters], tile_size)
+        from solardesk.core.raster import expand_rasters
+
+        rasters = expand_rasters(rasters)  # (a folder: the images in it)
+        tiles = _grid_tiles(rasters, tile_size)
         if max_tiles:
             tiles = tiles[:max_tiles]
         about["tiles_from"] = f"{len(rasters)} raster(s), {tile_size} px grid"

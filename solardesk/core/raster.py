@@ -120,7 +120,8 @@ def expand_rasters(paths: Sequence[str | Path]) -> list[Path]:
 
     - A folder stands for the images directly inside it (:data:`RASTER_SUFFIXES`, hidden files
       aside), by name. Where one of them is a VRT, the folder's files it mosaics are read
-      through it only, not a second time on their own.
+      through it only, not a second time on their own. A JPEG or PNG in it without a world
+      file or ``.aux.xml`` (a mask, a preview) is left out, with a warning.
     - A sidecar of an image also named (``images/*`` names ``a.jgw`` and ``a.jpg.aux.xml``
       beside ``a.jpg``) is left out; one named without its image is a
       :class:`RasterOpenError` that names the image to give instead.
@@ -154,10 +155,23 @@ def _same(p: Path) -> Path:
         return p.absolute()
 
 
+_NEEDS_SIDECAR = (".jpg", ".jpeg", ".png")
+
+
+def _georeferenced_beside(image: Path, near: set[str]) -> bool:
+    """Whether a world file or an ``.aux.xml`` is among ``near`` (the lower-case names of the
+    files beside ``image``)."""
+    worlds = (*_WORLD_FILE_SUFFIXES.get(image.suffix.lower(), ()), ".wld")
+    names = {image.with_suffix(w).name.lower() for w in worlds}
+    names.add(f"{image.name}.aux.xml".lower())
+    return bool(names & near)
+
+
 def _folder_rasters(folder: Path) -> list[Path]:
+    listing = list(folder.iterdir())
     found = sorted(
         f
-        for f in folder.iterdir()
+        for f in listing
         if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in RASTER_SUFFIXES
     )
     if not found:
@@ -166,6 +180,30 @@ def _folder_rasters(folder: Path) -> list[Path]:
             f"{', '.join(RASTER_SUFFIXES)} files directly inside it). Name the raster files, "
             "or a folder that holds them."
         )
+    # A JPEG or PNG carries no georeferencing of its own: without a world file or GDAL's
+    # .aux.xml beside it, it is a mask, a preview or a thumbnail, not a scene of the project.
+    near = {f.name.lower() for f in listing}
+    bare = [
+        f
+        for f in found
+        if f.suffix.lower() in _NEEDS_SIDECAR and not _georeferenced_beside(f, near)
+    ]
+    if bare:
+        left_out = set(bare)
+        found = [f for f in found if f not in left_out]
+        warnings.warn(
+            f"{folder}: {len(bare)} image{'s' * (len(bare) != 1)} without a world file or "
+            f".aux.xml left out ({', '.join(f.name for f in bare[:3])}{', …' * (len(bare) > 3)});"
+            " name such a file itself to read it in pixel coordinates.",
+            NotGeoreferencedWarning,
+            stacklevel=3,
+        )
+        if not found:
+            raise RasterOpenError(
+                f"{folder}: none of its {len(bare)} JPEG/PNG images has a world file or .aux.xml "
+                "beside it, so none is georeferenced. Add the world files (and .prj), or name "
+                "the images themselves to work in pixel coordinates."
+            )
     mosaicked: set[Path] = set()
     for vrt in (f for f in found if f.suffix.lower() == ".vrt"):
         try:

@@ -8,17 +8,20 @@ logic (the docks call the core and the ``solardesk`` command line, like the CLI 
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
-from PySide6.QtCore import Qt, QTimer, Slot
+from PySide6.QtCore import QEventLoop, Qt, QTimer, Slot
 from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
 from PySide6.QtWidgets import (
+    QApplication,
     QDockWidget,
     QFileDialog,
     QLabel,
     QMainWindow,
     QMessageBox,
     QProgressBar,
+    QProgressDialog,
     QStyle,
     QToolBar,
     QWidget,
@@ -41,6 +44,9 @@ log = logging.getLogger(__name__)
 
 #: How long a closing window waits for the review's queued cache edits to be written.
 EDITS_CLOSE_TIMEOUT_MS = 30000
+#: How long it waits for them before it says so (an edit takes milliseconds; a cache another
+#: program holds locked can take seconds).
+EDITS_QUIET_WAIT_MS = 300
 
 RASTER_FILTER = "Rasters (*.tif *.tiff *.vrt *.jpg *.jpeg *.png *.jp2 *.img);;All files (*)"
 VECTOR_FILTER = "Vector files (*.gpkg *.shp *.geojson *.json);;All files (*)"
@@ -54,6 +60,7 @@ class MainWindow(QMainWindow):
         super().__init__()
         self.ctx = ctx
         self.confirm_unsaved = True
+        self._closing = False
         self.setObjectName("SolarDeskMainWindow")
         self.resize(1400, 900)
         self.setDockOptions(
@@ -589,11 +596,18 @@ class MainWindow(QMainWindow):
             self.restoreState(state)
 
     def closeEvent(self, event: QCloseEvent) -> None:
+        if self._closing:  # (a second request while the first one waits for the edits)
+            event.ignore()
+            return
         if not self._maybe_save() or not self._maybe_stop_training():
             event.ignore()
             return
         self.ctx.settings.save_window(self.saveGeometry(), self.saveState())
-        self.shutdown()
+        self._closing = True
+        try:
+            self.shutdown()
+        finally:
+            self._closing = False
         event.accept()
 
     def shutdown(self) -> None:
@@ -605,7 +619,7 @@ class MainWindow(QMainWindow):
             runner.shutdown()
         # The review's decisions and drawings still queued are written, not dropped.
         pending = self.ctx.edits.unfinished()
-        if not self.ctx.edits.shutdown(EDITS_CLOSE_TIMEOUT_MS, finish=True):
+        if not self._write_queued_edits(pending):
             left = self.ctx.edits.unfinished()
             log.warning(
                 "closing: %d of %d review edits were still being written to the project "
@@ -616,6 +630,38 @@ class MainWindow(QMainWindow):
             )
         # Queued results of the jobs that just ended must not reach half-destroyed widgets.
         QTimer.singleShot(0, lambda: None)
+
+    def _write_queued_edits(self, pending: int) -> bool:
+        """Wait for the review's queued cache edits (all started now, in order); after
+        ``EDITS_QUIET_WAIT_MS`` say so in a dialog that counts them down, with no cancel
+        button (an edit left unwritten is a decision lost). False if some were still being
+        written after ``EDITS_CLOSE_TIMEOUT_MS``."""
+        edits = self.ctx.edits
+        deadline = time.monotonic() + EDITS_CLOSE_TIMEOUT_MS / 1000
+        if edits.shutdown(EDITS_QUIET_WAIT_MS, finish=True):
+            return True
+        from solardesk.core.jobs import counted
+
+        dialog = QProgressDialog(self)
+        dialog.setWindowTitle("Closing SolarDesk")
+        dialog.setCancelButton(None)
+        dialog.setRange(0, max(1, pending))
+        dialog.setMinimumDuration(0)
+        dialog.setWindowModality(Qt.WindowModality.ApplicationModal)
+        ok = False
+        try:
+            while not ok and time.monotonic() < deadline:
+                left = edits.unfinished()
+                dialog.setLabelText(f"Writing {counted(left, 'review edit')} to the project cache…")
+                dialog.setValue(max(0, pending - left))
+                dialog.show()
+                # Painting and timers only: no click reaches the closing window meanwhile.
+                QApplication.processEvents(QEventLoop.ProcessEventsFlag.ExcludeUserInputEvents, 50)
+                ok = edits.shutdown(100, finish=True)
+        finally:
+            dialog.close()
+            dialog.deleteLater()
+        return ok
 
 
 def _looks_like_geojson(p: Path) -> bool:

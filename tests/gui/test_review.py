@@ -3,6 +3,8 @@ delete, draw a polygon, split an instance; every change lands in the cache."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from PySide6.QtCore import QPoint, Qt
@@ -116,10 +118,24 @@ def test_closing_the_window_writes_the_queued_decisions(
     for iid, state in decisions.items():
         dock.current_id = iid
         dock.review(state)
+    # The wait (4 × 0.3 s) is said, counted down, in a dialog: seen from a timer.
+    shown = []
+
+    def look() -> None:
+        from PySide6.QtWidgets import QProgressDialog
+
+        shown.extend(d.labelText() for d in window.findChildren(QProgressDialog) if d.isVisible())
+
+    from PySide6.QtCore import QTimer
+
+    for ms in (700, 1000):
+        QTimer.singleShot(ms, look)
     window.close()
     for iid, state in decisions.items():
         assert _review(path, iid).review == state
     assert _review(path, ids[3]).review == "pending"
+    assert shown, "no dialog said what the closing window waited for"
+    assert all(re.fullmatch(r"Writing [1-4] review edits? to the project cache…", t) for t in shown)
 
 
 def test_a_decision_reaches_the_copy_in_the_overlapping_tile(qtbot, window, scene_tif, cache):

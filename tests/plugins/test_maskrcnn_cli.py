@@ -202,6 +202,16 @@ def test_evaluate_against_ground_truth(project, stopped_run, truth: str) -> None
     figures = json.loads(result.output[result.output.index("{") :])
     assert figures["images"] == 4  # 256 px raster, 128 px model tiles
     assert figures["gt_instances"] > 0 and figures["area"]["gt_px"] > 0
+    if truth == "vector":
+        # A folder stands for its images; the mask PNG beside the raster is not one of them.
+        flight = root / "flight"
+        flight.mkdir(exist_ok=True)
+        for name in ("scene0.tif", "scene0.png"):
+            (flight / name).write_bytes((root / name).read_bytes())
+        again = invoke("evaluate", str(checkpoint), str(flight), *args, "--json")
+        assert again.exit_code == 0, again.output
+        assert "without a world file or .aux.xml left out (scene0.png)" in again.output
+        assert json.loads(again.output[again.output.index("{") :])["tp"] == figures["tp"]
 
 
 def test_evaluate_without_truth_or_cache_says_what_to_do(stopped_run, project) -> None:

@@ -336,6 +336,12 @@ def test_a_folder_stands_for_its_images_and_sidecars_are_left_out(tmp_path: Path
     write_raster(d / ".hidden.tif", np.zeros((1, 8, 8), np.uint8))
     assert (d / "a.jpg.aux.xml").exists()  # GDAL wrote the CRS beside the JPEG
     assert expand_rasters([d]) == [a, b, d / "c.TIF"]
+    # A PNG with nothing beside it to georeference it is a mask or a preview: left out, said.
+    write_raster(d / "a_mask.png", np.zeros((1, 32, 32), np.uint8), crs=None, driver="PNG")
+    (d / "a_mask.png.aux.xml").unlink(missing_ok=True)
+    with pytest.warns(NotGeoreferencedWarning, match=r"1 image without a world file.*a_mask\.png"):
+        assert expand_rasters([d]) == [a, b, d / "c.TIF"]
+    (d / "a_mask.png").unlink()
     # What a shell's images/* names: the world files and .aux.xml of named images drop out.
     listed = sorted(d.iterdir())
     assert expand_rasters([str(f) for f in listed if f.suffix != ".txt"]) == [
@@ -392,6 +398,14 @@ def test_a_sidecar_alone_names_its_image(tmp_path: Path) -> None:
     ovr = write_raster(tmp_path / "b.tif.ovr", np.zeros((1, 8, 8), np.uint8))
     with pytest.raises(RasterOpenError, match="overview file"):
         open_raster(ovr)
+    bare = tmp_path / "previews"
+    bare.mkdir()
+    write_raster(bare / "p.png", np.zeros((3, 8, 8), np.uint8), crs=None, driver="PNG")
+    for aux in bare.glob("*.aux.xml"):
+        aux.unlink()
+    with pytest.warns(NotGeoreferencedWarning), pytest.raises(RasterOpenError, match="none of"):
+        expand_rasters([bare])
+    assert expand_rasters([bare / "p.png"]) == [bare / "p.png"]  # named: read in pixels
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "readme.txt").write_text("no imagery yet")
     with pytest.raises(RasterOpenError, match="no image in it") as ei:

@@ -193,8 +193,14 @@ class TrainDock(QWidget):
         )
         self.loss_legend.addItem(self.epoch_loss_curve, "epoch mean")
         self.epoch_loss: tuple[list[float], list[float]] = ([], [])
-        self.metric_plot = pg.PlotWidget(title="Validation")
+        self.metric_plot = pg.PlotWidget(title="Validation, against the pseudo-labels")
         self.metric_plot.setObjectName("metricPlot")
+        self.metric_plot.setToolTip(
+            "Object precision, recall and F1 (IoU ≥ 0.5) and COCO AP on the validation tiles, "
+            "against their pseudo-labels at the training threshold and the panels accepted or "
+            "drawn in review: agreement with the pre-compute, not accuracy against hand-made "
+            "labels (solardesk evaluate --truth measures that)."
+        )
         self.metric_plot.setLabel("bottom", "epoch")
         self.metric_plot.showGrid(x=True, y=True, alpha=0.25)
         self.metric_legend = _legend_below(self.metric_plot, columns=3)
