@@ -1407,6 +1407,7 @@ class MaskCache:
         min_confidence: float = 0.0,
         include_edits: bool = True,
         accepted_below: bool = False,
+        drawn_nearby: bool = False,
     ) -> list[Instance]:
         """One tile's instances, masks decoded, ordered by id; ``[]`` for an unknown tile.
 
@@ -1415,6 +1416,13 @@ class MaskCache:
         instances people added or redrew on that tile. Only instances of ``min_confidence``
         or more are read (and decoded), with ``accepted_below`` also the accepted ones below
         it.
+
+        ``drawn_nearby`` (with ``include_edits``): a panel a person drew lives in the edits
+        row of one tile, but the tiles beside overlap it. Their people's instances are added
+        too, cut to this tile's window (in its pixels, under their own ids), and this tile's
+        computed instances they cover SUPERSEDE_SHARE of are left out, as that tile's own are
+        (ADR 0046): what training and evaluation see of each tile, so that a drawn panel is
+        not background in the tile beside.
         """
         with self._reading(f"read tile {tile_id}", snapshot=True) as conn:
             pks = [self._current_pk(conn, raster_fp, tile_id, stage_id, stage_version, params_hash)]
@@ -1430,7 +1438,51 @@ class MaskCache:
                 "AND i.superseded_by IS NULL ORDER BY i.id",
                 (*pks, float(min_confidence)),
             ).fetchall()  # one tile: small
-            return [_instance(r) for r in rows]
+            own = [_instance(r) for r in rows]
+            if not (drawn_nearby and include_edits):
+                return own
+            return self._with_drawn_nearby(conn, pks[0], own, float(min_confidence))
+
+    def _with_drawn_nearby(
+        self, conn: sqlite3.Connection, tile_pk: int, own: list[Instance], min_confidence: float
+    ) -> list[Instance]:
+        """``own`` (the instances of the tile of row ``tile_pk``) with the people's instances
+        of the raster's other tiles cut to its window; see :meth:`read_tile`."""
+        fp, tid, *window = conn.execute(
+            "SELECT raster_fp, tile_id, col_off, row_off, width, height FROM tiles WHERE id = ?",
+            (tile_pk,),
+        ).fetchone()
+        box = _window_box(window)
+        rows = conn.execute(
+            f"SELECT t.col_off, t.row_off, {_INSTANCE_COLS} FROM instances i "
+            "JOIN tiles t ON t.id = i.tile_pk WHERE t.raster_fp = ? AND t.tile_id != ? "
+            "AND t.stage_id = ? AND t.col_off < ? AND t.col_off + t.width > ? "
+            "AND t.row_off < ? AND t.row_off + t.height > ? "
+            "AND i.provenance = 'human' AND i.confidence >= ? ORDER BY i.id",
+            (fp, tid, EDITS_STAGE_ID, box[2], box[0], box[3], box[1], min_confidence),
+        ).fetchall()
+        drawn: list[Instance] = []
+        for col, row, *cols in rows:
+            inst = _instance(cols)
+            cut_box, cut = _crop(_shifted(inst.bbox, col, row), inst.mask, box)
+            if not cut.any():
+                continue
+            ys, xs = np.flatnonzero(cut.any(axis=1)), np.flatnonzero(cut.any(axis=0))
+            tight = cut[ys[0] : ys[-1] + 1, xs[0] : xs[-1] + 1].copy()
+            x0, y0 = cut_box[0] - box[0] + int(xs[0]), cut_box[1] - box[1] + int(ys[0])
+            local = (x0, y0, x0 + tight.shape[1], y0 + tight.shape[0])
+            drawn.append(inst.replace(bbox=local, mask=tight))
+        if not drawn:
+            return own
+        kept = [
+            i
+            for i in own
+            if i.provenance == "human"
+            or not _is_covered(
+                i.bbox, i.mask, [(d.bbox, d.mask) for d in drawn if _boxes_meet(d.bbox, i.bbox)]
+            )
+        ]
+        return sorted(kept + drawn, key=lambda i: i.id or 0)
 
     @staticmethod
     def _current_pk(

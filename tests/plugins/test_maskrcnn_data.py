@@ -186,6 +186,34 @@ def test_list_samples_counts_targets_per_tile(tmp_path: Path) -> None:
     assert again[(tile.raster_fp, tile.tile_id)] == 1
 
 
+def test_a_drawn_panel_is_a_target_of_every_tile_it_reaches(tmp_path: Path) -> None:
+    """A panel drawn in one tile is stored there only; the tile beside, which overlaps it,
+    trains on it too (cut to its window) instead of on background, and counts it."""
+    cache_path, rasters = make_project(tmp_path, n_scenes=1, overlap=32, distractor=False)
+    with MaskCache(cache_path) as cache:
+        samples = {s.tile_id: s for s in list_samples(cache, 0.85)}
+        # The first two tiles of the top row, which overlap.
+        first, second = sorted(
+            (s for s in samples.values() if s.window.row_off == 0), key=lambda s: s.window.col_off
+        )[:2]
+        assert first.window.col_off + first.window.width > second.window.col_off
+        # A panel drawn in the first, 6 columns left of the second's edge, 20 columns wide.
+        x0 = second.window.col_off - first.window.col_off - 6
+        drawn = Instance(bbox=(x0, 100, x0 + 20, 112), mask=np.ones((12, 20), bool), confidence=1.0)
+        cache.add_instance(first.raster_fp, first.tile_id, drawn)
+        after = {s.tile_id: s.n_targets for s in list_samples(cache, 0.85)}
+    assert after[first.tile_id] == first.n_targets + 1
+    assert after[second.tile_id] == second.n_targets + 1
+    fp = first.raster_fp
+    source = TileSource(cache_path, {fp: str(rasters[0])}, threshold=0.85, gsd={fp: GSD})
+    try:
+        got = source.read(second)
+    finally:
+        source.close()
+    human = [t for t in got.targets if t.provenance == "human"]
+    assert [t.bbox for t in human] == [(0, 100, 14, 112)]  # its 14 columns in this tile
+
+
 def test_select_samples_keeps_a_share_of_empty_tiles() -> None:
     w = (0, 0, 8, 8)
     samples = [TileSample("fp", f"t{i}", w, i % 2) for i in range(200)]

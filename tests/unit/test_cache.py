@@ -1344,3 +1344,32 @@ def test_hash_params_is_canonical() -> None:
     assert hash_params({"a": 1, "b": [0.5, 2]}) == hash_params({"b": [0.5, 2], "a": 1})
     assert hash_params({"a": 1}) != hash_params({"a": 1.0000001})
     assert len(hash_params({})) == 16
+
+
+def test_a_drawn_panel_is_read_in_the_tiles_beside_it(cache: MaskCache) -> None:
+    """A person's panel lives in one tile's edits row; with ``drawn_nearby`` the overlapping
+    tile reads it too, cut to its window, and its own computed outline of that panel is left
+    out (as in the panel's own tile). Without, nothing changes."""
+    left, right = (0, 0, 64, 48), (48, 0, 64, 48)  # overlapping by 16 columns
+    # The right tile's own (computed) outline of the panel, and an unrelated candidate.
+    outline = Instance(bbox=(0, 10, 8, 20), mask=np.ones((10, 8), bool), confidence=0.9)
+    cache.write_tile(key("tl"), left, [])
+    cache.write_tile(key("tr"), right, [outline, inst(x0=40, y0=30, conf=0.95)])
+    # Drawn in the left tile: columns 40..57 of the raster, rows 10..20.
+    drawn = Instance(bbox=(40, 10, 58, 20), mask=np.ones((10, 18), bool), confidence=1.0)
+    did = cache.add_instance("fp", "tl", drawn)
+    plain = cache.read_tile("fp", "tr")
+    assert [i.provenance for i in plain] == ["spectral", "spectral"]
+    near = cache.read_tile("fp", "tr", drawn_nearby=True)
+    assert [(i.provenance, i.bbox) for i in near] == [
+        ("spectral", (40, 30, 45, 34)),  # the unrelated candidate stays
+        ("human", (0, 10, 10, 20)),  # raster columns 48..57, in the right tile's pixels
+    ]
+    assert near[1].id == did and near[1].mask.all()
+    # The left tile reads its own panel once, and a tile the panel does not reach is as it was.
+    assert [i.id for i in cache.read_tile("fp", "tl", drawn_nearby=True)] == [did]
+    cache.write_tile(key("far"), (200, 0, 64, 48), [inst(conf=0.9)])
+    assert len(cache.read_tile("fp", "far", drawn_nearby=True)) == 1
+    # Another raster's tile at the same pixels is another place.
+    cache.write_tile(key("tr", raster="other"), right, [outline])
+    assert [i.provenance for i in cache.read_tile("other", "tr", drawn_nearby=True)] == ["spectral"]
