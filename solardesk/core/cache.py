@@ -2182,11 +2182,10 @@ class MaskCache:
             f"LEFT JOIN rasters r ON r.fingerprint = t.raster_fp WHERE {cond} "
             "GROUP BY t.raster_fp, t.tile_id ORDER BY image_id"
         )
+        kept = "AND (+i.confidence >= ? OR i.review = 'accepted') AND i.review != 'rejected' "
         ann_sql = (
-            f"SELECT {image_id}, t.width, t.height, {_INSTANCE_COLS} {_STREAM_FROM} {cond} "
-            "AND (+i.confidence >= ? OR i.review = 'accepted') AND i.review != 'rejected' "
-            "AND i.superseded_by IS NULL "
-            "ORDER BY i.id"
+            f"SELECT {image_id}, t.width, t.height, t.raster_fp, t.tile_id, {_INSTANCE_COLS} "
+            f"{_STREAM_FROM} {cond} {kept}AND i.superseded_by IS NULL ORDER BY i.id"
         )
         header = {
             "info": {
@@ -2206,8 +2205,18 @@ class MaskCache:
                 self._reading("export COCO", snapshot=True) as conn,
             ):
                 f.write(json.dumps(header)[:-1] + ', "images": [')
+                # Where a person drew a panel, the tiles beside it that it reaches are written
+                # as training reads them (read_tile(drawn_nearby=True)), after the rest.
+                drawn = self._drawn_boxes(conn, raster_fp)
+                beside: dict[tuple[str, str], tuple[int, int, int]] = {}
                 for row in conn.execute(images_sql, params):
                     iid, fp, tid, col, rowo, w, h, fname = row
+                    if fp in drawn:
+                        tids, b = drawn[fp]
+                        meet = (b[:, 0] < col + w) & (b[:, 2] > col)
+                        meet &= (b[:, 1] < rowo + h) & (b[:, 3] > rowo)
+                        if any(tids[k] != tid for k in np.flatnonzero(meet)):
+                            beside[(fp, tid)] = (iid, w, h)
                     image = {
                         "id": iid,
                         "file_name": fname,
@@ -2221,12 +2230,12 @@ class MaskCache:
                     f.write(("," if n_images else "") + json.dumps(image))
                     n_images += 1
                 f.write('], "annotations": [')
-                for row in conn.execute(ann_sql, [*params, float(threshold)]):
-                    img, w, h = row[:3]
-                    inst = _instance(row[3:])
+
+                def write(inst: Instance, img: int, w: int, h: int, ann_id: int) -> None:
+                    nonlocal n_ann
                     x0, y0, x1, y1 = inst.bbox
                     ann = {
-                        "id": inst.id,
+                        "id": ann_id,
                         "image_id": img,
                         "category_id": 1,
                         "segmentation": crop_to_coco_rle(inst.mask, inst.bbox, h, w),
@@ -2239,6 +2248,39 @@ class MaskCache:
                     }
                     f.write(("," if n_ann else "") + json.dumps(ann))
                     n_ann += 1
+
+                last_id = 0
+                for row in conn.execute(ann_sql, [*params, float(threshold)]):
+                    img, w, h, fp, tid = row[:5]
+                    inst = _instance(row[5:])
+                    last_id = max(last_id, inst.id or 0)
+                    if (fp, tid) not in beside:
+                        write(inst, img, w, h, inst.id)
+                # A drawn panel's piece in a tile beside its own is a new annotation (its own
+                # id is its whole outline's, in its own tile).
+                next_id = max(last_id, self._max_instance_id(conn)) + 1
+                for (fp, tid), (img, w, h) in beside.items():
+                    tile_cond = f"{cond} AND t.raster_fp = ? AND t.tile_id = ? "
+                    rows = conn.execute(
+                        f"SELECT {_INSTANCE_COLS} {_STREAM_FROM} {tile_cond}"
+                        "AND i.superseded_by IS NULL ORDER BY i.id",
+                        [*params, fp, tid],
+                    ).fetchall()  # one tile: small
+                    pk = conn.execute(
+                        "SELECT id FROM tiles WHERE raster_fp = ? AND tile_id = ? LIMIT 1",
+                        (fp, tid),
+                    ).fetchone()[0]
+                    own = {r[0] for r in rows}
+                    for inst in self._with_drawn_nearby(conn, pk, [_instance(r) for r in rows], 0):
+                        if inst.review == "rejected" or not (
+                            inst.confidence >= threshold or inst.review == "accepted"
+                        ):
+                            continue
+                        if inst.id in own:
+                            write(inst, img, w, h, inst.id)
+                        else:
+                            write(inst, img, w, h, next_id)
+                            next_id += 1
                 f.write("]}\n")
             replace_durably(tmp, out)
         except OSError as e:
@@ -2252,6 +2294,32 @@ class MaskCache:
                 tmp.unlink(missing_ok=True)
             raise
         return {"images": n_images, "annotations": n_ann}
+
+    @staticmethod
+    def _drawn_boxes(
+        conn: sqlite3.Connection, raster_fp: str | None
+    ) -> dict[str, tuple[list[str], np.ndarray]]:
+        """Per raster, the tile ids and boxes (raster pixels, an ``(N, 4)`` array) of the
+        instances people drew: what :meth:`_with_drawn_nearby` adds to the tiles beside."""
+        sql = (
+            "SELECT t.raster_fp, t.tile_id, t.col_off, t.row_off, i.x0, i.y0, i.x1, i.y1 "
+            "FROM tiles t JOIN instances i ON i.tile_pk = t.id "
+            "WHERE t.stage_id = ? AND i.provenance = 'human'"
+        )
+        args: list[Any] = [EDITS_STAGE_ID]
+        if raster_fp is not None:
+            sql += " AND t.raster_fp = ?"
+            args.append(raster_fp)
+        found: dict[str, tuple[list[str], list[tuple[int, int, int, int]]]] = {}
+        for fp, tid, col, row, *box in conn.execute(sql, args):
+            tids, boxes = found.setdefault(fp, ([], []))
+            tids.append(tid)
+            boxes.append(_shifted(box, col, row))
+        return {fp: (tids, np.asarray(boxes, np.int64)) for fp, (tids, boxes) in found.items()}
+
+    @staticmethod
+    def _max_instance_id(conn: sqlite3.Connection) -> int:
+        return int(conn.execute("SELECT coalesce(max(id), 0) FROM instances").fetchone()[0])
 
     def _refuse_own_file(self, out: Path, what: str) -> None:
         """Raise :class:`CacheError` when ``out`` is this cache's file or a companion of it

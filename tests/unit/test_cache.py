@@ -1370,6 +1370,21 @@ def test_a_drawn_panel_is_read_in_the_tiles_beside_it(cache: MaskCache) -> None:
     assert [i.id for i in cache.read_tile("fp", "tl", drawn_nearby=True)] == [did]
     cache.write_tile(key("far"), (200, 0, 64, 48), [inst(conf=0.9)])
     assert len(cache.read_tile("fp", "far", drawn_nearby=True)) == 1
+    # The COCO export writes each tile as training reads it: the piece in the tile beside
+    # is an annotation of its own (a new id), the outline it covers is not written.
+    out = cache.path.parent / "coco.json"
+    assert cache.export_coco(out, threshold=0.85) == {"images": 3, "annotations": 4}
+    coco = json.loads(out.read_text())
+    image = {im["tile_id"]: im["id"] for im in coco["images"]}
+    by_image = {
+        tid: sorted((a["provenance"], tuple(a["bbox"])) for a in coco["annotations"]
+                    if a["image_id"] == image[tid])
+        for tid in image
+    }  # fmt: skip
+    assert by_image["tl"] == [("human", (40, 10, 18, 10))]
+    assert by_image["tr"] == [("human", (0, 10, 10, 10)), ("spectral", (40, 30, 5, 4))]
+    ids = [a["id"] for a in coco["annotations"]]
+    assert len(set(ids)) == len(ids) and did in ids
     # Another raster's tile at the same pixels is another place.
     cache.write_tile(key("tr", raster="other"), right, [outline])
     assert [i.provenance for i in cache.read_tile("other", "tr", drawn_nearby=True)] == ["spectral"]
