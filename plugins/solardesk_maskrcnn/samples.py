@@ -119,7 +119,7 @@ def _count_drawn_nearby(
     stage_id: str | None,
 ) -> None:
     """Count a panel a person drew as a target of the other tiles its box reaches too: they
-    read it (``read_tile(drawn_nearby=True)``), cut to their window."""
+    read it (``read_tile(drawn_nearby="add")``), cut to their window."""
     by_raster: dict[str, tuple[list[str], np.ndarray]] = {}
     for (fp, tid), w in windows.items():
         by_raster.setdefault(fp, ([], []))[0].append(tid)
@@ -522,7 +522,7 @@ class TileSource:
         assert self._cache is not None
         # A panel drawn in the tile beside is a target here too, where it reaches.
         instances = self._cache.read_tile(
-            sample.raster_fp, sample.tile_id, self.stage_id, drawn_nearby=True
+            sample.raster_fp, sample.tile_id, self.stage_id, drawn_nearby="add"
         )
         targets, uncertain = split_targets(instances, self.threshold)
         rgb, valid = self._reader(sample.raster_fp).read_rgb(Window(*sample.window))

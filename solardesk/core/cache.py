@@ -1407,7 +1407,7 @@ class MaskCache:
         min_confidence: float = 0.0,
         include_edits: bool = True,
         accepted_below: bool = False,
-        drawn_nearby: bool = False,
+        drawn_nearby: str | None = None,
     ) -> list[Instance]:
         """One tile's instances, masks decoded, ordered by id; ``[]`` for an unknown tile.
 
@@ -1418,12 +1418,16 @@ class MaskCache:
         it.
 
         ``drawn_nearby`` (with ``include_edits``): a panel a person drew lives in the edits
-        row of one tile, but the tiles beside overlap it. Their people's instances are added
-        too, cut to this tile's window (in its pixels, under their own ids), and this tile's
-        computed instances they cover SUPERSEDE_SHARE of are left out, as that tile's own are
-        (ADR 0046): what training and evaluation see of each tile, so that a drawn panel is
-        not background in the tile beside.
+        row of one tile, but the tiles beside overlap it. With ``"hide"``, this tile's
+        computed instances that the people's instances of the raster's overlapping tiles
+        cover SUPERSEDE_SHARE of are left out, as that tile's own people's are (ADR 0046):
+        what the review layer shows. With ``"add"``, those people's instances are added too,
+        cut to this tile's window (in its pixels, under their own ids): what training and
+        evaluation see of each tile, so that a drawn panel is not background in the tile
+        beside.
         """
+        if drawn_nearby not in (None, "add", "hide"):
+            raise ValueError(f"drawn_nearby must be None, 'add' or 'hide', got {drawn_nearby!r}")
         with self._reading(f"read tile {tile_id}", snapshot=True) as conn:
             pks = [self._current_pk(conn, raster_fp, tile_id, stage_id, stage_version, params_hash)]
             if include_edits:
@@ -1439,15 +1443,24 @@ class MaskCache:
                 (*pks, float(min_confidence)),
             ).fetchall()  # one tile: small
             own = [_instance(r) for r in rows]
-            if not (drawn_nearby and include_edits):
+            if drawn_nearby is None or not include_edits:
                 return own
-            return self._with_drawn_nearby(conn, pks[0], own, float(min_confidence))
+            return self._with_drawn_nearby(
+                conn, pks[0], own, float(min_confidence), add=drawn_nearby == "add"
+            )
 
     def _with_drawn_nearby(
-        self, conn: sqlite3.Connection, tile_pk: int, own: list[Instance], min_confidence: float
+        self,
+        conn: sqlite3.Connection,
+        tile_pk: int,
+        own: list[Instance],
+        min_confidence: float,
+        *,
+        add: bool = True,
     ) -> list[Instance]:
-        """``own`` (the instances of the tile of row ``tile_pk``) with the people's instances
-        of the raster's other tiles cut to its window; see :meth:`read_tile`."""
+        """``own`` (the instances of the tile of row ``tile_pk``) less the computed ones that
+        the people's instances of the raster's other tiles cover, and with those (``add``)
+        cut to its window; see :meth:`read_tile`."""
         fp, tid, *window = conn.execute(
             "SELECT raster_fp, tile_id, col_off, row_off, width, height FROM tiles WHERE id = ?",
             (tile_pk,),
@@ -1458,8 +1471,8 @@ class MaskCache:
             "JOIN tiles t ON t.id = i.tile_pk WHERE t.raster_fp = ? AND t.tile_id != ? "
             "AND t.stage_id = ? AND t.col_off < ? AND t.col_off + t.width > ? "
             "AND t.row_off < ? AND t.row_off + t.height > ? "
-            "AND i.provenance = 'human' AND i.confidence >= ? ORDER BY i.id",
-            (fp, tid, EDITS_STAGE_ID, box[2], box[0], box[3], box[1], min_confidence),
+            "AND i.provenance = 'human' ORDER BY i.id",
+            (fp, tid, EDITS_STAGE_ID, box[2], box[0], box[3], box[1]),
         ).fetchall()
         drawn: list[Instance] = []
         for col, row, *cols in rows:
@@ -1482,7 +1495,10 @@ class MaskCache:
                 i.bbox, i.mask, [(d.bbox, d.mask) for d in drawn if _boxes_meet(d.bbox, i.bbox)]
             )
         ]
-        return sorted(kept + drawn, key=lambda i: i.id or 0)
+        if not add:
+            return kept
+        shown = [d for d in drawn if d.confidence >= min_confidence]
+        return sorted(kept + shown, key=lambda i: i.id or 0)
 
     @staticmethod
     def _current_pk(
@@ -2206,7 +2222,7 @@ class MaskCache:
             ):
                 f.write(json.dumps(header)[:-1] + ', "images": [')
                 # Where a person drew a panel, the tiles beside it that it reaches are written
-                # as training reads them (read_tile(drawn_nearby=True)), after the rest.
+                # as training reads them (read_tile(drawn_nearby="add")), after the rest.
                 drawn = self._drawn_boxes(conn, raster_fp)
                 beside: dict[tuple[str, str], tuple[int, int, int]] = {}
                 for row in conn.execute(images_sql, params):
@@ -2271,7 +2287,9 @@ class MaskCache:
                         (fp, tid),
                     ).fetchone()[0]
                     own = {r[0] for r in rows}
-                    for inst in self._with_drawn_nearby(conn, pk, [_instance(r) for r in rows], 0):
+                    for inst in self._with_drawn_nearby(
+                        conn, pk, [_instance(r) for r in rows], 0.0
+                    ):
                         if inst.review == "rejected" or not (
                             inst.confidence >= threshold or inst.review == "accepted"
                         ):

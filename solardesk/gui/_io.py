@@ -400,7 +400,8 @@ def load_tiles(
             tiles.append(
                 TileRecord(t.tile_id, t.pk, tuple(t.window), np.asarray(foot.exterior.coords))
             )
-            for inst in cache.read_tile(raster_fp, t.tile_id):
+            # A panel drawn in the tile beside hides this tile's outline of it too.
+            for inst in cache.read_tile(raster_fp, t.tile_id, drawn_nearby="hide"):
                 rec = record_of(inst, t.tile_id, (col, row), placement)
                 if rec is not None:
                     instances.append(rec)

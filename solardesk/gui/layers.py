@@ -198,6 +198,23 @@ class PseudoLabelLayer(Layer):
     def placement(self) -> _io.Placement | None:
         return _io.placement_of(self.raster.source) if self.raster.source else None
 
+    def tiles_around(self, tile_id: str) -> list[str]:
+        """``tile_id`` and the tiles whose windows overlap it: those a panel drawn (or deleted)
+        in it can change, since each hides its own outline of that panel (ADR 0046)."""
+        own = self.tiles.get(tile_id)
+        if own is None:
+            return [tile_id]
+        x0, y0, w, h = own.window
+        return [tile_id] + [
+            tid
+            for tid, t in self.tiles.items()
+            if tid != tile_id
+            and t.window[0] < x0 + w
+            and x0 < t.window[0] + t.window[2]
+            and t.window[1] < y0 + h
+            and y0 < t.window[1] + t.window[3]
+        ]
+
     def refresh(self, full: bool = False, tile_ids: list[str] | None = None) -> None:
         """Read tiles written since the last refresh (all with ``full``) on a worker."""
         source = self.raster.source

@@ -227,6 +227,33 @@ def test_a_panel_drawn_over_a_candidate_hides_it(qtbot, window, scene_tif, cache
     assert len(layer.records) == 5
 
 
+def test_a_panel_drawn_over_an_object_in_two_tiles_hides_both_outlines(
+    qtbot, window, scene_tif, cache
+):
+    """A drawn panel is stored in one tile; the tile beside holds its own outline of the same
+    object, which leaves the map and the queue too (it stayed, as a second panel to review,
+    until stop 38), and comes back when the drawn panel is deleted."""
+    path, ids = cache
+    with MaskCache(path) as c:
+        (fp,) = {t.raster_fp for t in c.iter_tiles()}
+        # raster columns 228-258, rows 228-248: ids[2] of the first tile, again in the second
+        copy = Instance(bbox=(36, 100, 66, 120), mask=np.ones((20, 30), bool), confidence=0.62)
+        c.write_tile(
+            TileKey(fp, "c192_r128_256x256", "fake", "1", "p"), (192, 128, 256, 256), [copy]
+        )
+        (copy_id,) = [i.id for i in c.read_tile(fp, "c192_r128_256x256")]
+    layer, dock = _open(qtbot, window, scene_tif, path, n=6)
+    _draw(window, layer, 228, 228, 258, 248)
+    until(lambda: max(layer.records) > copy_id, timeout=5000)
+    drawn = max(layer.records)
+    until(lambda: ids[2] not in layer.records and copy_id not in layer.records, timeout=5000)
+    until(lambda: ids[2] not in dock.model.ids and copy_id not in dock.model.ids, timeout=5000)
+    dock.current_id = drawn
+    dock.delete_current()
+    until(lambda: ids[2] in layer.records and copy_id in layer.records, timeout=5000)
+    assert drawn not in layer.records
+
+
 def test_drawn_polygon_becomes_a_human_instance(qtbot, window, scene_tif, cache):
     path, _ids = cache
     layer, dock = _open(qtbot, window, scene_tif, path)

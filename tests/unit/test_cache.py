@@ -1360,16 +1360,20 @@ def test_a_drawn_panel_is_read_in_the_tiles_beside_it(cache: MaskCache) -> None:
     did = cache.add_instance("fp", "tl", drawn)
     plain = cache.read_tile("fp", "tr")
     assert [i.provenance for i in plain] == ["spectral", "spectral"]
-    near = cache.read_tile("fp", "tr", drawn_nearby=True)
+    near = cache.read_tile("fp", "tr", drawn_nearby="add")
     assert [(i.provenance, i.bbox) for i in near] == [
         ("spectral", (40, 30, 45, 34)),  # the unrelated candidate stays
         ("human", (0, 10, 10, 20)),  # raster columns 48..57, in the right tile's pixels
     ]
     assert near[1].id == did and near[1].mask.all()
+    # "hide": what the review layer shows of the tile beside, the outline gone, nothing added
+    assert [i.bbox for i in cache.read_tile("fp", "tr", drawn_nearby="hide")] == [(40, 30, 45, 34)]
+    with pytest.raises(ValueError, match="drawn_nearby"):
+        cache.read_tile("fp", "tr", drawn_nearby="yes")
     # The left tile reads its own panel once, and a tile the panel does not reach is as it was.
-    assert [i.id for i in cache.read_tile("fp", "tl", drawn_nearby=True)] == [did]
+    assert [i.id for i in cache.read_tile("fp", "tl", drawn_nearby="add")] == [did]
     cache.write_tile(key("far"), (200, 0, 64, 48), [inst(conf=0.9)])
-    assert len(cache.read_tile("fp", "far", drawn_nearby=True)) == 1
+    assert len(cache.read_tile("fp", "far", drawn_nearby="add")) == 1
     # The COCO export writes each tile as training reads it: the piece in the tile beside
     # is an annotation of its own (a new id), the outline it covers is not written.
     out = cache.path.parent / "coco.json"
@@ -1387,4 +1391,6 @@ def test_a_drawn_panel_is_read_in_the_tiles_beside_it(cache: MaskCache) -> None:
     assert len(set(ids)) == len(ids) and did in ids
     # Another raster's tile at the same pixels is another place.
     cache.write_tile(key("tr", raster="other"), right, [outline])
-    assert [i.provenance for i in cache.read_tile("other", "tr", drawn_nearby=True)] == ["spectral"]
+    assert [i.provenance for i in cache.read_tile("other", "tr", drawn_nearby="add")] == [
+        "spectral"
+    ]

@@ -585,8 +585,9 @@ class ReviewDock(QWidget):
         rec = layer.records.get(iid)
         layer.remove_record(iid)
         if rec is not None:
-            # A candidate the deleted instance stood for shows again (ADR 0046).
-            layer.refresh(tile_ids=[rec.tile_id])
+            # A candidate the deleted instance stood for shows again (ADR 0046), in the
+            # tiles beside too.
+            layer.refresh(tile_ids=layer.tiles_around(rec.tile_id))
         self.status.setText(f"Instance {iid} deleted from the cache.")
         if layer is self.layer:
             self.current_id = None
@@ -659,8 +660,9 @@ class ReviewDock(QWidget):
     def _after_add(self, layer: PseudoLabelLayer, rec: _io.InstanceRecord) -> None:
         layer.add_record(rec)
         # A candidate the drawn panel covers (mask IoU >= 0.5) is now hidden behind it in the
-        # cache (ADR 0046): read the tile again so the map drops it too.
-        layer.refresh(tile_ids=[rec.tile_id])
+        # cache (ADR 0046), and its outline in the tiles beside when read: read them again so
+        # the map and the queue drop them too.
+        layer.refresh(tile_ids=layer.tiles_around(rec.tile_id))
         self.status.setText(f"Drawn panel stored as instance {rec.id} (human, accepted).")
         if layer is self.layer:
             self.model.reload()
@@ -713,7 +715,7 @@ class ReviewDock(QWidget):
         for rec in records:
             layer.add_record(rec)
         if records:  # the parts hide what they cover together (ADR 0046)
-            layer.refresh(tile_ids=[records[0].tile_id])
+            layer.refresh(tile_ids=layer.tiles_around(records[0].tile_id))
         self.status.setText(
             f"Instance {iid} split into {len(records)}: "
             + ", ".join(str(r.id) for r in records)
