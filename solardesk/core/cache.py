@@ -1419,8 +1419,8 @@ class MaskCache:
 
         ``drawn_nearby`` (with ``include_edits``): a panel a person drew lives in the edits
         row of one tile, but the tiles beside overlap it. With ``"hide"``, this tile's
-        computed instances that the people's instances of the raster's overlapping tiles
-        cover SUPERSEDE_SHARE of are left out, as that tile's own people's are (ADR 0046):
+        undecided computed instances that the people's instances of the raster's overlapping
+        tiles cover SUPERSEDE_SHARE of are left out, as that tile's own people's are (ADR 0046):
         what the review layer shows. With ``"add"``, those people's instances are added too,
         cut to this tile's window (in its pixels, under their own ids): what training and
         evaluation see of each tile, so that a drawn panel is not background in the tile
@@ -1487,10 +1487,13 @@ class MaskCache:
             drawn.append(inst.replace(bbox=local, mask=tight))
         if not drawn:
             return own
+        # Only what nobody decided: a person's instance of this tile (drawn, or a decision)
+        # is never hidden, as in its own tile (ADR 0046).
         kept = [
             i
             for i in own
             if i.provenance == "human"
+            or i.review != "pending"
             or not _is_covered(
                 i.bbox, i.mask, [(d.bbox, d.mask) for d in drawn if _boxes_meet(d.bbox, i.bbox)]
             )
@@ -2265,16 +2268,14 @@ class MaskCache:
                     f.write(("," if n_ann else "") + json.dumps(ann))
                     n_ann += 1
 
-                last_id = 0
                 for row in conn.execute(ann_sql, [*params, float(threshold)]):
                     img, w, h, fp, tid = row[:5]
-                    inst = _instance(row[5:])
-                    last_id = max(last_id, inst.id or 0)
                     if (fp, tid) not in beside:
+                        inst = _instance(row[5:])
                         write(inst, img, w, h, inst.id)
                 # A drawn panel's piece in a tile beside its own is a new annotation (its own
                 # id is its whole outline's, in its own tile).
-                next_id = max(last_id, self._max_instance_id(conn)) + 1
+                next_id = self._max_instance_id(conn) + 1
                 for (fp, tid), (img, w, h) in beside.items():
                     tile_cond = f"{cond} AND t.raster_fp = ? AND t.tile_id = ? "
                     rows = conn.execute(

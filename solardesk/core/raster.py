@@ -67,7 +67,7 @@ _WORLD_FILE_SUFFIXES = {
 
 #: The files a folder named as a raster contributes (case aside): images GDAL reads with their
 #: georeferencing inside or beside them.
-RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jpg", ".jpeg", ".png", ".jp2")
+RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jpg", ".jpeg", ".png", ".jp2", ".img")
 
 #: Files that only describe an image beside them: never a raster of their own, though GDAL
 #: opens some (an ``.ovr`` or ``.msk`` is a TIFF of the image's overviews or mask).

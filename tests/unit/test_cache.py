@@ -1394,3 +1394,6 @@ def test_a_drawn_panel_is_read_in_the_tiles_beside_it(cache: MaskCache) -> None:
     assert [i.provenance for i in cache.read_tile("other", "tr", drawn_nearby="add")] == [
         "spectral"
     ]
+    # A decision is a person's too: an outline accepted in the tile beside stays in view.
+    cache.set_review(plain[0].id, "accepted")
+    assert plain[0].id in {i.id for i in cache.read_tile("fp", "tr", drawn_nearby="hide")}
