@@ -86,13 +86,20 @@ def cli(debug: bool) -> None:
 # info
 # --------------------------------------------------------------------------------------------
 @cli.command()
-@click.argument("raster", type=click.Path(path_type=Path))
+@click.argument("rasters", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the facts as JSON.")
-def info(raster: Path, as_json: bool) -> None:
-    """Describe RASTER: size, bands, CRS, transform, nodata and true ground resolution."""
-    from solardesk.core.raster import describe
+def info(rasters: tuple[Path, ...], as_json: bool) -> None:
+    """Describe RASTER: size, bands, CRS, transform, nodata and true ground resolution.
 
-    facts = describe(raster)
+    Several RASTERS, or a folder of them, are listed one line each (JSON: a list), with a
+    summary of their CRSs and ground resolutions: a quick check of a delivery before a run.
+    """
+    from solardesk.core.raster import describe, expand_rasters
+
+    if len(rasters) > 1 or rasters[0].is_dir():
+        _info_table([describe(r) for r in expand_rasters(rasters)], as_json)
+        return
+    facts = describe(rasters[0])
     if as_json:
         click.echo(json.dumps(facts.to_dict(), indent=2))
         return
@@ -122,6 +129,42 @@ def info(raster: Path, as_json: bool) -> None:
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         click.echo(f"{k:<{width}}  {v}")
+
+
+def _info_table(all_facts: list, as_json: bool) -> None:
+    """One line per raster, then what they share and where they differ."""
+    from solardesk.core.jobs import counted
+
+    if as_json:
+        click.echo(json.dumps([f.to_dict() for f in all_facts], indent=2))
+        return
+
+    def crs(f) -> str:  # (a CRS without a code is written as WKT: too long for a column)
+        if not f.crs:
+            return "none"
+        return f.crs if len(f.crs) <= 24 else f"{(f.crs_name or 'custom')[:24]} (WKT)"
+
+    rows = [("file", "size (px)", "bands", "type", "CRS", "m/px")]
+    for f in all_facts:
+        rows.append(
+            (
+                Path(f.path).name,
+                f"{f.width} × {f.height}",
+                str(f.count),
+                ",".join(sorted(set(f.dtypes))),
+                crs(f),
+                f"{f.ground_resolution_m:.4f}" if f.ground_resolution_m else "unknown",
+            )
+        )
+    widths = [max(len(r[k]) for r in rows) for k in range(len(rows[0]))]
+    for r in rows:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+    crss = sorted({crs(f) for f in all_facts})
+    gsds = [f.ground_resolution_m for f in all_facts if f.ground_resolution_m]
+    spread = f"{min(gsds):.4f}–{max(gsds):.4f} m" if gsds else "unknown"
+    click.echo(
+        f"{counted(len(all_facts), 'raster')}; CRS {', '.join(crss)}; ground resolution {spread}"
+    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -66,6 +66,32 @@ def test_info_text(rgb_tif: Path) -> None:
     assert "ground resolution" in out.stdout and "EPSG:32632" in out.stdout
 
 
+def test_info_of_a_folder_lists_each_raster_and_what_they_share(tmp_path: Path) -> None:
+    """A delivery checked before a run: one line per image, then its CRSs and resolutions
+    (a UTM scene among Web Mercator ones stands out)."""
+    from affine import Affine
+
+    d = tmp_path / "delivery"
+    d.mkdir()
+    write_raster(d / "a.tif", np.zeros((3, 40, 50), np.uint8))
+    write_raster(
+        d / "b.tif",
+        np.zeros((1, 30, 30), np.uint16),
+        crs="EPSG:3857",
+        transform=Affine(0.3, 0, 1248532.0, 0, -0.3, 5819737.0),
+    )
+    (d / "b.tfw").write_text("0.3\n0\n0\n-0.3\n1248532.15\n5819736.85\n")
+    out = run("info", str(d))
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].split() == ["file", "size", "(px)", "bands", "type", "CRS", "m/px"]
+    assert lines[1].split()[:7] == ["a.tif", "50", "×", "40", "3", "uint8", "EPSG:32632"]
+    assert lines[2].split()[:7] == ["b.tif", "30", "×", "30", "1", "uint16", "EPSG:3857"]
+    assert lines[3].startswith("2 rasters; CRS EPSG:32632, EPSG:3857; ground resolution 0.")
+    listed = json.loads(run("info", str(d / "a.tif"), str(d / "b.tif"), "--json").stdout)
+    assert [Path(f["path"]).name for f in listed] == ["a.tif", "b.tif"]
+
+
 def _bad_inputs(tmp: Path) -> list[tuple[list[str], str]]:
     (tmp / "empty.tif").write_bytes(b"")
     (tmp / "notes.tif").write_text("hello\n" * 20)
