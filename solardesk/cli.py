@@ -189,12 +189,19 @@ def tiles(
     raster: Path, tile_size: int, overlap: int, aoi: Path | None, out: Path | None, overwrite: bool
 ) -> None:
     """Tile RASTER into overlapping windows and report the grid (and footprints with --out)."""
+    from solardesk.config import TilingSettings, parse
     from solardesk.core.aoi import load_aoi
+    from solardesk.core.jobs import counted
+    from solardesk.core.pipeline import fit_tiling
     from solardesk.core.raster import describe
     from solardesk.core.tiling import make_grid
 
     facts = describe(raster)
     aoi_geom = load_aoi(aoi, facts) if aoi else None
+    # The grid the pre-compute would use: a raster narrower than the tile is tiled at its size.
+    asked = parse(TilingSettings, {"tile_size": tile_size, "overlap": overlap}, "--tile/--overlap")
+    fitted = fit_tiling(asked, facts.width, facts.height)
+    tile_size, overlap = fitted.tile_size, fitted.overlap
     grid = make_grid(
         facts.width,
         facts.height,
@@ -208,7 +215,8 @@ def tiles(
     n_cols = len({t.col for t in grid})
     click.echo(
         f"{raster}: {facts.width} × {facts.height} px → {len(grid)} tiles of "
-        f"{tile_size} px with {overlap} px overlap ({n_rows} rows × {n_cols} columns"
+        f"{tile_size} px with {overlap} px overlap ({counted(n_rows, 'row')} × "
+        f"{counted(n_cols, 'column')}"
         f"{', AOI applied' if aoi else ''})"
     )
     if out:

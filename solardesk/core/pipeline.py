@@ -295,6 +295,7 @@ def plan_raster(
     aoi = load_aoi(aoi_path, info) if aoi_path else None
     if callable(tiling):  # the raster's own (a model's tile at this ground resolution)
         tiling = tiling(float(ground))
+    tiling = fit_tiling(tiling, info.width, info.height)
     grid = make_grid(
         info.width,
         info.height,
@@ -307,6 +308,20 @@ def plan_raster(
     # The stretch and the ground resolution change the input of every stage: part of the key.
     phash = hash_params({"params": keyed_params, "norm": norm.key(), "gsd": round(ground, 6)})
     return RasterPlan(Path(path), info, grid, norm, float(ground), phash, list(grid))
+
+
+def fit_tiling(tiling: TilingSettings, width: int, height: int) -> TilingSettings:
+    """``tiling``, or for a raster narrower than its tile (a chip of a dataset, a small scene)
+    tiles as wide as the raster's shorter side, overlapping by at most an eighth of that: a
+    raster of 256 × 256 px is one tile of 256 px. A raster under the smallest tile
+    (``MIN_TILE_PX``) is left as it is, for :func:`~solardesk.core.tiling.make_grid` to
+    refuse."""
+    from solardesk.core.tiling import MIN_TILE_PX
+
+    side = min(width, height)
+    if tiling.tile_size <= side or side < MIN_TILE_PX:
+        return tiling
+    return TilingSettings(tile_size=side, overlap=min(tiling.overlap, side // 8))
 
 
 def plan_rasters(

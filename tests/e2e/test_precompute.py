@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import signal
@@ -283,10 +284,33 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+def test_a_raster_narrower_than_the_tile_is_tiled_at_its_own_size(tmp_path: Path) -> None:
+    """A dataset's 256 px chip is one tile of 256 px; a 300 px strip is a row of 300 px tiles
+    (it was refused: "tile size 512 is larger than the raster")."""
+    rng = np.random.default_rng(3)
+    chip = write_raster(tmp_path / "chip.tif", rng.integers(0, 255, (3, 256, 256), np.uint8))
+    strip = write_raster(tmp_path / "strip.tif", rng.integers(0, 255, (3, 300, 1000), np.uint8))
+    cache = tmp_path / "c.sqlite"
+    summary, _ = run_job([chip, strip], cache, tiling=TilingSettings(tile_size=512, overlap=64))
+    with MaskCache(cache, readonly=True) as c:
+        windows = {}
+        for t in c.iter_tiles():
+            windows.setdefault(c.get_raster(t.raster_fp).path, []).append(tuple(t.window))
+    assert sorted(windows[str(chip)]) == [(0, 0, 256, 256)]
+    strips = sorted(windows[str(strip)])
+    assert [w[2:] for w in strips] == [(300, 300)] * 4 and strips[-1][0] == 700
+    assert all(b[0] - a[0] <= 300 - 37 for a, b in itertools.pairwise(strips))
+    assert summary.tiles == 5
+    out = subprocess.run(
+        [sys.executable, "-m", "solardesk", "tiles", str(strip)], capture_output=True, text=True
+    )
+    assert "4 tiles of 300 px with 37 px overlap (1 row × 4 columns)" in out.stdout, out.stderr
+
+
 def test_bad_input_is_reported_and_nothing_half_written(tmp_path: Path, scene_tif: Path) -> None:
     notes = tmp_path / "notes.sqlite"
     notes.write_text("not a database\n" * 50)
-    small = write_raster(tmp_path / "small.tif", np.zeros((3, 100, 100), np.uint8))
+    small = write_raster(tmp_path / "small.tif", np.zeros((3, 20, 100), np.uint8))
     nocrs = write_raster(tmp_path / "nocrs.tif", np.zeros((3, 256, 256), np.uint8), crs=None)
     landsat = write_raster(  # 30 m per pixel: no rooftop array spans a pixel
         tmp_path / "landsat.tif",
@@ -295,7 +319,7 @@ def test_bad_input_is_reported_and_nothing_half_written(tmp_path: Path, scene_ti
     )
     cases = [
         (["precompute", str(scene_tif), "--cache", str(notes)], "not a SolarDesk cache"),
-        (["precompute", str(small), "--cache", str(tmp_path / "s.sqlite")], "larger than the raster"),
+        (["precompute", str(small), "--cache", str(tmp_path / "s.sqlite")], "smaller than the smallest tile"),
         (["precompute", str(nocrs), "--cache", str(tmp_path / "n.sqlite"), "--tile", "256"], "--gsd"),
         (["precompute", str(landsat), "--cache", str(tmp_path / "l.sqlite"), "--tile", "256"], "landsat.tif: 30 m per pixel is too coarse"),
         (["precompute", str(nocrs), "--cache", str(tmp_path / "g.sqlite"), "--tile", "256", "--gsd", "5"], "1 m per pixel or finer"),

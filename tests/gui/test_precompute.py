@@ -110,10 +110,12 @@ def test_cancel_keeps_finished_tiles_and_a_rerun_resumes(qtbot, window, scene_ti
 
 def test_a_failing_stage_is_reported_not_fatal(qtbot, window, scene_tif, tmp_path):
     dock = _prepare(qtbot, window, scene_tif, tmp_path)
-    dock.tiling_form.set_values({"tile_size": 4096, "overlap": 32})  # larger than the raster
+    notes_file = tmp_path / "notes.sqlite"  # a "cache" that is no SQLite file
+    notes_file.write_text("not a database\n" * 50)
+    window.ctx.project.set_cache(notes_file)
     dock.run()
     until(lambda: not dock.running, timeout=20000)
     assert dock.status.text().startswith("Failed")
     notes = list(window.ctx.notifications.items)
-    assert any("larger than the raster" in n.message for n in notes)
+    assert any("not a SolarDesk cache" in n.message for n in notes), [n.message for n in notes]
     assert dock.run_btn.isEnabled()
