@@ -214,7 +214,7 @@ def tiles(
     n_rows = len({t.row for t in grid})
     n_cols = len({t.col for t in grid})
     click.echo(
-        f"{raster}: {facts.width} × {facts.height} px → {len(grid)} tiles of "
+        f"{raster}: {facts.width} × {facts.height} px → {counted(len(grid), 'tile')} of "
         f"{tile_size} px with {overlap} px overlap ({counted(n_rows, 'row')} × "
         f"{counted(n_cols, 'column')}"
         f"{', AOI applied' if aoi else ''})"

@@ -96,6 +96,7 @@ def _bad_inputs(tmp: Path) -> list[tuple[list[str], str]]:
     (tmp / "empty.tif").write_bytes(b"")
     (tmp / "notes.tif").write_text("hello\n" * 20)
     good = write_raster(tmp / "good.tif", np.zeros((3, 300, 300), np.uint8))
+    tiny = write_raster(tmp / "tiny.tif", np.zeros((3, 16, 300), np.uint8))  # under any tile
     far = tmp / "far.geojson"
     far.write_text(
         json.dumps(
@@ -126,7 +127,7 @@ def _bad_inputs(tmp: Path) -> list[tuple[list[str], str]]:
         (["info", str(tmp / "missing.tif")], "missing.tif: no such file"),
         (["info", str(tmp / "empty.tif")], "empty.tif: the file is empty"),
         (["info", str(tmp / "notes.tif")], "notes.tif: cannot be read as a raster"),
-        (["tiles", str(good), "--tile", "1024"], "good.tif: tile size 1024 is larger"),
+        (["tiles", str(tiny), "--tile", "1024"], "tiny.tif: the raster (300×16 px) is smaller"),
         (["tiles", str(good), "--tile", "128", "--overlap", "128"], "overlap 128 must be smaller"),
         (["tiles", str(good), "--tile", "128", "--aoi", str(far)], "does not intersect"),
         (["tiles", str(nocrs), "--tile", "128", "--aoi", str(far)], "needs a georeferenced"),
