@@ -138,18 +138,24 @@ def test_closing_the_window_writes_the_queued_decisions(
     assert all(re.fullmatch(r"Writing [1-4] review edits? to the project cache…", t) for t in shown)
 
 
-def test_a_decision_reaches_the_copy_in_the_overlapping_tile(qtbot, window, scene_tif, cache):
-    """The tile beside the first overlaps it and holds the most uncertain rectangle again:
-    accepting it once accepts both copies, in the cache, on the map and in the queue."""
-    path, ids = cache
+def _copy_in_the_tile_beside(path) -> int:
+    """Write a second tile (from column 192) that holds the third rectangle again (raster
+    columns 228-258, rows 228-248); returns the copy's id."""
     with MaskCache(path) as c:
         (fp,) = {t.raster_fp for t in c.iter_tiles()}
-        # raster columns 228-258 (tile 1: 100-130); the second tile starts at column 192
         copy = Instance(bbox=(36, 100, 66, 120), mask=np.ones((20, 30), bool), confidence=0.62)
         c.write_tile(
             TileKey(fp, "c192_r128_256x256", "fake", "1", "p"), (192, 128, 256, 256), [copy]
         )
         (copy_id,) = [i.id for i in c.read_tile(fp, "c192_r128_256x256")]
+    return copy_id
+
+
+def test_a_decision_reaches_the_copy_in_the_overlapping_tile(qtbot, window, scene_tif, cache):
+    """The tile beside the first overlaps it and holds the most uncertain rectangle again:
+    accepting it once accepts both copies, in the cache, on the map and in the queue."""
+    path, ids = cache
+    copy_id = _copy_in_the_tile_beside(path)
     layer, dock = _open(qtbot, window, scene_tif, path, n=6)
     assert dock.current_id == ids[2]
     dock.accept_btn.click()
@@ -234,14 +240,7 @@ def test_a_panel_drawn_over_an_object_in_two_tiles_hides_both_outlines(
     object, which leaves the map and the queue too (it stayed, as a second panel to review,
     until stop 38), and comes back when the drawn panel is deleted."""
     path, ids = cache
-    with MaskCache(path) as c:
-        (fp,) = {t.raster_fp for t in c.iter_tiles()}
-        # raster columns 228-258, rows 228-248: ids[2] of the first tile, again in the second
-        copy = Instance(bbox=(36, 100, 66, 120), mask=np.ones((20, 30), bool), confidence=0.62)
-        c.write_tile(
-            TileKey(fp, "c192_r128_256x256", "fake", "1", "p"), (192, 128, 256, 256), [copy]
-        )
-        (copy_id,) = [i.id for i in c.read_tile(fp, "c192_r128_256x256")]
+    copy_id = _copy_in_the_tile_beside(path)
     layer, dock = _open(qtbot, window, scene_tif, path, n=6)
     _draw(window, layer, 228, 228, 258, 248)
     until(lambda: max(layer.records) > copy_id, timeout=5000)
