@@ -570,6 +570,22 @@ def _decoded(item: list) -> np.ndarray:
     return item[4]
 
 
+def _covered_by_people_beside(
+    people: list[list] | None, tile_id: str, gbox: Sequence[int], blob: bytes
+) -> bool:
+    """Whether the people's instances of tiles other than ``tile_id`` (items ``[tile id, box,
+    mask or (blob, box)]``, boxes in raster pixels) cover SUPERSEDE_SHARE of the mask
+    ``blob`` of box ``gbox``; their masks are decoded once, in place."""
+    meeting = [p for p in people or () if p[0] != tile_id and _boxes_meet(p[1], gbox)]
+    if not meeting:
+        return False
+    for p in meeting:
+        if isinstance(p[2], tuple):
+            p[2] = decode_mask(p[2][0], *_box_shape(p[2][1]))
+    mask = decode_mask(blob, *_box_shape(gbox))
+    return _is_covered(gbox, mask, [(p[1], p[2]) for p in meeting])
+
+
 def _box_shape(box: Sequence[int]) -> tuple[int, int]:
     x0, y0, x1, y1 = box
     return int(y1) - int(y0), int(x1) - int(x0)
@@ -2062,12 +2078,22 @@ class MaskCache:
         finds them (masks cut to the pixels both tiles hold match at IoU >= COPY_IOU; a
         person's instance is nobody's copy), and copies of copies join too, also through a
         copy under the threshold (tiles score one object each on their own): an object
-        counts when one of its copies reaches ``thr``."""
+        counts when one of its copies reaches ``thr``. An undecided computed instance that a
+        person's instances of another tile cover (``read_tile(drawn_nearby="hide")``: what the
+        review layer shows) is that person's object, not one of its own."""
+        people: dict[str, list[list]] = {}  # raster: [tile id, box in the raster, mask/blob]
+        for fp, tid, col, row, *box, blob in conn.execute(
+            "SELECT t.raster_fp, t.tile_id, t.col_off, t.row_off, i.x0, i.y0, i.x1, i.y1, "
+            f"i.mask FROM instances i JOIN tiles t ON t.id = i.tile_pk WHERE {cond} "
+            "AND i.provenance = 'human'",
+            params,
+        ):
+            people.setdefault(fp, []).append([tid, _shifted(box, col, row), (blob, box)])
         rows = conn.execute(
             "SELECT t.raster_fp, t.tile_id, t.col_off, t.row_off, t.width, t.height, "
-            "i.provenance, i.x0, i.y0, i.x1, i.y1, i.mask, i.confidence >= ? FROM instances i "
-            f"JOIN tiles t ON t.id = i.tile_pk WHERE {cond} AND i.superseded_by IS NULL "
-            "ORDER BY t.raster_fp, t.row_off + i.y0",
+            "i.provenance, i.review, i.x0, i.y0, i.x1, i.y1, i.mask, i.confidence >= ? "
+            f"FROM instances i JOIN tiles t ON t.id = i.tile_pk WHERE {cond} "
+            "AND i.superseded_by IS NULL ORDER BY t.raster_fp, t.row_off + i.y0",
             [thr, *params],
         )
         # Union-find over the instances that may still meet a later one. Instances are compared
@@ -2113,13 +2139,14 @@ class MaskCache:
 
         grid: dict[tuple[int, int], list[tuple]] = {}
         raster, band = None, 0
-        for k, (fp, tid, col, row, width, height, provenance, *box, blob, is_above) in enumerate(
-            rows
-        ):
+        for k, row_values in enumerate(rows):
+            fp, tid, col, row, width, height, provenance, review, *box, blob, is_above = row_values
             if provenance == "human":  # nobody's copy: an object of its own
                 n_objects += bool(is_above)
                 continue
             gbox = _shifted(box, col, row)
+            if review == "pending" and _covered_by_people_beside(people.get(fp), tid, gbox, blob):
+                continue
             if fp != raster:
                 let_go(list(last_row))
                 raster, band, grid = fp, gbox[1] // cell, {}
