@@ -570,13 +570,33 @@ def _decoded(item: list) -> np.ndarray:
     return item[4]
 
 
+_PEOPLE_CELL = 256
+
+
+def _cells(box: Sequence[int], size: int) -> Iterator[tuple[int, int]]:
+    """The cells of ``size`` pixels that a box (raster pixels) meets."""
+    for cy in range(box[1] // size, (box[3] - 1) // size + 1):
+        for cx in range(box[0] // size, (box[2] - 1) // size + 1):
+            yield cx, cy
+
+
 def _covered_by_people_beside(
-    people: list[list] | None, tile_id: str, gbox: Sequence[int], blob: bytes
+    people: dict[tuple[int, int], list[list]] | None,
+    tile_id: str,
+    gbox: Sequence[int],
+    blob: bytes,
 ) -> bool:
-    """Whether the people's instances of tiles other than ``tile_id`` (items ``[tile id, box,
-    mask or (blob, box)]``, boxes in raster pixels) cover SUPERSEDE_SHARE of the mask
-    ``blob`` of box ``gbox``; their masks are decoded once, in place."""
-    meeting = [p for p in people or () if p[0] != tile_id and _boxes_meet(p[1], gbox)]
+    """Whether the people's instances of tiles other than ``tile_id`` (by cell, items ``[tile
+    id, box, mask or (blob, box)]``, boxes in raster pixels) cover SUPERSEDE_SHARE of the
+    mask ``blob`` of box ``gbox``; their masks are decoded once, in place."""
+    if not people:
+        return False
+    meeting = {
+        id(p): p
+        for c in _cells(gbox, _PEOPLE_CELL)
+        for p in people.get(c, ())
+        if p[0] != tile_id and _boxes_meet(p[1], gbox)
+    }.values()
     if not meeting:
         return False
     for p in meeting:
@@ -2081,14 +2101,18 @@ class MaskCache:
         counts when one of its copies reaches ``thr``. An undecided computed instance that a
         person's instances of another tile cover (``read_tile(drawn_nearby="hide")``: what the
         review layer shows) is that person's object, not one of its own."""
-        people: dict[str, list[list]] = {}  # raster: [tile id, box in the raster, mask/blob]
+        # raster: {cell of _PEOPLE_CELL px: [[tile id, box in the raster, mask or blob]]}
+        people: dict[str, dict[tuple[int, int], list[list]]] = {}
         for fp, tid, col, row, *box, blob in conn.execute(
             "SELECT t.raster_fp, t.tile_id, t.col_off, t.row_off, i.x0, i.y0, i.x1, i.y1, "
             f"i.mask FROM instances i JOIN tiles t ON t.id = i.tile_pk WHERE {cond} "
             "AND i.provenance = 'human'",
             params,
         ):
-            people.setdefault(fp, []).append([tid, _shifted(box, col, row), (blob, box)])
+            item = [tid, _shifted(box, col, row), (blob, box)]
+            cells = people.setdefault(fp, {})
+            for c in _cells(item[1], _PEOPLE_CELL):
+                cells.setdefault(c, []).append(item)
         rows = conn.execute(
             "SELECT t.raster_fp, t.tile_id, t.col_off, t.row_off, t.width, t.height, "
             "i.provenance, i.review, i.x0, i.y0, i.x1, i.y1, i.mask, i.confidence >= ? "
