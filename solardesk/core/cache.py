@@ -652,6 +652,8 @@ class MaskCache:
         self.path = Path(path)
         self.readonly = readonly
         self._conn: sqlite3.Connection | None = None
+        #: raster: (file state, its edits rows' windows) (see :meth:`_edits_windows`)
+        self._edits_memo: dict[str, tuple[tuple, list]] = {}
         conn = self._connect(timeout)
         try:
             self._db = sqlite_utils.Database(conn, recursive_triggers=False, execute_plugins=False)
@@ -1502,13 +1504,18 @@ class MaskCache:
             (tile_pk,),
         ).fetchone()
         box = _window_box(window)
+        pks = [
+            pk
+            for pk, other, w in self._edits_windows(conn, fp)
+            if other != tid and _boxes_meet(w, box)
+        ]
+        if not pks:
+            return own
         rows = conn.execute(
             f"SELECT t.col_off, t.row_off, {_INSTANCE_COLS} FROM instances i "
-            "JOIN tiles t ON t.id = i.tile_pk WHERE t.raster_fp = ? AND t.tile_id != ? "
-            "AND t.stage_id = ? AND t.col_off < ? AND t.col_off + t.width > ? "
-            "AND t.row_off < ? AND t.row_off + t.height > ? "
+            f"JOIN tiles t ON t.id = i.tile_pk WHERE i.tile_pk IN ({', '.join('?' * len(pks))}) "
             "AND i.provenance = 'human' ORDER BY i.id",
-            (fp, tid, EDITS_STAGE_ID, box[2], box[0], box[3], box[1]),
+            pks,
         ).fetchall()
         drawn: list[Instance] = []
         for col, row, *cols in rows:
@@ -1538,6 +1545,29 @@ class MaskCache:
             return kept
         shown = [d for d in drawn if d.confidence >= min_confidence]
         return sorted(kept + shown, key=lambda i: i.id or 0)
+
+    def _edits_windows(
+        self, conn: sqlite3.Connection, raster_fp: str
+    ) -> list[tuple[int, str, tuple[int, int, int, int]]]:
+        """``(row pk, tile id, window box)`` of the raster's edits rows that hold instances.
+
+        Kept between reads while the file is unchanged (SQLite's ``data_version`` for other
+        connections' commits, ``total_changes`` for this one's): finding them scans the
+        raster's tile rows, which a read of every tile of a large raster would repeat."""
+        token = (id(conn), conn.execute("PRAGMA data_version").fetchone()[0], conn.total_changes)
+        hit = self._edits_memo.get(raster_fp)
+        if hit is not None and hit[0] == token:
+            return hit[1]
+        found = [
+            (pk, tid, _window_box(w))
+            for pk, tid, *w in conn.execute(
+                "SELECT id, tile_id, col_off, row_off, width, height FROM tiles "
+                "WHERE raster_fp = ? AND stage_id = ? AND n_instances > 0",
+                (raster_fp, EDITS_STAGE_ID),
+            )
+        ]
+        self._edits_memo[raster_fp] = (token, found)
+        return found
 
     @staticmethod
     def _current_pk(

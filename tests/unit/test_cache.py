@@ -1355,9 +1355,16 @@ def test_a_drawn_panel_is_read_in_the_tiles_beside_it(cache: MaskCache) -> None:
     outline = Instance(bbox=(0, 10, 8, 20), mask=np.ones((10, 8), bool), confidence=0.9)
     cache.write_tile(key("tl"), left, [])
     cache.write_tile(key("tr"), right, [outline, inst(x0=40, y0=30, conf=0.95)])
-    # Drawn in the left tile: columns 40..57 of the raster, rows 10..20.
+    # Drawn in the left tile: columns 40..57 of the raster, rows 10..20 (seen by this
+    # connection and by a reader's, though each read before it)
     drawn = Instance(bbox=(40, 10, 58, 20), mask=np.ones((10, 18), bool), confidence=1.0)
+    reader = MaskCache(cache.path, readonly=True)
+    for c in (cache, reader):
+        assert len(c.read_tile("fp", "tr", drawn_nearby="hide")) == 2
     did = cache.add_instance("fp", "tl", drawn)
+    for c in (cache, reader):
+        assert len(c.read_tile("fp", "tr", drawn_nearby="hide")) == 1
+    reader.close()
     plain = cache.read_tile("fp", "tr")
     assert [i.provenance for i in plain] == ["spectral", "spectral"]
     near = cache.read_tile("fp", "tr", drawn_nearby="add")
