@@ -350,12 +350,11 @@ class Instance:
         Raises ``ValueError`` for an empty mask.
         """
         full = np.asarray(full_mask, dtype=bool)
-        rows = np.flatnonzero(full.any(axis=1))
-        cols = np.flatnonzero(full.any(axis=0))
-        if rows.size == 0:
+        tight = _tight_box(full)
+        if tight is None:
             raise ValueError("an instance needs at least one mask pixel")
-        y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-        return cls(bbox=(x0, y0, x1, y1), mask=full[y0:y1, x0:x1].copy(), **kwargs)
+        x0, y0, x1, y1 = tight
+        return cls(bbox=tight, mask=full[y0:y1, x0:x1].copy(), **kwargs)
 
     @property
     def area_px(self) -> int:
@@ -568,6 +567,15 @@ def _decoded(item: list) -> np.ndarray:
         blob, box = item[4]
         item[4] = decode_mask(blob, *_box_shape(box))
     return item[4]
+
+
+def _tight_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """``(x0, y0, x1, y1)`` of the pixels set in ``mask`` (exclusive ends); None if none."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(mask.any(axis=0))
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
 
 
 _PEOPLE_CELL = 256
@@ -1521,13 +1529,12 @@ class MaskCache:
         for col, row, *cols in rows:
             inst = _instance(cols)
             cut_box, cut = _crop(_shifted(inst.bbox, col, row), inst.mask, box)
-            if not cut.any():
+            tight = _tight_box(cut)
+            if tight is None:
                 continue
-            ys, xs = np.flatnonzero(cut.any(axis=1)), np.flatnonzero(cut.any(axis=0))
-            tight = cut[ys[0] : ys[-1] + 1, xs[0] : xs[-1] + 1].copy()
-            x0, y0 = cut_box[0] - box[0] + int(xs[0]), cut_box[1] - box[1] + int(ys[0])
-            local = (x0, y0, x0 + tight.shape[1], y0 + tight.shape[0])
-            drawn.append(inst.replace(bbox=local, mask=tight))
+            tx0, ty0, tx1, ty1 = tight
+            local = _shifted(tight, cut_box[0] - box[0], cut_box[1] - box[1])
+            drawn.append(inst.replace(bbox=local, mask=cut[ty0:ty1, tx0:tx1].copy()))
         if not drawn:
             return own
         # Only what nobody decided: a person's instance of this tile (drawn, or a decision)
