@@ -321,7 +321,7 @@ class _Drawn:
         (a computed instance of the tile at ``col_off, row_off``)."""
         if not self.masks:
             return False
-        from solardesk.core.cache import SUPERSEDE_SHARE
+        from solardesk.core.cache import _is_covered  # the cache's own rule (ADR 0046)
 
         x0, y0, x1, y1 = inst.bbox
         x0, x1, y0, y1 = x0 + col_off, x1 + col_off, y0 + row_off, y1 + row_off
@@ -329,15 +329,8 @@ class _Drawn:
         near = np.flatnonzero((b[:, 0] < x1) & (b[:, 2] > x0) & (b[:, 1] < y1) & (b[:, 3] > y0))
         if near.size == 0:
             return False
-        covered = np.zeros(inst.mask.shape, dtype=bool)
-        for k in near:
-            bx0, by0, bx1, by1 = (int(v) for v in b[k])
-            ox0, oy0, ox1, oy1 = max(x0, bx0), max(y0, by0), min(x1, bx1), min(y1, by1)
-            covered[oy0 - y0 : oy1 - y0, ox0 - x0 : ox1 - x0] |= self.masks[k][
-                oy0 - by0 : oy1 - by0, ox0 - bx0 : ox1 - bx0
-            ]
-        hidden = np.count_nonzero(covered & inst.mask)
-        return hidden >= SUPERSEDE_SHARE * np.count_nonzero(inst.mask)
+        others = [(tuple(int(v) for v in b[k]), self.masks[k]) for k in near]
+        return _is_covered((x0, y0, x1, y1), inst.mask, others)
 
 
 def _merge_held(held: list[_Piece]) -> list[_Piece]:
