@@ -106,38 +106,14 @@ def list_samples(
     for tile, inst in cache.iter_instances(review="accepted", stage_id=stage_id):
         if inst.confidence < threshold:
             counts[(tile.raster_fp, tile.tile_id)] += 1
-    _count_drawn_nearby(cache, windows, counts, stage_id)
+    # A panel drawn in one tile is a target of the tiles beside that it reaches too: they
+    # read it (read_tile(drawn_nearby="add")), cut to their window.
+    for key, n in cache.drawn_reach(rejected=False).items():
+        if key in windows:
+            counts[key] += n
     return [
         TileSample(fp, tid, w, counts.get((fp, tid), 0)) for (fp, tid), w in sorted(windows.items())
     ]
-
-
-def _count_drawn_nearby(
-    cache: MaskCache,
-    windows: dict[tuple[str, str], TileWindow],
-    counts: dict[tuple[str, str], int],
-    stage_id: str | None,
-) -> None:
-    """Count a panel a person drew as a target of the other tiles its box reaches too: they
-    read it (``read_tile(drawn_nearby="add")``), cut to their window."""
-    by_raster: dict[str, tuple[list[str], np.ndarray]] = {}
-    for (fp, tid), w in windows.items():
-        by_raster.setdefault(fp, ([], []))[0].append(tid)
-        by_raster[fp][1].append((w.col_off, w.row_off, w.col_off + w.width, w.row_off + w.height))
-    boxes = {fp: (tids, np.asarray(b, np.int64)) for fp, (tids, b) in by_raster.items()}
-    for tile, inst in cache.iter_instances(
-        provenance="human", review=("pending", "accepted"), stage_id=stage_id
-    ):
-        if tile.raster_fp not in boxes:
-            continue
-        tids, b = boxes[tile.raster_fp]
-        x0, y0, x1, y1 = inst.bbox
-        gx0, gy0 = x0 + tile.window.col_off, y0 + tile.window.row_off
-        gx1, gy1 = x1 + tile.window.col_off, y1 + tile.window.row_off
-        meet = (b[:, 0] < gx1) & (b[:, 2] > gx0) & (b[:, 1] < gy1) & (b[:, 3] > gy0)
-        for k in np.flatnonzero(meet):
-            if tids[k] != tile.tile_id:
-                counts[(tile.raster_fp, tids[k])] += 1
 
 
 def _unit_hash(*parts: Any) -> float:

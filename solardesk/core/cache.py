@@ -2314,16 +2314,12 @@ class MaskCache:
                 f.write(json.dumps(header)[:-1] + ', "images": [')
                 # Where a person drew a panel, the tiles beside it that it reaches are written
                 # as training reads them (read_tile(drawn_nearby="add")), after the rest.
-                drawn = self._drawn_boxes(conn, raster_fp)
+                reached = self._drawn_reach(conn, raster_fp)
                 beside: dict[tuple[str, str], tuple[int, int, int]] = {}
                 for row in conn.execute(images_sql, params):
                     iid, fp, tid, col, rowo, w, h, fname = row
-                    if fp in drawn:
-                        tids, b = drawn[fp]
-                        meet = (b[:, 0] < col + w) & (b[:, 2] > col)
-                        meet &= (b[:, 1] < rowo + h) & (b[:, 3] > rowo)
-                        if any(tids[k] != tid for k in np.flatnonzero(meet)):
-                            beside[(fp, tid)] = (iid, w, h)
+                    if (fp, tid) in reached:
+                        beside[(fp, tid)] = (iid, w, h)
                     image = {
                         "id": iid,
                         "file_name": fname,
@@ -2402,27 +2398,49 @@ class MaskCache:
             raise
         return {"images": n_images, "annotations": n_ann}
 
+    def drawn_reach(
+        self, raster_fp: str | None = None, *, rejected: bool = True
+    ) -> dict[tuple[str, str], int]:
+        """``(raster, tile id)``: how many instances people drew in *other* tiles reach into
+        that tile's window (by box): the tiles whose reads ``drawn_nearby`` changes. Without
+        ``rejected``, the rejected ones do not count (a target count)."""
+        with self._reading("find the tiles beside drawn panels", snapshot=True) as conn:
+            return self._drawn_reach(conn, raster_fp, rejected=rejected)
+
     @staticmethod
-    def _drawn_boxes(
-        conn: sqlite3.Connection, raster_fp: str | None
-    ) -> dict[str, tuple[list[str], np.ndarray]]:
-        """Per raster, the tile ids and boxes (raster pixels, an ``(N, 4)`` array) of the
-        instances people drew: what :meth:`_with_drawn_nearby` adds to the tiles beside."""
+    def _drawn_reach(
+        conn: sqlite3.Connection, raster_fp: str | None, *, rejected: bool = True
+    ) -> dict[tuple[str, str], int]:
         sql = (
             "SELECT t.raster_fp, t.tile_id, t.col_off, t.row_off, i.x0, i.y0, i.x1, i.y1 "
             "FROM tiles t JOIN instances i ON i.tile_pk = t.id "
             "WHERE t.stage_id = ? AND i.provenance = 'human'"
         )
         args: list[Any] = [EDITS_STAGE_ID]
+        if not rejected:
+            sql += " AND i.review != 'rejected'"
         if raster_fp is not None:
             sql += " AND t.raster_fp = ?"
             args.append(raster_fp)
-        found: dict[str, tuple[list[str], list[tuple[int, int, int, int]]]] = {}
+        drawn: dict[str, list[tuple[str, tuple[int, int, int, int]]]] = {}
         for fp, tid, col, row, *box in conn.execute(sql, args):
-            tids, boxes = found.setdefault(fp, ([], []))
-            tids.append(tid)
-            boxes.append(_shifted(box, col, row))
-        return {fp: (tids, np.asarray(boxes, np.int64)) for fp, (tids, boxes) in found.items()}
+            drawn.setdefault(fp, []).append((tid, _shifted(box, col, row)))
+        reach: dict[tuple[str, str], int] = {}
+        for fp, items in drawn.items():  # few drawn panels, many tiles: one pass per panel
+            rows = conn.execute(
+                "SELECT DISTINCT tile_id, col_off, row_off, width, height FROM tiles "
+                "WHERE raster_fp = ?",
+                (fp,),
+            ).fetchall()
+            tids = [r[0] for r in rows]
+            w = np.asarray([r[1:] for r in rows], np.int64).reshape(-1, 4)
+            wx1, wy1 = w[:, 0] + w[:, 2], w[:, 1] + w[:, 3]
+            for own, (x0, y0, x1, y1) in items:
+                meet = (w[:, 0] < x1) & (wx1 > x0) & (w[:, 1] < y1) & (wy1 > y0)
+                for k in np.flatnonzero(meet):
+                    if tids[k] != own:
+                        reach[(fp, tids[k])] = reach.get((fp, tids[k]), 0) + 1
+        return reach
 
     @staticmethod
     def _max_instance_id(conn: sqlite3.Connection) -> int:
