@@ -846,9 +846,10 @@ def _quiet_on_closed_pipe() -> Iterator[None]:
 # gui
 # --------------------------------------------------------------------------------------------
 @cli.command()
-@click.argument("project", required=False, type=click.Path(path_type=Path))
-def gui(project: Path | None) -> None:
-    """Open the desktop app, optionally with PROJECT (a .json project file or a raster)."""
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+def gui(paths: tuple[Path, ...]) -> None:
+    """Open the desktop app, optionally with PATHS: a .json project file, rasters, folders of
+    rasters, vector files or a mask cache (.sqlite), as when they are dropped on its window."""
     import importlib
 
     # Imported by name at call time: the command line itself never depends on Qt.
@@ -860,7 +861,7 @@ def gui(project: Path | None) -> None:
         raise PluginError(
             f"the desktop app needs PySide6 ({e}). Install it with: pip install 'solardesk[gui]'"
         ) from e
-    raise SystemExit(gui_main(project))
+    raise SystemExit(gui_main(paths))
 
 
 def _add_plugin_commands() -> None:

@@ -473,6 +473,11 @@ class RasterRecord:
     gsd_m: float | None = None
 
 
+def _raster_record(row: Sequence[Any]) -> RasterRecord:
+    transform = tuple(json.loads(row[5])) if row[5] else None
+    return RasterRecord(row[0], row[1], row[2], row[3], row[4], transform, row[6])
+
+
 def _tile_info(row: Sequence[Any]) -> TileInfo:
     return TileInfo(
         pk=row[0],
@@ -1057,10 +1062,16 @@ class MaskCache:
                 "FROM rasters WHERE fingerprint = ?",
                 (fingerprint,),
             ).fetchone()
-        if row is None:
-            return None
-        transform = tuple(json.loads(row[5])) if row[5] else None
-        return RasterRecord(row[0], row[1], row[2], row[3], row[4], transform, row[6])
+        return None if row is None else _raster_record(row)
+
+    def list_rasters(self) -> list[RasterRecord]:
+        """Every raster the cache knows, by last known path (rasters without one last)."""
+        with self._reading("list rasters") as conn:
+            rows = conn.execute(
+                "SELECT fingerprint, path, width, height, crs_wkt, transform, gsd_m "
+                "FROM rasters ORDER BY path IS NULL, path, fingerprint"
+            ).fetchall()
+        return [_raster_record(r) for r in rows]
 
     # ----------------------------------------------------------------------------- keyed work
     def is_done(self, key: TileKey) -> bool:

@@ -257,6 +257,51 @@ def _read_rgba(ds, norm: Normalisation, window, out_w: int, out_h: int) -> np.nd
     return rgba
 
 
+@dataclass(frozen=True)
+class FoundRasters:
+    """The raster files a folder or a mask cache stands for, and what was left out and why."""
+
+    paths: list[Path]
+    notes: list[str] = field(default_factory=list)
+
+
+def rasters_in_folder(folder: str | Path) -> FoundRasters:
+    """The images a folder stands for (:func:`solardesk.core.raster.expand_rasters`): its
+    warnings (bare JPEG/PNG left out) come back as notes for the Messages panel."""
+    import warnings
+
+    from solardesk.core.raster import expand_rasters
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        paths = expand_rasters([folder])
+    return FoundRasters(paths, [str(w.message) for w in caught])
+
+
+def rasters_of_cache(path: str | Path) -> FoundRasters:
+    """The rasters a mask cache was computed on, at their last known paths; those no longer
+    there are named in a note."""
+    from solardesk.core.cache import MaskCache
+
+    with MaskCache(path, readonly=True) as cache:
+        records = cache.list_rasters()
+    there = [Path(r.path) for r in records if r.path and Path(r.path).is_file()]
+    gone = [r.path or r.fingerprint for r in records if not (r.path and Path(r.path).is_file())]
+    notes = []
+    if gone:
+        one = len(gone) == 1
+        shown = ", ".join(str(g) for g in gone[:3]) + (", …" if len(gone) > 3 else "")
+        notes.append(
+            f"{path}: {len(gone)} of the cache's {len(records)} raster"
+            f"{'s' * (len(records) != 1)} {'is' if one else 'are'} not at "
+            f"{'its' if one else 'their'} last "
+            f"known path ({shown}). Add {'it' if one else 'them'} from where "
+            f"{'it is' if one else 'they are'} now with File ▸ Add raster: the cache knows a "
+            "raster by its content, so a moved one keeps its pseudo-labels."
+        )
+    return FoundRasters(there, notes)
+
+
 # --------------------------------------------------------------------------------------------
 # Cached instances
 # --------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from PySide6.QtCore import QSettings, QTimer
@@ -24,8 +25,9 @@ from solardesk.gui.notifications import NotificationCenter
 from solardesk.gui.project import ProjectSession
 from solardesk.gui.workers import JobRunner
 
-#: ``SOLARDESK_GUI_EXIT_AFTER=SECONDS`` closes the window after that long and makes
-#: :func:`main` return 1 if any error was posted meanwhile (install smoke tests use it).
+#: ``SOLARDESK_GUI_EXIT_AFTER=SECONDS`` closes the window after that long, prints the errors
+#: and warnings posted meanwhile to stderr, and makes :func:`main` return 1 if any was an
+#: error (install smoke tests and the GUI tests use it).
 EXIT_AFTER_ENV = "SOLARDESK_GUI_EXIT_AFTER"
 
 
@@ -119,23 +121,29 @@ def create_main_window(
     return window
 
 
-def main(project: Path | None = None) -> int:
-    """Run the desktop app, optionally opening ``project`` (a .json project or a raster)."""
+def main(paths: Sequence[str | Path] | str | Path = ()) -> int:
+    """Run the desktop app, optionally opening ``paths`` (a .json project, rasters, folders,
+    vector files, a mask cache: :meth:`MainWindow.open_paths`)."""
     app = application()
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C in the terminal quits
     window = create_main_window()
     window.ctx.notifications.install_excepthook()
     window.show()
-    if project is not None:
-        window.open_path(project)
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    if paths:
+        window.open_paths(paths)
     exit_after = os.environ.get(EXIT_AFTER_ENV)
     if exit_after:
         window.confirm_unsaved = False
         QTimer.singleShot(int(float(exit_after) * 1000), window.close)
     code = app.exec()
     window.ctx.notifications.uninstall_excepthook()
-    if exit_after and window.ctx.notifications.errors():
-        for n in window.ctx.notifications.errors():
-            print(f"error: {n.summary()}", file=sys.stderr)
-        return 1
+    if exit_after:
+        # A timed run (tests, screenshots) reports what the Messages panel held.
+        for n in window.ctx.notifications.items:
+            if n.level in ("error", "warning"):
+                print(f"{n.level}: {n.summary()}", file=sys.stderr)
+        if window.ctx.notifications.errors():
+            return 1
     return code

@@ -9,10 +9,18 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from PySide6.QtCore import QEventLoop, Qt, QTimer, Slot
-from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
+from PySide6.QtGui import (
+    QAction,
+    QCloseEvent,
+    QDragEnterEvent,
+    QDragMoveEvent,
+    QDropEvent,
+    QKeySequence,
+)
 from PySide6.QtWidgets import (
     QApplication,
     QDockWidget,
@@ -28,6 +36,7 @@ from PySide6.QtWidgets import (
 )
 
 from solardesk import __version__
+from solardesk.gui import _io
 from solardesk.gui.context import AppContext
 from solardesk.gui.docks.detect import DetectDock
 from solardesk.gui.docks.plugins import PluginsDock
@@ -38,7 +47,7 @@ from solardesk.gui.layers import Layer, PseudoLabelLayer, RasterLayer, VectorLay
 from solardesk.gui.layers_panel import LayersPanel
 from solardesk.gui.map_view import MapView
 from solardesk.gui.notifications import NotificationIndicator, NotificationPanel
-from solardesk.gui.workers import Job
+from solardesk.gui.workers import Job, call
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +62,7 @@ VECTOR_FILTER = "Vector files (*.gpkg *.shp *.geojson *.json);;All files (*)"
 PROJECT_FILTER = "SolarDesk project (*.json)"
 _RASTER_SUFFIXES = {".tif", ".tiff", ".vrt", ".jpg", ".jpeg", ".png", ".jp2", ".img"}
 _VECTOR_SUFFIXES = {".gpkg", ".shp", ".geojson"}
+_CACHE_SUFFIXES = {".sqlite", ".db"}
 
 
 class MainWindow(QMainWindow):
@@ -68,6 +78,9 @@ class MainWindow(QMainWindow):
             | QMainWindow.DockOption.AllowTabbedDocks
             | QMainWindow.DockOption.AllowNestedDocks
         )
+        # Files and folders dropped anywhere on the window are opened (open_paths).
+        self.setAcceptDrops(True)
+        self._listing = 0  # folders and caches being listed on the io thread
         self.map_view = MapView(ctx.layers, ctx.io, self)
         ctx.map_view = self.map_view
         self.setCentralWidget(self.map_view)
@@ -198,6 +211,13 @@ class MainWindow(QMainWindow):
             sp.SP_FileIcon,
             "Add a GeoTIFF, COG, VRT or JPEG/PNG with a world file",
         )
+        self.act_add_folder = self._action(
+            "Add raster &folder…",
+            self.add_raster_folder_dialog,
+            None,
+            sp.SP_DirIcon,
+            "Add every raster directly inside a folder (as `solardesk precompute FOLDER` reads it)",
+        )
         self.act_add_vector = self._action(
             "Add &vector layer…",
             self.add_vector_dialog,
@@ -227,8 +247,9 @@ class MainWindow(QMainWindow):
         for a in (self.act_save, self.act_save_as):
             m_file.addAction(a)
         m_file.addSeparator()
-        for a in (self.act_add_raster, self.act_add_vector, self.act_open_cache):
+        for a in (self.act_add_raster, self.act_add_folder, self.act_add_vector):
             m_file.addAction(a)
+        m_file.addAction(self.act_open_cache)
         m_file.addSeparator()
         m_file.addAction(self.act_quit)
         m_view = menu.addMenu("&View")
@@ -296,27 +317,86 @@ class MainWindow(QMainWindow):
             self.open_path(path)
 
     def open_path(self, path: str | Path) -> bool:
-        """Open a project file, or start a project from a raster or vector file."""
+        """Open a project file; or start a project from a raster, a folder of rasters or a
+        vector file; or show a mask cache's pseudo-labels (and, when no raster is open yet,
+        the rasters it was computed on)."""
         p = Path(path)
         suffix = p.suffix.lower()
         try:
-            if suffix == ".json" and not _looks_like_geojson(p):
+            if p.is_dir():
+                self.add_raster_folder(p)
+            elif _is_project_file(p):
                 if not self._maybe_save():
                     return False
                 self.ctx.project.open(p)
                 self.ctx.settings.add_recent_project(p)
             elif suffix in _RASTER_SUFFIXES:
-                if not self.ctx.project.config.rasters and self.ctx.project.path is None:
-                    self.ctx.project.new(p.stem)
+                self._name_new_project(p.stem)
                 self.add_raster(p)
             elif suffix in _VECTOR_SUFFIXES or suffix == ".json":
                 self.add_vector(p)
+            elif suffix in _CACHE_SUFFIXES:
+                self.open_cache(p)
+                self._add_rasters_of_cache(p)
+            elif not p.exists():
+                raise FileNotFoundError(f"{p}: no such file or folder")
             else:
-                raise ValueError(f"{p}: not a project (.json), raster or vector file")
+                raise ValueError(
+                    f"{p}: not a project (.json), raster, folder of rasters, vector file or "
+                    "mask cache (.sqlite)"
+                )
         except Exception as e:
             self.ctx.notifications.error("Open", str(e))
             return False
         return True
+
+    def open_paths(self, paths: Iterable[str | Path]) -> bool:
+        """Open several paths at once (dropped on the window, or named on the command line):
+        a project first, since it replaces the session; then rasters, folders and vector files
+        in the order given; a mask cache last, its layers being the rasters'. Only one project
+        can be opened at a time."""
+        ps = [Path(p) for p in paths]
+        projects = [p for p in ps if _is_project_file(p)]
+        ok = True
+        if len(projects) > 1:
+            self.ctx.notifications.error(
+                "Open",
+                f"{len(projects)} project files at once ({', '.join(p.name for p in projects)})"
+                f": one project is open at a time, so only {projects[0].name} is opened.",
+            )
+            ps = [p for p in ps if p not in projects[1:]]
+            ok = False
+
+        def order(p: Path) -> int:
+            if p in projects:
+                return 0
+            return 2 if p.suffix.lower() in _CACHE_SUFFIXES and p.is_file() else 1
+
+        for p in sorted(ps, key=order):
+            ok = self.open_path(p) and ok
+        return ok
+
+    def _name_new_project(self, name: str) -> None:
+        """An unsaved session without rasters takes the name of the first raster or folder
+        added to it, keeping what it holds (a vector file or a cache opened just before)."""
+        project = self.ctx.project
+        if not project.config.rasters and project.path is None and project.name != name:
+            project.set_name(name)
+
+    def dragEnterEvent(self, event: QDragEnterEvent) -> None:
+        _offer_local_files(event)
+
+    def dragMoveEvent(self, event: QDragMoveEvent) -> None:
+        _offer_local_files(event)
+
+    def dropEvent(self, event: QDropEvent) -> None:
+        paths = [u.toLocalFile() for u in event.mimeData().urls() if u.isLocalFile()]
+        if not paths:
+            event.ignore()
+            return
+        event.acceptProposedAction()
+        self.activateWindow()
+        self.open_paths(paths)
 
     def save_project(self) -> bool:
         if self.ctx.project.path is None:
@@ -451,6 +531,59 @@ class MainWindow(QMainWindow):
         paths, _ = QFileDialog.getOpenFileNames(self, "Add raster", "", RASTER_FILTER)
         for p in paths:
             self.add_raster(p)
+
+    def add_raster_folder_dialog(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Add the rasters of a folder")
+        if folder:
+            self.add_raster_folder(folder)
+
+    def add_raster_folder(self, folder: str | Path) -> Job:
+        """Add the rasters directly inside ``folder``: listed on the io thread (a network
+        share can be slow), added when the list comes back; what the listing leaves out (a
+        JPEG without a world file) is said in Messages."""
+        folder = Path(folder)
+        job = self.ctx.io.submit(
+            lambda: call(_io.rasters_in_folder, folder), f"Add the rasters of {folder}"
+        )
+        self._listing += 1
+        job.finished.connect(lambda found: self._add_found(found, folder.name))
+        job.ended.connect(self._listing_ended)
+        return job
+
+    def _add_rasters_of_cache(self, cache: Path) -> Job | None:
+        """With no raster open (nor coming from a folder), a cache opened on its own shows
+        the rasters it was computed on, where they still are."""
+        if self.ctx.layers.of_kind("raster") or self._listing:
+            return None
+        job = self.ctx.io.submit(
+            lambda: call(_io.rasters_of_cache, cache), f"Open the rasters of {cache}"
+        )
+        self._listing += 1
+
+        def add(found: _io.FoundRasters) -> None:
+            if not self.ctx.layers.of_kind("raster"):
+                self._add_found(found, cache.stem)
+
+        job.finished.connect(add)
+        job.ended.connect(self._listing_ended)
+        return job
+
+    def _listing_ended(self, *_args) -> None:
+        self._listing -= 1
+
+    def _add_found(self, found: _io.FoundRasters, name: str) -> None:
+        for note in found.notes:
+            self.ctx.notifications.warning("Add rasters", note)
+        if found.paths:
+            self._name_new_project(name)
+        added = 0
+        for p in found.paths:
+            try:
+                self.add_raster(p)
+                added += 1
+            except Exception as e:  # one bad file does not stop the others
+                self.ctx.notifications.error("Add raster", f"{p}: {e}")
+        self.statusBar().showMessage(f"{added} raster{'s' * (added != 1)} added from {name}", 5000)
 
     def add_raster(self, path: str | Path) -> RasterLayer:
         project = self.ctx.project
@@ -662,6 +795,19 @@ class MainWindow(QMainWindow):
             dialog.close()
             dialog.deleteLater()
         return ok
+
+
+def _offer_local_files(event: QDragMoveEvent) -> None:
+    """Take a drag that carries local files or folders (what :meth:`MainWindow.open_paths`
+    opens); leave any other to the widgets below."""
+    if any(u.isLocalFile() for u in event.mimeData().urls()):
+        event.acceptProposedAction()
+    else:
+        event.ignore()
+
+
+def _is_project_file(p: Path) -> bool:
+    return p.suffix.lower() == ".json" and p.is_file() and not _looks_like_geojson(p)
 
 
 def _looks_like_geojson(p: Path) -> bool:

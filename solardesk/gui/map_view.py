@@ -721,6 +721,10 @@ class MapView(QGraphicsView):
         self.setDragMode(QGraphicsView.DragMode.ScrollHandDrag)
         self.setMouseTracking(True)
         self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
+        # No item takes drops; a QGraphicsView would still take every drag in, and a file
+        # dropped on the map would go nowhere. Left to the window, it is opened.
+        self.setAcceptDrops(False)
+        self.viewport().setAcceptDrops(False)
         self.renderers: dict[Layer, _Renderer] = {}
         self.tool = "pan"
         self._press: QPointF | None = None

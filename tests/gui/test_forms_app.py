@@ -124,7 +124,9 @@ def test_ended_comes_after_every_receiver_of_the_last_signal(qtbot):
     assert runner.shutdown(2000)
 
 
-def test_solardesk_gui_command_opens_a_raster_and_exits_cleanly(scene_tif, tmp_path):
+def test_solardesk_gui_command_opens_what_it_is_given_and_exits_cleanly(scene_dir, tmp_path):
+    """A raster and a vector file, as `solardesk gui A B`: an error would exit with 1, and a
+    timed run prints its warnings (a file it could not open is one, naming the file)."""
     env = {
         **os.environ,
         "QT_QPA_PLATFORM": "offscreen",
@@ -133,7 +135,11 @@ def test_solardesk_gui_command_opens_a_raster_and_exits_cleanly(scene_tif, tmp_p
         "HOME": str(tmp_path),
     }
     out = subprocess.run(
-        [sys.executable, "-m", "solardesk", "gui", str(scene_tif)],
+        [
+            sys.executable,
+            *("-m", "solardesk", "gui"),
+            *(str(scene_dir / name) for name in ("truth.geojson", "scene.tif")),
+        ],
         env=env,
         capture_output=True,
         text=True,
@@ -141,6 +147,7 @@ def test_solardesk_gui_command_opens_a_raster_and_exits_cleanly(scene_tif, tmp_p
         cwd=Path(__file__).parents[2],
     )
     assert out.returncode == 0, out.stderr
+    assert "scene.tif" not in out.stderr and "truth.geojson" not in out.stderr, out.stderr
 
 
 def test_emitting_signals_keeps_true_alive():

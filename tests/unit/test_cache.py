@@ -134,6 +134,14 @@ def test_rasters_are_recorded(cache: MaskCache) -> None:
     assert cache.get_raster("unknown") is None
     cache.write_tile(key(raster="other"), TILE, [])  # tiles of an unregistered raster still work
     assert cache.get_raster("other").path is None
+    cache.put_raster("fp0", path="/data/0.tif")
+    listed = cache.list_rasters()  # by path, the pathless last
+    assert [(r.fingerprint, r.path) for r in listed] == [
+        ("fp0", "/data/0.tif"),
+        ("fp", "/data/a.tif"),
+        ("other", None),
+    ]
+    assert listed[1] == r
 
 
 # --- keys ------------------------------------------------------------------------------------
