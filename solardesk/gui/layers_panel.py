@@ -189,10 +189,14 @@ class LayersPanel(QWidget):
         lay.addLayout(looks)
         lay.addWidget(self.pseudo_box)
 
-        layers.inserted.connect(self._rebuild)
-        layers.removed.connect(self._rebuild)
+        # A layer added or removed changes one row (a folder of 150 rasters is added in well
+        # under a second); a reorder rebuilds the list.
+        layers.inserted.connect(self._on_inserted)
+        layers.removed.connect(self._on_removed)
         layers.moved.connect(self._rebuild)
         self._watched: set[Layer] = set()
+        self._items: dict[Layer, QListWidgetItem] = {}
+        self._file_icon = self.style().standardIcon(QStyle.StandardPixmap.SP_FileIcon)
         self._rebuild()
 
     def _button(self, icon, tip: str) -> QToolButton:
@@ -208,35 +212,63 @@ class LayersPanel(QWidget):
         current = self.current_layer()
         self._syncing = True
         self.list.clear()
+        self._items.clear()
         for layer in self.layers.layers:
-            item = QListWidgetItem()
-            item.setFlags(
-                Qt.ItemFlag.ItemIsEnabled
-                | Qt.ItemFlag.ItemIsSelectable
-                | Qt.ItemFlag.ItemIsUserCheckable
-                | Qt.ItemFlag.ItemIsDragEnabled
-            )
-            item.setData(Qt.ItemDataRole.UserRole, layer)
-            self._decorate(item, layer)
-            self.list.addItem(item)
-            if layer not in self._watched:
-                self._watched.add(layer)
-                layer.changed.connect(self._on_layer_changed)
-                layer.loadingChanged.connect(self._on_layer_changed)
-                layer.failed.connect(self._on_layer_changed)
-                if isinstance(layer, PseudoLabelLayer):
-                    layer.tilesUpdated.connect(self._on_records_changed)
-                    layer.instanceChanged.connect(self._on_records_changed)
-                    layer.instanceAdded.connect(self._on_records_changed)
-                    layer.instanceRemoved.connect(self._on_records_changed)
-                    layer.objectsCounted.connect(self._update_counts)
-                    layer.thresholdChanged.connect(self._on_layer_threshold)
-                layer.destroyed.connect(lambda _=None, lay=layer: self._watched.discard(lay))
+            self.list.addItem(self._new_item(layer))
         self._syncing = False
-        target = current if current in self.layers.layers else None
-        if target is None and self.layers.layers:
-            target = self.layers.layers[0]
-        self.select(target)
+        self._keep_a_current(current)
+
+    @Slot(object, int)
+    def _on_inserted(self, layer: Layer, index: int) -> None:
+        current = self.current_layer()
+        self._syncing = True
+        self.list.insertItem(index, self._new_item(layer))
+        self._syncing = False
+        self._keep_a_current(current)
+
+    @Slot(object)
+    def _on_removed(self, layer: Layer) -> None:
+        current = self.current_layer()
+        item = self._items.pop(layer, None)
+        if item is not None:
+            self._syncing = True
+            self.list.takeItem(self.list.row(item))
+            self._syncing = False
+        self._keep_a_current(current)
+
+    def _keep_a_current(self, current: Layer | None) -> None:
+        """The layer that was selected stays selected; without one, the top layer is."""
+        if current in self.layers.layers:
+            if self.current_layer() is not current:
+                self.select(current)
+            return
+        self.select(self.layers.layers[0] if self.layers.layers else None)
+
+    def _new_item(self, layer: Layer) -> QListWidgetItem:
+        item = QListWidgetItem()
+        item.setFlags(
+            Qt.ItemFlag.ItemIsEnabled
+            | Qt.ItemFlag.ItemIsSelectable
+            | Qt.ItemFlag.ItemIsUserCheckable
+            | Qt.ItemFlag.ItemIsDragEnabled
+        )
+        item.setData(Qt.ItemDataRole.UserRole, layer)
+        self._decorate(item, layer)
+        self._items[layer] = item
+        if layer not in self._watched:
+            self._watched.add(layer)
+            layer.changed.connect(self._on_layer_changed)
+            layer.loadingChanged.connect(self._on_layer_changed)
+            layer.failed.connect(self._on_layer_changed)
+            if isinstance(layer, PseudoLabelLayer):
+                layer.tilesUpdated.connect(self._on_records_changed)
+                layer.instanceChanged.connect(self._on_records_changed)
+                layer.instanceAdded.connect(self._on_records_changed)
+                layer.instanceRemoved.connect(self._on_records_changed)
+                layer.objectsCounted.connect(self._update_counts)
+                layer.thresholdChanged.connect(self._on_layer_threshold)
+            layer.destroyed.connect(lambda _=None, lay=layer: self._watched.discard(lay))
+        return item
 
     def _decorate(self, item: QListWidgetItem, layer: Layer) -> None:
         suffix = ""
@@ -259,14 +291,10 @@ class LayersPanel(QWidget):
         elif layer.kind == "vector":
             item.setIcon(_swatch(QColor(getattr(layer, "colour", "#00e5ff"))))
         else:
-            item.setIcon(self.style().standardIcon(QStyle.StandardPixmap.SP_FileIcon))
+            item.setIcon(self._file_icon)
 
     def _item_of(self, layer: Layer) -> QListWidgetItem | None:
-        for i in range(self.list.count()):
-            item = self.list.item(i)
-            if item.data(Qt.ItemDataRole.UserRole) is layer:
-                return item
-        return None
+        return self._items.get(layer)
 
     @Slot()
     def _on_layer_changed(self, *_args) -> None:

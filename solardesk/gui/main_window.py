@@ -576,24 +576,27 @@ class MainWindow(QMainWindow):
             self.ctx.notifications.warning("Add rasters", note)
         if found.paths:
             self._name_new_project(name)
-        added = 0
-        for p in found.paths:
-            try:
-                self.add_raster(p)
-                added += 1
-            except Exception as e:  # one bad file does not stop the others
-                self.ctx.notifications.error("Add raster", f"{p}: {e}")
-        self.statusBar().showMessage(f"{added} raster{'s' * (added != 1)} added from {name}", 5000)
+        layers = self.add_rasters(found.paths)
+        n = len(layers)
+        self.statusBar().showMessage(f"{n} raster{'s' * (n != 1)} added from {name}", 5000)
 
     def add_raster(self, path: str | Path) -> RasterLayer:
+        return self.add_rasters([path])[0]
+
+    def add_rasters(self, paths: Iterable[str | Path]) -> list[RasterLayer]:
+        """Add rasters to the project (one edit) and to the map (each opens on the io thread
+        and reports its own failure), with pseudo-labels when the project has a cache."""
         project = self.ctx.project
-        project.add_raster(path)
-        layer = self.ctx.layers.add_raster(Path(path).resolve())
-        if project.config.cache is not None:
-            self.ctx.layers.add_pseudo_labels(
-                project.config.cache, layer, self._project_threshold()
-            )
-        return layer
+        resolved = [Path(p).resolve() for p in paths]
+        project.add_rasters(resolved)
+        threshold = self._project_threshold()
+        layers = []
+        for p in resolved:
+            layer = self.ctx.layers.add_raster(p)
+            if project.config.cache is not None:
+                self.ctx.layers.add_pseudo_labels(project.config.cache, layer, threshold)
+            layers.append(layer)
+        return layers
 
     def add_vector_dialog(self) -> None:
         paths, _ = QFileDialog.getOpenFileNames(self, "Add vector layer", "", VECTOR_FILTER)

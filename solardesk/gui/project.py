@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -104,11 +106,20 @@ class ProjectSession(QObject):
         self._update(name=name)
 
     def add_raster(self, path: str | Path) -> bool:
-        p = Path(path).resolve()
-        if p in self.config.rasters:
-            return False
-        self._update(rasters=[*self.config.rasters, p])
-        return True
+        return bool(self.add_rasters([path]))
+
+    def add_rasters(self, paths: Iterable[str | Path]) -> list[Path]:
+        """Add rasters not yet in the project, as one edit; return those added (resolved)."""
+        have = set(self.config.rasters)
+        new: list[Path] = []
+        for path in paths:
+            p = Path(path).resolve()
+            if p not in have:
+                have.add(p)
+                new.append(p)
+        if new:
+            self._update(rasters=[*self.config.rasters, *new])
+        return new
 
     def remove_raster(self, path: str | Path) -> None:
         p = Path(path).resolve()
@@ -118,12 +129,16 @@ class ProjectSession(QObject):
         self._update(cache=Path(path).resolve() if path else None)
 
     def default_cache_path(self) -> Path:
-        """Where a new cache goes: beside the project file, else beside the first raster."""
+        """Where a new cache goes: beside the project file, else beside the first raster,
+        named after it (one raster) or after the project (several: a folder's name)."""
         if self.path is not None:
             return self.path.with_suffix(".sqlite")
         if self.config.rasters:
             first = self.config.rasters[0]
-            return first.with_name(first.stem + ".solardesk.sqlite")
+            stem = first.stem
+            if len(self.config.rasters) > 1:
+                stem = re.sub(r'[\\/:*?"<>|\x00-\x1f]+', "_", self.name).strip(" ._") or stem
+            return first.with_name(stem + ".solardesk.sqlite")
         return Path.cwd() / "solardesk-cache.sqlite"
 
     def set_tiling(self, tiling: TilingSettings) -> None:

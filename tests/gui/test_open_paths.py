@@ -47,6 +47,29 @@ def test_a_folder_adds_its_rasters_and_says_what_it_left_out(qtbot, window, scen
     assert [p.name for p in project.config.rasters] == ["a.tif", "b.tif"]
     (note,) = _messages(window, "warning")
     assert "preview.png" in note and "world file" in note
+    # Its cache is named after the folder (one raster's would be named after the raster).
+    assert project.default_cache_path() == d / "area.solardesk.sqlite"
+    project.set_name('roofs: 2023/"east"')
+    assert project.default_cache_path() == d / "roofs_ 2023_east.solardesk.sqlite"
+
+    # The layers panel follows additions and removals row by row, keeping the selection.
+    panel = window.layers_panel
+
+    def rows():
+        return [
+            panel.list.item(i).data(Qt.ItemDataRole.UserRole) for i in range(panel.list.count())
+        ]
+
+    assert rows() == window.ctx.layers.layers
+    top, bottom = window.ctx.layers.layers
+    panel.select(bottom)
+    window.ctx.layers.remove(top)
+    assert rows() == [bottom] and panel.current_layer() is bottom
+    window.ctx.layers.remove(bottom)
+    assert rows() == [] and panel.current_layer() is None
+    window.add_rasters([d / "a.tif", d / "b.tif"])
+    assert rows() == window.ctx.layers.layers and len(rows()) == 2
+    assert panel.current_layer().path.name == "a.tif"  # the first one in, then kept
 
     # The File menu has the same, and a folder with no image in it is a clear message.
     assert window.act_add_folder.text() == "Add raster &folder…"
@@ -55,6 +78,7 @@ def test_a_folder_adds_its_rasters_and_says_what_it_left_out(qtbot, window, scen
     window.add_raster_folder(empty)
     until(lambda: any("no image in it" in m for m in _messages(window, "warning")))
     assert len(_rasters(window)) == 2
+    assert len(project.config.rasters) == 2  # added once
 
 
 def _drop(target, paths, kind=QDropEvent):
@@ -161,3 +185,19 @@ def test_nothing_there_or_unknown_is_a_clear_message(window, tmp_path):
     errors = _messages(window, "error")
     assert "missing.tif.gz: no such file or folder" in errors[0]
     assert "table.csv: not a project (.json), raster, folder of rasters" in errors[1]
+
+
+def test_the_open_folder_benchmark_prints_both_ways(qtbot, monkeypatch, capsys):
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import bench_gui_open_folder
+
+    assert bench_gui_open_folder.main(["--count", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "3 rasters in" in out
+    for label in ("the folder, in one batch", "one add_raster per file"):
+        (line,) = [ln for ln in out.splitlines() if ln.startswith(label)]
+        seconds, stall_ms = (float(v) for v in line[len(label) :].split())
+        assert 0 < seconds < 300 and stall_ms > 0
+    assert "shorter in one batch" in out
