@@ -450,7 +450,18 @@ class LayersPanel(QWidget):
             self._count_timer.start()
 
 
+_SWATCHES: dict[int, object] = {}
+
+
 def _swatch(colour: QColor):
+    """A layer's colour square, made once per colour (a layer is redecorated at every change)."""
+    key = colour.rgba()
+    if key not in _SWATCHES:
+        _SWATCHES[key] = _make_swatch(colour)
+    return _SWATCHES[key]
+
+
+def _make_swatch(colour: QColor):
     from PySide6.QtGui import QIcon, QPixmap
 
     pm = QPixmap(14, 14)

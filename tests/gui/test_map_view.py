@@ -105,3 +105,28 @@ def test_nice_lengths():
     assert _nice_length(2600, "m") == (2000, "2 km")
     assert _nice_length(0.37, "m") == (0.2, "20 cm")
     assert _nice_length(57, "px") == (50, "50 px")
+
+
+def test_polygons_are_built_from_arrays_vertex_for_vertex():
+    import numpy as np
+    from PySide6.QtCore import QPointF
+    from PySide6.QtGui import QPolygonF
+
+    from solardesk.gui.map_view import polygon_from_array
+
+    rng = np.random.default_rng(1)
+    for pts in (
+        rng.normal(5e5, 1e3, (1500, 2)),
+        np.array([[1.5, -2.25]]),
+        rng.integers(0, 9, (7, 2)).astype(np.int32),  # any dtype
+        rng.normal(0, 1, (6, 4))[:, ::2],  # a strided view
+        np.asfortranarray(rng.normal(0, 1, (5, 2))),
+    ):
+        poly = polygon_from_array(pts)
+        expected = QPolygonF([QPointF(float(x), float(y)) for x, y in pts])
+        assert poly == expected and poly.size() == len(pts)
+        # The polygon owns its copy: the array may change or go.
+        before = [(p.x(), p.y()) for p in poly]
+        pts[...] = 0
+        assert [(p.x(), p.y()) for p in poly] == before
+    assert polygon_from_array(np.zeros((0, 2))).isEmpty()

@@ -119,3 +119,26 @@ def test_a_failing_stage_is_reported_not_fatal(qtbot, window, scene_tif, tmp_pat
     notes = list(window.ctx.notifications.items)
     assert any("not a SolarDesk cache" in n.message for n in notes), [n.message for n in notes]
     assert dock.run_btn.isEnabled()
+
+
+def test_workers_default_to_auto_as_on_the_command_line(
+    qtbot, window, scene_tif, tmp_path, monkeypatch
+):
+    """Auto (ADR 0057) is passed on as workers=None; a number as itself."""
+    import solardesk.core.pipeline as pipeline
+
+    dock = _prepare(qtbot, window, scene_tif, tmp_path)
+    assert dock.workers.value() == 0 and dock.workers.text() == "Auto"
+    seen = []
+    real = pipeline.precompute
+
+    def recording(rasters, cache, **kw):
+        seen.append(kw["workers"])
+        return real(rasters, cache, **kw)  # (the fake stage is not parallel: in process)
+
+    monkeypatch.setattr(pipeline, "precompute", recording)
+    for value in (0, 1):
+        dock.workers.setValue(value)
+        dock.run()
+        until(lambda: not dock.running, timeout=10000)
+    assert seen == [None, 1]

@@ -91,11 +91,16 @@ class PrecomputeDock(QWidget):
         cache_row.addWidget(cache_btn)
         self.workers = QSpinBox()
         self.workers.setObjectName("workers")
-        self.workers.setRange(1, max(1, default_workers()))
-        self.workers.setValue(1)
+        # Auto, as `solardesk precompute` (ADR 0057): a process per core for a long job, the
+        # app's own thread for a short one (under 64 tiles, where a pool's start-up costs
+        # more than it saves).
+        self.workers.setRange(0, max(1, default_workers()))
+        self.workers.setSpecialValueText("Auto")
+        self.workers.setValue(0)
         self.workers.setToolTip(
-            "Worker processes. 1 runs the stage on a thread of the app; more start a pool of "
-            "processes (each tile is independent)."
+            "Worker processes. Auto: one per core for a long job, none for a short one. 1 runs "
+            "the stage on a thread of the app; more start a pool of processes (each tile is "
+            "independent)."
         )
         io = QFormLayout()
         io.addRow("Rasters", self.rasters)
@@ -302,7 +307,7 @@ class PrecomputeDock(QWidget):
         from solardesk.core.pipeline import precompute
 
         stage_id, pm = self.stage.id, self.ctx.plugin_manager
-        raster_settings, workers = project.config.raster, self.workers.value()
+        raster_settings, workers = project.config.raster, (self.workers.value() or None)
 
         def job():
             return precompute(
