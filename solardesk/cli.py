@@ -91,12 +91,13 @@ def cli(debug: bool) -> None:
 def info(rasters: tuple[Path, ...], as_json: bool) -> None:
     """Describe RASTER: size, bands, CRS, transform, nodata and true ground resolution.
 
-    Several RASTERS, or a folder of them, are listed one line each (JSON: a list), with a
-    summary of their CRSs and ground resolutions: a quick check of a delivery before a run.
+    Several RASTERS, a folder of them or a quoted pattern ('tiles/**/*.tif') are listed one
+    line each (JSON: a list), with a summary of their CRSs and ground resolutions: a quick
+    check of a delivery before a run.
     """
     from solardesk.core.raster import describe, expand_rasters
 
-    if len(rasters) > 1 or rasters[0].is_dir():
+    if len(rasters) > 1 or not rasters[0].is_file():  # (a folder, a pattern)
         _info_table([describe(r) for r in expand_rasters(rasters)], as_json)
         return
     facts = describe(rasters[0])
@@ -484,7 +485,8 @@ def precompute(
     Runs the spectral analyser on every tile in worker processes. Tiles already in the cache
     with the same parameters are skipped, so an interrupted run resumes where it stopped.
     A RASTER may be a folder: the images directly inside it (.tif, .jpg with a world file,
-    .vrt...); world files and other sidecars named among RASTERS are left out.
+    .vrt...); world files and other sidecars named among RASTERS are left out. A quoted
+    pattern ('tiles/**/*.tif') stands for the images it matches, in folders at any depth.
     """
     from solardesk.config import TilingSettings, parse
     from solardesk.core.cache import MaskCache

@@ -9,9 +9,11 @@ overviews or a sample of windows, so every tile of one raster sees the same stre
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import math
+import os
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -125,13 +127,22 @@ def expand_rasters(paths: Sequence[str | Path]) -> list[Path]:
     - A sidecar of an image also named (``images/*`` names ``a.jgw`` and ``a.jpg.aux.xml``
       beside ``a.jpg``) is left out; one named without its image is a
       :class:`RasterOpenError` that names the image to give instead.
+    - A pattern (``tiles/**/*.tif``; ``**`` is any depth of folders, hidden ones aside) that
+      is not itself a file stands for the image files it matches, by name, under the folder
+      rules above (for a shell that does not expand patterns, and for nested folders). One
+      that matches no image is a :class:`RasterOpenError`.
     - A file named twice counts once. Anything else is passed on as it is: opening it reports
       what is wrong with it.
     """
     out: list[Path] = []
     for raw in paths:
         p = Path(raw)
-        out += _folder_rasters(p) if p.is_dir() else [p]
+        if p.is_dir():
+            out += _folder_rasters(p)
+        elif not p.exists() and glob.has_magic(str(raw)):
+            out += _pattern_rasters(str(raw))
+        else:
+            out.append(p)
     named = {_same(p) for p in out}
     kept: list[Path] = []
     seen: set[Path] = set()
@@ -167,22 +178,77 @@ def _georeferenced_beside(image: Path, near: set[str]) -> bool:
     return bool(names & near)
 
 
+def _is_image_file(f: Path) -> bool:
+    return f.is_file() and not f.name.startswith(".") and f.suffix.lower() in RASTER_SUFFIXES
+
+
 def _folder_rasters(folder: Path) -> list[Path]:
     listing = list(folder.iterdir())
-    found = sorted(
-        f
-        for f in listing
-        if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in RASTER_SUFFIXES
-    )
+    found = sorted(f for f in listing if _is_image_file(f))
     if not found:
+        deeper = _an_image_below(folder)
+        hint = (
+            f" Its subfolders hold images ({deeper}): name them, or a pattern such as "
+            f"'{folder / '**' / ('*' + deeper.suffix)}' (quoted) for all of them."
+            if deeper is not None
+            else " Name the raster files, or a folder that holds them."
+        )
         raise RasterOpenError(
             f"{folder}: a folder with no image in it (SolarDesk looks for "
-            f"{', '.join(RASTER_SUFFIXES)} files directly inside it). Name the raster files, "
-            "or a folder that holds them."
+            f"{', '.join(RASTER_SUFFIXES)} files directly inside it).{hint}"
         )
+    return _georeferenced_images(folder, found, {f.name.lower() for f in listing})
+
+
+def _an_image_below(folder: Path, most_entries: int = 10_000) -> Path | None:
+    """An image in a subfolder of ``folder`` (hidden ones aside), looking at no more than
+    ``most_entries`` names: enough for a hint, bounded on a huge tree."""
+    seen = 0
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if Path(root) != folder and _is_image_file(Path(root) / name):
+                return Path(root) / name
+        seen += len(files) + len(dirs)
+        if seen > most_entries:
+            return None
+    return None
+
+
+def _pattern_rasters(pattern: str) -> list[Path]:
+    matched = sorted({Path(m) for m in glob.glob(os.path.expanduser(pattern), recursive=True)})
+    images = [m for m in matched if _is_image_file(m)]
+    if not images:
+        raise RasterOpenError(
+            f"{pattern}: no image matches this pattern ({len(matched)} "
+            f"file{'s' * (len(matched) != 1)} or folder{'s' * (len(matched) != 1)} did; "
+            f"SolarDesk reads {', '.join(RASTER_SUFFIXES)} files, and `**` matches folders at "
+            "any depth). Check the pattern, and quote it so that the shell passes it on."
+        )
+    by_folder: dict[Path, list[Path]] = {}
+    for m in images:
+        by_folder.setdefault(m.parent, []).append(m)
+    out: list[Path] = []
+    for folder, found in by_folder.items():
+        names = {n.lower() for n in os.listdir(folder)}
+        out += _georeferenced_images(folder, found, names, raise_if_none=False)
+    if not out:
+        raise RasterOpenError(
+            f"{pattern}: none of the {len(images)} JPEG/PNG images it matches has a world "
+            "file or .aux.xml beside it, so none is georeferenced. Add the world files (and "
+            ".prj), or name the images themselves to work in pixel coordinates."
+        )
+    return out
+
+
+def _georeferenced_images(
+    folder: Path, found: list[Path], near: set[str], raise_if_none: bool = True
+) -> list[Path]:
+    """The images of ``found`` (in ``folder``, whose lower-case names are ``near``) a project
+    reads: a JPEG or PNG without georeferencing beside it is left out with a warning, and the
+    files a VRT among them mosaics are read through it only."""
     # A JPEG or PNG carries no georeferencing of its own: without a world file or GDAL's
     # .aux.xml beside it, it is a mask, a preview or a thumbnail, not a scene of the project.
-    near = {f.name.lower() for f in listing}
     bare = [
         f
         for f in found
@@ -196,9 +262,9 @@ def _folder_rasters(folder: Path) -> list[Path]:
             f".aux.xml left out ({', '.join(f.name for f in bare[:3])}{', …' * (len(bare) > 3)});"
             " name such a file itself to read it in pixel coordinates.",
             NotGeoreferencedWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
-        if not found:
+        if not found and raise_if_none:
             raise RasterOpenError(
                 f"{folder}: none of its {len(bare)} JPEG/PNG images has a world file or .aux.xml "
                 "beside it, so none is georeferenced. Add the world files (and .prj), or name "

@@ -156,7 +156,7 @@ class PseudoLabelLayer(Layer):
         threshold: float = 0.85,
         parent: QObject | None = None,
     ) -> None:
-        super().__init__(f"Pseudo-labels · {raster.path.name}", runner, parent)
+        super().__init__(f"{raster.path.name} · pseudo-labels", runner, parent)
         self.cache_path = Path(cache_path)
         self.raster = raster
         self.threshold = float(threshold)

@@ -90,6 +90,12 @@ def test_info_of_a_folder_lists_each_raster_and_what_they_share(tmp_path: Path) 
     assert lines[3].startswith("2 rasters; CRS EPSG:32632, EPSG:3857; ground resolution 0.")
     listed = json.loads(run("info", str(d / "a.tif"), str(d / "b.tif"), "--json").stdout)
     assert [Path(f["path"]).name for f in listed] == ["a.tif", "b.tif"]
+    # A quoted pattern, as a shell that does not expand it passes it on; ** at any depth.
+    (d / "later").mkdir()
+    write_raster(d / "later" / "c.tif", np.zeros((3, 20, 20), np.uint8))
+    out = run("info", str(tmp_path / "**" / "*.tif"), "--json")
+    assert out.returncode == 0, out.stderr
+    assert [Path(f["path"]).name for f in json.loads(out.stdout)] == ["a.tif", "b.tif", "c.tif"]
 
 
 def _bad_inputs(tmp: Path) -> list[tuple[list[str], str]]:

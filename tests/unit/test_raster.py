@@ -411,3 +411,40 @@ def test_a_sidecar_alone_names_its_image(tmp_path: Path) -> None:
     with pytest.raises(RasterOpenError, match="no image in it") as ei:
         expand_rasters([tmp_path / "empty"])
     assert str(tmp_path / "empty") in str(ei.value)
+
+
+def test_a_pattern_stands_for_the_images_it_matches_at_any_depth(tmp_path: Path) -> None:
+    root = tmp_path / "delivery"
+    for sub in ("2023/east", "2024", ".trash"):
+        (root / sub).mkdir(parents=True)
+    a = _jpeg_with_sidecars(root / "2023", "a")
+    b = write_raster(root / "2023" / "east" / "b.tif", np.zeros((1, 8, 8), np.uint8))
+    c = write_raster(root / "2024" / "c.tif", np.zeros((1, 8, 8), np.uint8))
+    write_raster(root / ".trash" / "old.tif", np.zeros((1, 8, 8), np.uint8))
+    (root / "2024" / "c.tif.ovr").write_bytes(b"overviews")
+    write_raster(
+        root / "2024" / "preview.png", np.zeros((1, 8, 8), np.uint8), crs=None, driver="PNG"
+    )
+    for aux in (root / "2024").glob("*.png.aux.xml"):
+        aux.unlink()
+
+    # The folder itself holds no image: the error says where they are and how to name them.
+    with pytest.raises(RasterOpenError, match="no image in it") as ei:
+        expand_rasters([root])
+    assert str(a) in str(ei.value) and f"'{root}/**/*.jpg' (quoted)" in str(ei.value)
+
+    # `**` at any depth, hidden folders aside; sidecars and overviews are no images; a
+    # bare PNG is left out with a warning, as in a folder.
+    with pytest.warns(NotGeoreferencedWarning, match="preview.png"):
+        assert expand_rasters([f"{root}/**/*"]) == [a, b, c]
+    assert expand_rasters([str(root / "**" / "*.tif")]) == [b, c]
+    assert expand_rasters([root / "202?" / "*.tif"]) == [c]  # (a Path works too)
+    # With names and folders, each once, in the order named.
+    assert expand_rasters([c, str(root / "**" / "*.tif"), root / "2023"]) == [c, b, a]
+    # A file whose name only looks like a pattern is that file.
+    odd = write_raster(tmp_path / "scan[1].tif", np.zeros((1, 8, 8), np.uint8))
+    assert expand_rasters([odd]) == [odd]
+
+    with pytest.raises(RasterOpenError, match="no image matches this pattern") as ei:
+        expand_rasters([str(root / "**" / "*.jp2")])
+    assert "quote it" in str(ei.value)
