@@ -686,6 +686,7 @@ def cache() -> None:
 def cache_stats(cache_path: Path, threshold: float, as_json: bool) -> None:
     """Tiles, candidates, pseudo-labels above a threshold and size on disk of CACHE_PATH."""
     from solardesk.core.cache import MaskCache
+    from solardesk.core.jobs import counted
 
     _require_file(cache_path, "cache")
     with MaskCache(cache_path, readonly=True) as c:
@@ -703,9 +704,42 @@ def cache_stats(cache_path: Path, threshold: float, as_json: bool) -> None:
         ("provenance", ", ".join(f"{k} {v}" for k, v in st["by_provenance"].items()) or "-"),
         ("size on disk", f"{st['size_bytes'] / 1e6:.2f} MB"),
     ]
+    earlier = st["earlier_runs"]
+    if earlier["tile_rows"]:
+        rows.append(
+            (
+                "earlier runs",
+                f"{counted(earlier['tile_rows'], 'tile row')}, "
+                f"{counted(earlier['instances'], 'candidate')} of other parameters, kept so "
+                "that going back to them computes nothing (`solardesk cache prune` deletes them)",
+            )
+        )
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         click.echo(f"{k:<{width}}  {v}")
+
+
+@cache.command("prune")
+@click.argument("cache_path", type=click.Path(path_type=Path))
+def cache_prune(cache_path: Path) -> None:
+    """Delete the results of earlier runs from CACHE_PATH and give their space back.
+
+    A run with other parameters (or a newer stage version) keeps the rows of the runs before
+    it, so that going back to those parameters computes nothing. This deletes them: for each
+    tile and stage only the row of the last run stays, with every review decision and drawn
+    panel. What the map, `cache stats`, training and export see does not change.
+    """
+    from solardesk.core.cache import MaskCache
+    from solardesk.core.jobs import counted
+
+    _require_file(cache_path, "cache")
+    with MaskCache(cache_path) as c:
+        r = c.prune()
+    click.echo(
+        f"{cache_path}: deleted {counted(r.tile_rows, 'tile row')} and "
+        f"{counted(r.instances, 'candidate')} of earlier runs; "
+        f"{r.bytes_before / 1e6:.2f} MB → {r.bytes_after / 1e6:.2f} MB"
+    )
 
 
 @cache.command("export-coco")

@@ -473,6 +473,16 @@ class RasterRecord:
     gsd_m: float | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class PruneReport:
+    """What :meth:`MaskCache.prune` deleted, and the cache's size before and after."""
+
+    tile_rows: int
+    instances: int
+    bytes_before: int
+    bytes_after: int
+
+
 def _raster_record(row: Sequence[Any]) -> RasterRecord:
     transform = tuple(json.loads(row[5])) if row[5] else None
     return RasterRecord(row[0], row[1], row[2], row[3], row[4], transform, row[6])
@@ -2039,6 +2049,50 @@ class MaskCache:
             return {(fp, tid): s for fp, tid, s in conn.execute(sql, params)}
 
     # ----------------------------------------------------------------------------- reports
+    def earlier_runs(self) -> tuple[int, int]:
+        """``(tile rows, instances)`` of earlier runs: the computed rows no reader sees, for
+        each tile and stage every row but the one chosen last (other parameters, an older
+        stage version). They make going back to those parameters free;
+        :meth:`prune` deletes them."""
+        with self._reading("count earlier runs") as conn:
+            return self._earlier_runs(conn)
+
+    @staticmethod
+    def _earlier_sql() -> str:
+        return (
+            f"SELECT t.id FROM tiles t WHERE t.stage_id != '{EDITS_STAGE_ID}' AND t.chosen < "
+            "(SELECT max(t2.chosen) FROM tiles t2 WHERE t2.raster_fp = t.raster_fp "
+            "AND t2.tile_id = t.tile_id AND t2.stage_id = t.stage_id)"
+        )
+
+    def _earlier_runs(self, conn: sqlite3.Connection) -> tuple[int, int]:
+        rows, instances = conn.execute(
+            f"SELECT count(*), (SELECT count(*) FROM instances WHERE tile_pk IN "
+            f"({self._earlier_sql()})) FROM ({self._earlier_sql()})"
+        ).fetchone()
+        return int(rows), int(instances)
+
+    def prune(self) -> PruneReport:
+        """Delete the rows of earlier runs (:meth:`earlier_runs`) and give their space back
+        to the file system (``VACUUM``).
+
+        What readers see does not change: each tile keeps, per stage, the row chosen last,
+        and its edits row. A decision taken on an instance of a deleted row lives in the edits
+        row and stays; set back to pending, it joins the tile's current row (ADR 0046). Going
+        back to pruned parameters computes their tiles again."""
+        before = self.size_bytes()
+        with self._transaction("delete the rows of earlier runs") as conn:
+            rows, instances = self._earlier_runs(conn)
+            if rows:
+                conn.execute(f"DELETE FROM tiles WHERE id IN ({self._earlier_sql()})")
+        conn = self._live()
+        try:
+            conn.execute("VACUUM")
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as e:
+            raise self._error(e, "compact the file after deleting the rows of earlier runs") from e
+        return PruneReport(rows, instances, before, self.size_bytes())
+
     def size_bytes(self) -> int:
         """Bytes on disk: the database file plus its WAL and shared-memory files."""
         total = 0
@@ -2062,7 +2116,8 @@ class MaskCache:
         of ``tiles``), ``by_review``, ``by_provenance`` (all of these over what readers see:
         current rows, hidden instances left out), ``stages`` (an inventory of every stored row,
         per stage id, version and parameter hash: tile rows and the instances they hold,
-        hidden ones included) and ``size_bytes`` (file + WAL + shm).
+        hidden ones included), ``earlier_runs`` (``tile_rows`` and ``instances`` that
+        :meth:`prune` would delete) and ``size_bytes`` (file + WAL + shm).
         """
         cond, params = self._current_sql("t", None, None, None)
         thr = float(threshold)
@@ -2098,6 +2153,7 @@ class MaskCache:
                     ).fetchall()
                 )
             n_objects = self._count_objects(conn, thr, cond, params) if objects else None
+            earlier_rows, earlier_instances = self._earlier_runs(conn)
             stages = [
                 {
                     "stage_id": s,
@@ -2126,6 +2182,7 @@ class MaskCache:
             "by_review": {s: by["review"].get(s, 0) for s in REVIEW_STATES},
             "by_provenance": {s: by["provenance"].get(s, 0) for s in PROVENANCES},
             "stages": stages,
+            "earlier_runs": {"tile_rows": earlier_rows, "instances": earlier_instances},
             "size_bytes": self.size_bytes(),
         }
 

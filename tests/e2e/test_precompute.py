@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 import signal
@@ -387,8 +388,6 @@ def test_cache_commands(tmp_path: Path, scene_tif: Path) -> None:
     coco = tmp_path / "coco.json"
     out = _cli("cache", "export-coco", str(cache), str(coco), "--threshold", "0.3")
     assert out.returncode == 0, out.stderr
-    import json
-
     data = json.loads(coco.read_text())
     assert len(data["images"]) == 16 and data["annotations"]
     # an existing OUT is replaced only when asked; the cache itself never
@@ -399,6 +398,27 @@ def test_cache_commands(tmp_path: Path, scene_tif: Path) -> None:
     assert onto.returncode == 2, onto.stderr
     assert f"{cache} is the cache" in onto.stderr and "Traceback" not in onto.stderr
     assert _cli("cache", "stats", str(cache)).returncode == 0
+
+    # Another parameter keeps the first run's rows (going back is free): stats says so and
+    # prune deletes them, leaving what readers see as it was.
+    assert "earlier runs" not in _cli("cache", "stats", str(cache)).stdout
+    run_job([scene_tif], cache, settings={"min_area_m2": 6.0})
+    out = _cli("cache", "stats", str(cache), "--json")
+    st = json.loads(out.stdout)
+    earlier = st["earlier_runs"]
+    assert earlier["tile_rows"] == 16 and earlier["instances"] > 0
+    text = _cli("cache", "stats", str(cache)).stdout
+    assert re.search(rf"^earlier runs +16 tile rows, {earlier['instances']} candidates", text, re.M)
+    out = _cli("cache", "prune", str(cache))
+    assert out.returncode == 0, out.stderr
+    assert (
+        f"deleted 16 tile rows and {earlier['instances']} candidates of earlier runs" in out.stdout
+    )
+    after = json.loads(_cli("cache", "stats", str(cache), "--json").stdout)
+    assert after["earlier_runs"] == {"tile_rows": 0, "instances": 0}
+    assert (after["tiles"], after["instances"]) == (st["tiles"], st["instances"])
+    assert after["size_bytes"] < st["size_bytes"]
+    assert "earlier runs" not in _cli("cache", "stats", str(cache)).stdout
 
 
 def test_a_raster_without_georeferencing_is_reported_once_with_two_workers(tmp_path: Path) -> None:

@@ -824,6 +824,49 @@ def test_undoing_a_decision_gives_the_stage_result_back(cache: MaskCache) -> Non
     assert cache.integrity_ok()
 
 
+def test_prune_deletes_earlier_runs_and_changes_nothing_readers_see(cache: MaskCache) -> None:
+    """Rows of other parameters go (per tile and stage, all but the one chosen last); what
+    readers see, decisions and drawn panels stay; an undone decision whose row was pruned
+    joins the current row; going back to pruned parameters computes them again."""
+    cache.write_tile(key("t0", P1), TILE, [rect(0, 10, 0.5), rect(20, 10, 0.6)])
+    cache.write_tile(key("t1", P1), TILE, [rect(0, 6, 0.9)])
+    a, _ = cache.read_tile("fp", "t0")
+    cache.set_review(a.id, "accepted")
+    cache.add_instance("fp", "t1", rect(30, 5, 1.0), provenance="human")
+    cache.write_tile(key("t0", P2), TILE, [rect(0, 10, 0.95), rect(40, 8, 0.7)])
+    cache.write_tile(key("t1", P2), TILE, [rect(2, 6, 0.8)])
+    cache.write_tile(key("t0", P1, stage="selftrain"), TILE, [rect(5, 5, 0.9)])  # another stage
+    # P1's rows of t0 and t1; of their instances only b is still in them (a decided and t1's
+    # candidate beside a drawn panel live in the edits rows now)
+    assert cache.earlier_runs() == (2, 1)
+    seen = {t: cache.read_tile("fp", t) for t in ("t0", "t1")}
+    before = cache.stats()
+
+    report = cache.prune()
+    assert (report.tile_rows, report.instances) == (2, 1)
+    assert report.bytes_after <= report.bytes_before
+    assert cache.earlier_runs() == (0, 0)
+    for t, instances in seen.items():
+        assert [(i.id, i.bbox, i.review) for i in cache.read_tile("fp", t)] == [
+            (i.id, i.bbox, i.review) for i in instances
+        ]
+    after = cache.stats()
+    for k in ("tiles", "instances", "by_review", "by_provenance", "instances_above_threshold"):
+        assert after[k] == before[k], k
+    assert after["earlier_runs"] == {"tile_rows": 0, "instances": 0}
+    assert after["tile_rows"] == before["tile_rows"] - 2
+    assert not cache.is_done(key("t0", P1)) and cache.is_done(key("t0", P2))
+    assert cache.is_done(key("t0", P1, stage="selftrain"))  # each stage keeps its last run
+    # The accepted instance came from a pruned row: undone, it joins t0's current row (the
+    # self-training one, chosen last) unless a look-alike there covers half of it, as the
+    # 5-px square does: then it gives way, its own row being gone.
+    cache.set_review(a.id, "pending")
+    assert [(i.bbox[0], i.confidence) for i in cache.read_tile("fp", "t0")] == [(5, 0.9)]
+    with pytest.raises(KeyError):
+        cache.get_instance(a.id)
+    assert cache.prune().tile_rows == 0 and cache.integrity_ok()
+
+
 def test_a_person_s_instance_is_never_hidden(cache: MaskCache) -> None:
     """An instance hidden behind a decision (a GUI may still hold its id) that a person then
     decides or redraws shows, and stays shown when the other decision goes."""
