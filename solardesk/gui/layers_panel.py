@@ -4,7 +4,7 @@ threshold of pseudo-label layers. A view of :class:`~solardesk.gui.layers.LayerL
 from __future__ import annotations
 
 from PySide6.QtCore import QPointF, QRectF, QSize, Qt, QTimer, Signal, Slot
-from PySide6.QtGui import QColor, QLinearGradient, QPainter, QPen
+from PySide6.QtGui import QColor, QIcon, QLinearGradient, QPainter, QPen
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -197,6 +197,7 @@ class LayersPanel(QWidget):
         self._watched: set[Layer] = set()
         self._items: dict[Layer, QListWidgetItem] = {}
         self._file_icon = self.style().standardIcon(QStyle.StandardPixmap.SP_FileIcon)
+        self._swatches: dict[int, QIcon] = {}
         self._rebuild()
 
     def _button(self, icon, tip: str) -> QToolButton:
@@ -287,11 +288,19 @@ class LayersPanel(QWidget):
             item.setForeground(QColor("#ff6e6e"))
         item.setToolTip(tip)
         if isinstance(layer, PseudoLabelLayer):
-            item.setIcon(_swatch(confidence_colour(0.9)))
+            item.setIcon(self._swatch(confidence_colour(0.9)))
         elif layer.kind == "vector":
-            item.setIcon(_swatch(QColor(getattr(layer, "colour", "#00e5ff"))))
+            item.setIcon(self._swatch(QColor(getattr(layer, "colour", "#00e5ff"))))
         else:
             item.setIcon(self._file_icon)
+
+    def _swatch(self, colour: QColor):
+        """A layer's colour square, made once per colour (layers are redecorated at every
+        change, and a folder brings hundreds)."""
+        key = colour.rgba()
+        if key not in self._swatches:
+            self._swatches[key] = _swatch(colour)
+        return self._swatches[key]
 
     def _item_of(self, layer: Layer) -> QListWidgetItem | None:
         return self._items.get(layer)
@@ -450,19 +459,8 @@ class LayersPanel(QWidget):
             self._count_timer.start()
 
 
-_SWATCHES: dict[int, object] = {}
-
-
 def _swatch(colour: QColor):
-    """A layer's colour square, made once per colour (a layer is redecorated at every change)."""
-    key = colour.rgba()
-    if key not in _SWATCHES:
-        _SWATCHES[key] = _make_swatch(colour)
-    return _SWATCHES[key]
-
-
-def _make_swatch(colour: QColor):
-    from PySide6.QtGui import QIcon, QPixmap
+    from PySide6.QtGui import QPixmap
 
     pm = QPixmap(14, 14)
     pm.fill(Qt.GlobalColor.transparent)

@@ -529,8 +529,8 @@ class MainWindow(QMainWindow):
     # -- adding data ----------------------------------------------------------------------------
     def add_raster_dialog(self) -> None:
         paths, _ = QFileDialog.getOpenFileNames(self, "Add raster", "", RASTER_FILTER)
-        for p in paths:
-            self.add_raster(p)
+        if paths:
+            self.add_rasters(paths)
 
     def add_raster_folder_dialog(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Add the rasters of a folder")
