@@ -93,7 +93,7 @@ def detect(args) -> int:
     from solardesk.core.vector import VectorWriter, read_geometries
 
     out = Path(args.out)
-    record = {"raster": args.raster, "spectral": args.spectral, "model": args.model}
+    record = {"rasters": args.rasters, "spectral": args.spectral, "model": args.model}
     if args.aoi:
         geoms, _ = read_geometries(args.aoi)
         record["aoi_bounds"] = list(geoms[0].bounds)
@@ -101,7 +101,7 @@ def detect(args) -> int:
     if os.environ.get("FAKE_DETECT_FAIL"):
         print("Error: the model has no SolarDesk metadata.", file=sys.stderr)
         return 2
-    info = describe(args.raster)
+    info = describe(args.rasters[0])  # (the first raster's tiles and panels stand for all)
     # Like the real command: each tile's instances go to the cache beside the output first
     # (one 20-px square per tile here), so the GUI can show them as tiles finish.
     from solardesk.core.cache import Instance, MaskCache, TileKey
@@ -147,7 +147,7 @@ def main() -> int:
     t.add_argument("config")
     t.add_argument("--resume", action="store_true")
     d = sub.add_parser("detect")
-    d.add_argument("raster")
+    d.add_argument("rasters", nargs="+")
     d.add_argument("--spectral", action="store_true")
     d.add_argument("--model")
     d.add_argument("--out", required=True)

@@ -146,3 +146,42 @@ def test_detections_appear_on_the_map_while_the_command_runs(
     # The running layer gave way to the output.
     assert dock.live is None and live not in window.ctx.layers.layers
     assert any(isinstance(lay, VectorLayer) and lay.path == out for lay in window.ctx.layers)
+
+
+def test_all_rasters_of_a_project_are_detected_in_one_run(qtbot, window, scene_dir, tmp_path):
+    """A project of several rasters (a folder) offers them all at once, first; the command
+    gets every raster, and the project cache's layers of all of them are refreshed."""
+    import shutil
+
+    from solardesk.core.cache import MaskCache
+
+    d = tmp_path / "area"
+    d.mkdir()
+    for name in ("a.tif", "b.tif"):
+        shutil.copy(scene_dir / "scene.tif", d / name)
+    cache = tmp_path / "project.sqlite"
+    MaskCache(cache).close()
+    window.open_paths([d, cache])
+    until(lambda: len(window.ctx.layers.of_kind("pseudo")) == 2, timeout=10000)
+    wait_raster(qtbot, window)
+    window.show_dock("detect")
+    dock = window.detect
+    out = tmp_path / "panels.gpkg"
+    dock.out_edit.setText(str(out))
+    assert dock.raster.itemText(0) == "All 2 rasters of the project"
+    assert dock.raster.currentIndex() == 0
+    rasters = [str((d / n).resolve()) for n in ("a.tif", "b.tif")]
+    args = dock.build_args()
+    assert args[:4] == ["detect", *rasters, "--spectral"]
+    assert args[args.index("--cache") + 1] == str(cache.resolve())
+    refreshed = []
+    for layer in window.ctx.layers.of_kind("pseudo"):
+        layer.refresh = lambda full=False, name=layer.raster.path.name: refreshed.append(name)
+    assert dock.run()
+    until(lambda: not dock.process.running, timeout=20000)
+    record = json.loads((tmp_path / "panels.gpkg.args.json").read_text())
+    assert record["rasters"] == rasters
+    until(lambda: {"a.tif", "b.tif"} <= set(refreshed), timeout=5000)
+    # One raster still can be chosen alone.
+    dock.raster.setCurrentIndex(2)
+    assert dock.build_args()[:3] == ["detect", rasters[1], "--spectral"]

@@ -44,6 +44,8 @@ from solardesk.gui.process import CommandProcess, ExitInfo
 
 #: Seconds between refreshes of the "Detecting…" layer while the command runs.
 LIVE_REFRESH_S = 0.5
+#: The raster box's entry for every raster of the project.
+ALL_RASTERS = "*all rasters*"
 
 FORMATS = {
     ".gpkg": "GeoPackage (*.gpkg)",
@@ -79,6 +81,7 @@ class DetectDock(QWidget):
         self.live = None  #: the "Detecting…" pseudo-label layer of the running command's cache
         #: the project's layer of the cache the command fills, when it has one (refreshed only)
         self._shared_live = None
+        self._run_rasters: list[str] = []
         self._live_refreshed = 0.0
 
         self.detector = QComboBox()
@@ -223,7 +226,12 @@ class DetectDock(QWidget):
         current = self.raster.currentData()
         self.raster.blockSignals(True)
         self.raster.clear()
-        for p in project.config.rasters:
+        rasters = project.config.rasters
+        if len(rasters) > 1:
+            # A project of a folder is detected in one run, into one file (the command
+            # takes several rasters).
+            self.raster.addItem(f"All {len(rasters)} rasters of the project", ALL_RASTERS)
+        for p in rasters:
             self.raster.addItem(p.name, str(p))
         i = self.raster.findData(current)
         self.raster.setCurrentIndex(max(i, 0))
@@ -282,11 +290,11 @@ class DetectDock(QWidget):
     # -- running --------------------------------------------------------------------------------
     def build_args(self) -> list[str]:
         """The ``solardesk detect`` arguments for the current choices (``ValueError`` if not)."""
-        raster = self.raster.currentData()
-        if not raster:
+        rasters = self.selected_rasters()
+        if not rasters:
             raise ValueError("add a raster to the project first (File ▸ Add raster)")
         det = self.current_detector()
-        args = ["detect", raster]
+        args = ["detect", *rasters]
         if self._needs_model():
             model = self.model_combo.currentData()
             if not model:
@@ -307,7 +315,7 @@ class DetectDock(QWidget):
             # A model is run with its own tile size and overlap (its metadata), as the CLI does.
             tiling = self.ctx.project.config.tiling
             args += ["--tile", str(tiling.tile_size), "--overlap", str(tiling.overlap)]
-            args += self._project_cache_args(det.id if det is not None else "spectral", raster)
+            args += self._project_cache_args(det.id if det is not None else "spectral", rasters[0])
         if self.extent_view.isChecked():
             crs = self.ctx.layers.crs_wkt
             view = self.ctx.map_view
@@ -324,6 +332,13 @@ class DetectDock(QWidget):
         if self.overwrite.isChecked():
             args.append("--overwrite")
         return args
+
+    def selected_rasters(self) -> list[str]:
+        """The rasters the run is for: the one chosen, or all of the project's."""
+        data = self.raster.currentData()
+        if data == ALL_RASTERS:
+            return [str(p) for p in self.ctx.project.config.rasters]
+        return [data] if data else []
 
     def _project_cache_args(self, stage_id: str, raster: str) -> list[str]:
         """The project's cache, with the stage's settings as pre-computed and the layer's
@@ -379,7 +394,10 @@ class DetectDock(QWidget):
         self.run_btn.setEnabled(False)
         self.cancel_btn.setEnabled(True)
         cache = Path(args[args.index("--cache") + 1]) if "--cache" in args else None
-        self._show_live(Path(args[1]), self.output, cache)
+        rasters = self.selected_rasters()
+        # Tiles are shown as they come for the first raster (all of them at the end).
+        self._run_rasters = rasters
+        self._show_live(Path(rasters[0]), self.output, cache)
         self.process.start(args)
         return True
 
@@ -415,7 +433,12 @@ class DetectDock(QWidget):
 
     def _drop_live(self) -> None:
         if self._shared_live is not None:
-            self._shared_live.refresh(full=True)  # (the command's last tiles)
+            # (the command's last tiles, and those of the other rasters of the run)
+            cache = self._shared_live.cache_path
+            ran = {str(Path(r)) for r in self._run_rasters}
+            for layer in self.ctx.layers.of_kind("pseudo"):
+                if layer.cache_path == cache and str(layer.raster.path) in ran:
+                    layer.refresh(full=True)
             self._shared_live = None
         if self.live is not None:
             self.ctx.layers.remove(self.live)
