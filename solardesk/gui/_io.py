@@ -267,15 +267,31 @@ class FoundRasters:
 
 def rasters_in_folder(folder: str | Path) -> FoundRasters:
     """The images a folder stands for (:func:`solardesk.core.raster.expand_rasters`): its
-    warnings (bare JPEG/PNG left out) come back as notes for the Messages panel."""
+    warnings (bare JPEG/PNG left out) come back as notes for the Messages panel. A folder
+    with no image directly inside stands for those in its subfolders, at any depth (the
+    command line's ``'FOLDER/**/*'``): a drop or a folder dialog has no other way to say so."""
+    import glob
     import warnings
 
     from solardesk.core.raster import expand_rasters
+    from solardesk.errors import RasterOpenError
 
+    notes: list[str] = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        paths = expand_rasters([folder])
-    return FoundRasters(paths, [str(w.message) for w in caught])
+        try:
+            paths = expand_rasters([folder])
+        except RasterOpenError as direct:
+            below = Path(glob.escape(str(folder))) / "**" / "*"
+            try:
+                paths = expand_rasters([str(below)])
+            except RasterOpenError:
+                raise direct from None
+            notes.append(
+                f"{folder}: no image directly inside; the {len(paths)} in its subfolders "
+                "were added."
+            )
+    return FoundRasters(paths, [str(w.message) for w in caught] + notes)
 
 
 def rasters_of_cache(path: str | Path) -> FoundRasters:

@@ -71,14 +71,26 @@ def test_a_folder_adds_its_rasters_and_says_what_it_left_out(qtbot, window, scen
     assert rows() == window.ctx.layers.layers and len(rows()) == 2
     assert panel.current_layer().path.name == "a.tif"  # the first one in, then kept
 
+    # A folder whose images are all in subfolders stands for them (a drop has no pattern).
+    nested = tmp_path / "nested"
+    for sub in ("2023", "2024/east"):
+        (nested / sub).mkdir(parents=True)
+        shutil.copy(scene_dir / "scene.tif", nested / sub / "n.tif")
+    window.open_path(nested)
+    until(lambda: len(_rasters(window)) == 4, timeout=10000)
+    assert any(
+        "no image directly inside; the 2 in its subfolders" in m
+        for m in _messages(window, "warning")
+    )
+
     # The File menu has the same, and a folder with no image in it is a clear message.
     assert window.act_add_folder.text() == "Add raster &folder…"
     empty = tmp_path / "empty"
     empty.mkdir()
     window.add_raster_folder(empty)
     until(lambda: any("no image in it" in m for m in _messages(window, "warning")))
-    assert len(_rasters(window)) == 2
-    assert len(project.config.rasters) == 2  # added once
+    assert len(_rasters(window)) == 4
+    assert len(project.config.rasters) == 4  # each added once
 
 
 def _drop(target, paths, kind=QDropEvent):
