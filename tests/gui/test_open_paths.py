@@ -112,6 +112,8 @@ def test_files_and_folders_dropped_on_the_map_are_opened(qtbot, window, scene_di
     viewport = window.map_view.viewport()
     # A drag of local files over the map is taken (the map passes it up to the window) ...
     assert _drop(viewport, [d, truth], QDragEnterEvent).isAccepted()
+    # (and over the layers list, which itself only reorders its own rows)
+    assert _drop(window.layers_panel.list.viewport(), [d], QDragEnterEvent).isAccepted()
     # ... one of no local file is not.
     data = QMimeData()
     data.setText("just text")
@@ -128,7 +130,7 @@ def test_files_and_folders_dropped_on_the_map_are_opened(qtbot, window, scene_di
     cache = tmp_path / "c.sqlite"
     MaskCache(cache).close()
     # The cache is named first but opened last, so that each raster gets its layer.
-    assert _drop(window, [cache, d, truth]).isAccepted()
+    assert _drop(viewport, [cache, d, truth]).isAccepted()  # dropped on the map
     until(lambda: len(_rasters(window)) == 2, timeout=10000)
     kinds = sorted(type(lay).__name__ for lay in window.ctx.layers)
     assert kinds == ["PseudoLabelLayer", "PseudoLabelLayer", "RasterLayer", "RasterLayer",
