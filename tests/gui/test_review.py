@@ -406,3 +406,52 @@ def test_next_on_a_geographic_map_zooms_to_the_panel(qtbot, window, scene_tif, c
     x0, _y0, x1, _y1 = window.map_view.visible_extent()
     panel = rec.bounds[2] - rec.bounds[0]  # about 6e-5°
     assert panel < x1 - x0 < 200 * panel  # about 400 raster pixels of context, not 60°
+
+
+def test_next_and_previous_go_on_to_the_next_raster_s_queue(
+    qtbot, window, scene_tif, cache, tmp_path
+):
+    """Past the end of one raster's queue, N goes on to the next layer that has one (a
+    project of many rasters is reviewed in one pass) and P comes back; one layer wraps."""
+    from solardesk.synthetic import SceneSpec, generate_scene, write_scene
+
+    path, _ = cache
+    layer, dock = _open(qtbot, window, scene_tif, path)
+    # A single layer's queue wraps round.
+    dock._select_row(4)
+    dock.step(1)
+    assert dock.current_id == dock.model.ids[0]
+
+    # A second raster (other pixels: its own fingerprint) with two candidates of its own.
+    other = tmp_path / "other.tif"
+    write_scene(generate_scene(SceneSpec(height=640, width=640, gsd=0.15, seed=4)), other)
+    info = describe(other)
+    with MaskCache(path) as c:
+        c.put_raster_info(info)
+        c.write_tile(
+            TileKey(info.fingerprint, "c0_r0_256x256", "fake", "1", "p"),
+            (0, 0, 256, 256),
+            [
+                Instance(bbox=(10, 10, 40, 30), mask=np.ones((20, 30), bool), confidence=0.5),
+                Instance(bbox=(60, 10, 90, 30), mask=np.ones((20, 30), bool), confidence=0.9),
+            ],
+        )
+    window.add_raster(other)
+    until(lambda: len(window.ctx.layers.of_kind("pseudo")) == 2, timeout=10000)
+    second = next(lay for lay in window.ctx.layers.of_kind("pseudo") if lay is not layer)
+    second.set_threshold(0.6)
+    until(lambda: len(second.records) == 2, timeout=10000)
+    combo = [dock.layer_combo.itemData(i) for i in range(dock.layer_combo.count())]
+    first_layer, next_layer = combo
+    dock.layer_combo.setCurrentIndex(0)
+    queue = list(dock.model.ids)
+    dock._select_row(len(queue) - 1)
+    dock.step(1)  # past the end: the next layer's first instance
+    assert dock.layer is next_layer and dock.current_id == dock.model.ids[0]
+    dock.step(-1)  # and back: the first layer's last
+    assert dock.layer is first_layer and dock.current_id == queue[-1]
+    # The last layer's end has no next layer: its queue wraps.
+    dock.layer_combo.setCurrentIndex(1)
+    dock._select_row(len(dock.model.ids) - 1)
+    dock.step(1)
+    assert dock.layer is next_layer and dock.current_id == dock.model.ids[0]

@@ -1,7 +1,8 @@
 """Review: accept, reject, delete, draw and split instances; every change goes to the cache.
 
 The queue is the active pseudo-label layer's instances ordered by uncertainty (closest to
-the threshold first), pending ones by default. Keys: **A** accept, **R** reject, **U** back
+the threshold first), pending ones by default; past its end, next and previous go on to the
+queue of the next (or previous) raster's layer, so a folder of rasters is one pass. Keys: **A** accept, **R** reject, **U** back
 to pending, **Delete** delete, **N**/**P** next/previous, **D** draw a polygon (click the
 corners on the map, double-click or Enter to finish, Esc to cancel), **S** split the
 selected instance (click a line across it on the map, double-click or Enter to finish). A
@@ -72,6 +73,10 @@ class ReviewTableModel(QAbstractTableModel):
     def set_layer(self, layer: PseudoLabelLayer | None) -> None:
         self.layer = layer
         self.reload()
+
+    def count_for(self, layer: PseudoLabelLayer) -> int:
+        """How long ``layer``'s queue would be under this model's filter."""
+        return len(layer.review_order(self.pending_only))
 
     def reload(self) -> None:
         self.beginResetModel()
@@ -449,16 +454,38 @@ class ReviewDock(QWidget):
         for b in (self.accept_btn, self.reject_btn, self.reset_btn, self.delete_btn):
             b.setEnabled(has)
         n = len(self.model.ids)
-        self.prev_btn.setEnabled(n > 0)
-        self.next_btn.setEnabled(n > 0)
+        more = n > 0 or self.layer_combo.count() > 1
+        self.prev_btn.setEnabled(more)
+        self.next_btn.setEnabled(more)
         self.draw_btn.setEnabled(self.layer is not None)
         self.split_btn.setEnabled(self.layer is not None and self.current_id is not None)
 
     def step(self, delta: int) -> None:
-        if not self.model.ids:
-            return
+        """The next (``delta`` 1) or previous (-1) instance of the queue. Past either end the
+        queue of the next raster's layer (in the layer box's order) that has one follows: a
+        project of many rasters is reviewed in one pass. With one layer, the queue wraps."""
+        n = len(self.model.ids)
         row = self.model.row_of(self.current_id) if self.current_id is not None else -1
-        self._select_row((row + delta) % len(self.model.ids) if row >= 0 else 0)
+        target = row + delta if row >= 0 else (0 if delta > 0 else n - 1)
+        if (n == 0 or not 0 <= target < n) and self._step_layer(1 if delta > 0 else -1):
+            return
+        if n:
+            self._select_row(target % n)
+
+    def _step_layer(self, direction: int) -> bool:
+        """Move to the nearest layer in ``direction`` whose queue is not empty, at its first
+        (or, going back, last) instance; False when there is none."""
+        i = self.layer_combo.currentIndex() + direction
+        while 0 <= i < self.layer_combo.count():
+            layer = self.layer_combo.itemData(i)
+            if isinstance(layer, PseudoLabelLayer) and self.model.count_for(layer):
+                self.layer_combo.setCurrentIndex(i)
+                n = len(self.model.ids)
+                if n:
+                    self._select_row(0 if direction > 0 else n - 1)
+                    return True
+            i += direction
+        return False
 
     # -- preview ---------------------------------------------------------------------------------
     def _request_preview(self, rec: _io.InstanceRecord) -> None:
