@@ -455,3 +455,12 @@ def test_next_and_previous_go_on_to_the_next_raster_s_queue(
     dock._select_row(len(dock.model.ids) - 1)
     dock.step(1)
     assert dock.layer is next_layer and dock.current_id == dock.model.ids[0]
+
+    # Deciding a raster's last pending candidate moves on to the next raster's queue.
+    dock.layer_combo.setCurrentIndex(0)
+    for iid in list(dock.model.ids):
+        dock.select_instance(iid)
+        dock.reject_btn.click()
+        until(lambda iid=iid: first_layer.records[iid].review == "rejected", timeout=5000)
+    until(lambda: dock.layer is next_layer, timeout=5000)
+    assert dock.current_id == dock.model.ids[0] and "is reviewed; on to" in dock.status.text()

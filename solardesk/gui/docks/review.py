@@ -2,13 +2,14 @@
 
 The queue is the active pseudo-label layer's instances ordered by uncertainty (closest to
 the threshold first), pending ones by default; past its end, next and previous go on to the
-queue of the next (or previous) raster's layer, so a folder of rasters is one pass. Keys: **A** accept, **R** reject, **U** back
-to pending, **Delete** delete, **N**/**P** next/previous, **D** draw a polygon (click the
-corners on the map, double-click or Enter to finish, Esc to cancel), **S** split the
-selected instance (click a line across it on the map, double-click or Enter to finish). A
-drawn polygon is rasterised into the tile that holds it and stored with provenance "human",
-accepted; the parts of a split instance keep its confidence and review state, the largest
-keeps its id, and all become provenance "human".
+queue of the next (or previous) raster's layer, so a folder of rasters is one pass. Keys:
+**A** accept, **R** reject, **U** back to pending, **Delete** delete, **N**/**P**
+next/previous, **D** draw a polygon (click the corners on the map, double-click or Enter to
+finish, Esc to cancel), **S** split the selected instance (click a line across it on the
+map, double-click or Enter to finish). A drawn polygon is rasterised into the tile that
+holds it and stored with provenance "human", accepted; the parts of a split instance keep
+its confidence and review state, the largest keeps its id, and all become provenance
+"human".
 
 Edits run one at a time on the ``edits`` runner, each with its own writing connection; the
 layer (and so the map and this list) changes when the cache has stored the edit, so what the
@@ -586,6 +587,10 @@ class ReviewDock(QWidget):
             # The reviewed row left the queue: the next one moved into its place.
             if self.model.ids:
                 self._select_row(min(max(row, 0), len(self.model.ids) - 1))
+            elif self._step_layer(1):  # this raster is done: on to the next one's queue
+                self.status.setText(
+                    f"{self.status.text()} {layer.name} is reviewed; on to {self.layer.name}."
+                )
             else:
                 self._show_current(None)
         else:
