@@ -735,11 +735,17 @@ def cache_prune(cache_path: Path) -> None:
     _require_file(cache_path, "cache")
     with MaskCache(cache_path) as c:
         r = c.prune()
-    click.echo(
+    done = (
         f"{cache_path}: deleted {counted(r.tile_rows, 'tile row')} and "
         f"{counted(r.instances, 'candidate')} of earlier runs; "
-        f"{r.bytes_before / 1e6:.2f} MB → {r.bytes_after / 1e6:.2f} MB"
     )
+    if r.compacted:
+        click.echo(done + f"{r.bytes_before / 1e6:.2f} MB → {r.bytes_after / 1e6:.2f} MB")
+    else:
+        click.echo(
+            done + "another program (the desktop app?) has the cache open, so the file "
+            "shrinks when it closes it, or at the next `solardesk cache prune`."
+        )
 
 
 @cache.command("export-coco")

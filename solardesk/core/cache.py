@@ -481,6 +481,8 @@ class PruneReport:
     instances: int
     bytes_before: int
     bytes_after: int
+    #: False when another program had the cache open: the space comes back when it closes it.
+    compacted: bool = True
 
 
 def _raster_record(row: Sequence[Any]) -> RasterRecord:
@@ -2088,10 +2090,12 @@ class MaskCache:
         conn = self._live()
         try:
             conn.execute("VACUUM")
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            # (busy: another connection still reads the old pages, so the WAL that holds the
+            # compacted copy cannot be folded back yet; the file shrinks when it closes)
+            busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
         except sqlite3.Error as e:
             raise self._error(e, "compact the file after deleting the rows of earlier runs") from e
-        return PruneReport(rows, instances, before, self.size_bytes())
+        return PruneReport(rows, instances, before, self.size_bytes(), compacted=not busy)
 
     def size_bytes(self) -> int:
         """Bytes on disk: the database file plus its WAL and shared-memory files."""

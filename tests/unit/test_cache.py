@@ -866,6 +866,18 @@ def test_prune_deletes_earlier_runs_and_changes_nothing_readers_see(cache: MaskC
         cache.get_instance(a.id)
     assert cache.prune().tile_rows == 0 and cache.integrity_ok()
 
+    # Another program reading (the desktop app): the rows go, the space comes back later.
+    cache.write_tile(key("t1", P1), TILE, [rect(0, 6, 0.9)])  # P1 chosen again: P2 is earlier
+    reader = sqlite3.connect(cache.path)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM tiles").fetchone()
+    cache._live().execute("PRAGMA busy_timeout = 50")  # (the test need not wait 5 s)
+    busy = cache.prune()
+    assert (busy.tile_rows, busy.compacted) == (1, False)
+    reader.rollback()
+    reader.close()
+    assert cache.prune().compacted and cache.earlier_runs() == (0, 0)
+
 
 def test_a_person_s_instance_is_never_hidden(cache: MaskCache) -> None:
     """An instance hidden behind a decision (a GUI may still hold its id) that a person then
