@@ -298,18 +298,24 @@ def rasters_of_cache(path: str | Path) -> FoundRasters:
     """The rasters a mask cache was computed on, at their last known paths; those no longer
     there are named in a note."""
     from solardesk.core.cache import MaskCache
+    from solardesk.core.jobs import counted
 
     with MaskCache(path, readonly=True) as cache:
         records = cache.list_rasters()
-    there = [Path(r.path) for r in records if r.path and Path(r.path).is_file()]
-    gone = [r.path or r.fingerprint for r in records if not (r.path and Path(r.path).is_file())]
+    there: list[Path] = []
+    gone: list[str] = []
+    for r in records:
+        if r.path and Path(r.path).is_file():
+            there.append(Path(r.path))
+        else:
+            gone.append(r.path or r.fingerprint)
     notes = []
     if gone:
         one = len(gone) == 1
-        shown = ", ".join(str(g) for g in gone[:3]) + (", …" if len(gone) > 3 else "")
+        shown = ", ".join(gone[:3]) + (", …" if len(gone) > 3 else "")
         notes.append(
-            f"{path}: {len(gone)} of the cache's {len(records)} raster"
-            f"{'s' * (len(records) != 1)} {'is' if one else 'are'} not at "
+            f"{path}: {len(gone)} of the cache's {counted(len(records), 'raster')} "
+            f"{'is' if one else 'are'} not at "
             f"{'its' if one else 'their'} last "
             f"known path ({shown}). Add {'it' if one else 'them'} from where "
             f"{'it is' if one else 'they are'} now with File ▸ Add raster: the cache knows a "

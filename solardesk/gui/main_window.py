@@ -36,6 +36,7 @@ from PySide6.QtWidgets import (
 )
 
 from solardesk import __version__
+from solardesk.core.jobs import counted
 from solardesk.gui import _io
 from solardesk.gui.context import AppContext
 from solardesk.gui.docks.detect import DetectDock
@@ -542,27 +543,31 @@ class MainWindow(QMainWindow):
         share can be slow), added when the list comes back; what the listing leaves out (a
         JPEG without a world file) is said in Messages."""
         folder = Path(folder)
-        job = self.ctx.io.submit(
-            lambda: call(_io.rasters_in_folder, folder), f"Add the rasters of {folder}"
+        return self._list_rasters(
+            _io.rasters_in_folder, folder, folder.name, f"Add the rasters of {folder}"
         )
-        self._listing += 1
-        job.finished.connect(lambda found: self._add_found(found, folder.name))
-        job.ended.connect(self._listing_ended)
-        return job
 
     def _add_rasters_of_cache(self, cache: Path) -> Job | None:
         """With no raster open (nor coming from a folder), a cache opened on its own shows
         the rasters it was computed on, where they still are."""
         if self.ctx.layers.of_kind("raster") or self._listing:
             return None
-        job = self.ctx.io.submit(
-            lambda: call(_io.rasters_of_cache, cache), f"Open the rasters of {cache}"
+        return self._list_rasters(
+            _io.rasters_of_cache, cache, cache.stem, f"Open the rasters of {cache}", alone=True
         )
+
+    def _list_rasters(
+        self, lister, source: Path, name: str, job_name: str, *, alone: bool = False
+    ) -> Job:
+        """Run ``lister(source)`` (an :class:`_io.FoundRasters`) on the io thread and add what
+        it found, as project ``name``; ``alone``: only if no raster has been opened meanwhile.
+        ``_listing`` counts the listings under way."""
+        job = self.ctx.io.submit(lambda: call(lister, source), job_name)
         self._listing += 1
 
         def add(found: _io.FoundRasters) -> None:
-            if not self.ctx.layers.of_kind("raster"):
-                self._add_found(found, cache.stem)
+            if not (alone and self.ctx.layers.of_kind("raster")):
+                self._add_found(found, name)
 
         job.finished.connect(add)
         job.ended.connect(self._listing_ended)
@@ -577,8 +582,7 @@ class MainWindow(QMainWindow):
         if found.paths:
             self._name_new_project(name)
         layers = self.add_rasters(found.paths)
-        n = len(layers)
-        self.statusBar().showMessage(f"{n} raster{'s' * (n != 1)} added from {name}", 5000)
+        self.statusBar().showMessage(f"{counted(len(layers), 'raster')} added from {name}", 5000)
 
     def add_raster(self, path: str | Path) -> RasterLayer:
         return self.add_rasters([path])[0]
@@ -776,8 +780,6 @@ class MainWindow(QMainWindow):
         deadline = time.monotonic() + EDITS_CLOSE_TIMEOUT_MS / 1000
         if edits.shutdown(EDITS_QUIET_WAIT_MS, finish=True):
             return True
-        from solardesk.core.jobs import counted
-
         dialog = QProgressDialog(self)
         dialog.setWindowTitle("Closing SolarDesk")
         dialog.setCancelButton(None)
